@@ -1,0 +1,3 @@
+from eko_rtp.cli.main import main
+
+raise SystemExit(main())
