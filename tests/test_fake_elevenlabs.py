@@ -19,6 +19,16 @@ def sdk(fake: FakeElevenLabs, api_key: str = "test-key") -> ElevenLabs:
     return ElevenLabs(api_key=api_key, base_url=fake.base_url)
 
 
+def open_stream(client, fake: FakeElevenLabs, text: str):
+    """POST to the streaming route with httpx (module or Client); a context manager."""
+    return client.stream(
+        "POST",
+        f"{fake.base_url}/v1/text-to-speech/{VOICE}/stream",
+        params={"output_format": "ulaw_8000"},
+        json={"text": text},
+    )
+
+
 def test_expected_audio_is_deterministic_and_keyed_by_text():
     assert expected_audio("hello") == expected_audio("hello")
     assert expected_audio("hello") != expected_audio("hellp")
@@ -69,12 +79,7 @@ def test_stream_with_httpx_sees_chunk_boundaries_and_delays():
         fake.plan(Respond(chunk_size=500, first_byte_delay=0.2, chunk_delay=0.05))
         text = "four"  # 1600 bytes: chunks of 500, 500, 500, 100
         started = time.monotonic()
-        with httpx.stream(
-            "POST",
-            f"{fake.base_url}/v1/text-to-speech/{VOICE}/stream",
-            params={"output_format": "ulaw_8000"},
-            json={"text": text},
-        ) as response:
+        with open_stream(httpx, fake, text) as response:
             first_byte_at = None
             pieces = []
             for piece in response.iter_raw():
@@ -159,12 +164,7 @@ def test_cut_after_breaks_the_stream_midway():
         fake.plan(Respond(chunk_size=100, cut_after=250))
         received = bytearray()
         with pytest.raises(httpx.RemoteProtocolError):
-            with httpx.stream(
-                "POST",
-                f"{fake.base_url}/v1/text-to-speech/{VOICE}/stream",
-                params={"output_format": "ulaw_8000"},
-                json={"text": "long enough text"},
-            ) as response:
+            with open_stream(httpx, fake, "long enough text") as response:
                 for piece in response.iter_raw():
                     received += piece
         assert bytes(received) == expected_audio("long enough text")[:250]
@@ -177,12 +177,7 @@ def test_client_closing_midway_is_recorded_as_a_disconnect():
     with FakeElevenLabs() as fake:
         fake.plan(Respond(chunk_size=160, chunk_delay=0.5))
         with httpx.Client() as client:
-            with client.stream(
-                "POST",
-                f"{fake.base_url}/v1/text-to-speech/{VOICE}/stream",
-                params={"output_format": "ulaw_8000"},
-                json={"text": "a long sentence to speak"},
-            ) as response:
+            with open_stream(client, fake, "a long sentence to speak") as response:
                 first = next(response.iter_raw())
                 assert first == expected_audio("a long sentence to speak")[:160]
             # Leaving the block closes the unfinished response: httpx drops the connection.
