@@ -1,0 +1,232 @@
+"""The server's configuration: one TOML file, validated at start, overridable by flags.
+
+Theory of operation: the schema below is data (section -> key -> (type, default)).
+:func:`load_config` reads the file with ``tomllib``, refuses an unknown section or
+key and a value of the wrong type with a :class:`UserError` naming the file and the
+dotted key, and returns a frozen :class:`Config`. Command-line flags are applied
+afterwards with :meth:`Config.with_overrides`, through the same validation, so a bad
+``--rtp-ports`` is reported like a bad ``media.rtp_ports``. The values themselves
+(address syntax, port ranges) are checked here too, so nothing later has to guess.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from eko_rtp.errors import UserError
+
+DEFAULT_SCRIPT = "eko_rtp.call.eko_script:run"
+
+# section -> key -> (accepted python types, default)
+SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
+    "sip": {
+        "listen": ((str,), "127.0.0.1:5060"),
+        "transports": ((list,), ["udp", "tcp"]),
+        "user_agent": ((str,), "Eko-RTP/0.1"),
+        "session_expires": ((int,), 1800),
+        "min_se": ((int,), 90),
+        "max_message_size": ((int,), 65536),
+        "answer_timeout": ((int, float), 2.0),
+    },
+    "media": {
+        "address": ((str,), ""),
+        "rtp_ports": ((str,), "20000-29999"),
+        "codec": ((str,), "offer"),
+        "rtp_timeout": ((int, float), 30.0),
+        "max_call_duration": ((int, float), 3600.0),
+    },
+    "cache": {
+        "dir": ((str,), "cache"),
+        "phrases": ((str,), "cache/phrases.toml"),
+    },
+    "crm": {
+        "address": ((str,), ""),
+        "budget_ms": ((int,), 150),
+    },
+    "tts": {
+        "voice_id": ((str,), "21m00Tcm4TlvDq8ikWAM"),
+        "model_id": ((str,), "eleven_flash_v2_5"),
+        "base_url": ((str,), "https://api.elevenlabs.io"),
+        "optimize_streaming_latency": ((int,), 3),
+        "first_byte_timeout": ((int, float), 1.5),
+        "dynamic_cache_dir": ((str,), "cache/dynamic"),
+        "dynamic_cache_max_bytes": ((int,), 256 * 1024 * 1024),
+        "espeak_voice": ((str,), "fr"),
+    },
+    "script": {
+        "function": ((str,), DEFAULT_SCRIPT),
+    },
+    "service": {
+        "drain_grace_seconds": ((int, float), 60.0),
+        "metrics_listen": ((str,), ""),
+        "log_full_numbers": ((bool,), False),
+    },
+}
+
+
+@attrs.frozen(kw_only=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_host_port(text: str, *, what: str, default_port: int | None = None) -> HostPort:
+    """Parse ``HOST:PORT`` or ``[V6]:PORT``; the error names ``what``."""
+    text = text.strip()
+    host, separator, port_text = text.rpartition(":")
+    if text.startswith("[") and "]" in text:
+        closing = text.index("]")
+        host = text[1:closing]
+        rest = text[closing + 1 :]
+        if rest and not rest.startswith(":"):
+            raise UserError(f"expected [HOST]:PORT, got {text!r}", key=what)
+        port_text = rest[1:]
+        separator = ":" if rest else ""
+    if not separator or not host:
+        if default_port is None:
+            raise UserError(f"expected HOST:PORT, got {text!r}", key=what)
+        host, port_text = text.strip("[]"), str(default_port)
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise UserError(f"port {port_text!r} is not a number in {text!r}", key=what) from None
+    if not 0 <= port <= 65535:
+        raise UserError(f"port {port} is out of range 0-65535 in {text!r}", key=what)
+    return HostPort(host=host, port=port)
+
+
+def parse_port_range(text: str, *, what: str) -> tuple[int, int]:
+    """Parse ``LO-HI`` into an even-aligned RTP port range (RFC 3550 §11: RTP even, RTCP odd)."""
+    low_text, separator, high_text = text.partition("-")
+    try:
+        low, high = int(low_text), int(high_text)
+    except ValueError:
+        raise UserError(f"expected LO-HI port range, got {text!r}", key=what) from None
+    if not separator or not 1024 <= low < high <= 65535:
+        raise UserError(f"port range {text!r} must be LO-HI with 1024 <= LO < HI <= 65535", key=what)
+    if low % 2:
+        low += 1
+    if high - low < 1:
+        raise UserError(f"port range {text!r} holds no even RTP port with its RTCP port", key=what)
+    return low, high
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """The validated configuration; ``source`` is the file it came from, if any."""
+
+    values: dict[str, dict[str, Any]]
+    source: str | None = None
+
+    def __getitem__(self, dotted: str) -> Any:
+        section, _, key = dotted.partition(".")
+        return self.values[section][key]
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Config":
+        values = {section: dict(keys) for section, keys in self.values.items()}
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            section, _, key = dotted.partition(".")
+            values[section][key] = value
+        return build_config(values, source="command line" if self.source is None else f"{self.source} + flags")
+
+    @property
+    def sip_listen(self) -> HostPort:
+        return parse_host_port(self["sip.listen"], what="sip.listen")
+
+    @property
+    def media_address(self) -> str:
+        return self["media.address"] or self.sip_listen.host
+
+    @property
+    def rtp_ports(self) -> tuple[int, int]:
+        return parse_port_range(self["media.rtp_ports"], what="media.rtp_ports")
+
+
+def _check_values(values: dict[str, dict[str, Any]], source: str | None) -> None:
+    def fail(key: str, message: str) -> None:
+        raise UserError(message, path=source, key=key)
+
+    transports = values["sip"]["transports"]
+    if not transports or any(t not in ("udp", "tcp") for t in transports):
+        fail("sip.transports", f"must be a non-empty list of 'udp' and 'tcp', got {transports!r}")
+    for dotted in ("sip.listen",):
+        section, _, key = dotted.partition(".")
+        try:
+            parse_host_port(values[section][key], what=dotted)
+        except UserError as error:
+            fail(dotted, error.detail)
+    if values["media"]["address"]:
+        try:
+            ipaddress.ip_address(values["media"]["address"])
+        except ValueError:
+            fail("media.address", f"{values['media']['address']!r} is not an IP address")
+    try:
+        parse_port_range(values["media"]["rtp_ports"], what="media.rtp_ports")
+    except UserError as error:
+        fail("media.rtp_ports", error.detail)
+    if values["media"]["codec"] not in ("offer", "PCMU", "PCMA"):
+        fail("media.codec", f"must be 'offer', 'PCMU' or 'PCMA', got {values['media']['codec']!r}")
+    if values["sip"]["min_se"] < 90:
+        fail("sip.min_se", "must be at least 90 seconds (RFC 4028 §4)")
+    if values["sip"]["session_expires"] < values["sip"]["min_se"]:
+        fail("sip.session_expires", "must not be below sip.min_se")
+    if ":" not in values["script"]["function"]:
+        fail("script.function", f"expected MODULE:FUNCTION, got {values['script']['function']!r}")
+    for dotted in ("media.rtp_timeout", "media.max_call_duration", "service.drain_grace_seconds", "sip.answer_timeout"):
+        section, _, key = dotted.partition(".")
+        if values[section][key] <= 0:
+            fail(dotted, "must be positive")
+
+
+def build_config(raw: dict[str, Any], *, source: str | None) -> Config:
+    """Validate ``raw`` (section -> key -> value) against the schema, filling defaults."""
+    values: dict[str, dict[str, Any]] = {}
+    for section, keys in raw.items():
+        if section not in SCHEMA:
+            raise UserError(f"unknown section [{section}] (known: {', '.join(SCHEMA)})", path=source, key=section)
+        if not isinstance(keys, dict):
+            raise UserError(f"[{section}] must be a table", path=source, key=section)
+        for key, value in keys.items():
+            dotted = f"{section}.{key}"
+            if key not in SCHEMA[section]:
+                known = ", ".join(SCHEMA[section])
+                raise UserError(f"unknown key (known in [{section}]: {known})", path=source, key=dotted)
+            types, _ = SCHEMA[section][key]
+            if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+                wanted = " or ".join(t.__name__ for t in types)
+                raise UserError(f"expected {wanted}, got {type(value).__name__} {value!r}", path=source, key=dotted)
+    for section, keys in SCHEMA.items():
+        given = raw.get(section, {})
+        values[section] = {key: given.get(key, default) for key, (_, default) in keys.items()}
+        for key, value in values[section].items():
+            if isinstance(value, list):
+                values[section][key] = list(value)
+    _check_values(values, source)
+    return Config(values=values, source=source)
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate the TOML file at ``path`` (``None``: embedded defaults)."""
+    if path is None:
+        return build_config({}, source=None)
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as error:
+        raise UserError(f"cannot read config: {error.strerror}", path=str(file)) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"TOML syntax error: {error}", path=str(file)) from None
+    return build_config(raw, source=str(file))
