@@ -176,46 +176,50 @@ def mock_clock():
     return trio.testing.MockClock(autojump_threshold=0)
 
 
-async def test_watchdog_pings_at_half_the_interval(tmp_path, mock_clock):
+@pytest.fixture
+async def trio_listener(tmp_path):
     path = str(tmp_path / "notify")
-    receiver = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    await receiver.bind(path)
+    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        await receiver.bind(path)
+        yield receiver, path
+
+
+async def receive_pings(receiver, count: int, start: float) -> list[float]:
+    """Arrival times (relative to ``start``) of the next ``count`` pings."""
+    arrivals = []
+    for _ in range(count):
+        assert await receiver.recv(4096) == b"WATCHDOG=1"
+        arrivals.append(trio.current_time() - start)
+    return arrivals
+
+
+async def test_watchdog_pings_at_half_the_interval(trio_listener, mock_clock):
+    receiver, path = trio_listener
     notifier = Notifier.from_environment(
         {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "10000000", "WATCHDOG_PID": str(os.getpid())}
     )
-    arrivals = []
     async with trio.open_nursery() as nursery:
         start = trio.current_time()
         await nursery.start(run_watchdog, notifier)
-        for _ in range(5):
-            assert await receiver.recv(4096) == b"WATCHDOG=1"
-            arrivals.append(trio.current_time() - start)
+        arrivals = await receive_pings(receiver, 5, start)
         nursery.cancel_scope.cancel()
-    receiver.close()
     notifier.close()
     assert arrivals == [0.0, 5.0, 10.0, 15.0, 20.0]
 
 
-async def test_stalled_loop_resumes_with_one_ping_not_a_burst(tmp_path, mock_clock):
-    path = str(tmp_path / "notify")
-    receiver = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    await receiver.bind(path)
+async def test_stalled_loop_resumes_with_one_ping_not_a_burst(trio_listener, mock_clock):
+    receiver, path = trio_listener
     notifier = Notifier.from_environment({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
-    arrivals = []
     async with trio.open_nursery() as nursery:
         start = trio.current_time()
         await nursery.start(run_watchdog, notifier)
-        assert await receiver.recv(4096) == b"WATCHDOG=1"
-        arrivals.append(trio.current_time() - start)
+        arrivals = await receive_pings(receiver, 1, start)
         await trio.sleep(0.5)
         # The loop stalls for 7.5 s without running any task (as a blocking call
         # would): time moves, nothing is scheduled.
         mock_clock.jump(7.5)
-        for _ in range(3):
-            assert await receiver.recv(4096) == b"WATCHDOG=1"
-            arrivals.append(trio.current_time() - start)
+        arrivals += await receive_pings(receiver, 3, start)
         nursery.cancel_scope.cancel()
-    receiver.close()
     notifier.close()
     # The beat at 0 was on time; the one due at 1 s went when the loop ran again
     # at 8 s, then one every second from there: the missed beats were not replayed.

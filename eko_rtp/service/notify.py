@@ -54,12 +54,16 @@ def format_message(fields: Mapping[str, str]) -> bytes:
     return "\n".join(lines).encode("utf-8")
 
 
-def ready(status: str | None = None) -> bytes:
-    """``READY=1``: start-up finished (cache loaded, SIP bound), with an optional status."""
-    fields = {"READY": "1"}
+def _flag(name: str, status: str | None) -> bytes:
+    fields = {name: "1"}
     if status is not None:
         fields["STATUS"] = status
     return format_message(fields)
+
+
+def ready(status: str | None = None) -> bytes:
+    """``READY=1``: start-up finished (cache loaded, SIP bound), with an optional status."""
+    return _flag("READY", status)
 
 
 def status(text: str) -> bytes:
@@ -85,10 +89,7 @@ def reloading(monotonic_usec: int) -> bytes:
 
 def stopping(status: str | None = None) -> bytes:
     """``STOPPING=1``: shutdown (drain) began, with an optional status."""
-    fields = {"STOPPING": "1"}
-    if status is not None:
-        fields["STATUS"] = status
-    return format_message(fields)
+    return _flag("STOPPING", status)
 
 
 def extend_timeout(usec: int) -> bytes:
