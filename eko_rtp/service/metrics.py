@@ -1,0 +1,207 @@
+"""Prometheus metrics: the names the server exports, and the HTTP endpoint serving them.
+
+One :class:`Metrics` object holds every metric on its own ``CollectorRegistry``
+(never the process-global one, so tests and two servers in one process do not
+collide); the server passes it to whatever counts. ``prometheus-client`` metrics
+are thread-safe and cheap to update (a lock and an add), so the hot path may call
+them per frame; the HTTP endpoint runs in prometheus-client's own thread and never
+touches the event loop.
+
+Exported names (all prefixed ``eko_``):
+
+==========================================  =========  ==============================================
+``eko_active_calls``                         gauge      calls in progress
+``eko_calls_total{outcome}``                 counter    finished calls by outcome (e.g. ``completed``)
+``eko_sip_responses_total{code}``            counter    SIP responses sent, by status code
+``eko_greeting_latency_seconds``             histogram  200 OK sent -> first RTP packet sent
+``eko_rtp_frames_sent_total``                counter    RTP media frames sent
+``eko_rtp_frames_late_total``                counter    frames sent after their due time
+``eko_cache_hits_total{cache}``              counter    ``phrase`` or ``dynamic`` (TTS) cache hits
+``eko_cache_misses_total{cache}``            counter    and misses
+``eko_tts_characters_total{backend}``        counter    characters sent to live TTS
+``eko_tts_estimated_cost_usd_total``         counter    estimated live TTS cost, US dollars
+``eko_crm_lookup_latency_seconds``           histogram  caller lookup round trips that got an answer
+``eko_crm_lookup_timeouts_total``            counter    lookups past their deadline
+``eko_crm_lookup_errors_total``              counter    lookups that failed otherwise
+``process_*``                                various    CPU, memory, open file descriptors
+==========================================  =========  ==============================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import re
+from collections.abc import Iterator
+
+import attrs
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.exposition import start_http_server
+
+from eko_rtp.config import HostPort, parse_host_port
+from eko_rtp.errors import UserError
+
+LISTEN_KEY = "service.metrics_listen"
+
+# Greeting latency is ours alone (cache hit, frame clock on a 1 ms grid): the
+# interesting range is sub-millisecond to a few frame periods.
+GREETING_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
+# CRM lookups cross a socket to SQLite; the call budget is 150 ms by default.
+CRM_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0)
+CACHES = ("phrase", "dynamic")
+TTS_BACKENDS = ("elevenlabs", "espeak")
+_OUTCOME = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
+
+
+@attrs.frozen(kw_only=True)
+class MetricsSettings:
+    """Where to serve metrics: ``listen`` is ``HOST:PORT`` or empty (off).
+
+    A non-loopback address is refused unless ``allow_public`` is set: the metrics
+    reveal call volume and are served without authentication.
+    """
+
+    listen: str = ""
+    allow_public: bool = False
+    address: HostPort | None = attrs.field(init=False)
+
+    @address.default
+    def _parse(self) -> HostPort | None:
+        if not self.listen:
+            return None
+        address = parse_host_port(self.listen, what=LISTEN_KEY)
+        if address.host == "localhost":
+            return address
+        try:
+            ip = ipaddress.ip_address(address.host)
+        except ValueError:
+            raise UserError(f"host {address.host!r} is not an IP address or 'localhost'", key=LISTEN_KEY) from None
+        if not ip.is_loopback and not self.allow_public:
+            raise UserError(
+                f"{self.listen} is not a loopback address; metrics are unauthenticated, "
+                "so serving them beyond this host needs metrics_allow_public = true",
+                key=LISTEN_KEY,
+            )
+        return address
+
+    @classmethod
+    def from_config(cls, config) -> MetricsSettings:
+        """From ``[service] metrics_listen`` (and ``metrics_allow_public`` if the schema has it)."""
+        service = config.values["service"]
+        try:
+            return cls(listen=service["metrics_listen"], allow_public=bool(service.get("metrics_allow_public", False)))
+        except UserError as error:
+            raise UserError(error.detail, path=config.source, key=LISTEN_KEY) from None
+
+
+@attrs.frozen(kw_only=True)
+class Metrics:
+    """Every metric the server exports, on one dedicated registry."""
+
+    registry: CollectorRegistry
+    active_calls: Gauge
+    calls: Counter
+    sip_responses: Counter
+    greeting_latency: Histogram
+    frames_sent: Counter
+    frames_late: Counter
+    cache_hits: Counter
+    cache_misses: Counter
+    tts_characters: Counter
+    tts_cost: Counter
+    crm_lookup_latency: Histogram
+    crm_timeouts: Counter
+    crm_errors: Counter
+
+    @classmethod
+    def create(cls, *, process: bool = True) -> Metrics:
+        """Fresh metrics on a new registry (``process``: add the process_* collector)."""
+        registry = CollectorRegistry()
+        if process:
+            ProcessCollector(registry=registry)
+        metrics = cls(
+            registry=registry,
+            active_calls=Gauge("eko_active_calls", "Calls in progress.", registry=registry),
+            calls=Counter("eko_calls", "Finished calls by outcome.", ["outcome"], registry=registry),
+            sip_responses=Counter("eko_sip_responses", "SIP responses sent, by status code.", ["code"], registry=registry),
+            greeting_latency=Histogram(
+                "eko_greeting_latency_seconds",
+                "Time from sending 200 OK to sending the first RTP packet.",
+                buckets=GREETING_BUCKETS,
+                registry=registry,
+            ),
+            frames_sent=Counter("eko_rtp_frames_sent", "RTP media frames sent.", registry=registry),
+            frames_late=Counter("eko_rtp_frames_late", "RTP frames sent after their due time.", registry=registry),
+            cache_hits=Counter("eko_cache_hits", "Audio cache hits.", ["cache"], registry=registry),
+            cache_misses=Counter("eko_cache_misses", "Audio cache misses.", ["cache"], registry=registry),
+            tts_characters=Counter(
+                "eko_tts_characters", "Characters sent to live text-to-speech.", ["backend"], registry=registry
+            ),
+            tts_cost=Counter(
+                "eko_tts_estimated_cost_usd", "Estimated live text-to-speech cost in US dollars.", registry=registry
+            ),
+            crm_lookup_latency=Histogram(
+                "eko_crm_lookup_latency_seconds",
+                "CRM caller lookups that got an answer, round trip.",
+                buckets=CRM_BUCKETS,
+                registry=registry,
+            ),
+            crm_timeouts=Counter("eko_crm_lookup_timeouts", "CRM lookups past their deadline.", registry=registry),
+            crm_errors=Counter("eko_crm_lookup_errors", "CRM lookups that failed.", registry=registry),
+        )
+        # Known label values start at 0, so a rate() over them exists from the start.
+        for cache in CACHES:
+            metrics.cache_hits.labels(cache=cache)
+            metrics.cache_misses.labels(cache=cache)
+        for backend in TTS_BACKENDS:
+            metrics.tts_characters.labels(backend=backend)
+        return metrics
+
+    def call_ended(self, outcome: str) -> None:
+        """Count a finished call; ``outcome`` is a short snake_case word."""
+        if not _OUTCOME.match(outcome):
+            raise ValueError(f"call outcome {outcome!r} is not a short snake_case word")
+        self.calls.labels(outcome=outcome).inc()
+
+    def sip_response(self, code: int) -> None:
+        """Count a SIP response sent (RFC 3261 §7.2: 100-699)."""
+        if not 100 <= code <= 699:
+            raise ValueError(f"SIP status code {code} is outside 100-699")
+        self.sip_responses.labels(code=str(code)).inc()
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text exposition format."""
+        return generate_latest(self.registry)
+
+
+@contextlib.contextmanager
+def metrics_server(metrics: Metrics, address: HostPort) -> Iterator[HostPort]:
+    """Serve ``/metrics`` on ``address`` in a thread; yield the bound address (port 0 resolved)."""
+    try:
+        server, thread = start_http_server(address.port, addr=address.host, registry=metrics.registry)
+    except OSError as error:
+        raise UserError(f"cannot serve metrics on {address}: {error.strerror}", key=LISTEN_KEY) from None
+    try:
+        yield HostPort(host=address.host, port=server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+async def serve_metrics(metrics: Metrics, settings: MetricsSettings, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Trio task: serve metrics until cancelled; ``started`` with the bound address or None (off)."""
+    if settings.address is None:
+        task_status.started(None)
+        return
+    stack = contextlib.ExitStack()
+    bound = stack.enter_context(metrics_server(metrics, settings.address))
+    try:
+        task_status.started(bound)
+        await trio.sleep_forever()
+    finally:
+        # Stopping the HTTP thread waits for its poll loop (up to 0.5 s): do it in a
+        # worker thread so the event loop keeps running meanwhile.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(stack.close)
