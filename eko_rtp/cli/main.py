@@ -18,6 +18,7 @@ from eko_rtp.errors import UserError
 
 COMMANDS = (
     "eko_rtp.cli.cache_cmd",
+    "eko_rtp.cli.crm_cmd",
 )
 
 

@@ -1,0 +1,227 @@
+"""msgpack-RPC framing, sans-I/O.
+
+Theory of operation: a msgpack-RPC stream is a plain concatenation of msgpack
+arrays, one per message, with no length prefix:
+
+    request       [0, msgid, method, params]
+    response      [1, msgid, error, result]
+    notification  [2, method, params]
+
+``msgid`` is an unsigned 32-bit integer chosen by the requester and echoed in the
+response, so many requests can be in flight on one connection and be answered in
+any order. ``params`` is always an array. In a response exactly one of ``error``
+and ``result`` is meaningful: ``error`` is nil on success.
+
+:class:`RpcConnection` holds no socket. The shell feeds it received bytes with
+:meth:`RpcConnection.receive_data` and pulls complete messages with
+:meth:`RpcConnection.next_event` until it returns :data:`NEED_DATA`; the
+``send_*`` methods return the bytes to write. Both directions share one object, so
+a client and a server use the same class.
+
+The decoder is a ``msgpack.Unpacker`` with every size limit set: a peer can make us
+buffer at most ``max_message_bytes`` of one incomplete message, and no string,
+binary, array, map or extension inside a message may exceed its own cap. Going over
+a limit, sending bytes that are not msgpack, or sending a value that is not one of
+the three message shapes raises :class:`RpcProtocolError`. After that the stream is
+out of sync for good: the connection is marked broken and every later call raises
+the same error, so the shell's only move is to drop the connection.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import attrs
+import msgpack
+
+from eko_rtp.crm.errors import RpcProtocolError
+
+REQUEST = 0
+RESPONSE = 1
+NOTIFICATION = 2
+
+MSGID_LIMIT = 2**32
+
+
+class _NeedData(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+
+
+#: Returned by :meth:`RpcConnection.next_event` when no complete message is buffered.
+NEED_DATA = _NeedData.NEED_DATA
+
+
+@attrs.frozen(kw_only=True)
+class RpcLimits:
+    """Caps on what one peer may make us decode (all in bytes or element counts)."""
+
+    max_message_bytes: int = 1024 * 1024
+    max_str_len: int = 64 * 1024
+    max_bin_len: int = 64 * 1024
+    max_array_len: int = 10_000
+    max_map_len: int = 1_000
+    # Extension types have no meaning in this protocol: any of them is refused.
+    max_ext_len: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        for field in attrs.fields(type(self)):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"RpcLimits.{field.name} must be a non-negative int, got {value!r}")
+        if self.max_message_bytes < 16:
+            raise ValueError(f"RpcLimits.max_message_bytes must be at least 16, got {self.max_message_bytes}")
+
+
+def _is_msgid(value: object) -> bool:
+    return type(value) is int and 0 <= value < MSGID_LIMIT
+
+
+@attrs.frozen(kw_only=True)
+class RpcRequest:
+    msgid: int
+    method: str
+    params: list[Any]
+
+    def __attrs_post_init__(self) -> None:
+        if not _is_msgid(self.msgid):
+            raise ValueError(f"request msgid must be an int in [0, 2**32), got {self.msgid!r}")
+        if not isinstance(self.method, str):
+            raise ValueError(f"request method must be a str, got {type(self.method).__name__}")
+        if not isinstance(self.params, list):
+            raise ValueError(f"request params must be an array, got {type(self.params).__name__}")
+
+
+@attrs.frozen(kw_only=True)
+class RpcResponse:
+    msgid: int
+    error: Any
+    result: Any
+
+    def __attrs_post_init__(self) -> None:
+        if not _is_msgid(self.msgid):
+            raise ValueError(f"response msgid must be an int in [0, 2**32), got {self.msgid!r}")
+
+
+@attrs.frozen(kw_only=True)
+class RpcNotification:
+    method: str
+    params: list[Any]
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.method, str):
+            raise ValueError(f"notification method must be a str, got {type(self.method).__name__}")
+        if not isinstance(self.params, list):
+            raise ValueError(f"notification params must be an array, got {type(self.params).__name__}")
+
+
+RpcEvent = RpcRequest | RpcResponse | RpcNotification
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def event_from_untrusted(message: object) -> RpcEvent:
+    """Turn one decoded msgpack value into an event, or raise :class:`RpcProtocolError`."""
+    if not isinstance(message, list) or not message:
+        raise RpcProtocolError(f"message is not a non-empty array: {_describe(message)}")
+    kind = message[0]
+    try:
+        if kind == REQUEST and type(kind) is int:
+            if len(message) != 4:
+                raise ValueError(f"request must have 4 elements, got {len(message)}")
+            return RpcRequest(msgid=message[1], method=message[2], params=message[3])
+        if kind == RESPONSE and type(kind) is int:
+            if len(message) != 4:
+                raise ValueError(f"response must have 4 elements, got {len(message)}")
+            return RpcResponse(msgid=message[1], error=message[2], result=message[3])
+        if kind == NOTIFICATION and type(kind) is int:
+            if len(message) != 3:
+                raise ValueError(f"notification must have 3 elements, got {len(message)}")
+            return RpcNotification(method=message[1], params=message[2])
+    except ValueError as error:
+        raise RpcProtocolError(str(error)) from None
+    raise RpcProtocolError(f"unknown message type {_describe(kind)} (expected 0, 1 or 2)")
+
+
+class RpcConnection:
+    """One msgpack-RPC byte stream, both directions, no I/O."""
+
+    def __init__(self, *, limits: RpcLimits = RpcLimits()) -> None:
+        self.limits = limits
+        self._unpacker = msgpack.Unpacker(
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_buffer_size=limits.max_message_bytes,
+            max_str_len=limits.max_str_len,
+            max_bin_len=limits.max_bin_len,
+            max_array_len=limits.max_array_len,
+            max_map_len=limits.max_map_len,
+            max_ext_len=limits.max_ext_len,
+        )
+        self._packer = msgpack.Packer(use_bin_type=True)
+        self._next_msgid = 0
+        self._broken: RpcProtocolError | None = None
+        self._received = 0
+
+    @property
+    def broken(self) -> RpcProtocolError | None:
+        """The error that put the stream out of sync, or None while it is usable."""
+        return self._broken
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Received bytes not yet decoded: non-zero at EOF means the peer stopped mid-message."""
+        return self._received - self._unpacker.tell()
+
+    def _fail(self, message: str) -> RpcProtocolError:
+        self._broken = RpcProtocolError(message)
+        return self._broken
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer bytes received from the peer."""
+        if self._broken is not None:
+            raise RpcProtocolError(str(self._broken))
+        try:
+            self._unpacker.feed(data)
+        except msgpack.BufferFull:
+            raise self._fail(
+                f"incomplete message exceeds {self.limits.max_message_bytes} bytes"
+            ) from None
+        self._received += len(data)
+
+    def next_event(self) -> RpcEvent | _NeedData:
+        """The next complete message, or :data:`NEED_DATA`."""
+        if self._broken is not None:
+            raise RpcProtocolError(str(self._broken))
+        try:
+            message = self._unpacker.unpack()
+        except msgpack.OutOfData:
+            return NEED_DATA
+        except ValueError as error:
+            # FormatError, StackError, UnicodeDecodeError, over-limit lengths and
+            # non-string map keys are all ValueError subclasses in msgpack.
+            raise self._fail(f"undecodable msgpack: {error}") from None
+        try:
+            return event_from_untrusted(message)
+        except RpcProtocolError as error:
+            raise self._fail(str(error)) from None
+
+    def send_request(self, method: str, params: list[Any] | tuple[Any, ...]) -> tuple[int, bytes]:
+        """Allocate a msgid and encode a request; returns ``(msgid, bytes)``."""
+        msgid = self._next_msgid
+        self._next_msgid = (msgid + 1) % MSGID_LIMIT
+        return msgid, self._packer.pack([REQUEST, msgid, method, list(params)])
+
+    def send_response(self, msgid: int, *, error: Any = None, result: Any = None) -> bytes:
+        """Encode the answer to request ``msgid`` (``error`` None means success)."""
+        if not _is_msgid(msgid):
+            raise ValueError(f"response msgid must be an int in [0, 2**32), got {msgid!r}")
+        return self._packer.pack([RESPONSE, msgid, error, result])
+
+    def send_notification(self, method: str, params: list[Any] | tuple[Any, ...]) -> bytes:
+        """Encode a notification (no answer expected)."""
+        return self._packer.pack([NOTIFICATION, method, list(params)])
