@@ -1,0 +1,187 @@
+"""Logging for the service: one line per event, the Call-ID, no phone numbers, no secrets.
+
+Theory of operation. One handler on the root logger writes to stderr. Two filters
+run on every record before it is formatted:
+
+- :class:`CallIdFilter` stamps the record with the Call-ID of the call the code
+  runs for. The Call-ID lives in a context variable set by :func:`call_context`;
+  trio copies the context into each task it spawns, so every task of a call's
+  nursery logs that call's Call-ID without passing it around.
+- :class:`Sanitizer` rewrites the message: E.164-looking and French national
+  numbers are masked except their last 4 digits (:func:`mask_phone`), the
+  configured secrets (the ElevenLabs key) and ``xi-api-key`` header values are
+  redacted, and control characters are escaped so a hostile SIP header cannot
+  forge a second log line. It covers formatted tracebacks too. It is a safety
+  net: code should mask numbers itself and never format secrets at all.
+
+Under systemd, stderr is connected to the journal (``$JOURNAL_STREAM`` names it):
+journald timestamps each line itself, so the formatter omits the time and
+prefixes the syslog priority (``<3>``, sd-daemon(3)) so ``journalctl -p err`` works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TextIO
+
+REDACTED = "[redacted]"
+
+_call_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("eko_call_id", default=None)
+
+# Numbers that look like a person's phone number:
+# - international: '+' then up to 15 digits (ITU-T E.164 §6), separators allowed;
+# - French national: 0 then 9 digits, in pairs or not;
+# - the digits-only user part of a sip:/sips:/tel: URI (the trunk often drops '+').
+# Not matched: bare digit runs without those shapes (SSRCs, ports, timestamps).
+_PHONE = re.compile(
+    r"(?<![\w+])\+[1-9](?:[ .-]?\d){5,14}(?![\w])"
+    r"|(?<![\w.+-])0[1-9](?:[ .-]?\d\d){4}(?!\w|[.-]\d)"
+    r"|(?<=sip:)\d{6,15}(?=[@;>])|(?<=sips:)\d{6,15}(?=[@;>])|(?<=tel:)\d{6,15}(?![\w])"
+)
+_API_KEY_HEADER = re.compile(r"""(?i)(xi-api-key['"]?\s*[:=]\s*['"]?)[^\s'",}]+""")
+# C0 controls and DEL, escaped (\n, \r, \t keep their short names).
+_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F]} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+# sd-daemon(3) prefixes: syslog priorities.
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+@contextlib.contextmanager
+def call_context(call_id: str) -> Iterator[None]:
+    """Within this block (and in tasks spawned from it), log records carry ``call_id``."""
+    token = _call_id.set(call_id)
+    try:
+        yield
+    finally:
+        _call_id.reset(token)
+
+
+def current_call_id() -> str | None:
+    """The Call-ID set by the innermost :func:`call_context`, if any."""
+    return _call_id.get()
+
+
+def mask_phone(number: str, *, keep: int = 4) -> str:
+    """``number`` with every digit but the last ``keep`` replaced by ``*`` (layout kept)."""
+    if keep < 0:
+        raise ValueError(f"keep must not be negative, got {keep}")
+    to_mask = sum(character.isdigit() for character in number) - keep
+    masked = []
+    for character in number:
+        if character.isdigit() and to_mask > 0:
+            masked.append("*")
+            to_mask -= 1
+        else:
+            masked.append(character)
+    return "".join(masked)
+
+
+class CallIdFilter(logging.Filter):
+    """Sets ``record.call_id`` from :func:`call_context` (None outside a call)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.call_id = _call_id.get()
+        return True
+
+
+class Sanitizer(logging.Filter):
+    """Masks phone numbers, redacts secrets and escapes control characters in records."""
+
+    def __init__(self, *, secrets: Iterable[str | None] = (), mask_numbers: bool = True):
+        super().__init__()
+        # Longest first, so a secret containing another is redacted whole.
+        self.secrets = sorted({secret for secret in secrets if secret}, key=len, reverse=True)
+        self.mask_numbers = mask_numbers
+        self._traceback_formatter = logging.Formatter()
+
+    def clean(self, text: str) -> str:
+        """``text`` with secrets redacted and (if configured) phone numbers masked."""
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        text = _API_KEY_HEADER.sub(lambda match: match.group(1) + REDACTED, text)
+        if self.mask_numbers:
+            text = _PHONE.sub(lambda match: mask_phone(match.group()), text)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.clean(record.getMessage()).translate(_CONTROLS)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._traceback_formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.clean(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.clean(record.stack_info)
+        return True
+
+
+class ServiceFormatter(logging.Formatter):
+    """``[<priority>]`` or time, level, logger, ``[call=...]``, message."""
+
+    def __init__(self, *, journal: bool):
+        super().__init__()
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        call_id = getattr(record, "call_id", None)
+        call = f" [call={call_id.translate(_CONTROLS)}]" if call_id else ""
+        line = f"{record.levelname} {record.name}{call}: {record.getMessage()}"
+        if self.journal:
+            priority = _PRIORITY.get(record.levelno, 3 if record.levelno > logging.ERROR else 7)
+            line = f"<{priority}>{line}"
+        else:
+            line = f"{self.formatTime(record)} {line}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line = f"{line}\n{record.exc_text}"
+        if record.stack_info:
+            line = f"{line}\n{self.formatStack(record.stack_info)}"
+        return line
+
+
+def stream_is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """True when ``stream`` is the journal stream systemd named in ``$JOURNAL_STREAM``."""
+    environ = os.environ if environ is None else environ
+    value = environ.get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    try:
+        status = os.fstat(stream.fileno())
+        return (int(device), int(inode)) == (status.st_dev, status.st_ino)
+    except (ValueError, OSError, AttributeError):
+        # Unset or malformed variable, or a stream without a descriptor.
+        return False
+
+
+def configure_logging(
+    *,
+    level: int | str = logging.INFO,
+    mask_numbers: bool = True,
+    secrets: Iterable[str | None] = (),
+    stream: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> logging.Handler:
+    """Install the service handler on the root logger; return it.
+
+    Calling again (on reload) replaces the handler this function installed before,
+    and the plain stderr handler ``logging.basicConfig`` may have added, so each
+    event is written once.
+    """
+    stream = sys.stderr if stream is None else stream
+    handler = logging.StreamHandler(stream)
+    handler.set_name("eko-rtp-service")
+    handler.addFilter(CallIdFilter())
+    handler.addFilter(Sanitizer(secrets=secrets, mask_numbers=mask_numbers))
+    handler.setFormatter(ServiceFormatter(journal=stream_is_journal(stream, environ)))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if old.get_name() == "eko-rtp-service" or type(old) is logging.StreamHandler:
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    return handler
