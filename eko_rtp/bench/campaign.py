@@ -1,0 +1,146 @@
+"""A bench invocation end to end: set up targets, run the plan (or the ramp), tear down.
+
+``--target server`` measures ``eko-rtp serve`` (spawned with ``--spawn`` or already
+running at ``--address``), ``--target peer`` the pjsua2 reference bot, and
+``--target both`` one after the other with the same harness, the peer at the
+sizes it can take (PJSUA_MAX_CALLS = 4 in the PyPI wheel).
+
+The ramp runs bounded steps of equal calls and concurrency and reports the largest
+at which inter-arrival deviation p99 ≤ 2 ms, nothing was lost and every call was
+answered; it stops at the first step that fails. Each step holds its calls for
+``hold`` seconds after the last one is up, so every step has a steady period.
+"""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from eko_rtp.bench import report, targets
+from eko_rtp.bench.run import Plan, RunResult, run_load
+from eko_rtp.errors import UserError
+
+RAMP_STEPS = (50, 100, 200, 400, 700, 1000, 1400)
+RAMP_P99_MS = 2.0
+
+
+@attrs.frozen(kw_only=True)
+class Options:
+    """Everything the command line decides."""
+
+    target: str
+    address: str | None
+    spawn: bool
+    server_cpus: set[int] | None = attrs.field(eq=False)
+    server_pid: int | None
+    cache_dir: str | None
+    rtp_ports: str
+    server_args: tuple[str, ...]
+    plan: Plan
+    ramp: bool
+
+    def __attrs_post_init__(self) -> None:
+        if self.target not in ("server", "peer", "both"):
+            raise UserError(f"target {self.target!r} is not server, peer or both", key="--target")
+        if self.target in ("server", "both") and not self.spawn and self.address is None:
+            raise UserError("measuring the server needs --spawn or --address HOST:PORT", key="--target")
+        if self.spawn and self.address is not None:
+            raise UserError("--spawn starts the server on a free port; leave out --address", key="--address")
+        if self.target in ("peer", "both") and self.cache_dir is None:
+            raise UserError("the peer plays the cache's phrases: give --cache DIR", key="--cache")
+        if self.ramp and self.target == "peer":
+            raise UserError("the ramp goes to 1400 calls; the peer takes 4", key="--ramp")
+
+
+@attrs.frozen(kw_only=True)
+class Outcome:
+    results: list[RunResult]
+    summaries: list[dict]
+    ramp: dict | None
+    notes: list[str]
+
+
+def _plan_for(plan: Plan, concurrency: int) -> Plan:
+    calls = min(plan.calls, concurrency) if plan.calls <= plan.concurrency else plan.calls
+    return attrs.evolve(plan, calls=calls, concurrency=concurrency)
+
+
+async def _with_target(options: Options, kind: str, body):
+    host = options.plan.local_host
+    if kind == "peer":
+        target = targets.spawn_peer(host=host, cache_dir=options.cache_dir, cpus=options.server_cpus, rtp_port=40000)
+    elif options.spawn:
+        target = targets.spawn_server(host=host, cache_dir=options.cache_dir, cpus=options.server_cpus,
+                                      rtp_ports=options.rtp_ports, extra=list(options.server_args))
+    else:
+        target_host, port = targets.parse_host_port(options.address, key="--address")
+        target = targets.Target(name="server", host=target_host, port=port, pid=options.server_pid)
+    try:
+        await targets.wait_ready(target, local_host=host)
+        return await body(target)
+    finally:
+        target.stop()
+
+
+async def _ramp(options: Options, caller_audio: bytes) -> tuple[list[RunResult], dict]:
+    async def body(target):
+        results, steps = [], []
+        largest = None
+        for step in RAMP_STEPS:
+            plan = attrs.evolve(options.plan, calls=step, concurrency=step,
+                                hold=options.plan.hold + step / options.plan.rate)
+            result = await run_load(target, plan, caller_audio=caller_audio)
+            summary = report.summarise(result)
+            p99 = summary["interarrival_deviation_ms"]["p99"]
+            passed = (summary["calls"]["answered"] == step and summary["packets"]["lost"] == 0
+                      and p99 is not None and p99 <= RAMP_P99_MS)
+            results.append(result)
+            steps.append({"concurrent": step, "answered": summary["calls"]["answered"], "deviation_p99_ms": p99,
+                          "lost": summary["packets"]["lost"], "bench_saturated": summary["bench"]["saturated"],
+                          "passed": passed})
+            if not passed:
+                break
+            largest = step
+        return results, {"criterion": f"deviation p99 <= {RAMP_P99_MS} ms, no loss, all answered",
+                         "steps": steps, "largest_passing": largest}
+
+    return await _with_target(options, "server", body)
+
+
+async def run(options: Options, *, caller_audio: bytes) -> Outcome:
+    """Run what ``options`` asks for and summarise it."""
+    notes: list[str] = []
+    targets.pin_bench_away_from(options.server_cpus)
+    if options.ramp:
+        results, ramp = await _ramp(options, caller_audio)
+        return Outcome(results=results, summaries=[report.summarise(result) for result in results], ramp=ramp, notes=notes)
+    results = []
+    kinds = ["server", "peer"] if options.target == "both" else [options.target]
+    for kind in kinds:
+        plan = options.plan
+        if kind == "peer" and options.target == "both" and plan.concurrency > targets.PEER_MAX_CALLS:
+            plan = _plan_for(plan, targets.PEER_MAX_CALLS)
+            notes.append(f"peer: pjsua2-python is built with PJSUA_MAX_CALLS={targets.PEER_MAX_CALLS}; measured at"
+                         f" {plan.concurrency} concurrent calls, the server at {options.plan.concurrency}")
+        elif kind == "peer" and plan.concurrency > targets.PEER_MAX_CALLS:
+            notes.append(f"peer: pjsua2-python is built with PJSUA_MAX_CALLS={targets.PEER_MAX_CALLS}; calls beyond"
+                         f" {targets.PEER_MAX_CALLS} at once are refused by pjsua (486)")
+
+        async def body(target, plan=plan):
+            return await run_load(target, plan, caller_audio=caller_audio)
+
+        results.append(await _with_target(options, kind, body))
+    summaries = [report.summarise(result) for result in results]
+    for summary in summaries:
+        if summary["steady_seconds"] is None:
+            notes.append(f"{summary['target']}: no steady period (hold shorter than the ramp-up of calls / rate);"
+                         f" CPU and RSS were not sampled")
+        if summary["bench"]["saturated"]:
+            notes.append(f"{summary['target']}: the bench itself was saturated (send lateness max"
+                         f" {summary['bench']['send_lateness_ms']['max']:.1f} ms, CPU"
+                         f" {summary['bench']['cpu_percent'] or 0:.0f}%); figures include the bench's own delay")
+    return Outcome(results=results, summaries=summaries, ramp=None, notes=notes)
+
+
+def run_sync(options: Options, *, caller_audio: bytes) -> Outcome:
+    return trio.run(lambda: run(options, caller_audio=caller_audio))

@@ -1,0 +1,210 @@
+"""From a run's records to the report: a JSON-ready dict, a table for people, a plot.
+
+The summary is a plain dict (``--json`` prints it as is). Times are milliseconds;
+``None`` means there was nothing to measure (no answered call, no steady period).
+The bench flags itself as saturated when its own media loop served a send slot
+more than ``SATURATION_LATENESS_MS`` late or its process used more than
+``SATURATION_CPU_PERCENT`` of a core over the steady period: figures from a
+saturated run measure the bench as much as the target.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from eko_rtp.bench import procstat, stats
+from eko_rtp.bench.run import RunResult
+from eko_rtp.errors import UserError
+
+SATURATION_LATENESS_MS = 5.0
+SATURATION_CPU_PERCENT = 90.0
+_NS_TO_MS = 1e-6
+
+
+def _dist_ms(values_ns: list[int]) -> dict:
+    found = stats.distribution(values_ns).scaled(_NS_TO_MS)
+    return {"count": found.count, "p50": found.p50, "p90": found.p90, "p99": found.p99, "max": found.max}
+
+
+def _deltas(records, start: str, end: str) -> list[int]:
+    values = []
+    for record in records:
+        first = getattr(record, start) if start != "media" else None
+        if end.startswith("media."):
+            media = record.media
+            later = getattr(media, end[6:]) if media is not None else None
+        else:
+            later = getattr(record, end)
+        if first is not None and later is not None and record.status is not None and 200 <= record.status < 300:
+            values.append(later - first)
+    return values
+
+
+def deviations_ns(result: RunResult) -> list[int]:
+    pooled: list[int] = []
+    for record in result.records:
+        if record.media is not None:
+            pooled.extend(stats.interarrival_deviations(record.media.arrivals))
+    return pooled
+
+
+def summarise(result: RunResult) -> dict:
+    """The report of one run as a JSON-ready dict."""
+    records = result.records
+    answered = [record for record in records if record.status is not None and 200 <= record.status < 300]
+    failed = collections.Counter(str(record.status) for record in records if record not in answered)
+    reasons = collections.Counter(f"{record.status} {record.reason}".strip() for record in records if record not in answered)
+    quality = stats.NO_PACKETS
+    drifts = []
+    gaps = []
+    fallback = 0
+    malformed = 0
+    for record in answered:
+        media = record.media
+        quality = quality + stats.sequence_quality(media.sequences)
+        drift = stats.drift_ms_per_minute(media.arrivals, media.timestamps)
+        if drift is not None:
+            drifts.append(drift)
+        gap = stats.max_gap_ns(media.arrivals)
+        if gap is not None:
+            gaps.append(gap)
+        fallback += media.fallback_clock
+        malformed += media.malformed
+    server = None
+    if result.idle is not None or result.steady:
+        steady_rss = max((sample.rss_kib for sample in result.steady), default=None)
+        per_call = None
+        if steady_rss is not None and result.idle is not None and answered:
+            per_call = (steady_rss - result.idle.rss_kib) / result.plan.simultaneous
+        server = {
+            "cpu_percent": procstat.cpu_percent(result.steady[0], result.steady[-1]) if len(result.steady) >= 2 else None,
+            "rss_idle_kib": result.idle.rss_kib if result.idle else None,
+            "rss_steady_kib": steady_rss,
+            "rss_per_call_kib": per_call,
+        }
+    lateness = _dist_ms(result.lateness_ns)
+    bench_cpu = None
+    if result.bench_cpu_seconds is not None and result.steady_seconds:
+        bench_cpu = 100.0 * result.bench_cpu_seconds / result.steady_seconds
+    saturated = bool((lateness["max"] or 0) > SATURATION_LATENESS_MS or (bench_cpu or 0) > SATURATION_CPU_PERCENT)
+    plan = result.plan
+    return {
+        "target": result.target,
+        "plan": {"calls": plan.calls, "concurrency": plan.concurrency, "rate": plan.rate, "hold": plan.hold,
+                 "scenario": plan.scenario},
+        "calls": {"attempted": len(records), "answered": len(answered), "failed": dict(sorted(failed.items())),
+                  "failure_reasons": dict(sorted(reasons.items()))},
+        "latency_ms": {
+            "invite_to_100": _dist_ms(_deltas(records, "invite_sent_ns", "provisional_ns")),
+            "invite_to_200": _dist_ms(_deltas(records, "invite_sent_ns", "final_ns")),
+            "ok_to_first_rtp": _dist_ms(_deltas(records, "final_ns", "media.first_packet_ns")),
+            "ok_to_first_sound": _dist_ms(_deltas(records, "final_ns", "media.first_sound_ns")),
+        },
+        "interarrival_deviation_ms": _dist_ms(deviations_ns(result)),
+        "max_gap_ms": max(gaps) * _NS_TO_MS if gaps else None,
+        "packets": {"received": quality.received, "expected": quality.expected, "lost": quality.lost,
+                    "duplicates": quality.duplicates, "reordered": quality.reordered, "malformed": malformed},
+        "drift_ms_per_minute_max": max(drifts, key=abs) if drifts else None,
+        "steady_seconds": result.steady_seconds,
+        "server": server,
+        "bench": {
+            "cpu_percent": bench_cpu,
+            "media_loop_busy_percent": 100.0 * result.engine_busy_seconds / result.engine_wall_seconds
+            if result.engine_wall_seconds else None,
+            "send_lateness_ms": lateness,
+            "saturated": saturated,
+            "clock": "kernel SO_TIMESTAMPNS" if fallback == 0 else f"time.time_ns() fallback for {fallback} packets",
+            "sip_retransmissions": result.sip_retransmissions,
+            "sip_malformed": result.sip_malformed,
+            "duration_seconds": result.duration_seconds,
+        },
+    }
+
+
+def _format(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, dict):
+        return " ".join(f"{key}:{count}" for key, count in value.items()) or "-"
+    return str(value)
+
+
+def rows(summary: dict) -> list[tuple[str, object]]:
+    """(label, value) rows of the human table, in reading order."""
+    out: list[tuple[str, object]] = [
+        ("calls attempted", summary["calls"]["attempted"]),
+        ("calls answered", summary["calls"]["answered"]),
+        ("calls failed (by SIP code)", summary["calls"]["failed"]),
+    ]
+    for name, label in (("invite_to_100", "INVITE->100 ms"), ("invite_to_200", "INVITE->200 ms"),
+                        ("ok_to_first_rtp", "200->first RTP ms"), ("ok_to_first_sound", "200->first sound ms")):
+        found = summary["latency_ms"][name]
+        out += [(f"{label} p50", found["p50"]), (f"{label} p99", found["p99"]), (f"{label} max", found["max"])]
+    deviation = summary["interarrival_deviation_ms"]
+    out += [(f"inter-arrival deviation ms {key}", deviation[key]) for key in ("p50", "p90", "p99", "max")]
+    out += [("max gap ms", summary["max_gap_ms"])]
+    packets = summary["packets"]
+    out += [(f"packets {key}", packets[key]) for key in ("received", "lost", "duplicates", "reordered")]
+    out += [("drift ms/min (max |.|)", summary["drift_ms_per_minute_max"]), ("steady period s", summary["steady_seconds"])]
+    server = summary["server"] or {}
+    out += [("target CPU % of a core", server.get("cpu_percent")), ("target RSS idle KiB", server.get("rss_idle_kib")),
+            ("target RSS steady KiB", server.get("rss_steady_kib")), ("target RSS per call KiB", server.get("rss_per_call_kib"))]
+    bench = summary["bench"]
+    out += [("bench CPU % of a core", bench["cpu_percent"]), ("bench send lateness p99 ms", bench["send_lateness_ms"]["p99"]),
+            ("bench saturated", bench["saturated"]), ("arrival clock", bench["clock"])]
+    return out
+
+
+def table(summaries: list[dict]) -> str:
+    """One column per target; with two, a ratio column (first / second) for numbers."""
+    columns = [rows(summary) for summary in summaries]
+    headers = ["", *(f"{summary['target']} ({summary['plan']['concurrency']} conc.)" for summary in summaries)]
+    if len(summaries) == 2:
+        headers.append("ratio")
+    lines = []
+    for position, (label, _) in enumerate(columns[0]):
+        values = [column[position][1] for column in columns]
+        cells = [label, *(_format(value) for value in values)]
+        if len(values) == 2:
+            first, second = values
+            numeric = all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values)
+            cells.append(f"{first / second:.2f}" if numeric and second else "")
+        lines.append(cells)
+    widths = [max(len(str(cells[index])) for cells in [headers, *lines]) for index in range(len(headers))]
+    rendered = [" | ".join(str(cell).ljust(width) for cell, width in zip(cells, widths)).rstrip() for cells in [headers, *lines]]
+    rendered.insert(1, "-+-".join("-" * width for width in widths))
+    return "\n".join(rendered)
+
+
+def plot(results: list[RunResult], path: str) -> None:
+    """Draw INVITE->200 / 200->first sound latencies and the inter-arrival histogram to ``path``."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as pyplot
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install 'eko-rtp[plot]'", key="--plot") from None
+    figure, (latency_axis, jitter_axis) = pyplot.subplots(1, 2, figsize=(12, 4.5))
+    for result in results:
+        for start, end, label in (("invite_sent_ns", "final_ns", "INVITE->200"),
+                                  ("final_ns", "media.first_sound_ns", "200->first sound")):
+            values = sorted(value * _NS_TO_MS for value in _deltas(result.records, start, end))
+            if values:
+                latency_axis.plot(values, [(rank + 1) / len(values) for rank in range(len(values))],
+                                  label=f"{result.target}: {label}")
+        deviations = [value * _NS_TO_MS for value in deviations_ns(result)]
+        if deviations:
+            jitter_axis.hist(deviations, bins=100, histtype="step", log=True, label=result.target)
+    latency_axis.set(xlabel="ms", ylabel="fraction of calls", title="latency (CDF)")
+    latency_axis.legend(fontsize="small")
+    jitter_axis.set(xlabel="|inter-arrival - 20 ms|, ms", ylabel="packets", title="inter-arrival deviation")
+    jitter_axis.legend(fontsize="small")
+    figure.tight_layout()
+    try:
+        figure.savefig(path)
+    except OSError as error:
+        raise UserError(f"cannot write the plot: {error}", path=path) from None

@@ -1,0 +1,240 @@
+"""One load run against one target: place the calls, hold them, hang up, sample the target.
+
+Theory of operation: call ``i`` is placed at ``t0 + i / rate`` (absolute schedule)
+once fewer than ``concurrency`` calls are up; it is held for ``hold`` seconds from
+its 200 OK (or until the far end sends BYE) and then hung up. SIP runs in trio
+(``sip_client.py``); RTP in the engine thread (``rtp_engine.py``).
+
+The *steady period* is when the planned number of simultaneous calls is up: it
+starts when the first ``min(calls, concurrency)`` INVITEs have all ended (answered
+or failed) and ends when the first call starts hanging up. The target's CPU and RSS
+and the bench's own CPU are sampled over it; RSS before the first call is the idle
+figure. A hold shorter than the ramp-up (calls / rate) leaves no steady period,
+and the report says so.
+"""
+
+from __future__ import annotations
+
+import resource
+import secrets
+import time
+
+import attrs
+import trio
+
+from eko_rtp.bench import procstat, uac
+from eko_rtp.bench.rtp_engine import CallMedia, RtpEngine
+from eko_rtp.bench.sip_client import SipClient
+from eko_rtp.bench.targets import Target, check_loopback
+from eko_rtp.errors import UserError
+
+MAX_CALLS = 2000
+MAX_SECONDS = 600.0
+SAMPLE_INTERVAL = 0.5
+SCENARIOS = ("greeting-unknown",)
+PROTOCOL_ERROR_STATUS = 0  # not a SIP code: the answer could not be used (reason in the record)
+
+
+@attrs.frozen(kw_only=True)
+class Plan:
+    """What one run does; validated against the bench's hard caps."""
+
+    calls: int
+    concurrency: int
+    rate: float
+    hold: float
+    scenario: str = "greeting-unknown"
+    local_host: str = "127.0.0.1"
+
+    def __attrs_post_init__(self) -> None:
+        if not 1 <= self.calls <= MAX_CALLS:
+            raise UserError(f"{self.calls} calls is outside 1..{MAX_CALLS}", key="--calls")
+        if not 1 <= self.concurrency <= MAX_CALLS:
+            raise UserError(f"concurrency {self.concurrency} is outside 1..{MAX_CALLS}", key="--concurrency")
+        if not 0 < self.rate <= 1000:
+            raise UserError(f"rate {self.rate} calls/s is outside (0, 1000]", key="--rate")
+        if not 0 < self.hold <= MAX_SECONDS:
+            raise UserError(f"hold {self.hold} s is outside (0, {MAX_SECONDS:.0f}]", key="--hold")
+        if self.scenario not in SCENARIOS:
+            raise UserError(f"scenario {self.scenario!r} is not one of {', '.join(SCENARIOS)}", key="--scenario")
+        if self.estimated_seconds > MAX_SECONDS:
+            raise UserError(f"the run would take about {self.estimated_seconds:.0f} s (calls / rate, in waves of"
+                            f" concurrency, plus hold), over the {MAX_SECONDS:.0f} s cap", key="--hold")
+        check_loopback(self.local_host)
+
+    @property
+    def simultaneous(self) -> int:
+        return min(self.calls, self.concurrency)
+
+    @property
+    def estimated_seconds(self) -> float:
+        waves = -(-self.calls // self.concurrency)
+        return max(self.calls / self.rate, waves * self.hold) + self.hold
+
+    def caller(self, index: int) -> str:
+        """The calling number: greeting-unknown uses numbers no CRM has (+1 555 01xx xxx, fictional range)."""
+        return f"+1555{1000000 + index:07d}"
+
+
+@attrs.define
+class CallRecord:
+    """What happened to one call; times are kernel CLOCK_REALTIME ns."""
+
+    index: int
+    status: int | None = None
+    reason: str = ""
+    invite_sent_ns: int | None = None
+    provisional_ns: int | None = None
+    final_ns: int | None = None
+    media: CallMedia | None = None
+    payload_type: int | None = None
+    bye_status: int | None = None
+    remote_hangup: bool = False
+
+
+@attrs.define
+class RunResult:
+    target: str
+    plan: Plan
+    records: list[CallRecord]
+    idle: procstat.Sample | None
+    steady: list[procstat.Sample]
+    steady_seconds: float | None
+    bench_cpu_seconds: float | None
+    engine_busy_seconds: float
+    engine_wall_seconds: float
+    lateness_ns: list[int]
+    sip_retransmissions: int
+    sip_malformed: int
+    duration_seconds: float
+
+
+async def run_load(target: Target, plan: Plan, *, caller_audio: bytes) -> RunResult:
+    """Place ``plan.calls`` calls at ``target`` and record everything the report needs."""
+    engine = RtpEngine(host=plan.local_host, caller_audio=caller_audio)
+    client = await SipClient.open(local_host=plan.local_host, target_host=target.host, target_port=target.port)
+    records = [CallRecord(index=index) for index in range(plan.calls)]
+    run_token = secrets.token_hex(4)
+    settled = 0
+    all_up = trio.Event()
+    first_down = trio.Event()
+    steady: list[procstat.Sample] = []
+    bench_cpu: list[float] = []
+    idle = procstat.sample(target.pid, time.monotonic()) if target.pid else None
+    limiter = trio.CapacityLimiter(plan.concurrency)
+    started = time.monotonic()
+
+    def settle() -> None:
+        nonlocal settled
+        settled += 1
+        if settled == plan.simultaneous:
+            all_up.set()
+
+    async def one_call(record: CallRecord) -> None:
+        media = engine.open_call()
+        record.media = media
+        dialog = uac.Dialog(endpoint=client.endpoint, call_id=f"{run_token}-{record.index}@eko-bench",
+                            from_tag=uac.new_tag(), caller=plan.caller(record.index))
+        offer = uac.sdp_offer(address=plan.local_host, rtp_port=media.port, session_id=record.index + 1)
+        try:
+            outcome, dialog = await client.invite(dialog, offer)
+            record.status = outcome.status
+            record.invite_sent_ns, record.provisional_ns, record.final_ns = (
+                outcome.sent_ns, outcome.provisional_ns, outcome.final_ns)
+            if not 200 <= outcome.status < 300:
+                record.reason = outcome.response.reason if outcome.response else "no response (timeout)"
+                settle()
+                return
+            try:
+                answer = uac.parse_sdp_answer_untrusted(outcome.response.body)
+                check_loopback(answer.address)
+            except (uac.BenchProtocolError, UserError) as error:
+                record.status, record.reason = PROTOCOL_ERROR_STATUS, f"unusable SDP answer: {error}"
+                settle()
+                await client.bye(dialog)
+                return
+            record.payload_type = answer.payload_type
+            engine.start_sending(media, (answer.address, answer.port), answer.payload_type)
+            settle()
+            hangup = client.remote_hangups.get(dialog.call_id)
+            with trio.move_on_after(plan.hold):
+                await hangup.wait()
+                record.remote_hangup = True
+            first_down.set()
+            if not record.remote_hangup:
+                record.bye_status = await client.bye(dialog)
+        except uac.BenchProtocolError as error:
+            record.status, record.reason = PROTOCOL_ERROR_STATUS, str(error)
+            settle()
+        finally:
+            engine.stop(media)
+
+    async def place_calls() -> None:
+        async with trio.open_nursery() as calls:
+            t0 = trio.current_time()
+            for record in records:
+                await trio.sleep_until(t0 + record.index / plan.rate)
+                await limiter.acquire_on_behalf_of(record.index)
+
+                async def held(record=record) -> None:
+                    try:
+                        await one_call(record)
+                    finally:
+                        limiter.release_on_behalf_of(record.index)
+
+                calls.start_soon(held)
+
+    async def sample_steady() -> None:
+        await all_up.wait()
+        while True:
+            if target.pid:
+                found = procstat.sample(target.pid, time.monotonic())
+                if found is not None:
+                    steady.append(found)
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            bench_cpu.append(usage.ru_utime + usage.ru_stime)
+            if first_down.is_set():
+                return
+            with trio.move_on_after(SAMPLE_INTERVAL):
+                await first_down.wait()
+
+    engine.start()
+    steady_started = steady_ended = None
+    try:
+        with trio.fail_after(plan.estimated_seconds + 60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.receive_loop)
+
+                async def sampler() -> None:
+                    nonlocal steady_started, steady_ended
+                    await all_up.wait()
+                    if first_down.is_set():
+                        return  # a call hung up before the last was up: no steady period
+                    steady_started = time.monotonic()
+                    await sample_steady()
+                    steady_ended = time.monotonic()
+
+                nursery.start_soon(sampler)
+                await place_calls()
+                nursery.cancel_scope.cancel()
+    finally:
+        client.close()
+        engine.close()
+    steady_seconds = None
+    if steady_started is not None and steady_ended is not None and steady_ended > steady_started:
+        steady_seconds = steady_ended - steady_started
+    return RunResult(
+        target=target.name,
+        plan=plan,
+        records=records,
+        idle=idle,
+        steady=steady,
+        steady_seconds=steady_seconds,
+        bench_cpu_seconds=(bench_cpu[-1] - bench_cpu[0]) if len(bench_cpu) >= 2 else None,
+        engine_busy_seconds=engine.busy_seconds,
+        engine_wall_seconds=engine.wall_seconds,
+        lateness_ns=list(engine.lateness_ns),
+        sip_retransmissions=client.retransmissions,
+        sip_malformed=client.malformed,
+        duration_seconds=time.monotonic() - started,
+    )

@@ -1,0 +1,172 @@
+"""Starting, pinning, probing and stopping what the bench measures.
+
+Two kinds of target: ``eko-rtp serve`` (our server, spawned with ``--spawn`` or
+already running at ``--address``) and the pjsua2 reference bot in
+``bench/peers/pjsua2_bot.py``. A spawned target is pinned to ``--server-cpus``
+with ``os.sched_setaffinity`` and the bench pins itself to the remaining CPUs, so
+the figures are one core's worth of server with the load generator elsewhere.
+Readiness is an OPTIONS that gets a 200 (the server contract), polled with a
+deadline; a target that exits first is reported with the tail of its stderr.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import tempfile
+
+import attrs
+import trio
+
+from eko_rtp.bench.sip_client import SipClient
+from eko_rtp.errors import UserError
+
+PEER_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "bench" / "peers" / "pjsua2_bot.py"
+PEER_MAX_CALLS = 4  # PJSUA_MAX_CALLS in the pjsua2-python wheel
+PHRASES = ("greet", "welcome")  # what the default script plays, in order
+READY_TIMEOUT = 30.0
+
+
+def check_loopback(host: str) -> str:
+    """Refuse anything but 127.0.0.0/8 and ::1: the bench floods what it targets."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise UserError(f"target host {host!r} is not an IP address (the bench only targets loopback)", key="--address") from None
+    if not address.is_loopback:
+        raise UserError(f"target {host} is outside loopback (127.0.0.0/8, ::1); the bench refuses to load other hosts",
+                        key="--address")
+    return host
+
+
+def parse_host_port(text: str, *, key: str) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"expected HOST:PORT, got {text!r}", key=key)
+    return check_loopback(host), int(port)
+
+
+def free_udp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def parse_cpus(text: str) -> set[int]:
+    """'0' or '0,2' or '0-1' -> a CPU set, checked against this machine."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            low, _, high = part.partition("-")
+            cpus.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise UserError(f"expected a CPU list like 0 or 0,1 or 0-1, got {text!r}", key="--server-cpus") from None
+    available = os.sched_getaffinity(0)
+    if not cpus or not cpus <= available:
+        raise UserError(f"CPUs {sorted(cpus)} are not all among this process's {sorted(available)}", key="--server-cpus")
+    return cpus
+
+
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Pin ``pid`` (0: the bench) to ``cpus``; the bench goes to the others when any remain."""
+    if cpus is None:
+        return
+    os.sched_setaffinity(pid, cpus)
+
+
+def pin_bench_away_from(server_cpus: set[int] | None) -> set[int]:
+    available = os.sched_getaffinity(0)
+    if server_cpus is not None and available - server_cpus:
+        os.sched_setaffinity(0, available - server_cpus)
+    return os.sched_getaffinity(0)
+
+
+def phrase_files(cache_dir: str) -> list[str]:
+    """The cache's rendered µ-law files for the default script, in play order."""
+    found = [str(pathlib.Path(cache_dir) / f"{key}.raw") for key in PHRASES if (pathlib.Path(cache_dir) / f"{key}.raw").is_file()]
+    if not found:
+        raise UserError(f"no {PHRASES[0]}.raw in the cache; run: eko-rtp cache build --cache {cache_dir}", path=cache_dir)
+    return found
+
+
+@attrs.define
+class Target:
+    """Something answering SIP at ``host:port``; ``process`` when the bench started it."""
+
+    name: str
+    host: str
+    port: int
+    process: subprocess.Popen | None = None
+    pid: int | None = None
+    stderr_path: str | None = None
+    max_calls: int | None = None
+
+    def stderr_tail(self, lines: int = 15) -> str:
+        if self.stderr_path is None:
+            return ""
+        with open(self.stderr_path, errors="replace") as handle:
+            return "".join(handle.readlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def _spawn(name: str, command: list[str], host: str, port: int, cpus: set[int] | None, max_calls: int | None) -> Target:
+    stderr = tempfile.NamedTemporaryFile(prefix=f"eko-bench-{name}-", suffix=".log", delete=False)
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
+    stderr.close()
+    pin(process.pid, cpus)
+    return Target(name=name, host=host, port=port, process=process, pid=process.pid, stderr_path=stderr.name,
+                  max_calls=max_calls)
+
+
+def spawn_server(*, host: str, cache_dir: str | None, cpus: set[int] | None, rtp_ports: str, extra: list[str]) -> Target:
+    port = free_udp_port(host)
+    command = [sys.executable, "-m", "eko_rtp", "serve", "--listen", f"{host}:{port}", "--media-address", host,
+               "--rtp-ports", rtp_ports]
+    if cache_dir is not None:
+        command += ["--cache", cache_dir]
+    return _spawn("server", command + extra, host, port, cpus, None)
+
+
+def spawn_peer(*, host: str, cache_dir: str, cpus: set[int] | None, rtp_port: int) -> Target:
+    if not PEER_SCRIPT.is_file():
+        raise UserError(f"the reference peer is not at {PEER_SCRIPT} (it ships in the source tree only)")
+    port = free_udp_port(host)
+    command = [sys.executable, str(PEER_SCRIPT), "--listen", f"{host}:{port}", "--rtp-port", str(rtp_port)]
+    for path in phrase_files(cache_dir):
+        command += ["--audio", path]
+    return _spawn("peer", command, host, port, cpus, PEER_MAX_CALLS)
+
+
+async def wait_ready(target: Target, *, local_host: str, timeout: float = READY_TIMEOUT) -> None:
+    """Poll with OPTIONS until a 200, the process exits, or ``timeout``."""
+    client = await SipClient.open(local_host=local_host, target_host=target.host, target_port=target.port)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.receive_loop)
+            with trio.move_on_after(timeout):
+                while True:
+                    if target.process is not None and target.process.poll() is not None:
+                        raise UserError(f"{target.name} exited with status {target.process.returncode} before answering"
+                                        f" OPTIONS; its last output:\n{target.stderr_tail()}")
+                    if await client.options(timeout=0.3) == 200:
+                        nursery.cancel_scope.cancel()
+                        return
+                    await trio.sleep(0.2)
+            raise UserError(f"{target.name} at {target.host}:{target.port} did not answer OPTIONS 200 within {timeout:.0f} s;"
+                            f" its last output:\n{target.stderr_tail()}")
+    finally:
+        client.close()

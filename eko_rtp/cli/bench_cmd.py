@@ -1,0 +1,69 @@
+"""`eko-rtp bench` (also `bin/eko-bench`): load a SIP target on loopback the way a trunk does and report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from eko_rtp.bench import campaign, report
+from eko_rtp.bench.rtp_engine import SILENCE, open_wav_as_ulaw
+from eko_rtp.bench.run import MAX_CALLS, MAX_SECONDS, SCENARIOS, Plan
+from eko_rtp.bench.targets import parse_cpus
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="place calls at a server or the pjsua2 reference peer and measure them",
+        description="Acts as a SIP trunk on loopback: places calls at a rate and concurrency, holds them, sends"
+                    " caller RTP, receives and times the target's RTP, hangs up, and reports latency, jitter,"
+                    f" loss, drift, CPU and memory. Hard caps: {MAX_CALLS} calls, {MAX_SECONDS:.0f} s.")
+    parser.add_argument("--target", choices=("server", "peer", "both"), default="server",
+                        help="what to measure (default server; peer = bench/peers/pjsua2_bot.py)")
+    parser.add_argument("--address", help="HOST:PORT of a running server (loopback only)")
+    parser.add_argument("--spawn", action="store_true", help="start `eko-rtp serve` on a free port and stop it after")
+    parser.add_argument("--server-cpus", type=parse_cpus, help="pin the spawned target to these CPUs (e.g. 0); the bench takes the rest")
+    parser.add_argument("--server-pid", type=int, help="sample CPU and RSS of this pid (a server given by --address)")
+    parser.add_argument("--cache", dest="cache_dir", help="phrase cache directory (passed to the server; the peer plays its greet/welcome)")
+    parser.add_argument("--rtp-ports", default="30000-39999", help="RTP port range for a spawned server (default 30000-39999)")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra argument for a spawned server (repeatable)")
+    parser.add_argument("--calls", type=int, default=10, help="calls to place in all (default 10)")
+    parser.add_argument("--concurrency", type=int, help="at most this many at once (default: --calls)")
+    parser.add_argument("--rate", type=float, default=100.0, help="calls placed per second (default 100)")
+    parser.add_argument("--hold", type=float, default=10.0, help="seconds each call is held after its 200 (default 10)")
+    parser.add_argument("--audio", help="WAV (8 kHz mono 16-bit) the caller plays, looped (default: silence)")
+    parser.add_argument("--scenario", choices=SCENARIOS, default=SCENARIOS[0], help="caller population (default greeting-unknown)")
+    parser.add_argument("--ramp", action="store_true",
+                        help=f"find the most concurrent calls with deviation p99 <= {campaign.RAMP_P99_MS} ms and no loss"
+                             f" (steps {', '.join(map(str, campaign.RAMP_STEPS))})")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--plot", help="also draw latency and inter-arrival plots to this PNG (needs matplotlib)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = Plan(calls=args.calls, concurrency=args.concurrency or args.calls, rate=args.rate, hold=args.hold,
+                scenario=args.scenario)
+    options = campaign.Options(
+        target=args.target, address=args.address, spawn=args.spawn, server_cpus=args.server_cpus,
+        server_pid=args.server_pid, cache_dir=args.cache_dir, rtp_ports=args.rtp_ports,
+        server_args=tuple(args.server_arg), plan=plan, ramp=args.ramp)
+    caller_audio = open_wav_as_ulaw(args.audio) if args.audio else SILENCE
+    outcome = campaign.run_sync(options, caller_audio=caller_audio)
+    if args.plot:
+        report.plot(outcome.results, args.plot)
+    if args.json:
+        json.dump({"runs": outcome.summaries, "ramp": outcome.ramp, "notes": outcome.notes}, sys.stdout, indent=2)
+        print()
+    else:
+        if outcome.ramp is not None:
+            for step in outcome.ramp["steps"]:
+                print(f"ramp {step['concurrent']:>5} calls: answered {step['answered']}, deviation p99"
+                      f" {step['deviation_p99_ms']} ms, lost {step['lost']}, bench saturated {step['bench_saturated']}"
+                      f" -> {'pass' if step['passed'] else 'FAIL'}")
+            print(f"largest passing ({outcome.ramp['criterion']}): {outcome.ramp['largest_passing']}")
+        else:
+            print(report.table(outcome.summaries))
+        for note in outcome.notes:
+            print(f"note: {note}")
+    return 0
