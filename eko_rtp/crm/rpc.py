@@ -166,6 +166,9 @@ class RpcConnection:
         self._next_msgid = 0
         self._broken: RpcProtocolError | None = None
         self._received = 0
+        # Stream offset just past the last complete message. The unpacker's own
+        # tell() also counts the parsed head of a message still incomplete.
+        self._consumed = 0
 
     @property
     def broken(self) -> RpcProtocolError | None:
@@ -175,7 +178,7 @@ class RpcConnection:
     @property
     def buffered_bytes(self) -> int:
         """Received bytes not yet decoded: non-zero at EOF means the peer stopped mid-message."""
-        return self._received - self._unpacker.tell()
+        return self._received - self._consumed
 
     def _fail(self, message: str) -> RpcProtocolError:
         self._broken = RpcProtocolError(message)
@@ -205,6 +208,7 @@ class RpcConnection:
             # FormatError, StackError, UnicodeDecodeError, over-limit lengths and
             # non-string map keys are all ValueError subclasses in msgpack.
             raise self._fail(f"undecodable msgpack: {error}") from None
+        self._consumed = self._unpacker.tell()
         try:
             return event_from_untrusted(message)
         except RpcProtocolError as error:

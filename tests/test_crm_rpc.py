@@ -1,0 +1,176 @@
+"""msgpack-RPC framing: exact bytes both ways, limits, and every bad shape."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import msgpack
+import pytest
+
+from eko_rtp.crm.errors import RpcProtocolError
+from eko_rtp.crm.rpc import (
+    NEED_DATA,
+    RpcConnection,
+    RpcLimits,
+    RpcNotification,
+    RpcRequest,
+    RpcResponse,
+)
+
+VERSION_REQUEST = b"\x94\x00\x00\xabcrm.version\x90"
+LOOKUP_REQUEST = b"\x94\x00\x07\xb1crm.lookup_caller\x91\xac+33612345678"
+NIL_RESPONSE = b"\x94\x01\x07\xc0\xc0"
+ERROR_RESPONSE = b"\x94\x01\x07\x92\x01\xa3bad\xc0"
+LOG_NOTIFICATION = b"\x93\x02\xaccrm.log_call\x91\x81\xa8duration\x05"
+
+
+def test_send_request_allocates_msgids_and_encodes_exact_bytes():
+    connection = RpcConnection()
+    assert connection.send_request("crm.version", []) == (0, VERSION_REQUEST)
+    msgid, data = connection.send_request("crm.version", ())
+    assert msgid == 1
+    assert data == b"\x94\x00\x01\xabcrm.version\x90"
+
+
+def test_msgid_wraps_at_2_to_the_32():
+    connection = RpcConnection()
+    connection._next_msgid = 2**32 - 1
+    assert connection.send_request("m", [])[0] == 2**32 - 1
+    assert connection.send_request("m", [])[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"result": None}, NIL_RESPONSE),
+        ({"error": [1, "bad"]}, ERROR_RESPONSE),
+        ({"result": {"a": b"\x00"}}, b"\x94\x01\x07\xc0\x81\xa1a\xc4\x01\x00"),
+    ],
+)
+def test_send_response_exact_bytes(kwargs, expected):
+    assert RpcConnection().send_response(7, **kwargs) == expected
+
+
+def test_send_notification_exact_bytes():
+    assert RpcConnection().send_notification("crm.log_call", [{"duration": 5}]) == LOG_NOTIFICATION
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (VERSION_REQUEST, RpcRequest(msgid=0, method="crm.version", params=[])),
+        (LOOKUP_REQUEST, RpcRequest(msgid=7, method="crm.lookup_caller", params=["+33612345678"])),
+        (NIL_RESPONSE, RpcResponse(msgid=7, error=None, result=None)),
+        (ERROR_RESPONSE, RpcResponse(msgid=7, error=[1, "bad"], result=None)),
+        (LOG_NOTIFICATION, RpcNotification(method="crm.log_call", params=[{"duration": 5}])),
+    ],
+)
+def test_receive_whole_message(data, expected):
+    connection = RpcConnection()
+    connection.receive_data(data)
+    assert connection.next_event() == expected
+    assert connection.next_event() is NEED_DATA
+    assert connection.buffered_bytes == 0
+
+
+def test_receive_byte_by_byte_then_two_in_one_chunk():
+    connection = RpcConnection()
+    for index, byte in enumerate(LOOKUP_REQUEST):
+        assert connection.next_event() is NEED_DATA
+        connection.receive_data(bytes([byte]))
+        assert connection.buffered_bytes == (index + 1 if index + 1 < len(LOOKUP_REQUEST) else len(LOOKUP_REQUEST))
+    assert connection.next_event() == RpcRequest(msgid=7, method="crm.lookup_caller", params=["+33612345678"])
+    connection.receive_data(NIL_RESPONSE + ERROR_RESPONSE[:3])
+    assert connection.next_event() == RpcResponse(msgid=7, error=None, result=None)
+    assert connection.next_event() is NEED_DATA
+    assert connection.buffered_bytes == 3
+    connection.receive_data(ERROR_RESPONSE[3:])
+    assert connection.next_event() == RpcResponse(msgid=7, error=[1, "bad"], result=None)
+
+
+def test_round_trip_between_two_connections():
+    client, server = RpcConnection(), RpcConnection()
+    msgid, data = client.send_request("crm.lookup_caller", ["+33612345678"])
+    server.receive_data(data)
+    request = server.next_event()
+    assert request == RpcRequest(msgid=msgid, method="crm.lookup_caller", params=["+33612345678"])
+    client.receive_data(server.send_response(request.msgid, result={"client_id": "c1"}))
+    assert client.next_event() == RpcResponse(msgid=msgid, error=None, result={"client_id": "c1"})
+
+
+BAD_MESSAGES = [
+    (b"\xc1", "undecodable msgpack: "),  # 0xc1 is never used in msgpack
+    (msgpack.packb(5), "message is not a non-empty array: 5"),
+    (msgpack.packb([]), "message is not a non-empty array: []"),
+    (msgpack.packb([3, 1, "m", []]), "unknown message type 3 (expected 0, 1 or 2)"),
+    (msgpack.packb([True, 1, "m", []]), "unknown message type True (expected 0, 1 or 2)"),
+    (msgpack.packb([0, 1, "m"]), "request must have 4 elements, got 3"),
+    (msgpack.packb([0, -1, "m", []]), "request msgid must be an int in [0, 2**32), got -1"),
+    (msgpack.packb([0, 2**32, "m", []]), "request msgid must be an int in [0, 2**32), got 4294967296"),
+    (msgpack.packb([0, 1, b"m", []]), "request method must be a str, got bytes"),
+    (msgpack.packb([0, 1, "m", {}]), "request params must be an array, got dict"),
+    (msgpack.packb([1, "x", None, None]), "response msgid must be an int in [0, 2**32), got 'x'"),
+    (msgpack.packb([1, 1, None]), "response must have 4 elements, got 3"),
+    (msgpack.packb([2, "m", [], 1]), "notification must have 3 elements, got 4"),
+    (msgpack.packb([2, 5, []]), "notification method must be a str, got int"),
+    (msgpack.packb([1, 1, None, msgpack.ExtType(1, b"x")]), "undecodable msgpack: 2 exceeds max_ext_len(0)"),
+    (b"\x94\x01\x01\xc0\xa2\xff\xfe", "undecodable msgpack: 'utf-8' codec can't decode byte 0xff"),
+    (msgpack.packb([1, 1, None, {1: 2}]), "undecodable msgpack: int is not allowed for map key"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), BAD_MESSAGES)
+def test_bad_messages_raise_and_break_the_connection(data, message):
+    connection = RpcConnection()
+    connection.receive_data(data)
+    with pytest.raises(RpcProtocolError) as caught:
+        connection.next_event()
+    assert str(caught.value).startswith(message)
+    # Out of sync for good: a valid message afterwards is refused too.
+    assert connection.broken is not None
+    with pytest.raises(RpcProtocolError):
+        connection.receive_data(NIL_RESPONSE)
+    with pytest.raises(RpcProtocolError):
+        connection.next_event()
+
+
+LIMITS = RpcLimits(max_message_bytes=64, max_str_len=8, max_bin_len=8, max_array_len=4, max_map_len=2)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([1, 1, None, "x" * 9], "undecodable msgpack: 9 exceeds max_str_len(8)"),
+        ([1, 1, None, b"x" * 9], "undecodable msgpack: 9 exceeds max_bin_len(8)"),
+        ([1, 1, None, [0] * 5], "undecodable msgpack: 5 exceeds max_array_len(4)"),
+        ([1, 1, None, {"a": 1, "b": 2, "c": 3}], "undecodable msgpack: 3 exceeds max_map_len(2)"),
+    ],
+)
+def test_limits_refuse_oversized_elements(value, message):
+    connection = RpcConnection(limits=LIMITS)
+    connection.receive_data(msgpack.packb(value))
+    with pytest.raises(RpcProtocolError, match=r"^" + message.replace("(", r"\(").replace(")", r"\)") + "$"):
+        connection.next_event()
+
+
+def test_incomplete_message_over_the_buffer_cap_is_refused():
+    connection = RpcConnection(limits=LIMITS)
+    connection.receive_data(b"\x94\x01\x01\xc0")
+    with pytest.raises(RpcProtocolError, match=r"^incomplete message exceeds 64 bytes$"):
+        connection.receive_data(b"\xc4\x08" + b"\x00" * 70)
+
+
+def test_limits_validate():
+    with pytest.raises(ValueError, match=r"^RpcLimits.max_bin_len must be a non-negative int, got -1$"):
+        RpcLimits(max_bin_len=-1)
+
+
+def test_core_modules_import_neither_trio_nor_socket():
+    code = (
+        "import sys\n"
+        "import eko_rtp.crm.rpc, eko_rtp.crm.records, eko_rtp.crm.phone, eko_rtp.crm.errors, eko_rtp.call.greeting\n"
+        "print(sorted(m for m in ('trio', 'socket') if m in sys.modules))\n"
+    )
+    output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert output.strip() == "[]"
