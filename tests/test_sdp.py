@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import hypothesis
 import hypothesis.strategies as st
 import pytest
@@ -10,6 +12,7 @@ from eko_rtp.media.sdp import (
     Codec,
     Direction,
     MediaPlan,
+    RtpMap,
     SdpError,
     SdpOrigin,
     apply_answer,
@@ -27,32 +30,40 @@ def crlf(text: str) -> bytes:
     return text.strip("\n").replace("\n", "\r\n").encode() + b"\r\n"
 
 
-# As pjsua2 2.14 sends it: many codecs, telephone-event at 16k and 8k, a=rtcp.
+# Captured from pjsua2 2.15.1 (makeCall with default settings, null audio device):
+# speex first, PCMU after GSM, telephone-event at 16k, 8k (121) and 32k, a=rtcp.
 PJSUA2_OFFER = crlf("""
 v=0
-o=- 3912345678 3912345678 IN IP4 127.0.0.1
+o=- 4004596915 4004596915 IN IP4 192.0.2.2
 s=pjmedia
 b=AS:84
 t=0 0
 a=X-nat:0
-m=audio 4000 RTP/AVP 96 9 0 8 97 120 101
-c=IN IP4 127.0.0.1
+m=audio 4000 RTP/AVP 96 97 98 99 3 0 8 9 120 121 122
+c=IN IP4 192.0.2.2
 b=TIAS:64000
-a=rtcp:4001 IN IP4 127.0.0.1
+a=rtcp:4001 IN IP4 192.0.2.2
 a=sendrecv
 a=rtpmap:96 speex/16000
-a=rtpmap:9 G722/8000
+a=rtpmap:97 speex/8000
+a=rtpmap:98 speex/32000
+a=rtpmap:99 iLBC/8000
+a=fmtp:99 mode=30
+a=rtpmap:3 GSM/8000
 a=rtpmap:0 PCMU/8000
 a=rtpmap:8 PCMA/8000
-a=rtpmap:97 speex/8000
+a=rtpmap:9 G722/8000
 a=rtpmap:120 telephone-event/16000
 a=fmtp:120 0-16
-a=rtpmap:101 telephone-event/8000
-a=fmtp:101 0-16
-a=ssrc:1190845893 cname:2b1d4c2a6f2b3e1f
+a=rtpmap:121 telephone-event/8000
+a=fmtp:121 0-16
+a=rtpmap:122 telephone-event/32000
+a=fmtp:122 0-16
+a=ssrc:1101808991 cname:38e99b916def5cf8
 """)
 
-# sipp's built-in uac scenario: PCMU only, LF line ends are tolerated too.
+# Captured from sipp's built-in uac scenario (sipp -sn uac): PCMU only. sipp ends
+# lines with CRLF; this copy uses bare LF to show those are tolerated too.
 SIPP_OFFER = b"""v=0
 o=user1 53655765 2353687637 IN IP4 127.0.0.1
 s=-
@@ -82,15 +93,15 @@ a=sendrecv
 
 def test_parse_pjsua2_offer():
     offer = parse_sdp_untrusted(PJSUA2_OFFER)
-    assert offer.origin == SdpOrigin(session_id=3912345678, version=3912345678, address="127.0.0.1")
+    assert offer.origin == SdpOrigin(session_id=4004596915, version=4004596915, address="192.0.2.2")
     (audio,) = offer.media
     assert (audio.media, audio.port, audio.protocol) == ("audio", 4000, "RTP/AVP")
-    assert audio.formats == ("96", "9", "0", "8", "97", "120", "101")
-    assert audio.connection_address == "127.0.0.1"
-    assert (audio.rtcp_port, audio.rtcp_address, audio.rtcp_mux) == (4001, "127.0.0.1", False)
-    assert audio.fmtps == {120: "0-16", 101: "0-16"}
+    assert audio.formats == ("96", "97", "98", "99", "3", "0", "8", "9", "120", "121", "122")
+    assert audio.connection_address == "192.0.2.2"
+    assert (audio.rtcp_port, audio.rtcp_address, audio.rtcp_mux) == (4001, "192.0.2.2", False)
+    assert audio.fmtps == {99: "mode=30", 120: "0-16", 121: "0-16", 122: "0-16"}
     assert audio.direction is Direction.SENDRECV
-    assert audio.rtpmap(101).encoding == "telephone-event"
+    assert audio.rtpmap(121) == RtpMap(payload_type=121, encoding="telephone-event", clock_rate=8000)
     assert audio.line == 7
 
 
@@ -98,9 +109,9 @@ def test_answer_pjsua2_offer():
     plan, body = negotiate_answer(parse_sdp_untrusted(PJSUA2_OFFER), **LOCAL)
     assert plan == MediaPlan(
         codec=Codec(name="PCMU", payload_type=0),
-        telephone_event_payload_type=101,
-        remote_rtp=("127.0.0.1", 4000),
-        remote_rtcp=("127.0.0.1", 4001),
+        telephone_event_payload_type=121,
+        remote_rtp=("192.0.2.2", 4000),
+        remote_rtcp=("192.0.2.2", 4001),
         rtcp_mux=False,
         send_audio=True,
         receive_audio=True,
@@ -111,10 +122,10 @@ o=- 4242 1 IN IP4 10.0.0.5
 s=-
 c=IN IP4 10.0.0.5
 t=0 0
-m=audio 20000 RTP/AVP 0 101
+m=audio 20000 RTP/AVP 0 121
 a=rtpmap:0 PCMU/8000
-a=rtpmap:101 telephone-event/8000
-a=fmtp:101 0-16
+a=rtpmap:121 telephone-event/8000
+a=fmtp:121 0-16
 a=ptime:20
 a=sendrecv
 """)
@@ -347,6 +358,19 @@ def test_apply_answer_with_unoffered_codec_is_488():
         488,
         "SDP line 3: the answer chose none of the offered codecs PCMU",
     )
+
+
+def test_malformed_ptime_is_ignored():
+    offer = _with(SIPP_OFFER, b"a=rtpmap:0 PCMU/8000\n", b"a=rtpmap:0 PCMU/8000\na=ptime:abc\na=maxptime:40\n")
+    (audio,) = parse_sdp_untrusted(offer).media
+    assert (audio.ptime, audio.maxptime) == (None, 40)
+
+
+def test_origin_create_and_next_version():
+    rng = random.Random(7)
+    origin = SdpOrigin.create(address="10.0.0.5", rng=rng)
+    assert origin == SdpOrigin(session_id=random.Random(7).getrandbits(62), version=1, address="10.0.0.5")
+    assert origin.next_version().version == 2 and origin.next_version().session_id == origin.session_id
 
 
 def test_values_validate_in_constructor():

@@ -324,7 +324,9 @@ def parse_rtcp_untrusted(data: bytes | bytearray | memoryview) -> list[RtcpPacke
     Unknown packet types are skipped. Raises only :class:`RtcpError`, naming the
     packet (by its position in the compound) and what was wrong.
     """
-    view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+    view = memoryview(data)
+    if view.format != "B":
+        view = view.cast("B")
     packets: list[RtcpPacket] = []
     offset = 0
     index = 0

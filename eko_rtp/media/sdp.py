@@ -18,6 +18,7 @@ session id; the version must grow by one exactly when the description changes.
 from __future__ import annotations
 
 import enum
+import random
 
 import attrs
 
@@ -45,6 +46,7 @@ _CODEC_STATIC_TYPES = {"PCMU": 0, "PCMA": 8}
 _AUDIO_PROTOCOL = "RTP/AVP"
 _PTIME = 20
 _HELD_ADDRESSES = ("0.0.0.0", "::")
+_session_random = random.Random()
 
 
 class SdpError(Exception):
@@ -121,6 +123,13 @@ class SdpOrigin:
     session_id: int = attrs.field(validator=_non_negative)
     version: int = attrs.field(validator=_non_negative)
     address: str = attrs.field(validator=_token)
+
+    @classmethod
+    def create(cls, *, address: str, rng: random.Random | None = None) -> SdpOrigin:
+        """A fresh origin for a new session: a random session id (RFC 4566 §5.2
+        wants it globally unique with the address), version 1."""
+        rng = rng if rng is not None else _session_random
+        return cls(session_id=rng.getrandbits(62), version=1, address=address)
 
     def next_version(self) -> SdpOrigin:
         """This origin for a changed description (RFC 3264 §8: version + 1)."""
@@ -291,10 +300,12 @@ class _MediaBuilder:
             if payload_text.isascii() and payload_text.isdigit() and int(payload_text) <= 127:
                 self.fmtps[int(payload_text)] = parameters.strip()
             # An fmtp for a non-RTP format (e.g. a T.38 or WebRTC stream) is not ours.
-        elif name == "ptime":
-            self.ptime = _parse_int(value.strip().split(".", 1)[0], number, line, "ptime", 10_000)
-        elif name == "maxptime":
-            self.maxptime = _parse_int(value.strip().split(".", 1)[0], number, line, "maxptime", 10_000)
+        elif name in ("ptime", "maxptime"):
+            # We always send 20 ms (RFC 3551 §4.5 default for G.711), so a
+            # malformed packet time is ignored rather than failing the call.
+            whole = value.strip().split(".", 1)[0]
+            if whole.isascii() and whole.isdigit() and int(whole) <= 10_000:
+                setattr(self, name, int(whole))
         elif name in _DIRECTIONS:
             self.direction = _DIRECTIONS[name]
         elif name == "rtcp":
