@@ -154,19 +154,24 @@ def spawn_peer(*, host: str, cache_dir: str, cpus: set[int] | None, rtp_port: in
 async def wait_ready(target: Target, *, local_host: str, timeout: float = READY_TIMEOUT) -> None:
     """Poll with OPTIONS until a 200, the process exits, or ``timeout``."""
     client = await SipClient.open(local_host=local_host, target_host=target.host, target_port=target.port)
+    answered = False
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.receive_loop)
             with trio.move_on_after(timeout):
-                while True:
-                    if target.process is not None and target.process.poll() is not None:
-                        raise UserError(f"{target.name} exited with status {target.process.returncode} before answering"
-                                        f" OPTIONS; its last output:\n{target.stderr_tail()}")
+                while target.process is None or target.process.poll() is None:
                     if await client.options(timeout=0.3) == 200:
-                        nursery.cancel_scope.cancel()
-                        return
+                        answered = True
+                        break
                     await trio.sleep(0.2)
-            raise UserError(f"{target.name} at {target.host}:{target.port} did not answer OPTIONS 200 within {timeout:.0f} s;"
-                            f" its last output:\n{target.stderr_tail()}")
+            nursery.cancel_scope.cancel()
     finally:
         client.close()
+    # Raised out here, not in the nursery, so the CLI sees a UserError and not an ExceptionGroup.
+    if answered:
+        return
+    if target.process is not None and target.process.poll() is not None:
+        raise UserError(f"{target.name} exited with status {target.process.returncode} before answering"
+                        f" OPTIONS; its last output:\n{target.stderr_tail()}")
+    raise UserError(f"{target.name} at {target.host}:{target.port} did not answer OPTIONS 200 within {timeout:.0f} s;"
+                    f" its last output:\n{target.stderr_tail()}")
