@@ -14,6 +14,8 @@ from pathlib import Path
 
 import attrs
 
+from eko_rtp.cache.espeak import DEFAULT_VOICE as DEFAULT_ESPEAK_VOICE
+
 DEFAULT_BASE_URL = "https://api.elevenlabs.io"
 # A low-latency model: ElevenLabs' "Flash" family is the one meant for live agents.
 DEFAULT_MODEL_ID = "eleven_flash_v2_5"
@@ -56,8 +58,7 @@ class TtsSettings:
     voice_settings: Mapping[str, object] | None = attrs.field(default=None)
     dynamic_cache_dir: Path = attrs.field(default=Path("cache/dynamic"), converter=Path)
     dynamic_cache_max_bytes: int = attrs.field(default=256 * 1024 * 1024, validator=_positive)
-    espeak_voice: str = attrs.field(default="en-us", validator=_non_empty)
-    espeak_speed: int = attrs.field(default=165, validator=_positive)  # words per minute
+    espeak_voice: str = attrs.field(default=DEFAULT_ESPEAK_VOICE, validator=_non_empty)
     cost_per_1000_characters: float = attrs.field(default=COST_PER_1000_CHARACTERS, validator=_non_negative)
 
     def __attrs_post_init__(self) -> None:
