@@ -178,7 +178,8 @@ def test_check_lists_each_missing_stale_or_corrupt_key(tmp_path):
     assert empty.stdout.splitlines()[0] == f"manifest: {tmp_path / 'none' / 'manifest.json'} does not exist"
 
 
-def test_build_killed_midway_is_reported_by_check_and_repaired(tmp_path):
+@pytest.mark.parametrize(("kill", "status"), [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130)])
+def test_build_killed_midway_is_reported_by_check_and_repaired(tmp_path, kill, status):
     # Long texts so the build lasts long enough to be killed in the middle.
     sentence = "Ceci est une phrase de test assez longue pour occuper espeak pendant un moment. "
     phrases = write_catalogue(tmp_path / "phrases.toml", {f"phrase_{n:02d}": sentence * 4 for n in range(30)})
@@ -189,8 +190,8 @@ def test_build_killed_midway_is_reported_by_check_and_repaired(tmp_path):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and len(list(cache.glob("*.raw"))) < 3:
         time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait(timeout=10) == -signal.SIGKILL
+    process.send_signal(kill)
+    assert process.wait(timeout=10) == status
     stored = len(list(cache.glob("*.raw")))
     assert 3 <= stored < 30, "the build finished before it could be killed"
     (cache / "phrase_29.raw.tmp-99999").write_bytes(b"\x80" * 100)  # as if killed inside a write

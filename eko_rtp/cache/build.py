@@ -108,9 +108,16 @@ class CacheWriter:
     def store(self, key: str, audio: bytes, entry: ManifestEntry) -> None:
         # Audio first, manifest second: if we die in between, the old entry does not
         # match the new audio and the key reads as corrupt, never as valid.
-        write_atomic(audio_path(self.cache_dir, key), audio)
-        self.manifest = self.manifest.with_entry(key, entry)
-        write_manifest(self.cache_dir, self.manifest)
+        path = audio_path(self.cache_dir, key)
+        try:
+            write_atomic(path, audio)
+            manifest = self.manifest.with_entry(key, entry)
+            write_manifest(self.cache_dir, manifest)
+        except OSError as error:
+            # A full disk or a read-only directory: write_atomic removed its temporary.
+            raise UserError(f"cannot write the cache: {error.strerror or error}", path=str(self.cache_dir),
+                            key=key) from None
+        self.manifest = manifest
 
 
 async def build_cache(*, cache_dir: str | Path, catalogue: Catalogue, backend: Backend, force: bool = False,
@@ -151,7 +158,12 @@ async def build_cache(*, cache_dir: str | Path, catalogue: Catalogue, backend: B
                 return
         entry = make_entry(text_sha256=phrase.text_sha256, audio=audio, backend=backend.name,
                            voice=backend.voice, model=backend.model)
-        writer.store(key, audio, entry)
+        try:
+            writer.store(key, audio, entry)
+        except UserError as error:
+            fatal.append(error)
+            nursery.cancel_scope.cancel()
+            return
         rendered.append(key)
         progress.rendered(key, len(phrase.text))
 

@@ -81,8 +81,17 @@ def run_build(args: argparse.Namespace) -> int:
     catalogue = load_catalogue(args.phrases)
     check_only_keys(catalogue, args.only)
     backend = make_backend(args)
-    summary = trio.run(lambda: build_cache(cache_dir=args.cache, catalogue=catalogue, backend=backend,
-                                           force=args.force, only=args.only))
+    try:
+        summary = trio.run(lambda: build_cache(cache_dir=args.cache, catalogue=catalogue, backend=backend,
+                                               force=args.force, only=args.only))
+    except BaseExceptionGroup as group:
+        # Ctrl-C lands in whichever render task was running; trio's nursery wraps it.
+        # Every file already stored is complete, so report it as a plain interrupt.
+        _, others = group.split(KeyboardInterrupt)
+        if others is None:
+            print("\ninterrupted: the phrases stored so far are complete; build again to finish", file=sys.stderr)
+            raise KeyboardInterrupt from None
+        raise
     return 1 if summary.failed else 0
 
 
