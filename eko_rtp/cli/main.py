@@ -19,6 +19,7 @@ from eko_rtp.errors import UserError
 COMMANDS = (
     "eko_rtp.cli.cache_cmd",
     "eko_rtp.cli.crm_cmd",
+    "eko_rtp.cli.service_cmd",
 )
 
 

@@ -1,0 +1,67 @@
+"""Secrets handed to the service by systemd, never through the unit file.
+
+``LoadCredential=elevenlabs_api_key:/etc/eko-rtp/credentials/elevenlabs_api_key``
+makes systemd copy that root-only file into a private, read-only directory named
+by ``$CREDENTIALS_DIRECTORY`` (systemd.exec(5), "Credentials"), visible to the
+service alone and gone when it stops. Outside systemd (a developer's shell, or a
+unit using a 0600 ``EnvironmentFile=``) the key comes from ``$ELEVENLABS_API_KEY``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from eko_rtp.errors import UserError
+
+ELEVENLABS_CREDENTIAL = "elevenlabs_api_key"
+ELEVENLABS_ENVIRONMENT = "ELEVENLABS_API_KEY"
+
+# systemd credential names are file names: no '/', not '.' or '..'.
+_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*\Z")
+
+
+def read_credential(name: str, *, environ: Mapping[str, str] | None = None) -> str | None:
+    """The credential ``name`` from ``$CREDENTIALS_DIRECTORY``, stripped; None if absent or empty."""
+    if not _CREDENTIAL_NAME.match(name):
+        raise ValueError(f"{name!r} is not a valid credential name")
+    environ = os.environ if environ is None else environ
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = Path(directory) / name
+    try:
+        value = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise UserError(f"cannot read credential {name}: {reason}", path=str(path)) from None
+    return _checked(value, where=str(path))
+
+
+def elevenlabs_api_key(environ: Mapping[str, str] | None = None) -> str | None:
+    """The ElevenLabs API key: the systemd credential first, then ``$ELEVENLABS_API_KEY``.
+
+    None means no key is configured (live TTS falls back to espeak-ng). The value
+    is a secret: pass it to the log sanitizer, never to a log call.
+    """
+    environ = os.environ if environ is None else environ
+    key = read_credential(ELEVENLABS_CREDENTIAL, environ=environ)
+    if key is not None:
+        return key
+    return _checked(environ.get(ELEVENLABS_ENVIRONMENT, ""), where=f"${ELEVENLABS_ENVIRONMENT}")
+
+
+def _checked(value: str, *, where: str) -> str | None:
+    # A trailing newline from `echo key > file` is expected; anything else that is
+    # blank inside the key would corrupt the HTTP header it goes into.
+    value = value.strip()
+    if not value:
+        return None
+    if any(character.isspace() or not character.isprintable() for character in value):
+        # Do not echo the value: it is (most of) a secret.
+        raise UserError("the API key contains whitespace or control characters", path=where)
+    return value

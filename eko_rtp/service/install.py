@@ -1,0 +1,161 @@
+"""Install the systemd units, the system users, a default config and the directories.
+
+The unit templates in the checkout's ``systemd/`` name the default locations: the
+checkout in ``/opt/eko-rtp`` and its venv in ``/opt/eko-rtp/.venv``. Installing
+substitutes the real ones, and sizes two settings from the config: LimitNOFILE=
+(one descriptor per RTP/RTCP port plus a margin) and TimeoutStopSec= (the drain
+grace plus a margin for the last BYEs). Everything goes under ``root`` (``/`` for
+real; a temporary directory in tests), and an existing config or credential file
+is never replaced.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import attrs
+
+from eko_rtp.cache.atomic import write_atomic
+from eko_rtp.config import load_config
+from eko_rtp.errors import UserError
+from eko_rtp.service.credentials import ELEVENLABS_CREDENTIAL
+
+DEFAULT_CHECKOUT = "/opt/eko-rtp"
+DEFAULT_VENV = "/opt/eko-rtp/.venv"
+UNITS = ("eko-crm.service", "eko-rtp.service")
+SYSUSERS = "eko-rtp.sysusers"
+CONFIG_TEMPLATE = "eko-rtp.toml"
+CONFIG_PATH = "etc/eko-rtp/eko-rtp.toml"
+CREDENTIALS_DIR = "etc/eko-rtp/credentials"
+# Created for the operator to see; systemd creates and chowns them at start anyway
+# (StateDirectory=, CacheDirectory=).
+STATE_DIRECTORIES = ("var/lib/eko-crm", "var/cache/eko-rtp")
+# Descriptors beyond the RTP ports: SIP over TCP, the CRM connection, HTTP, files.
+NOFILE_MARGIN = 1024
+# Seconds beyond the drain grace: send the BYEs and close.
+STOP_MARGIN = 15
+# ProtectHome= and PrivateTmp= hide these from the service.
+_HIDDEN_FROM_SERVICE = ("/home", "/root", "/run/user", "/tmp", "/var/tmp")
+_TEMPLATE_PATHS = re.compile(re.escape(DEFAULT_VENV + "/") + "|" + re.escape(DEFAULT_CHECKOUT + "/"))
+
+
+@attrs.frozen(kw_only=True)
+class InstallStep:
+    """One thing install did: ``action`` is created, updated, unchanged or kept."""
+
+    action: str
+    path: Path
+
+
+def nofile_limit(rtp_ports: tuple[int, int]) -> int:
+    """LimitNOFILE= for an RTP port range: one socket per port (RTP + RTCP per call) plus a margin."""
+    low, high = rtp_ports
+    return high - low + 1 + NOFILE_MARGIN
+
+
+def stop_timeout(drain_grace_seconds: float) -> int:
+    """TimeoutStopSec= in seconds: the drain grace plus a margin."""
+    return math.ceil(drain_grace_seconds) + STOP_MARGIN
+
+
+def render(template: str, *, venv: Path, checkout: Path) -> str:
+    """``template`` with the default venv and checkout paths replaced (one pass)."""
+
+    def replace(match: re.Match[str]) -> str:
+        return f"{venv}/" if match.group() == DEFAULT_VENV + "/" else f"{checkout}/"
+
+    return _TEMPLATE_PATHS.sub(replace, template)
+
+
+def set_directive(unit: str, name: str, value: str) -> str:
+    """``unit`` with the one ``name=`` line set to ``value``."""
+    updated, count = re.subn(rf"^{re.escape(name)}=.*$", f"{name}={value}", unit, flags=re.MULTILINE)
+    if count != 1:
+        raise ValueError(f"expected one {name}= line in the unit, found {count}")
+    return updated
+
+
+def source_checkout() -> Path:
+    """The checkout this package runs from (it holds ``systemd/`` and ``cache/``)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def install_service(*, root: Path, venv: Path, checkout: Path | None = None) -> list[InstallStep]:
+    """Place units, sysusers file, default config, credential file and directories under ``root``."""
+    checkout = source_checkout() if checkout is None else checkout
+    templates = checkout / "systemd"
+    venv = Path(os.path.abspath(venv))
+    executable = venv / "bin" / "eko-rtp"
+    if not os.access(executable, os.X_OK):
+        raise UserError(f"no executable {executable}; pass the venv eko-rtp is installed in", key="--venv")
+    for path, what in ((venv, "--venv"), (checkout, "the checkout")):
+        hidden = [prefix for prefix in _HIDDEN_FROM_SERVICE if str(path) == prefix or str(path).startswith(prefix + "/")]
+        if hidden:
+            raise UserError(
+                f"{path} is under {hidden[0]}, which the units hide from the service "
+                "(ProtectHome=, PrivateTmp=); install the checkout and venv elsewhere, e.g. /opt/eko-rtp",
+                key=what,
+            )
+    if not (templates / "eko-rtp.service").is_file():
+        raise UserError(f"no unit templates in {templates}; run install-service from a source checkout")
+
+    steps = []
+    config_path = root / CONFIG_PATH
+    if config_path.exists():
+        steps.append(InstallStep(action="kept", path=config_path))
+    else:
+        config_template = (templates / CONFIG_TEMPLATE).read_text(encoding="utf-8")
+        steps.append(_write(config_path, render(config_template, venv=venv, checkout=checkout), mode=0o644))
+    # Validates an existing config too: a broken one is reported now, not at start.
+    config = load_config(config_path)
+
+    for unit_name in UNITS:
+        unit = render((templates / unit_name).read_text(encoding="utf-8"), venv=venv, checkout=checkout)
+        if unit_name == "eko-rtp.service":
+            unit = set_directive(unit, "LimitNOFILE", str(nofile_limit(config.rtp_ports)))
+            unit = set_directive(unit, "TimeoutStopSec", f"{stop_timeout(config['service.drain_grace_seconds'])}s")
+        steps.append(_write(root / "etc/systemd/system" / unit_name, unit, mode=0o644))
+    sysusers = (templates / SYSUSERS).read_text(encoding="utf-8")
+    steps.append(_write(root / "etc/sysusers.d/eko-rtp.conf", sysusers, mode=0o644))
+
+    credentials = root / CREDENTIALS_DIR
+    credentials.mkdir(parents=True, exist_ok=True)
+    credentials.chmod(0o700)
+    credential = credentials / ELEVENLABS_CREDENTIAL
+    try:
+        # Empty means "no key" (espeak-ng); it must exist for LoadCredential=.
+        os.close(os.open(credential, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        steps.append(InstallStep(action="created", path=credential))
+    except FileExistsError:
+        steps.append(InstallStep(action="kept", path=credential))
+    for directory in STATE_DIRECTORIES:
+        path = root / directory
+        steps.append(InstallStep(action="kept" if path.is_dir() else "created", path=path))
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return steps
+
+
+def next_commands(root: Path, checkout: Path, venv: Path) -> list[str]:
+    """What the operator runs after installing (as root)."""
+    commands = []
+    if not (checkout / "cache" / "manifest.json").is_file():
+        commands.append(f"cd {checkout} && {venv}/bin/eko-rtp cache build")
+    commands += [
+        f"systemd-sysusers {root / 'etc/sysusers.d/eko-rtp.conf'}",
+        "systemctl daemon-reload && systemctl enable --now eko-crm eko-rtp",
+    ]
+    return commands
+
+
+def _write(path: Path, text: str, *, mode: int) -> InstallStep:
+    data = text.encode("utf-8")
+    if path.is_file() and path.read_bytes() == data:
+        return InstallStep(action="unchanged", path=path)
+    action = "updated" if path.exists() else "created"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)
+    path.chmod(mode)
+    return InstallStep(action=action, path=path)
