@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -75,3 +78,20 @@ def test_any_chunking_reassembles_exactly(audio, cuts):
     padding = -len(audio) % FRAME_BYTES
     assert joined == audio + b"\xff" * padding
     assert assembler.bytes_in == len(audio)
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["eko_rtp.tts.framer", "eko_rtp.tts.accounting", "eko_rtp.tts.dynamic_cache", "eko_rtp.tts.settings", "eko_rtp.tts.errors"],
+)
+def test_tts_cores_import_neither_trio_nor_socket(module):
+    code = f"import sys, {module}; print(sorted(m for m in ('trio', 'socket', 'httpx') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30)
+    assert result.stdout.strip() == "[]"
+
+
+def test_live_espeak_voice_is_the_phrase_caches():
+    from eko_rtp.cache.espeak import DEFAULT_VOICE
+    from eko_rtp.tts.settings import DEFAULT_ESPEAK_VOICE
+
+    assert DEFAULT_ESPEAK_VOICE == DEFAULT_VOICE

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import attrs
 
-from eko_rtp.cache.espeak import DEFAULT_VOICE as DEFAULT_ESPEAK_VOICE
-
 DEFAULT_BASE_URL = "https://api.elevenlabs.io"
 # A low-latency model: ElevenLabs' "Flash" family is the one meant for live agents.
 DEFAULT_MODEL_ID = "eleven_flash_v2_5"
 DEFAULT_VOICE_ID = "21m00Tcm4TlvDq8ikWAM"
 OUTPUT_FORMAT = "ulaw_8000"
+# The phrase cache's espeak-ng voice (eko_rtp.cache.espeak.DEFAULT_VOICE, which imports
+# trio): live fallback speech sounds like the cached phrases around it.
+DEFAULT_ESPEAK_VOICE = "fr-fr"
 COST_PER_1000_CHARACTERS = 0.11
 
 
