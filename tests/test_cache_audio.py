@@ -73,3 +73,14 @@ def test_finish_trims_pads_and_refuses_silence():
     assert out == bytes([QUIET] * 40 + [LOUD] * 10) + bytes([QUIET]) * (FRAME_BYTES - 50)
     with pytest.raises(ValueError, match=r"^audio of 300 samples has no audible sample \(all below -40 dBFS\)$"):
         finish_ulaw(bytes([FAINT] * 300))
+
+
+def test_cache_cores_and_loader_import_neither_trio_nor_socket():
+    import subprocess
+    import sys
+
+    code = ("import sys; import eko_rtp.cache.loader, eko_rtp.cache.audio, eko_rtp.cache.catalogue, "
+            "eko_rtp.cache.manifest, eko_rtp.cache.validation; "
+            "print(sorted(name for name in ('trio', 'socket') if name in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout == "[]\n"
