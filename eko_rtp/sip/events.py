@@ -1,0 +1,118 @@
+"""What the user agent core tells its shell (drained with ``UserAgent.events()``).
+
+Every event is a frozen value. ``Transmit`` asks the shell to send bytes; the others
+report what happened to a call, keyed by its Call-ID. Each call gets exactly one
+``IncomingCall`` and, later, exactly one ``CallEnded``.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import attrs
+
+from eko_rtp.sip.message import Request
+
+__all__ = [
+    "Event",
+    "Transmit",
+    "CallerIdentity",
+    "IncomingCall",
+    "CallConfirmed",
+    "SessionModified",
+    "InfoDtmf",
+    "EndReason",
+    "CallEnded",
+    "MessageRejected",
+]
+
+
+@attrs.frozen(kw_only=True)
+class Transmit:
+    """Send ``data`` to ``destination`` over ``transport``; for TCP reuse ``connection`` if it lives.
+
+    ``destination`` may hold a host name (a Contact or Route host): the shell resolves it.
+    """
+
+    data: bytes
+    destination: tuple[str, int]
+    transport: str
+    connection: Any = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen(kw_only=True)
+class CallerIdentity:
+    """Who calls: the From header, and P-Asserted-Identity (RFC 3325) when the trunk gave one."""
+
+    from_uri: str
+    from_user: str | None
+    display_name: str | None
+    asserted_uri: str | None = None
+    asserted_user: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class IncomingCall:
+    """A new INVITE: answer with ``UserAgent.answer`` or refuse with ``reject``."""
+
+    call_id: str
+    request: Request
+    offer: bytes | None
+    caller: CallerIdentity
+    source: tuple[str, int]
+
+
+@attrs.frozen(kw_only=True)
+class CallConfirmed:
+    """The ACK for our 2xx came; ``answer`` is its SDP when our 2xx carried the offer."""
+
+    call_id: str
+    answer: bytes | None
+
+
+@attrs.frozen(kw_only=True)
+class SessionModified:
+    """A re-INVITE or UPDATE with SDP (or a re-INVITE without): reply with ``answer_modification``."""
+
+    call_id: str
+    offer: bytes | None
+
+
+@attrs.frozen(kw_only=True)
+class InfoDtmf:
+    """A DTMF digit sent in an INFO (application/dtmf-relay or application/dtmf)."""
+
+    call_id: str
+    digit: str
+    duration_ms: int | None
+
+
+class EndReason(enum.Enum):
+    REMOTE_BYE = "remote BYE"
+    LOCAL_BYE = "local BYE"
+    CANCELLED = "cancelled"
+    NO_ACK = "no ACK for our 2xx"
+    SESSION_EXPIRED = "session timer expired"
+    REFRESH_FAILED = "session refresh failed"
+    REJECTED = "rejected"
+
+
+@attrs.frozen(kw_only=True)
+class CallEnded:
+    """The call is over; the shell stops its media."""
+
+    call_id: str
+    reason: EndReason
+
+
+@attrs.frozen(kw_only=True)
+class MessageRejected:
+    """Input we refused or dropped: one log line for the shell (what was wrong, from where)."""
+
+    description: str
+    source: tuple[str, int]
+    status: int | None
+
+
+Event = Transmit | IncomingCall | CallConfirmed | SessionModified | InfoDtmf | CallEnded | MessageRejected

@@ -1,0 +1,359 @@
+"""Structured SIP header values (RFC 3261 §20, RFC 4028 §4-5).
+
+Theory of operation: :class:`eko_rtp.sip.message.Headers` keeps header values as
+the text that came on the wire; the functions here parse the ones the user agent
+acts on into frozen values, and ``str()`` of each value writes it back. Several
+header kinds may hold a comma-separated list on one line (§7.3.1), so list parsers
+take every line of a header and split on commas that are outside quoted strings and
+angle brackets. Parse failures raise :class:`SipParseError` (400) naming the header.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import attrs
+
+from eko_rtp.sip.errors import SipParseError, describe
+from eko_rtp.sip.uri import Uri, format_host_port, parse_host_port, parse_uri
+
+__all__ = [
+    "NameAddr",
+    "Via",
+    "CSeq",
+    "SessionExpires",
+    "MAGIC_COOKIE",
+    "split_comma_list",
+    "parse_name_addr",
+    "parse_name_addr_list",
+    "parse_via",
+    "parse_via_list",
+    "parse_cseq",
+    "parse_max_forwards",
+    "parse_session_expires",
+    "parse_min_se",
+    "parse_token_list",
+    "parse_media_type",
+    "parse_delta_seconds",
+]
+
+# §8.1.1.7: branches of RFC 3261 elements start with this cookie.
+MAGIC_COOKIE = "z9hG4bK"
+TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+\Z")
+_DELTA = re.compile(r"[0-9]{1,10}\Z")
+
+
+def split_comma_list(values: Iterable[str]) -> list[str]:
+    """Split header lines on commas outside quoted strings and <...>; trim each element."""
+    elements: list[str] = []
+    for value in values:
+        start = 0
+        quoted = angle = escaped = False
+        for index, ch in enumerate(value):
+            if escaped:
+                escaped = False
+            elif quoted:
+                if ch == "\\":
+                    escaped = True
+                elif ch == '"':
+                    quoted = False
+            elif ch == '"':
+                quoted = True
+            elif ch == "<":
+                angle = True
+            elif ch == ">":
+                angle = False
+            elif ch == "," and not angle:
+                elements.append(value[start:index].strip())
+                start = index + 1
+        elements.append(value[start:].strip())
+    return [element for element in elements if element]
+
+
+def _parse_header_parameters(text: str, what: str) -> tuple[tuple[str, str | None], ...]:
+    """``;name=value;flag`` after a header value; quoted values keep their quotes."""
+    parameters = []
+    for item in _split_outside_quotes(text, ";"):
+        item = item.strip()
+        if not item:
+            raise SipParseError(400, f"empty parameter in {what}")
+        key, equals, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not TOKEN.match(key):
+            raise SipParseError(400, f"bad parameter name {describe(key)} in {what}")
+        if equals and not value:
+            raise SipParseError(400, f"parameter {key} without a value in {what}")
+        parameters.append((key, value if equals else None))
+    return tuple(parameters)
+
+
+def _split_outside_quotes(text: str, separator: str) -> list[str]:
+    pieces, start, quoted, escaped = [], 0, False, False
+    for index, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == separator and not quoted:
+            pieces.append(text[start:index])
+            start = index + 1
+    if quoted:
+        raise SipParseError(400, f"unterminated quoted string in {describe(text)}")
+    pieces.append(text[start:])
+    return pieces
+
+
+def _format_parameters(parameters: tuple[tuple[str, str | None], ...]) -> str:
+    return "".join(f";{key}" if value is None else f";{key}={value}" for key, value in parameters)
+
+
+def _lookup(parameters: tuple[tuple[str, str | None], ...], name: str) -> str | None:
+    name = name.lower()
+    for key, value in parameters:
+        if key.lower() == name:
+            return "" if value is None else value
+    return None
+
+
+@attrs.frozen(kw_only=True)
+class NameAddr:
+    """From, To, Contact, Route, Record-Route, P-Asserted-Identity: ``"name" <uri>;params``."""
+
+    display_name: str | None = None
+    uri: Uri
+    parameters: tuple[tuple[str, str | None], ...] = ()
+
+    @property
+    def tag(self) -> str | None:
+        """The ``tag`` parameter (§19.3), None when absent."""
+        return _lookup(self.parameters, "tag") or None
+
+    def parameter(self, name: str) -> str | None:
+        """A header parameter's value ('' for a flag), None if absent."""
+        return _lookup(self.parameters, name)
+
+    def with_tag(self, tag: str) -> "NameAddr":
+        """The same address with ``tag`` set (replacing any tag it had)."""
+        kept = tuple(item for item in self.parameters if item[0].lower() != "tag")
+        return attrs.evolve(self, parameters=kept + (("tag", tag),))
+
+    def __str__(self) -> str:
+        name = ""
+        if self.display_name is not None:
+            escaped = self.display_name.replace("\\", "\\\\").replace('"', '\\"')
+            name = f'"{escaped}" '
+        return f"{name}<{self.uri}>{_format_parameters(self.parameters)}"
+
+
+def _unquote(text: str) -> str:
+    out, escaped = [], False
+    for ch in text[1:-1]:
+        if escaped:
+            out.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def parse_name_addr(text: str, what: str = "name-addr") -> NameAddr:
+    """Parse ``[display-name] <uri> *(;param)`` or ``addr-spec *(;param)`` (§20.10)."""
+    text = text.strip()
+    display_name = None
+    if text.startswith('"'):
+        index, escaped = 1, False
+        while index < len(text):
+            ch = text[index]
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                break
+            index += 1
+        else:
+            raise SipParseError(400, f"unterminated display name in {what}")
+        display_name = _unquote(text[: index + 1])
+        text = text[index + 1 :].lstrip()
+        if not text.startswith("<"):
+            raise SipParseError(400, f"display name without <URI> in {what}")
+    elif "<" in text:
+        name = text[: text.index("<")].strip()
+        display_name = " ".join(name.split()) or None
+        text = text[text.index("<") :]
+    if text.startswith("<"):
+        end = text.find(">")
+        if end < 0:
+            raise SipParseError(400, f"unclosed <URI> in {what}")
+        uri_text, rest = text[1:end], text[end + 1 :].strip()
+    else:
+        # §20.10: in an addr-spec without <>, the parameters after the URI belong to
+        # the header, so the URI cannot carry any of its own.
+        uri_text, semicolon, rest = text.partition(";")
+        rest = ";" + rest if semicolon else ""
+        if "?" in uri_text or "," in uri_text:
+            raise SipParseError(400, f"URI with '?' or ',' must be in <> in {what}")
+    if rest and not rest.startswith(";"):
+        raise SipParseError(400, f"unexpected {describe(rest)} after the URI in {what}")
+    uri = parse_uri(uri_text.strip(), what)
+    parameters = _parse_header_parameters(rest[1:], what) if rest else ()
+    return NameAddr(display_name=display_name, uri=uri, parameters=parameters)
+
+
+def parse_name_addr_list(values: Iterable[str], what: str) -> list[NameAddr]:
+    """Every address of a list header (Route, Record-Route, Contact), in order."""
+    return [parse_name_addr(element, what) for element in split_comma_list(values)]
+
+
+@attrs.frozen(kw_only=True)
+class Via:
+    """One Via value (§20.42): ``SIP/2.0/UDP host:port;branch=...;rport;received=...``."""
+
+    transport: str
+    host: str
+    port: int | None = None
+    parameters: tuple[tuple[str, str | None], ...] = ()
+
+    @property
+    def branch(self) -> str | None:
+        """The branch parameter, None when absent."""
+        return _lookup(self.parameters, "branch") or None
+
+    @property
+    def received(self) -> str | None:
+        """The received parameter (§18.2.1), None when absent."""
+        return _lookup(self.parameters, "received") or None
+
+    @property
+    def rport(self) -> int | None | bool:
+        """RFC 3581: False when absent, True when present without a value, else the port."""
+        value = _lookup(self.parameters, "rport")
+        if value is None:
+            return False
+        return int(value) if value else True
+
+    @property
+    def sent_by(self) -> str:
+        """``host:port`` as sent, port defaulted to 5060 (5061 for TLS) for keying (§17.2.3)."""
+        return format_host_port(self.host, self.port or (5061 if self.transport == "TLS" else 5060))
+
+    def with_parameter(self, name: str, value: str | None) -> "Via":
+        """The same Via with parameter ``name`` set to ``value`` (replaced if present)."""
+        kept = tuple(item for item in self.parameters if item[0].lower() != name)
+        return attrs.evolve(self, parameters=kept + ((name, value),))
+
+    def __str__(self) -> str:
+        return f"SIP/2.0/{self.transport} {format_host_port(self.host, self.port)}{_format_parameters(self.parameters)}"
+
+
+_VIA = re.compile(r"SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9-]+)\s+([^;\s]+)\s*(;.*)?\Z", re.IGNORECASE | re.DOTALL)
+
+
+def parse_via(text: str) -> Via:
+    """Parse one Via value; the protocol must be SIP/2.0."""
+    match = _VIA.match(text.strip())
+    if not match:
+        raise SipParseError(400, f"bad Via {describe(text)}")
+    host, port = parse_host_port(match.group(2), "Via")
+    parameters = _parse_header_parameters(match.group(3)[1:], "Via") if match.group(3) else ()
+    via = Via(transport=match.group(1).upper(), host=host, port=port, parameters=parameters)
+    rport = _lookup(parameters, "rport")
+    if rport and not (_DELTA.match(rport) and 0 < int(rport) < 65536):
+        raise SipParseError(400, f"bad rport {describe(rport)} in Via")
+    return via
+
+
+def parse_via_list(values: Iterable[str]) -> list[Via]:
+    """Every Via of a message, top first, whether comma-separated or on several lines."""
+    return [parse_via(element) for element in split_comma_list(values)]
+
+
+@attrs.frozen(kw_only=True)
+class CSeq:
+    """CSeq (§20.16): a sequence number below 2**31 and the method."""
+
+    number: int = attrs.field(validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.lt(2**31)))
+    method: str
+
+    def __str__(self) -> str:
+        return f"{self.number} {self.method}"
+
+
+def parse_cseq(text: str) -> CSeq:
+    """Parse ``number method``."""
+    parts = text.split()
+    if len(parts) != 2 or not _DELTA.match(parts[0]) or not TOKEN.match(parts[1]):
+        raise SipParseError(400, f"bad CSeq {describe(text)}")
+    if int(parts[0]) >= 2**31:
+        raise SipParseError(400, f"CSeq number {parts[0]} is not below 2**31")
+    return CSeq(number=int(parts[0]), method=parts[1])
+
+
+def parse_delta_seconds(text: str, what: str) -> int:
+    """A delta-seconds value (§25.1), capped at 2**32-1 as §20.33 advises for Retry-After."""
+    text = text.strip()
+    if not _DELTA.match(text):
+        raise SipParseError(400, f"bad {what} {describe(text)}: not a number of seconds")
+    return min(int(text), 2**32 - 1)
+
+
+def parse_max_forwards(text: str) -> int:
+    """Max-Forwards (§20.22): an integer 0..255."""
+    value = parse_delta_seconds(text, "Max-Forwards")
+    if value > 255:
+        raise SipParseError(400, f"Max-Forwards {value} is above 255")
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class SessionExpires:
+    """Session-Expires (RFC 4028 §4): the interval and who refreshes, if said."""
+
+    interval: int = attrs.field(validator=attrs.validators.gt(0))
+    refresher: str | None = attrs.field(default=None, validator=attrs.validators.in_((None, "uac", "uas")))
+
+    def __str__(self) -> str:
+        return str(self.interval) if self.refresher is None else f"{self.interval};refresher={self.refresher}"
+
+
+def parse_session_expires(text: str) -> SessionExpires:
+    """Parse ``delta-seconds *(;se-params)``; refresher must be uac or uas."""
+    value, semicolon, rest = text.partition(";")
+    interval = parse_delta_seconds(value, "Session-Expires")
+    if interval == 0:
+        raise SipParseError(400, "Session-Expires of 0 seconds")
+    parameters = _parse_header_parameters(rest, "Session-Expires") if semicolon else ()
+    refresher = _lookup(parameters, "refresher")
+    if refresher is not None and refresher.lower() not in ("uac", "uas"):
+        raise SipParseError(400, f"Session-Expires refresher {describe(refresher)} is neither uac nor uas")
+    return SessionExpires(interval=interval, refresher=refresher.lower() if refresher else None)
+
+
+def parse_min_se(text: str) -> int:
+    """Min-SE (RFC 4028 §5): delta-seconds, parameters ignored."""
+    return parse_delta_seconds(text.partition(";")[0], "Min-SE")
+
+
+def parse_token_list(values: Iterable[str], what: str) -> tuple[str, ...]:
+    """Require, Supported, Allow, Unsupported: comma-separated tokens."""
+    tokens = []
+    for element in split_comma_list(values):
+        if not TOKEN.match(element):
+            raise SipParseError(400, f"bad token {describe(element)} in {what}")
+        tokens.append(element)
+    return tuple(tokens)
+
+
+def parse_media_type(text: str) -> tuple[str, tuple[tuple[str, str | None], ...]]:
+    """Content-Type (§20.15): ``type/subtype`` lower-cased, and its parameters."""
+    value, semicolon, rest = text.partition(";")
+    kind, slash, subtype = value.strip().partition("/")
+    if not slash or not TOKEN.match(kind.strip()) or not TOKEN.match(subtype.strip()):
+        raise SipParseError(400, f"bad Content-Type {describe(text)}")
+    parameters = _parse_header_parameters(rest, "Content-Type") if semicolon else ()
+    return f"{kind.strip()}/{subtype.strip()}".lower(), parameters

@@ -1,0 +1,306 @@
+"""SIP messages: requests, responses, their headers, and parsing untrusted bytes.
+
+Theory of operation: :func:`parse_message_untrusted` turns one datagram (or one
+framed stream message) into a :class:`Request` or :class:`Response` and can only
+raise :class:`SipParseError`. It unfolds continuation lines (RFC 3261 §7.3.1),
+expands compact header names (§7.3.3), checks the headers every request needs
+(§8.1.1: Via, From, To, Call-ID, CSeq) parse, and frames the body by Content-Length
+(§18.3: over UDP an absent length means "to the end of the datagram", a smaller
+one truncates, a larger one is an error; over TCP the length is required). Header
+values stay as text in :class:`Headers`; ``eko_rtp.sip.headers`` parses those the
+user agent acts on. ``bytes(message)`` serialises with a correct Content-Length.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+import attrs
+
+from eko_rtp.sip.errors import SipParseError, describe
+from eko_rtp.sip.headers import TOKEN, parse_cseq, parse_max_forwards, parse_name_addr, parse_via_list
+from eko_rtp.sip.uri import parse_uri
+
+__all__ = [
+    "Headers",
+    "Request",
+    "Response",
+    "Message",
+    "COMPACT_FORMS",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "REASON_PHRASES",
+    "parse_message_untrusted",
+]
+
+DEFAULT_MAX_MESSAGE_SIZE = 65536
+SIP_VERSION = "SIP/2.0"
+
+# §7.3.3 and the registrations since (RFC 3265, 3515, 3841, 3892, 4028).
+COMPACT_FORMS = {
+    "i": "Call-ID", "f": "From", "t": "To", "v": "Via", "m": "Contact", "l": "Content-Length",
+    "c": "Content-Type", "k": "Supported", "s": "Subject", "e": "Content-Encoding",
+    "x": "Session-Expires", "o": "Event", "r": "Refer-To", "b": "Referred-By", "u": "Allow-Events",
+    "a": "Accept-Contact", "j": "Reject-Contact", "d": "Request-Disposition",
+}
+_CANONICAL = {name.lower(): name for name in COMPACT_FORMS.values()} | {
+    "cseq": "CSeq", "www-authenticate": "WWW-Authenticate", "min-se": "Min-SE",
+    "max-forwards": "Max-Forwards", "record-route": "Record-Route", "route": "Route",
+}
+
+REASON_PHRASES = {
+    100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK",
+    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    408: "Request Timeout", 413: "Request Entity Too Large", 415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme", 420: "Bad Extension", 422: "Session Interval Too Small",
+    480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist", 482: "Loop Detected",
+    483: "Too Many Hops", 486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here",
+    491: "Request Pending", 500: "Server Internal Error", 501: "Not Implemented",
+    503: "Service Unavailable", 505: "Version Not Supported", 513: "Message Too Large",
+    603: "Decline",
+}
+
+_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
+_VERSION = re.compile(r"SIP/(\d+)\.(\d+)\Z", re.IGNORECASE)
+
+
+def canonical_name(name: str) -> str:
+    """Expand a compact form; give well-known names their usual spelling; keep others as sent."""
+    lower = name.lower()
+    if lower in COMPACT_FORMS:
+        return COMPACT_FORMS[lower]
+    return _CANONICAL.get(lower, name)
+
+
+def _check_fields(instance: object, attribute: attrs.Attribute, fields: tuple[tuple[str, str], ...]) -> None:
+    for name, value in fields:
+        if not TOKEN.match(name):
+            raise ValueError(f"header name {name!r} is not a token")
+        if _VALUE_FORBIDDEN.search(value):
+            raise ValueError(f"header {name} value {value!r} holds CR, LF or NUL")
+
+
+@attrs.frozen
+class Headers:
+    """Ordered, case-insensitive multi-map of header lines; compact names expanded."""
+
+    fields: tuple[tuple[str, str], ...] = attrs.field(
+        default=(), converter=lambda items: tuple((canonical_name(n), v) for n, v in items), validator=_check_fields
+    )
+
+    def get(self, name: str) -> str | None:
+        """The first value of ``name``, None when absent."""
+        name = canonical_name(name).lower()
+        for key, value in self.fields:
+            if key.lower() == name:
+                return value
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every line's value for ``name``, in order."""
+        name = canonical_name(name).lower()
+        return [value for key, value in self.fields if key.lower() == name]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self.fields)
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    def without(self, *names: str) -> "Headers":
+        """A copy without any line of ``names``."""
+        drop = {canonical_name(name).lower() for name in names}
+        return Headers(tuple(item for item in self.fields if item[0].lower() not in drop))
+
+    def with_added(self, items: Iterable[tuple[str, str]]) -> "Headers":
+        """A copy with ``items`` appended."""
+        return Headers(self.fields + tuple(items))
+
+
+def _serialise(start_line: str, headers: Headers, body: bytes) -> bytes:
+    lines = [start_line]
+    lines.extend(f"{name}: {value}" for name, value in headers.without("Content-Length"))
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+@attrs.frozen(kw_only=True)
+class Request:
+    """A SIP request; ``uri`` is the Request-URI as text (``eko_rtp.sip.uri.parse_uri`` reads it)."""
+
+    method: str = attrs.field(validator=attrs.validators.matches_re(TOKEN))
+    uri: str
+    version: str = SIP_VERSION
+    headers: Headers = Headers()
+    body: bytes = b""
+
+    def to_bytes(self) -> bytes:
+        """The request on the wire, with Content-Length set to the body's length."""
+        return _serialise(f"{self.method} {self.uri} {self.version}", self.headers, self.body)
+
+    __bytes__ = to_bytes
+
+
+@attrs.frozen(kw_only=True)
+class Response:
+    """A SIP response."""
+
+    status: int = attrs.field(validator=[attrs.validators.ge(100), attrs.validators.le(699)])
+    reason: str = attrs.field(validator=attrs.validators.matches_re(r"[^\r\n]*\Z"))
+    version: str = SIP_VERSION
+    headers: Headers = Headers()
+    body: bytes = b""
+
+    def to_bytes(self) -> bytes:
+        """The response on the wire, with Content-Length set to the body's length."""
+        return _serialise(f"{self.version} {self.status} {self.reason}", self.headers, self.body)
+
+    __bytes__ = to_bytes
+
+
+Message = Request | Response
+
+
+def _split_head(data: bytes, limit: int) -> tuple[bytes, bytes]:
+    # §7.5: CRLFs before the start line are ignored (keepalives, stray padding).
+    data = data.lstrip(b"\r\n")
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        if len(data) > limit:
+            raise SipParseError(513, f"message of {len(data)} bytes exceeds the {limit}-byte limit")
+        raise SipParseError(400, "no empty line after the headers")
+    return data[:end], data[end + 4 :]
+
+
+def _header_lines(head: str) -> list[str]:
+    """Header lines with §7.3.1 folding undone: a line starting with SP/HT continues the last."""
+    lines: list[str] = []
+    for line in head.split("\r\n"):
+        if line[:1] in (" ", "\t"):
+            if not lines:
+                raise SipParseError(400, "continuation line before any header")
+            lines[-1] = lines[-1].rstrip(" \t") + " " + line.strip(" \t")
+        else:
+            lines.append(line)
+    return lines
+
+
+def _parse_fields(lines: list[str]) -> Headers:
+    fields = []
+    for line in lines:
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if not colon or not TOKEN.match(name):
+            raise SipParseError(400, f"bad header line {describe(line)}")
+        value = value.strip(" \t")
+        if "\r" in value or "\n" in value or "\x00" in value:
+            raise SipParseError(400, f"header {name} holds a bare CR, LF or NUL")
+        fields.append((name, value))
+    return Headers(fields)
+
+
+def _check_version(version: str, request: Request | None) -> None:
+    match = _VERSION.match(version)
+    if not match:
+        raise SipParseError(400, f"bad SIP version {describe(version)}", request=request)
+    if (int(match.group(1)), int(match.group(2))) != (2, 0):
+        raise SipParseError(505, f"SIP version {describe(version)} is not supported", request=request)
+
+
+def parse_message_untrusted(
+    data: bytes, *, transport: str, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+) -> Request | Response:
+    """Parse one SIP message from the network; raise only SipParseError."""
+    try:
+        return _parse(bytes(data), transport.lower(), max_message_size)
+    except SipParseError:
+        raise
+    except (ValueError, UnicodeError, IndexError) as error:
+        # Defence in depth: a validator we did not anticipate still becomes a 400.
+        raise SipParseError(400, f"malformed message: {error}") from None
+
+
+def _parse(data: bytes, transport: str, limit: int) -> Request | Response:
+    if transport not in ("udp", "tcp", "tls"):
+        raise ValueError(f"transport must be udp, tcp or tls, not {transport!r}")
+    head_bytes, rest = _split_head(data, limit)
+    try:
+        head = head_bytes.decode()
+    except UnicodeDecodeError as error:
+        raise SipParseError(400, f"headers are not UTF-8 (byte {error.start})") from None
+    lines = _header_lines(head)
+    start_line, lines = lines[0], lines[1:]
+    headers = _parse_fields(lines)
+    if start_line.upper().startswith("SIP/"):
+        version, _, status_and_reason = start_line.partition(" ")
+        status_text, _, reason = status_and_reason.partition(" ")
+        _check_version(version, None)
+        if not re.fullmatch(r"[1-6][0-9][0-9]", status_text):
+            raise SipParseError(400, f"bad status code {describe(status_text)}")
+        message: Request | Response = Response(status=int(status_text), reason=reason, version=version, headers=headers)
+        request = None
+    else:
+        parts = start_line.split(" ")
+        if len(parts) != 3 or not all(parts):
+            raise SipParseError(400, f"bad Request-Line {describe(start_line)}: want METHOD SP URI SP SIP/2.0")
+        method, uri, version = parts
+        if not TOKEN.match(method):
+            raise SipParseError(400, f"bad method {describe(method)}")
+        request = Request(method=method, uri=uri, version=version, headers=headers)
+        message = request
+        _check_version(version, request)
+    try:
+        body = _frame_body(headers, rest, transport, len(head_bytes) + 4, limit)
+        _check_required(message)
+    except SipParseError as error:
+        raise error.with_request(request) from None
+    # The length is the body's: serialising writes it back from len(body), so it is
+    # not kept as a header (a parse of bytes(message) then equals the message).
+    return attrs.evolve(message, headers=headers.without("Content-Length"), body=body)
+
+
+def _frame_body(headers: Headers, rest: bytes, transport: str, head_length: int, limit: int) -> bytes:
+    lengths = headers.get_all("Content-Length")
+    if not lengths:
+        if transport != "udp":
+            raise SipParseError(400, "Content-Length is required over a stream transport")
+        length = len(rest)
+    else:
+        if len(set(value.strip() for value in lengths)) > 1:
+            raise SipParseError(400, "several different Content-Length values")
+        text = lengths[0].strip()
+        if not text.isascii() or not text.isdigit() or len(text) > 10:
+            raise SipParseError(400, f"bad Content-Length {describe(text)}")
+        length = int(text)
+    if head_length + length > limit:
+        raise SipParseError(513, f"message of {head_length + length} bytes exceeds the {limit}-byte limit")
+    if length > len(rest):
+        raise SipParseError(400, f"Content-Length {length} exceeds the {len(rest)} body bytes received")
+    return rest[:length]
+
+
+def _check_required(message: Request | Response) -> None:
+    headers = message.headers
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        if name not in headers:
+            raise SipParseError(400, f"missing {name} header")
+    for name in ("From", "To", "Call-ID", "CSeq", "Max-Forwards"):
+        if len(headers.get_all(name)) > 1:
+            raise SipParseError(400, f"several {name} headers")
+    parse_via_list(headers.get_all("Via"))
+    parse_name_addr(headers.get("From") or "", "From")
+    parse_name_addr(headers.get("To") or "", "To")
+    if not re.fullmatch(r"[!-~]+", headers.get("Call-ID") or ""):
+        raise SipParseError(400, f"bad Call-ID {describe(headers.get('Call-ID') or '')}")
+    cseq = parse_cseq(headers.get("CSeq") or "")
+    if isinstance(message, Request):
+        parse_uri(message.uri, "Request-URI")
+        if "Max-Forwards" in headers:
+            parse_max_forwards(headers.get("Max-Forwards") or "")
+        # §8.2 and RFC 4475 §3.1.2.16: the CSeq method must be the request's (ACK and
+        # CANCEL carry the INVITE's number but their own method).
+        if cseq.method != message.method:
+            raise SipParseError(400, f"CSeq method {cseq.method} does not match the request method {message.method}")
