@@ -3,6 +3,7 @@
 import json
 import pathlib
 import subprocess
+import time
 
 import pytest
 
@@ -92,3 +93,42 @@ def test_spawned_server_two_calls(built_cache):
     assert run["interarrival_deviation_ms"]["p50"] < 10
     assert 0 <= run["latency_ms"]["ok_to_first_sound"]["p50"] < 500
     assert run["server"]["rss_idle_kib"] > 1000
+
+
+def _tshark_streams(capture):
+    """(source port, packets, lost, max delta ms) per RTP stream, from `tshark -z rtp,streams`."""
+    decode = [argument for port in range(40000, 40010, 2) for argument in ("-d", f"udp.port=={port},rtp")]
+    done = subprocess.run(["tshark", "-r", str(capture), "-q", *decode, "-z", "rtp,streams"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    streams = []
+    for line in done.stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 14 and fields[2] == "127.0.0.1" and fields[7].startswith("g711"):
+            streams.append((int(fields[3]), int(fields[8]), int(fields[9]), float(fields[13])))
+    return streams
+
+
+def test_tshark_agrees_with_the_bench(phrase_dir, tmp_path):
+    capture = tmp_path / "bench.pcap"
+    log = tmp_path / "tshark.log"
+    with open(log, "w") as log_file:
+        tshark = subprocess.Popen(["tshark", "-i", "lo", "-f", "udp portrange 40000-40010", "-w", str(capture)],
+                                  stdout=log_file, stderr=log_file)
+    try:
+        for _ in range(100):  # at most 10 s for the capture to start
+            if "Capturing on" in log.read_text() or tshark.poll() is not None:
+                break
+            time.sleep(0.1)  # polling for readiness, not timing anything
+        assert "Capturing on" in log.read_text(), log.read_text()
+        done = bench("--target", "peer", "--calls", "2", "--hold", "3", "--cache", str(phrase_dir), "--json")
+    finally:
+        tshark.terminate()
+        tshark.wait(timeout=10)
+    assert done.returncode == 0, done.stderr
+    run = json.loads(done.stdout)["runs"][0]
+    from_peer = [stream for stream in _tshark_streams(capture) if 40000 <= stream[0] <= 40010]
+    assert len(from_peer) == 2
+    assert sum(stream[1] for stream in from_peer) == run["packets"]["received"]
+    assert sum(stream[2] for stream in from_peer) == run["packets"]["lost"] == 0
+    # Both read kernel timestamps of the same packets: they agree to well under a tenth of a millisecond.
+    assert max(stream[3] for stream in from_peer) == pytest.approx(run["max_gap_ms"], abs=0.05)
