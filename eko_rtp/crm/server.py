@@ -1,10 +1,13 @@
 """The embedded CRM: a trio msgpack-RPC server over the SQLite store.
 
 Theory of operation: one task per connection reads bytes into an
-:class:`RpcConnection`; each request is answered in its own task (at most
-``max_in_flight`` per connection, so one client cannot queue unbounded work) and
-responses are written under a per-connection send lock, in whatever order the
-store finishes them: msgids let the client match them up.
+:class:`RpcConnection` and answers everything one read brought in as a batch:
+requests that need no data are answered on the spot, and all store work of the
+batch (look-ups, call logs) runs in a single hand-off to a database worker thread.
+While a batch is in the store, new requests gather in the socket buffer and form
+the next batch, so the cost of the thread hand-off is shared by a burst instead of
+paid per request, and a client can queue no more work than one read (64 KiB) at a
+time. Responses of a batch go out in one write, in request order.
 
 Two kinds of bad input, two answers (docs/crm-rpc.md): a well-framed request with
 an unknown method or bad params gets an error response ``[code, message]`` and the
@@ -15,12 +18,13 @@ ends the server.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import socket
 import sqlite3
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -30,8 +34,8 @@ from eko_rtp.crm.address import CrmAddress
 from eko_rtp.crm.errors import CrmReplyError, RpcProtocolError
 from eko_rtp.crm.phone import normalise_phone
 from eko_rtp.crm.records import parse_call_log_untrusted
-from eko_rtp.crm.rpc import NEED_DATA, RpcConnection, RpcLimits, RpcNotification, RpcRequest
-from eko_rtp.crm.store import ThreadedCrmStore
+from eko_rtp.crm.rpc import NEED_DATA, RpcConnection, RpcEvent, RpcLimits, RpcNotification, RpcRequest
+from eko_rtp.crm.store import CrmStore, ThreadedCrmStore
 from eko_rtp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -70,118 +74,133 @@ def _one_param(params: list[Any], method: str) -> Any:
     return params[0]
 
 
+# One unit of store work prepared on the event loop and run in the worker thread:
+# a request's job returns its result, a notification's job returns None.
+_Job = Callable[[CrmStore], Any]
+
+
+@attrs.frozen
+class _StoreWork:
+    msgid: int | None  # None for a notification: nothing to answer
+    job: _Job
+
+
 class CrmServer:
     """Answers CRM requests from a :class:`ThreadedCrmStore`."""
 
-    def __init__(self, store: ThreadedCrmStore, *, limits: RpcLimits = RpcLimits(), max_in_flight: int = 64) -> None:
+    def __init__(self, store: ThreadedCrmStore, *, limits: RpcLimits = RpcLimits()) -> None:
         self.store = store
         self.limits = limits
-        self.max_in_flight = max_in_flight
         self.stats = CrmServerStats()
-        self._methods: dict[str, Callable[[list[Any]], Awaitable[Any]]] = {
-            "crm.version": self._version,
-            "crm.lookup_caller": self._lookup_caller,
-            "crm.stats": self._stats,
-        }
 
-    async def _version(self, params: list[Any]) -> str:
-        if params:
-            raise MethodError(ERROR_INVALID_PARAMS, f"crm.version takes no parameters, got {len(params)}")
-        return PROTOCOL_VERSION
+    def _prepare_request(self, rpc: RpcConnection, request: RpcRequest) -> bytes | _StoreWork:
+        """Validate a request; return its response now, or the store job that answers it."""
+        msgid = request.msgid
+        try:
+            if request.method == "crm.lookup_caller":
+                phone = _one_param(request.params, "crm.lookup_caller")
+                if not isinstance(phone, str) or len(phone) > MAX_PHONE_LENGTH:
+                    raise MethodError(
+                        ERROR_INVALID_PARAMS,
+                        f"crm.lookup_caller phone must be a string of at most {MAX_PHONE_LENGTH} characters",
+                    )
+                e164 = normalise_phone(phone)
+                if e164 is None:
+                    return rpc.send_response(msgid, result=None)
 
-    async def _lookup_caller(self, params: list[Any]) -> dict[str, Any] | None:
-        phone = _one_param(params, "crm.lookup_caller")
-        if not isinstance(phone, str) or len(phone) > MAX_PHONE_LENGTH:
-            raise MethodError(
-                ERROR_INVALID_PARAMS,
-                f"crm.lookup_caller phone must be a string of at most {MAX_PHONE_LENGTH} characters",
-            )
-        e164 = normalise_phone(phone)
-        if e164 is None:
-            return None
-        record = await self.store.lookup(e164)
-        return None if record is None else record.to_wire()
+                def lookup(store: CrmStore) -> dict[str, Any] | None:
+                    record = store.lookup(e164)
+                    return None if record is None else record.to_wire()
 
-    async def _stats(self, params: list[Any]) -> dict[str, int]:
-        return attrs.asdict(self.stats)
-
-    async def _answer(self, request: RpcRequest) -> Any:
-        method = self._methods.get(request.method)
-        if method is None:
+                return _StoreWork(msgid, lookup)
+            if request.method == "crm.version":
+                if request.params:
+                    raise MethodError(ERROR_INVALID_PARAMS, f"crm.version takes no parameters, got {len(request.params)}")
+                return rpc.send_response(msgid, result=PROTOCOL_VERSION)
+            if request.method == "crm.stats":
+                return rpc.send_response(msgid, result=attrs.asdict(self.stats))
             raise MethodError(ERROR_UNKNOWN_METHOD, f"unknown method {request.method[:64]!r}")
-        try:
-            return await method(request.params)
-        except sqlite3.Error as error:
-            log.error("CRM store failed on %s: %s", request.method, error)
-            raise MethodError(ERROR_INTERNAL, "the CRM store failed") from None
+        except MethodError as error:
+            return rpc.send_response(msgid, error=[error.code, error.message])
 
-    async def _respond(
-        self, request: RpcRequest, rpc: RpcConnection, stream: trio.abc.Stream, send_lock: trio.Lock, slot: trio.Semaphore
-    ) -> None:
-        try:
-            try:
-                data = rpc.send_response(request.msgid, result=await self._answer(request))
-            except MethodError as error:
-                data = rpc.send_response(request.msgid, error=[error.code, error.message])
-        finally:
-            slot.release()
-        async with send_lock:
-            try:
-                await stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the client went away; its reader sees the end of the stream
-
-    async def _notified(self, notification: RpcNotification, slot: trio.Semaphore) -> None:
+    def _prepare_notification(self, notification: RpcNotification) -> _StoreWork | None:
         try:
             if notification.method != "crm.log_call":
-                log.warning("CRM ignoring unknown notification %r", notification.method[:64])
-                return
+                raise MethodError(ERROR_UNKNOWN_METHOD, "unknown notification")
             call_log = parse_call_log_untrusted(_one_param(notification.params, "crm.log_call"))
-            await self.store.log_call(call_log)
         except (MethodError, CrmReplyError) as error:
-            log.warning("CRM ignoring bad %s: %s", notification.method[:64], error)
-        except sqlite3.Error as error:
-            log.error("CRM store failed on crm.log_call: %s", error)
-        finally:
-            slot.release()
+            log.warning("CRM ignoring bad notification %r: %s", notification.method[:64], error)
+            return None
+        now = datetime.datetime.now(datetime.timezone.utc)
+
+        def log_call(store: CrmStore) -> None:
+            store.log_call(call_log, now)
+
+        return _StoreWork(None, log_call)
+
+    async def _answer_batch(self, rpc: RpcConnection, events: list[RpcEvent]) -> bytes:
+        """Answer every message of one read; all store work goes in one thread hand-off."""
+        answers: list[bytes | _StoreWork | None] = []
+        for event in events:
+            if isinstance(event, RpcRequest):
+                self.stats.requests += 1
+                answers.append(self._prepare_request(rpc, event))
+            elif isinstance(event, RpcNotification):
+                self.stats.notifications += 1
+                answers.append(self._prepare_notification(event))
+            else:
+                raise RpcProtocolError(f"unexpected response to msgid {event.msgid} (this server sends no requests)")
+        work = [answer for answer in answers if isinstance(answer, _StoreWork)]
+        if work:
+            outcomes = await self.store.run(lambda store: [_run_job(item.job, store) for item in work])
+            replies = iter(
+                rpc.send_response(item.msgid, **outcome)
+                for item, outcome in zip(work, outcomes)
+                if item.msgid is not None
+            )
+            answers = [next(replies, None) if isinstance(a, _StoreWork) and a.msgid is not None else a for a in answers]
+        return b"".join(answer for answer in answers if isinstance(answer, bytes))
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
-        """Serve one client connection until it closes or breaks the protocol."""
+        """Serve one client connection until it closes or breaks the protocol.
+
+        Messages are handled a read at a time: while one batch is in the store, the
+        next requests gather in the socket buffer and make the next batch.
+        """
         self.stats.connections_accepted += 1
         self.stats.connections_open += 1
         rpc = RpcConnection(limits=self.limits)
-        send_lock = trio.Lock()
-        in_flight = trio.Semaphore(self.max_in_flight)
         try:
-            async with trio.open_nursery() as nursery:
-                while True:
-                    try:
-                        data = await stream.receive_some(65536)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        break
-                    if not data:
-                        break
-                    try:
-                        rpc.receive_data(data)
-                        while (event := rpc.next_event()) is not NEED_DATA:
-                            await in_flight.acquire()
-                            if isinstance(event, RpcRequest):
-                                self.stats.requests += 1
-                                nursery.start_soon(self._respond, event, rpc, stream, send_lock, in_flight)
-                            elif isinstance(event, RpcNotification):
-                                self.stats.notifications += 1
-                                nursery.start_soon(self._notified, event, in_flight)
-                            else:
-                                in_flight.release()
-                                raise RpcProtocolError(f"unexpected response to msgid {event.msgid} (this server sends no requests)")
-                    except RpcProtocolError as error:
-                        self.stats.protocol_errors += 1
-                        log.warning("CRM closing a connection: %s", error)
-                        break
-                nursery.cancel_scope.cancel()
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                events: list[RpcEvent] = []
+                try:
+                    rpc.receive_data(data)
+                    while (event := rpc.next_event()) is not NEED_DATA:
+                        events.append(event)
+                    reply = await self._answer_batch(rpc, events)
+                except RpcProtocolError as error:
+                    self.stats.protocol_errors += 1
+                    log.warning("CRM closing a connection: %s", error)
+                    break
+                if reply:
+                    await stream.send_all(reply)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away
         finally:
             self.stats.connections_open -= 1
             await trio.aclose_forcefully(stream)
+
+
+def _run_job(job: _Job, store: CrmStore) -> dict[str, Any]:
+    """Run one job in the worker thread; a store failure fails that job only."""
+    try:
+        return {"result": job(store)}
+    except sqlite3.Error as error:
+        log.error("CRM store failed: %s", error)
+        return {"error": [ERROR_INTERNAL, "the CRM store failed"]}
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -21,8 +21,9 @@ import itertools
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
 import trio
@@ -31,6 +32,8 @@ from eko_rtp.crm.records import CallerRecord, CallLog, Ticket, parse_timestamp
 from eko_rtp.errors import UserError
 
 DEFAULT_DB_PATH = "var/crm.sqlite3"
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS clients (
@@ -247,12 +250,13 @@ class ThreadedCrmStore:
                 self._all.append(store)
         return store
 
-    async def lookup(self, phone: str) -> CallerRecord | None:
-        return await trio.to_thread.run_sync(lambda: self._store().lookup(phone), limiter=self._limiter)
+    async def run(self, work: Callable[[CrmStore], T]) -> T:
+        """Run ``work(store)`` in a worker thread with that thread's connection.
 
-    async def log_call(self, call_log: CallLog) -> None:
-        now = datetime.datetime.now(datetime.timezone.utc)
-        await trio.to_thread.run_sync(lambda: self._store().log_call(call_log, now), limiter=self._limiter)
+        Callers batch several queries into one ``work`` so that a burst of requests
+        costs one thread hand-off, not one each.
+        """
+        return await trio.to_thread.run_sync(lambda: work(self._store()), limiter=self._limiter)
 
     def close(self) -> None:
         with self._all_lock:
