@@ -188,18 +188,24 @@ def _header_lines(head: str) -> list[str]:
     return lines
 
 
-def _parse_fields(lines: list[str]) -> Headers:
-    fields = []
+def _parse_fields(lines: list[str]) -> tuple[Headers, SipParseError | None]:
+    """The header lines that parse, and the error of the first that does not (if any).
+
+    A bad line does not stop the others from being read, so that a 400 can still be
+    addressed with the Via, From, To, Call-ID and CSeq around it.
+    """
+    fields, first_error = [], None
     for line in lines:
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
-        if not colon or not TOKEN.match(name):
-            raise SipParseError(400, f"bad header line {describe(line)}")
         value = value.strip(" \t")
-        if "\r" in value or "\n" in value or "\x00" in value:
-            raise SipParseError(400, f"header {name} holds a bare CR, LF or NUL")
-        fields.append((name, value))
-    return Headers(fields)
+        if not colon or not TOKEN.match(name):
+            first_error = first_error or SipParseError(400, f"bad header line {describe(line)}")
+        elif "\r" in value or "\n" in value or "\x00" in value:
+            first_error = first_error or SipParseError(400, f"header {name} holds a bare CR, LF or NUL")
+        else:
+            fields.append((name, value))
+    return Headers(fields), first_error
 
 
 def _check_version(version: str, request: Request | None) -> None:
@@ -233,7 +239,7 @@ def _parse(data: bytes, transport: str, limit: int) -> Request | Response:
         raise SipParseError(400, f"headers are not UTF-8 (byte {error.start})") from None
     lines = _header_lines(head)
     start_line, lines = lines[0], lines[1:]
-    headers = _parse_fields(lines)
+    headers, header_error = _parse_fields(lines)
     if start_line.upper().startswith("SIP/"):
         version, _, status_and_reason = start_line.partition(" ")
         status_text, _, reason = status_and_reason.partition(" ")
@@ -243,16 +249,19 @@ def _parse(data: bytes, transport: str, limit: int) -> Request | Response:
         message: Request | Response = Response(status=int(status_text), reason=reason, version=version, headers=headers)
         request = None
     else:
-        parts = start_line.split(" ")
-        if len(parts) != 3 or not all(parts):
-            raise SipParseError(400, f"bad Request-Line {describe(start_line)}: want METHOD SP URI SP SIP/2.0")
+        parts = start_line.split()
+        if len(parts) != 3 or not TOKEN.match(parts[0]):
+            raise SipParseError(400, f"bad Request-Line {describe(start_line)}")
         method, uri, version = parts
-        if not TOKEN.match(method):
-            raise SipParseError(400, f"bad method {describe(method)}")
         request = Request(method=method, uri=uri, version=version, headers=headers)
         message = request
+        if " ".join(parts) != start_line:
+            # RFC 4475 §3.1.2.7: exactly one SP between the elements; answered 400.
+            raise SipParseError(400, f"extra whitespace in Request-Line {describe(start_line)}", request=request)
         _check_version(version, request)
     try:
+        if header_error is not None:
+            raise header_error
         body = _frame_body(headers, rest, transport, len(head_bytes) + 4, limit)
         _check_required(message)
     except SipParseError as error:
