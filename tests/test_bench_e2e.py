@@ -132,3 +132,20 @@ def test_tshark_agrees_with_the_bench(phrase_dir, tmp_path):
     assert sum(stream[2] for stream in from_peer) == run["packets"]["lost"] == 0
     # Both read kernel timestamps of the same packets: they agree to well under a tenth of a millisecond.
     assert max(stream[3] for stream in from_peer) == pytest.approx(run["max_gap_ms"], abs=0.05)
+
+
+def test_both_targets_side_by_side_with_a_plot(built_cache, tmp_path):
+    pytest.importorskip("matplotlib", reason="--plot needs the optional extra 'plot' (matplotlib)")
+    plot = tmp_path / "bench.png"
+    done = bench("--target", "both", "--spawn", "--cache", str(built_cache), "--calls", "6", "--hold", "2",
+                 "--plot", str(plot))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    def cells(line):
+        return [cell.strip() for cell in line.split("|")]
+
+    assert cells(lines[0]) == ["", "server (6 conc.)", "peer (4 conc.)", "ratio"]
+    assert cells(lines[3]) == ["calls answered", "6", "4", "1.50"]
+    assert lines[-1] == ("note: peer: pjsua2-python is built with PJSUA_MAX_CALLS=4; measured at 4 concurrent calls,"
+                         " the server at 6")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -195,7 +195,7 @@ def plot(results: list[RunResult], path: str) -> None:
             values = sorted(value * _NS_TO_MS for value in _deltas(result.records, start, end))
             if values:
                 latency_axis.plot(values, [(rank + 1) / len(values) for rank in range(len(values))],
-                                  label=f"{result.target}: {label}")
+                                  drawstyle="steps-post", label=f"{result.target}: {label}")
         deviations = [value * _NS_TO_MS for value in deviations_ns(result)]
         if deviations:
             jitter_axis.hist(deviations, bins=100, histtype="step", log=True, label=result.target)
