@@ -617,7 +617,6 @@ class UserAgent:
         if what == "BYE":
             call.bye_in_flight = None
             self._fire(call, CallInput.BYE_DONE)
-            del self._calls[call_id]
             return
         call.refresh_in_flight = None
         if response is not None and 200 <= response.status < 300 and call.timer is not None:
