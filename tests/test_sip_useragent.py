@@ -181,6 +181,7 @@ def test_cancel_before_answer():
     events = h.send(message("CANCEL"), 1.0)
     cancel_ok, terminated = sent(events)
     assert (cancel_ok.status, cancel_ok.headers.get("CSeq")) == (200, "1 CANCEL")
+    assert parse_name_addr(cancel_ok.headers.get("To"), "To").tag == h.tag
     assert (terminated.status, terminated.reason, terminated.headers.get("CSeq")) == (487, "Request Terminated", "1 INVITE")
     assert parse_name_addr(terminated.headers.get("To"), "To").tag == h.tag
     assert others(events) == [CallEnded(call_id="call-1", reason=EndReason.CANCELLED)]
@@ -488,3 +489,22 @@ def test_200_ok_stays_lean_for_the_pjsua2_invite():
     headers = len(ok.data) - len(ANSWER)
     assert headers < 600, ok.data.decode()
     assert ok.destination == ("127.0.0.1", 5097)
+
+
+def test_invite_without_sdp_gets_our_offer_and_the_ack_answers():
+    h = Harness()
+    events = h.send(message("INVITE"), 0.0)
+    assert events[1].offer is None
+    h.ua.answer("call-1", ANSWER, 0.1)
+    (ok,) = sent(h.ua.events())
+    assert ok.body == ANSWER
+    ack = message("ACK", branch="z9hG4bK-ack1", to_tag=first_token(), body=SDP)
+    assert h.send(ack, 0.2) == [CallConfirmed(call_id="call-1", answer=SDP)]
+
+
+def test_error_responses_over_tcp_are_not_retransmitted():
+    h = Harness()
+    events = h.send(message("INVITE", body=b"x", content_type="text/plain"), 0.0, transport="tcp")
+    assert statuses(events) == [415]
+    # Over TCP the error response is not retransmitted (§17.2.1: timer G is UDP only).
+    assert [t for t, e in h.run_until(100.0)] == []

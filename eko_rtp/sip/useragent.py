@@ -480,12 +480,12 @@ class UserAgent:
         if invite_tx is None:
             self._refuse(tx, source, 481, now, "CANCEL matches no INVITE")
             return
-        # §9.2: the CANCEL always gets 200; it only matters when no final was sent.
-        self._respond(tx, 200, now, to_tag=parse_name_addr(request.headers.get("To") or "", "To").tag
-                      or self._error_tag(request))
+        # §9.2: the CANCEL always gets 200 (with the To tag of the INVITE's responses);
+        # it only matters when no final response was sent.
+        call = self._calls.get(invite_tx.request.headers.get("Call-ID") or "")
+        self._respond(tx, 200, now, to_tag=call.dialog.local_tag if call is not None else self._token())
         if invite_tx.state is not State.PROCEEDING:
             return
-        call = self._calls.get(invite_tx.request.headers.get("Call-ID") or "")
         if call is not None and call.invite is invite_tx and call.state is CallState.OFFERED:
             self._respond(invite_tx, 487, now, to_tag=call.dialog.local_tag)
             self._fire(call, CallInput.CANCEL)
