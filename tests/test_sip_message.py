@@ -174,6 +174,11 @@ def test_message_size_limit_is_513():
     assert (caught.value.status, caught.value.reason) == (513, "message of 70028 bytes exceeds the 65536-byte limit")
 
 
+def test_transport_is_checked_as_our_input():
+    with pytest.raises(ValueError, match="transport must be udp, tcp or tls, not 'sctp'"):
+        parse(fixture("valid_udp_no_length"), transport="sctp")
+
+
 def test_leading_crlf_is_ignored_and_response_status_checked():
     data = b"\r\n\r\n" + fixture("valid_response_multiple_via")
     assert parse(data).status == 180

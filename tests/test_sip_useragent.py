@@ -508,3 +508,60 @@ def test_error_responses_over_tcp_are_not_retransmitted():
     assert statuses(events) == [415]
     # Over TCP the error response is not retransmitted (§17.2.1: timer G is UDP only).
     assert [t for t, e in h.run_until(100.0)] == []
+
+
+def confirmed_call(**kwargs) -> Harness:
+    h = Harness()
+    h.call(**kwargs)
+    h.send(message("ACK", branch="z9hG4bK-ack1", to_tag=h.tag), 0.1)
+    return h
+
+
+def test_update_with_sdp_is_a_modification_answered_in_its_200():
+    h = confirmed_call()
+    update = message("UPDATE", branch="z9hG4bK-up1", cseq=2, to_tag=h.tag, body=SDP)
+    events = h.send(update, 5.0)
+    assert statuses(events) == [] and others(events) == [SessionModified(call_id="call-1", offer=SDP)]
+    h.ua.answer_modification("call-1", ANSWER, 5.1)
+    (ok,) = sent(h.ua.events())
+    assert (ok.status, ok.headers.get("CSeq"), ok.body, ok.headers.get("Contact")) == (
+        200, "2 UPDATE", ANSWER, "<sip:eko@192.0.2.10:5060>")
+
+
+def test_bye_while_a_reinvite_is_pending_terminates_it_with_487():
+    h = confirmed_call()
+    h.send(message("INVITE", branch="z9hG4bK-re1", cseq=2, to_tag=h.tag, body=SDP), 1.0)
+    events = h.send(message("BYE", branch="z9hG4bK-bye1", cseq=3, to_tag=h.tag), 1.1)
+    assert [(m.status, m.headers.get("CSeq")) for m in sent(events)] == [(200, "3 BYE"), (487, "2 INVITE")]
+    assert others(events) == [CallEnded(call_id="call-1", reason=EndReason.REMOTE_BYE)]
+    assert h.ua.answer_modification("call-1", ANSWER, 1.2) is False
+
+
+def test_cancel_of_a_reinvite_keeps_the_call():
+    h = confirmed_call()
+    h.send(message("INVITE", branch="z9hG4bK-re1", cseq=2, to_tag=h.tag, body=SDP), 1.0)
+    events = h.send(message("CANCEL", branch="z9hG4bK-re1", cseq=2, to_tag=h.tag), 1.1)
+    assert [(m.status, m.headers.get("CSeq")) for m in sent(events)] == [(200, "2 CANCEL"), (487, "2 INVITE")]
+    assert others(events) == []
+    assert h.ua.call_ids == ["call-1"]
+
+
+def test_refresh_answered_481_ends_the_call():
+    h = confirmed_call(extra="Allow: INVITE, ACK, BYE, UPDATE")
+    (update,) = sent([e for t, e in h.run_until(900.0)])
+    gone = (f"SIP/2.0 481 Call/Transaction Does Not Exist\r\nVia: {update.headers.get('Via')}\r\n"
+            f"From: {update.headers.get('From')}\r\nTo: {update.headers.get('To')}\r\nCall-ID: call-1\r\n"
+            f"CSeq: 1 UPDATE\r\nContent-Length: 0\r\n\r\n").encode()
+    events = h.send(gone, 900.1)
+    assert others(events) == [CallEnded(call_id="call-1", reason=EndReason.REFRESH_FAILED)]
+    (bye,) = sent(events)
+    assert (bye.method, bye.headers.get("CSeq")) == ("BYE", "2 BYE")
+
+
+def test_reinvite_2xx_without_ack_ends_the_call():
+    h = confirmed_call()
+    h.send(message("INVITE", branch="z9hG4bK-re1", cseq=2, to_tag=h.tag, body=SDP), 10.0)
+    h.ua.answer_modification("call-1", ANSWER, 10.0)
+    h.ua.events()
+    ended = [(t, e) for t, e in h.run_until(50.0) if not isinstance(e, Transmit)]
+    assert ended == [(42.0, CallEnded(call_id="call-1", reason=EndReason.NO_ACK))]

@@ -219,9 +219,16 @@ def _check_version(version: str, request: Request | None) -> None:
 def parse_message_untrusted(
     data: bytes, *, transport: str, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 ) -> Request | Response:
-    """Parse one SIP message from the network; raise only SipParseError."""
+    """Parse one SIP message from the network; raise only SipParseError (for the data).
+
+    ``transport`` ('udp', 'tcp' or 'tls') is ours, not the network's: a wrong one is a
+    ValueError.
+    """
+    transport = transport.lower()
+    if transport not in ("udp", "tcp", "tls"):
+        raise ValueError(f"transport must be udp, tcp or tls, not {transport!r}")
     try:
-        return _parse(bytes(data), transport.lower(), max_message_size)
+        return _parse(bytes(data), transport, max_message_size)
     except SipParseError:
         raise
     except (ValueError, UnicodeError, IndexError) as error:
@@ -230,8 +237,6 @@ def parse_message_untrusted(
 
 
 def _parse(data: bytes, transport: str, limit: int) -> Request | Response:
-    if transport not in ("udp", "tcp", "tls"):
-        raise ValueError(f"transport must be udp, tcp or tls, not {transport!r}")
     head_bytes, rest = _split_head(data, limit)
     try:
         head = head_bytes.decode()
