@@ -28,6 +28,8 @@ a malformed one is 400.
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 import random
 from typing import Any
 
@@ -212,6 +214,12 @@ class UserAgent:
         self._server: dict[tuple, ServerTransaction] = {}
         self._client: dict[tuple, ClientTransaction] = {}
         self._client_purpose: dict[tuple, tuple[str, str]] = {}
+        # Timers: a heap of (deadline, sequence, transaction or call). Entries go stale
+        # when their owner's deadline moves or the owner goes; they are checked when
+        # they reach the top, so every change that makes a deadline *earlier* pushes
+        # a new entry (``_schedule``).
+        self._heap: list[tuple[float, int, Any]] = []
+        self._sequence = itertools.count()
 
     # ---- shell interface -------------------------------------------------------
 
@@ -250,38 +258,73 @@ class UserAgent:
             return
         if isinstance(message, Response):
             self._receive_response(message, source, now)
-            return
-        try:
-            hop = self._response_hop(message, source, transport, connection)
-        except SipParseError as error:
-            self._rejected(message, source, error.reason, None)
-            return
-        self._receive_request(message, hop, source, now)
+        else:
+            try:
+                hop = self._response_hop(message, source, transport, connection)
+            except SipParseError as error:
+                self._rejected(message, source, error.reason, None)
+                return
+            self._receive_request(message, hop, source, now)
+        self._schedule_call(message.headers.get("Call-ID"))
 
     def next_deadline(self) -> float | None:
         """When ``handle_timers`` must next run, None when no timer runs."""
-        deadlines = [tx.next_deadline() for tx in self._server.values()]
-        deadlines += [tx.next_deadline() for tx in self._client.values()]
-        deadlines += [self._call_deadline(call) for call in self._calls.values()]
-        present = [deadline for deadline in deadlines if deadline is not None]
-        return min(present) if present else None
+        heap = self._heap
+        while heap:
+            deadline, _, owner = heap[0]
+            actual = self._deadline_of(owner)
+            if actual == deadline:
+                return deadline
+            heapq.heappop(heap)
+            if actual is not None:
+                heapq.heappush(heap, (actual, next(self._sequence), owner))
+        return None
 
     def handle_timers(self, now: float) -> None:
         """Fire every timer due at ``now``: retransmissions, timeouts, session refresh and expiry."""
-        for table in (self._server, self._client):
-            for key, tx in list(table.items()):
-                for _ in range(3):  # timeout and retransmission may both be due
-                    deadline = tx.next_deadline()
-                    if deadline is None or deadline > now:
-                        break
-                    for data in tx.expire(now):
-                        self._transmit(data, tx.hop)
-                if tx.terminated:
-                    del table[key]
-                    if isinstance(tx, ClientTransaction):
-                        self._client_done(key, tx, None, now)
-        for call in list(self._calls.values()):
-            self._call_timers(call, now)
+        due: dict[int, Any] = {}
+        while self._heap and self._heap[0][0] <= now:
+            owner = heapq.heappop(self._heap)[2]
+            due[id(owner)] = owner
+        for owner in due.values():
+            if isinstance(owner, _Call):
+                if self._calls.get(owner.call_id) is owner:
+                    self._call_timers(owner, now)
+            else:
+                self._transaction_timers(owner, now)
+            self._schedule(owner)
+
+    def _transaction_timers(self, tx: ServerTransaction | ClientTransaction, now: float) -> None:
+        table = self._client if isinstance(tx, ClientTransaction) else self._server
+        if table.get(tx.key) is not tx:
+            return
+        for _ in range(3):  # timeout and retransmission may both be due
+            deadline = tx.next_deadline()
+            if deadline is None or deadline > now:
+                break
+            for data in tx.expire(now):
+                self._transmit(data, tx.hop)
+        if tx.terminated:
+            del table[tx.key]
+            if isinstance(tx, ClientTransaction):
+                self._client_done(tx.key, tx, None, now)
+
+    def _deadline_of(self, owner: Any) -> float | None:
+        """The owner's current deadline; None once it is gone or has no timer."""
+        if isinstance(owner, _Call):
+            return self._call_deadline(owner) if self._calls.get(owner.call_id) is owner else None
+        table = self._client if isinstance(owner, ClientTransaction) else self._server
+        return owner.next_deadline() if table.get(owner.key) is owner else None
+
+    def _schedule(self, owner: Any) -> None:
+        deadline = self._deadline_of(owner)
+        if deadline is not None:
+            heapq.heappush(self._heap, (deadline, next(self._sequence), owner))
+
+    def _schedule_call(self, call_id: str | None) -> None:
+        call = self._calls.get(call_id or "")
+        if call is not None:
+            self._schedule(call)
 
     def answer(self, call_id: str, sdp: bytes, now: float) -> bool:
         """Send 200 OK with ``sdp`` to the call's INVITE; False if the call already ended."""
@@ -293,6 +336,7 @@ class UserAgent:
         self._fire(call, CallInput.ANSWER)
         call.refreshed_at = now
         self._send_2xx(call, call.invite, sdp, now, initial=True)
+        self._schedule(call)
         return True
 
     def reject(self, call_id: str, status: int, now: float, *, reason: str | None = None,
@@ -321,6 +365,7 @@ class UserAgent:
             self._send_2xx(call, tx, sdp, now, initial=False)
         else:
             self._respond(tx, 200, now, extra=self._session_headers(call), body=sdp)
+        self._schedule(call)
         return True
 
     def reject_modification(self, call_id: str, status: int, now: float, *, reason: str | None = None) -> bool:
@@ -352,6 +397,7 @@ class UserAgent:
         # waits for the ACK or its timeout).
         if call.state is CallState.ENDING:
             self._send_bye(call, now)
+        self._schedule(call)
         return True
 
     # ---- inbound requests ------------------------------------------------------
@@ -370,7 +416,8 @@ class UserAgent:
                     self._transmit(resend, tx.hop)
                 return
             if tx.state is not State.ACCEPTED:
-                tx.receive_ack(now)
+                tx.receive_ack(now)  # timer I replaces timers G and H
+                self._schedule(tx)
                 return
             # An ACK for a 2xx reusing the INVITE's branch (wrong per §17.1.1.3, but
             # seen in the wild) belongs to the dialog: fall through.
@@ -601,6 +648,7 @@ class UserAgent:
             return
         if tx.receive_response(response.status, now):
             self._client_done(key, tx, response, now)
+        self._schedule(tx)
 
     def _client_done(self, key: tuple, tx: ClientTransaction, response: Response | None, now: float) -> None:
         """Our BYE or UPDATE got its final response (or timed out when ``response`` is None)."""
@@ -619,6 +667,7 @@ class UserAgent:
             self._fire(call, CallInput.BYE_DONE)
             return
         call.refresh_in_flight = None
+        self._schedule(call)
         if response is not None and 200 <= response.status < 300 and call.timer is not None:
             try:
                 call.timer = adopt_refresh_response(call.timer, response.headers)
@@ -718,6 +767,7 @@ class UserAgent:
         data = bytes(response)
         tx.respond(status, data, now)
         self._transmit(data, tx.hop)
+        self._schedule(tx)
         return data
 
     def _send_request(self, call: _Call, method: str, extra: list[tuple[str, str]], now: float) -> tuple:
@@ -734,6 +784,7 @@ class UserAgent:
         self._client[key] = tx
         self._client_purpose[key] = (method, call.call_id)
         self._transmit(tx.last_message or b"", hop)
+        self._schedule(tx)
         return key
 
     def _send_bye(self, call: _Call, now: float) -> None:
