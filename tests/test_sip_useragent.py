@@ -565,3 +565,13 @@ def test_reinvite_2xx_without_ack_ends_the_call():
     h.ua.events()
     ended = [(t, e) for t, e in h.run_until(50.0) if not isinstance(e, Transmit)]
     assert ended == [(42.0, CallEnded(call_id="call-1", reason=EndReason.NO_ACK))]
+
+
+@pytest.mark.parametrize("settings, message_text", [
+    ({"host": ""}, "host must be a host name or address, not ''"),
+    ({"host": "h", "t1": 0.5, "t2": 0.1}, r"t2 \(0.1\) must not be below t1 \(0.5\)"),
+    ({"host": "h", "user_agent": "a\r\nb"}, "user_agent must be one line"),
+])
+def test_settings_are_validated_in_the_constructor(settings, message_text):
+    with pytest.raises(ValueError, match=message_text):
+        UserAgentSettings(**settings)

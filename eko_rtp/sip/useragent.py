@@ -115,6 +115,13 @@ class UserAgentSettings:
     accepting: bool = True
     retry_after: int = attrs.field(default=30, validator=attrs.validators.ge(0))
 
+    def __attrs_post_init__(self) -> None:
+        if not self.host or any(ch.isspace() for ch in self.host):
+            raise ValueError(f"host must be a host name or address, not {self.host!r}")
+        if any(ch in self.user_agent for ch in "\r\n"):
+            raise ValueError("user_agent must be one line")
+        TimerSettings(t1=self.t1, t2=self.t2, t4=self.t4)  # raises if t1, t2, t4 disagree
+
     @property
     def timers(self) -> TimerSettings:
         """T1, T2 and T4 as the transaction layer wants them."""
@@ -184,17 +191,17 @@ class _PendingAck:
 
 @attrs.define
 class _Call:
+    """One call's state: lifecycle, its INVITE transaction and dialog, timers, what is in flight."""
+
     call_id: str
     state: CallState
     invite: ServerTransaction
     dialog: Dialog
-    source: tuple[str, int]
-    offer_received: bool
     timer: SessionTimer | None = None
-    refreshed_at: float = 0.0
+    refreshed_at: float = 0.0  # when the session was last refreshed (RFC 4028 §10)
     pending_ack: _PendingAck | None = None
-    modification: ServerTransaction | None = None
-    modification_timer: Any = None
+    modification: ServerTransaction | None = None  # a re-INVITE or UPDATE awaiting the shell
+    modification_timer: SessionTimer | None = None  # its negotiated timer, applied on 2xx
     refresh_in_flight: tuple | None = None
     bye_in_flight: tuple | None = None
     reported_end: bool = False
@@ -501,8 +508,7 @@ class UserAgent:
         if timer is False:
             return
         dialog = Dialog.from_invite(request, local_tag=self._token(), local_cseq=0)
-        call = _Call(call_id=call_id, state=CallState.OFFERED, invite=tx, dialog=dialog, source=source,
-                     offer_received=bool(request.body), timer=timer)
+        call = _Call(call_id=call_id, state=CallState.OFFERED, invite=tx, dialog=dialog, timer=timer)
         self._calls[call_id] = call
         self._respond(tx, 100, now)
         self._events.append(IncomingCall(call_id=call_id, request=request, offer=request.body or None,
