@@ -575,3 +575,23 @@ def test_reinvite_2xx_without_ack_ends_the_call():
 def test_settings_are_validated_in_the_constructor(settings, message_text):
     with pytest.raises(ValueError, match=message_text):
         UserAgentSettings(**settings)
+
+
+def test_responses_copy_every_via_and_stamp_only_the_top():
+    h = Harness()
+    data = message("OPTIONS", via="10.1.1.1:5060").replace(
+        b"Max-Forwards", b"Via: SIP/2.0/UDP 10.2.2.2:5080;branch=z9hG4bK-uac, SIP/2.0/TCP 10.3.3.3\r\nMax-Forwards")
+    events = h.send(data, 0.0, source=("10.1.1.1", 5060))
+    (ok,) = sent(events)
+    assert ok.headers.get_all("Via") == [
+        "SIP/2.0/UDP 10.1.1.1:5060;branch=z9hG4bK-inv1",
+        "SIP/2.0/UDP 10.2.2.2:5080;branch=z9hG4bK-uac",
+        "SIP/2.0/TCP 10.3.3.3",
+    ]
+    assert events[0].destination == ("10.1.1.1", 5060)
+
+
+def test_unsupported_request_uri_scheme_is_416():
+    h = Harness()
+    events = h.send(message("INVITE").replace(b"INVITE sip:eko@192.0.2.10:5060", b"INVITE im:eko@example.net"), 0.0)
+    assert [(r.status, r.reason) for r in sent(events)] == [(416, "unsupported URI scheme 'im' in Request-URI")]

@@ -86,7 +86,7 @@ from eko_rtp.sip.transaction import (
     client_key,
     server_key,
 )
-from eko_rtp.sip.uri import format_host_port, parse_uri
+from eko_rtp.sip.uri import format_host_port
 
 __all__ = ["UserAgent", "UserAgentSettings", "CallState", "CallStateError", "ALLOW", "ACCEPT", "SUPPORTED"]
 
