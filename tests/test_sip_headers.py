@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from eko_rtp.sip.errors import SipParseError
 from eko_rtp.sip.headers import (
@@ -112,3 +114,22 @@ def test_header_values():
     assert parse_media_type("Application/SDP; charset=x") == ("application/sdp", (("charset", "x"),))
     assert parse_token_list(["timer, 100rel", "replaces"], "Supported") == ("timer", "100rel", "replaces")
     assert str(parse_cseq("12  BYE")) == "12 BYE"
+
+
+TEXT = st.text(alphabet=st.sampled_from(list("sip:tel@<>\";,=%[]?&0123456789abcAB .-_+*#\\\t\u00e9")), max_size=60)
+
+
+@hypothesis.settings(max_examples=500, deadline=None)
+@hypothesis.given(TEXT)
+def test_header_parsers_only_raise_sip_parse_error(text):
+    for function in (parse_uri, parse_name_addr, parse_via, parse_cseq, parse_session_expires, parse_media_type,
+                     lambda value: parse_name_addr_list([value], "Route"),
+                     lambda value: parse_token_list([value], "Require")):
+        try:
+            function(text)
+        except SipParseError:
+            pass
+        try:
+            function("sip:" + text)
+        except SipParseError:
+            pass
