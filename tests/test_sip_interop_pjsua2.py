@@ -1,4 +1,4 @@
-"""The UAS core against a real pjsua2 UAC (a subprocess) on loopback UDP: call, hold, resume, hang up.
+"""The UAS core against a real pjsua2 UAC (a subprocess) on loopback UDP: call, hold, resume, INFO DTMF, BYE.
 
 A minimal test loop drives ``UserAgent`` (the production shell is ``eko_rtp/server``).
 """
@@ -58,6 +58,9 @@ CALLER = textwrap.dedent("""
     unhold = pj.CallOpParam(True); unhold.opt.flag = pj.PJSUA_CALL_UNHOLD
     call.reinvite(unhold)
     pump(1.0)
+    dtmf = pj.CallSendDtmfParam(); dtmf.method = pj.PJSUA_DTMF_METHOD_SIP_INFO; dtmf.digits = "5#"
+    call.sendDtmf(dtmf)
+    pump(1.0)
     call.hangup(pj.CallOpParam(True))
     pump(1.0)
     print(",".join(states), flush=True)
@@ -66,7 +69,7 @@ CALLER = textwrap.dedent("""
 """)
 
 
-def test_pjsua2_call_hold_resume_hangup():
+def test_pjsua2_call_hold_resume_dtmf_hangup():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
         server.bind(("127.0.0.1", 0))
         port = server.getsockname()[1]
@@ -102,7 +105,9 @@ def test_pjsua2_call_hold_resume_hangup():
     assert out.strip().split(",")[-1] == "DISCONNECTED"
     assert "CONFIRMED" in out
     kinds = [type(event).__name__ for event in seen]
-    assert kinds == ["IncomingCall", "CallConfirmed", "SessionModified", "SessionModified", "CallEnded"]
+    assert kinds == ["IncomingCall", "CallConfirmed", "SessionModified", "SessionModified", "InfoDtmf", "InfoDtmf",
+                     "CallEnded"]
+    assert [(event.digit, event.duration_ms) for event in seen[4:6]] == [("5", 160), ("#", 160)]
     assert b"a=sendonly" in seen[2].offer
     assert seen[-1] == CallEnded(call_id=seen[0].call_id, reason=EndReason.REMOTE_BYE)
     assert isinstance(seen[1], CallConfirmed)
