@@ -33,6 +33,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "min_se": ((int,), 90),
         "max_message_size": ((int,), 65536),
         "answer_timeout": ((int, float), 2.0),
+        "t1": ((int, float), 0.5),
     },
     "media": {
         "address": ((str,), ""),
@@ -183,7 +184,7 @@ def _check_values(values: dict[str, dict[str, Any]], source: str | None) -> None
         fail("sip.session_expires", "must not be below sip.min_se")
     if ":" not in values["script"]["function"]:
         fail("script.function", f"expected MODULE:FUNCTION, got {values['script']['function']!r}")
-    for dotted in ("media.rtp_timeout", "media.max_call_duration", "service.drain_grace_seconds", "sip.answer_timeout"):
+    for dotted in ("media.rtp_timeout", "media.max_call_duration", "service.drain_grace_seconds", "sip.answer_timeout", "sip.t1"):
         section, _, key = dotted.partition(".")
         if values[section][key] <= 0:
             fail(dotted, "must be positive")

@@ -17,8 +17,10 @@ import sys
 from eko_rtp.errors import UserError
 
 COMMANDS = (
+    "eko_rtp.cli.bench_cmd",
     "eko_rtp.cli.cache_cmd",
     "eko_rtp.cli.crm_cmd",
+    "eko_rtp.cli.serve_cmd",
     "eko_rtp.cli.service_cmd",
 )
 

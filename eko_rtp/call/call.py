@@ -1,0 +1,147 @@
+"""One call: the object a call script talks to, and the nursery that lives as long as the call.
+
+Theory of operation: when the SIP core reports an ``IncomingCall`` the server builds a
+:class:`Call` (the negotiated media plan, the RTP stream on its own port pair) and runs
+:func:`run_call` in the server's call nursery. ``run_call`` opens *one nursery per
+call* holding the call's SIP dialog task (re-INVITEs, INFO DTMF, the end of the
+dialog), its RTCP task, its inactivity and maximum-duration watchdog and the call
+script. However the call ends (BYE from either side, CANCEL, no ACK, session expiry,
+no inbound RTP, the maximum duration, the script returning or failing) the nursery is
+cancelled and the ``finally`` gives back everything: the stream leaves the frame
+clock, its sockets leave the receive hub and are closed, the ports return to the
+pool. Nothing the call started outlives it.
+
+The call is answered (200 OK) when the script first queues audio, or calls
+:meth:`Call.answer`, or after ``answer_timeout``: the greeting's first frame then leaves
+in the same synchronous step as the 200 OK, not at the next clock tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Awaitable, Callable
+
+import trio
+
+from eko_rtp.media.playout import CachedSource, LiveSource, SilenceSource
+
+log = logging.getLogger("eko_rtp.call")
+
+
+class CallHungUp(Exception):
+    """Raised into a script that keeps talking after the call ended."""
+
+
+class UnknownPhrase(LookupError):
+    """The script asked for a phrase that is not in the cache (missing or refused at load)."""
+
+
+class Call:
+    """What a call script sees: ``say``, ``pause``, ``hangup``, ``dtmf``, the caller."""
+
+    def __init__(self, *, call_id: str, caller, caller_number: str | None, server, stream, invite_time: float, source):
+        self.call_id = call_id
+        self.caller = caller
+        self.caller_number = caller_number
+        self.invite_time = invite_time
+        self.source = source
+        self.stream = stream
+        self._server = server
+        self.answered_at: float | None = None
+        self.ended_at: float | None = None
+        self.end_reason: str | None = None
+        self.greeting: str | None = None
+        self.outcome = "completed"
+        self.phrases_played: list[str] = []
+        self._dtmf_send, self._dtmf_receive = trio.open_memory_channel[str](32)
+        self.dtmf_dropped = 0
+        self.cancel_scope: trio.CancelScope | None = None
+        self.answered = trio.Event()
+        self.confirmed = trio.Event()  # the ACK came
+        self.crm_lookup: Any = None  # set by the server when a CRM is configured
+        self.extras: dict[str, Any] = {}
+
+    # -- the script API ----------------------------------------------------------
+
+    async def answer(self) -> None:
+        """Answer now (200 OK) if not answered yet; the stream starts at once."""
+        if self.answered_at is None:
+            self._server.answer_call(self)
+        await trio.lowlevel.checkpoint()
+
+    async def say(self, key: str) -> None:
+        """Play cached phrase ``key``; return when its last frame has been sent."""
+        phrase = self._server.phrase(key)
+        if phrase is None:
+            raise UnknownPhrase(f"phrase {key!r} is not in the cache")
+        self.phrases_played.append(key)
+        await self._play(CachedSource(phrase.audio))
+
+    async def pause(self, milliseconds: int) -> None:
+        """Silence for ``milliseconds`` (rounded up to whole 20 ms frames)."""
+        frames = max(0, math.ceil(milliseconds / 20))
+        if frames:
+            await self._play(SilenceSource(frames, self.stream.queue.silence))
+
+    async def hangup(self) -> None:
+        """Send BYE and end the call (the script is cancelled with it)."""
+        self._server.hangup_call(self)
+        await trio.lowlevel.checkpoint()
+
+    @property
+    def dtmf(self) -> trio.MemoryReceiveChannel[str]:
+        """Digits pressed by the caller (RFC 4733 events or SIP INFO), as an async stream."""
+        return self._dtmf_receive
+
+    async def next_digit(self, timeout: float) -> str | None:
+        """The next digit, or ``None`` after ``timeout`` seconds without one."""
+        with trio.move_on_after(timeout):
+            return await self._dtmf_receive.receive()
+        return None
+
+    def live_source(self) -> LiveSource:
+        """A live source queued for playing (frames pushed as they arrive)."""
+        source = LiveSource()
+        self._enqueue(source)
+        return source
+
+    # -- internals ---------------------------------------------------------------
+
+    def _enqueue(self, source) -> None:
+        if self.ended_at is not None:
+            raise CallHungUp(f"call {self.call_id} has ended")
+        self.stream.queue.enqueue(source)
+        if self.answered_at is None:
+            self._server.answer_call(self)
+
+    async def _play(self, source) -> None:
+        done = trio.Event()
+        source.on_finished = done.set
+        self._enqueue(source)
+        try:
+            await done.wait()
+        except BaseException:
+            source.cancel()  # the script moved on (or the call ended): stop this source
+            raise
+
+    def deliver_digit(self, digit: str) -> None:
+        """From the media or SIP side: a digit was pressed."""
+        try:
+            self._dtmf_send.send_nowait(digit)
+        except trio.WouldBlock:
+            self.dtmf_dropped += 1
+            log.warning("call %s: DTMF digit %r dropped (script is not reading digits)", self.call_id, digit)
+        except trio.ClosedResourceError:
+            pass
+
+    def end(self, reason: str, now: float) -> None:
+        """Mark the call over and cancel its nursery (idempotent)."""
+        if self.ended_at is None:
+            self.ended_at = now
+            self.end_reason = reason
+        if self.cancel_scope is not None:
+            self.cancel_scope.cancel()
+
+
+Script = Callable[[Call], Awaitable[None]]

@@ -1,0 +1,69 @@
+"""The caller look-up a call starts the moment its INVITE arrives.
+
+Theory of operation: the server starts :meth:`CallerLookup.run` as the first task of
+the call's nursery, in parallel with answering. The greeting waits for it with
+:meth:`CallerLookup.wait` only until the budget measured *from the INVITE* (default
+150 ms) runs out; then the standard greeting plays. The caller never waits on the
+CRM and no call fails because of it: every CRM error ends the look-up with no record.
+A late answer is still kept (``record``) for the rest of the call.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from eko_rtp.crm.errors import CrmError
+from eko_rtp.crm.phone import mask_phone
+
+log = logging.getLogger("eko_rtp.call.lookup")
+
+# A late answer is still worth having for the rest of the call, but not forever.
+LATE_ANSWER_LIMIT = 5.0
+
+
+class CallerLookup:
+    """One call's CRM look-up: its outcome, and an event for those who wait on it."""
+
+    def __init__(self, *, crm, phone: str | None, started_at: float, budget: float, call_id: str):
+        self.crm = crm
+        self.phone = phone
+        self.started_at = started_at
+        self.budget = budget
+        self.call_id = call_id
+        self.done = trio.Event()
+        self.record = None
+        self.error: str | None = None
+        self.finished_at: float | None = None
+
+    @property
+    def deadline(self) -> float:
+        return self.started_at + self.budget
+
+    async def run(self) -> None:
+        """Ask the CRM; never raises (failures are logged and counted by the client)."""
+        try:
+            if self.crm is None:
+                self.error = "no CRM configured"
+            elif self.phone is None:
+                self.error = "anonymous or unparseable caller number"
+            else:
+                try:
+                    self.record = await self.crm.lookup_caller(self.phone, timeout=LATE_ANSWER_LIMIT)
+                except CrmError as error:
+                    self.error = str(error)
+        finally:
+            self.finished_at = trio.current_time()
+            self.done.set()
+        if self.crm is not None and self.phone is not None:
+            took = (self.finished_at - self.started_at) * 1000
+            late = " (after the greeting budget)" if self.finished_at > self.deadline else ""
+            outcome = "known caller" if self.record is not None else (self.error or "unknown caller")
+            log.info("call %s: CRM look-up of %s: %s in %.1f ms%s", self.call_id, mask_phone(self.phone), outcome, took, late)
+
+    async def wait(self):
+        """The record if the CRM answered within the budget from the INVITE, else None."""
+        with trio.move_on_at(self.deadline):
+            await self.done.wait()
+        return self.record if self.done.is_set() else None

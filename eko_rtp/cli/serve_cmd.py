@@ -1,0 +1,86 @@
+"""``eko-rtp serve``: load the config and the cache, then answer calls until stopped."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import trio
+
+from eko_rtp.config import load_config
+from eko_rtp.errors import UserError
+
+log = logging.getLogger("eko_rtp.serve")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("serve", help="answer SIP calls and speak (the media server)")
+    parser.add_argument("--config", help="TOML config file (default: embedded defaults)")
+    parser.add_argument("--listen", help="SIP address HOST:PORT for UDP and TCP (config sip.listen)")
+    parser.add_argument("--media-address", help="IP address for RTP and our SDP c= line (config media.address)")
+    parser.add_argument("--rtp-ports", help="RTP port range LO-HI (config media.rtp_ports)")
+    parser.add_argument("--cache", help="rendered phrase cache directory (config cache.dir)")
+    parser.add_argument("--phrases", help="phrase catalogue file (config cache.phrases)")
+    parser.add_argument("--script", help="call script MODULE:FUNCTION (config script.function)")
+    parser.add_argument("--crm", help="CRM msgpack-RPC address HOST:PORT or unix socket path (config crm.address)")
+    parser.set_defaults(func=run_serve)
+
+
+def load_script(spec: str):
+    """Import ``MODULE:FUNCTION``; a clear error when it is not there."""
+    module_name, _, function_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UserError(f"cannot import call script module {module_name!r}: {error}", key="script.function") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise UserError(f"{module_name!r} has no callable {function_name!r}", key="script.function")
+    return function
+
+
+def config_from_args(args):
+    config = load_config(args.config)
+    return config.with_overrides(
+        {
+            "sip.listen": args.listen,
+            "media.address": args.media_address,
+            "media.rtp_ports": args.rtp_ports,
+            "cache.dir": args.cache,
+            "cache.phrases": args.phrases,
+            "script.function": args.script,
+            "crm.address": args.crm,
+        }
+    )
+
+
+def run_serve(args) -> int:
+    from eko_rtp.cache.loader import load_cache
+    from eko_rtp.server.server import EkoServer
+
+    config = config_from_args(args)
+    script = load_script(config["script.function"])
+    cache = load_cache(config["cache.dir"], config["cache.phrases"])
+
+    async def main() -> None:
+        server = EkoServer(config=config, cache=cache, script=script)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        log.info("interrupted; exiting")
+    except BaseExceptionGroup as group:
+        if group.subgroup(lambda error: not isinstance(error, (BaseExceptionGroup, KeyboardInterrupt, OSError))) is not None:
+            raise
+        bind_errors = group.subgroup(OSError)
+        if bind_errors is None:
+            log.info("interrupted; exiting")
+            return 0
+        # Only start-up can raise an OSError this far: binding the SIP sockets.
+        error = bind_errors.exceptions[0]
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+        raise UserError(f"cannot bind SIP on {config['sip.listen']}: {error.strerror or error}", key="sip.listen") from None
+    return 0

@@ -1,0 +1,229 @@
+"""One call's RTP stream: the per-call state the frame clock and the receive hub drive.
+
+Theory of operation: the stream owns the call's RTP/RTCP socket pair, its
+:class:`RtpSender` header state and its :class:`PlayoutQueue`. On the 200 OK the
+call calls :meth:`MediaStream.start`, which sends frame 0 at once and hands the
+stream to the shared :class:`FrameClock`; from then on frame n leaves at
+``t0 + n·20 ms`` whatever happens (silence between phrases, RFC 3551 §4.1
+timestamps counting through holds). Sending is synchronous ``sendmsg`` of two
+buffers, the preallocated header and a memoryview into the cached audio, so the
+audio is never copied (PCMA is the exception: one 160-byte ``translate`` per
+frame).
+
+Inbound packets arrive through the :class:`ReceiveHub` handler :meth:`on_rtp`:
+they refresh the inactivity timer, latch the destination to their source
+(symmetric RTP, so NATed callers hear us), feed receiver statistics for RTCP, and
+RFC 4733 telephone-events become digits through :class:`DtmfDetector`.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Callable
+
+from eko_rtp.codec.g711 import ULAW_TO_ALAW
+from eko_rtp.media.dtmf import DtmfDetector, DtmfError, parse_telephone_event_untrusted
+from eko_rtp.media.playout import FRAME_BYTES, PlayoutQueue
+from eko_rtp.media.ports import PortPair
+from eko_rtp.media.rtcp import build_sender_report, ntp_from_unix
+from eko_rtp.media.rtp import ReceiverStatistics, RtpSender, is_rtcp
+
+log = logging.getLogger(__name__)
+
+FRAME_PERIOD = 0.020
+SAMPLES_PER_FRAME = 160
+LATE_THRESHOLD = 0.002  # a frame sent more than 2 ms after its due time counts as late
+
+_SEQ_TS = struct.Struct("!HI")  # sequence number and timestamp at offset 2 of an RTP header
+
+
+class MediaCounters:
+    """Server-wide media counters (read by metrics and the benchmark)."""
+
+    def __init__(self) -> None:
+        self.frames_sent = 0
+        self.frames_late = 0
+        self.max_lateness = 0.0
+        self.send_drops = 0
+        self.send_errors = 0
+        self.packets_received = 0
+        self.packets_invalid = 0
+
+
+class MediaStream:
+    """Outgoing and incoming RTP of one call."""
+
+    def __init__(
+        self,
+        *,
+        pair: PortPair,
+        plan,
+        queue: PlayoutQueue,
+        counters: MediaCounters,
+        on_dtmf: Callable[[str], None],
+        cname: str,
+        sender: RtpSender | None = None,
+        wall_clock: Callable[[], float] | None = None,
+    ):
+        self.pair = pair
+        self.queue = queue
+        self.counters = counters
+        self.on_dtmf = on_dtmf
+        self.cname = cname
+        self.sender = sender or RtpSender(payload_type=plan.codec.payload_type)
+        self.dtmf = DtmfDetector()
+        self.statistics = ReceiverStatistics()
+        self._wall_clock = wall_clock
+        self.remote_rtp: tuple | None = None
+        self.remote_rtcp: tuple | None = None
+        self.latched = False
+        self.apply_plan(plan)
+        self.t0: float | None = None
+        self.frame_index = 0
+        self.next_due = 0.0
+        self.closed = False
+        self.last_inbound: float | None = None
+        self.first_packet_time: float | None = None
+
+    # -- negotiation -------------------------------------------------------------
+
+    def apply_plan(self, plan) -> None:
+        """Take a (re)negotiated media plan: codec, destination, direction."""
+        self.plan = plan
+        self.sender.set_payload_type(plan.codec.payload_type)
+        self._translate = ULAW_TO_ALAW if plan.codec.name.upper() == "PCMA" else None
+        self.telephone_event_pt = plan.telephone_event_payload_type
+        moved = plan.remote_rtp is not None and plan.remote_rtp != self.remote_rtp
+        if moved or not self.latched:
+            # A re-INVITE that moves the remote address moves our sending (RFC 3264 §8.3.1);
+            # symmetric RTP will latch again to wherever the caller's packets come from.
+            self.remote_rtp = plan.remote_rtp
+            self.remote_rtcp = plan.remote_rtcp
+            self.latched = False
+        self.sending = bool(plan.send_audio) and plan.remote_rtp is not None
+
+    # -- sending -----------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Send frame 0 now; the frame clock sends the rest (call ``schedule`` on it next)."""
+        self.t0 = now
+        self.frame_index = 0
+        self._send_frame(now, now)
+        self.frame_index = 1
+        self.next_due = now + FRAME_PERIOD
+
+    def send_due(self, now: float) -> float | None:
+        if self.closed:
+            return None
+        t0 = self.t0
+        index = self.frame_index
+        due = t0 + index * FRAME_PERIOD
+        while due <= now + 1e-9:
+            self._send_frame(due, now)
+            index += 1
+            due = t0 + index * FRAME_PERIOD
+        self.frame_index = index
+        return due
+
+    def _send_frame(self, due: float, now: float) -> None:
+        counters = self.counters
+        lateness = now - due
+        if lateness > LATE_THRESHOLD:
+            counters.frames_late += 1
+            if lateness > counters.max_lateness:
+                counters.max_lateness = lateness
+        if not self.sending:
+            self.sender.skip(SAMPLES_PER_FRAME)  # held: timestamps keep counting time
+            return
+        payload, marker = self.queue.next_frame()
+        if self._translate is not None:
+            payload = bytes(payload).translate(self._translate)
+        header = self.sender.header_for_next_frame(marker)
+        try:
+            self.pair.rtp.sendmsg((header, payload), (), 0, self.remote_rtp)
+        except BlockingIOError:
+            counters.send_drops += 1
+            return
+        except OSError as error:
+            counters.send_errors += 1
+            log.debug("RTP send to %s failed: %s", self.remote_rtp, error)
+            return
+        counters.frames_sent += 1
+        if self.first_packet_time is None:
+            self.first_packet_time = now
+
+    def rtp_timestamp_at(self, now: float) -> int:
+        """Our RTP clock at ``now`` (for RTCP SR §6.4.1), from the frame schedule."""
+        elapsed_frames = (now - self.next_due) / FRAME_PERIOD
+        return (self.sender.next_timestamp + int(elapsed_frames * SAMPLES_PER_FRAME)) & 0xFFFFFFFF
+
+    def sender_report(self, now: float, unix_now: float) -> bytes:
+        block = ()
+        if self.statistics.expected:
+            block = (self.statistics.report_block(now=now),)
+        return build_sender_report(
+            ssrc=self.sender.ssrc,
+            ntp_time=ntp_from_unix(unix_now),
+            rtp_timestamp=self.rtp_timestamp_at(now),
+            packet_count=self.sender.packets_sent,
+            octet_count=self.sender.octets_sent,
+            report_blocks=block,
+            cname=self.cname,
+        )
+
+    def send_rtcp(self, now: float, unix_now: float) -> None:
+        destination = self.remote_rtp if self.plan.rtcp_mux else self.remote_rtcp
+        if destination is None or self.closed:
+            return
+        sock = self.pair.rtp if self.plan.rtcp_mux else self.pair.rtcp
+        try:
+            sock.sendto(self.sender_report(now, unix_now), destination)
+        except OSError as error:
+            log.debug("RTCP send to %s failed: %s", destination, error)
+
+    # -- receiving ---------------------------------------------------------------
+
+    def on_rtp(self, data: bytes, address: tuple, now: float) -> None:
+        counters = self.counters
+        if len(data) < 12 or data[0] >> 6 != 2:
+            counters.packets_invalid += 1
+            return
+        if self.plan.rtcp_mux and is_rtcp(data):
+            self.on_rtcp(data, address, now)
+            return
+        counters.packets_received += 1
+        self.last_inbound = now
+        if not self.latched or address != self.remote_rtp:
+            # Symmetric RTP (RFC 4961): answer where the caller's media comes from.
+            self.remote_rtp = address
+            if not self.plan.rtcp_mux:
+                self.remote_rtcp = (address[0], address[1] + 1)
+            self.latched = True
+        sequence, timestamp = _SEQ_TS.unpack_from(data, 2)
+        self.statistics.feed(sequence=sequence, rtp_timestamp=timestamp, arrival_time=now)
+        if self.telephone_event_pt is not None and (data[1] & 0x7F) == self.telephone_event_pt:
+            self._on_telephone_event(data, timestamp)
+
+    def _on_telephone_event(self, data: bytes, timestamp: int) -> None:
+        offset = 12 + 4 * (data[0] & 0x0F)
+        try:
+            event = parse_telephone_event_untrusted(memoryview(data)[offset : offset + 4])
+        except DtmfError as error:
+            self.counters.packets_invalid += 1
+            log.debug("bad telephone-event payload: %s", error)
+            return
+        digit = self.dtmf.feed(event=event, rtp_timestamp=timestamp, marker=bool(data[1] & 0x80))
+        if digit is not None:
+            self.on_dtmf(digit)
+
+    def on_rtcp(self, data: bytes, address: tuple, now: float) -> None:
+        self.last_inbound = now
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def silence_frame() -> bytes:
+    return b"\xff" * FRAME_BYTES
+

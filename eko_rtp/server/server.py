@@ -1,0 +1,427 @@
+"""The server: SIP transport, the SIP core, the media shell and one nursery per call.
+
+Theory of operation: every SIP message the transport receives goes into the one
+sans-I/O :class:`UserAgent`; after each input (a message, a timer) :meth:`_flush`
+drains the core's events synchronously: ``Transmit`` goes straight out of the
+transport, ``IncomingCall`` negotiates SDP, opens the call's RTP port pair and starts
+:func:`run_call` in the call nursery, and the in-dialog events go to the call they
+belong to. The SIP timer task sleeps until the core's next deadline. The frame clock
+and the receive hub are shared by every call.
+
+Answering is synchronous: :meth:`answer_call` asks the core for the 200 OK, flushes
+it to the wire and sends the stream's first frame in the same step, so the
+greeting's first packet follows the 200 OK by microseconds, not by a clock tick.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import secrets
+import time
+from typing import Any
+
+import trio
+
+from eko_rtp.call.call import Call, Script
+from eko_rtp.config import Config
+from eko_rtp.media import sdp
+from eko_rtp.media.clock import FrameClock
+from eko_rtp.media.playout import PlayoutQueue
+from eko_rtp.media.ports import PortsExhausted, RtpPortPool
+from eko_rtp.media.receiver import ReceiveHub
+from eko_rtp.media.stream import MediaCounters, MediaStream, silence_frame
+from eko_rtp.server.transport import SipTransport
+from eko_rtp.sip import events as ua_module
+from eko_rtp.sip.session_timer import SessionTimerSettings
+from eko_rtp.sip.useragent import UserAgent, UserAgentSettings
+
+log = logging.getLogger("eko_rtp.server")
+
+RTCP_FIRST_REPORT = 2.5  # RFC 3550 §6.2: the first report after half the minimum interval
+RTCP_INTERVAL = 5.0
+
+
+class ServerCounters:
+    def __init__(self) -> None:
+        self.calls_started = 0
+        self.calls_by_outcome: dict[str, int] = {}
+        self.calls_rejected = 0
+        self.sip_rejected = 0
+        self.internal_errors = 0
+
+
+class EkoServer:
+    """One running server; ``await nursery.start(server.run)`` returns the bound addresses."""
+
+    def __init__(self, *, config: Config, cache: Any, script: Script, crm: Any = None, tts: Any = None):
+        self.config = config
+        self.cache = cache
+        self.script = script
+        self.crm = crm
+        self.tts = tts
+        listen = config.sip_listen
+        self.media_address = config.media_address
+        low, high = config.rtp_ports
+        self.ports = RtpPortPool(self.media_address, low, high)
+        self.clock = FrameClock()
+        self.hub = ReceiveHub()
+        self.media_counters = MediaCounters()
+        self.counters = ServerCounters()
+        self.transport = SipTransport(
+            host=listen.host,
+            port=listen.port,
+            transports=config["sip.transports"],
+            max_message_size=config["sip.max_message_size"],
+            deliver=self.receive,
+        )
+        self.ua: UserAgent | None = None
+        self.calls: dict[str, Call] = {}
+        self._call_nursery: trio.Nursery | None = None
+        self._timer_wakeup = trio.Event()
+        self._timer_deadline = float("inf")
+        self._origin_ids = itertools.count(int(time.time()))
+        self.codec_preference = None if config["media.codec"] == "offer" else config["media.codec"]
+        self.silence = silence_frame()
+        self.cname = f"eko-rtp-{os.getpid()}@{self.media_address}"
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.clock.run)
+            await nursery.start(self.hub.run)
+            bound = await nursery.start(self.transport.run)
+            sip_port = next(iter(bound.values()))[1]
+            self.ua = UserAgent(self._ua_settings(sip_port))
+            self._call_nursery = nursery
+            nursery.start_soon(self._timer_loop)
+            log.info(
+                "Eko RTP listening for SIP on %s (%s), media on %s ports %d-%d",
+                self.config.sip_listen.host,
+                ", ".join(f"{t.upper()} {a[1]}" for t, a in bound.items()),
+                self.media_address,
+                *self.config.rtp_ports,
+            )
+            task_status.started(bound)
+
+    def _ua_settings(self, sip_port: int) -> UserAgentSettings:
+        return UserAgentSettings(
+            host=self.config.sip_listen.host,
+            port=sip_port,
+            user_agent=self.config["sip.user_agent"],
+            max_message_size=self.config["sip.max_message_size"],
+            t1=self.config["sip.t1"],
+            session_timer=SessionTimerSettings(
+                session_expires=self.config["sip.session_expires"], min_se=self.config["sip.min_se"]
+            ),
+        )
+
+    # -- SIP input ---------------------------------------------------------------
+
+    def receive(self, data: bytes, source: tuple, transport: str, connection: object) -> None:
+        """From the transport: one datagram or one framed TCP message."""
+        try:
+            self.ua.receive(data, source=source, transport=transport, connection=connection, now=trio.current_time())
+        except Exception:
+            # A bug in the SIP core must cost one message, not every call on the server.
+            self.counters.internal_errors += 1
+            log.exception("internal error handling a SIP message from %s (%d bytes); message dropped", _where(source), len(data))
+        self._flush()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = self.ua.next_deadline()
+            self._timer_deadline = deadline if deadline is not None else float("inf")
+            self._timer_wakeup = trio.Event()
+            with trio.move_on_at(self._timer_deadline):
+                await self._timer_wakeup.wait()
+            now = trio.current_time()
+            if now >= self._timer_deadline:
+                try:
+                    self.ua.handle_timers(now)
+                except Exception:
+                    self.counters.internal_errors += 1
+                    log.exception("internal error in the SIP timers")
+                self._flush()
+
+    def _flush(self) -> None:
+        """Carry out everything the SIP core asked for, until it asks nothing more."""
+        ua = self.ua
+        while True:
+            events = ua.events()
+            if not events:
+                break
+            for event in events:
+                self._dispatch(event)
+        deadline = ua.next_deadline()
+        if deadline is not None and deadline < self._timer_deadline:
+            self._timer_wakeup.set()
+
+    def _dispatch(self, event) -> None:
+        if isinstance(event, ua_module.Transmit):
+            self.transport.send(event.data, event.destination, event.transport, event.connection)
+        elif isinstance(event, ua_module.IncomingCall):
+            self._incoming_call(event)
+        elif isinstance(event, ua_module.MessageRejected):
+            self.counters.sip_rejected += 1
+            source = event.source
+            where = f"{source[0]}:{source[1]}" if source else "?"
+            answer = f" -> {event.status}" if event.status else " -> dropped"
+            log.warning("bad SIP message from %s: %s%s", where, event.description, answer)
+        else:
+            call = self.calls.get(event.call_id)
+            if call is not None:
+                call.extras.setdefault("sip_events", []).append(event)
+                self._call_event(call, event)
+
+    # -- calls -------------------------------------------------------------------
+
+    def _incoming_call(self, event) -> None:
+        now = trio.current_time()
+        call_id = event.call_id
+        log.info("call %s: INVITE received from %s at %.3f ms", call_id, _where(event.source), now * 1000)
+        try:
+            offer = sdp.parse_sdp_untrusted(event.offer) if event.offer else None
+        except sdp.SdpError as error:
+            log.warning("call %s: unusable SDP offer: %s", call_id, error)
+            self.ua.reject(call_id, error.status, now, reason=_reason(error))
+            self.counters.calls_rejected += 1
+            return
+        try:
+            pair = self.ports.open_pair()
+        except PortsExhausted as error:
+            log.warning("call %s: %s", call_id, error)
+            self.ua.reject(call_id, 503, now, headers=(("Retry-After", "5"),))
+            self.counters.calls_rejected += 1
+            return
+        origin = sdp.SdpOrigin(session_id=next(self._origin_ids), version=1, address=self.media_address)
+        try:
+            if offer is not None:
+                plan, body = sdp.negotiate_answer(
+                    offer,
+                    local_address=self.media_address,
+                    local_port=pair.port,
+                    origin=origin,
+                    preferred_codec=self.codec_preference,
+                )
+            else:
+                plan, body = None, sdp.build_offer(local_address=self.media_address, local_port=pair.port, origin=origin)
+        except sdp.SdpError as error:
+            self.ports.release(pair)
+            log.warning("call %s: %s", call_id, error)
+            self.ua.reject(call_id, error.status, now, reason=_reason(error))
+            self.counters.calls_rejected += 1
+            return
+        queue = PlayoutQueue(self.silence)
+        stream = MediaStream(
+            pair=pair,
+            plan=plan if plan is not None else _no_media_plan(),
+            queue=queue,
+            counters=self.media_counters,
+            on_dtmf=lambda digit: None,
+            cname=self.cname,
+        )
+        call = Call(
+            call_id=call_id,
+            caller=event.caller,
+            caller_number=None,
+            server=self,
+            stream=stream,
+            invite_time=now,
+            source=event.source,
+        )
+        call.extras["origin"] = origin
+        call.extras["local_body"] = body
+        call.extras["offered_without_sdp"] = offer is None
+        stream.on_dtmf = call.deliver_digit
+        self.calls[call_id] = call
+        self.hub.register(pair.rtp, stream.on_rtp)
+        self.hub.register(pair.rtcp, stream.on_rtcp)
+        self.counters.calls_started += 1
+        self._call_nursery.start_soon(self._run_call, call, name=f"call {call_id}")
+
+    def _call_event(self, call: Call, event) -> None:
+        now = trio.current_time()
+        if isinstance(event, ua_module.CallEnded):
+            reason = event.reason.name.lower() if hasattr(event.reason, "name") else str(event.reason)
+            call.end(reason, now)
+        elif isinstance(event, ua_module.CallConfirmed):
+            call.confirmed.set()
+            if event.answer and call.extras.get("pending_offer") is not None:
+                self._apply_answer(call, event.answer)
+        elif isinstance(event, ua_module.SessionModified):
+            self._modify_session(call, event.offer, now)
+        elif isinstance(event, ua_module.InfoDtmf):
+            call.deliver_digit(event.digit)
+
+    def _modify_session(self, call: Call, offer_body: bytes | None, now: float) -> None:
+        origin = call.extras["origin"]
+        port = call.stream.pair.port
+        if offer_body is None:
+            # A re-INVITE without SDP: we offer in the 200, the ACK carries the answer (RFC 3261 §14.2).
+            origin = origin.next_version()
+            call.extras["origin"] = origin
+            body = sdp.build_offer(local_address=self.media_address, local_port=port, origin=origin)
+            call.extras["pending_offer"] = body
+            call.extras["local_body"] = body
+            self.ua.answer_modification(call.call_id, body, now)
+            self._flush()
+            return
+        try:
+            offer = sdp.parse_sdp_untrusted(offer_body)
+            plan, body, origin = sdp.negotiate_reanswer(
+                offer,
+                previous_answer=call.extras["local_body"],
+                local_address=self.media_address,
+                local_port=port,
+                origin=origin,
+                preferred_codec=call.stream.plan.codec.name,
+            )
+        except sdp.SdpError as error:
+            log.warning("call %s: re-INVITE refused: %s", call.call_id, error)
+            self.ua.reject_modification(call.call_id, error.status, now)
+            self._flush()
+            return
+        call.extras["origin"] = origin
+        call.extras["local_body"] = body
+        call.stream.apply_plan(plan)
+        log.info("call %s: session modified (%s, send_audio=%s)", call.call_id, plan.codec.name, plan.send_audio)
+        self.ua.answer_modification(call.call_id, body, now)
+        self._flush()
+
+    def _apply_answer(self, call: Call, answer_body: bytes) -> None:
+        try:
+            answer = sdp.parse_sdp_untrusted(answer_body)
+            plan = sdp.apply_answer(answer)
+        except sdp.SdpError as error:
+            log.warning("call %s: unusable SDP answer in ACK: %s; hanging up", call.call_id, error)
+            self.hangup_call(call)
+            return
+        call.extras["pending_offer"] = None
+        call.stream.apply_plan(plan)
+
+    def answer_call(self, call: Call) -> None:
+        """Send the 200 OK and the stream's first frame in the same step."""
+        if call.answered_at is not None or call.ended_at is not None:
+            return
+        now = trio.current_time()
+        body = call.extras["local_body"]
+        if call.extras.get("offered_without_sdp"):
+            call.extras["pending_offer"] = body
+        self.ua.answer(call.call_id, body, now)
+        self._flush()
+        now = trio.current_time()
+        call.answered_at = now
+        call.stream.start(now)
+        self.clock.schedule(call.stream)
+        call.answered.set()
+        log.info("call %s: 200 OK sent at %.3f ms", call.call_id, now * 1000)
+
+    def hangup_call(self, call: Call) -> None:
+        now = trio.current_time()
+        if call.ended_at is None:
+            if call.answered_at is None:
+                self.ua.reject(call.call_id, 480, now)
+            else:
+                self.ua.hangup(call.call_id, now)
+            self._flush()
+            call.end("local_hangup", now)
+
+    def phrase(self, key: str):
+        return self.cache.get(key)
+
+    async def _run_call(self, call: Call) -> None:
+        stream = call.stream
+        try:
+            async with trio.open_nursery() as nursery:
+                call.cancel_scope = nursery.cancel_scope
+                if call.ended_at is not None:
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(self._answer_deadline, call)
+                nursery.start_soon(self._watchdog, call)
+                nursery.start_soon(self._rtcp_task, call)
+                nursery.start_soon(self._script_task, call)
+        finally:
+            stream.close()
+            self.hub.unregister(stream.pair.rtp)
+            self.hub.unregister(stream.pair.rtcp)
+            self.ports.release(stream.pair)
+            self.calls.pop(call.call_id, None)
+            now = trio.current_time()
+            if call.ended_at is None:
+                call.ended_at = now
+            outcome = call.end_reason or "unknown"
+            self.counters.calls_by_outcome[outcome] = self.counters.calls_by_outcome.get(outcome, 0) + 1
+            duration = (call.ended_at - (call.answered_at or call.invite_time)) * 1000
+            log.info("call %s: ended (%s) after %.0f ms", call.call_id, outcome, duration)
+
+    async def _script_task(self, call: Call) -> None:
+        try:
+            await self.script(call)
+        except Exception:
+            log.exception("call %s: the call script failed; hanging up", call.call_id)
+            call.outcome = "script_error"
+        self.hangup_call(call)
+
+    async def _answer_deadline(self, call: Call) -> None:
+        await trio.sleep_until(call.invite_time + self.config["sip.answer_timeout"])
+        if call.answered_at is None:
+            self.answer_call(call)
+
+    async def _watchdog(self, call: Call) -> None:
+        """BYE after ``rtp_timeout`` without inbound RTP, or at the maximum duration.
+
+        The inactivity clock starts at the ACK: before it the SIP core's own timer
+        (no ACK after 64·T1) is what ends a call that never got established.
+        """
+        timeout = self.config["media.rtp_timeout"]
+        deadline_total = call.invite_time + self.config["media.max_call_duration"]
+        with trio.move_on_at(deadline_total):
+            await call.confirmed.wait()
+        confirmed_at = trio.current_time()
+        while True:
+            last = call.stream.last_inbound or confirmed_at
+            wake = min(last + timeout, deadline_total)
+            await trio.sleep_until(wake)
+            now = trio.current_time()
+            if now >= deadline_total:
+                log.info("call %s: maximum duration reached; hanging up", call.call_id)
+                self.hangup_call(call)
+                call.end_reason = "max_duration"
+                return
+            last = call.stream.last_inbound or confirmed_at
+            if now - last >= timeout:
+                log.info("call %s: no RTP for %.0f s; hanging up", call.call_id, now - last)
+                self.hangup_call(call)
+                call.end_reason = "rtp_timeout"
+                return
+
+    async def _rtcp_task(self, call: Call) -> None:
+        await call.answered.wait()
+        await trio.sleep(RTCP_FIRST_REPORT)
+        while True:
+            call.stream.send_rtcp(trio.current_time(), time.time())
+            await trio.sleep(RTCP_INTERVAL * (0.5 + secrets.randbelow(1000) / 1000))
+
+
+def _where(source) -> str:
+    return f"{source[0]}:{source[1]}" if source else "?"
+
+
+def _reason(error: Exception) -> str:
+    return str(error).splitlines()[0][:120]
+
+
+def _no_media_plan() -> sdp.MediaPlan:
+    """Before the ACK brings the answer to our offer: nowhere to send yet."""
+    return sdp.MediaPlan(
+        codec=sdp.Codec(name="PCMU", payload_type=0),
+        telephone_event_payload_type=None,
+        remote_rtp=None,
+        remote_rtcp=None,
+        rtcp_mux=False,
+        send_audio=False,
+        receive_audio=True,
+    )

@@ -1,0 +1,177 @@
+"""SIP over UDP and TCP: bytes in, bytes out, no protocol rules.
+
+The UDP side is one non-blocking stdlib socket: datagrams are read in a loop that
+waits with ``trio.lowlevel.wait_readable`` only when the socket is empty, and
+responses are written with a synchronous ``sendto`` (a full send buffer drops the
+datagram, which SIP over UDP retransmits anyway). The TCP side accepts connections
+(trunks switch to TCP for large INVITEs, RFC 3261 §18.1.1), frames messages with the
+SIP core's :class:`StreamFramer` (Content-Length required) and writes through a
+per-connection task fed by a bounded channel, so a slow peer never blocks the loop.
+A connection that sends an unframeable stream is closed; nothing else is affected.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import socket
+from typing import Callable
+
+import trio
+
+from eko_rtp.sip.errors import SipParseError
+from eko_rtp.sip.framing import StreamFramer
+
+log = logging.getLogger("eko_rtp.sip.transport")
+
+MAX_DATAGRAM = 65535
+UDP_BURST = 64  # datagrams handled before yielding to other tasks
+
+Deliver = Callable[[bytes, tuple, str, object], None]
+
+
+class TcpConnection:
+    """One accepted (or dialled) TCP connection and its writer channel."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, stream: trio.SocketStream, peer: tuple):
+        self.id = next(self._ids)
+        self.stream = stream
+        self.peer = peer
+        self.send_channel, self.receive_channel = trio.open_memory_channel[bytes](64)
+
+    def __repr__(self) -> str:
+        return f"<tcp#{self.id} {self.peer[0]}:{self.peer[1]}>"
+
+
+class SipTransport:
+    """Owns the SIP sockets; hands complete messages to ``deliver``."""
+
+    def __init__(self, *, host: str, port: int, transports: list[str], max_message_size: int, deliver: Deliver):
+        self.host = host
+        self.port = port
+        self.transports = transports
+        self.max_message_size = max_message_size
+        self.deliver = deliver
+        self.udp: socket.socket | None = None
+        self.connections: dict[int, TcpConnection] = {}
+        self._by_peer: dict[tuple, TcpConnection] = {}
+        self._nursery: trio.Nursery | None = None
+        self.bound: dict[str, tuple] = {}
+        self.udp_dropped = 0
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if "udp" in self.transports:
+                self.udp = socket.socket(family, socket.SOCK_DGRAM)
+                self.udp.setblocking(False)
+                self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+                self.udp.bind((self.host, self.port))
+                self.bound["udp"] = self.udp.getsockname()[:2]
+                nursery.start_soon(self._udp_loop)
+            if "tcp" in self.transports:
+                port = self.bound["udp"][1] if "udp" in self.bound else self.port
+                listeners = await trio.open_tcp_listeners(port, host=self.host)
+                self.bound["tcp"] = listeners[0].socket.getsockname()[:2]
+                nursery.start_soon(trio.serve_listeners, self._serve_connection, listeners)
+            task_status.started(self.bound)
+
+    # -- UDP -----------------------------------------------------------------------
+
+    async def _udp_loop(self) -> None:
+        sock = self.udp
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            for _ in range(UDP_BURST):
+                try:
+                    data, source = sock.recvfrom(MAX_DATAGRAM)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as error:  # ICMP errors surface here; the socket stays usable
+                    log.debug("SIP UDP receive: %s", error)
+                    continue
+                self.deliver(data, source[:2], "udp", None)
+            await trio.lowlevel.checkpoint()
+
+    # -- TCP -----------------------------------------------------------------------
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        peer = stream.socket.getpeername()[:2]
+        await self._run_connection(TcpConnection(stream, peer))
+
+    async def _run_connection(self, connection: TcpConnection) -> None:
+        self.connections[connection.id] = connection
+        self._by_peer[connection.peer] = connection
+        framer = StreamFramer(max_message_size=self.max_message_size)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_connection, connection)
+                try:
+                    async for data in connection.stream:
+                        try:
+                            messages = framer.feed(data)
+                        except SipParseError as error:
+                            log.warning("SIP TCP from %s:%s: %s; closing the connection", *connection.peer, error)
+                            break
+                        for message in messages:
+                            self.deliver(message, connection.peer, "tcp", connection)
+                        for _ in range(framer.take_pings()):
+                            self._queue(connection, b"\r\n")  # RFC 5626 §3.5.1 keepalive pong
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                nursery.cancel_scope.cancel()
+        finally:
+            self.connections.pop(connection.id, None)
+            if self._by_peer.get(connection.peer) is connection:
+                del self._by_peer[connection.peer]
+            with trio.CancelScope(shield=True):
+                await connection.stream.aclose()
+
+    async def _write_connection(self, connection: TcpConnection) -> None:
+        try:
+            async for data in connection.receive_channel:
+                await connection.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            log.debug("SIP TCP to %s: %s", connection.peer, error)
+
+    def _queue(self, connection: TcpConnection, data: bytes) -> None:
+        try:
+            connection.send_channel.send_nowait(data)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            log.warning("SIP TCP to %s:%s: writer is stuck; message dropped", *connection.peer)
+
+    async def _dial(self, destination: tuple, data: bytes) -> None:
+        try:
+            stream = await trio.open_tcp_stream(destination[0], destination[1])
+        except OSError as error:
+            log.warning("SIP TCP connect to %s:%s failed: %s", destination[0], destination[1], error)
+            return
+        connection = TcpConnection(stream, destination)
+        self._queue(connection, data)
+        await self._run_connection(connection)
+
+    # -- sending -------------------------------------------------------------------
+
+    def send(self, data: bytes, destination: tuple, transport: str, connection: object | None) -> None:
+        """Send one message; never blocks, never raises for network trouble."""
+        if transport == "tcp":
+            target = connection if isinstance(connection, TcpConnection) else self._by_peer.get(tuple(destination))
+            if target is not None and target.id in self.connections:
+                self._queue(target, data)
+            elif self._nursery is not None:
+                self._nursery.start_soon(self._dial, tuple(destination), data)
+            return
+        if self.udp is None:
+            log.warning("no UDP socket to send to %s", destination)
+            return
+        try:
+            self.udp.sendto(data, tuple(destination))
+        except BlockingIOError:
+            self.udp_dropped += 1
+        except OSError as error:
+            if error.errno not in (errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH):
+                log.warning("SIP UDP send to %s failed: %s", destination, error)

@@ -1,0 +1,41 @@
+"""Call scripts used by the server tests (loaded with ``--script eko_test_scripts:NAME``)."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+log = logging.getLogger("eko_rtp.call.script")
+
+
+async def greet_then_hang_up(call) -> None:
+    """Say the greeting, then send BYE ourselves."""
+    await call.say("greet")
+    await call.hangup()
+
+
+async def ring_then_greet(call) -> None:
+    """Wait 1.5 s before answering (so a caller can CANCEL), then greet."""
+    await trio.sleep(1.5)
+    await call.say("greet")
+    await trio.sleep_forever()
+
+
+async def echo_digits(call) -> None:
+    """Answer, then log each digit as it comes."""
+    await call.answer()
+    async for digit in call.dtmf:
+        log.info("call %s: digit %s", call.call_id, digit)
+
+
+async def silent_forever(call) -> None:
+    """Answer at once and play silence until the call ends."""
+    await call.answer()
+    await trio.sleep_forever()
+
+
+async def crash_after_greeting(call) -> None:
+    """A script bug: the server must log it and hang up, not die."""
+    await call.say("greet")
+    raise RuntimeError("script bug on purpose")

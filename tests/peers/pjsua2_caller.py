@@ -1,0 +1,169 @@
+"""A real SIP phone for the tests: pjsua2 places calls, records what it hears, reports JSON.
+
+Run as a subprocess (pjsua2's endpoint is a process-wide singleton):
+
+    python tests/peers/pjsua2_caller.py --target 127.0.0.1:5060 --calls 1 --hold 4 --record-dir DIR
+
+Each call uses a null sound device and records the far end's audio to
+``DIR/call-<n>.wav`` (16-bit, 8 kHz, mono). ``--hangup remote`` waits for the server's
+BYE instead of hanging up; ``--dtmf 1@2.5`` sends RFC 4733 digit 1 at 2.5 s. The last
+line on stdout is a JSON list with one object per call: final state, last SIP status,
+who hung up, and timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+
+import pjsua2 as pj
+
+
+class Caller(pj.Call):
+    def __init__(self, account, index: int, record_path: str | None):
+        super().__init__(account)
+        self.index = index
+        self.record_path = record_path
+        self.recorder = None
+        self.state = "NULL"
+        self.last_status = 0
+        self.confirmed_at = None
+        self.disconnected_at = None
+        self.media_active = False
+        self.we_hung_up = False
+
+    def onCallState(self, prm):
+        info = self.getInfo()
+        self.state = info.stateText
+        self.last_status = info.lastStatusCode
+        if info.state == pj.PJSIP_INV_STATE_CONFIRMED and self.confirmed_at is None:
+            self.confirmed_at = time.monotonic()
+        if info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self.disconnected_at = time.monotonic()
+
+    def onCallMediaState(self, prm):
+        info = self.getInfo()
+        for media in info.media:
+            if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                self.media_active = True
+                if self.record_path and self.recorder is None:
+                    audio = self.getAudioMedia(media.index)
+                    self.recorder = pj.AudioMediaRecorder()
+                    self.recorder.createRecorder(self.record_path)
+                    audio.startTransmit(self.recorder)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--target", required=True, help="HOST:PORT of the server")
+    parser.add_argument("--calls", type=int, default=1, help="simultaneous calls (the wheel caps at 4)")
+    parser.add_argument("--hold", type=float, default=4.0, help="seconds before we hang up")
+    parser.add_argument("--hangup", choices=("local", "remote"), default="local")
+    parser.add_argument("--record-dir", default=None)
+    parser.add_argument("--from-user", default="0612345678")
+    parser.add_argument("--transport", choices=("udp", "tcp"), default="udp")
+    parser.add_argument("--codec", choices=("PCMU", "PCMA"), default="PCMU", help="codec offered first")
+    parser.add_argument("--dtmf", action="append", default=[], help="DIGITS@SECONDS after the answer")
+    parser.add_argument("--timeout", type=float, default=30.0, help="hard limit for the whole run")
+    args = parser.parse_args()
+
+    endpoint = pj.Endpoint()
+    endpoint.libCreate()
+    config = pj.EpConfig()
+    config.uaConfig.maxCalls = 4
+    config.uaConfig.threadCnt = 0
+    config.uaConfig.mainThreadOnly = True
+    config.logConfig.level = 2
+    config.logConfig.consoleLevel = 2
+    config.medConfig.clockRate = 8000
+    config.medConfig.sndClockRate = 8000
+    config.medConfig.noVad = True
+    endpoint.libInit(config)
+    transport_config = pj.TransportConfig()
+    transport_config.port = 0
+    kind = pj.PJSIP_TRANSPORT_TCP if args.transport == "tcp" else pj.PJSIP_TRANSPORT_UDP
+    endpoint.transportCreate(kind, transport_config)
+    endpoint.libStart()
+    endpoint.audDevManager().setNullDev()
+    for codec in endpoint.codecEnum2():
+        name = codec.codecId.split("/")[0]
+        priority = {"PCMU": 200, "PCMA": 200}.get(name, 0)
+        if name == args.codec:
+            priority = 255
+        endpoint.codecSetPriority(codec.codecId, priority)
+
+    account_config = pj.AccountConfig()
+    account_config.idUri = f"sip:{args.from_user}@127.0.0.1"
+    account = pj.Account()
+    account.create(account_config)
+
+    suffix = ";transport=tcp" if args.transport == "tcp" else ""
+    calls = []
+    for index in range(args.calls):
+        record = os.path.join(args.record_dir, f"call-{index}.wav") if args.record_dir else None
+        call = Caller(account, index, record)
+        call.makeCall(f"sip:eko@{args.target}{suffix}", pj.CallOpParam(True))
+        calls.append(call)
+    started = time.monotonic()
+    dtmf_plan = []
+    for spec in args.dtmf:
+        digits, _, at = spec.partition("@")
+        dtmf_plan.append([float(at or 0), digits, False])
+
+    while time.monotonic() - started < args.timeout:
+        endpoint.libHandleEvents(10)
+        now = time.monotonic()
+        for call in calls:
+            if call.confirmed_at is None or call.disconnected_at is not None:
+                continue
+            for entry in dtmf_plan:
+                if not entry[2] and now - call.confirmed_at >= entry[0]:
+                    call.dialDtmf(entry[1])
+                    entry[2] = True
+            if args.hangup == "local" and now - call.confirmed_at >= args.hold and not call.we_hung_up:
+                call.we_hung_up = True
+                call.hangup(pj.CallOpParam(True))
+        if all(call.disconnected_at is not None for call in calls):
+            break
+    for call in calls:
+        if call.disconnected_at is None:
+            call.we_hung_up = True
+            call.hangup(pj.CallOpParam(True))
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and any(c.disconnected_at is None for c in calls):
+        endpoint.libHandleEvents(10)
+    results = []
+    for call in calls:
+        if call.recorder is not None:
+            del call.recorder  # closes the WAV (fixes its header)
+            call.recorder = None
+        results.append(
+            {
+                "index": call.index,
+                "state": call.state,
+                "last_status": call.last_status,
+                "answered": call.confirmed_at is not None,
+                "disconnected": call.disconnected_at is not None,
+                "hung_up_by": "local" if call.we_hung_up else "remote",
+                "seconds": (call.disconnected_at or time.monotonic()) - (call.confirmed_at or started),
+                "media_active": call.media_active,
+                "record": call.record_path,
+            }
+        )
+    sys.stdout.write("\n" + json.dumps(results) + "\n")
+    sys.stdout.flush()
+    # pjsua2's Python proxies assert if they are collected after the library is gone:
+    # drop them first, then leave without running any more destructors.
+    calls.clear()
+    del account
+    gc.collect()
+    endpoint.libDestroy()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

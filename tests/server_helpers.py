@@ -1,0 +1,169 @@
+"""Helpers for tests that run the real server: a built cache, free ports, the server as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+import wave
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PHRASES = REPO / "cache" / "phrases.toml"
+PJSUA2_CALLER = REPO / "tests" / "peers" / "pjsua2_caller.py"
+
+
+def build_cache(directory: Path) -> Path:
+    """Render the whole catalogue with espeak-ng into ``directory`` (about a second)."""
+    subprocess.run(
+        [sys.executable, "-m", "eko_rtp", "cache", "build", "--cache", str(directory), "--backend", "espeak"],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    return directory
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port found")
+
+
+def rtp_range(width: int = 400) -> str:
+    low = random.randrange(30000, 60000 - width, 2)
+    return f"{low}-{low + width}"
+
+
+class ServerProcess:
+    """``eko-rtp serve`` in a subprocess; its log lines are collected as they come."""
+
+    def __init__(self, cache_dir: Path, *extra: str, env: dict | None = None, port: int | None = None):
+        self.port = port or free_port()
+        self.address = ("127.0.0.1", self.port)
+        self.rtp_ports = rtp_range()
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), environment.get("PYTHONPATH")]))
+        environment.pop("ELEVENLABS_API_KEY", None)
+        environment.update(env or {})
+        self.command = [
+            sys.executable, "-m", "eko_rtp", "--log-level", "DEBUG", "serve",
+            "--listen", f"127.0.0.1:{self.port}",
+            "--rtp-ports", self.rtp_ports,
+            "--cache", str(cache_dir),
+            "--phrases", str(PHRASES),
+            *extra,
+        ]
+        self.process = subprocess.Popen(
+            self.command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO, env=environment
+        )
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stderr:
+            with self._lock:
+                self.lines.append(line.rstrip("\n"))
+
+    def log(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines)
+
+    def wait_for_log(self, pattern: str, timeout: float = 15.0) -> re.Match:
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            with self._lock:
+                for line in self.lines:
+                    match = regex.search(line)
+                    if match:
+                        return match
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            time.sleep(0.02)
+        raise AssertionError(f"no log line matching {pattern!r} within {timeout} s:\n{self.log()}")
+
+    def __enter__(self) -> "ServerProcess":
+        self.wait_for_log(r"Eko RTP listening for SIP")
+        return self
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._reader.join(2)
+        return self.process.returncode
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def run_pjsua2(target: tuple, *args: str, timeout: float = 60.0) -> list[dict]:
+    """Run the pjsua2 caller; return its per-call JSON results."""
+    completed = subprocess.run(
+        [sys.executable, str(PJSUA2_CALLER), "--target", f"{target[0]}:{target[1]}", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    last = completed.stdout.strip().splitlines()[-1]
+    return json.loads(last)
+
+
+def read_wav_samples(path: str) -> list[int]:
+    import array
+
+    with wave.open(path, "rb") as wav:
+        assert wav.getsampwidth() == 2 and wav.getnchannels() == 1, (wav.getsampwidth(), wav.getnchannels())
+        assert wav.getframerate() == 8000, wav.getframerate()
+        data = wav.readframes(wav.getnframes())
+    samples = array.array("h")
+    samples.frombytes(data)
+    return samples.tolist()
+
+
+def best_correlation(received: list[int], reference: list[int], max_lag: int) -> tuple[float, int]:
+    """The highest normalised cross-correlation of ``reference`` within ``received`` over lags 0..max_lag."""
+    import numpy
+
+    ref = numpy.asarray(reference, dtype=numpy.float64)
+    rec = numpy.asarray(received, dtype=numpy.float64)
+    ref = ref - ref.mean()
+    best, best_lag = -1.0, 0
+    ref_norm = numpy.sqrt((ref * ref).sum())
+    for lag in range(0, min(max_lag, len(rec) - len(ref)) + 1, 1):
+        window = rec[lag : lag + len(ref)]
+        window = window - window.mean()
+        norm = numpy.sqrt((window * window).sum()) * ref_norm
+        if norm == 0:
+            continue
+        value = float((window * ref).sum() / norm)
+        if value > best:
+            best, best_lag = value, lag
+    return best, best_lag
+
+
+def wait_readable(sock: socket.socket, timeout: float) -> bool:
+    return bool(select.select([sock], [], [], timeout)[0])
