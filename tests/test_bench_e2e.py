@@ -149,3 +149,15 @@ def test_both_targets_side_by_side_with_a_plot(built_cache, tmp_path):
     assert lines[-1] == ("note: peer: pjsua2-python is built with PJSUA_MAX_CALLS=4; measured at 4 concurrent calls,"
                          " the server at 6")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_spawned_server_with_returning_callers(built_cache):
+    done = bench("--spawn", "--scenario", "greeting-returning", "--cache", str(built_cache), "--calls", "2",
+                 "--hold", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    run = report["runs"][0]
+    assert run["plan"]["scenario"] == "greeting-returning"
+    assert run["calls"]["answered"] == 2 and run["packets"]["lost"] == 0
+    assert run["latency_ms"]["ok_to_first_sound"]["count"] == 2
+    assert report["notes"] == []

@@ -207,7 +207,7 @@ def test_non_loopback_or_malformed_targets_are_refused(text, error):
         (dict(hold=601), "key '--hold': hold 601 s is outside (0, 600]"),
         (dict(calls=2000, concurrency=10, hold=5), "key '--hold': the run would take about 1005 s (calls / rate,"
          " in waves of concurrency, plus hold), over the 600 s cap"),
-        (dict(scenario="live-tts"), "key '--scenario': scenario 'live-tts' is not one of greeting-unknown"),
+        (dict(scenario="live-tts"), "key '--scenario': scenario 'live-tts' is not one of greeting-unknown, greeting-returning"),
         (dict(local_host="192.168.1.1"), "key '--address': target 192.168.1.1 is outside loopback (127.0.0.0/8, ::1);"
          " the bench refuses to load other hosts"),
     ],
@@ -217,3 +217,16 @@ def test_plan_caps(fields, error):
     with pytest.raises(UserError) as caught:
         Plan(**arguments)
     assert str(caught.value) == error
+
+
+@pytest.mark.parametrize(
+    ("scenario", "index", "caller"),
+    [
+        ("greeting-unknown", 0, "+33600000000"),  # docs/crm-rpc.md: unknown to every seeded CRM
+        ("greeting-unknown", 1999, "+33600001999"),
+        ("greeting-returning", 0, "+33700000001"),  # synthetic client 1
+        ("greeting-returning", 41, "+33700000042"),
+    ],
+)
+def test_caller_numbers_by_scenario(scenario, index, caller):
+    assert Plan(calls=1, concurrency=1, rate=1.0, hold=1.0, scenario=scenario).caller(index) == caller

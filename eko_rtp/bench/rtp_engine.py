@@ -1,11 +1,16 @@
-"""The bench's media side: one thread, one epoll, every call's RTP in and out.
+"""The bench's media side: one process, one epoll, every call's RTP in and out.
 
 Theory of operation: at 1000 full-duplex calls the bench must send and receive
 50 000 packets a second each way, which a coroutine per call cannot do in Python.
-So media is a tight loop in a dedicated thread over ``select.epoll`` and
-non-blocking UDP sockets (one per call, as a trunk's media gateway has). The SIP
-side (trio) only hands it commands through a deque: open a socket, start sending
-to an address, stop.
+So media is a tight loop over ``select.epoll`` and non-blocking UDP sockets (one
+RTP/RTCP pair per call, as a trunk's media gateway has), in a *child process*: a
+thread would share the GIL with the SIP side, and every time the loop released it
+for a system call the trio thread could hold it for the whole switch interval
+(5 ms), which showed as 20 ms send lateness at 1000 calls with the CPU half idle.
+The SIP side (trio, in the parent) binds each call's sockets, so it knows the port
+for its SDP offer at once, and passes them to the child (SCM_RIGHTS) with commands
+over a pipe: open, start sending to an address, stop. At the end the child sends
+back what each call recorded.
 
 Sending: each call's caller-side RTP frame n is due at ``t0 + n·20 ms``. Calls are
 put in one of 20 one-millisecond slots by their start time, and the loop wakes on
@@ -19,22 +24,26 @@ Receiving: sockets have ``SO_TIMESTAMPNS``, so each packet's arrival is the
 kernel's receive time (CLOCK_REALTIME, ns) from ``recvmsg`` ancillary data, not the
 time Python got round to it. Where the kernel gives none, ``time.time_ns()`` is
 used and counted as a fallback. Per packet the call records arrival, sequence
-number and RTP timestamp into ``array`` buffers; statistics come afterwards.
+number, RTP timestamp and SSRC into ``array`` buffers; statistics come afterwards.
 """
 
 from __future__ import annotations
 
 import array
-import collections
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.reduction
 import secrets
 import select
 import socket
 import struct
 import sys
-import threading
 import time
 
+import attrs
+
 from eko_rtp.codec.g711 import ALAW_SILENCE, ULAW_SILENCE, ULAW_TO_ALAW
+from eko_rtp.errors import UserError
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz G.711 (RFC 3551 §4.5.14)
 FRAME_NS = 20_000_000
@@ -42,28 +51,41 @@ _TICK_NS = 1_000_000
 _SLOTS = FRAME_NS // _TICK_NS
 _HEADER = struct.Struct("!BBHII")  # V=2,P,X,CC | M,PT | sequence | timestamp | SSRC
 _SEQUENCE_AND_STAMP = struct.Struct("!HI")
+_SEQUENCE_STAMP_SOURCE = struct.Struct("!HII")
 _TIMESPEC = struct.Struct("@qq")
 # linux/include/uapi/asm-generic/socket.h; Python's socket module does not export it.
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
 _RECEIVE_SIZE = 2048
 _SILENCE_BYTES = {0: bytes((ULAW_SILENCE, 0x7F)), 8: bytes((ALAW_SILENCE, 0x55))}
+_STOP_TIMEOUT = 30.0
+
+
+def _udp_socket(host: str, port: int) -> socket.socket:
+    made = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        made.setblocking(False)
+        made.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
+        made.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        made.bind((host, port))
+    except OSError:
+        made.close()
+        raise
+    return made
 
 
 class CallMedia:
-    """One call's RTP socket, its outgoing stream and what it received."""
+    """One call's RTP and RTCP sockets, its outgoing stream and what it received.
 
-    def __init__(self, host: str):
-        self.socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
-        self.socket.setblocking(False)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
-        try:
-            self.socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            self.kernel_timestamps = True
-        except OSError:
-            self.kernel_timestamps = False
-        self.socket.bind((host, 0))
-        self.port: int = self.socket.getsockname()[1]
+    RFC 3550 §11: RTP goes to an even port and RTCP to the next one. The far end
+    sends its RTCP to our port + 1 (the offer has no a=rtcp-mux), so that port is
+    ours too; were it another call's RTP socket, that call would read RTCP as RTP.
+    """
+
+    def __init__(self, rtp: socket.socket, rtcp: socket.socket):
+        self.socket = rtp
+        self.control = rtcp
+        self.rtcp_received = 0
         self.remote: tuple | None = None
         self.due_ns = 0
         self.payload_type = 0
@@ -77,91 +99,98 @@ class CallMedia:
         self.arrivals = array.array("q")
         self.sequences = array.array("H")
         self.timestamps = array.array("L")
+        self.sources = array.array("L")  # SSRC per packet: statistics are per source (RFC 3550 §6.4.1)
         self.first_packet_ns: int | None = None
         self.first_sound_ns: int | None = None
         self.malformed = 0
         self.fallback_clock = 0
         self.closed = False
 
+    def results(self) -> dict:
+        return {name: getattr(self, name) for name in _RESULT_FIELDS}
 
-class RtpEngine:
-    """The media thread. ``open_call`` / ``start_sending`` / ``stop`` are safe from any thread."""
 
-    def __init__(self, *, host: str, caller_audio: bytes):
-        if len(caller_audio) < FRAME_BYTES:
-            raise ValueError(f"caller audio has {len(caller_audio)} bytes, less than one {FRAME_BYTES}-byte frame")
+_RESULT_FIELDS = ("arrivals", "sequences", "timestamps", "sources", "first_packet_ns", "first_sound_ns", "malformed",
+                  "fallback_clock", "rtcp_received", "sent", "send_errors")
+
+
+@attrs.define
+class MediaHandle:
+    """The parent's view of one call's media: its port now, what was recorded after ``RtpEngine.close``."""
+
+    key: int
+    port: int
+    arrivals: array.array = attrs.field(factory=lambda: array.array("q"))
+    sequences: array.array = attrs.field(factory=lambda: array.array("H"))
+    timestamps: array.array = attrs.field(factory=lambda: array.array("L"))
+    sources: array.array = attrs.field(factory=lambda: array.array("L"))
+    first_packet_ns: int | None = None
+    first_sound_ns: int | None = None
+    malformed: int = 0
+    fallback_clock: int = 0
+    rtcp_received: int = 0
+    sent: int = 0
+    send_errors: int = 0
+
+
+class MediaLoop:
+    """The child process's loop: the calls it was handed, their send slots, one epoll."""
+
+    def __init__(self, connection: multiprocessing.connection.Connection, caller_audio: bytes):
         usable = len(caller_audio) - len(caller_audio) % FRAME_BYTES
-        self._host = host
         self._audio = {0: bytes(caller_audio[:usable]), 8: bytes(caller_audio[:usable]).translate(ULAW_TO_ALAW)}
         self._frames = usable // FRAME_BYTES
-        self._commands: collections.deque = collections.deque()
+        self._connection = connection
+        self._calls: dict[int, CallMedia] = {}
         self._by_fd: dict[int, CallMedia] = {}
         self._slots: list[list[CallMedia]] = [[] for _ in range(_SLOTS)]
         self._epoll = select.epoll()
+        self._epoll.register(connection.fileno(), select.EPOLLIN)
         self._running = True
-        self._thread = threading.Thread(target=self._run, name="eko-bench-rtp", daemon=True)
         self.lateness_ns = array.array("q")  # per served slot: now - due
-        self.busy_seconds = 0.0
-        self.wall_seconds = 0.0
-        self.error: BaseException | None = None
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def open_call(self) -> CallMedia:
-        """A bound socket for a new call; it records whatever arrives from now on."""
-        media = CallMedia(self._host)
-        self._by_fd[media.socket.fileno()] = media
-        self._epoll.register(media.socket.fileno(), select.EPOLLIN)
-        return media
-
-    def start_sending(self, media: CallMedia, remote: tuple, payload_type: int) -> None:
-        """Begin caller-side RTP to ``remote`` in ``payload_type`` (0 PCMU, 8 PCMA)."""
-        self._commands.append(("send", media, remote, payload_type))
-
-    def stop(self, media: CallMedia) -> None:
-        """Stop sending and receiving for the call and close its socket."""
-        self._commands.append(("stop", media, None, None))
-
-    def close(self) -> None:
-        """Stop the thread (calls still open are stopped) and wait for it."""
-        self._running = False
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
-        for media in list(self._by_fd.values()):
-            self._close_media(media)
-        self._epoll.close()
-        if self.error is not None:
-            raise RuntimeError(f"RTP engine thread failed: {self.error!r}") from self.error
+    def _open(self, key: int) -> None:
+        rtp = socket.socket(fileno=multiprocessing.reduction.recv_handle(self._connection))
+        rtcp = socket.socket(fileno=multiprocessing.reduction.recv_handle(self._connection))
+        media = CallMedia(rtp, rtcp)
+        self._calls[key] = media
+        for sock in (rtp, rtcp):
+            self._by_fd[sock.fileno()] = media
+            self._epoll.register(sock.fileno(), select.EPOLLIN)
 
     def _close_media(self, media: CallMedia) -> None:
         if media.closed:
             return
         media.closed = True
-        fd = media.socket.fileno()
-        self._by_fd.pop(fd, None)
-        try:
+        if media.remote is not None:
+            slot = self._slots[(media.due_ns // _TICK_NS) % _SLOTS]
+            if media in slot:
+                slot.remove(media)
+        for sock in (media.socket, media.control):
+            fd = sock.fileno()
+            self._by_fd.pop(fd, None)
             self._epoll.unregister(fd)
-        except (OSError, ValueError):
-            pass
-        media.socket.close()
+            sock.close()
 
-    def _apply(self, command, now_ns: int) -> None:
-        kind, media, remote, payload_type = command
-        if kind == "send":
-            if media.closed:
+    def _commands(self, now_ns: int) -> None:
+        while self._connection.poll(0):
+            kind, key, remote, payload_type = self._connection.recv()
+            if kind == "open":
+                self._open(key)
+            elif kind == "send":
+                media = self._calls[key]
+                if media.closed:
+                    continue
+                media.remote = remote
+                media.payload_type = payload_type
+                _HEADER.pack_into(media.packet, 0, 0x80, 0x80 | payload_type, media.sequence, media.timestamp, media.ssrc)
+                media.due_ns = now_ns - now_ns % _TICK_NS + _TICK_NS
+                self._slots[(media.due_ns // _TICK_NS) % _SLOTS].append(media)
+            elif kind == "stop":
+                self._close_media(self._calls[key])
+            else:  # "close"
+                self._running = False
                 return
-            media.remote = remote
-            media.payload_type = payload_type
-            _HEADER.pack_into(media.packet, 0, 0x80, 0x80 | payload_type, media.sequence, media.timestamp, media.ssrc)
-            media.due_ns = now_ns - now_ns % _TICK_NS + _TICK_NS
-            self._slots[(media.due_ns // _TICK_NS) % _SLOTS].append(media)
-        else:
-            if media.remote is not None:
-                slot = self._slots[(media.due_ns // _TICK_NS) % _SLOTS]
-                if media in slot:
-                    slot.remove(media)
-            self._close_media(media)
 
     def _send_slot(self, slot: list[CallMedia]) -> None:
         audio_by_type = self._audio
@@ -183,6 +212,14 @@ class RtpEngine:
             _SEQUENCE_AND_STAMP.pack_into(packet, 2, media.sequence, media.timestamp)
             media.due_ns += FRAME_NS
 
+    def _receive_control(self, media: CallMedia, buffer: bytearray) -> None:
+        while True:
+            try:
+                media.control.recv_into(buffer)
+            except OSError:  # BlockingIOError when drained
+                return
+            media.rtcp_received += 1
+
     def _receive(self, media: CallMedia, buffer: bytearray, view: memoryview) -> None:
         receive = media.socket.recvmsg_into
         buffers = [buffer]
@@ -202,10 +239,14 @@ class RtpEngine:
             if size < 12 or buffer[0] >> 6 != 2:
                 media.malformed += 1
                 continue
-            sequence, stamp = _SEQUENCE_AND_STAMP.unpack_from(buffer, 2)
+            if 192 <= buffer[1] <= 223:  # RFC 5761 §4: RTCP packet types 192-223 on the RTP port
+                media.rtcp_received += 1
+                continue
+            sequence, stamp, source = _SEQUENCE_STAMP_SOURCE.unpack_from(buffer, 2)
             media.arrivals.append(arrival)
             media.sequences.append(sequence)
             media.timestamps.append(stamp)
+            media.sources.append(source)
             if media.first_sound_ns is None:
                 if media.first_packet_ns is None:
                     media.first_packet_ns = arrival
@@ -215,41 +256,146 @@ class RtpEngine:
                 if view[start:size].tobytes().strip(silence):
                     media.first_sound_ns = arrival
 
-    def _run(self) -> None:
-        started_cpu = time.thread_time()
-        started_wall = time.monotonic()
+    def run(self) -> None:
         buffer = bytearray(_RECEIVE_SIZE)
         view = memoryview(buffer)
-        commands = self._commands
         slots = self._slots
         lateness = self.lateness_ns
         by_fd = self._by_fd
         poll = self._epoll.poll
+        control = self._connection.fileno()
         next_tick = time.monotonic_ns()
         next_tick -= next_tick % _TICK_NS
-        try:
-            while self._running:
+        while self._running:
+            now = time.monotonic_ns()
+            while next_tick <= now:
+                slot = slots[(next_tick // _TICK_NS) % _SLOTS]
+                if slot:
+                    lateness.append(now - next_tick)
+                    self._send_slot(slot)
+                next_tick += _TICK_NS
                 now = time.monotonic_ns()
-                while commands:
-                    self._apply(commands.popleft(), now)
-                while next_tick <= now:
-                    slot = slots[(next_tick // _TICK_NS) % _SLOTS]
-                    if slot:
-                        lateness.append(now - next_tick)
-                        self._send_slot(slot)
-                    next_tick += _TICK_NS
-                    now = time.monotonic_ns()
-                timeout = max(0.0, (next_tick - time.monotonic_ns()) / 1e9)
-                for fd, _events in poll(timeout):
-                    media = by_fd.get(fd)
-                    if media is not None:
-                        self._receive(media, buffer, view)
-        except BaseException as error:  # reported to the SIP side by close()
-            self.error = error
-            print(f"eko-bench: RTP engine stopped: {error!r}", file=sys.stderr)
+            timeout = max(0.0, (next_tick - time.monotonic_ns()) / 1e9)
+            for fd, _events in poll(timeout):
+                if fd == control:
+                    self._commands(time.monotonic_ns())
+                    continue
+                media = by_fd.get(fd)
+                if media is None:
+                    continue
+                if fd == media.control.fileno():
+                    self._receive_control(media, buffer)
+                else:
+                    self._receive(media, buffer, view)
+        for media in self._calls.values():
+            self._close_media(media)
+
+
+def _child(connection: multiprocessing.connection.Connection, caller_audio: bytes) -> None:
+    started_cpu = time.process_time()
+    started_wall = time.monotonic()
+    loop = MediaLoop(connection, caller_audio)
+    try:
+        loop.run()
+    except BaseException as error:  # reported to the parent, which raises it from close()
+        connection.send(("error", repr(error)))
+        raise
+    connection.send(("results", {
+        "calls": {key: media.results() for key, media in loop._calls.items()},
+        "lateness_ns": loop.lateness_ns,
+        "busy_seconds": time.process_time() - started_cpu,
+        "wall_seconds": time.monotonic() - started_wall,
+    }))
+
+
+class RtpEngine:
+    """The parent's side: binds each call's sockets, drives the media process, collects its records."""
+
+    def __init__(self, *, host: str, caller_audio: bytes, ports: range):
+        if len(caller_audio) < FRAME_BYTES:
+            raise ValueError(f"caller audio has {len(caller_audio)} bytes, less than one {FRAME_BYTES}-byte frame")
+        self._host = host
+        self._ports = range(ports.start + ports.start % 2, ports.stop - 1, 2)
+        self._next_port = 0
+        self._caller_audio = caller_audio
+        self._handles: dict[int, MediaHandle] = {}
+        self._connection, child_end = multiprocessing.Pipe(duplex=True)
+        self._process = multiprocessing.get_context("spawn").Process(
+            target=_child, args=(child_end, caller_audio), name="eko-bench-rtp", daemon=True)
+        self._child_end = child_end
+        self.lateness_ns = array.array("q")
+        self.busy_seconds = 0.0
+        self.wall_seconds = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def start(self) -> None:
+        self._process.start()
+        self._child_end.close()
+
+    def _bind_pair(self) -> tuple[int, socket.socket, socket.socket]:
+        for _ in range(len(self._ports)):
+            port = self._ports[self._next_port]
+            self._next_port = (self._next_port + 1) % len(self._ports)
+            try:
+                rtp = _udp_socket(self._host, port)
+            except OSError:
+                continue  # in use (by another program, or a call still closing): try the next pair
+            try:
+                return port, rtp, _udp_socket(self._host, port + 1)
+            except OSError:
+                rtp.close()
+        raise UserError(f"no free RTP/RTCP port pair on {self._host} in {self._ports.start}-{self._ports.stop}",
+                        key="--bench-rtp-ports")
+
+    def open_call(self) -> MediaHandle:
+        """Bind a call's RTP/RTCP pair and hand it to the media process; it records from now on."""
+        port, rtp, rtcp = self._bind_pair()
+        handle = MediaHandle(key=len(self._handles), port=port)
+        self._handles[handle.key] = handle
+        try:
+            self._connection.send(("open", handle.key, None, None))
+            for sock in (rtp, rtcp):
+                multiprocessing.reduction.send_handle(self._connection, sock.fileno(), self._process.pid)
         finally:
-            self.busy_seconds = time.thread_time() - started_cpu
-            self.wall_seconds = time.monotonic() - started_wall
+            rtp.close()  # the child has its own descriptors now
+            rtcp.close()
+        return handle
+
+    def start_sending(self, media: MediaHandle, remote: tuple, payload_type: int) -> None:
+        """Begin caller-side RTP to ``remote`` in ``payload_type`` (0 PCMU, 8 PCMA)."""
+        self._connection.send(("send", media.key, remote, payload_type))
+
+    def stop(self, media: MediaHandle) -> None:
+        """Stop sending and receiving for the call and close its sockets."""
+        self._connection.send(("stop", media.key, None, None))
+
+    def close(self) -> None:
+        """Stop the media process and fill every handle with what its call recorded."""
+        if self._process.pid is None:
+            return
+        try:
+            self._connection.send(("close", None, None, None))
+        except OSError:
+            pass  # the child is gone; its error (if any) is read below
+        if not self._connection.poll(_STOP_TIMEOUT):
+            self._process.kill()
+            raise RuntimeError(f"the RTP media process did not report within {_STOP_TIMEOUT:.0f} s")
+        try:
+            kind, payload = self._connection.recv()
+        except EOFError:
+            raise RuntimeError(f"the RTP media process died (exit status {self._process.exitcode})") from None
+        self._process.join(timeout=_STOP_TIMEOUT)
+        if kind == "error":
+            raise RuntimeError(f"the RTP media process failed: {payload}")
+        for key, fields in payload["calls"].items():
+            for name, value in fields.items():
+                setattr(self._handles[key], name, value)
+        self.lateness_ns = payload["lateness_ns"]
+        self.busy_seconds = payload["busy_seconds"]
+        self.wall_seconds = payload["wall_seconds"]
 
 
 def open_wav_as_ulaw(path: str) -> bytes:
@@ -257,7 +403,6 @@ def open_wav_as_ulaw(path: str) -> bytes:
     import wave
 
     from eko_rtp.codec.g711 import linear16_to_ulaw
-    from eko_rtp.errors import UserError
 
     try:
         with wave.open(path, "rb") as reader:

@@ -3,7 +3,7 @@
 Theory of operation: call ``i`` is placed at ``t0 + i / rate`` (absolute schedule)
 once fewer than ``concurrency`` calls are up; it is held for ``hold`` seconds from
 its 200 OK (or until the far end sends BYE) and then hung up. SIP runs in trio
-(``sip_client.py``); RTP in the engine thread (``rtp_engine.py``).
+(``sip_client.py``); RTP in the media process (``rtp_engine.py``).
 
 The *steady period* is when the planned number of simultaneous calls is up: it
 starts when the first ``min(calls, concurrency)`` INVITEs have all ended (answered
@@ -23,7 +23,7 @@ import attrs
 import trio
 
 from eko_rtp.bench import procstat, uac
-from eko_rtp.bench.rtp_engine import CallMedia, RtpEngine
+from eko_rtp.bench.rtp_engine import MediaHandle, RtpEngine
 from eko_rtp.bench.sip_client import SipClient
 from eko_rtp.bench.targets import Target, check_loopback
 from eko_rtp.errors import UserError
@@ -31,7 +31,8 @@ from eko_rtp.errors import UserError
 MAX_CALLS = 2000
 MAX_SECONDS = 600.0
 SAMPLE_INTERVAL = 0.5
-SCENARIOS = ("greeting-unknown",)
+BENCH_RTP_PORTS = range(20000, 30000)  # the bench's own RTP/RTCP pairs; the server's default is 30000-39999
+SCENARIOS = ("greeting-unknown", "greeting-returning")
 PROTOCOL_ERROR_STATUS = 0  # not a SIP code: the answer could not be used (reason in the record)
 
 
@@ -72,8 +73,11 @@ class Plan:
         return max(self.calls / self.rate, waves * self.hold) + self.hold
 
     def caller(self, index: int) -> str:
-        """The calling number: greeting-unknown uses numbers no CRM has (+1 555 01xx xxx, fictional range)."""
-        return f"+1555{1000000 + index:07d}"
+        """The calling number (docs/crm-rpc.md): synthetic client ``index + 1`` for greeting-returning
+        (``+337`` and eight digits), else ``+336`` and eight digits, which no seeded CRM knows."""
+        if self.scenario == "greeting-returning":
+            return f"+337{index + 1:08d}"
+        return f"+336{index:08d}"
 
 
 @attrs.define
@@ -86,7 +90,7 @@ class CallRecord:
     invite_sent_ns: int | None = None
     provisional_ns: int | None = None
     final_ns: int | None = None
-    media: CallMedia | None = None
+    media: MediaHandle | None = None
     payload_type: int | None = None
     bye_status: int | None = None
     remote_hangup: bool = False
@@ -109,9 +113,9 @@ class RunResult:
     duration_seconds: float
 
 
-async def run_load(target: Target, plan: Plan, *, caller_audio: bytes) -> RunResult:
+async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: range = BENCH_RTP_PORTS) -> RunResult:
     """Place ``plan.calls`` calls at ``target`` and record everything the report needs."""
-    engine = RtpEngine(host=plan.local_host, caller_audio=caller_audio)
+    engine = RtpEngine(host=plan.local_host, caller_audio=caller_audio, ports=ports)
     client = await SipClient.open(local_host=plan.local_host, target_host=target.host, target_port=target.port)
     records = [CallRecord(index=index) for index in range(plan.calls)]
     run_token = secrets.token_hex(4)
@@ -192,7 +196,9 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes) -> RunRes
                 if found is not None:
                     steady.append(found)
             usage = resource.getrusage(resource.RUSAGE_SELF)
-            bench_cpu.append(usage.ru_utime + usage.ru_stime)
+            media_process = procstat.sample(engine.pid, time.monotonic())
+            media_seconds = media_process.cpu_ticks / procstat.CLOCK_TICKS if media_process else 0.0
+            bench_cpu.append(usage.ru_utime + usage.ru_stime + media_seconds)
             if first_down.is_set():
                 return
             with trio.move_on_after(SAMPLE_INTERVAL):

@@ -29,6 +29,7 @@ PEER_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "bench" / "peers" / 
 PEER_MAX_CALLS = 4  # PJSUA_MAX_CALLS in the pjsua2-python wheel
 PHRASES = ("greet", "welcome")  # what the default script plays, in order
 READY_TIMEOUT = 30.0
+CRM_CLIENTS = 2000  # synthetic clients seeded for greeting-returning: one per call the bench may place
 
 
 def check_loopback(host: str) -> str:
@@ -55,6 +56,14 @@ def free_udp_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+def parse_port_range(text: str) -> range:
+    """'20000-29999' -> range(20000, 30000), with room for at least one RTP/RTCP pair."""
+    low, dash, high = text.partition("-")
+    if not dash or not low.isdigit() or not high.isdigit() or not 1024 <= int(low) < int(high) <= 65535:
+        raise UserError(f"expected a port range LO-HI within 1024-65535, got {text!r}", key="--bench-rtp-ports")
+    return range(int(low), int(high) + 1)
 
 
 def parse_cpus(text: str) -> set[int]:
@@ -175,3 +184,36 @@ async def wait_ready(target: Target, *, local_host: str, timeout: float = READY_
                         f" OPTIONS; its last output:\n{target.stderr_tail()}")
     raise UserError(f"{target.name} at {target.host}:{target.port} did not answer OPTIONS 200 within {timeout:.0f} s;"
                     f" its last output:\n{target.stderr_tail()}")
+
+
+def free_tcp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def spawn_crm(*, host: str, directory: str, clients: int) -> Target:
+    """Seed a fresh embedded CRM with ``clients`` synthetic clients and serve it (docs/crm-rpc.md)."""
+    database = str(pathlib.Path(directory) / "crm.sqlite3")
+    seeded = subprocess.run([sys.executable, "-m", "eko_rtp", "crm", "seed", "--db", database, "--synthetic", str(clients)],
+                            capture_output=True, text=True, timeout=120)
+    if seeded.returncode != 0:
+        raise UserError(f"eko-rtp crm seed failed (status {seeded.returncode}): {seeded.stderr.strip()[-500:]}")
+    port = free_tcp_port(host)
+    return _spawn("crm", [sys.executable, "-m", "eko_rtp", "crm", "serve", "--listen", f"{host}:{port}", "--db", database],
+                  host, port, None, None)
+
+
+async def wait_listening(target: Target, *, timeout: float = READY_TIMEOUT) -> None:
+    """Poll a TCP service (the CRM) with connects until it accepts, exits, or ``timeout``."""
+    with trio.move_on_after(timeout):
+        while target.process.poll() is None:
+            try:
+                stream = await trio.open_tcp_stream(target.host, target.port)
+            except OSError:
+                await trio.sleep(0.1)
+                continue
+            await stream.aclose()
+            return
+    raise UserError(f"{target.name} at {target.host}:{target.port} did not accept connections (status"
+                    f" {target.process.poll()}); its last output:\n{target.stderr_tail()}")

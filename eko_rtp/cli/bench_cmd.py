@@ -9,7 +9,7 @@ import sys
 from eko_rtp.bench import campaign, report
 from eko_rtp.bench.rtp_engine import SILENCE, open_wav_as_ulaw
 from eko_rtp.bench.run import MAX_CALLS, MAX_SECONDS, SCENARIOS, Plan
-from eko_rtp.bench.targets import parse_cpus
+from eko_rtp.bench.targets import parse_cpus, parse_port_range
 
 
 def add_parser(subparsers) -> None:
@@ -26,6 +26,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--server-pid", type=int, help="sample CPU and RSS of this pid (a server given by --address)")
     parser.add_argument("--cache", dest="cache_dir", help="phrase cache directory (passed to the server; the peer plays its greet/welcome)")
     parser.add_argument("--rtp-ports", default="30000-39999", help="RTP port range for a spawned server (default 30000-39999)")
+    parser.add_argument("--bench-rtp-ports", type=parse_port_range, default="20000-29999",
+                        help="the bench's own RTP/RTCP port pairs (default 20000-29999)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra argument for a spawned server (repeatable)")
     parser.add_argument("--calls", type=int, default=10, help="calls to place in all (default 10)")
     parser.add_argument("--concurrency", type=int, help="at most this many at once (default: --calls)")
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     options = campaign.Options(
         target=args.target, address=args.address, spawn=args.spawn, server_cpus=args.server_cpus,
         server_pid=args.server_pid, cache_dir=args.cache_dir, rtp_ports=args.rtp_ports,
-        server_args=tuple(args.server_arg), plan=plan, ramp=args.ramp)
+        server_args=tuple(args.server_arg), plan=plan, ramp=args.ramp,
+        bench_ports=args.bench_rtp_ports)
     caller_audio = open_wav_as_ulaw(args.audio) if args.audio else SILENCE
     outcome = campaign.run_sync(options, caller_audio=caller_audio)
     if args.plot:
@@ -58,8 +61,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         if outcome.ramp is not None:
             for step in outcome.ramp["steps"]:
+                p99 = step["deviation_p99_ms"]
+                cpu = step["server_cpu_percent"]
                 print(f"ramp {step['concurrent']:>5} calls: answered {step['answered']}, deviation p99"
-                      f" {step['deviation_p99_ms']} ms, lost {step['lost']}, bench saturated {step['bench_saturated']}"
+                      f" {'-' if p99 is None else f'{p99:.2f}'} ms, lost {step['lost']}, server CPU"
+                      f" {'-' if cpu is None else f'{cpu:.0f}'}%, bench saturated {step['bench_saturated']}"
                       f" -> {'pass' if step['passed'] else 'FAIL'}")
             print(f"largest passing ({outcome.ramp['criterion']}): {outcome.ramp['largest_passing']}")
         else:
