@@ -51,7 +51,7 @@ class Call:
         self.answered_at: float | None = None
         self.ended_at: float | None = None
         self.end_reason: str | None = None
-        self.greeting: str | None = None
+        self.greeting: tuple[str, ...] = ()
         self.outcome = "completed"
         self.phrases_played: list[str] = []
         self._dtmf_send, self._dtmf_receive = trio.open_memory_channel[str](32)
@@ -59,10 +59,24 @@ class Call:
         self.cancel_scope: trio.CancelScope | None = None
         self.answered = trio.Event()
         self.confirmed = trio.Event()  # the ACK came
-        self.crm_lookup: Any = None  # set by the server when a CRM is configured
+        self.lookup: Any = None  # the CallerLookup the server started at the INVITE
         self.extras: dict[str, Any] = {}
 
     # -- the script API ----------------------------------------------------------
+
+    async def caller_record(self):
+        """What the CRM knows of the caller, if it answered within the greeting budget.
+
+        The budget counts from the INVITE, so by the time a script asks, part of it
+        may be spent; ``None`` means unknown, anonymous, or not known in time. A late
+        answer is kept in :attr:`late_caller_record`.
+        """
+        return await self.lookup.wait()
+
+    @property
+    def late_caller_record(self):
+        """The CRM record whenever it arrived (``None`` while unknown)."""
+        return self.lookup.record
 
     async def answer(self) -> None:
         """Answer now (200 OK) if not answered yet; the stream starts at once."""

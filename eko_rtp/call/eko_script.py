@@ -1,22 +1,66 @@
-"""Eko's default call script: greet the caller, then follow their keypad answers.
+"""Eko's default call script: the right greeting at once, then the caller's keypad answers.
 
-Until speech recognition exists the caller answers with DTMF. The script is plain
-``async def run(call)`` code on the call script API, the same API a custom script
-(``--script MODULE:FUNCTION``) gets.
+The caller's CRM look-up started when the INVITE arrived; :meth:`Call.caller_record`
+waits for it only within the greeting budget counted from the INVITE, so the
+greeting never waits on a slow CRM. A returning caller with an open ticket is asked
+whether they call about it; until speech recognition exists they answer with DTMF:
+1 (oui) -> ``ticket_transfer_ok``, 2 (non) -> ``ticket_not_related``; nothing for 8 s
+-> the yes/no clarification, once, then ``goodbye``.
 """
 
 from __future__ import annotations
 
 import logging
 
+import trio
+
+from eko_rtp.call.greeting import choose_greeting
+
 log = logging.getLogger("eko_rtp.call.script")
 
-CALLER_IDLE_SECONDS = 8.0
+ANSWER_WAIT_SECONDS = 8.0
+YES, NO = "1", "2"
 
 
 async def run(call) -> None:
-    """Play ``greet`` then ``welcome``, then wait for the caller's digits until hang-up."""
-    await call.say("greet")
-    await call.say("welcome")
-    async for digit in call.dtmf:
-        log.info("call %s: caller pressed %s", call.call_id, digit)
+    """Greet the caller by what the CRM knows, then follow their answers."""
+    record = await call.caller_record()
+    keys = choose_greeting(record)
+    call.greeting = keys
+    for key in keys:
+        await call.say(key)
+    if keys[0].startswith("returning_client_pending"):
+        await _is_it_about_the_ticket(call)
+    else:
+        async for digit in call.dtmf:
+            log.info("call %s: caller pressed %s", call.call_id, digit)
+
+
+async def _is_it_about_the_ticket(call) -> None:
+    for attempt in range(2):
+        digit = await _yes_or_no(call)
+        if digit == YES:
+            await call.say("ticket_transfer_ok")
+            call.outcome = "ticket_transfer"
+            await call.hangup()  # the transfer itself (REFER) is the trunk's job, not done here
+            return
+        if digit == NO:
+            await call.say("ticket_not_related")
+            async for pressed in call.dtmf:
+                log.info("call %s: caller pressed %s", call.call_id, pressed)
+            return
+        if attempt == 0:
+            await call.say("clarify_yes_no")
+    await call.say("goodbye")
+    call.outcome = "no_answer"
+    await call.hangup()
+
+
+async def _yes_or_no(call) -> str | None:
+    """The first 1 or 2 pressed within the wait (other keys do not restart it)."""
+    with trio.move_on_after(ANSWER_WAIT_SECONDS):
+        async for digit in call.dtmf:
+            if digit in (YES, NO):
+                return digit
+            log.info("call %s: caller pressed %s (expected 1 or 2)", call.call_id, digit)
+    return None

@@ -56,15 +56,22 @@ def config_from_args(args):
 
 def run_serve(args) -> int:
     from eko_rtp.cache.loader import load_cache
+    from eko_rtp.crm.address import parse_crm_address
+    from eko_rtp.crm.client import CrmClient
     from eko_rtp.server.server import EkoServer
 
     config = config_from_args(args)
     script = load_script(config["script.function"])
+    crm_address = parse_crm_address(config["crm.address"]) if config["crm.address"] else None
     cache = load_cache(config["cache.dir"], config["cache.phrases"])
 
     async def main() -> None:
-        server = EkoServer(config=config, cache=cache, script=script)
         async with trio.open_nursery() as nursery:
+            crm = None
+            if crm_address is not None:
+                crm = CrmClient(crm_address)
+                await nursery.start(crm.run)  # a CRM that is down only means standard greetings
+            server = EkoServer(config=config, cache=cache, script=script, crm=crm)
             await nursery.start(server.run)
 
     try:

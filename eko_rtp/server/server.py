@@ -25,7 +25,10 @@ from typing import Any
 import trio
 
 from eko_rtp.call.call import Call, Script
+from eko_rtp.call.greeting import caller_number
+from eko_rtp.call.lookup import CallerLookup
 from eko_rtp.config import Config
+from eko_rtp.crm.records import CallLog
 from eko_rtp.media import sdp
 from eko_rtp.media.clock import FrameClock
 from eko_rtp.media.playout import PlayoutQueue
@@ -223,14 +226,18 @@ class EkoServer:
             on_dtmf=lambda digit: None,
             cname=self.cname,
         )
+        number = caller_number(event.caller.asserted_user, event.caller.from_user)
         call = Call(
             call_id=call_id,
             caller=event.caller,
-            caller_number=None,
+            caller_number=number,
             server=self,
             stream=stream,
             invite_time=now,
             source=event.source,
+        )
+        call.lookup = CallerLookup(
+            crm=self.crm, phone=number, started_at=now, budget=self.config["crm.budget_ms"] / 1000, call_id=call_id
         )
         call.extras["origin"] = origin
         call.extras["local_body"] = body
@@ -284,6 +291,9 @@ class EkoServer:
             self.ua.reject_modification(call.call_id, error.status, now)
             self._flush()
             return
+        call.lookup = CallerLookup(
+            crm=self.crm, phone=number, started_at=now, budget=self.config["crm.budget_ms"] / 1000, call_id=call_id
+        )
         call.extras["origin"] = origin
         call.extras["local_body"] = body
         call.stream.apply_plan(plan)
@@ -339,6 +349,7 @@ class EkoServer:
                 call.cancel_scope = nursery.cancel_scope
                 if call.ended_at is not None:
                     nursery.cancel_scope.cancel()
+                nursery.start_soon(call.lookup.run)  # first: the greeting may depend on it
                 nursery.start_soon(self._answer_deadline, call)
                 nursery.start_soon(self._watchdog, call)
                 nursery.start_soon(self._rtcp_task, call)
@@ -356,6 +367,17 @@ class EkoServer:
             self.counters.calls_by_outcome[outcome] = self.counters.calls_by_outcome.get(outcome, 0) + 1
             duration = (call.ended_at - (call.answered_at or call.invite_time)) * 1000
             log.info("call %s: ended (%s) after %.0f ms", call.call_id, outcome, duration)
+            if self.crm is not None:
+                # A notification: queued without waiting, so teardown is never delayed by the CRM.
+                self.crm.log_call(
+                    CallLog(
+                        call_id=call.call_id,
+                        phone=call.caller_number,
+                        greeting=tuple(call.greeting),
+                        duration_ms=max(0, int(duration)),
+                        outcome=outcome,
+                    )
+                )
 
     async def _script_task(self, call: Call) -> None:
         try:

@@ -64,7 +64,7 @@ def main() -> int:
     parser.add_argument("--hold", type=float, default=4.0, help="seconds before we hang up")
     parser.add_argument("--hangup", choices=("local", "remote"), default="local")
     parser.add_argument("--record-dir", default=None)
-    parser.add_argument("--from-user", default="0612345678")
+    parser.add_argument("--from-user", action="append", default=[], help="caller number; repeat to give call n the n-th")
     parser.add_argument("--transport", choices=("udp", "tcp"), default="udp")
     parser.add_argument("--codec", choices=("PCMU", "PCMA"), default="PCMU", help="codec offered first")
     parser.add_argument("--dtmf", action="append", default=[], help="DIGITS@SECONDS after the answer")
@@ -96,16 +96,19 @@ def main() -> int:
             priority = 255
         endpoint.codecSetPriority(codec.codecId, priority)
 
-    account_config = pj.AccountConfig()
-    account_config.idUri = f"sip:{args.from_user}@127.0.0.1"
-    account = pj.Account()
-    account.create(account_config)
+    accounts = {}
+    for user in args.from_user or ["0612345678"]:
+        account_config = pj.AccountConfig()
+        account_config.idUri = f"sip:{user}@127.0.0.1"
+        accounts[user] = pj.Account()
+        accounts[user].create(account_config)
+    users = list(accounts)
 
     suffix = ";transport=tcp" if args.transport == "tcp" else ""
     calls = []
     for index in range(args.calls):
         record = os.path.join(args.record_dir, f"call-{index}.wav") if args.record_dir else None
-        call = Caller(account, index, record)
+        call = Caller(accounts[users[index % len(users)]], index, record)
         call.makeCall(f"sip:eko@{args.target}{suffix}", pj.CallOpParam(True))
         calls.append(call)
     started = time.monotonic()
@@ -159,7 +162,7 @@ def main() -> int:
     # pjsua2's Python proxies assert if they are collected after the library is gone:
     # drop them first, then leave without running any more destructors.
     calls.clear()
-    del account
+    accounts.clear()
     gc.collect()
     endpoint.libDestroy()
     os._exit(0)
