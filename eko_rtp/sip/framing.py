@@ -71,10 +71,14 @@ class StreamFramer:
             if len(buffer) > self.max_message_size:
                 raise SipParseError(513, f"headers longer than the {self.max_message_size}-byte limit")
             return None
-        match = _CONTENT_LENGTH.search(buffer, 0, end + 2)
-        if match is None:
+        values = {match.group(1).strip() for match in _CONTENT_LENGTH.finditer(buffer, 0, end + 2)}
+        if not values:
             raise SipParseError(400, "Content-Length is required over a stream transport")
-        text = match.group(1).strip()
+        if len(values) > 1:
+            # Which one ends the message? Guessing would read the rest of the stream
+            # out of step (request smuggling); nothing after this can be trusted.
+            raise SipParseError(400, "several different Content-Length values on the stream")
+        [text] = values
         if not text.isdigit() or len(text) > 10:
             raise SipParseError(400, f"bad Content-Length {text.decode('latin-1')!r} on the stream")
         total = end + 4 + int(text)

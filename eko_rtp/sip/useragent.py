@@ -257,6 +257,12 @@ class UserAgent:
                 now: float) -> None:
         """Handle one datagram or one framed stream message from ``source``."""
         transport = transport.lower()
+        if not data.strip(b"\r\n"):
+            # A datagram of CRLFs is a keepalive (pjsip sends "\r\n" every 15 s by
+            # default): §7.5 ignores CRLFs before a start line, so there is no message
+            # here, nothing to answer and nothing to complain about. Over TCP the
+            # framer already consumed them (RFC 5626 §3.5.1 pings).
+            return
         try:
             message = parse_message_untrusted(data, transport=transport,
                                               max_message_size=self.settings.max_message_size)
