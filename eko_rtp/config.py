@@ -50,15 +50,15 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "address": ((str,), ""),
         "budget_ms": ((int,), 150),
     },
-    "tts": {
-        "voice_id": ((str,), "21m00Tcm4TlvDq8ikWAM"),
-        "model_id": ((str,), "eleven_flash_v2_5"),
-        "base_url": ((str,), "https://api.elevenlabs.io"),
+    "tts": {  # "" means the built-in default (eko_rtp.tts.settings) or the environment
+        "voice_id": ((str,), ""),
+        "model_id": ((str,), ""),
+        "base_url": ((str,), ""),
         "optimize_streaming_latency": ((int,), 3),
         "first_byte_timeout": ((int, float), 1.5),
         "dynamic_cache_dir": ((str,), "cache/dynamic"),
         "dynamic_cache_max_bytes": ((int,), 256 * 1024 * 1024),
-        "espeak_voice": ((str,), "fr"),
+        "espeak_voice": ((str,), ""),
     },
     "script": {
         "function": ((str,), DEFAULT_SCRIPT),

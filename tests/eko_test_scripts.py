@@ -39,3 +39,20 @@ async def crash_after_greeting(call) -> None:
     """A script bug: the server must log it and hang up, not die."""
     await call.say("greet")
     raise RuntimeError("script bug on purpose")
+
+
+LIVE_TEXT = "Votre ticket porte le numéro 4 2 7 1."
+
+
+async def say_live(call) -> None:
+    """Answer with live TTS only, then wait for the caller to hang up."""
+    await call.say_text(LIVE_TEXT)
+    log.info("call %s: live text done", call.call_id)
+    await trio.sleep_forever()
+
+
+async def say_hybrid(call) -> None:
+    """A cached filler hides the TTS wait, then the live text."""
+    await call.say_hybrid("filler_one_moment", LIVE_TEXT)
+    log.info("call %s: hybrid done", call.call_id)
+    await trio.sleep_forever()

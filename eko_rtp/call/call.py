@@ -25,6 +25,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from eko_rtp.media.playout import CachedSource, LiveSource, SilenceSource
+from eko_rtp.tts.errors import TtsError
 
 log = logging.getLogger("eko_rtp.call")
 
@@ -60,6 +61,10 @@ class Call:
         self.answered = trio.Event()
         self.confirmed = trio.Event()  # the ACK came
         self.lookup: Any = None  # the CallerLookup the server started at the INVITE
+        self.tts = getattr(server, "tts", None)
+        self.tts_usage = self.tts.accounting.open_call(call_id) if self.tts is not None else None
+        self.fallback_phrase = "error"
+        self.nursery: trio.Nursery | None = None  # the call's own nursery, set when it runs
         self.extras: dict[str, Any] = {}
 
     # -- the script API ----------------------------------------------------------
@@ -113,6 +118,63 @@ class Call:
         with trio.move_on_after(timeout):
             return await self._dtmf_receive.receive()
         return None
+
+    async def say_text(self, text: str) -> None:
+        """Say ``text`` with live TTS (or from the dynamic cache); return when it has been played.
+
+        The synthesis runs in a sibling task of the call's nursery and its frames are
+        played as they arrive; the stream carries silence until the first one. On a TTS
+        failure the caller hears the cached ``error`` phrase (or ``fallback_phrase``) and
+        the call goes on.
+        """
+        await self._say_live(None, text)
+
+    async def say_hybrid(self, key: str, text: str) -> None:
+        """Play cached ``key`` at once while ``text`` is synthesized, then the live audio.
+
+        When the live audio is ready by the end of the cached phrase there is no gap:
+        the TTS wait hides behind speech.
+        """
+        phrase = self._server.phrase(key)
+        if phrase is None:
+            raise UnknownPhrase(f"phrase {key!r} is not in the cache")
+        await self._say_live(phrase, text, key=key)
+
+    async def _say_live(self, phrase, text: str, *, key: str | None = None) -> None:
+        if self.tts is None:
+            raise RuntimeError("no TTS engine is configured for this server")
+        live = LiveSource()
+        finished = trio.Event()
+        live.on_finished = finished.set
+        failed: list[Exception] = []
+        render_scope = trio.CancelScope()
+        if phrase is not None:
+            self.phrases_played.append(key)
+            self._enqueue(CachedSource(phrase.audio))
+        self._enqueue(live)
+        self.nursery.start_soon(self._render, text, live, render_scope, failed)
+        try:
+            await finished.wait()
+        except BaseException:
+            # Hang-up, barge-in or the script moving on: stop billing and stop playing now.
+            render_scope.cancel()
+            live.cancel()
+            raise
+        finally:
+            render_scope.cancel()
+        if failed:
+            self.outcome = "tts_error"
+            fallback = self._server.phrase(self.fallback_phrase)
+            if fallback is not None:
+                await self._play(CachedSource(fallback.audio))
+
+    async def _render(self, text: str, live: LiveSource, scope: trio.CancelScope, failed: list) -> None:
+        with scope:
+            try:
+                await self.tts.speak(text, live, call=self.tts_usage)
+            except TtsError as error:  # already logged and counted by the engine
+                failed.append(error)
+                live.end()
 
     def live_source(self) -> LiveSource:
         """A live source queued for playing (frames pushed as they arrive)."""

@@ -54,10 +54,35 @@ def config_from_args(args):
     )
 
 
+def tts_settings(config, environ=None):
+    """Live TTS settings from ``[tts]``; the API key comes from the service credential or the environment."""
+    from eko_rtp.service.credentials import elevenlabs_api_key
+    from eko_rtp.tts.settings import TtsSettings
+
+    given = {
+        key: config[f"tts.{key}"]
+        for key in ("voice_id", "model_id", "base_url", "espeak_voice")
+        if config[f"tts.{key}"]
+    }
+    try:
+        settings = TtsSettings(
+            api_key=elevenlabs_api_key(environ),
+            optimize_streaming_latency=config["tts.optimize_streaming_latency"],
+            first_byte_timeout=config["tts.first_byte_timeout"],
+            dynamic_cache_dir=config["tts.dynamic_cache_dir"],
+            dynamic_cache_max_bytes=config["tts.dynamic_cache_max_bytes"],
+            **given,
+        )
+    except ValueError as error:
+        raise UserError(str(error), path=config.source, key="tts") from None
+    return settings.from_environment(environ)
+
+
 def run_serve(args) -> int:
     from eko_rtp.cache.loader import load_cache
     from eko_rtp.crm.address import parse_crm_address
     from eko_rtp.crm.client import CrmClient
+    from eko_rtp.tts.engine import TtsEngine
     from eko_rtp.server.server import EkoServer
 
     config = config_from_args(args)
@@ -65,14 +90,21 @@ def run_serve(args) -> int:
     crm_address = parse_crm_address(config["crm.address"]) if config["crm.address"] else None
     cache = load_cache(config["cache.dir"], config["cache.phrases"])
 
+    settings = tts_settings(config)
+
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            crm = None
-            if crm_address is not None:
-                crm = CrmClient(crm_address)
-                await nursery.start(crm.run)  # a CRM that is down only means standard greetings
-            server = EkoServer(config=config, cache=cache, script=script, crm=crm)
-            await nursery.start(server.run)
+        tts = TtsEngine.from_settings(settings)
+        try:
+            async with trio.open_nursery() as nursery:
+                crm = None
+                if crm_address is not None:
+                    crm = CrmClient(crm_address)
+                    await nursery.start(crm.run)  # a CRM that is down only means standard greetings
+                server = EkoServer(config=config, cache=cache, script=script, crm=crm, tts=tts)
+                await nursery.start(server.run)
+        finally:
+            with trio.CancelScope(shield=True):
+                await tts.aclose()
 
     try:
         trio.run(main)

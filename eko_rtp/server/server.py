@@ -347,6 +347,7 @@ class EkoServer:
         try:
             async with trio.open_nursery() as nursery:
                 call.cancel_scope = nursery.cancel_scope
+                call.nursery = nursery
                 if call.ended_at is not None:
                     nursery.cancel_scope.cancel()
                 nursery.start_soon(call.lookup.run)  # first: the greeting may depend on it
@@ -366,7 +367,8 @@ class EkoServer:
             outcome = call.end_reason or "unknown"
             self.counters.calls_by_outcome[outcome] = self.counters.calls_by_outcome.get(outcome, 0) + 1
             duration = (call.ended_at - (call.answered_at or call.invite_time)) * 1000
-            log.info("call %s: ended (%s) after %.0f ms", call.call_id, outcome, duration)
+            usage = f"; {call.tts_usage.summary()}" if call.tts_usage is not None else ""
+            log.info("call %s: ended (%s) after %.0f ms%s", call.call_id, outcome, duration, usage)
             if self.crm is not None:
                 # A notification: queued without waiting, so teardown is never delayed by the CRM.
                 self.crm.log_call(

@@ -1,0 +1,119 @@
+"""A minimal synchronous SIP caller for tests that need the RTP packets themselves.
+
+Built on the benchmark's deliberately separate UAC messages (eko_rtp.bench.uac): it
+sends an INVITE, ACKs the 200, sends 20 ms silence RTP like a phone, records every
+RTP packet it receives with its arrival time, answers a BYE from the server, and
+sends BYE itself after ``hold`` seconds. Loopback only; bounded in time.
+"""
+
+from __future__ import annotations
+
+import secrets
+import select
+import socket
+import struct
+import time
+
+import attrs
+
+from eko_rtp.bench import uac
+
+
+@attrs.define
+class Packet:
+    arrival: float
+    sequence: int
+    timestamp: int
+    marker: bool
+    payload_type: int
+    payload: bytes
+
+
+@attrs.define
+class CallRecord:
+    status: int = 0
+    invite_sent: float = 0.0
+    answered_at: float | None = None
+    packets: list[Packet] = attrs.Factory(list)
+    server_hung_up: bool = False
+    responses: list[int] = attrs.Factory(list)
+
+
+def place_call(target: tuple[str, int], *, hold: float, caller: str = "0600000000", timeout: float = 30.0) -> CallRecord:
+    sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sip.bind(("127.0.0.1", 0))
+    rtp.bind(("127.0.0.1", 0))
+    try:
+        return _call(sip, rtp, target, hold=hold, caller=caller, timeout=timeout)
+    finally:
+        sip.close()
+        rtp.close()
+
+
+def _call(sip, rtp, target, *, hold, caller, timeout) -> CallRecord:
+    endpoint = uac.Endpoint(local_host="127.0.0.1", local_port=sip.getsockname()[1], target_host=target[0], target_port=target[1])
+    dialog = uac.Dialog(endpoint=endpoint, call_id=secrets.token_hex(8), from_tag=uac.new_tag(), caller=caller)
+    record = CallRecord()
+    offer = uac.sdp_offer(address="127.0.0.1", rtp_port=rtp.getsockname()[1], session_id=1)
+    record.invite_sent = time.monotonic()
+    sip.sendto(dialog.invite(branch=uac.new_branch(), sdp=offer), target)
+    deadline = record.invite_sent + timeout
+    remote_rtp = None
+    hang_up_at = None
+    sequence = 0
+    next_rtp = None
+    silence = b"\xff" * 160
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if hang_up_at is not None and now >= hang_up_at and not record.server_hung_up:
+            sip.sendto(dialog.bye(branch=uac.new_branch()), target)
+            _await_response(sip, record, 5.0)
+            break
+        if record.server_hung_up:
+            break
+        if remote_rtp is not None and now >= next_rtp:
+            header = struct.pack("!BBHII", 0x80, 0, sequence & 0xFFFF, (sequence * 160) & 0xFFFFFFFF, 0x1234)
+            rtp.sendto(header + silence, remote_rtp)
+            sequence += 1
+            next_rtp += 0.020
+        readable, _, _ = select.select([sip, rtp], [], [], 0.002)
+        for sock in readable:
+            data, _ = sock.recvfrom(65535)
+            arrival = time.monotonic()
+            if sock is rtp:
+                if len(data) >= 12 and 192 <= data[1] <= 223:
+                    continue  # RTCP (muxed)
+                if len(data) >= 12:
+                    _, second, seq, ts = struct.unpack_from("!BBHI", data)
+                    record.packets.append(Packet(arrival, seq, ts, bool(second & 0x80), second & 0x7F, data[12:]))
+                continue
+            message = uac.parse_message_untrusted(data)
+            if message.is_response:
+                record.responses.append(message.status)
+                if message.status >= 200 and record.answered_at is None and message.cseq[1] == "INVITE":
+                    record.status = message.status
+                    if message.status >= 300:
+                        return record
+                    record.answered_at = arrival
+                    dialog = dialog.confirmed(message)
+                    sip.sendto(dialog.ack(), target)
+                    answer = uac.parse_sdp_answer_untrusted(message.body)
+                    remote_rtp = (answer.address, answer.port)
+                    next_rtp = arrival
+                    hang_up_at = arrival + hold
+            elif message.method == "BYE":
+                sip.sendto(uac.response_to(message, 200, "OK"), target)
+                record.server_hung_up = True
+    return record
+
+
+def _await_response(sip, record: CallRecord, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if select.select([sip], [], [], 0.05)[0]:
+            message = uac.parse_message_untrusted(sip.recvfrom(65535)[0])
+            if message.is_response:
+                record.responses.append(message.status)
+                if message.status >= 200:
+                    return
