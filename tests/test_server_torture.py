@@ -190,8 +190,8 @@ class TcpPeer(_Peer):
                 self.pongs += 1  # RFC 5626 §3.5.1: a CRLF pong
             end = self.buffer.find(b"\r\n\r\n")
             if end >= 0:
-                head = uac.parse_message_untrusted(self.buffer[: end + 4])
-                total = end + 4 + int(head.header("content-length") or 0)
+                length = re.search(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*(\d+)", self.buffer[:end], re.IGNORECASE)
+                total = end + 4 + (int(length.group(1)) if length else 0)
                 if len(self.buffer) >= total:
                     message, self.buffer = self.buffer[:total], self.buffer[total:]
                     return uac.parse_message_untrusted(message)
@@ -517,3 +517,157 @@ def test_unusable_offer_is_488_and_no_call_is_left(server, transport):
     assert received[-1].reason == ("SDP line 6: no codec in common: offered payload types 18, "
                                    "we accept PCMU (0) or PCMA (8) at 8000 Hz")
     assert_one_warning(server, mark, f"call {call_id}:", received[-1].reason)
+
+
+# ---- keepalives and broken streams over TCP -------------------------------------------
+
+
+def test_tcp_keepalive_ping_gets_one_pong_and_the_connection_stays_usable(server):
+    mark = len(server.lines)
+    with TcpPeer(server.address) as peer:
+        peer.send(b"\r\n")  # a lone CRLF: ignored (§7.5), no pong
+        peer.send(b"\r\n\r\n")  # RFC 5626 §3.5.1 ping
+        deadline = time.monotonic() + RESPONSE_TIMEOUT
+        while len(peer.buffer) < 2 and peer._fill(deadline):
+            pass
+        assert peer.buffer == b"\r\n"
+        peer.buffer = b""
+        assert probe(peer) == []
+        assert peer.buffer == b""
+    assert warnings_since(server, mark, f"127.0.0.1:{peer.port}") == []
+
+
+def test_tcp_half_message_then_close_is_logged_and_starts_nothing(server):
+    mark = len(server.lines)
+    call_id = unique("half")
+    invite = sip_request("INVITE", port=5060, transport="TCP", call_id=call_id, body=uac.sdp_offer(
+        address="127.0.0.1", rtp_port=4000, session_id=1))
+    half = invite[: len(invite) // 2]
+    with TcpPeer(server.address) as peer:
+        peer.send(half)
+    assert_one_warning(server, mark, f"127.0.0.1:{peer.port}",
+                       f"connection closed in the middle of a message ({len(half)} bytes discarded)")
+    with UdpPeer(server.address) as other:
+        assert probe(other) == []  # the server is still serving
+    assert call_id not in server.log()
+
+
+# ---- calls: odd but valid INVITEs, then a plain one ----------------------------------------
+
+
+def rewrite_invite(data: bytes, *, port: int, transport: str, rtp_port: int) -> bytes:
+    """A captured or torture INVITE re-addressed to us: loopback client, fresh branch and Call-ID.
+
+    Every address of the caller (Via, Contact, the SDP) becomes 127.0.0.1 and our
+    ports, so nothing the server sends can leave loopback; the branch and Call-ID are
+    made unique so the same fixture can be called again; Content-Length follows the
+    rewritten body wherever (and however spelt) the fixture put it.
+    """
+    head, separator, body = data.partition(b"\r\n\r\n")
+    request_line, _, rest = head.decode("utf-8").partition("\r\n")
+    rest = re.sub(r"(192\.0\.2\.\d+|127\.0\.0\.1:509[78]|\[2001:db8::1\]:5070)(:\d+)?", f"127.0.0.1:{port}", rest)
+    rest = re.sub(r"branch=z9hG4bK[-\w.]*", f"branch={uac.new_branch()}", rest, count=1)
+    rest = re.sub(r"^((?:Call-ID|i)[ \t]*:[ \t]*)\S+", lambda m: m.group(1) + unique("call"), rest,
+                  count=1, flags=re.IGNORECASE | re.MULTILINE)
+    if transport == "TCP":
+        rest = re.sub(r"SIP/2\.0/UDP", "SIP/2.0/TCP", rest, count=1)
+    sdp = body.decode()
+    sdp = re.sub(r"IN IP4 [\d.]+", "IN IP4 127.0.0.1", sdp)
+    sdp = re.sub(r"m=audio \d+", f"m=audio {rtp_port}", sdp)
+    sdp = re.sub(r"a=rtcp:\d+", f"a=rtcp:{rtp_port + 1}", sdp)
+    body = sdp.encode()
+    rest, count = re.subn(r"^((?:Content-Length|l)[ \t]*:[ \t]*)\d+", lambda m: m.group(1) + str(len(body)), rest,
+                          flags=re.IGNORECASE | re.MULTILINE)
+    if count == 0:
+        rest += f"\r\nContent-Length: {len(body)}"
+    return f"{request_line}\r\n{rest}".encode() + separator + body
+
+
+def answer_sdp(rtp_port: int) -> bytes:
+    return (
+        "v=0\r\no=- 9 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+    ).encode()
+
+
+def in_dialog(method: str, invite: uac.Message, ok: uac.Message, *, port: int, transport: str, cseq: int,
+              body: bytes = b"") -> bytes:
+    """ACK (for the 2xx) or BYE in the dialog the 200 OK set up (RFC 3261 §12.2.1.1, §13.2.2.4)."""
+    target = uac.contact_uri(ok.header("contact"))
+    lines = [
+        f"{method} {target} SIP/2.0",
+        f"Via: SIP/2.0/{transport} 127.0.0.1:{port};branch={uac.new_branch()};rport",
+        "Max-Forwards: 70",
+        f"From: {invite.header('from')}",
+        f"To: {ok.header('to')}",
+        f"Call-ID: {invite.call_id}",
+        f"CSeq: {cseq} {method}",
+    ]
+    if body:
+        lines.append("Content-Type: application/sdp")
+    lines += [f"Content-Length: {len(body)}", "", ""]
+    return "\r\n".join(lines).encode() + body
+
+
+def receive_rtp(sock: socket.socket, count: int, timeout: float) -> list[bytes]:
+    """``count`` RTP packets (version 2, PCMU or PCMA, 20 ms of audio) within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    packets = []
+    while len(packets) < count:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"only {len(packets)} RTP packets in {timeout} s"
+        sock.settimeout(remaining)
+        try:
+            data = sock.recv(2048)
+        except socket.timeout:
+            continue
+        assert data[0] >> 6 == 2 and data[1] & 0x7F in (0, 8) and len(data) == 12 + 160, data[:12].hex()
+        packets.append(data)
+    return packets
+
+
+def place_call(server: ServerProcess, peer, invite_data: bytes, rtp: socket.socket) -> str:
+    """INVITE, 100, 200, ACK, RTP on our SDP port, BYE, 200, and the server's log agrees. The Call-ID."""
+    invite = uac.parse_message_untrusted(invite_data)
+    call_id, number = invite.call_id, invite.cseq[0]
+    peer.send(invite_data)
+    received = collect(peer, final_for(call_id, "INVITE"))
+    assert [m.status for m in received] == [100, 200], [describe(m) for m in received]
+    ok = received[-1]
+    assert uac.parse_sdp_answer_untrusted(ok.body).port > 0
+    # Without an offer in the INVITE the 200 carries ours and the ACK the answer (§13.2.1).
+    answer = answer_sdp(rtp.getsockname()[1]) if not invite.body else b""
+    peer.send(in_dialog("ACK", invite, ok, port=peer.port, transport=peer.transport, cseq=number, body=answer))
+    receive_rtp(rtp, 10, timeout=5.0)
+    peer.send(in_dialog("BYE", invite, ok, port=peer.port, transport=peer.transport, cseq=number + 1))
+    [bye_ok] = [m for m in collect(peer, final_for(call_id, "BYE")) if m.cseq[1] == "BYE"]
+    assert bye_ok.status == 200
+    server.wait_for_log(rf"call {re.escape(call_id)}: ended \(remote_bye\)")
+    return call_id
+
+
+@pytest.fixture
+def rtp_socket():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock
+
+
+@pytest.mark.parametrize("transport", ["UDP", "TCP"])
+@pytest.mark.parametrize("name", [
+    "valid_whitespace_folding.sip", "valid_escaped_uris.sip", "captured_sipp_invite.sip", "captured_pjsua2_invite.sip",
+])
+def test_odd_but_valid_invite_makes_a_call(server, rtp_socket, name, transport):
+    with open_peer(transport, server) as peer:
+        data = rewrite_invite((TORTURE / name).read_bytes(), port=peer.port, transport=transport,
+                              rtp_port=rtp_socket.getsockname()[1])
+        place_call(server, peer, data, rtp_socket)
+
+
+@pytest.mark.parametrize("transport", ["UDP", "TCP"])
+def test_a_plain_call_still_works_after_the_torture(server, rtp_socket, transport):
+    with open_peer(transport, server) as peer:
+        offer = uac.sdp_offer(address="127.0.0.1", rtp_port=rtp_socket.getsockname()[1], session_id=1)
+        call_id = place_call(server, peer, sip_request("INVITE", port=peer.port, transport=transport, body=offer),
+                             rtp_socket)
+    assert len([line for line in server.lines if f"call {call_id}: INVITE received" in line]) == 1

@@ -121,6 +121,11 @@ class SipTransport:
                             self.deliver(message, connection.peer, "tcp", connection)
                         for _ in range(framer.take_pings()):
                             self._queue(connection, b"\r\n")  # RFC 5626 §3.5.1 keepalive pong
+                    else:
+                        if framer.pending:
+                            # The peer hung up mid-message: say so, or the loss is invisible.
+                            log.warning("SIP TCP from %s:%s: connection closed in the middle of a message "
+                                        "(%d bytes discarded)", *connection.peer, framer.pending)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
                 nursery.cancel_scope.cancel()

@@ -36,6 +36,12 @@ class StreamFramer:
         pings, self.pings = self.pings, 0
         return pings
 
+    @property
+    def pending(self) -> int:
+        """Bytes held of a message not yet complete (a CRLF that may start a ping is not one)."""
+        buffer = self._buffer
+        return 0 if buffer in (b"\r", b"\r\n", b"\r\n\r") else len(buffer)
+
     def feed(self, data: bytes) -> list[bytes]:
         """Append ``data``; return the complete messages now available, in order."""
         self._buffer += data
