@@ -24,6 +24,7 @@ from test_server_torture import (
     final_for,
     in_dialog,
     receive_rtp,
+    rtp_socket,  # noqa: F401 (a fixture)
     sip_request,
     unique,
 )
@@ -35,15 +36,6 @@ T1 = 0.5  # the server's default sip.t1
 def server(built_cache):
     with ServerProcess(built_cache, "--script", "eko_test_scripts:ring_then_greet") as process:
         yield process
-
-
-@pytest.fixture
-def rtp_socket():
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock
 
 
 def invite_for(peer: UdpPeer, rtp_port: int) -> bytes:
