@@ -172,7 +172,7 @@ def rows(summary: dict) -> list[tuple[str, object]]:
     packets = summary["packets"]
     out += [(f"packets {key}", packets[key]) for key in ("received", "lost", "duplicates", "reordered")]
     out += [("calls with several SSRCs", packets["calls_with_several_ssrcs"])]
-    out += [("drift ms/min (max |.|)", summary["drift_ms_per_minute_max"]), ("steady period s", summary["steady_seconds"])]
+    out += [("drift ms/min (largest)", summary["drift_ms_per_minute_max"]), ("steady period s", summary["steady_seconds"])]
     server = summary["server"] or {}
     out += [("target CPU % of a core", server.get("cpu_percent")), ("target RSS idle KiB", server.get("rss_idle_kib")),
             ("target RSS steady KiB", server.get("rss_steady_kib")), ("target RSS per call KiB", server.get("rss_per_call_kib"))]

@@ -1,0 +1,102 @@
+"""The report from recorded calls: summarise known records, render the table, the notes."""
+
+import array
+
+import pytest
+
+from eko_rtp.bench import campaign, procstat, report
+from eko_rtp.bench.rtp_engine import MediaHandle
+from eko_rtp.bench.run import CallRecord, Plan, RunResult
+
+MS = 1_000_000
+T0 = 1_700_000_000 * 1_000_000_000  # CLOCK_REALTIME ns
+
+
+def _media(arrivals_ms, sequences, sources=None, first_sound_index=0):
+    arrivals = [T0 + round(value * MS) for value in arrivals_ms]
+    return MediaHandle(
+        key=0, port=20000,
+        arrivals=array.array("q", arrivals),
+        sequences=array.array("H", sequences),
+        timestamps=array.array("L", [(1000 + 160 * (number - sequences[0])) % (1 << 32) for number in sequences]),
+        sources=array.array("L", sources or [7] * len(sequences)),
+        first_packet_ns=arrivals[0],
+        first_sound_ns=arrivals[first_sound_index],
+    )
+
+
+def _result(records, *, idle=None, steady=()):
+    return RunResult(
+        target="server", plan=Plan(calls=len(records), concurrency=len(records), rate=10.0, hold=1.0), records=records,
+        idle=idle, steady=list(steady), steady_seconds=2.0, bench_cpu_seconds=0.5, engine_busy_seconds=0.2,
+        engine_wall_seconds=2.0, lateness_ns=[0, 1 * MS, 2 * MS], sip_retransmissions=1, sip_malformed=0,
+        duration_seconds=3.0)
+
+
+def test_summary_of_known_calls():
+    answered = CallRecord(index=0, status=200, invite_sent_ns=T0 - 10 * MS, provisional_ns=T0 - 9 * MS, final_ns=T0 - 8 * MS,
+                          media=_media([0, 20, 41, 60, 100], [65534, 65535, 0, 1, 3], first_sound_index=2))
+    busy = CallRecord(index=1, status=486, reason="Busy Here", invite_sent_ns=T0, final_ns=T0 + 1 * MS)
+    idle = procstat.Sample(at=0.0, cpu_ticks=0, rss_kib=30000)
+    steady = [procstat.Sample(at=1.0, cpu_ticks=0, rss_kib=30100),
+              procstat.Sample(at=3.0, cpu_ticks=procstat.CLOCK_TICKS, rss_kib=30200)]
+    summary = report.summarise(_result([answered, busy], idle=idle, steady=steady))
+    assert summary["calls"] == {"attempted": 2, "answered": 1, "failed": {"486": 1}, "failure_reasons": {"486 Busy Here": 1}}
+    assert summary["latency_ms"]["invite_to_100"] == {"count": 1, "p50": 1.0, "p90": 1.0, "p99": 1.0, "max": 1.0}
+    assert summary["latency_ms"]["invite_to_200"]["max"] == 2.0
+    assert summary["latency_ms"]["ok_to_first_rtp"]["p50"] == 8.0
+    assert summary["latency_ms"]["ok_to_first_sound"]["p50"] == 49.0
+    # gaps 20, 21, 19, 40 ms -> deviations 0, 1, 1, 20
+    assert summary["interarrival_deviation_ms"] == {"count": 4, "p50": 1.0, "p90": 20.0, "p99": 20.0, "max": 20.0}
+    assert summary["max_gap_ms"] == 40.0
+    assert summary["packets"] == {"received": 5, "expected": 6, "lost": 1, "duplicates": 0, "reordered": 0,
+                                  "malformed": 0, "calls_with_several_ssrcs": 0, "rtcp_received": 0}
+    assert summary["server"] == {"cpu_percent": 50.0, "rss_idle_kib": 30000, "rss_steady_kib": 30200, "rss_per_call_kib": 100.0}
+    assert summary["bench"]["cpu_percent"] == 25.0
+    assert summary["bench"]["media_process_cpu_percent"] == 10.0
+    assert (summary["bench"]["saturated"], summary["bench"]["late_sending"]) == (False, False)
+
+
+def test_sources_are_accounted_separately():
+    # Two SSRCs interleaved on one socket: each is a clean stream, not a storm of loss and reordering.
+    media = _media([0, 5, 20, 25, 40, 45], [100, 9000, 101, 9001, 102, 9002], sources=[1, 2, 1, 2, 1, 2])
+    record = CallRecord(index=0, status=200, invite_sent_ns=T0, final_ns=T0, media=media)
+    packets = report.summarise(_result([record]))["packets"]
+    assert (packets["lost"], packets["reordered"], packets["calls_with_several_ssrcs"]) == (0, 0, 1)
+
+
+def _summary(target, answered, p99, **bench):
+    return {"target": target, "plan": {"concurrency": answered},
+            "calls": {"attempted": answered, "answered": answered, "failed": {}},
+            "latency_ms": {name: {"p50": None, "p99": p99, "max": None}
+                           for name in ("invite_to_100", "invite_to_200", "ok_to_first_rtp", "ok_to_first_sound")},
+            "interarrival_deviation_ms": {"p50": None, "p90": None, "p99": p99, "max": None}, "max_gap_ms": None,
+            "packets": {"received": 0, "lost": 0, "duplicates": 0, "reordered": 0, "calls_with_several_ssrcs": 0},
+            "drift_ms_per_minute_max": None, "steady_seconds": None, "server": None,
+            "bench": {"cpu_percent": 40.0, "media_process_cpu_percent": 30.0, "send_lateness_ms": {"p99": 1.0},
+                      "saturated": False, "late_sending": False, "clock": "kernel SO_TIMESTAMPNS"} | bench}
+
+
+def test_table_side_by_side_with_ratios():
+    lines = report.table([_summary("server", 6, 2.0), _summary("peer", 4, 0.5)]).splitlines()
+    cells = [[cell.strip() for cell in line.split("|")] for line in lines]
+    assert cells[0] == ["", "server (6 conc.)", "peer (4 conc.)", "ratio"]
+    assert cells[3] == ["calls answered", "6", "4", "1.50"]
+    assert ["INVITE->100 ms p99", "2.00", "0.50", "4.00"] in cells
+    assert ["INVITE->100 ms p50", "-", "-", ""] in cells
+    assert ["bench saturated", "no", "no", ""] in cells
+
+
+@pytest.mark.parametrize(
+    ("bench", "notes"),
+    [
+        ({}, []),
+        ({"late_sending": True, "send_lateness_ms": {"p99": 7.25}},
+         ["server: the bench sent caller RTP late (slot lateness p99 7.2 ms) with its media process 30% busy: it was"
+          " preempted; received figures are kernel timestamps and stay valid"]),
+        ({"saturated": True, "late_sending": True, "cpu_percent": 95.0, "media_process_cpu_percent": 91.0},
+         ["server: the bench was saturated (CPU 95% of a core, media process 91%): the load offered was less than planned"]),
+    ],
+)
+def test_bench_notes(bench, notes):
+    assert campaign.bench_notes(_summary("server", 1, 1.0, **bench)) == notes
