@@ -161,3 +161,18 @@ def test_spawned_server_with_returning_callers(built_cache):
     assert run["calls"]["answered"] == 2 and run["packets"]["lost"] == 0
     assert run["latency_ms"]["ok_to_first_sound"]["count"] == 2
     assert report["notes"] == []
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        (["--sizes", "1,x"], "argument --sizes: expected sizes like 1,100,500, got '1,x'"),
+        (["--sizes", "0,5"], "argument --sizes: sizes must be within 1..2000, got '0,5'"),
+        (["--server-cpus", "a"], "argument --server-cpus: expected a CPU list like 0 or 0,1 or 0-1, got 'a'"),
+        (["--bench-rtp-ports", "5-3"], "argument --bench-rtp-ports: expected a port range LO-HI within 1024-65535, got '5-3'"),
+    ],
+)
+def test_bad_flags_are_usage_errors(arguments, error):
+    done = bench(*arguments)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == f"eko-rtp bench: error: {error}"

@@ -43,6 +43,7 @@ class Options:
     plan: Plan
     ramp: bool
     bench_ports: range = BENCH_RTP_PORTS
+    sizes: tuple[int, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         if self.target not in ("server", "peer", "both"):
@@ -53,6 +54,8 @@ class Options:
             raise UserError("--spawn starts the server on a free port; leave out --address", key="--address")
         if self.target in ("peer", "both") and self.cache_dir is None:
             raise UserError("the peer plays the cache's phrases: give --cache DIR", key="--cache")
+        if self.ramp and self.sizes:
+            raise UserError("--ramp chooses its own sizes; leave out --sizes", key="--sizes")
         if self.ramp and self.target == "peer":
             raise UserError("the ramp goes to 1400 calls; the peer takes 4", key="--ramp")
 
@@ -138,22 +141,33 @@ async def run(options: Options, *, caller_audio: bytes) -> Outcome:
                          f" `eko-rtp crm seed --synthetic {options.plan.calls}` (callers +337 and eight digits)")
         if options.target in ("peer", "both"):
             notes.append("peer: it looks nobody up; it plays the same greeting whatever the scenario")
-    results = []
+    results: list[RunResult] = []
     kinds = ["server", "peer"] if options.target == "both" else [options.target]
+    cap = targets.PEER_MAX_CALLS
     for kind in kinds:
-        plan = options.plan
-        if kind == "peer" and options.target == "both" and plan.concurrency > targets.PEER_MAX_CALLS:
-            plan = _plan_for(plan, targets.PEER_MAX_CALLS)
-            notes.append(f"peer: pjsua2-python is built with PJSUA_MAX_CALLS={targets.PEER_MAX_CALLS}; measured at"
-                         f" {plan.concurrency} concurrent calls, the server at {options.plan.concurrency}")
-        elif kind == "peer" and plan.concurrency > targets.PEER_MAX_CALLS:
-            notes.append(f"peer: pjsua2-python is built with PJSUA_MAX_CALLS={targets.PEER_MAX_CALLS}; calls beyond"
-                         f" {targets.PEER_MAX_CALLS} at once are refused by pjsua (486)")
+        plans = [options.plan] if not options.sizes else [
+            attrs.evolve(options.plan, calls=size, concurrency=size) for size in options.sizes]
+        if kind == "peer" and options.target == "both":
+            if options.sizes:
+                skipped = [plan.concurrency for plan in plans if plan.concurrency > cap]
+                plans = [plan for plan in plans if plan.concurrency <= cap]
+                if skipped:
+                    notes.append(f"peer: pjsua2-python is built with PJSUA_MAX_CALLS={cap}; not measured at"
+                                 f" {', '.join(map(str, skipped))} concurrent calls")
+            elif options.plan.concurrency > cap:
+                plans = [_plan_for(options.plan, cap)]
+                notes.append(f"peer: pjsua2-python is built with PJSUA_MAX_CALLS={cap}; measured at"
+                             f" {cap} concurrent calls, the server at {options.plan.concurrency}")
+        elif kind == "peer" and max(plan.concurrency for plan in plans) > cap:
+            notes.append(f"peer: pjsua2-python is built with PJSUA_MAX_CALLS={cap}; calls beyond"
+                         f" {cap} at once are refused by pjsua (486)")
+        if not plans:
+            continue
 
-        async def body(target, plan=plan):
-            return await run_load(target, plan, caller_audio=caller_audio, ports=options.bench_ports)
+        async def body(target, plans=plans):
+            return [await run_load(target, plan, caller_audio=caller_audio, ports=options.bench_ports) for plan in plans]
 
-        results.append(await _with_target(options, kind, body))
+        results.extend(await _with_target(options, kind, body))
     summaries = [report.summarise(result) for result in results]
     for summary in summaries:
         if summary["steady_seconds"] is None:

@@ -10,6 +10,7 @@ from eko_rtp.bench import campaign, report
 from eko_rtp.bench.rtp_engine import SILENCE, open_wav_as_ulaw
 from eko_rtp.bench.run import MAX_CALLS, MAX_SECONDS, SCENARIOS, Plan
 from eko_rtp.bench.targets import parse_cpus, parse_port_range
+from eko_rtp.errors import UserError
 
 
 def add_parser(subparsers) -> None:
@@ -22,17 +23,19 @@ def add_parser(subparsers) -> None:
                         help="what to measure (default server; peer = bench/peers/pjsua2_bot.py)")
     parser.add_argument("--address", help="HOST:PORT of a running server (loopback only)")
     parser.add_argument("--spawn", action="store_true", help="start `eko-rtp serve` on a free port and stop it after")
-    parser.add_argument("--server-cpus", type=parse_cpus, help="pin the spawned target to these CPUs (e.g. 0); the bench takes the rest")
+    parser.add_argument("--server-cpus", type=_flag(parse_cpus), help="pin the spawned target to these CPUs (e.g. 0); the bench takes the rest")
     parser.add_argument("--server-pid", type=int, help="sample CPU and RSS of this pid (a server given by --address)")
     parser.add_argument("--cache", dest="cache_dir", help="phrase cache directory (passed to the server; the peer plays its greet/welcome)")
     parser.add_argument("--rtp-ports", default="30000-39999", help="RTP port range for a spawned server (default 30000-39999)")
-    parser.add_argument("--bench-rtp-ports", type=parse_port_range, default="20000-29999",
+    parser.add_argument("--bench-rtp-ports", type=_flag(parse_port_range), default="20000-29999",
                         help="the bench's own RTP/RTCP port pairs (default 20000-29999)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra argument for a spawned server (repeatable)")
     parser.add_argument("--calls", type=int, default=10, help="calls to place in all (default 10)")
     parser.add_argument("--concurrency", type=int, help="at most this many at once (default: --calls)")
     parser.add_argument("--rate", type=float, default=100.0, help="calls placed per second (default 100)")
     parser.add_argument("--hold", type=float, default=10.0, help="seconds each call is held after its 200 (default 10)")
+    parser.add_argument("--sizes", type=_flag(parse_sizes), default=(),
+                        help="run once per size, calls = concurrency = SIZE, side by side (e.g. 1,100,500,1000)")
     parser.add_argument("--audio", help="WAV (8 kHz mono 16-bit) the caller plays, looped (default: silence)")
     parser.add_argument("--scenario", choices=SCENARIOS, default=SCENARIOS[0], help="caller population (default greeting-unknown)")
     parser.add_argument("--ramp", action="store_true",
@@ -43,6 +46,28 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def _flag(parse):
+    """An argparse ``type`` from a parser that raises UserError: argparse reports it as a usage error."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except UserError as error:
+            raise argparse.ArgumentTypeError(error.detail) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """'1,100,500' -> (1, 100, 500), each within the bench's call cap."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"expected sizes like 1,100,500, got {text!r}", key="--sizes") from None
+    if not sizes or not all(1 <= size <= MAX_CALLS for size in sizes):
+        raise UserError(f"sizes must be within 1..{MAX_CALLS}, got {text!r}", key="--sizes")
+    return sizes
+
+
 def run(args: argparse.Namespace) -> int:
     plan = Plan(calls=args.calls, concurrency=args.concurrency or args.calls, rate=args.rate, hold=args.hold,
                 scenario=args.scenario)
@@ -50,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         target=args.target, address=args.address, spawn=args.spawn, server_cpus=args.server_cpus,
         server_pid=args.server_pid, cache_dir=args.cache_dir, rtp_ports=args.rtp_ports,
         server_args=tuple(args.server_arg), plan=plan, ramp=args.ramp,
-        bench_ports=args.bench_rtp_ports)
+        bench_ports=args.bench_rtp_ports, sizes=args.sizes)
     caller_audio = open_wav_as_ulaw(args.audio) if args.audio else SILENCE
     outcome = campaign.run_sync(options, caller_audio=caller_audio)
     if args.plot:
