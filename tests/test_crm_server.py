@@ -2,11 +2,14 @@
 
 Covers seeding (idempotent), look-ups of every kind of sample caller over TCP and a
 Unix socket, multiplexing on one connection (counted by the server), error answers
-and garbage, a CRM killed mid-run and one stalled with SIGSTOP.
+and garbage, call logs (written in the writer thread, drained at SIGTERM), a CRM
+killed mid-run and one stalled with SIGSTOP; and the serving store in-process
+(inline reads on a read-only connection, writes in its thread).
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import sqlite3
@@ -24,6 +27,7 @@ from eko_rtp.call.greeting import choose_greeting
 from eko_rtp.crm.client import CrmClientSettings, open_crm_client
 from eko_rtp.crm.errors import CrmRemoteError, CrmTimeout, CrmUnavailable
 from eko_rtp.crm.records import CallLog
+from eko_rtp.crm.store import ServingCrmStore
 
 EKO = [sys.executable, "-m", "eko_rtp"]
 FAST = CrmClientSettings(backoff_initial=0.01, backoff_max=0.1)
@@ -248,3 +252,63 @@ def test_bad_listen_address_is_a_user_error(tmp_path):
     assert done.stderr.strip().endswith(
         "eko-rtp: error: CRM address 'localhost': expected HOST:PORT, [IPv6]:PORT or a socket path containing '/'")
     assert os.listdir(tmp_path) == []
+
+
+async def wait_sent(client, count: int) -> None:
+    with trio.fail_after(5):
+        while client.stats.notifications_sent < count:
+            await trio.sleep(0.01)
+
+
+async def test_call_logs_queued_at_sigterm_are_written(tmp_path):
+    def call(index: int) -> CallLog:
+        return CallLog(call_id=f"call-{index}", phone="+33698765432", greeting=("greet", "welcome"),
+                       duration_ms=index, outcome="completed")
+
+    async with running_crm(tmp_path) as crm:
+        # Hold the database's write lock so the writer thread blocks in its first batch
+        # and the later call logs are still queued when SIGTERM arrives.
+        blocker = sqlite3.connect(crm.db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            async with open_crm_client(crm.address, settings=FAST) as client:
+                client.log_call(call(0))
+                await wait_sent(client, 1)
+                assert (await client.request("crm.stats", [], timeout=2.0))["notifications"] == 1
+                await trio.sleep(0.2)  # the writer takes call 0 and waits for the lock
+                for index in range(1, 300):
+                    client.log_call(call(index))
+                await wait_sent(client, 300)
+                # Answered after the notifications on the same connection: all are queued.
+                stats = await client.request("crm.stats", [], timeout=2.0)
+                assert (stats["notifications"], stats["call_logs_written"], stats["call_logs_dropped"]) == (300, 0, 0)
+                crm.signal(signal.SIGTERM)
+                await trio.sleep(0.3)
+        finally:
+            blocker.execute("COMMIT")
+            blocker.close()
+        assert crm.process.wait(timeout=10) == 0
+    with sqlite3.connect(crm.db) as connection:
+        assert connection.execute("SELECT count(*), sum(duration_ms) FROM call_log").fetchone() == (300, sum(range(300)))
+        assert connection.execute("SELECT calls_count FROM clients WHERE phone = '+33698765432'").fetchone() == (300,)
+
+
+async def test_serving_store_reads_inline_and_writes_in_its_thread(tmp_path):
+    db = tmp_path / "crm.sqlite3"
+    seed(db)
+    store = ServingCrmStore(db)
+    try:
+        before = store.lookup("+33634567890")
+        assert [(t.id, t.problem_type) for t in before.open_tickets] == [("tck-1003", "internet"), ("tck-1004", "mobile")]
+        assert store.lookup("+33145678901").open_tickets == ()  # its only ticket is closed
+        assert store.lookup(UNKNOWN) is None
+        now = datetime.datetime(2025, 3, 6, 12, 0, tzinfo=datetime.timezone.utc)
+        calls = [(CallLog(call_id=f"c{i}", phone="+33634567890", greeting=("greet",), duration_ms=1, outcome="completed"), now)
+                 for i in range(3)]
+        await store.write(lambda writer: writer.log_calls(calls))
+        assert store.lookup("+33634567890").calls_count == before.calls_count + 3
+        # The loop's connection is read-only: a write through it is refused.
+        with pytest.raises(sqlite3.OperationalError, match="^attempt to write a readonly database$"):
+            store._reader._db.execute("DELETE FROM call_log")
+    finally:
+        store.close()
