@@ -4,7 +4,8 @@
 - ``crm seed --db PATH [--synthetic N]``: the sample customers (docs/crm-rpc.md), and
   optionally synthetic clients 1..N; upserts, so running it twice changes nothing.
 - ``crm lookup --target ADDRESS PHONE``: one look-up, printed (for demos).
-- ``crm bench --target ADDRESS --rate R --duration S``: look-up latency percentiles.
+- ``crm bench --target ADDRESS --rate R --duration S [--mode wire|client] [--json]``:
+  look-up latency percentiles (written -> parsed) and the bench's own schedule lag.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 import trio
 
 from eko_rtp.crm.address import parse_crm_address
-from eko_rtp.crm.bench import run_lookup_bench
+from eko_rtp.crm.bench import MODES, run_lookup_bench
 from eko_rtp.crm.client import open_crm_client
 from eko_rtp.crm.errors import CrmError
 from eko_rtp.crm.phone import normalise_phone
@@ -58,7 +59,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="serve the CRM until SIGINT/SIGTERM")
     serve.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT, [IPv6]:PORT or socket path (default {DEFAULT_LISTEN})")
     serve.add_argument("--db", default=DEFAULT_DB_PATH, help=f"SQLite file (default {DEFAULT_DB_PATH})")
-    serve.add_argument("--threads", type=_positive_int, default=2, help="database worker threads (default 2)")
     serve.set_defaults(func=_serve)
 
     seed = commands.add_parser("seed", help="load the sample customers (idempotent)")
@@ -79,6 +79,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--phones", type=_positive_int, default=1_000_000,
                        help="pick numbers among synthetic clients 1..N (default 1000000)")
     bench.add_argument("--timeout", type=_positive_float, default=1.0, help="per look-up deadline in seconds (default 1)")
+    bench.add_argument("--mode", choices=MODES, default="wire",
+                       help="wire: the CRM's latency on a raw connection (default); "
+                            "client: through CrmClient, one task per look-up, as the call path sees it")
+    bench.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     bench.set_defaults(func=_bench)
 
 
@@ -88,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
-                await nursery.start(lambda task_status: serve_crm(address, args.db, threads=args.threads, task_status=task_status))
+                await nursery.start(lambda task_status: serve_crm(address, args.db, task_status=task_status))
                 async for signum in signals:
                     log.info("CRM stopping on %s", signal.Signals(signum).name)
                     break
@@ -135,9 +139,13 @@ def _lookup(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     report = trio.run(
         lambda: run_lookup_bench(
-            args.target, rate=args.rate, duration=args.duration, phone_count=args.phones, timeout=args.timeout
+            args.target, rate=args.rate, duration=args.duration, phone_count=args.phones, timeout=args.timeout,
+            mode=args.mode,
         )
     )
-    for line in report.lines():
-        print(line)
+    if args.json:
+        print(json.dumps(report.summary()))
+    else:
+        for line in report.lines():
+            print(line)
     return 0 if report.errors == 0 and report.timeouts == 0 else 1
