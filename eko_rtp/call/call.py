@@ -66,6 +66,9 @@ class Call:
         self.fallback_phrase = "error"
         self.nursery: trio.Nursery | None = None  # the call's own nursery, set when it runs
         self.extras: dict[str, Any] = {}
+        # Snapshots: a reload (SIGHUP) must not change the audio or script of a call in progress.
+        self.cache = server.cache
+        self.script = server.script
 
     # -- the script API ----------------------------------------------------------
 
@@ -91,7 +94,7 @@ class Call:
 
     async def say(self, key: str) -> None:
         """Play cached phrase ``key``; return when its last frame has been sent."""
-        phrase = self._server.phrase(key)
+        phrase = self.phrase(key)
         if phrase is None:
             raise UnknownPhrase(f"phrase {key!r} is not in the cache")
         self.phrases_played.append(key)
@@ -135,7 +138,7 @@ class Call:
         When the live audio is ready by the end of the cached phrase there is no gap:
         the TTS wait hides behind speech.
         """
-        phrase = self._server.phrase(key)
+        phrase = self.phrase(key)
         if phrase is None:
             raise UnknownPhrase(f"phrase {key!r} is not in the cache")
         await self._say_live(phrase, text, key=key)
@@ -164,7 +167,7 @@ class Call:
             render_scope.cancel()
         if failed:
             self.outcome = "tts_error"
-            fallback = self._server.phrase(self.fallback_phrase)
+            fallback = self.phrase(self.fallback_phrase)
             if fallback is not None:
                 await self._play(CachedSource(fallback.audio))
 
@@ -183,6 +186,14 @@ class Call:
         return source
 
     # -- internals ---------------------------------------------------------------
+
+    def phrase(self, key: str):
+        """The cached phrase from the cache this call started with (a reload does not change it)."""
+        phrase = self.cache.get(key)
+        metrics = self._server.metrics
+        if metrics is not None:
+            (metrics.cache_hits if phrase is not None else metrics.cache_misses).labels(cache="phrase").inc()
+        return phrase
 
     def _enqueue(self, source) -> None:
         if self.ended_at is not None:

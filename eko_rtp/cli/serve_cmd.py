@@ -81,27 +81,29 @@ def tts_settings(config, environ=None):
 def run_serve(args) -> int:
     from eko_rtp.cache.loader import load_cache
     from eko_rtp.crm.address import parse_crm_address
-    from eko_rtp.crm.client import CrmClient
+    from eko_rtp.server.lifecycle import Setup, run_service
+    from eko_rtp.service.logs import configure_logging
     from eko_rtp.tts.engine import TtsEngine
-    from eko_rtp.server.server import EkoServer
 
-    config = config_from_args(args)
-    script = load_script(config["script.function"])
-    crm_address = parse_crm_address(config["crm.address"]) if config["crm.address"] else None
-    cache = load_cache(config["cache.dir"], config["cache.phrases"])
+    def load_setup() -> Setup:
+        config = config_from_args(args)
+        script = load_script(config["script.function"])
+        return Setup(config, load_cache(config["cache.dir"], config["cache.phrases"]), script)
 
+    setup = load_setup()
+    config = setup.config
     settings = tts_settings(config)
+    configure_logging(
+        level=args.log_level,
+        mask_numbers=not config["service.log_full_numbers"],
+        secrets=[settings.api_key],
+    )
+    crm_address = parse_crm_address(config["crm.address"]) if config["crm.address"] else None
 
     async def main() -> None:
         tts = TtsEngine.from_settings(settings)
         try:
-            async with trio.open_nursery() as nursery:
-                crm = None
-                if crm_address is not None:
-                    crm = CrmClient(crm_address)
-                    await nursery.start(crm.run)  # a CRM that is down only means standard greetings
-                server = EkoServer(config=config, cache=cache, script=script, crm=crm, tts=tts)
-                await nursery.start(server.run)
+            await run_service(setup=setup, load_setup=load_setup, crm_address=crm_address, tts=tts)
         finally:
             with trio.CancelScope(shield=True):
                 await tts.aclose()
@@ -111,15 +113,23 @@ def run_serve(args) -> int:
     except KeyboardInterrupt:
         log.info("interrupted; exiting")
     except BaseExceptionGroup as group:
-        if group.subgroup(lambda error: not isinstance(error, (BaseExceptionGroup, KeyboardInterrupt, OSError))) is not None:
+        if group.subgroup(lambda error: not isinstance(error, (BaseExceptionGroup, KeyboardInterrupt, OSError, UserError))) is not None:
             raise
+        user_errors = group.subgroup(UserError)
+        if user_errors is not None:
+            raise _first(user_errors) from None
         bind_errors = group.subgroup(OSError)
         if bind_errors is None:
             log.info("interrupted; exiting")
             return 0
         # Only start-up can raise an OSError this far: binding the SIP sockets.
-        error = bind_errors.exceptions[0]
-        while isinstance(error, BaseExceptionGroup):
-            error = error.exceptions[0]
+        error = _first(bind_errors)
         raise UserError(f"cannot bind SIP on {config['sip.listen']}: {error.strerror or error}", key="sip.listen") from None
     return 0
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    error = group.exceptions[0]
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

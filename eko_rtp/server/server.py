@@ -58,8 +58,11 @@ class ServerCounters:
 class EkoServer:
     """One running server; ``await nursery.start(server.run)`` returns the bound addresses."""
 
-    def __init__(self, *, config: Config, cache: Any, script: Script, crm: Any = None, tts: Any = None):
+    def __init__(
+        self, *, config: Config, cache: Any, script: Script, crm: Any = None, tts: Any = None, metrics: Any = None
+    ):
         self.config = config
+        self.metrics = metrics
         self.cache = cache
         self.script = script
         self.crm = crm
@@ -87,6 +90,8 @@ class EkoServer:
         self._origin_ids = itertools.count(int(time.time()))
         self.codec_preference = None if config["media.codec"] == "offer" else config["media.codec"]
         self.silence = silence_frame()
+        self.draining = False
+        self.calls_changed = trio.Event()  # set whenever a call starts or ends (drain, STATUS=)
         self.cname = f"eko-rtp-{os.getpid()}@{self.media_address}"
 
     # -- lifecycle ---------------------------------------------------------------
@@ -157,7 +162,20 @@ class EkoServer:
             if not events:
                 break
             for event in events:
-                self._dispatch(event)
+                try:
+                    self._dispatch(event)
+                except Exception:
+                    # A bug handling one call's event must not take the other calls down.
+                    self.counters.internal_errors += 1
+                    log.exception("internal error handling %s", type(event).__name__)
+                    call = self.calls.get(getattr(event, "call_id", None))
+                    if call is not None:
+                        call.end_reason = call.end_reason or "internal_error"
+                        try:
+                            self.hangup_call(call)
+                        except Exception:
+                            log.exception("call %s: could not hang up after an internal error", call.call_id)
+                            call.end("internal_error", trio.current_time())
         deadline = ua.next_deadline()
         if deadline is not None and deadline < self._timer_deadline:
             self._timer_wakeup.set()
@@ -165,6 +183,8 @@ class EkoServer:
     def _dispatch(self, event) -> None:
         if isinstance(event, ua_module.Transmit):
             self.transport.send(event.data, event.destination, event.transport, event.connection)
+            if self.metrics is not None and event.data.startswith(b"SIP/2.0 "):
+                self.metrics.sip_response(int(event.data[8:11]))
         elif isinstance(event, ua_module.IncomingCall):
             self._incoming_call(event)
         elif isinstance(event, ua_module.MessageRejected):
@@ -247,6 +267,9 @@ class EkoServer:
         self.hub.register(pair.rtp, stream.on_rtp)
         self.hub.register(pair.rtcp, stream.on_rtcp)
         self.counters.calls_started += 1
+        self._calls_changed()
+        if self.metrics is not None:
+            self.metrics.active_calls.inc()
         self._call_nursery.start_soon(self._run_call, call, name=f"call {call_id}")
 
     def _call_event(self, call: Call, event) -> None:
@@ -291,9 +314,6 @@ class EkoServer:
             self.ua.reject_modification(call.call_id, error.status, now)
             self._flush()
             return
-        call.lookup = CallerLookup(
-            crm=self.crm, phone=number, started_at=now, budget=self.config["crm.budget_ms"] / 1000, call_id=call_id
-        )
         call.extras["origin"] = origin
         call.extras["local_body"] = body
         call.stream.apply_plan(plan)
@@ -327,6 +347,8 @@ class EkoServer:
         call.stream.start(now)
         self.clock.schedule(call.stream)
         call.answered.set()
+        if self.metrics is not None and call.stream.first_packet_time is not None:
+            self.metrics.greeting_latency.observe(max(0.0, trio.current_time() - now))
         log.info("call %s: 200 OK sent at %.3f ms", call.call_id, now * 1000)
 
     def hangup_call(self, call: Call) -> None:
@@ -341,6 +363,43 @@ class EkoServer:
 
     def phrase(self, key: str):
         return self.cache.get(key)
+
+    def _calls_changed(self) -> None:
+        self.calls_changed.set()
+        self.calls_changed = trio.Event()
+
+    # -- service: drain and reload ---------------------------------------------------
+
+    async def drain(self, grace: float, *, retry_after: int = 30) -> None:
+        """Stop taking calls (503 + Retry-After, OPTIONS 503), let calls in progress end
+        for up to ``grace`` seconds, then BYE the rest and give the BYEs a moment."""
+        self.draining = True
+        self.ua.set_accepting(False, retry_after=retry_after)
+        log.info("draining: %d call(s) in progress, grace %.0f s; new calls get 503", len(self.calls), grace)
+        with trio.move_on_after(grace):
+            while self.calls:
+                await self.calls_changed.wait()
+        if self.calls:
+            log.info("drain grace over: hanging up %d call(s)", len(self.calls))
+            for call in list(self.calls.values()):
+                self.hangup_call(call)
+            with trio.move_on_after(2.0):
+                while self.calls:
+                    await self.calls_changed.wait()
+        # Let the last BYEs and their 200s cross the wire (RFC 3261 timer F is longer; one T2 will do).
+        with trio.move_on_after(min(2.0, self.config["sip.t1"] * 4)):
+            while self.ua.next_deadline() is not None and self.ua.call_ids:
+                await trio.sleep(0.05)
+
+    def replace_setup(self, *, config: Config, cache: Any, script: Script) -> None:
+        """Reload: new calls use ``config``, ``cache`` and ``script``; calls in progress keep theirs."""
+        for dotted in ("sip.listen", "sip.transports", "media.address", "media.rtp_ports"):
+            if config[dotted] != self.config[dotted]:
+                raise ValueError(f"{dotted} changed ({self.config[dotted]!r} -> {config[dotted]!r}): that needs a restart")
+        self.config = config
+        self.cache = cache
+        self.script = script
+        self.codec_preference = None if config["media.codec"] == "offer" else config["media.codec"]
 
     async def _run_call(self, call: Call) -> None:
         stream = call.stream
@@ -366,6 +425,10 @@ class EkoServer:
                 call.ended_at = now
             outcome = call.end_reason or "unknown"
             self.counters.calls_by_outcome[outcome] = self.counters.calls_by_outcome.get(outcome, 0) + 1
+            self._calls_changed()
+            if self.metrics is not None:
+                self.metrics.active_calls.dec()
+                self.metrics.call_ended(outcome)
             duration = (call.ended_at - (call.answered_at or call.invite_time)) * 1000
             usage = f"; {call.tts_usage.summary()}" if call.tts_usage is not None else ""
             log.info("call %s: ended (%s) after %.0f ms%s", call.call_id, outcome, duration, usage)
@@ -383,7 +446,7 @@ class EkoServer:
 
     async def _script_task(self, call: Call) -> None:
         try:
-            await self.script(call)
+            await call.script(call)
         except Exception:
             log.exception("call %s: the call script failed; hanging up", call.call_id)
             call.outcome = "script_error"

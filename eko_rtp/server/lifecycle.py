@@ -1,0 +1,154 @@
+"""The process around the server: systemd readiness and watchdog, metrics, signals.
+
+Theory of operation: :func:`run_service` starts the pieces in one nursery (CRM
+client, metrics endpoint, watchdog, the server), tells systemd ``READY=1`` once the
+cache is loaded and the SIP sockets are bound, then waits for signals:
+
+- SIGHUP (``systemctl reload``): re-read the config file and the phrase cache and
+  load the script. New calls use them; calls in progress keep the cache and script
+  they started with (their memory maps live as long as they hold them). A broken
+  config, catalogue, script or a cache that would lose phrases is refused with one
+  log line and the running setup stays.
+- SIGTERM / SIGINT: drain (new INVITEs and OPTIONS get 503 with Retry-After, calls
+  in progress go on for up to ``service.drain_grace_seconds``, then BYE), then exit 0.
+
+``STATUS=`` tells systemd how many calls are active, updated when calls start or end
+(at most once a second). Nothing here knows SIP or RTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Callable
+
+import trio
+
+from eko_rtp.errors import UserError
+from eko_rtp.server.server import EkoServer
+from eko_rtp.service.metrics import Metrics, MetricsSettings, serve_metrics
+from eko_rtp.service.notify import Notifier, run_watchdog
+
+log = logging.getLogger("eko_rtp.service")
+
+STATUS_INTERVAL = 1.0
+COUNTER_SYNC_INTERVAL = 1.0
+
+
+class Setup:
+    """What a reload replaces: the config, the phrase cache and the call script."""
+
+    def __init__(self, config, cache, script):
+        self.config = config
+        self.cache = cache
+        self.script = script
+
+
+def check_reload(current: Setup, new: Setup) -> str | None:
+    """Why ``new`` must be refused, or None: a reload must not lose phrases we can play."""
+    lost = sorted(set(current.cache.keys()) - set(new.cache.keys()))
+    if lost:
+        return f"the new cache lacks {len(lost)} phrase(s) the running one has: {', '.join(lost[:5])}"
+    return None
+
+
+async def run_service(
+    *,
+    setup: Setup,
+    load_setup: Callable[[], Setup],
+    crm_address,
+    tts,
+    notifier: Notifier | None = None,
+    metrics: Metrics | None = None,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run until SIGTERM/SIGINT has drained the server."""
+    from eko_rtp.crm.client import CrmClient
+
+    notifier = notifier or Notifier.from_environment()
+    metrics = metrics or Metrics.create()
+    with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_watchdog, notifier)
+            metrics_address = await nursery.start(serve_metrics, metrics, MetricsSettings.from_config(setup.config))
+            if metrics_address is not None:
+                log.info("metrics on http://%s/metrics", metrics_address)
+            crm = None
+            if crm_address is not None:
+                crm = CrmClient(crm_address)
+                await nursery.start(crm.run)  # a CRM that is down only means standard greetings
+            server = EkoServer(
+                config=setup.config, cache=setup.cache, script=setup.script, crm=crm, tts=tts, metrics=metrics
+            )
+            bound = await nursery.start(server.run)
+            nursery.start_soon(_report_status, server, notifier)
+            nursery.start_soon(_sync_counters, server, metrics, tts)
+            notifier.ready(status=_status_text(server))
+            task_status.started(bound)
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    setup = _reload(server, setup, load_setup, notifier)
+                    continue
+                log.info("%s received: draining", signal.Signals(signum).name)
+                notifier.stopping(status=f"draining {len(server.calls)} call(s)")
+                await server.drain(server.config["service.drain_grace_seconds"])
+                log.info("drained; exiting")
+                nursery.cancel_scope.cancel()
+                break
+
+
+def _reload(server: EkoServer, current: Setup, load_setup, notifier: Notifier) -> Setup:
+    notifier.reloading()
+    try:
+        new = load_setup()
+        problem = check_reload(current, new)
+        if problem is None:
+            server.replace_setup(config=new.config, cache=new.cache, script=new.script)
+    except (UserError, ValueError, OSError) as error:
+        problem = str(error)
+    if problem is not None:
+        log.error("reload refused, keeping the running configuration and cache: %s", problem)
+        notifier.ready(status=_status_text(server))
+        return current
+    log.info("reloaded: %d cached phrases; calls in progress keep their audio", len(new.cache))
+    notifier.ready(status=_status_text(server))
+    return new
+
+
+def _status_text(server: EkoServer) -> str:
+    state = "draining, " if server.draining else ""
+    return f"{state}{len(server.calls)} active call(s)"
+
+
+async def _report_status(server: EkoServer, notifier: Notifier) -> None:
+    if not notifier.enabled:
+        return
+    while True:
+        await server.calls_changed.wait()
+        notifier.status(_status_text(server))
+        await trio.sleep(STATUS_INTERVAL)  # at most one update a second, however busy
+
+
+async def _sync_counters(server: EkoServer, metrics: Metrics, tts) -> None:
+    """Copy the hot path's plain counters into Prometheus once a second (no locks per frame)."""
+    last_sent = last_late = 0
+    last_characters: dict[str, int] = {}
+    last_cost = 0.0
+    last_hits = last_misses = 0
+    while True:
+        counters = server.media_counters
+        metrics.frames_sent.inc(counters.frames_sent - last_sent)
+        metrics.frames_late.inc(counters.frames_late - last_late)
+        last_sent, last_late = counters.frames_sent, counters.frames_late
+        if tts is not None:
+            total = tts.accounting.total()
+            backend = "espeak" if tts.backend.name.startswith("espeak") else tts.backend.name
+            characters = total.characters
+            metrics.tts_characters.labels(backend=backend).inc(characters - last_characters.get(backend, 0))
+            last_characters[backend] = characters
+            metrics.tts_cost.inc(max(0.0, total.cost_usd - last_cost))
+            last_cost = total.cost_usd
+            metrics.cache_hits.labels(cache="dynamic").inc(total.cache_hits - last_hits)
+            metrics.cache_misses.labels(cache="dynamic").inc(total.cache_misses - last_misses)
+            last_hits, last_misses = total.cache_hits, total.cache_misses
+        await trio.sleep(COUNTER_SYNC_INTERVAL)

@@ -1,0 +1,155 @@
+"""The server as a service, as real processes: sd_notify, reload on SIGHUP, drain on SIGTERM, metrics."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from eko_rtp.bench import uac
+from eko_tts_helpers import payload_audio
+from raw_caller import place_call
+from server_helpers import PHRASES, REPO, ServerProcess, free_port
+
+
+def in_thread(function, *args, **kwargs):
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("value", function(*args, **kwargs)), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def sip_request(target, message: bytes, timeout: float = 3.0) -> uac.Message:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(timeout)
+        sock.sendto(message, target)
+        while True:
+            response = uac.parse_message_untrusted(sock.recvfrom(65535)[0])
+            if response.status >= 200:
+                return response
+
+
+def options(target, local_port=5999) -> uac.Message:
+    endpoint = uac.Endpoint(local_host="127.0.0.1", local_port=local_port, target_host=target[0], target_port=target[1])
+    return sip_request(target, uac.options(endpoint, call_id=uac.new_tag(), branch=uac.new_branch()))
+
+
+def test_ready_status_and_watchdog_reach_the_notify_socket(built_cache, tmp_path):
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(path)
+        notify.settimeout(10)
+        env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
+        with ServerProcess(built_cache, env=env) as server:
+            messages = []
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and sum(m == b"WATCHDOG=1" for m in messages) < 3:
+                messages.append(notify.recv(4096))
+            ready = [m for m in messages if m.startswith(b"READY=1")]
+            assert ready and b"STATUS=0 active call(s)" in ready[0], messages
+            assert messages.count(b"WATCHDOG=1") >= 3
+            thread, _ = in_thread(place_call, server.address, hold=1.5)
+            statuses = []
+            while time.monotonic() < deadline + 10 and b"STATUS=1 active call(s)" not in statuses:
+                statuses.append(notify.recv(4096))
+            thread.join(10)
+
+
+def test_reload_new_calls_hear_new_audio_calls_in_progress_keep_theirs(built_cache, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(built_cache, cache)
+    phrases = tmp_path / "phrases.toml"
+    phrases.write_text(PHRASES.read_text(encoding="utf-8"), encoding="utf-8")
+    old_greet = (cache / "greet.raw").read_bytes()
+    with ServerProcess(cache, "--phrases", str(phrases)) as server:
+        thread, first = in_thread(place_call, server.address, hold=len(old_greet) / 8000 + 1.0)
+        time.sleep(1.0)  # the first call is speaking
+        text = phrases.read_text(encoding="utf-8").replace("Bonjour, je suis Eko", "Bonsoir, ici Eko", 1)
+        phrases.write_text(text, encoding="utf-8")
+        subprocess.run([sys.executable, "-m", "eko_rtp", "cache", "build", "--cache", str(cache), "--phrases", str(phrases)],
+                       check=True, capture_output=True, cwd=REPO, timeout=120)
+        new_greet = (cache / "greet.raw").read_bytes()
+        assert new_greet != old_greet
+        server.process.send_signal(signal.SIGHUP)
+        server.wait_for_log(r"reloaded: 34 cached phrases")
+        second = place_call(server.address, hold=len(new_greet) / 8000 + 0.5)
+        thread.join(20)
+    heard_first = payload_audio(first["value"].packets)
+    assert heard_first[: len(old_greet)] == old_greet  # the call in progress kept its audio
+    assert payload_audio(second.packets)[: len(new_greet)] == new_greet
+
+
+def test_a_broken_reload_is_refused_and_the_server_keeps_serving(built_cache, tmp_path):
+    config = tmp_path / "eko-rtp.toml"
+    config.write_text("[media]\nrtp_timeout = 30\n", encoding="utf-8")
+    with ServerProcess(built_cache, "--config", str(config)) as server:
+        config.write_text("[media]\nrtp_timeout = 30\nbogus = 1\n", encoding="utf-8")
+        server.process.send_signal(signal.SIGHUP)
+        match = server.wait_for_log(r"reload refused, keeping the running configuration and cache: (.*)")
+        assert "media.bogus" in match.group(1) and str(config) in match.group(1)
+        record = place_call(server.address, hold=0.5)
+    assert record.status == 200 and record.packets
+
+
+def test_sigterm_drains_calls_in_progress_and_refuses_new_ones(built_cache, tmp_path):
+    with ServerProcess(built_cache) as server:
+        thread, in_progress = in_thread(place_call, server.address, hold=3.0)
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        server.wait_for_log(r"draining")
+        refused = place_call(server.address, hold=0.5)
+        probe = options(server.address)
+        thread.join(10)
+        code = server.process.wait(10)
+    assert refused.status == 503
+    assert probe.status == 503 and probe.header("retry-after")
+    call = in_progress["value"]
+    assert call.status == 200 and not call.server_hung_up  # it ended on the caller's BYE
+    assert call.responses[-1] == 200  # ... which was answered
+    assert code == 0
+
+
+def test_drain_grace_over_sends_bye(built_cache, tmp_path):
+    config = tmp_path / "eko-rtp.toml"
+    config.write_text("[service]\ndrain_grace_seconds = 1\n", encoding="utf-8")
+    with ServerProcess(built_cache, "--config", str(config)) as server:
+        thread, in_progress = in_thread(place_call, server.address, hold=20.0)
+        time.sleep(0.5)
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        thread.join(15)
+        code = server.process.wait(10)
+        elapsed = time.monotonic() - started
+    assert in_progress["value"].server_hung_up
+    assert code == 0 and elapsed < 8
+
+
+def test_metrics_are_scraped_during_a_call(built_cache, tmp_path):
+    port = free_port()
+    config = tmp_path / "eko-rtp.toml"
+    config.write_text(f'[service]\nmetrics_listen = "127.0.0.1:{port}"\n', encoding="utf-8")
+    with ServerProcess(built_cache, "--config", str(config)) as server:
+        thread, _ = in_thread(place_call, server.address, hold=2.5)
+        time.sleep(1.8)
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        thread.join(10)
+        time.sleep(1.2)
+        after = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("eko_active_calls", ())] == 1
+    assert samples[("eko_sip_responses_total", (("code", "200"),))] >= 1
+    assert samples[("eko_rtp_frames_sent_total", ())] >= 40
+    assert samples[("eko_greeting_latency_seconds_count", ())] == 1
+    assert samples[("eko_cache_hits_total", (("cache", "phrase"),))] >= 1
+    final = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(after) for s in f.samples}
+    assert final[("eko_active_calls", ())] == 0
+    assert final[("eko_calls_total", (("outcome", "remote_bye"),))] == 1
