@@ -860,7 +860,11 @@ class UserAgent:
                          connection: Any) -> None:
         request = error.request
         status = None
-        if isinstance(request, Request) and request.method != "ACK":
+        # §8.2.6.2: a response copies From, To, Call-ID and CSeq; without one of them
+        # it is no SIP message at all (§8.1.1) and could match nothing on the client.
+        addressable = isinstance(request, Request) and all(
+            (request.headers.get(name) or "").strip() for name in ("From", "To", "Call-ID", "CSeq"))
+        if addressable and request.method != "ACK":
             try:
                 hop = self._response_hop(request, source, transport, connection)
                 tx = ServerTransaction(request=request, key=("stateless",), hop=hop, timers=self._timers)
