@@ -33,6 +33,7 @@ import array
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.reduction
+import os
 import secrets
 import select
 import socket
@@ -141,6 +142,7 @@ class MediaLoop:
         self._audio = {0: bytes(caller_audio[:usable]), 8: bytes(caller_audio[:usable]).translate(ULAW_TO_ALAW)}
         self._frames = usable // FRAME_BYTES
         self._connection = connection
+        self._raw = socket.socket(fileno=os.dup(connection.fileno()), family=socket.AF_UNIX, type=socket.SOCK_STREAM)
         self._calls: dict[int, CallMedia] = {}
         self._by_fd: dict[int, CallMedia] = {}
         self._slots: list[list[CallMedia]] = [[] for _ in range(_SLOTS)]
@@ -150,8 +152,9 @@ class MediaLoop:
         self.lateness_ns = array.array("q")  # per served slot: now - due
 
     def _open(self, key: int) -> None:
-        rtp = socket.socket(fileno=multiprocessing.reduction.recv_handle(self._connection))
-        rtcp = socket.socket(fileno=multiprocessing.reduction.recv_handle(self._connection))
+        # The descriptors follow their "open" command in one SCM_RIGHTS message (see RtpEngine.open_call).
+        rtp_fd, rtcp_fd = multiprocessing.reduction.recvfds(self._raw, 2)
+        rtp, rtcp = socket.socket(fileno=rtp_fd), socket.socket(fileno=rtcp_fd)
         media = CallMedia(rtp, rtcp)
         self._calls[key] = media
         for sock in (rtp, rtcp):
@@ -334,6 +337,7 @@ class RtpEngine:
     def start(self) -> None:
         self._process.start()
         self._child_end.close()
+        self._raw = socket.socket(fileno=os.dup(self._connection.fileno()), family=socket.AF_UNIX, type=socket.SOCK_STREAM)
 
     def _bind_pair(self) -> tuple[int, socket.socket, socket.socket]:
         for _ in range(len(self._ports)):
@@ -356,9 +360,10 @@ class RtpEngine:
         handle = MediaHandle(key=len(self._handles), port=port)
         self._handles[handle.key] = handle
         try:
+            # Command then both descriptors back to back, so the child (which reads the
+            # descriptors right after the command) waits as little as possible.
             self._connection.send(("open", handle.key, None, None))
-            for sock in (rtp, rtcp):
-                multiprocessing.reduction.send_handle(self._connection, sock.fileno(), self._process.pid)
+            multiprocessing.reduction.sendfds(self._raw, [rtp.fileno(), rtcp.fileno()])
         finally:
             rtp.close()  # the child has its own descriptors now
             rtcp.close()
@@ -388,6 +393,7 @@ class RtpEngine:
         except EOFError:
             raise RuntimeError(f"the RTP media process died (exit status {self._process.exitcode})") from None
         self._process.join(timeout=_STOP_TIMEOUT)
+        self._raw.close()
         if kind == "error":
             raise RuntimeError(f"the RTP media process failed: {payload}")
         for key, fields in payload["calls"].items():
