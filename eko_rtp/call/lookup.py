@@ -15,7 +15,7 @@ import logging
 import trio
 
 from eko_rtp.crm.errors import CrmError
-from eko_rtp.crm.phone import mask_phone
+from eko_rtp.service.logs import mask_phone
 
 log = logging.getLogger("eko_rtp.call.lookup")
 

@@ -36,6 +36,7 @@ from eko_rtp.media.ports import PortsExhausted, RtpPortPool
 from eko_rtp.media.receiver import ReceiveHub
 from eko_rtp.media.stream import MediaCounters, MediaStream, silence_frame
 from eko_rtp.server.transport import SipTransport
+from eko_rtp.service.logs import call_context
 from eko_rtp.sip import events as ua_module
 from eko_rtp.sip.session_timer import SessionTimerSettings
 from eko_rtp.sip.useragent import UserAgent, UserAgentSettings
@@ -402,6 +403,10 @@ class EkoServer:
         self.codec_preference = None if config["media.codec"] == "offer" else config["media.codec"]
 
     async def _run_call(self, call: Call) -> None:
+        with call_context(call.call_id):  # every log line of the call's tasks carries its Call-ID
+            await self._run_call_in_context(call)
+
+    async def _run_call_in_context(self, call: Call) -> None:
         stream = call.stream
         try:
             async with trio.open_nursery() as nursery:
