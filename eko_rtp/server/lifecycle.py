@@ -139,6 +139,12 @@ async def _sync_counters(server: EkoServer, metrics: Metrics, tts) -> None:
         counters = server.media_counters
         metrics.frames_sent.inc(counters.frames_sent - last_sent)
         metrics.frames_late.inc(counters.frames_late - last_late)
+        if counters.frames_late > last_late:
+            log.warning(
+                "%d RTP frame(s) sent late in the last second (worst so far %.1f ms behind schedule)",
+                counters.frames_late - last_late,
+                counters.max_lateness * 1000,
+            )
         last_sent, last_late = counters.frames_sent, counters.frames_late
         if tts is not None:
             total = tts.accounting.total()

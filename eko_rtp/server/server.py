@@ -348,9 +348,12 @@ class EkoServer:
         call.stream.start(now)
         self.clock.schedule(call.stream)
         call.answered.set()
-        if self.metrics is not None and call.stream.first_packet_time is not None:
+        first = call.stream.first_packet_time
+        if self.metrics is not None and first is not None:
             self.metrics.greeting_latency.observe(max(0.0, trio.current_time() - now))
         log.info("call %s: 200 OK sent at %.3f ms", call.call_id, now * 1000)
+        if first is not None:
+            log.info("call %s: first RTP sent at %.3f ms", call.call_id, trio.current_time() * 1000)
 
     def hangup_call(self, call: Call) -> None:
         now = trio.current_time()
