@@ -22,6 +22,7 @@ import logging
 import math
 from typing import Any, Awaitable, Callable
 
+import attrs
 import trio
 
 from eko_rtp.media.playout import CachedSource, LiveSource, SilenceSource
@@ -36,6 +37,16 @@ class CallHungUp(Exception):
 
 class UnknownPhrase(LookupError):
     """The script asked for a phrase that is not in the cache (missing or refused at load)."""
+
+
+@attrs.define
+class SessionState:
+    """Our side of the call's SDP offer/answer (RFC 3264), kept by the server."""
+
+    origin: Any = None  # the o= line's values; its version goes up when our answer changes
+    local_body: bytes = b""  # our last SDP (answer, or offer when the INVITE had none)
+    offered_without_sdp: bool = False  # the INVITE had no SDP: our 200 offers, the ACK answers
+    pending_offer: bytes | None = None  # an offer of ours awaiting its answer in an ACK
 
 
 class Call:
@@ -65,7 +76,7 @@ class Call:
         self.tts_usage = self.tts.accounting.open_call(call_id) if self.tts is not None else None
         self.fallback_phrase = "error"
         self.nursery: trio.Nursery | None = None  # the call's own nursery, set when it runs
-        self.extras: dict[str, Any] = {}
+        self.sdp = SessionState()
         # Snapshots: a reload (SIGHUP) must not change the audio or script of a call in progress.
         self.cache = server.cache
         self.script = server.script

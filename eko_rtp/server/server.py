@@ -197,7 +197,6 @@ class EkoServer:
         else:
             call = self.calls.get(event.call_id)
             if call is not None:
-                call.extras.setdefault("sip_events", []).append(event)
                 self._call_event(call, event)
 
     # -- calls -------------------------------------------------------------------
@@ -260,9 +259,9 @@ class EkoServer:
         call.lookup = CallerLookup(
             crm=self.crm, phone=number, started_at=now, budget=self.config["crm.budget_ms"] / 1000, call_id=call_id
         )
-        call.extras["origin"] = origin
-        call.extras["local_body"] = body
-        call.extras["offered_without_sdp"] = offer is None
+        call.sdp.origin = origin
+        call.sdp.local_body = body
+        call.sdp.offered_without_sdp = offer is None
         stream.on_dtmf = call.deliver_digit
         self.calls[call_id] = call
         self.hub.register(pair.rtp, stream.on_rtp)
@@ -280,7 +279,7 @@ class EkoServer:
             call.end(reason, now)
         elif isinstance(event, ua_module.CallConfirmed):
             call.confirmed.set()
-            if event.answer and call.extras.get("pending_offer") is not None:
+            if event.answer and call.sdp.pending_offer is not None:
                 self._apply_answer(call, event.answer)
         elif isinstance(event, ua_module.SessionModified):
             self._modify_session(call, event.offer, now)
@@ -288,15 +287,15 @@ class EkoServer:
             call.deliver_digit(event.digit)
 
     def _modify_session(self, call: Call, offer_body: bytes | None, now: float) -> None:
-        origin = call.extras["origin"]
+        origin = call.sdp.origin
         port = call.stream.pair.port
         if offer_body is None:
             # A re-INVITE without SDP: we offer in the 200, the ACK carries the answer (RFC 3261 §14.2).
             origin = origin.next_version()
-            call.extras["origin"] = origin
+            call.sdp.origin = origin
             body = sdp.build_offer(local_address=self.media_address, local_port=port, origin=origin)
-            call.extras["pending_offer"] = body
-            call.extras["local_body"] = body
+            call.sdp.pending_offer = body
+            call.sdp.local_body = body
             self.ua.answer_modification(call.call_id, body, now)
             self._flush()
             return
@@ -304,7 +303,7 @@ class EkoServer:
             offer = sdp.parse_sdp_untrusted(offer_body)
             plan, body, origin = sdp.negotiate_reanswer(
                 offer,
-                previous_answer=call.extras["local_body"],
+                previous_answer=call.sdp.local_body,
                 local_address=self.media_address,
                 local_port=port,
                 origin=origin,
@@ -315,8 +314,8 @@ class EkoServer:
             self.ua.reject_modification(call.call_id, error.status, now)
             self._flush()
             return
-        call.extras["origin"] = origin
-        call.extras["local_body"] = body
+        call.sdp.origin = origin
+        call.sdp.local_body = body
         call.stream.apply_plan(plan)
         log.info("call %s: session modified (%s, send_audio=%s)", call.call_id, plan.codec.name, plan.send_audio)
         self.ua.answer_modification(call.call_id, body, now)
@@ -330,7 +329,7 @@ class EkoServer:
             log.warning("call %s: unusable SDP answer in ACK: %s; hanging up", call.call_id, error)
             self.hangup_call(call)
             return
-        call.extras["pending_offer"] = None
+        call.sdp.pending_offer = None
         call.stream.apply_plan(plan)
 
     def answer_call(self, call: Call) -> None:
@@ -338,9 +337,9 @@ class EkoServer:
         if call.answered_at is not None or call.ended_at is not None:
             return
         now = trio.current_time()
-        body = call.extras["local_body"]
-        if call.extras.get("offered_without_sdp"):
-            call.extras["pending_offer"] = body
+        body = call.sdp.local_body
+        if call.sdp.offered_without_sdp:
+            call.sdp.pending_offer = body
         self.ua.answer(call.call_id, body, now)
         self._flush()
         now = trio.current_time()
