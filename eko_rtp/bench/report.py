@@ -28,16 +28,24 @@ def _dist_ms(values_ns: list[int]) -> dict:
     return {"count": found.count, "p50": found.p50, "p90": found.p90, "p99": found.p99, "max": found.max}
 
 
+# Named instants of a call: SIP ones on the record, RTP ones on its media handle.
+_INSTANTS = {
+    "invite": lambda record: record.invite_sent_ns,
+    "100": lambda record: record.provisional_ns,
+    "200": lambda record: record.final_ns,
+    "first_rtp": lambda record: record.media.first_packet_ns if record.media else None,
+    "first_sound": lambda record: record.media.first_sound_ns if record.media else None,
+}
+
+
 def _deltas(records, start: str, end: str) -> list[int]:
+    """``end - start`` (ns) for every answered call that has both instants."""
     values = []
     for record in records:
-        first = getattr(record, start) if start != "media" else None
-        if end.startswith("media."):
-            media = record.media
-            later = getattr(media, end[6:]) if media is not None else None
-        else:
-            later = getattr(record, end)
-        if first is not None and later is not None and record.status is not None and 200 <= record.status < 300:
+        if record.status is None or not 200 <= record.status < 300:
+            continue
+        first, later = _INSTANTS[start](record), _INSTANTS[end](record)
+        if first is not None and later is not None:
             values.append(later - first)
     return values
 
@@ -116,10 +124,10 @@ def summarise(result: RunResult) -> dict:
         "calls": {"attempted": len(records), "answered": len(answered), "failed": dict(sorted(failed.items())),
                   "failure_reasons": dict(sorted(reasons.items()))},
         "latency_ms": {
-            "invite_to_100": _dist_ms(_deltas(records, "invite_sent_ns", "provisional_ns")),
-            "invite_to_200": _dist_ms(_deltas(records, "invite_sent_ns", "final_ns")),
-            "ok_to_first_rtp": _dist_ms(_deltas(records, "final_ns", "media.first_packet_ns")),
-            "ok_to_first_sound": _dist_ms(_deltas(records, "final_ns", "media.first_sound_ns")),
+            "invite_to_100": _dist_ms(_deltas(records, "invite", "100")),
+            "invite_to_200": _dist_ms(_deltas(records, "invite", "200")),
+            "ok_to_first_rtp": _dist_ms(_deltas(records, "200", "first_rtp")),
+            "ok_to_first_sound": _dist_ms(_deltas(records, "200", "first_sound")),
         },
         "interarrival_deviation_ms": _dist_ms(deviations_ns(result)),
         "max_gap_ms": max(gaps) * _NS_TO_MS if gaps else None,
@@ -214,8 +222,7 @@ def plot(results: list[RunResult], path: str) -> None:
         raise UserError("--plot needs matplotlib: pip install 'eko-rtp[plot]'", key="--plot") from None
     figure, (latency_axis, jitter_axis) = pyplot.subplots(1, 2, figsize=(12, 4.5))
     for result in results:
-        for start, end, label in (("invite_sent_ns", "final_ns", "INVITE->200"),
-                                  ("final_ns", "media.first_sound_ns", "200->first sound")):
+        for start, end, label in (("invite", "200", "INVITE->200"), ("200", "first_sound", "200->first sound")):
             values = sorted(value * _NS_TO_MS for value in _deltas(result.records, start, end))
             if values:
                 latency_axis.plot(values, [(rank + 1) / len(values) for rank in range(len(values))],
