@@ -177,3 +177,11 @@ def test_bad_flags_are_usage_errors(arguments, error):
     done = bench(*arguments)
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1] == f"eko-rtp bench: error: {error}"
+
+
+def test_running_out_of_rtp_ports_is_a_user_error(phrase_dir):
+    done = bench("--target", "peer", "--cache", str(phrase_dir), "--calls", "2", "--hold", "1",
+                 "--bench-rtp-ports", "20400-20402")
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        "eko-rtp: error: key '--bench-rtp-ports': no free RTP/RTCP port pair on 127.0.0.1 in 20400-20402")

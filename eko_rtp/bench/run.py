@@ -223,6 +223,18 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
                 nursery.start_soon(sampler)
                 await place_calls()
                 nursery.cancel_scope.cancel()
+    except trio.TooSlowError:
+        raise UserError(f"the run against {target.name} at {target.host}:{target.port} did not finish within"
+                        f" {plan.estimated_seconds + 60:.0f} s (its expected length plus 60 s)") from None
+    except BaseExceptionGroup as group:
+        # A call that hit a user error (no free RTP port pair) is said as such, not as a task traceback.
+        user_errors = group.subgroup(UserError)
+        if user_errors is None:
+            raise
+        first = user_errors.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):  # nurseries nest: calls inside place_calls inside the run
+            first = first.exceptions[0]
+        raise first from None
     finally:
         client.close()
         engine.close()
