@@ -46,7 +46,7 @@ def expected_hits(sent: int, phones: int, seed: int = 1) -> int:
     return sum(1 for _ in range(sent) if chooser.randint(1, phones) <= SEEDED)
 
 
-@pytest.mark.parametrize("mode", ["wire", "client"])
+@pytest.mark.parametrize("mode", ["wire", "client", "version"])
 async def test_bench_cli_prints_json_and_counts_every_answer(crm, mode):
     done = await trio.run_process(
         [*EKO, "crm", "bench", "--target", crm.address, "--rate", "500", "--duration", "2",
@@ -163,7 +163,7 @@ async def test_refused_connection_is_a_user_error():
     [
         ({"rate": 0, "duration": 1, "phone_count": 1}, "bench needs rate > 0, duration > 0, phones >= 1 and timeout > 0 (got 0, 1, 1, 1.0)"),
         ({"rate": 1, "duration": 1, "phone_count": 0}, "bench needs rate > 0, duration > 0, phones >= 1 and timeout > 0 (got 1, 1, 0, 1.0)"),
-        ({"rate": 1, "duration": 1, "phone_count": 1, "mode": "udp"}, "bench mode must be one of wire, client, got 'udp'"),
+        ({"rate": 1, "duration": 1, "phone_count": 1, "mode": "udp"}, "bench mode must be one of wire, client, version, got 'udp'"),
     ],
 )
 async def test_bad_arguments(kwargs, message):

@@ -4,7 +4,7 @@
 - ``crm seed --db PATH [--synthetic N]``: the sample customers (docs/crm-rpc.md), and
   optionally synthetic clients 1..N; upserts, so running it twice changes nothing.
 - ``crm lookup --target ADDRESS PHONE``: one look-up, printed (for demos).
-- ``crm bench --target ADDRESS --rate R --duration S [--mode wire|client] [--json]``:
+- ``crm bench --target ADDRESS --rate R --duration S [--mode wire|client|version] [--json]``:
   look-up latency percentiles (written -> parsed) and the bench's own schedule lag.
 """
 
@@ -81,7 +81,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--timeout", type=_positive_float, default=1.0, help="per look-up deadline in seconds (default 1)")
     bench.add_argument("--mode", choices=MODES, default="wire",
                        help="wire: the CRM's latency on a raw connection (default); "
-                            "client: through CrmClient, one task per look-up, as the call path sees it")
+                            "client: through CrmClient, one task per look-up, as the call path sees it; "
+                            "version: wire mode asking crm.version, the floor without the database")
     bench.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     bench.set_defaults(func=_bench)
 

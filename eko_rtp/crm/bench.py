@@ -17,7 +17,10 @@ on schedule with the sans-I/O :class:`RpcConnection`, one reader task parses the
 responses and stamps each one, nothing else runs in between. ``client`` measures what
 the call path sees: each look-up is its own task calling :meth:`CrmClient.lookup_caller`
 on a shared client, timed from the call to the returned record, so it adds the
-client's lock, event and task wake-ups to the CRM's latency.
+client's lock, event and task wake-ups to the CRM's latency. ``version`` is ``wire``
+asking ``crm.version`` instead: the same loopback, framing and both event loops but
+no database, so it shows the floor the machine sets under any look-up (a hit is an
+answer ``"1"``).
 
 Look-ups use the synthetic numbers of ``crm seed --synthetic`` in random order.
 """
@@ -40,7 +43,7 @@ from eko_rtp.crm.rpc import NEED_DATA, RpcConnection, RpcResponse
 from eko_rtp.crm.store import synthetic_phone
 from eko_rtp.errors import UserError
 
-MODES = ("wire", "client")
+MODES = ("wire", "client", "version")
 # Time between opening the connection and the first look-up's due time.
 START_DELAY = 0.05
 RECEIVE_SIZE = 65536
@@ -104,7 +107,7 @@ class BenchReport:
             f"for {self.duration:g} s over one connection",
             f"sent {s['sent']}, answered {s['answered']} (hits {s['hits']}, misses {s['misses']}), "
             f"errors {s['errors']}, timeouts {s['timeouts']}, achieved {s['achieved_rate']:.1f}/s",
-            f"latency ms ({'written -> parsed' if self.mode == 'wire' else 'lookup_caller call -> return'}): "
+            f"latency ms ({'lookup_caller call -> return' if self.mode == 'client' else 'written -> parsed'}): "
             f"p50 {lat['p50']:.3f} p90 {lat['p90']:.3f} p99 {lat['p99']:.3f} "
             f"p99.9 {lat['p999']:.3f} max {lat['max']:.3f}",
             f"schedule lag ms (bench lateness, not in latency): p50 {lag['p50']:.3f} p99 {lag['p99']:.3f} "
@@ -132,8 +135,10 @@ async def _connect(address: CrmAddress) -> trio.abc.Stream:
         raise UserError(f"cannot connect to the CRM at {address}: {error.strerror or error}") from None
 
 
-async def _bench_wire(address: CrmAddress, phones: Iterator[str], *, rate: float, timeout: float, tally: _Tally) -> float:
-    """Run the look-ups over a raw connection; returns the elapsed time of the schedule."""
+async def _bench_wire(
+    address: CrmAddress, phones: Iterator[str], *, rate: float, timeout: float, tally: _Tally, version_only: bool = False
+) -> float:
+    """Run the look-ups (or ``crm.version`` requests) over a raw connection; returns the schedule's elapsed time."""
     stream = await _connect(address)
     rpc = RpcConnection()
     written: dict[int, float] = {}  # msgid -> perf_counter() when its request was written
@@ -148,11 +153,14 @@ async def _bench_wire(address: CrmAddress, phones: Iterator[str], *, rate: float
         if response.error is not None:
             tally.errors += 1
             return
-        try:
-            record = parse_caller_untrusted(response.result)
-        except CrmReplyError:
-            tally.errors += 1
-            return
+        if version_only:
+            record = response.result if response.result == "1" else None
+        else:
+            try:
+                record = parse_caller_untrusted(response.result)
+            except CrmReplyError:
+                tally.errors += 1
+                return
         latency = time.perf_counter() - sent_at
         if latency > timeout:
             tally.timeouts += 1
@@ -194,7 +202,7 @@ async def _bench_wire(address: CrmAddress, phones: Iterator[str], *, rate: float
                 due = start + index / rate
                 if trio.current_time() < due:
                     await trio.sleep_until(due)
-                msgid, data = rpc.send_request("crm.lookup_caller", [phone])
+                msgid, data = rpc.send_request(*(("crm.version", []) if version_only else ("crm.lookup_caller", [phone])))
                 written[msgid] = time.perf_counter()
                 tally.lags.append(trio.current_time() - due)
                 try:
@@ -274,8 +282,10 @@ async def run_lookup_bench(
     chooser = random.Random(seed)
     phones = (synthetic_phone(chooser.randint(1, phone_count)) for _ in range(total))
     tally = _Tally()
-    run = _bench_wire if mode == "wire" else _bench_client
-    elapsed = await run(address, phones, rate=rate, timeout=timeout, tally=tally)
+    if mode == "client":
+        elapsed = await _bench_client(address, phones, rate=rate, timeout=timeout, tally=tally)
+    else:
+        elapsed = await _bench_wire(address, phones, rate=rate, timeout=timeout, tally=tally, version_only=mode == "version")
     return BenchReport(
         target=str(address), mode=mode, rate=rate, duration=duration, sent=total, elapsed=elapsed,
         hits=tally.hits, misses=tally.misses, errors=tally.errors, timeouts=tally.timeouts,

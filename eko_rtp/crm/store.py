@@ -9,10 +9,10 @@ SELECT (the client joined with its open tickets), and the file is memory-mapped
 (``mmap_size``) so reading a page is a memory access, not a ``pread`` call.
 
 :class:`ServingCrmStore` is the trio side, and splits the work by cost. A look-up
-runs inline on the event loop: measured on 1 million clients it takes about 10 µs
-(p50) and under 100 µs at p99 on a busy 2-core machine, while handing it to a
-thread and back cost 50-180 µs of wake-ups and context switches, more than the
-query. Writes (the call log) take a lock and may wait on the disk (fsync at a
+runs inline on the event loop: measured on 1 million clients it takes 10-14 µs at
+p50 and 60-130 µs at p99 on a busy 2-core machine (the tail is the machine, not
+SQLite), while handing it to a thread and back cost 50-180 µs of wake-ups and
+context switches, more than the query (docs/crm-rpc.md has the figures). Writes (the call log) take a lock and may wait on the disk (fsync at a
 checkpoint), so they never run on the loop: they go to one writer thread with its
 own connection, one transaction per batch.
 
