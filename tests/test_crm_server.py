@@ -312,3 +312,16 @@ async def test_serving_store_reads_inline_and_writes_in_its_thread(tmp_path):
             store._reader._db.execute("DELETE FROM call_log")
     finally:
         store.close()
+
+
+async def test_an_invalid_row_is_an_internal_error_and_the_server_carries_on(tmp_path):
+    async with running_crm(tmp_path) as crm:
+        with sqlite3.connect(crm.db) as connection:
+            connection.execute("UPDATE tickets SET opened_at = 'last tuesday' WHERE ticket_id = 'tck-1002'")
+        async with open_crm_client(crm.address, settings=FAST) as client:
+            with pytest.raises(CrmRemoteError, match=r"^CRM error 3 for crm.lookup_caller: the CRM record is invalid$"):
+                await client.lookup_caller("+33623456789", 2.0)
+            assert (await client.lookup_caller("+33612345678", 2.0)).client_id == "cli-0001"
+            assert client.stats.connects == 1
+        assert ("CRM record for +*******6789 is invalid: ticket tck-1002 is not an ISO-8601 timestamp: 'last tuesday'"
+                in crm.log_path.read_text())

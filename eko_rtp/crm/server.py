@@ -40,6 +40,7 @@ from eko_rtp.crm.records import CallLog, parse_call_log_untrusted
 from eko_rtp.crm.rpc import NEED_DATA, RpcConnection, RpcEvent, RpcLimits, RpcNotification, RpcRequest
 from eko_rtp.crm.store import ServingCrmStore
 from eko_rtp.errors import UserError
+from eko_rtp.service.logs import mask_phone
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,10 @@ def _one_param(params: list[Any], method: str) -> Any:
     return params[0]
 
 
+# A validated call log and when it arrived, waiting for the writer.
+_QueuedLog = tuple[CallLog, datetime.datetime]
+
+
 class CrmServer:
     """Answers CRM requests from a :class:`ServingCrmStore`; run :meth:`write_call_logs` beside it."""
 
@@ -96,9 +101,7 @@ class CrmServer:
         self.store = store
         self.limits = limits
         self.stats = CrmServerStats()
-        self._call_log_send, self._call_log_receive = trio.open_memory_channel[tuple[CallLog, datetime.datetime]](
-            CALL_LOG_QUEUE_SIZE
-        )
+        self._call_log_send, self._call_log_receive = trio.open_memory_channel[_QueuedLog](CALL_LOG_QUEUE_SIZE)
 
     def _lookup(self, rpc: RpcConnection, msgid: int, params: list[Any]) -> bytes:
         phone = _one_param(params, "crm.lookup_caller")
@@ -115,6 +118,11 @@ class CrmServer:
         except sqlite3.Error as error:
             log.error("CRM store failed: %s", error)
             raise MethodError(ERROR_INTERNAL, "the CRM store failed") from None
+        except ValueError as error:
+            # A row the record type refuses (a bad timestamp, an over-long name): the
+            # database's fault, not the caller's; answer this one, keep serving.
+            log.error("CRM record for %s is invalid: %s", mask_phone(e164), error)
+            raise MethodError(ERROR_INTERNAL, "the CRM record is invalid") from None
         return rpc.send_response(msgid, result=None if record is None else record.to_wire())
 
     def _answer_request(self, rpc: RpcConnection, request: RpcRequest) -> bytes:
@@ -145,8 +153,9 @@ class CrmServer:
             self._call_log_send.send_nowait((call_log, datetime.datetime.now(datetime.timezone.utc)))
         except trio.WouldBlock:
             self.stats.call_logs_dropped += 1
-            log.warning("CRM dropping the call log of %r: %d logs already wait for the database",
-                        call_log.call_id[:64], CALL_LOG_QUEUE_SIZE)
+            if self.stats.call_logs_dropped % 1000 == 1:  # the first, then one line per 1000
+                log.warning("CRM dropping call logs: %d already wait for the database (%d dropped so far)",
+                            CALL_LOG_QUEUE_SIZE, self.stats.call_logs_dropped)
 
     async def _answer_batch(self, rpc: RpcConnection, events: list[RpcEvent]) -> bytes:
         """Answer every message of one read, in order; returns the bytes to write."""
@@ -167,7 +176,7 @@ class CrmServer:
                 raise RpcProtocolError(f"unexpected response to msgid {event.msgid} (this server sends no requests)")
         return b"".join(replies)
 
-    def _take_call_logs(self, first: tuple[CallLog, datetime.datetime] | None = None) -> list[tuple[CallLog, datetime.datetime]]:
+    def _take_call_logs(self, first: _QueuedLog | None = None) -> list[_QueuedLog]:
         batch = [] if first is None else [first]
         while len(batch) < CALL_LOG_BATCH:
             try:
@@ -176,7 +185,7 @@ class CrmServer:
                 break
         return batch
 
-    async def _write_call_logs(self, batch: list[tuple[CallLog, datetime.datetime]]) -> None:
+    async def _write_call_logs(self, batch: list[_QueuedLog]) -> None:
         try:
             await self.store.write(lambda store: store.log_calls(batch))
         except sqlite3.Error as error:
