@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,15 @@ from eko_rtp.errors import UserError
 from eko_rtp.service.credentials import elevenlabs_api_key, read_credential
 from eko_rtp.service.install import install_service, nofile_limit, render, set_directive, stop_timeout
 
-CHECKOUT = Path(__file__).resolve().parents[1]
-VENV = Path(sys.prefix)
+from service_paths import CHECKOUT, ENV, PYTHON, VENV
+
 EKO_RTP = VENV / "bin" / "eko-rtp"
 
 
 def run_install(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(EKO_RTP), "install-service", "--root", str(root), *extra],
-        capture_output=True, text=True, timeout=60,
+        [str(PYTHON), "-m", "eko_rtp", "install-service", "--root", str(root), *extra],
+        capture_output=True, text=True, timeout=60, env=ENV, cwd=str(root.parent),
     )
 
 

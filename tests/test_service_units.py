@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from eko_rtp.service.install import UNITS, install_service
+from service_paths import CHECKOUT, VENV
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 pytestmark = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed (apt: systemd)")
@@ -21,7 +22,7 @@ MAX_EXPOSURE = 2.5
 def installed_units(tmp_path_factory) -> dict[str, Path]:
     """The units as install-service writes them, ExecStart= pointing at this venv (verify needs it)."""
     root = tmp_path_factory.mktemp("root")
-    install_service(root=root, venv=Path(sys.prefix))
+    install_service(root=root, venv=VENV, checkout=CHECKOUT)
     return {name: root / "etc/systemd/system" / name for name in UNITS}
 
 

@@ -80,7 +80,8 @@ def set_directive(unit: str, name: str, value: str) -> str:
 
 def source_checkout() -> Path:
     """The checkout this package runs from (it holds ``systemd/`` and ``cache/``)."""
-    return Path(__file__).resolve().parents[2]
+    # Not resolved: a checkout reached through a symlink is installed under that path.
+    return Path(os.path.abspath(__file__)).parents[2]
 
 
 def install_service(*, root: Path, venv: Path, checkout: Path | None = None) -> list[InstallStep]:
