@@ -33,6 +33,7 @@ pytestmark = pytest.mark.interop
 
 CONFIG = REPO / "sip" / "kamailio" / "kamailio.cfg"
 RECORD_ROUTE_SCENARIO = REPO / "sip" / "kamailio" / "call_via_proxy.xml"
+TRUNK_SCENARIO = REPO / "sip" / "trunk" / "trunk_call.xml"
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 KAMAILIO = shutil.which("kamailio", path=SBIN_PATH)
 KAMCMD = shutil.which("kamcmd", path=SBIN_PATH)
@@ -173,6 +174,22 @@ def assert_answered_with_media(record) -> None:
     assert len(record.packets) >= 45, len(record.packets)
 
 
+def run_sipp(scenario: Path, target: tuple[str, int], directory: Path) -> str:
+    """Run one call of ``scenario`` against ``target``; an explanation if it failed, else ""."""
+    sipp = shutil.which("sipp")
+    assert sipp, "sipp is not installed (apt-get install sip-tester)"
+    completed = subprocess.run(
+        [sipp, "-sf", str(scenario), "-m", "1", "-l", "1", "-nostdin",
+         "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()),
+         "-timeout", "20s", "-timeout_error", "-trace_err", f"{target[0]}:{target[1]}"],
+        capture_output=True, text=True, timeout=35, cwd=directory,
+    )
+    if completed.returncode == 0:
+        return ""
+    errors = "\n".join(p.read_text(errors="replace")[-3000:] for p in directory.glob("*errors.log"))
+    return f"sipp exit {completed.returncode}\n{completed.stdout[-2000:]}\n{errors}"
+
+
 @needs_kamailio
 def test_the_config_passes_kamailio_syntax_check(tmp_path):
     completed = subprocess.run(
@@ -201,21 +218,16 @@ def test_calls_are_spread_over_the_nodes_and_end_through_the_front(built_cache, 
 
 @needs_kamailio
 def test_a_caller_that_follows_record_route_is_loose_routed_to_its_node(built_cache, tmp_path):
-    sipp = shutil.which("sipp")
-    assert sipp, "sipp is not installed (apt-get install sip-tester)"
     with two_nodes_behind_a_front(built_cache, tmp_path, ping_interval=1) as (a, b, front):
-        completed = subprocess.run(
-            [sipp, "-sf", str(RECORD_ROUTE_SCENARIO), "-m", "1", "-l", "1", "-nostdin",
-             "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()),
-             "-timeout", "20s", "-timeout_error", "-trace_err", f"127.0.0.1:{front.port}"],
-            capture_output=True, text=True, timeout=35, cwd=tmp_path,
-        )
-        errors = "\n".join(p.read_text(errors="replace")[-3000:] for p in tmp_path.glob("*errors.log"))
-        assert completed.returncode == 0, f"{completed.stdout[-2000:]}\n{errors}\n{front.log()[-3000:]}"
+        failure = run_sipp(RECORD_ROUTE_SCENARIO, front.address, tmp_path)
+        assert not failure, f"{failure}\n{front.log()[-3000:]}"
         served = [server for server in (a, b) if invites_from(server, front)]
         assert len(served) == 1
         served[0].wait_for_log(r"ended \(remote_bye\)")
-    # Its ACK and BYE carried the front's Route header: nothing needed the fallback.
+    # Its ACK and BYE carried the front's Route header and went to the node that answered.
+    routed = front.script_lines(r"in-dialog (\S+) from \S+ routed to (\S+)")
+    assert [(m.group(1), m.group(2)) for m in routed] == [
+        ("ACK", f"sip:eko@127.0.0.1:{served[0].port}"), ("BYE", f"sip:eko@127.0.0.1:{served[0].port}")]
     assert front.script_lines(r"without Route") == []
 
 
@@ -234,6 +246,13 @@ def test_a_draining_node_leaves_the_rotation_and_finishes_its_call(built_cache, 
         draining_log = draining.log()
         on_staying = invites_from(staying, front)
 
+        # Started again on the same address, it answers the probes with 200 and is back.
+        with ServerProcess(built_cache, port=draining.port) as restarted:
+            front.wait_for_flags({f"sip:127.0.0.1:{draining.port}": "AP", f"sip:127.0.0.1:{staying.port}": "AP"},
+                                 timeout=5)
+            back = [place_call(front.address, hold=1.0, timeout=10) for _ in range(2)]
+            on_restarted = invites_from(restarted, front)
+
     for record in new_calls:
         assert_answered_with_media(record)
     assert len(on_staying) == 3, on_staying
@@ -242,6 +261,27 @@ def test_a_draining_node_leaves_the_rotation_and_finishes_its_call(built_cache, 
     assert_answered_with_media(call)
     assert len(call.packets) >= 250, len(call.packets)  # 6 s of 20 ms frames, not cut short
     assert re.search(r"ended \(remote_bye\)", draining_log), draining_log[-2000:]
+    for record in back:
+        assert_answered_with_media(record)
+    assert len(on_restarted) == 1, on_restarted  # round robin again: one of the two calls
+
+
+@needs_kamailio
+def test_the_node_hangs_up_through_the_front_when_its_drain_grace_is_over(built_cache, tmp_path):
+    config = tmp_path / "eko-rtp.toml"
+    config.write_text("[service]\ndrain_grace_seconds = 1\n", encoding="utf-8")
+    with ServerProcess(built_cache, "--config", str(config)) as node, \
+            Kamailio(tmp_path, [node.port], ping_interval=1) as front, ThreadPoolExecutor(1) as pool:
+        in_progress = pool.submit(place_call, front.address, hold=15.0, timeout=20)
+        node.wait_for_log(r"INVITE received")
+        node.process.send_signal(signal.SIGTERM)
+        call = in_progress.result(timeout=20)
+        assert node.process.wait(10) == 0
+    assert call.status == 200 and call.server_hung_up
+    # The node sent its BYE along the route set (the front's Record-Route), not straight
+    # to the caller's Contact: the front loose-routed it.
+    routed = front.script_lines(rf"in-dialog BYE from 127\.0\.0\.1:{node.port} routed to (\S+)")
+    assert len(routed) == 1 and re.fullmatch(r"sip:trunk@127\.0\.0\.1:\d+", routed[0].group(1)), routed
 
 
 @needs_kamailio
@@ -292,3 +332,15 @@ def test_with_no_node_alive_the_front_answers_503(tmp_path):
         record = place_call(front.address, hold=1.0, timeout=5)
     assert (probe.status, probe.reason, probe.header("retry-after")) == (503, "No Eko RTP Server Available", "30")
     assert record.status == 503 and record.responses == [503], record.responses
+
+
+def test_the_trunk_example_call_is_answered_as_documented(built_cache, tmp_path):
+    # sip/trunk/trunk_call.xml checks the 200 OK itself (Record-Route echoed, Contact,
+    # Session-Expires 1800;refresher=uac, Require: timer). A CRM address where nothing
+    # listens makes the server log its look-up of the caller number: From is anonymous,
+    # so the number can only come from P-Asserted-Identity.
+    with ServerProcess(built_cache, "--crm", f"127.0.0.1:{free_port()}") as server:
+        failure = run_sipp(TRUNK_SCENARIO, server.address, tmp_path)
+        assert not failure, f"{failure}\n{server.log()[-3000:]}"
+        server.wait_for_log(r"ended \(remote_bye\)")
+        server.wait_for_log(r"CRM look-up of \+\*{7}5678: ")  # +33612345678, masked in logs
