@@ -105,7 +105,11 @@ class Kamailio(ServerProcess):
         raise AssertionError(f"dispatcher flags {flags}, expected {expected} within {timeout} s:\n{self.log()[-4000:]}")
 
     def __enter__(self) -> "Kamailio":
-        self.wait_for_flags({uri: self.ready_flags for uri in self.nodes}, timeout=10)
+        try:
+            self.wait_for_flags({uri: self.ready_flags for uri in self.nodes}, timeout=10)
+        except BaseException:
+            self.stop()  # __exit__ does not run when __enter__ raises
+            raise
         return self
 
 
