@@ -28,7 +28,8 @@ def _media(arrivals_ms, sequences, sources=None, first_sound_index=0):
 def _result(records, *, idle=None, steady=()):
     return RunResult(
         target="server", plan=Plan(calls=len(records), concurrency=len(records), rate=10.0, hold=1.0), records=records,
-        idle=idle, steady=list(steady), steady_seconds=2.0, bench_cpu_seconds=0.5, engine_busy_seconds=0.2,
+        idle=idle, steady=list(steady), steady_seconds=2.0, steady_window_ns=(T0 + 30 * MS, T0 + 70 * MS),
+        bench_cpu_seconds=0.5, engine_busy_seconds=0.2,
         engine_wall_seconds=2.0, lateness_ns=[0, 1 * MS, 2 * MS], sip_retransmissions=1, sip_malformed=0,
         duration_seconds=3.0)
 
@@ -48,6 +49,8 @@ def test_summary_of_known_calls():
     assert summary["latency_ms"]["ok_to_first_sound"]["p50"] == 49.0
     # gaps 20, 21, 19, 40 ms -> deviations 0, 1, 1, 20
     assert summary["interarrival_deviation_ms"] == {"count": 4, "p50": 1.0, "p90": 20.0, "p99": 20.0, "max": 20.0}
+    # Only the gaps ending at 41 and 60 ms fall in the steady window (30-70 ms).
+    assert summary["interarrival_deviation_steady_ms"] == {"count": 2, "p50": 1.0, "p90": 1.0, "p99": 1.0, "max": 1.0}
     assert summary["max_gap_ms"] == 40.0
     assert summary["packets"] == {"received": 5, "expected": 6, "lost": 1, "duplicates": 0, "reordered": 0,
                                   "malformed": 0, "calls_with_several_ssrcs": 0, "rtcp_received": 0}
@@ -70,7 +73,8 @@ def _summary(target, answered, p99, **bench):
             "calls": {"attempted": answered, "answered": answered, "failed": {}},
             "latency_ms": {name: {"p50": None, "p99": p99, "max": None}
                            for name in ("invite_to_100", "invite_to_200", "ok_to_first_rtp", "ok_to_first_sound")},
-            "interarrival_deviation_ms": {"p50": None, "p90": None, "p99": p99, "max": None}, "max_gap_ms": None,
+            "interarrival_deviation_ms": {"p50": None, "p90": None, "p99": p99, "max": None},
+            "interarrival_deviation_steady_ms": {"p50": None, "p90": None, "p99": p99, "max": None}, "max_gap_ms": None,
             "packets": {"received": 0, "lost": 0, "duplicates": 0, "reordered": 0, "calls_with_several_ssrcs": 0},
             "drift_ms_per_minute_max": None, "steady_seconds": None, "server": None,
             "bench": {"cpu_percent": 40.0, "media_process_cpu_percent": 30.0, "send_lateness_ms": {"p99": 1.0},

@@ -61,11 +61,22 @@ def by_source(media) -> dict[int, tuple[list[int], list[int], list[int]]]:
     return streams
 
 
-def deviations_ns(result: RunResult) -> list[int]:
+def deviations_ns(result: RunResult, *, steady_only: bool = False) -> list[int]:
+    """Inter-arrival deviations pooled over calls; ``steady_only``: only gaps that end
+    inside the steady period (every planned call up), i.e. "at N concurrent calls"."""
     pooled: list[int] = []
+    window = result.steady_window_ns
+    if steady_only and window is None:
+        return pooled
     for record in result.records:
-        if record.media is not None:
-            pooled.extend(stats.interarrival_deviations(record.media.arrivals))
+        if record.media is None:
+            continue
+        arrivals = record.media.arrivals
+        deviations = stats.interarrival_deviations(arrivals)
+        if steady_only:
+            start, end = window
+            deviations = [d for d, arrival in zip(deviations, arrivals[1:]) if start <= arrival <= end]
+        pooled.extend(deviations)
     return pooled
 
 
@@ -130,6 +141,7 @@ def summarise(result: RunResult) -> dict:
             "ok_to_first_sound": _dist_ms(_deltas(records, "200", "first_sound")),
         },
         "interarrival_deviation_ms": _dist_ms(deviations_ns(result)),
+        "interarrival_deviation_steady_ms": _dist_ms(deviations_ns(result, steady_only=True)),
         "max_gap_ms": max(gaps) * _NS_TO_MS if gaps else None,
         "packets": {"received": quality.received, "expected": quality.expected, "lost": quality.lost,
                     "duplicates": quality.duplicates, "reordered": quality.reordered, "malformed": malformed,
@@ -176,6 +188,8 @@ def rows(summary: dict) -> list[tuple[str, object]]:
         out += [(f"{label} p50", found["p50"]), (f"{label} p99", found["p99"]), (f"{label} max", found["max"])]
     deviation = summary["interarrival_deviation_ms"]
     out += [(f"inter-arrival deviation ms {key}", deviation[key]) for key in ("p50", "p90", "p99", "max")]
+    steady = summary["interarrival_deviation_steady_ms"]
+    out += [(f"  steady period only ms {key}", steady[key]) for key in ("p50", "p90", "p99", "max")]
     out += [("max gap ms", summary["max_gap_ms"])]
     packets = summary["packets"]
     out += [(f"packets {key}", packets[key]) for key in ("received", "lost", "duplicates", "reordered")]

@@ -104,6 +104,8 @@ class RunResult:
     idle: procstat.Sample | None
     steady: list[procstat.Sample]
     steady_seconds: float | None
+    # The steady period on the arrival clock (CLOCK_REALTIME ns, as the kernel stamps packets).
+    steady_window_ns: tuple[int, int] | None
     bench_cpu_seconds: float | None
     engine_busy_seconds: float
     engine_wall_seconds: float
@@ -206,6 +208,7 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
 
     engine.start()
     steady_started = steady_ended = None
+    steady_realtime = [0, 0]
     try:
         with trio.fail_after(plan.estimated_seconds + 60):
             async with trio.open_nursery() as nursery:
@@ -217,8 +220,10 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
                     if first_down.is_set():
                         return  # a call hung up before the last was up: no steady period
                     steady_started = time.monotonic()
+                    steady_realtime[0] = time.time_ns()
                     await sample_steady()
                     steady_ended = time.monotonic()
+                    steady_realtime[1] = time.time_ns()
 
                 nursery.start_soon(sampler)
                 await place_calls()
@@ -248,6 +253,7 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
         idle=idle,
         steady=steady,
         steady_seconds=steady_seconds,
+        steady_window_ns=tuple(steady_realtime) if steady_seconds is not None else None,
         bench_cpu_seconds=(bench_cpu[-1] - bench_cpu[0]) if len(bench_cpu) >= 2 else None,
         engine_busy_seconds=engine.busy_seconds,
         engine_wall_seconds=engine.wall_seconds,

@@ -10,6 +10,11 @@ leave at its own phase, rounded to the next millisecond, which is a constant off
 per stream: it does not add jitter. The first frame of a stream is sent at once when
 the stream starts (on the 200 OK), not at the next tick.
 
+With ``precise=True`` (the server) the clock sleeps on a timerfd
+(:mod:`eko_rtp.media.timer`) instead of a trio timeout, whose millisecond rounding
+would otherwise add up to 1 ms of jitter; tests under trio's mock clock use the
+plain timeout.
+
 A stream is any object with ``next_due: float`` and ``send_due(now) -> float | None``
 (send what is due at ``now``, return the next due time, or ``None`` when it stopped).
 Lateness is the stream's business (it counts frames sent late); the clock only
@@ -23,6 +28,8 @@ from typing import Protocol
 
 import trio
 
+from eko_rtp.media.timer import PreciseTimer
+
 SLOT_SECONDS = 0.001
 
 
@@ -35,10 +42,11 @@ class ScheduledStream(Protocol):
 class FrameClock:
     """The timer wheel and the one task that drives it."""
 
-    def __init__(self, *, slot_seconds: float = SLOT_SECONDS):
+    def __init__(self, *, slot_seconds: float = SLOT_SECONDS, precise: bool = False):
         self.slot_seconds = slot_seconds
         self._slots: dict[int, list[ScheduledStream]] = {}
         self._wakeup = trio.Event()
+        self._timer = PreciseTimer() if precise else None
         self.ticks = 0
         self.streams = 0
 
@@ -52,6 +60,9 @@ class FrameClock:
         if bucket is None:
             self._slots[slot] = [stream]
             self._wakeup.set()
+            timer = self._timer
+            if timer is not None and timer.armed_at is not None and slot * self.slot_seconds < timer.armed_at:
+                timer.arm(slot * self.slot_seconds)  # a new stream needs an earlier tick
         else:
             bucket.append(stream)
 
@@ -68,6 +79,10 @@ class FrameClock:
             earliest = min(slots)
             wake_at = earliest * slot_seconds
             if trio.current_time() < wake_at:
+                if self._timer is not None:
+                    self._timer.arm(wake_at)
+                    await self._timer.wait()  # schedule() re-arms it for an earlier slot
+                    continue
                 self._wakeup = trio.Event()
                 with trio.move_on_at(wake_at):
                     await self._wakeup.wait()  # a new stream may need an earlier slot
@@ -82,3 +97,7 @@ class FrameClock:
                         stream.next_due = next_due
                         self.schedule(stream)
             await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.close()

@@ -16,6 +16,7 @@ import errno
 import itertools
 import logging
 import socket
+import time
 from typing import Callable
 
 import trio
@@ -26,7 +27,8 @@ from eko_rtp.sip.framing import StreamFramer
 log = logging.getLogger("eko_rtp.sip.transport")
 
 MAX_DATAGRAM = 65535
-UDP_BURST = 64  # datagrams handled before yielding to other tasks
+UDP_BURST = 64  # datagrams handled before yielding to other tasks...
+STEP_BUDGET = 0.0003  # ...or fewer: yield once a step has run this long, so the frame clock is never held up
 
 Deliver = Callable[[bytes, tuple, str, object], None]
 
@@ -84,9 +86,13 @@ class SipTransport:
 
     async def _udp_loop(self) -> None:
         sock = self.udp
+        clock = time.perf_counter
         while True:
             await trio.lowlevel.wait_readable(sock)
+            step_started = clock()
             for _ in range(UDP_BURST):
+                if clock() - step_started > STEP_BUDGET:
+                    break
                 try:
                     data, source = sock.recvfrom(MAX_DATAGRAM)
                 except (BlockingIOError, InterruptedError):

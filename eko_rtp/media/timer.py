@@ -1,0 +1,84 @@
+"""A precise wake-up for the frame clock: a Linux timerfd that trio can wait on.
+
+Why: trio sleeps through ``epoll_wait``, whose timeout is whole milliseconds (CPython
+rounds it up), so a task asleep until ``t`` wakes anywhere in ``[t, t + 1 ms)``. For
+the frame clock that rounding *is* the jitter: a frame sent 0.9 ms late after one
+sent on time is a 0.9 ms deviation at the caller. A timerfd armed with an absolute
+CLOCK_MONOTONIC deadline becomes readable at that instant (to the microsecond), and
+trio wakes the waiting task as soon as the fd is readable.
+
+trio's clock is ``time.perf_counter()`` (CLOCK_MONOTONIC on Linux) plus a random
+offset; :meth:`PreciseTimer.arm` takes a trio time and removes that offset.
+Python 3.11 has no ``os.timerfd_create`` (3.13 does), so this calls libc directly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import time
+
+import trio
+
+_CLOCK_MONOTONIC = 1
+_TFD_NONBLOCK = os.O_NONBLOCK
+_TFD_CLOEXEC = os.O_CLOEXEC
+_TFD_TIMER_ABSTIME = 1
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.timerfd_create.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.timerfd_settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Itimerspec), ctypes.c_void_p]
+
+
+class PreciseTimer:
+    """One timerfd, armed at absolute trio times, awaited with ``wait``."""
+
+    def __init__(self) -> None:
+        fd = _libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"timerfd_create: {os.strerror(code)}")
+        self.fd = fd
+        self._spec = _Itimerspec()
+        self.armed_at: float | None = None
+
+    def arm(self, trio_deadline: float) -> None:
+        """Fire at ``trio_deadline`` (a ``trio.current_time()`` value); re-arming replaces it."""
+        monotonic = trio_deadline - (trio.current_time() - time.perf_counter())
+        if monotonic <= 0:
+            monotonic = 1e-9  # already due: an absolute time in the past fires at once
+        seconds = int(monotonic)
+        self._spec.it_value.tv_sec = seconds
+        self._spec.it_value.tv_nsec = int((monotonic - seconds) * 1e9)
+        if _libc.timerfd_settime(self.fd, _TFD_TIMER_ABSTIME, ctypes.byref(self._spec), None) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"timerfd_settime: {os.strerror(code)}")
+        self.armed_at = trio_deadline
+
+    async def wait(self) -> None:
+        """Return once the armed deadline has passed."""
+        while True:
+            try:
+                os.read(self.fd, 8)
+                self.armed_at = None
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.fd)
+            except OSError as error:  # pragma: no cover - EINTR is retried by Python itself
+                if error.errno != errno.EINTR:
+                    raise
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

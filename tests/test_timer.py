@@ -1,0 +1,66 @@
+"""The frame clock's timerfd wake-up, on the real clock: never early, re-armable, closable."""
+
+import os
+
+import trio
+
+from eko_rtp.media.clock import FrameClock
+from eko_rtp.media.timer import PreciseTimer
+
+
+async def test_fires_at_the_deadline_not_before():
+    timer = PreciseTimer()
+    try:
+        for delay in (0.002, 0.007, 0.013):
+            deadline = trio.current_time() + delay
+            timer.arm(deadline)
+            await timer.wait()
+            woke = trio.current_time()
+            assert woke >= deadline
+            assert woke - deadline < 0.25  # generous: a loaded CI machine may be slow to schedule us
+            assert timer.armed_at is None
+    finally:
+        timer.close()
+
+
+async def test_rearming_earlier_wakes_earlier_and_past_deadlines_fire_at_once():
+    timer = PreciseTimer()
+    try:
+        start = trio.current_time()
+        timer.arm(start + 5.0)
+        timer.arm(start + 0.005)  # a new stream needed an earlier tick
+        with trio.fail_after(2):
+            await timer.wait()
+        timer.arm(trio.current_time() - 1.0)
+        with trio.fail_after(2):
+            await timer.wait()
+    finally:
+        timer.close()
+
+
+async def test_a_precise_clock_sends_frames_on_schedule_and_releases_its_fd():
+    before = len(os.listdir("/proc/self/fd"))
+    clock = FrameClock(precise=True)
+    sent = []
+
+    class Stream:
+        def __init__(self, t0):
+            self.t0, self.index, self.next_due = t0, 1, t0 + 0.020
+
+        def send_due(self, now):
+            sent.append((self.index, now))
+            self.index += 1
+            return None if self.index > 5 else self.t0 + self.index * 0.020
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        t0 = trio.current_time()
+        clock.schedule(Stream(t0))
+        with trio.fail_after(5):
+            while len(sent) < 5:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    clock.close()
+    assert [index for index, _ in sent] == [1, 2, 3, 4, 5]
+    assert all(now >= t0 + index * 0.020 for index, now in sent)  # never before its due time
+    assert len(os.listdir("/proc/self/fd")) == before
