@@ -20,12 +20,15 @@ import tempfile
 import attrs
 import trio
 
-from eko_rtp.bench import report, targets
-from eko_rtp.bench.run import BENCH_RTP_PORTS, Plan, RunResult, run_load
+from eko_rtp.bench import report, scripts, targets
+from eko_rtp.bench.fake_tts import FakeTts
+from eko_rtp.bench.run import BENCH_RTP_PORTS, LIVE_SCENARIOS, Plan, RunResult, run_load
 from eko_rtp.errors import UserError
 
 RAMP_STEPS = (50, 100, 200, 400, 700, 1000, 1400)
 RAMP_P99_MS = 2.0
+SERVER_FIRST_BYTE_TIMEOUT = 1.5  # s, the server's default [tts] first_byte_timeout
+TTS_TIMEOUT_MARGIN = 0.5  # s the spawned server waits past the fake's time to first byte
 
 
 @attrs.frozen(kw_only=True)
@@ -58,6 +61,13 @@ class Options:
             raise UserError("--ramp chooses its own sizes; leave out --sizes", key="--sizes")
         if self.ramp and self.target == "peer":
             raise UserError("the ramp goes to 1400 calls; the peer takes 4", key="--ramp")
+        if self.plan.scenario in LIVE_SCENARIOS:
+            if self.target != "server":
+                raise UserError(f"{self.plan.scenario} measures the server's live TTS; the peer has none", key="--target")
+            if self.ramp:
+                raise UserError(f"the ramp measures the greeting scenarios, not {self.plan.scenario}", key="--ramp")
+            if self.plan.scenario == "hybrid" and self.spawn and self.cache_dir is None:
+                raise UserError(f"hybrid plays the cached {scripts.FILLER!r}: give --cache DIR", key="--cache")
 
 
 @attrs.frozen(kw_only=True)
@@ -90,8 +100,11 @@ async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: s
             stack.callback(crm.stop)
             await targets.wait_listening(crm)
             extra += ["--crm", f"{crm.host}:{crm.port}"]
+        env = None
+        if options.plan.scenario in LIVE_SCENARIOS:
+            extra, env = _live_tts_server(stack, options, extra)
         target = targets.spawn_server(host=host, cache_dir=options.cache_dir, cpus=options.server_cpus,
-                                      rtp_ports=options.rtp_ports, extra=extra)
+                                      rtp_ports=options.rtp_ports, extra=extra, env=env)
     else:
         target_host, port = targets.parse_host_port(options.address, key="--address")
         target = targets.Target(name="server", host=target_host, port=port, pid=options.server_pid)
@@ -100,6 +113,25 @@ async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: s
         return await body(target)
     finally:
         target.stop()
+
+
+def _live_tts_server(stack: contextlib.ExitStack, options: Options, extra: list[str]) -> tuple[list[str], dict]:
+    """Start the fake endpoint (stopped with ``stack``) and say how the server reaches it: the
+    scenario's script, a config whose dynamic cache is a fresh temporary directory, the env."""
+    plan = options.plan
+    fake = stack.enter_context(FakeTts(host=plan.local_host, first_byte_delay=plan.tts_first_byte_ms / 1000))
+    directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="eko-bench-tts-"))
+    config = f"{directory}/eko-rtp.toml"
+    lines = ["[tts]", f'dynamic_cache_dir = "{directory}/dynamic"']
+    first_byte = plan.tts_first_byte_ms / 1000
+    if first_byte + TTS_TIMEOUT_MARGIN > SERVER_FIRST_BYTE_TIMEOUT:
+        # Past the server's own budget every call would give up and play its error phrase.
+        lines.append(f"first_byte_timeout = {first_byte + TTS_TIMEOUT_MARGIN}")
+    with open(config, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    function = "live_tts" if plan.scenario == "live-tts" else "hybrid"
+    return ([*extra, "--config", config, "--script", f"{scripts.__name__}:{function}"],
+            {"ELEVENLABS_API_KEY": fake.api_key, "ELEVENLABS_BASE_URL": fake.base_url})
 
 
 async def _ramp(options: Options, caller_audio: bytes) -> tuple[list[RunResult], dict]:
@@ -142,6 +174,11 @@ async def run(options: Options, *, caller_audio: bytes) -> Outcome:
                          f" `eko-rtp crm seed --synthetic {options.plan.calls}` (callers +337 and eight digits)")
         if options.target in ("peer", "both"):
             notes.append("peer: it looks nobody up; it plays the same greeting whatever the scenario")
+    if options.plan.scenario in LIVE_SCENARIOS and not options.spawn:
+        notes.append(f"{options.plan.scenario} against --address: the server must already run --script"
+                     f" {scripts.__name__}:{'live_tts' if options.plan.scenario == 'live-tts' else 'hybrid'} with"
+                     f" ELEVENLABS_BASE_URL at an endpoint answering after {options.plan.tts_first_byte_ms:.0f} ms and"
+                     f" rendering eko_rtp.bench.fake_tts.live_audio (only --spawn starts one)")
     results: list[RunResult] = []
     kinds = ["server", "peer"] if options.target == "both" else [options.target]
     cap = targets.PEER_MAX_CALLS

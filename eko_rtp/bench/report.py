@@ -15,7 +15,8 @@ from __future__ import annotations
 import collections
 
 from eko_rtp.bench import procstat, stats
-from eko_rtp.bench.run import RunResult
+from eko_rtp.bench.fake_tts import LIVE, SILENT
+from eko_rtp.bench.run import LIVE_SCENARIOS, RunResult
 from eko_rtp.errors import UserError
 
 LATE_SENDING_MS = 5.0
@@ -35,7 +36,54 @@ _INSTANTS = {
     "200": lambda record: record.final_ns,
     "first_rtp": lambda record: record.media.first_packet_ns if record.media else None,
     "first_sound": lambda record: record.media.first_sound_ns if record.media else None,
+    "first_live": lambda record: first_live_ns(record.media),
 }
+
+
+def first_live_ns(media) -> int | None:
+    """Arrival of the call's first packet carrying the fake endpoint's audio (None: none came,
+    or the media was not classified)."""
+    classes = getattr(media, "payload_classes", None)
+    if not classes:
+        return None
+    try:
+        return media.arrivals[classes.index(LIVE)]
+    except ValueError:
+        return None
+
+
+def join_gap_frames(classes, filler_tail_frames: int = 0) -> int | None:
+    """Silence frames between the cached filler and the first live frame, less the filler's own
+    trailing silence; None when there is no live frame or no filler sound before it."""
+    try:
+        live = classes.index(LIVE)
+    except ValueError:
+        return None
+    silent = 0
+    for position in range(live - 1, -1, -1):
+        if classes[position] != SILENT:
+            return max(0, silent - filler_tail_frames)
+        silent += 1
+    return None  # silence back to the first packet: the filler never played
+
+
+def live_summary(result: RunResult) -> dict | None:
+    """The live TTS figures of a live-tts or hybrid run (None for the other scenarios)."""
+    plan = result.plan
+    if plan.scenario not in LIVE_SCENARIOS:
+        return None
+    answered = [record for record in result.records if record.status is not None and 200 <= record.status < 300]
+    found = {"first_byte_ms": plan.tts_first_byte_ms,
+             "ok_to_first_live_ms": _dist_ms(_deltas(answered, "200", "first_live")),
+             "calls_without_live": sum(first_live_ns(record.media) is None for record in answered)}
+    if plan.scenario == "hybrid":
+        gaps = [join_gap_frames(record.media.payload_classes, plan.filler_tail_frames)
+                for record in answered if record.media is not None]
+        measured = [gap for gap in gaps if gap is not None]
+        found.update({"filler_tail_frames": plan.filler_tail_frames, "calls_joined": len(measured),
+                      "calls_with_gap": sum(gap > 0 for gap in measured),
+                      "gap_frames_max": max(measured, default=None)})
+    return found
 
 
 def _deltas(records, start: str, end: str) -> list[int]:
@@ -148,6 +196,7 @@ def summarise(result: RunResult) -> dict:
                     "calls_with_several_ssrcs": several_sources, "rtcp_received": rtcp},
         "drift_ms_per_minute_max": max(drifts, key=abs) if drifts else None,
         "steady_seconds": result.steady_seconds,
+        "live_tts": live_summary(result),
         "server": server,
         "bench": {
             "cpu_percent": bench_cpu,
@@ -191,6 +240,7 @@ def rows(summary: dict) -> list[tuple[str, object]]:
     steady = summary["interarrival_deviation_steady_ms"]
     out += [(f"  steady period only ms {key}", steady[key]) for key in ("p50", "p90", "p99", "max")]
     out += [("max gap ms", summary["max_gap_ms"])]
+    out += live_rows(summary.get("live_tts"))
     packets = summary["packets"]
     out += [(f"packets {key}", packets[key]) for key in ("received", "lost", "duplicates", "reordered")]
     out += [("calls with several SSRCs", packets["calls_with_several_ssrcs"])]
@@ -202,6 +252,21 @@ def rows(summary: dict) -> list[tuple[str, object]]:
     out += [("bench CPU % of a core", bench["cpu_percent"]), ("bench media process CPU %", bench["media_process_cpu_percent"]),
             ("bench send lateness p99 ms", bench["send_lateness_ms"]["p99"]),
             ("bench saturated", bench["saturated"]), ("arrival clock", bench["clock"])]
+    return out
+
+
+def live_rows(live: dict | None) -> list[tuple[str, object]]:
+    """The live TTS rows (none for the greeting scenarios)."""
+    if live is None:
+        return []
+    latency = live["ok_to_first_live_ms"]
+    out: list[tuple[str, object]] = [("TTS time to first byte ms (set)", live["first_byte_ms"])]
+    out += [(f"200->first live frame ms {key}", latency[key]) for key in ("p50", "p99", "max")]
+    out += [("calls without live audio", live["calls_without_live"])]
+    if "calls_with_gap" in live:
+        out += [("hybrid calls joined", live["calls_joined"]),
+                ("hybrid calls with a gap", live["calls_with_gap"]),
+                ("hybrid gap frames max", live["gap_frames_max"])]
     return out
 
 

@@ -15,6 +15,8 @@ and the report says so.
 
 from __future__ import annotations
 
+import array
+import multiprocessing
 import resource
 import secrets
 import time
@@ -22,7 +24,7 @@ import time
 import attrs
 import trio
 
-from eko_rtp.bench import procstat, uac
+from eko_rtp.bench import fake_tts, procstat, rtp_engine, uac
 from eko_rtp.bench.rtp_engine import MediaHandle, RtpEngine
 from eko_rtp.bench.sip_client import SipClient
 from eko_rtp.bench.targets import Target, check_loopback
@@ -32,7 +34,9 @@ MAX_CALLS = 2000
 MAX_SECONDS = 600.0
 SAMPLE_INTERVAL = 0.5
 BENCH_RTP_PORTS = range(20000, 30000)  # the bench's own RTP/RTCP pairs; the server's default is 30000-39999
-SCENARIOS = ("greeting-unknown", "greeting-returning")
+SCENARIOS = ("greeting-unknown", "greeting-returning", "live-tts", "hybrid")
+LIVE_SCENARIOS = ("live-tts", "hybrid")  # the server speaks live TTS from the bench's fake endpoint
+MAX_FIRST_BYTE_MS = 10_000
 PROTOCOL_ERROR_STATUS = 0  # not a SIP code: the answer could not be used (reason in the record)
 
 
@@ -46,6 +50,9 @@ class Plan:
     hold: float
     scenario: str = "greeting-unknown"
     local_host: str = "127.0.0.1"
+    tts_first_byte_ms: float = 300.0  # the fake endpoint's time to first byte (live scenarios)
+    # Silence frames that end the cached filler (hybrid): not a gap between filler and live audio.
+    filler_tail_frames: int = 0
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.calls <= MAX_CALLS:
@@ -58,6 +65,11 @@ class Plan:
             raise UserError(f"hold {self.hold} s is outside (0, {MAX_SECONDS:.0f}]", key="--hold")
         if self.scenario not in SCENARIOS:
             raise UserError(f"scenario {self.scenario!r} is not one of {', '.join(SCENARIOS)}", key="--scenario")
+        if not 0 <= self.tts_first_byte_ms <= MAX_FIRST_BYTE_MS:
+            raise UserError(f"time to first byte {self.tts_first_byte_ms} ms is outside 0..{MAX_FIRST_BYTE_MS}",
+                            key="--tts-first-byte-ms")
+        if self.filler_tail_frames < 0:
+            raise UserError(f"filler tail of {self.filler_tail_frames} frames is negative", key="--cache")
         if self.estimated_seconds > MAX_SECONDS:
             raise UserError(f"the run would take about {self.estimated_seconds:.0f} s (calls / rate, in waves of"
                             f" concurrency, plus hold), over the {MAX_SECONDS:.0f} s cap", key="--hold")
@@ -78,6 +90,69 @@ class Plan:
         if self.scenario == "greeting-returning":
             return f"+337{index + 1:08d}"
         return f"+336{index:08d}"
+
+
+@attrs.define
+class ClassifiedHandle(MediaHandle):
+    """A call's media with, per received RTP packet in arrival order, what its payload was
+    (``fake_tts.SILENT``, ``SOUND`` or ``LIVE``)."""
+
+    payload_classes: array.array = attrs.field(factory=lambda: array.array("B"))
+
+
+class _ClassifyingSocket:
+    """A call's RTP socket in the media process that classifies each payload it hands over.
+
+    It sees exactly the packets the loop records (same checks: RTP version 2, not
+    RTCP on the RTP port), so ``payload_classes`` lines up with ``arrivals``.
+    Only the live scenarios pay for it; the greeting scenarios' loop is untouched.
+    """
+
+    def __init__(self, wrapped, classes: array.array):
+        self._wrapped = wrapped
+        self._classes = classes
+        self.sendto = wrapped.sendto
+        self.fileno = wrapped.fileno
+        self.close = wrapped.close
+
+    def recvmsg_into(self, buffers, ancillary_size):
+        received = self._wrapped.recvmsg_into(buffers, ancillary_size)
+        size, packet = received[0], buffers[0]
+        if size >= 12 and packet[0] >> 6 == 2 and not 192 <= packet[1] <= 223:
+            start = 12 + 4 * (packet[0] & 0x0F)  # RFC 3550 §5.1: header plus 4 bytes per CSRC
+            self._classes.append(fake_tts.classify_payload(bytes(packet[start:size]), packet[1] & 0x7F))
+        return received
+
+
+class _ClassifyingLoop(rtp_engine.MediaLoop):
+    def _open(self, key: int) -> None:
+        super()._open(key)
+        media = self._calls[key]
+        classes = array.array("B")
+        media.socket = _ClassifyingSocket(media.socket, classes)
+        plain_results = media.results
+        media.results = lambda: {**plain_results(), "payload_classes": classes}
+
+
+def _classifying_child(connection, caller_audio: bytes) -> None:
+    # A spawned process of its own: swapping the loop class here changes nothing elsewhere.
+    rtp_engine.MediaLoop = _ClassifyingLoop
+    rtp_engine._child(connection, caller_audio)
+
+
+class ClassifyingEngine(RtpEngine):
+    """The RTP engine, recording what each received payload was (live TTS scenarios)."""
+
+    def __init__(self, *, host: str, caller_audio: bytes, ports: range):
+        super().__init__(host=host, caller_audio=caller_audio, ports=ports)
+        self._process = multiprocessing.get_context("spawn").Process(
+            target=_classifying_child, args=(self._child_end, caller_audio), name="eko-bench-rtp", daemon=True)
+
+    def open_call(self) -> ClassifiedHandle:
+        plain = super().open_call()
+        handle = ClassifiedHandle(key=plain.key, port=plain.port)
+        self._handles[handle.key] = handle
+        return handle
 
 
 @attrs.define
@@ -117,7 +192,8 @@ class RunResult:
 
 async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: range = BENCH_RTP_PORTS) -> RunResult:
     """Place ``plan.calls`` calls at ``target`` and record everything the report needs."""
-    engine = RtpEngine(host=plan.local_host, caller_audio=caller_audio, ports=ports)
+    engine_class = ClassifyingEngine if plan.scenario in LIVE_SCENARIOS else RtpEngine
+    engine = engine_class(host=plan.local_host, caller_audio=caller_audio, ports=ports)
     client = await SipClient.open(local_host=plan.local_host, target_host=target.host, target_port=target.port)
     records = [CallRecord(index=index) for index in range(plan.calls)]
     run_token = secrets.token_hex(4)

@@ -103,6 +103,22 @@ def phrase_files(cache_dir: str) -> list[str]:
     return found
 
 
+def trailing_silence_frames(cache_dir: str, key: str) -> int:
+    """Whole 20 ms frames of µ-law silence that end cached phrase ``key`` (its rendered pause)."""
+    path = pathlib.Path(cache_dir) / f"{key}.raw"
+    try:
+        audio = path.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read the phrase {key!r} the hybrid scenario plays: {error.strerror}"
+                        f" (build it with: eko-rtp cache build --cache {cache_dir})", path=str(path)) from None
+    frames = 0
+    for end in range(len(audio) - len(audio) % 160, 0, -160):
+        if audio[end - 160:end].strip(bytes((0xFF, 0x7F))):
+            break
+        frames += 1
+    return frames
+
+
 @attrs.define
 class Target:
     """Something answering SIP at ``host:port``; ``process`` when the bench started it."""
@@ -132,22 +148,26 @@ class Target:
             self.process.wait(timeout=10)
 
 
-def _spawn(name: str, command: list[str], host: str, port: int, cpus: set[int] | None, max_calls: int | None) -> Target:
+def _spawn(name: str, command: list[str], host: str, port: int, cpus: set[int] | None, max_calls: int | None,
+           env: dict[str, str] | None = None) -> Target:
     stderr = tempfile.NamedTemporaryFile(prefix=f"eko-bench-{name}-", suffix=".log", delete=False)
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                               env=None if env is None else {**os.environ, **env})
     stderr.close()
     pin(process.pid, cpus)
     return Target(name=name, host=host, port=port, process=process, pid=process.pid, stderr_path=stderr.name,
                   max_calls=max_calls)
 
 
-def spawn_server(*, host: str, cache_dir: str | None, cpus: set[int] | None, rtp_ports: str, extra: list[str]) -> Target:
+def spawn_server(*, host: str, cache_dir: str | None, cpus: set[int] | None, rtp_ports: str, extra: list[str],
+                 env: dict[str, str] | None = None) -> Target:
+    """``eko-rtp serve`` on a free port; ``env`` adds to the bench's environment (the TTS endpoint)."""
     port = free_udp_port(host)
     command = [sys.executable, "-m", "eko_rtp", "serve", "--listen", f"{host}:{port}", "--media-address", host,
                "--rtp-ports", rtp_ports]
     if cache_dir is not None:
         command += ["--cache", cache_dir]
-    return _spawn("server", command + extra, host, port, cpus, None)
+    return _spawn("server", command + extra, host, port, cpus, None, env)
 
 
 def spawn_peer(*, host: str, cache_dir: str, cpus: set[int] | None, rtp_port: int) -> Target:

@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 
-from eko_rtp.bench import campaign, report
+from eko_rtp.bench import campaign, report, scripts
 from eko_rtp.bench.rtp_engine import SILENCE, open_wav_as_ulaw
 from eko_rtp.bench.run import MAX_CALLS, MAX_SECONDS, SCENARIOS, Plan
-from eko_rtp.bench.targets import parse_cpus, parse_port_range
+from eko_rtp.bench.targets import parse_cpus, parse_port_range, trailing_silence_frames
 from eko_rtp.errors import UserError
 
 
@@ -37,7 +37,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--sizes", type=_flag(parse_sizes), default=(),
                         help="run once per size, calls = concurrency = SIZE, side by side (e.g. 1,100,500,1000)")
     parser.add_argument("--audio", help="WAV (8 kHz mono 16-bit) the caller plays, looped (default: silence)")
-    parser.add_argument("--scenario", choices=SCENARIOS, default=SCENARIOS[0], help="caller population (default greeting-unknown)")
+    parser.add_argument("--scenario", choices=SCENARIOS, default=SCENARIOS[0],
+                        help="what the calls do (default greeting-unknown); live-tts: the server says a text of each"
+                             " call's own with live TTS; hybrid: a cached filler, then the live text; with --spawn"
+                             " both run against the bench's local fake of the ElevenLabs endpoint")
+    parser.add_argument("--tts-first-byte-ms", type=float, default=300.0,
+                        help="the fake TTS endpoint's time to first byte, ms (live-tts, hybrid; default 300); past"
+                             f" {(campaign.SERVER_FIRST_BYTE_TIMEOUT - campaign.TTS_TIMEOUT_MARGIN) * 1000:.0f} ms the"
+                             " spawned server's first_byte_timeout is raised to match")
     parser.add_argument("--ramp", action="store_true",
                         help=f"find the most concurrent calls with deviation p99 <= {campaign.RAMP_P99_MS} ms and no loss"
                              f" (steps {', '.join(map(str, campaign.RAMP_STEPS))})")
@@ -69,8 +76,11 @@ def parse_sizes(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    filler_tail = 0
+    if args.scenario == "hybrid" and args.cache_dir is not None:
+        filler_tail = trailing_silence_frames(args.cache_dir, scripts.FILLER)
     plan = Plan(calls=args.calls, concurrency=args.concurrency or args.calls, rate=args.rate, hold=args.hold,
-                scenario=args.scenario)
+                scenario=args.scenario, tts_first_byte_ms=args.tts_first_byte_ms, filler_tail_frames=filler_tail)
     options = campaign.Options(
         target=args.target, address=args.address, spawn=args.spawn, server_cpus=args.server_cpus,
         server_pid=args.server_pid, cache_dir=args.cache_dir, rtp_ports=args.rtp_ports,

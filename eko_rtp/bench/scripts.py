@@ -1,0 +1,31 @@
+"""Server-side call scripts for the bench's live TTS scenarios (``eko-rtp serve --script``).
+
+Each call says a text of its own, built from its Call-ID, so that no call finds
+its audio in the dynamic cache: every call waits for the endpoint's first byte,
+which is what the scenarios measure. Nothing is said before the live text
+(``live_tts``) or before the cached filler (``hybrid``), so the caller can tell
+where the live audio starts.
+"""
+
+from __future__ import annotations
+
+import trio
+
+FILLER = "filler_one_moment"
+
+
+def live_text(call) -> str:
+    """The text a call says: unique per call (its Call-ID), so a dynamic-cache miss."""
+    return f"Appel de test {call.call_id}."
+
+
+async def live_tts(call) -> None:
+    """Live TTS only, then hold the line until the caller hangs up."""
+    await call.say_text(live_text(call))
+    await trio.sleep_forever()
+
+
+async def hybrid(call) -> None:
+    """The cached filler at once while the live text renders, then the live audio."""
+    await call.say_hybrid(FILLER, live_text(call))
+    await trio.sleep_forever()
