@@ -185,3 +185,48 @@ def test_running_out_of_rtp_ports_is_a_user_error(phrase_dir):
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1] == (
         "eko-rtp: error: key '--bench-rtp-ports': no free RTP/RTCP port pair on 127.0.0.1 in 20400-20402")
+
+
+def _live_run(built_cache, scenario, *extra):
+    done = bench("--spawn", "--scenario", scenario, "--cache", str(built_cache), "--calls", "3", "--hold", "3",
+                 "--json", *extra)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    run = report["runs"][0]
+    assert run["plan"]["scenario"] == scenario
+    assert run["calls"]["answered"] == 3 and run["packets"]["lost"] == 0
+    return run["live_tts"], report["notes"]
+
+
+def test_spawned_server_speaks_live_tts(built_cache):
+    live, _ = _live_run(built_cache, "live-tts")
+    assert live["first_byte_ms"] == 300.0 and live["calls_without_live"] == 0
+    first_live = live["ok_to_first_live_ms"]
+    assert first_live["count"] == 3
+    # No earlier than the endpoint's first byte; within 2 s more on a loaded CI machine.
+    assert 300.0 <= first_live["p50"] <= first_live["max"] < 300.0 + 2000.0
+
+
+def test_spawned_server_joins_filler_and_live_audio(built_cache):
+    live, _ = _live_run(built_cache, "hybrid")
+    assert live["calls_joined"] == 3 and live["calls_with_gap"] == 0 and live["gap_frames_max"] == 0
+    assert live["filler_tail_frames"] >= 0 and live["ok_to_first_live_ms"]["p50"] >= 300.0
+
+
+def test_hybrid_reports_the_gap_when_the_endpoint_is_slower_than_the_filler(built_cache):
+    # The filler lasts about 1.5 s; a 2.5 s first byte leaves about 1 s of silence before the live audio.
+    filler_frames = (built_cache / "filler_one_moment.raw").stat().st_size // 160
+    done = bench("--spawn", "--scenario", "hybrid", "--cache", str(built_cache), "--calls", "1", "--hold", "5",
+                 "--tts-first-byte-ms", "2500", "--json")
+    assert done.returncode == 0, done.stderr
+    live = json.loads(done.stdout)["runs"][0]["live_tts"]
+    assert live["calls_with_gap"] == 1
+    # 200 -> first live frame, in frames, less the filler: the gap, give or take the clock's frame and slack.
+    expected = round(live["ok_to_first_live_ms"]["p50"] / 20) - filler_frames
+    assert abs(live["gap_frames_max"] - expected) <= 2, (live, filler_frames)
+
+
+def test_live_scenarios_are_server_only():
+    done = bench("--target", "peer", "--scenario", "live-tts", "--cache", "/nonexistent")
+    assert (done.returncode, done.stderr) == (
+        2, "eko-rtp: error: key '--target': live-tts measures the server's live TTS; the peer has none\n")

@@ -2,11 +2,12 @@
 
 import array
 
+import attrs
 import pytest
 
-from eko_rtp.bench import campaign, procstat, report
+from eko_rtp.bench import campaign, fake_tts, procstat, report
 from eko_rtp.bench.rtp_engine import MediaHandle
-from eko_rtp.bench.run import CallRecord, Plan, RunResult
+from eko_rtp.bench.run import CallRecord, ClassifiedHandle, Plan, RunResult
 
 MS = 1_000_000
 T0 = 1_700_000_000 * 1_000_000_000  # CLOCK_REALTIME ns
@@ -104,3 +105,79 @@ def test_table_side_by_side_with_ratios():
 )
 def test_bench_notes(bench, notes):
     assert campaign.bench_notes(_summary("server", 1, 1.0, **bench)) == notes
+
+
+# -- live TTS scenarios --------------------------------------------------------------
+
+S, N, L = fake_tts.SILENT, fake_tts.SOUND, fake_tts.LIVE
+
+
+@pytest.mark.parametrize(
+    "classes, tail, expected",
+    [
+        ([N, N, L, L], 0, 0),  # filler then live at once
+        ([N, N, S, S, S, L], 0, 3),
+        ([N, N, S, S, S, L], 2, 1),  # two of the three are the filler's own trailing silence
+        ([N, S, S, L], 5, 0),  # never negative
+        ([S, S, N, N, S, L, N, S, S, L], 0, 1),  # only up to the first live frame
+        ([S, S, L], 0, None),  # no filler before the live audio
+        ([N, N, S], 0, None),  # the live audio never came
+        ([], 0, None),
+    ],
+)
+def test_join_gap_frames(classes, tail, expected):
+    assert report.join_gap_frames(array.array("B", classes), tail) == expected
+
+
+def _classified(arrivals_ms, classes):
+    plain = _media(arrivals_ms, list(range(100, 100 + len(arrivals_ms))))
+    return ClassifiedHandle(**{field.name: getattr(plain, field.name) for field in attrs.fields(MediaHandle)},
+                            payload_classes=array.array("B", classes))
+
+
+def _live_result(scenario, records, tail=0):
+    plan = Plan(calls=len(records), concurrency=len(records), rate=10.0, hold=1.0, scenario=scenario,
+                tts_first_byte_ms=300.0, filler_tail_frames=tail)
+    return attrs.evolve(_result(records), plan=plan)
+
+
+def test_live_tts_summary_and_rows():
+    records = [
+        CallRecord(index=0, status=200, final_ns=T0 - 10 * MS, media=_classified([0, 20, 300, 320], [S, S, L, L])),
+        CallRecord(index=1, status=200, final_ns=T0, media=_classified([0, 20, 40, 60], [S, S, L, L])),
+        CallRecord(index=2, status=200, final_ns=T0, media=_classified([0, 20], [S, S])),  # no live audio came
+        CallRecord(index=3, status=486, reason="Busy Here"),
+    ]
+    summary = report.summarise(_live_result("live-tts", records))
+    assert summary["live_tts"] == {
+        "first_byte_ms": 300.0,
+        "ok_to_first_live_ms": {"count": 2, "p50": 40.0, "p90": 310.0, "p99": 310.0, "max": 310.0},
+        "calls_without_live": 1,
+    }
+    assert report.live_rows(summary["live_tts"]) == [
+        ("TTS time to first byte ms (set)", 300.0), ("200->first live frame ms p50", 40.0),
+        ("200->first live frame ms p99", 310.0), ("200->first live frame ms max", 310.0), ("calls without live audio", 1)]
+    cells = {line.split("|")[0].strip(): line.split("|")[1].strip() for line in report.table([summary]).splitlines()[2:]}
+    assert (cells["200->first live frame ms p99"], cells["calls without live audio"]) == ("310.00", "1")
+
+
+def test_hybrid_summary_counts_calls_with_a_gap():
+    records = [
+        CallRecord(index=0, status=200, final_ns=T0, media=_classified(range(0, 120, 20), [N, N, S, L, L, L])),
+        CallRecord(index=1, status=200, final_ns=T0, media=_classified(range(0, 140, 20), [N, S, S, S, S, L, L])),
+        CallRecord(index=2, status=200, final_ns=T0, media=_classified(range(0, 60, 20), [N, N, N])),
+    ]
+    live = report.summarise(_live_result("hybrid", records, tail=1))["live_tts"]
+    assert live == {
+        "first_byte_ms": 300.0,
+        "ok_to_first_live_ms": {"count": 2, "p50": 60.0, "p90": 100.0, "p99": 100.0, "max": 100.0},
+        "calls_without_live": 1, "filler_tail_frames": 1, "calls_joined": 2, "calls_with_gap": 1, "gap_frames_max": 3}
+    assert report.live_rows(live)[-3:] == [("hybrid calls joined", 2), ("hybrid calls with a gap", 1),
+                                           ("hybrid gap frames max", 3)]
+
+
+def test_greeting_scenarios_have_no_live_rows():
+    summary = report.summarise(_result([CallRecord(index=0, status=200, final_ns=T0, media=_media([0, 20], [1, 2]))]))
+    assert summary["live_tts"] is None
+    assert report.live_rows(None) == []
+    assert not any(label.startswith("200->first live") for label, _ in report.rows(summary))

@@ -207,7 +207,13 @@ def test_non_loopback_or_malformed_targets_are_refused(text, error):
         (dict(hold=601), "key '--hold': hold 601 s is outside (0, 600]"),
         (dict(calls=2000, concurrency=10, hold=5), "key '--hold': the run would take about 1005 s (calls / rate,"
          " in waves of concurrency, plus hold), over the 600 s cap"),
-        (dict(scenario="live-tts"), "key '--scenario': scenario 'live-tts' is not one of greeting-unknown, greeting-returning"),
+        (dict(scenario="live"), "key '--scenario': scenario 'live' is not one of greeting-unknown, greeting-returning,"
+         " live-tts, hybrid"),
+        (dict(scenario="live-tts", tts_first_byte_ms=-1.0),
+         "key '--tts-first-byte-ms': time to first byte -1.0 ms is outside 0..10000"),
+        (dict(scenario="hybrid", tts_first_byte_ms=10_001.0),
+         "key '--tts-first-byte-ms': time to first byte 10001.0 ms is outside 0..10000"),
+        (dict(scenario="hybrid", filler_tail_frames=-1), "key '--cache': filler tail of -1 frames is negative"),
         (dict(local_host="192.168.1.1"), "key '--address': target 192.168.1.1 is outside loopback (127.0.0.0/8, ::1);"
          " the bench refuses to load other hosts"),
     ],
