@@ -1,0 +1,68 @@
+"""The server config: every error names the file and the key, and the CLI exits 2 on it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from eko_rtp.config import build_config, load_config, parse_host_port, parse_port_range
+from eko_rtp.errors import UserError
+from server_helpers import REPO
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"sip": {"lisen": "x"}}, "f.toml, key 'sip.lisen': unknown key (known in [sip]: listen, transports, user_agent, session_expires, min_se, max_message_size, answer_timeout, t1)"),
+        ({"sipp": {}}, "f.toml, key 'sipp': unknown section [sipp] (known: sip, media, cache, crm, tts, script, service)"),
+        ({"media": {"rtp_timeout": "30"}}, "f.toml, key 'media.rtp_timeout': expected int or float, got str '30'"),
+        ({"service": {"log_full_numbers": 1}}, "f.toml, key 'service.log_full_numbers': expected bool, got int 1"),
+        ({"sip": {"min_se": True}}, "f.toml, key 'sip.min_se': expected int, got bool True"),
+        ({"sip": {"transports": ["sctp"]}}, "f.toml, key 'sip.transports': must be a non-empty list of 'udp' and 'tcp', got ['sctp']"),
+        ({"sip": {"listen": "nowhere"}}, "f.toml, key 'sip.listen': expected HOST:PORT, got 'nowhere'"),
+        ({"media": {"address": "eko.example"}}, "f.toml, key 'media.address': 'eko.example' is not an IP address"),
+        ({"media": {"rtp_ports": "30000-20000"}}, "f.toml, key 'media.rtp_ports': port range '30000-20000' must be LO-HI with 1024 <= LO < HI <= 65535"),
+        ({"media": {"codec": "G729"}}, "f.toml, key 'media.codec': must be 'offer', 'PCMU' or 'PCMA', got 'G729'"),
+        ({"sip": {"min_se": 60}}, "f.toml, key 'sip.min_se': must be at least 90 seconds (RFC 4028 §4)"),
+        ({"script": {"function": "mymodule"}}, "f.toml, key 'script.function': expected MODULE:FUNCTION, got 'mymodule'"),
+        ({"service": {"drain_grace_seconds": 0}}, "f.toml, key 'service.drain_grace_seconds': must be positive"),
+    ],
+)
+def test_bad_values_name_file_and_key(raw, message):
+    with pytest.raises(UserError) as caught:
+        build_config(raw, source="f.toml")
+    assert str(caught.value) == message
+
+
+def test_defaults_and_overrides():
+    config = build_config({}, source=None)
+    assert (config["sip.listen"], config.media_address, config.rtp_ports) == ("127.0.0.1:5060", "127.0.0.1", (20000, 29999))
+    changed = config.with_overrides({"sip.listen": "[::1]:5070", "media.rtp_ports": "40001-40100", "crm.address": None})
+    assert (str(changed.sip_listen), changed.media_address, changed.rtp_ports) == ("[::1]:5070", "::1", (40002, 40100))
+    with pytest.raises(UserError) as caught:
+        config.with_overrides({"media.rtp_ports": "a-b"})
+    assert str(caught.value) == "command line, key 'media.rtp_ports': expected LO-HI port range, got 'a-b'"
+
+
+def test_syntax_errors_and_missing_files(tmp_path):
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[sip\nlisten = 1\n", encoding="utf-8")
+    with pytest.raises(UserError, match=rf"^{broken}: TOML syntax error: "):
+        load_config(broken)
+    with pytest.raises(UserError, match=r"cannot read config: No such file or directory"):
+        load_config(tmp_path / "absent.toml")
+    assert parse_host_port("[::1]:5060", what="x").host == "::1"
+    assert parse_port_range("20001-20010", what="x") == (20002, 20010)
+
+
+def test_serve_refuses_a_bad_config_with_exit_2(tmp_path):
+    config = tmp_path / "eko-rtp.toml"
+    config.write_text("[media]\nrtp_timeout = -1\n", encoding="utf-8")
+    completed = subprocess.run(
+        [sys.executable, "-m", "eko_rtp", "serve", "--config", str(config)],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines()[-1] == f"eko-rtp: error: {config}, key 'media.rtp_timeout': must be positive"
