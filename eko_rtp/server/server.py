@@ -215,16 +215,12 @@ class EkoServer:
         try:
             offer = sdp.parse_sdp_untrusted(event.offer) if event.offer else None
         except sdp.SdpError as error:
-            log.warning("call %s: unusable SDP offer: %s", call_id, error)
-            self.ua.reject(call_id, error.status, now, reason=_reason(error))
-            self.counters.calls_rejected += 1
+            self._refuse(call_id, error.status, now, f"unusable SDP offer: {error}", reason=_reason(error))
             return
         try:
             pair = self.ports.open_pair()
         except PortsExhausted as error:
-            log.warning("call %s: %s", call_id, error)
-            self.ua.reject(call_id, 503, now, headers=(("Retry-After", "5"),))
-            self.counters.calls_rejected += 1
+            self._refuse(call_id, 503, now, str(error), headers=(("Retry-After", "5"),))
             return
         origin = sdp.SdpOrigin(session_id=next(self._origin_ids), version=1, address=self.media_address)
         try:
@@ -240,9 +236,7 @@ class EkoServer:
                 plan, body = None, sdp.build_offer(local_address=self.media_address, local_port=pair.port, origin=origin)
         except sdp.SdpError as error:
             self.ports.release(pair)
-            log.warning("call %s: %s", call_id, error)
-            self.ua.reject(call_id, error.status, now, reason=_reason(error))
-            self.counters.calls_rejected += 1
+            self._refuse(call_id, error.status, now, str(error), reason=_reason(error))
             return
         queue = PlayoutQueue(self.silence)
         stream = MediaStream(
@@ -278,6 +272,12 @@ class EkoServer:
         if self.metrics is not None:
             self.metrics.active_calls.inc()
         self._call_nursery.start_soon(self._run_call, call, name=f"call {call_id}")
+
+    def _refuse(self, call_id: str, status: int, now: float, why: str, *, reason=None, headers=()) -> None:
+        """Answer an INVITE we cannot take with ``status``; one log line says why."""
+        log.warning("call %s: refused with %d: %s", call_id, status, why)
+        self.ua.reject(call_id, status, now, reason=reason, headers=headers)
+        self.counters.calls_rejected += 1
 
     def _call_event(self, call: Call, event) -> None:
         now = trio.current_time()
