@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eko_rtp.crm.phone import mask_phone, normalise_phone
+from eko_rtp.crm.phone import normalise_phone
 
 
 @pytest.mark.parametrize(
@@ -68,17 +68,3 @@ def test_normalise_phone_other_default_country():
 def test_normalise_phone_unknown_country():
     with pytest.raises(ValueError, match=r"^unsupported default country 'XX' \(known: BE, CH, FR\)$"):
         normalise_phone("0612345678", default_country="XX")
-
-
-@pytest.mark.parametrize(
-    ("e164", "keep", "expected"),
-    [
-        ("+33612345678", 4, "+336••••5678"),
-        ("+33612345678", 3, "+33••••••678"),
-        ("+442079460000", 4, "+442•••••0000"),
-        ("+1234567", 4, "••••••••"),
-        (None, 4, "anonymous"),
-    ],
-)
-def test_mask_phone(e164, keep, expected):
-    assert mask_phone(e164, keep) == expected

@@ -119,17 +119,3 @@ def normalise_phone(raw: str | None, default_country: str = "FR") -> str | None:
             return f"+{digits}"
     return None
 
-
-def mask_phone(e164: str | None, keep: int = 4) -> str:
-    """A number safe for logs: the first and last ``keep`` characters, the middle as "•".
-
-    "+33612345678" -> "+336••••5678". A number too short to keep both ends is masked
-    whole; None (anonymous) is shown as "anonymous".
-    """
-    if e164 is None:
-        return "anonymous"
-    if keep < 0:
-        raise ValueError(f"keep must be non-negative, got {keep}")
-    if len(e164) <= 2 * keep:
-        return "•" * len(e164)
-    return e164[:keep] + "•" * (len(e164) - 2 * keep) + e164[len(e164) - keep:]
