@@ -226,6 +226,18 @@ def test_hybrid_reports_the_gap_when_the_endpoint_is_slower_than_the_filler(buil
     assert abs(live["gap_frames_max"] - expected) <= 2, (live, filler_frames)
 
 
+def test_spawned_server_mixes_live_and_cached_calls(built_cache):
+    done = bench("--spawn", "--scenario", "mixed", "--cache", str(built_cache), "--calls", "6", "--hold", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    run = json.loads(done.stdout)["runs"][0]
+    live = run["live_tts"]
+    assert run["calls"]["answered"] == 6 and run["packets"]["lost"] == 0
+    assert live["calls_live"] + live["calls_cached"] == 6 and live["calls_without_live"] == live["calls_cached"]
+    assert live["ok_to_first_live_ms"]["count"] == live["calls_live"]
+    if live["calls_cached"]:
+        assert live["cached_calls_deviation_steady_ms"]["count"] > 0
+
+
 def test_live_scenarios_are_server_only():
     done = bench("--target", "peer", "--scenario", "live-tts", "--cache", "/nonexistent")
     assert (done.returncode, done.stderr) == (

@@ -176,6 +176,24 @@ def test_hybrid_summary_counts_calls_with_a_gap():
                                            ("hybrid gap frames max", 3)]
 
 
+def test_mixed_summary_reports_the_cached_calls_pacing_apart():
+    # Steady window is 30-70 ms after T0: the cached call's gaps ending at 41 and 60 ms count.
+    records = [
+        CallRecord(index=0, status=200, final_ns=T0, media=_classified([0, 20, 41, 60, 100], [N, N, N, N, N])),
+        CallRecord(index=1, status=200, final_ns=T0, media=_classified([0, 20, 45, 60], [S, L, L, L])),
+    ]
+    live = report.summarise(_live_result("mixed", records))["live_tts"]
+    assert live == {
+        "first_byte_ms": 300.0,
+        "ok_to_first_live_ms": {"count": 1, "p50": 20.0, "p90": 20.0, "p99": 20.0, "max": 20.0},
+        "calls_without_live": 1, "calls_live": 1, "calls_cached": 1,
+        "cached_calls_deviation_steady_ms": {"count": 2, "p50": 1.0, "p90": 1.0, "p99": 1.0, "max": 1.0},
+    }
+    assert report.live_rows(live)[-4:] == [
+        ("mixed: calls live / cached", "1 / 1"), ("cached calls, steady deviation ms p50", 1.0),
+        ("cached calls, steady deviation ms p99", 1.0), ("cached calls, steady deviation ms max", 1.0)]
+
+
 def test_greeting_scenarios_have_no_live_rows():
     summary = report.summarise(_result([CallRecord(index=0, status=200, final_ns=T0, media=_media([0, 20], [1, 2]))]))
     assert summary["live_tts"] is None

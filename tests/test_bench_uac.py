@@ -208,7 +208,7 @@ def test_non_loopback_or_malformed_targets_are_refused(text, error):
         (dict(calls=2000, concurrency=10, hold=5), "key '--hold': the run would take about 1005 s (calls / rate,"
          " in waves of concurrency, plus hold), over the 600 s cap"),
         (dict(scenario="live"), "key '--scenario': scenario 'live' is not one of greeting-unknown, greeting-returning,"
-         " live-tts, hybrid"),
+         " live-tts, hybrid, mixed"),
         (dict(scenario="live-tts", tts_first_byte_ms=-1.0),
          "key '--tts-first-byte-ms': time to first byte -1.0 ms is outside 0..10000"),
         (dict(scenario="hybrid", tts_first_byte_ms=10_001.0),

@@ -26,6 +26,7 @@ from eko_rtp.bench.run import BENCH_RTP_PORTS, LIVE_SCENARIOS, Plan, RunResult, 
 from eko_rtp.errors import UserError
 
 RAMP_STEPS = (50, 100, 200, 400, 700, 1000, 1400)
+SCRIPT_OF = {"live-tts": "live_tts", "hybrid": "hybrid", "mixed": "mixed"}  # server scripts in eko_rtp.bench.scripts
 RAMP_P99_MS = 2.0
 SERVER_FIRST_BYTE_TIMEOUT = 1.5  # s, the server's default [tts] first_byte_timeout
 TTS_TIMEOUT_MARGIN = 0.5  # s the spawned server waits past the fake's time to first byte
@@ -129,7 +130,7 @@ def _live_tts_server(stack: contextlib.ExitStack, options: Options, extra: list[
         lines.append(f"first_byte_timeout = {first_byte + TTS_TIMEOUT_MARGIN}")
     with open(config, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
-    function = "live_tts" if plan.scenario == "live-tts" else "hybrid"
+    function = SCRIPT_OF[plan.scenario]
     return ([*extra, "--config", config, "--script", f"{scripts.__name__}:{function}"],
             {"ELEVENLABS_API_KEY": fake.api_key, "ELEVENLABS_BASE_URL": fake.base_url})
 
@@ -176,7 +177,7 @@ async def run(options: Options, *, caller_audio: bytes) -> Outcome:
             notes.append("peer: it looks nobody up; it plays the same greeting whatever the scenario")
     if options.plan.scenario in LIVE_SCENARIOS and not options.spawn:
         notes.append(f"{options.plan.scenario} against --address: the server must already run --script"
-                     f" {scripts.__name__}:{'live_tts' if options.plan.scenario == 'live-tts' else 'hybrid'} with"
+                     f" {scripts.__name__}:{SCRIPT_OF[options.plan.scenario]} with"
                      f" ELEVENLABS_BASE_URL at an endpoint answering after {options.plan.tts_first_byte_ms:.0f} ms and"
                      f" rendering eko_rtp.bench.fake_tts.live_audio (only --spawn starts one)")
     results: list[RunResult] = []

@@ -76,6 +76,10 @@ def live_summary(result: RunResult) -> dict | None:
     found = {"first_byte_ms": plan.tts_first_byte_ms,
              "ok_to_first_live_ms": _dist_ms(_deltas(answered, "200", "first_live")),
              "calls_without_live": sum(first_live_ns(record.media) is None for record in answered)}
+    if plan.scenario == "mixed":
+        cached = [record for record in answered if record.media is not None and first_live_ns(record.media) is None]
+        found.update({"calls_live": len(answered) - len(cached), "calls_cached": len(cached),
+                      "cached_calls_deviation_steady_ms": _dist_ms(deviations_ns(result, steady_only=True, records=cached))})
     if plan.scenario == "hybrid":
         gaps = [join_gap_frames(record.media.payload_classes, plan.filler_tail_frames)
                 for record in answered if record.media is not None]
@@ -109,14 +113,15 @@ def by_source(media) -> dict[int, tuple[list[int], list[int], list[int]]]:
     return streams
 
 
-def deviations_ns(result: RunResult, *, steady_only: bool = False) -> list[int]:
-    """Inter-arrival deviations pooled over calls; ``steady_only``: only gaps that end
-    inside the steady period (every planned call up), i.e. "at N concurrent calls"."""
+def deviations_ns(result: RunResult, *, steady_only: bool = False, records=None) -> list[int]:
+    """Inter-arrival deviations pooled over calls (``records``, default all); ``steady_only``:
+    only gaps that end inside the steady period (every planned call up), i.e. "at N
+    concurrent calls"."""
     pooled: list[int] = []
     window = result.steady_window_ns
     if steady_only and window is None:
         return pooled
-    for record in result.records:
+    for record in result.records if records is None else records:
         if record.media is None:
             continue
         arrivals = record.media.arrivals
@@ -263,6 +268,10 @@ def live_rows(live: dict | None) -> list[tuple[str, object]]:
     out: list[tuple[str, object]] = [("TTS time to first byte ms (set)", live["first_byte_ms"])]
     out += [(f"200->first live frame ms {key}", latency[key]) for key in ("p50", "p99", "max")]
     out += [("calls without live audio", live["calls_without_live"])]
+    if "calls_cached" in live:
+        cached = live["cached_calls_deviation_steady_ms"]
+        out += [("mixed: calls live / cached", f"{live['calls_live']} / {live['calls_cached']}")]
+        out += [(f"cached calls, steady deviation ms {key}", cached[key]) for key in ("p50", "p99", "max")]
     if "calls_with_gap" in live:
         out += [("hybrid calls joined", live["calls_joined"]),
                 ("hybrid calls with a gap", live["calls_with_gap"]),

@@ -34,8 +34,8 @@ MAX_CALLS = 2000
 MAX_SECONDS = 600.0
 SAMPLE_INTERVAL = 0.5
 BENCH_RTP_PORTS = range(20000, 30000)  # the bench's own RTP/RTCP pairs; the server's default is 30000-39999
-SCENARIOS = ("greeting-unknown", "greeting-returning", "live-tts", "hybrid")
-LIVE_SCENARIOS = ("live-tts", "hybrid")  # the server speaks live TTS from the bench's fake endpoint
+SCENARIOS = ("greeting-unknown", "greeting-returning", "live-tts", "hybrid", "mixed")
+LIVE_SCENARIOS = ("live-tts", "hybrid", "mixed")  # the server speaks live TTS from the bench's fake endpoint
 MAX_FIRST_BYTE_MS = 10_000
 PROTOCOL_ERROR_STATUS = 0  # not a SIP code: the answer could not be used (reason in the record)
 

@@ -4,10 +4,13 @@ Each call says a text of its own, built from its Call-ID, so that no call finds
 its audio in the dynamic cache: every call waits for the endpoint's first byte,
 which is what the scenarios measure. Nothing is said before the live text
 (``live_tts``) or before the cached filler (``hybrid``), so the caller can tell
-where the live audio starts.
+where the live audio starts; ``mixed`` gives half the calls live text and half the
+cached greeting.
 """
 
 from __future__ import annotations
+
+import zlib
 
 import trio
 
@@ -28,4 +31,19 @@ async def live_tts(call) -> None:
 async def hybrid(call) -> None:
     """The cached filler at once while the live text renders, then the live audio."""
     await call.say_hybrid(FILLER, live_text(call))
+    await trio.sleep_forever()
+
+
+def speaks_live(call) -> bool:
+    """``mixed``: every other call (by a hash of its Call-ID) speaks live, the rest cached."""
+    return zlib.crc32(call.call_id.encode()) % 2 == 0
+
+
+async def mixed(call) -> None:
+    """Half the calls say a live text, the other half the cached greeting: do the cached
+    streams keep their pacing while the live ones stream in?"""
+    if speaks_live(call):
+        await call.say_text(live_text(call))
+    else:
+        await call.say("greet")
     await trio.sleep_forever()

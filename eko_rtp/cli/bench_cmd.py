@@ -39,10 +39,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--audio", help="WAV (8 kHz mono 16-bit) the caller plays, looped (default: silence)")
     parser.add_argument("--scenario", choices=SCENARIOS, default=SCENARIOS[0],
                         help="what the calls do (default greeting-unknown); live-tts: the server says a text of each"
-                             " call's own with live TTS; hybrid: a cached filler, then the live text; with --spawn"
-                             " both run against the bench's local fake of the ElevenLabs endpoint")
+                             " call's own with live TTS; hybrid: a cached filler, then the live text; mixed: half the calls"
+                             " live text, half the cached greeting (the cached calls' pacing is reported apart); with"
+                             " --spawn they run against the bench's local fake of the ElevenLabs endpoint")
     parser.add_argument("--tts-first-byte-ms", type=float, default=300.0,
-                        help="the fake TTS endpoint's time to first byte, ms (live-tts, hybrid; default 300); past"
+                        help="the fake TTS endpoint's time to first byte, ms (live-tts, hybrid, mixed; default 300); past"
                              f" {(campaign.SERVER_FIRST_BYTE_TIMEOUT - campaign.TTS_TIMEOUT_MARGIN) * 1000:.0f} ms the"
                              " spawned server's first_byte_timeout is raised to match")
     parser.add_argument("--ramp", action="store_true",
