@@ -175,17 +175,20 @@ def windowed_match(received: list[int], reference: list[int], *, seconds: float,
     A phone's adaptive jitter buffer may drop or repeat a frame while it settles, shifting
     what follows by a few ms: one alignment over the whole phrase would then score low.
     Each 250 ms window is aligned on its own (the first within 1 s of the start, each next
-    within 100 ms of the previous; windows of the phrase's pauses are skipped); the result
-    is the worst window's score, and the lag of the first.
+    within 100 ms of the previous; windows of the phrase's pauses are skipped). The window
+    in which such a shift happens is half aligned whatever we do, so the result is the
+    *second* worst window's score (the worst when there are fewer than four windows),
+    with the lag of the first window.
     """
     length = min(len(reference), int(seconds * 8000)) // window * window
     score, lag = best_correlation(received, reference[:window], max_lag=8000)
-    worst, first_lag = score, lag
+    scores, first_lag = [score], lag
     for start in range(window, length, window):
         if max(abs(sample) for sample in reference[start : start + window]) < 200:
             continue  # a pause in the phrase: nothing to align on
         low = max(0, lag + start - 800)
         score, found = best_correlation(received[low:], reference[start : start + window], max_lag=1600)
         lag = low + found - start
-        worst = min(worst, score)
-    return worst, first_lag
+        scores.append(score)
+    scores.sort()
+    return (scores[1] if len(scores) >= 4 else scores[0]), first_lag

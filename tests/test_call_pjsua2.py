@@ -21,9 +21,9 @@ def phrase_samples(cache_dir, key: str) -> list[int]:
 
 
 def assert_heard(record: str, reference: list[int], *, minimum: float = 0.9) -> int:
-    """Every 250 ms window of the phrase's first 2 s is in the recording (see windowed_match)."""
+    """The 250 ms windows of the phrase's first 2 s are in the recording (see windowed_match)."""
     score, lag = windowed_match(read_wav_samples(record), reference, seconds=2.0)
-    assert score >= minimum, f"worst window's normalised cross-correlation {score:.3f} (phrase starts at lag {lag})"
+    assert score >= minimum, f"windows' normalised cross-correlation {score:.3f} (phrase starts at lag {lag})"
     return lag
 
 
