@@ -64,8 +64,6 @@ class Call:
         self.ended_at: float | None = None
         self.end_reason: str | None = None
         self.greeting: tuple[str, ...] = ()
-        self.outcome = "completed"
-        self.phrases_played: list[str] = []
         self._dtmf_send, self._dtmf_receive = trio.open_memory_channel[str](32)
         self.dtmf_dropped = 0
         self.cancel_scope: trio.CancelScope | None = None
@@ -108,7 +106,6 @@ class Call:
         phrase = self.phrase(key)
         if phrase is None:
             raise UnknownPhrase(f"phrase {key!r} is not in the cache")
-        self.phrases_played.append(key)
         await self._play(CachedSource(phrase.audio))
 
     async def pause(self, milliseconds: int) -> None:
@@ -152,9 +149,9 @@ class Call:
         phrase = self.phrase(key)
         if phrase is None:
             raise UnknownPhrase(f"phrase {key!r} is not in the cache")
-        await self._say_live(phrase, text, key=key)
+        await self._say_live(phrase, text)
 
-    async def _say_live(self, phrase, text: str, *, key: str | None = None) -> None:
+    async def _say_live(self, phrase, text: str) -> None:
         if self.tts is None:
             raise RuntimeError("no TTS engine is configured for this server")
         live = LiveSource()
@@ -163,7 +160,6 @@ class Call:
         failed: list[Exception] = []
         render_scope = trio.CancelScope()
         if phrase is not None:
-            self.phrases_played.append(key)
             self._enqueue(CachedSource(phrase.audio))
         self._enqueue(live)
         self.nursery.start_soon(self._render, text, live, render_scope, failed)
@@ -177,7 +173,6 @@ class Call:
         finally:
             render_scope.cancel()
         if failed:
-            self.outcome = "tts_error"
             fallback = self.phrase(self.fallback_phrase)
             if fallback is not None:
                 await self._play(CachedSource(fallback.audio))
@@ -189,12 +184,6 @@ class Call:
             except TtsError as error:  # already logged and counted by the engine
                 failed.append(error)
                 live.end()
-
-    def live_source(self) -> LiveSource:
-        """A live source queued for playing (frames pushed as they arrive)."""
-        source = LiveSource()
-        self._enqueue(source)
-        return source
 
     # -- internals ---------------------------------------------------------------
 

@@ -41,7 +41,6 @@ async def _is_it_about_the_ticket(call) -> None:
         digit = await _yes_or_no(call)
         if digit == YES:
             await call.say("ticket_transfer_ok")
-            call.outcome = "ticket_transfer"
             await call.hangup()  # the transfer itself (REFER) is the trunk's job, not done here
             return
         if digit == NO:
@@ -52,7 +51,6 @@ async def _is_it_about_the_ticket(call) -> None:
         if attempt == 0:
             await call.say("clarify_yes_no")
     await call.say("goodbye")
-    call.outcome = "no_answer"
     await call.hangup()
 
 

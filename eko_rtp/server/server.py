@@ -197,10 +197,8 @@ class EkoServer:
             self._incoming_call(event)
         elif isinstance(event, ua_module.MessageRejected):
             self.counters.sip_rejected += 1
-            source = event.source
-            where = f"{source[0]}:{source[1]}" if source else "?"
             answer = f" -> {event.status}" if event.status else " -> dropped"
-            log.warning("bad SIP message from %s: %s%s", where, event.description, answer)
+            log.warning("bad SIP message from %s: %s%s", _where(event.source), event.description, answer)
         else:
             call = self.calls.get(event.call_id)
             if call is not None:
@@ -468,7 +466,6 @@ class EkoServer:
             await call.script(call)
         except Exception:
             log.exception("call %s: the call script failed; hanging up", call.call_id)
-            call.outcome = "script_error"
         self.hangup_call(call)
 
     async def _answer_deadline(self, call: Call) -> None:
