@@ -73,3 +73,62 @@ async def test_a_late_clock_sends_the_missed_frames_at_once(autojump_clock):
     times = [round(t, 6) for _, t in stream.sent]
     assert times[:3] == [times[0]] * 3 and times[0] >= 0.065  # frames 1-3 sent together, late
     assert [round(t, 6) for t in times[3:]] == [0.08, 0.1]  # then back on schedule
+
+
+async def test_a_stream_that_changes_phase_is_moved_and_stays_on_time(autojump_clock):
+    clock = FrameClock()
+    stream = RecordingStream(0.0, frames=5, period=0.030)  # 30 ms: a new phase every frame
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        clock.schedule(stream)
+        await trio.sleep(0.3)
+        nursery.cancel_scope.cancel()
+    assert [(i, round(t, 6)) for i, t in stream.sent] == [(1, 0.03), (2, 0.06), (3, 0.09), (4, 0.12)]
+    assert clock.streams == 0  # it returned None after its last frame and left the wheel
+
+
+async def test_streams_answered_together_are_spread_over_the_period(autojump_clock):
+    clock = FrameClock()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        await trio.sleep(0.0004)
+        t0 = trio.current_time()
+        streams = []
+        shifts = []
+        for _ in range(44):  # all answered in the same instant, as a paced trunk's burst
+            stream = RecordingStream(t0, frames=4)
+            shift = clock.balancing_shift(stream.next_due)
+            stream.t0 += shift
+            stream.next_due += shift
+            shifts.append(round(shift, 6))
+            clock.schedule(stream)
+            streams.append(stream)
+        await trio.sleep(0.2)
+        nursery.cancel_scope.cancel()
+    assert max(abs(shift) for shift in shifts) <= 0.005
+    assert shifts[0] == 0  # the first takes its own phase
+    # 44 streams over the 11 reachable milliseconds: 4 per tick, not 44 in one.
+    per_tick = {}
+    for stream in streams:
+        for _, sent_at in stream.sent:
+            per_tick[round(sent_at, 6)] = per_tick.get(round(sent_at, 6), 0) + 1
+    assert max(per_tick.values()) == 4 and len(per_tick) == 11 * 3
+    for stream in streams:  # and each keeps a steady 20 ms after its shift
+        times = [t for _, t in stream.sent]
+        assert [round(b - a, 6) for a, b in zip(times, times[1:])] == [0.02, 0.02]
+
+
+async def test_wait_tick_returns_after_the_next_tick(autojump_clock):
+    clock = FrameClock()
+    stream = RecordingStream(0.0, frames=50)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        clock.schedule(stream)
+        await trio.sleep(0.025)
+        ticks = clock.ticks
+        await clock.wait_tick()
+        assert clock.ticks == ticks + 1 and round(trio.current_time(), 6) == 0.04
+        nursery.cancel_scope.cancel()
+    idle = FrameClock()
+    with trio.fail_after(1):
+        await idle.wait_tick()  # no streams: nothing to wait for

@@ -149,7 +149,7 @@ def snapshot(server: EkoServer) -> dict:
         "calls": len(server.calls),
         "ports in use": server.ports.in_use,
         "hub sockets": len(server.hub._handlers),
-        "clock slots": len(server.clock._slots),
+        "clock streams": server.clock.streams,
         "SIP dialogs": len(server.ua.call_ids),
         "TCP connections": len(server.transport.connections),
     }
@@ -180,7 +180,7 @@ async def test_200_calls_leave_nothing_behind(built_cache):
             assert open_fds() == fds
             outcomes = dict(server.counters.calls_by_outcome)
             nursery.cancel_scope.cancel()
-    assert idle == {"calls": 0, "ports in use": 0, "hub sockets": 0, "clock slots": 0, "SIP dialogs": 0,
+    assert idle == {"calls": 0, "ports in use": 0, "hub sockets": 0, "clock streams": 0, "SIP dialogs": 0,
                     "TCP connections": 0}
     per_shape = CALLS // len(SHAPES)
     assert outcomes == {"remote_bye": per_shape, "cancelled": per_shape, "local_bye": per_shape}, outcomes

@@ -24,6 +24,7 @@ guarantees it never sleeps past a due slot on purpose.
 from __future__ import annotations
 
 import math
+import time
 from typing import Protocol
 
 import trio
@@ -31,6 +32,8 @@ import trio
 from eko_rtp.media.timer import PreciseTimer
 
 SLOT_SECONDS = 0.001
+WHEEL_SLOTS = 20  # one bucket per millisecond of the 20 ms frame period
+MAX_SHIFT_SLOTS = 5  # how far a new stream's schedule may move to a quieter millisecond
 
 
 class ScheduledStream(Protocol):
@@ -40,63 +43,159 @@ class ScheduledStream(Protocol):
 
 
 class FrameClock:
-    """The timer wheel and the one task that drives it."""
+    """The timer wheel and the one task that drives it.
+
+    The wheel has ``WHEEL_SLOTS`` buckets, one per millisecond of the 20 ms frame
+    period, and a stream stays in the bucket of its phase: serving slot ``s``
+    serves bucket ``s % WHEEL_SLOTS``. A stream whose next due time falls in the
+    same bucket 20 slots on (every call: frames are 20 ms apart) stays where it
+    is, so the per-frame cost is one ``send_due`` call and two float comparisons,
+    not a re-insertion. A stream that returns another phase (a test stream with
+    another period) is moved; one that returns ``None`` is dropped.
+    """
 
     def __init__(self, *, slot_seconds: float = SLOT_SECONDS, precise: bool = False):
         self.slot_seconds = slot_seconds
-        self._slots: dict[int, list[ScheduledStream]] = {}
+        self._buckets: list[list[ScheduledStream]] = [[] for _ in range(WHEEL_SLOTS)]
+        self._count = 0  # streams in the wheel
+        self._served: int | None = None  # the last slot served
+        self._sleeping_until: int | None = None
         self._wakeup = trio.Event()
         self._timer = PreciseTimer() if precise else None
+        self._ticked = trio.Event()
+        # When the next tick is due, on time.perf_counter(): the receive hub reads it
+        # to step aside before a tick instead of delaying it (see ReceiveHub).
+        self.next_tick_perf = math.inf
         self.ticks = 0
-        self.streams = 0
+
+    @property
+    def streams(self) -> int:
+        """Streams in the wheel (a stopped one leaves at its next slot)."""
+        return self._count
 
     def _slot_of(self, due: float) -> int:
         return math.ceil(due / self.slot_seconds - 1e-9)
 
+    def balancing_shift(self, due: float) -> float:
+        """How far to move a new stream's schedule, once, so it lands in a quiet slot.
+
+        Calls are answered in bursts (a trunk paces its INVITEs: at 100 calls a second
+        every answer lands on the same two phases of the 20 ms period), so left alone
+        a few buckets hold most streams and their ticks send 150 packets where 50
+        would be the share: a tick that long leaves its last frames milliseconds late.
+        The stream's first frame has already left (on the 200 OK); moving the rest by
+        at most ``MAX_SHIFT_SLOTS`` ms, to the least-loaded bucket within that reach
+        (the nearest on a tie), changes one gap of the call's first two packets and
+        keeps every later frame on a tick of fair size. Returns seconds to add.
+        """
+        natural = self._slot_of(due)
+        buckets = self._buckets
+        best_load, best_shift = len(buckets[natural % WHEEL_SLOTS]), 0
+        for distance in range(1, MAX_SHIFT_SLOTS + 1):
+            for shift in (-distance, distance):
+                load = len(buckets[(natural + shift) % WHEEL_SLOTS])
+                if load < best_load:
+                    best_load, best_shift = load, shift
+        return best_shift * self.slot_seconds
+
     def schedule(self, stream: ScheduledStream) -> None:
         """Put ``stream`` in the wheel at its ``next_due``."""
         slot = self._slot_of(stream.next_due)
-        bucket = self._slots.get(slot)
-        if bucket is None:
-            self._slots[slot] = [stream]
+        self._buckets[slot % WHEEL_SLOTS].append(stream)
+        self._count += 1
+        if self._served is None:
+            self._served = slot - 1
+        elif slot <= self._served:
+            # Due in a slot already served (a stream started between ticks): it is
+            # served in the next pass, whose bucket scan reaches back to it.
+            self._served = slot - 1
+        if self._sleeping_until is None or slot < self._sleeping_until:
             self._wakeup.set()
             timer = self._timer
             if timer is not None and timer.armed_at is not None and slot * self.slot_seconds < timer.armed_at:
                 timer.arm(slot * self.slot_seconds)  # a new stream needs an earlier tick
-        else:
-            bucket.append(stream)
+
+    def _next_busy_slot(self) -> int | None:
+        """The first slot after the last served whose bucket holds a stream."""
+        buckets = self._buckets
+        served = self._served
+        for slot in range(served + 1, served + 1 + WHEEL_SLOTS):
+            if buckets[slot % WHEEL_SLOTS]:
+                return slot
+        return None
+
+    def _serve(self, slot: int, now: float) -> None:
+        """Send what is due for every stream in ``slot``'s bucket."""
+        index = slot % WHEEL_SLOTS
+        bucket = self._buckets[index]
+        if not bucket:
+            return
+        slot_seconds = self.slot_seconds
+        # A next due time that _slot_of puts in slot + WHEEL_SLOTS keeps the stream here.
+        upper = (slot + WHEEL_SLOTS + 1e-9) * slot_seconds
+        lower = upper - slot_seconds
+        leaving = None
+        for stream in bucket:
+            next_due = stream.send_due(now)
+            if next_due is not None:
+                stream.next_due = next_due
+                if lower < next_due <= upper:
+                    continue
+            if leaving is None:
+                leaving = []
+            leaving.append((stream, next_due))
+        if leaving is None:
+            return
+        gone = {id(stream) for stream, _ in leaving}
+        self._buckets[index] = [stream for stream in bucket if id(stream) not in gone]
+        self._count -= len(leaving)
+        for stream, next_due in leaving:
+            if next_due is not None:
+                self.schedule(stream)  # another phase, or more than a period ahead
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Drive every scheduled stream until cancelled."""
         task_status.started()
-        slots = self._slots
         slot_seconds = self.slot_seconds
         while True:
-            if not slots:
+            wake_slot = self._next_busy_slot() if self._count else None
+            if wake_slot is None:
+                self._sleeping_until = None
+                self.next_tick_perf = math.inf
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
                 continue
-            earliest = min(slots)
-            wake_at = earliest * slot_seconds
-            if trio.current_time() < wake_at:
+            wake_at = wake_slot * slot_seconds
+            now = trio.current_time()
+            self.next_tick_perf = wake_at - now + time.perf_counter()
+            if now < wake_at:
+                self._sleeping_until = wake_slot
                 if self._timer is not None:
                     self._timer.arm(wake_at)
                     await self._timer.wait()  # schedule() re-arms it for an earlier slot
-                    continue
-                self._wakeup = trio.Event()
-                with trio.move_on_at(wake_at):
-                    await self._wakeup.wait()  # a new stream may need an earlier slot
+                else:
+                    self._wakeup = trio.Event()
+                    with trio.move_on_at(wake_at):
+                        await self._wakeup.wait()  # a new stream may need an earlier slot
+                self._sleeping_until = None
                 continue
             now = trio.current_time()
             current = math.floor(now / slot_seconds + 1e-9)
             self.ticks += 1
-            for slot in sorted(s for s in slots if s <= current):
-                for stream in slots.pop(slot):
-                    next_due = stream.send_due(now)
-                    if next_due is not None:
-                        stream.next_due = next_due
-                        self.schedule(stream)
+            # Every bucket is served once at most: a clock more than a period late
+            # serves each bucket once and the streams send all their due frames.
+            first = max(self._served + 1, current - WHEEL_SLOTS + 1)
+            self._served = current
+            for slot in range(first, current + 1):
+                self._serve(slot, now)
+            self._ticked.set()
+            self._ticked = trio.Event()
             await trio.lowlevel.checkpoint()
+
+    async def wait_tick(self) -> None:
+        """Return after the clock's next tick (at once when it has no streams)."""
+        if self._count:
+            await self._ticked.wait()
 
     def close(self) -> None:
         if self._timer is not None:

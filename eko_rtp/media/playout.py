@@ -64,10 +64,11 @@ class CachedSource(Source):
         if len(audio) % FRAME_BYTES:
             raise ValueError(f"cached audio must be whole 160-byte frames, got {len(audio)} bytes")
         self._audio = audio
+        self._length = len(audio)
         self._offset = 0
 
     def take(self) -> memoryview | None:
-        if self.cancelled or self._offset >= len(self._audio):
+        if self.cancelled or self._offset >= self._length:
             return None
         start = self._offset
         self._offset = start + FRAME_BYTES
@@ -75,7 +76,7 @@ class CachedSource(Source):
 
     @property
     def exhausted(self) -> bool:
-        return self.cancelled or self._offset >= len(self._audio)
+        return self.cancelled or self._offset >= self._length
 
 
 class SilenceSource(Source):
@@ -167,6 +168,17 @@ class PlayoutQueue:
     def next_frame(self) -> tuple[bytes | memoryview, bool]:
         """The payload for the next frame period and whether it starts a talkspurt."""
         sources = self._sources
+        if sources:
+            # The common case, inline: a cached phrase in the middle of playing.
+            source = sources[0]
+            if source.__class__ is CachedSource and not source.cancelled:
+                start = source._offset
+                end = start + FRAME_BYTES
+                if end < source._length:  # not its last frame (that one finishes it)
+                    source._offset = end
+                    marker = self._in_silence
+                    self._in_silence = False
+                    return source._audio[start:end], marker
         while sources:
             source = sources[0]
             frame = source.take()

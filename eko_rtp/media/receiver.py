@@ -11,9 +11,11 @@ the default of one avoids the extra ``recvfrom`` that would only say "empty"
 the next pass, a millisecond later, and a call sends one packet per 20 ms).
 Handlers must not raise: a handler error is logged and counted, never propagated.
 
-Two limits keep the frame clock on time: a pass yields to the scheduler once it has
-run for ``step_budget`` (so a due clock tick never waits behind a receive pass), and
-after a pass the hub naps for ``nap`` before it looks again, so inbound packets are
+Three rules keep the frame clock on time: given the clock, the hub steps aside
+when the clock's next tick is less than ``tick_margin`` away and waits until that
+tick has gone (inbound packets wait in their socket buffers instead of the tick
+waiting behind them); a pass yields to the scheduler once it has run for
+``step_budget``; and after a pass the hub naps for ``nap`` before it looks again, so inbound packets are
 handled in about a hundred batches a second instead of one wake-up per packet.
 Inbound RTP only refreshes the inactivity timer, latches the destination and carries
 DTMF: 10 ms does not matter to any of them, and a call's socket buffer holds far more.
@@ -41,8 +43,11 @@ MAX_DATAGRAM = 2048
 class ReceiveHub:
     """The epoll set of media sockets and the task that drains it."""
 
-    def __init__(self, *, burst: int = 1, step_budget: float = 0.00015, nap: float = 0.010):
+    def __init__(self, *, burst: int = 1, step_budget: float = 0.00015, nap: float = 0.010, clock=None,
+                 tick_margin: float = 0.00005):
         self._epoll = select.epoll()
+        self._clock = clock
+        self.tick_margin = tick_margin
         self._handlers: dict[int, tuple[socket.socket, Handler]] = {}
         self.burst = burst
         self.step_budget = step_budget
@@ -73,16 +78,23 @@ class ReceiveHub:
         handlers = self._handlers
         burst = self.burst
         clock = time.perf_counter
+        current_time = trio.current_time
+        budget = self.step_budget
+        frame_clock = self._clock
+        margin = self.tick_margin
         while True:
             await trio.lowlevel.wait_readable(epoll.fileno())
+            # One arrival time per step: inbound RTP needs it only for the
+            # inactivity timer and RTCP jitter, and the step is short.
+            now = current_time()
             step_started = clock()
             for fd, _ in epoll.poll(0):
                 entry = handlers.get(fd)
                 if entry is None:
                     continue
                 sock, handler = entry
-                now = trio.current_time()
-                for _ in range(burst):
+                taken = 0
+                while taken < burst:
                     try:
                         data, address = sock.recvfrom(MAX_DATAGRAM)
                     except (BlockingIOError, InterruptedError):
@@ -90,13 +102,20 @@ class ReceiveHub:
                     except OSError as error:  # e.g. ICMP port unreachable reported on the socket
                         log.debug("media socket %s: %s", sock.getsockname(), error)
                         break
-                    self.datagrams += 1
+                    taken += 1
                     try:
                         handler(data, address, now)
                     except Exception:
                         self.handler_errors += 1
                         log.exception("media handler failed for a datagram from %s", address)
-                if clock() - step_started > self.step_budget:
-                    await trio.lowlevel.checkpoint()  # let a due clock tick go first
+                self.datagrams += taken
+                elapsed = clock()
+                if frame_clock is not None and elapsed > frame_clock.next_tick_perf - margin:
+                    await frame_clock.wait_tick()  # step aside: the tick goes first
+                    now = current_time()
+                    step_started = clock()
+                elif elapsed - step_started > budget:
+                    await trio.lowlevel.checkpoint()  # let other due work go first
+                    now = current_time()
                     step_started = clock()
             await trio.sleep(self.nap)

@@ -51,6 +51,7 @@ __all__ = [
 _HEADER = struct.Struct("!BBHII")
 _EXTENSION_HEADER = struct.Struct("!HH")
 HEADER_SIZE = _HEADER.size
+SAMPLES_PER_FRAME = 160  # 20 ms of 8 kHz G.711: also its octets (RFC 3551 §4.5.14)
 
 _VERSION_2 = 0x80
 _PADDING_BIT = 0x20
@@ -184,28 +185,30 @@ class RtpSender:
         self._check_payload_type(payload_type)
         self.payload_type = payload_type
 
-    def header_for_next_frame(self, marker: bool = False, samples: int = 160, payload_size: int | None = None) -> bytearray:
+    def header_for_next_frame(self, marker: bool = False) -> bytearray:
         """Write the next packet's header into the shared buffer and return it.
 
-        The same ``bytearray`` comes back every time: send it before the next
-        call. ``marker`` is for the first packet of a talkspurt only (RFC 3551
-        §4.1). The timestamp then advances by ``samples`` (160 = 20 ms at 8 kHz)
-        and the sequence number by one. ``payload_size`` counts octets for the
-        RTCP sender report; it defaults to ``samples`` (G.711: one octet each).
+        One frame is 20 ms of G.711: 160 samples and 160 octets. The same
+        ``bytearray`` comes back every time: send it before the next call.
+        ``marker`` is for the first packet of a talkspurt only (RFC 3551 §4.1).
+        The timestamp then advances by 160 and the sequence number by one. This
+        runs for every frame of every call, hence the locals.
         """
+        sequence = self._sequence
+        timestamp = self._timestamp
         _HEADER.pack_into(
             self._header,
             0,
             _VERSION_2,
             (_MARKER_BIT | self.payload_type) if marker else self.payload_type,
-            self._sequence,
-            self._timestamp,
+            sequence,
+            timestamp,
             self.ssrc,
         )
-        self._sequence = (self._sequence + 1) & 0xFFFF
-        self._timestamp = (self._timestamp + samples) & 0xFFFFFFFF
+        self._sequence = (sequence + 1) & 0xFFFF
+        self._timestamp = (timestamp + SAMPLES_PER_FRAME) & 0xFFFFFFFF
         self.packets_sent += 1
-        self.octets_sent += samples if payload_size is None else payload_size
+        self.octets_sent += SAMPLES_PER_FRAME
         return self._header
 
     def skip(self, samples: int) -> None:
@@ -294,7 +297,7 @@ class ReceiverStatistics:
         self.received += 1
         return True
 
-    def feed(self, *, sequence: int, rtp_timestamp: int, arrival_time: float, ssrc: int | None = None) -> bool:
+    def feed(self, sequence: int, rtp_timestamp: int, arrival_time: float, ssrc: int | None = None) -> bool:
         """Account for one packet; False when A.1 rejects it (probation, jump)."""
         if ssrc is not None and ssrc != self.ssrc:
             # A new SSRC is a new source: statistics start over (§8.2).

@@ -27,7 +27,7 @@ from eko_rtp.media.dtmf import DtmfDetector, DtmfError, parse_telephone_event_un
 from eko_rtp.media.playout import FRAME_BYTES, PlayoutQueue
 from eko_rtp.media.ports import PortPair
 from eko_rtp.media.rtcp import build_sender_report, ntp_from_unix
-from eko_rtp.media.rtp import ReceiverStatistics, RtpSender, is_rtcp
+from eko_rtp.media.rtp import ReceiverStatistics, RtpSender
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class MediaStream:
         wall_clock: Callable[[], float] | None = None,
     ):
         self.pair = pair
+        self._sendmsg = pair.rtp.sendmsg
         self.queue = queue
         self.counters = counters
         self.on_dtmf = on_dtmf
@@ -94,6 +95,7 @@ class MediaStream:
         self.sender.set_payload_type(plan.codec.payload_type)
         self._translate = ULAW_TO_ALAW if plan.codec.name.upper() == "PCMA" else None
         self.telephone_event_pt = plan.telephone_event_payload_type
+        self._rtcp_mux = bool(plan.rtcp_mux)
         moved = plan.remote_rtp is not None and plan.remote_rtp != self.remote_rtp
         if moved or not self.latched:
             # A re-INVITE that moves the remote address moves our sending (RFC 3264 §8.3.1);
@@ -109,49 +111,55 @@ class MediaStream:
         """Send frame 0 now; the frame clock sends the rest (call ``schedule`` on it next)."""
         self.t0 = now
         self.frame_index = 0
-        self._send_frame(now, now)
-        self.frame_index = 1
-        self.next_due = now + FRAME_PERIOD
+        sent_before = self.counters.frames_sent
+        self.next_due = self.send_due(now)
+        if self.counters.frames_sent > sent_before:
+            self.first_packet_time = now
+
+    def shift_schedule(self, seconds: float) -> None:
+        """Move every frame still to come by ``seconds`` (see FrameClock.balancing_shift)."""
+        self.t0 += seconds
+        self.next_due += seconds
 
     def send_due(self, now: float) -> float | None:
+        """Send every frame due at ``now``; the next due time, or ``None`` once closed.
+
+        This runs for every frame of every call, so it is written flat: one call
+        into the playout queue, one into the header writer, one ``sendmsg``.
+        """
         if self.closed:
             return None
         t0 = self.t0
         index = self.frame_index
         due = t0 + index * FRAME_PERIOD
         while due <= now + 1e-9:
-            self._send_frame(due, now)
+            if now - due > LATE_THRESHOLD:
+                self._count_late(now - due)
+            if self.sending:
+                payload, marker = self.queue.next_frame()
+                if self._translate is not None:
+                    payload = bytes(payload).translate(self._translate)
+                try:
+                    self._sendmsg((self.sender.header_for_next_frame(marker), payload), (), 0, self.remote_rtp)
+                except BlockingIOError:
+                    self.counters.send_drops += 1
+                except OSError as error:
+                    self.counters.send_errors += 1
+                    log.debug("RTP send to %s failed: %s", self.remote_rtp, error)
+                else:
+                    self.counters.frames_sent += 1
+            else:
+                self.sender.skip(SAMPLES_PER_FRAME)  # held: timestamps keep counting time
             index += 1
             due = t0 + index * FRAME_PERIOD
         self.frame_index = index
         return due
 
-    def _send_frame(self, due: float, now: float) -> None:
+    def _count_late(self, lateness: float) -> None:
         counters = self.counters
-        lateness = now - due
-        if lateness > LATE_THRESHOLD:
-            counters.frames_late += 1
-            if lateness > counters.max_lateness:
-                counters.max_lateness = lateness
-        if not self.sending:
-            self.sender.skip(SAMPLES_PER_FRAME)  # held: timestamps keep counting time
-            return
-        payload, marker = self.queue.next_frame()
-        if self._translate is not None:
-            payload = bytes(payload).translate(self._translate)
-        header = self.sender.header_for_next_frame(marker)
-        try:
-            self.pair.rtp.sendmsg((header, payload), (), 0, self.remote_rtp)
-        except BlockingIOError:
-            counters.send_drops += 1
-            return
-        except OSError as error:
-            counters.send_errors += 1
-            log.debug("RTP send to %s failed: %s", self.remote_rtp, error)
-            return
-        counters.frames_sent += 1
-        if self.first_packet_time is None:
-            self.first_packet_time = now
+        counters.frames_late += 1
+        if lateness > counters.max_lateness:
+            counters.max_lateness = lateness
 
     def rtp_timestamp_at(self, now: float) -> int:
         """Our RTP clock at ``now`` (for RTCP SR §6.4.1), from the frame schedule."""
@@ -185,24 +193,24 @@ class MediaStream:
     # -- receiving ---------------------------------------------------------------
 
     def on_rtp(self, data: bytes, address: tuple, now: float) -> None:
-        counters = self.counters
         if len(data) < 12 or data[0] >> 6 != 2:
-            counters.packets_invalid += 1
+            self.counters.packets_invalid += 1
             return
-        if self.plan.rtcp_mux and is_rtcp(data):
+        marker_and_type = data[1]
+        if 192 <= marker_and_type <= 223 and self._rtcp_mux:  # RFC 5761 §4 (is_rtcp)
             self.on_rtcp(data, address, now)
             return
-        counters.packets_received += 1
+        self.counters.packets_received += 1
         self.last_inbound = now
-        if not self.latched or address != self.remote_rtp:
+        if address != self.remote_rtp or not self.latched:
             # Symmetric RTP (RFC 4961): answer where the caller's media comes from.
             self.remote_rtp = address
-            if not self.plan.rtcp_mux:
+            if not self._rtcp_mux:
                 self.remote_rtcp = (address[0], address[1] + 1)
             self.latched = True
         sequence, timestamp = _SEQ_TS.unpack_from(data, 2)
-        self.statistics.feed(sequence=sequence, rtp_timestamp=timestamp, arrival_time=now)
-        if self.telephone_event_pt is not None and (data[1] & 0x7F) == self.telephone_event_pt:
+        self.statistics.feed(sequence, timestamp, now)
+        if (marker_and_type & 0x7F) == self.telephone_event_pt:
             self._on_telephone_event(data, timestamp)
 
     def _on_telephone_event(self, data: bytes, timestamp: int) -> None:

@@ -73,7 +73,7 @@ class EkoServer:
         low, high = config.rtp_ports
         self.ports = RtpPortPool(self.media_address, low, high)
         self.clock = FrameClock(precise=True)
-        self.hub = ReceiveHub()
+        self.hub = ReceiveHub(clock=self.clock)
         self.media_counters = MediaCounters()
         self.counters = ServerCounters()
         self.transport = SipTransport(
@@ -350,6 +350,7 @@ class EkoServer:
         now = trio.current_time()
         call.answered_at = now
         call.stream.start(now)
+        call.stream.shift_schedule(self.clock.balancing_shift(call.stream.next_due))
         self.clock.schedule(call.stream)
         call.answered.set()
         first = call.stream.first_packet_time
