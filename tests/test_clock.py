@@ -1,10 +1,12 @@
 """The shared frame clock: absolute schedules on a 1 ms grid, exact under the autojump clock."""
 
+import time
+
 import pytest
 import trio
 import trio.testing
 
-from eko_rtp.media.clock import FrameClock
+from eko_rtp.media.clock import MAX_AFTER_TICK, MAX_SHIFT_SLOTS, PACK_LIMIT, FrameClock
 
 
 class RecordingStream:
@@ -87,48 +89,89 @@ async def test_a_stream_that_changes_phase_is_moved_and_stays_on_time(autojump_c
     assert clock.streams == 0  # it returned None after its last frame and left the wheel
 
 
-async def test_streams_answered_together_are_spread_over_the_period(autojump_clock):
-    clock = FrameClock()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(clock.run)
-        await trio.sleep(0.0004)
-        t0 = trio.current_time()
-        streams = []
-        shifts = []
-        for _ in range(44):  # all answered in the same instant, as a paced trunk's burst
-            stream = RecordingStream(t0, frames=4)
-            shift = clock.balancing_shift(stream.next_due)
-            stream.t0 += shift
-            stream.next_due += shift
-            shifts.append(round(shift, 6))
-            clock.schedule(stream)
-            streams.append(stream)
-        await trio.sleep(0.2)
-        nursery.cancel_scope.cancel()
-    assert max(abs(shift) for shift in shifts) <= 0.005
-    assert shifts[0] == 0  # the first takes its own phase
-    # 44 streams over the 11 reachable milliseconds: 4 per tick, not 44 in one.
+async def _start_streams(clock, starts, frames=4):
+    """Schedule one stream per start time, each moved as the server moves it."""
+    streams, shifts = [], []
+    for t0 in starts:
+        stream = RecordingStream(t0, frames=frames)
+        shift = clock.balancing_shift(stream.next_due)
+        stream.t0 += shift
+        stream.next_due += shift
+        shifts.append(round(shift, 6))
+        clock.schedule(stream)
+        streams.append(stream)
+    return streams, shifts
+
+
+def _packets_per_tick(streams):
     per_tick = {}
     for stream in streams:
         for _, sent_at in stream.sent:
             per_tick[round(sent_at, 6)] = per_tick.get(round(sent_at, 6), 0) + 1
-    assert max(per_tick.values()) == 4 and len(per_tick) == 11 * 3
+    return per_tick
+
+
+@pytest.mark.parametrize("count", [44, 400])
+async def test_streams_answered_together_share_ticks_up_to_a_limit_then_spread(autojump_clock, count):
+    clock = FrameClock()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        await trio.sleep(0.0004)
+        # All answered in the same instant, as a burst from a paced trunk.
+        streams, shifts = await _start_streams(clock, [trio.current_time()] * count)
+        await trio.sleep(0.2)
+        nursery.cancel_scope.cancel()
+    assert max(abs(shift) for shift in shifts) <= MAX_SHIFT_SLOTS * 0.001 + 1e-9
+    assert shifts[0] == 0  # the first takes its own phase
+    per_tick = _packets_per_tick(streams)
+    if count <= 11 * PACK_LIMIT:  # the 11 reachable milliseconds can hold them packed
+        assert max(per_tick.values()) == PACK_LIMIT and len(per_tick) == 3 * -(-count // PACK_LIMIT)
+    else:  # every reachable bucket is full: spread evenly over the 11
+        assert len(per_tick) == 3 * 11 and max(per_tick.values()) - min(per_tick.values()) <= 1
     for stream in streams:  # and each keeps a steady 20 ms after its shift
         times = [t for _, t in stream.sent]
         assert [round(b - a, 6) for a, b in zip(times, times[1:])] == [0.02, 0.02]
 
 
-async def test_wait_tick_returns_after_the_next_tick(autojump_clock):
+async def test_a_few_calls_answered_at_different_moments_share_one_wakeup(autojump_clock):
     clock = FrameClock()
-    stream = RecordingStream(0.0, frames=50)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        starts = []
+        for gap in (0.0, 0.003, 0.0012, 0.0004):  # four answers within 5 ms of the first
+            await trio.sleep(gap)
+            starts.append(trio.current_time())
+        streams, shifts = await _start_streams(clock, starts, frames=6)
+        ticks_before = clock.ticks
+        await trio.sleep(0.2)
+        nursery.cancel_scope.cancel()
+    assert len(_packets_per_tick(streams)) == 5  # one tick per frame period serves all four
+    assert clock.ticks - ticks_before == 5
+
+
+async def test_after_tick_runs_after_each_tick_with_a_deadline_before_the_next(autojump_clock):
+    clock = FrameClock()
+    calls = []
+    clock.after_tick = lambda until: calls.append((round(trio.current_time(), 6), until - time.perf_counter()))
+    stream = RecordingStream(0.0, frames=4)
     async with trio.open_nursery() as nursery:
         await nursery.start(clock.run)
         clock.schedule(stream)
-        await trio.sleep(0.025)
-        ticks = clock.ticks
-        await clock.wait_tick()
-        assert clock.ticks == ticks + 1 and round(trio.current_time(), 6) == 0.04
+        await trio.sleep(0.2)
         nursery.cancel_scope.cancel()
-    idle = FrameClock()
+    assert [at for at, _ in calls] == [0.02, 0.04, 0.06]
+    # Under the mock clock perf_counter barely moves: the deadline is the gap to the
+    # next tick less the margin, capped, and for the last tick (no stream left) the cap.
+    assert all(0 < left <= MAX_AFTER_TICK for _, left in calls)
+
+
+async def test_wait_idle_returns_when_the_last_stream_leaves(autojump_clock):
+    clock = FrameClock()
     with trio.fail_after(1):
-        await idle.wait_tick()  # no streams: nothing to wait for
+        await clock.wait_idle()  # empty from the start
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        clock.schedule(RecordingStream(0.0, frames=3))
+        await clock.wait_idle()
+        assert round(trio.current_time(), 6) == 0.04 and clock.streams == 0
+        nursery.cancel_scope.cancel()

@@ -271,6 +271,31 @@ def test_statistics_never_raise_on_random_sequences(sequences):
     statistics.report_block(now=100.0)
 
 
+def _in_order_runs(draw_steps):
+    """Mostly the next sequence number, with jumps, repeats and a wrap mixed in."""
+    sequence, out = 0xFFF0, []
+    for step in draw_steps:
+        sequence = (sequence + step) & 0xFFFF
+        out.append(sequence)
+    return out
+
+
+@hypothesis.given(
+    st.lists(st.sampled_from([1, 1, 1, 1, 1, 0, 2, -1, 3000, 40000]), max_size=300),
+    st.lists(st.floats(0, 0.01), min_size=300, max_size=300),
+)
+def test_statistics_in_order_fast_path_matches_the_appendix_a_path(steps, delays):
+    """feed() takes a shortcut for the next packet in order; the same packets fed with
+    an SSRC (which always goes through A.1 update_seq) must give the same report."""
+    shortcut, reference = ReceiverStatistics(), ReceiverStatistics()
+    for index, sequence in enumerate(_in_order_runs(steps)):
+        arrival = index * 0.02 + delays[index]
+        accepted = shortcut.feed(sequence, index * 160, arrival)
+        assert accepted == reference.feed(sequence, index * 160, arrival, ssrc=0x1234)
+        assert (shortcut.received, shortcut.expected, shortcut.extended_highest_sequence, shortcut.jitter) == (
+            reference.received, reference.expected, reference.extended_highest_sequence, reference.jitter)
+
+
 MEDIA = pathlib.Path(__file__).resolve().parent.parent / "eko_rtp" / "media"
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 import trio
 
@@ -33,7 +33,10 @@ from eko_rtp.media.timer import PreciseTimer
 
 SLOT_SECONDS = 0.001
 WHEEL_SLOTS = 20  # one bucket per millisecond of the 20 ms frame period
-MAX_SHIFT_SLOTS = 5  # how far a new stream's schedule may move to a quieter millisecond
+MAX_SHIFT_SLOTS = 5  # how far a new stream's schedule may move to a better millisecond
+TICK_MARGIN = 0.0001  # after_tick work stops this long before the next tick
+MAX_AFTER_TICK = 0.002  # ...and runs at most this long after one
+PACK_LIMIT = 16  # streams a bucket takes before new ones go elsewhere (a 16-stream tick is ~0.2 ms)
 
 
 class ScheduledStream(Protocol):
@@ -62,10 +65,11 @@ class FrameClock:
         self._sleeping_until: int | None = None
         self._wakeup = trio.Event()
         self._timer = PreciseTimer() if precise else None
-        self._ticked = trio.Event()
-        # When the next tick is due, on time.perf_counter(): the receive hub reads it
-        # to step aside before a tick instead of delaying it (see ReceiveHub).
-        self.next_tick_perf = math.inf
+        self._idle = trio.Event()
+        self._idle.set()
+        # Called after each tick with a time.perf_counter() deadline shortly before the
+        # next tick (at most MAX_AFTER_TICK away): the receive hub drains then.
+        self.after_tick: Callable[[float], object] | None = None
         self.ticks = 0
 
     @property
@@ -77,32 +81,42 @@ class FrameClock:
         return math.ceil(due / self.slot_seconds - 1e-9)
 
     def balancing_shift(self, due: float) -> float:
-        """How far to move a new stream's schedule, once, so it lands in a quiet slot.
+        """How far to move a new stream's schedule, once, so its ticks stay short and few.
 
         Calls are answered in bursts (a trunk paces its INVITEs: at 100 calls a second
         every answer lands on the same two phases of the 20 ms period), so left alone
         a few buckets hold most streams and their ticks send 150 packets where 50
         would be the share: a tick that long leaves its last frames milliseconds late.
-        The stream's first frame has already left (on the 200 OK); moving the rest by
-        at most ``MAX_SHIFT_SLOTS`` ms, to the least-loaded bucket within that reach
-        (the nearest on a tie), changes one gap of the call's first two packets and
-        keeps every later frame on a tick of fair size. Returns seconds to add.
+        At low load the opposite matters: every busy bucket is one more wake-up of
+        the whole loop per period. So within ``MAX_SHIFT_SLOTS`` ms either way a new
+        stream joins the fullest bucket still under ``PACK_LIMIT`` (one wake-up
+        serves them all), and once every bucket in reach is that full, the
+        least-loaded one; the nearest wins a tie. The stream's first frame has
+        already left (on the 200 OK), so this changes one gap, between its first two
+        packets, and nothing after. Returns seconds to add.
         """
         natural = self._slot_of(due)
         buckets = self._buckets
-        best_load, best_shift = len(buckets[natural % WHEEL_SLOTS]), 0
+        candidates = [0]
         for distance in range(1, MAX_SHIFT_SLOTS + 1):
-            for shift in (-distance, distance):
-                load = len(buckets[(natural + shift) % WHEEL_SLOTS])
-                if load < best_load:
-                    best_load, best_shift = load, shift
-        return best_shift * self.slot_seconds
+            candidates += (-distance, distance)
+        loads = [len(buckets[(natural + shift) % WHEEL_SLOTS]) for shift in candidates]
+        joinable = [(load, shift) for load, shift in zip(loads, candidates) if 0 < load < PACK_LIMIT]
+        if joinable:
+            best = max(joinable, key=lambda pair: pair[0])  # max keeps the first (nearest) of equals
+            return best[1] * self.slot_seconds
+        if loads[0] == 0:
+            return 0.0
+        best_load = min(loads)
+        return candidates[loads.index(best_load)] * self.slot_seconds
 
     def schedule(self, stream: ScheduledStream) -> None:
         """Put ``stream`` in the wheel at its ``next_due``."""
         slot = self._slot_of(stream.next_due)
         self._buckets[slot % WHEEL_SLOTS].append(stream)
         self._count += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
         if self._served is None:
             self._served = slot - 1
         elif slot <= self._served:
@@ -149,6 +163,8 @@ class FrameClock:
         gone = {id(stream) for stream, _ in leaving}
         self._buckets[index] = [stream for stream in bucket if id(stream) not in gone]
         self._count -= len(leaving)
+        if not self._count:
+            self._idle.set()
         for stream, next_due in leaving:
             if next_due is not None:
                 self.schedule(stream)  # another phase, or more than a period ahead
@@ -161,14 +177,11 @@ class FrameClock:
             wake_slot = self._next_busy_slot() if self._count else None
             if wake_slot is None:
                 self._sleeping_until = None
-                self.next_tick_perf = math.inf
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
                 continue
             wake_at = wake_slot * slot_seconds
-            now = trio.current_time()
-            self.next_tick_perf = wake_at - now + time.perf_counter()
-            if now < wake_at:
+            if trio.current_time() < wake_at:
                 self._sleeping_until = wake_slot
                 if self._timer is not None:
                     self._timer.arm(wake_at)
@@ -188,14 +201,20 @@ class FrameClock:
             self._served = current
             for slot in range(first, current + 1):
                 self._serve(slot, now)
-            self._ticked.set()
-            self._ticked = trio.Event()
+            if self.after_tick is not None:
+                self.after_tick(self._after_tick_deadline())
             await trio.lowlevel.checkpoint()
 
-    async def wait_tick(self) -> None:
-        """Return after the clock's next tick (at once when it has no streams)."""
+    def _after_tick_deadline(self) -> float:
+        """A perf_counter() time ``TICK_MARGIN`` before the next tick, at most MAX_AFTER_TICK on."""
+        gap = MAX_AFTER_TICK
         if self._count:
-            await self._ticked.wait()
+            gap = min(gap, self._next_busy_slot() * self.slot_seconds - trio.current_time() - TICK_MARGIN)
+        return time.perf_counter() + gap
+
+    async def wait_idle(self) -> None:
+        """Return once the wheel holds no stream (at once if it holds none now)."""
+        await self._idle.wait()
 
     def close(self) -> None:
         if self._timer is not None:
