@@ -1,6 +1,6 @@
 """The receive hub: one epoll set for every media socket, drained in short steps."""
 
-import functools
+import math
 import socket
 import time
 
@@ -16,15 +16,17 @@ def _bound() -> socket.socket:
     return sock
 
 
-class BusyClock:
-    """Stands in for the frame clock: has streams (so it drains) until told it has none."""
+class TickGate:
+    """Stands in for the frame clock: says a tick is due, and lets the hub on when told."""
 
     def __init__(self) -> None:
-        self.streams = 1
-        self.idle = trio.Event()
+        self.next_tick_perf = math.inf
+        self.waits = 0
+        self.tick = trio.Event()
 
-    async def wait_idle(self) -> None:
-        await self.idle.wait()
+    async def wait_tick(self) -> None:
+        self.waits += 1
+        await self.tick.wait()
 
 
 async def test_every_datagram_reaches_its_handler_with_its_source():
@@ -55,51 +57,36 @@ async def test_every_datagram_reaches_its_handler_with_its_source():
     assert hub.datagrams == 6
 
 
-async def test_a_drain_stops_at_its_deadline_after_its_minimum_and_says_more_is_waiting():
-    hub = ReceiveHub(minimum=3)
-    sockets = [_bound() for _ in range(5)]
+async def test_the_hub_steps_aside_when_a_tick_is_due_and_goes_on_after_it():
+    gate = TickGate()
+    hub = ReceiveHub(nap=0.001, clock=gate)
+    sockets = [_bound() for _ in range(4)]
     got = []
     for sock in sockets:
         hub.register(sock, lambda data, address, now: got.append(data))
     sender = _bound()
     try:
-        for sock in sockets:
-            sender.sendto(b"x", sock.getsockname())
-        time.sleep(0.05)  # let loopback deliver all five
-        assert hub.drain(time.perf_counter() - 1) is True  # deadline already past
-        assert len(got) == 3
-        assert hub.drain(time.perf_counter() + 1) is False
-        assert len(got) == 5 and hub.datagrams == 5
-        assert hub.drain(time.perf_counter() + 1) is False  # nothing left, nothing read
-    finally:
-        hub.close()
-        for sock in [*sockets, sender]:
-            sock.close()
-
-
-async def test_the_hub_task_leaves_draining_to_a_busy_clock_and_takes_over_when_it_idles():
-    clock = BusyClock()
-    hub = ReceiveHub(nap=0.001)
-    sock = _bound()
-    got = []
-    hub.register(sock, lambda data, address, now: got.append(data))
-    sender = _bound()
-    try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(functools.partial(hub.run, clock=clock))
-            sender.sendto(b"one", sock.getsockname())
-            await trio.sleep(0.05)
-            assert got == []  # the clock drains while it has streams
-            clock.streams = 0
-            clock.idle.set()
+            await nursery.start(hub.run)
+            gate.next_tick_perf = time.perf_counter() - 1  # a tick is due from now on
+            for sock in sockets:
+                sender.sendto(b"x", sock.getsockname())
             with trio.fail_after(5):
-                while got != [b"one"]:
+                while gate.waits == 0:
+                    await trio.sleep(0.001)
+            await trio.sleep(0.02)
+            assert len(got) == 1  # one datagram, then it waited for the tick
+            gate.next_tick_perf = math.inf
+            gate.tick.set()  # the tick went by
+            with trio.fail_after(5):
+                while len(got) < 4:
                     await trio.sleep(0.001)
             nursery.cancel_scope.cancel()
     finally:
         hub.close()
-        sock.close()
-        sender.close()
+        for sock in [*sockets, sender]:
+            sock.close()
+    assert gate.waits == 1
 
 
 async def test_a_handler_error_is_counted_and_the_hub_goes_on():

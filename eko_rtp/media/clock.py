@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Protocol
+from typing import Protocol
 
 import trio
 
@@ -34,8 +34,6 @@ from eko_rtp.media.timer import PreciseTimer
 SLOT_SECONDS = 0.001
 WHEEL_SLOTS = 20  # one bucket per millisecond of the 20 ms frame period
 MAX_SHIFT_SLOTS = 5  # how far a new stream's schedule may move to a better millisecond
-TICK_MARGIN = 0.0001  # after_tick work stops this long before the next tick
-MAX_AFTER_TICK = 0.002  # ...and runs at most this long after one
 PACK_LIMIT = 16  # streams a bucket takes before new ones go elsewhere (a 16-stream tick is ~0.2 ms)
 
 
@@ -65,11 +63,10 @@ class FrameClock:
         self._sleeping_until: int | None = None
         self._wakeup = trio.Event()
         self._timer = PreciseTimer() if precise else None
-        self._idle = trio.Event()
-        self._idle.set()
-        # Called after each tick with a time.perf_counter() deadline shortly before the
-        # next tick (at most MAX_AFTER_TICK away): the receive hub drains then.
-        self.after_tick: Callable[[float], object] | None = None
+        self._ticked = trio.Event()
+        # When the next tick is due, on time.perf_counter(): the receive hub reads it
+        # to step aside before a tick instead of delaying it (see ReceiveHub).
+        self.next_tick_perf = math.inf
         self.ticks = 0
 
     @property
@@ -115,8 +112,6 @@ class FrameClock:
         slot = self._slot_of(stream.next_due)
         self._buckets[slot % WHEEL_SLOTS].append(stream)
         self._count += 1
-        if self._idle.is_set():
-            self._idle = trio.Event()
         if self._served is None:
             self._served = slot - 1
         elif slot <= self._served:
@@ -163,8 +158,6 @@ class FrameClock:
         gone = {id(stream) for stream, _ in leaving}
         self._buckets[index] = [stream for stream in bucket if id(stream) not in gone]
         self._count -= len(leaving)
-        if not self._count:
-            self._idle.set()
         for stream, next_due in leaving:
             if next_due is not None:
                 self.schedule(stream)  # another phase, or more than a period ahead
@@ -177,11 +170,14 @@ class FrameClock:
             wake_slot = self._next_busy_slot() if self._count else None
             if wake_slot is None:
                 self._sleeping_until = None
+                self.next_tick_perf = math.inf
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
                 continue
             wake_at = wake_slot * slot_seconds
-            if trio.current_time() < wake_at:
+            now = trio.current_time()
+            self.next_tick_perf = wake_at - now + time.perf_counter()
+            if now < wake_at:
                 self._sleeping_until = wake_slot
                 if self._timer is not None:
                     self._timer.arm(wake_at)
@@ -201,20 +197,14 @@ class FrameClock:
             self._served = current
             for slot in range(first, current + 1):
                 self._serve(slot, now)
-            if self.after_tick is not None:
-                self.after_tick(self._after_tick_deadline())
+            self._ticked.set()
+            self._ticked = trio.Event()
             await trio.lowlevel.checkpoint()
 
-    def _after_tick_deadline(self) -> float:
-        """A perf_counter() time ``TICK_MARGIN`` before the next tick, at most MAX_AFTER_TICK on."""
-        gap = MAX_AFTER_TICK
+    async def wait_tick(self) -> None:
+        """Return after the clock's next tick (at once when it has no streams)."""
         if self._count:
-            gap = min(gap, self._next_busy_slot() * self.slot_seconds - trio.current_time() - TICK_MARGIN)
-        return time.perf_counter() + gap
-
-    async def wait_idle(self) -> None:
-        """Return once the wheel holds no stream (at once if it holds none now)."""
-        await self._idle.wait()
+            await self._ticked.wait()
 
     def close(self) -> None:
         if self._timer is not None:

@@ -15,7 +15,6 @@ greeting's first packet follows the 200 OK by microseconds, not by a clock tick.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import os
@@ -74,8 +73,7 @@ class EkoServer:
         low, high = config.rtp_ports
         self.ports = RtpPortPool(self.media_address, low, high)
         self.clock = FrameClock(precise=True)
-        self.hub = ReceiveHub()
-        self.clock.after_tick = self.hub.drain
+        self.hub = ReceiveHub(clock=self.clock)
         self.media_counters = MediaCounters()
         self.counters = ServerCounters()
         self.transport = SipTransport(
@@ -109,7 +107,7 @@ class EkoServer:
     async def _run(self, *, task_status) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.clock.run)
-            await nursery.start(functools.partial(self.hub.run, clock=self.clock))
+            await nursery.start(self.hub.run)
             bound = await nursery.start(self.transport.run)
             sip_port = next(iter(bound.values()))[1]
             self.ua = UserAgent(self._ua_settings(sip_port))
