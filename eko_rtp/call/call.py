@@ -155,6 +155,7 @@ class Call:
         if self.tts is None:
             raise RuntimeError("no TTS engine is configured for this server")
         live = LiveSource()
+        live.on_first_frame = self._live_audio_ready
         finished = trio.Event()
         live.on_finished = finished.set
         failed: list[Exception] = []
@@ -186,6 +187,11 @@ class Call:
                 live.end()
 
     # -- internals ---------------------------------------------------------------
+
+    def _live_audio_ready(self) -> None:
+        """The first live frame is here: start the talkspurt now if silence is playing."""
+        if self.ended_at is None:
+            self.stream.start_talkspurt(trio.current_time())
 
     def phrase(self, key: str):
         """The cached phrase from the cache this call started with (a reload does not change it)."""

@@ -109,11 +109,17 @@ class LiveSource(Source):
         self._ended = False
         self.underruns = 0
         self.frames_played = 0
+        # Called once, when the first frame is pushed: the shell may start the
+        # talkspurt at once instead of at the stream's next 20 ms slot.
+        self.on_first_frame: Callback | None = None
 
     def push(self, frame: bytes | memoryview) -> None:
         if len(frame) != FRAME_BYTES:
             raise ValueError(f"live frames must be {FRAME_BYTES} bytes, got {len(frame)}")
         self._frames.append(frame)
+        if self.on_first_frame is not None:
+            callback, self.on_first_frame = self.on_first_frame, None
+            callback()
 
     def end(self) -> None:
         """No more frames will come: finish once the pushed ones are played."""
@@ -164,6 +170,14 @@ class PlayoutQueue:
     @property
     def idle(self) -> bool:
         return not self._sources
+
+    def talkspurt_ready(self) -> bool:
+        """True when the next frame would start a talkspurt from a live source that has
+        audio now: silence is playing and a live source heads the queue with frames."""
+        if not self._in_silence or not self._sources:
+            return False
+        head = self._sources[0]
+        return isinstance(head, LiveSource) and not head.cancelled and head.buffered > 0
 
     def next_frame(self) -> tuple[bytes | memoryview, bool]:
         """The payload for the next frame period and whether it starts a talkspurt."""

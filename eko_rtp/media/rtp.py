@@ -211,6 +211,14 @@ class RtpSender:
         self.octets_sent += SAMPLES_PER_FRAME
         return self._header
 
+    def rewind(self, samples: int) -> None:
+        """Take back part of the frame just counted: the next frame is sampled
+        ``samples`` earlier than one frame after the last (a talkspurt started early,
+        RFC 3551 §4.1: the timestamp is the sampling instant). At most one frame."""
+        if not 0 <= samples <= SAMPLES_PER_FRAME:
+            raise ValueError(f"can rewind 0..{SAMPLES_PER_FRAME} samples, not {samples}")
+        self._timestamp = (self._timestamp - samples) & 0xFFFFFFFF
+
     def skip(self, samples: int) -> None:
         """Advance the timestamp over a silence we do not send (RFC 3551 §4.1:
         the timestamp keeps counting sampling instants through a pause)."""

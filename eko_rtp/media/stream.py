@@ -116,6 +116,28 @@ class MediaStream:
         if self.counters.frames_sent > sent_before:
             self.first_packet_time = now
 
+    def start_talkspurt(self, now: float) -> bool:
+        """Send the first frame of a live talkspurt now rather than at the next slot.
+
+        When live audio arrives while the stream plays silence, waiting for the next
+        20 ms slot only adds latency (up to a frame). The stream re-phases instead:
+        this frame leaves now with the marker bit, its timestamp is the sampling
+        instant (the last frame's plus the samples elapsed, not a whole frame), and
+        every later frame follows 20 ms apart from it. The frame clock notices the
+        new phase at the stream's old slot and moves it (a slot it reaches before the
+        new schedule's first due time). Returns whether it did.
+        """
+        if self.closed or self.t0 is None or not self.sending or not self.queue.talkspurt_ready():
+            return False
+        previous_due = self.t0 + (self.frame_index - 1) * FRAME_PERIOD
+        elapsed = now - previous_due
+        if not 0 <= elapsed < FRAME_PERIOD - 0.001:
+            return False  # the slot is about due anyway (or the clock is behind): keep it
+        self.sender.rewind(SAMPLES_PER_FRAME - int(elapsed * 8000))
+        self.t0 = now - self.frame_index * FRAME_PERIOD
+        self.next_due = self.send_due(now)
+        return True
+
     def shift_schedule(self, seconds: float) -> None:
         """Move every frame still to come by ``seconds`` (see FrameClock.balancing_shift)."""
         self.t0 += seconds

@@ -1,0 +1,94 @@
+"""One call's RTP stream on real loopback sockets: frames, headers, and a live talkspurt."""
+
+import socket
+import struct
+
+from eko_rtp.media import sdp
+from eko_rtp.media.playout import LiveSource, PlayoutQueue
+from eko_rtp.media.ports import PortPair
+from eko_rtp.media.stream import MediaCounters, MediaStream
+
+SILENCE = b"\xff" * 160
+
+
+def _socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+class Peer:
+    def __init__(self) -> None:
+        self.sock = _socket()
+        self.sock.settimeout(2)
+
+    def packet(self) -> tuple[int, int, int, bytes]:
+        data = self.sock.recv(2048)
+        first, second, sequence, timestamp = struct.unpack_from("!BBHI", data)
+        return second >> 7, sequence, timestamp, data[12:]
+
+
+def _stream(peer: Peer) -> MediaStream:
+    plan = sdp.MediaPlan(codec=sdp.Codec(name="PCMU", payload_type=0), telephone_event_payload_type=101,
+                         remote_rtp=peer.sock.getsockname(), remote_rtcp=None, rtcp_mux=True,
+                         send_audio=True, receive_audio=True)
+    return MediaStream(pair=PortPair(port=0, rtp=_socket(), rtcp=_socket()), plan=plan,
+                       queue=PlayoutQueue(SILENCE), counters=MediaCounters(), on_dtmf=lambda digit: None,
+                       cname="test")
+
+
+def test_live_audio_starts_its_talkspurt_at_once_and_keeps_20_ms_after():
+    peer = Peer()
+    stream = _stream(peer)
+    try:
+        stream.start(100.0)  # frame 0: silence, the queue is empty
+        assert stream.send_due(100.020) == 100.040  # frame 1: silence
+        live = LiveSource()
+        live.on_first_frame = lambda: stream.start_talkspurt(100.027)
+        stream.queue.enqueue(live)
+        live.push(b"\x01" * 160)  # 7 ms after frame 1: it leaves now, not at 100.040
+        live.push(b"\x02" * 160)
+        assert stream.next_due == 100.047
+        assert stream.send_due(100.040) == 100.047  # the old slot sends nothing now
+        assert stream.send_due(100.047) == 100.067
+        packets = [peer.packet() for _ in range(4)]
+    finally:
+        stream.pair.close()
+        peer.sock.close()
+    markers = [marker for marker, _, _, _ in packets]
+    sequences = [sequence for _, sequence, _, _ in packets]
+    stamps = [stamp for _, _, stamp, _ in packets]
+    payloads = [payload for _, _, _, payload in packets]
+    assert payloads == [SILENCE, SILENCE, b"\x01" * 160, b"\x02" * 160]
+    assert markers == [0, 0, 1, 0]  # the live audio starts a talkspurt (RFC 3551 §4.1)
+    assert [(b - a) & 0xFFFF for a, b in zip(sequences, sequences[1:])] == [1, 1, 1]
+    # Timestamps are sampling instants: 20 ms, then the 7 ms the talkspurt waited, then 20 ms.
+    assert [(b - a) & 0xFFFFFFFF for a, b in zip(stamps, stamps[1:])] == [160, 56, 160]
+
+
+def test_no_early_talkspurt_behind_a_cached_phrase_or_right_before_a_slot():
+    peer = Peer()
+    stream = _stream(peer)
+    try:
+        stream.start(100.0)
+        live = LiveSource()
+        stream.queue.enqueue(live)
+        live.push(b"\x01" * 160)
+        assert stream.start_talkspurt(100.0195) is False  # the next slot is 0.5 ms away
+        assert stream.next_due == 100.020
+        stream.pair.rtp.close()  # nothing must be sent from here on
+        held = _stream(peer)
+        held.start(200.0)
+        filler = LiveSource()
+        filler.push(b"\x03" * 160)
+        held.queue.enqueue(filler)  # a live source that has audio, but audio is playing
+        held.send_due(200.020)
+        second = LiveSource()
+        held.queue.enqueue(second)
+        second.push(b"\x04" * 160)
+        assert held.start_talkspurt(200.025) is False  # not silence now: it joins seamlessly
+        held.pair.close()
+    finally:
+        stream.pair.rtcp.close()
+        peer.sock.close()
