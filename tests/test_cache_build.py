@@ -184,9 +184,12 @@ def test_build_killed_midway_is_reported_by_check_and_repaired(tmp_path, kill, s
     sentence = "Ceci est une phrase de test assez longue pour occuper espeak pendant un moment. "
     phrases = write_catalogue(tmp_path / "phrases.toml", {f"phrase_{n:02d}": sentence * 4 for n in range(30)})
     cache = tmp_path / "cache"
+    # A shell running us in the background (as `.ci/run &` would be) ignores SIGINT, and
+    # the child would inherit that: give it the default disposition, as a terminal has.
     process = subprocess.Popen([*EKO_RTP, "cache", "build", "--backend", "espeak", "--cache", str(cache),
                                 "--phrases", str(phrases)], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                               stderr=subprocess.DEVNULL,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and len(list(cache.glob("*.raw"))) < 3:
         time.sleep(0.005)

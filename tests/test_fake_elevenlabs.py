@@ -71,6 +71,11 @@ def test_stream_sends_chunked_pieces_of_the_planned_size():
         assert audio == expected_audio(text)
         [record] = fake.requests
         assert record.path == f"/v1/text-to-speech/{VOICE}/stream"
+        # The handler thread marks the record after its last write, which the client
+        # may have read already: give it a bounded moment.
+        deadline = time.monotonic() + 2
+        while not record.completed and time.monotonic() < deadline:
+            time.sleep(0.005)
         assert record.streaming and record.completed
 
 
