@@ -8,15 +8,16 @@ calls, handing each datagram to the socket's handler synchronously. A pass takes
 most ``burst`` datagrams from one socket so one flooded call cannot starve the rest;
 the default of one avoids the extra ``recvfrom`` that would only say "empty"
 (the epoll set is level-triggered: a socket with more waiting is reported again on
-the next pass, a millisecond later, and a call sends one packet per 20 ms).
+the next pass, and a call sends one packet per 20 ms).
 Handlers must not raise: a handler error is logged and counted, never propagated.
 
 Three rules keep the frame clock on time: given the clock, the hub steps aside
 when the clock's next tick is less than ``tick_margin`` away and waits until that
 tick has gone (inbound packets wait in their socket buffers instead of the tick
 waiting behind them); a pass yields to the scheduler once it has run for
-``step_budget``; and after a pass the hub naps for ``nap`` before it looks again, so inbound packets are
-handled in about a hundred batches a second instead of one wake-up per packet.
+``step_budget``; and after a pass the hub naps for ``nap`` before it looks again,
+so inbound packets are handled in about a hundred batches a second instead of one
+wake-up per packet.
 Inbound RTP only refreshes the inactivity timer, latches the destination and carries
 DTMF: 10 ms does not matter to any of them, and a call's socket buffer holds far more.
 Measured with the benchmark at 500 calls (docs/BENCHMARKS.md): waking per packet, or

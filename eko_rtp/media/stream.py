@@ -27,7 +27,7 @@ from eko_rtp.media.dtmf import DtmfDetector, DtmfError, parse_telephone_event_un
 from eko_rtp.media.playout import FRAME_BYTES, PlayoutQueue
 from eko_rtp.media.ports import PortPair
 from eko_rtp.media.rtcp import build_sender_report, ntp_from_unix
-from eko_rtp.media.rtp import ReceiverStatistics, RtpSender
+from eko_rtp.media.rtp import ReceiverStatistics, RtpSender, is_rtcp
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +218,7 @@ class MediaStream:
         if len(data) < 12 or data[0] >> 6 != 2:
             self.counters.packets_invalid += 1
             return
-        marker_and_type = data[1]
-        if 192 <= marker_and_type <= 223 and self._rtcp_mux:  # RFC 5761 §4 (is_rtcp)
+        if self._rtcp_mux and is_rtcp(data):
             self.on_rtcp(data, address, now)
             return
         self.counters.packets_received += 1
@@ -232,7 +231,7 @@ class MediaStream:
             self.latched = True
         sequence, timestamp = _SEQ_TS.unpack_from(data, 2)
         self.statistics.feed(sequence, timestamp, now)
-        if (marker_and_type & 0x7F) == self.telephone_event_pt:
+        if (data[1] & 0x7F) == self.telephone_event_pt:
             self._on_telephone_event(data, timestamp)
 
     def _on_telephone_event(self, data: bytes, timestamp: int) -> None:
