@@ -63,7 +63,7 @@ class FrameClock:
         self._sleeping_until: int | None = None
         self._wakeup = trio.Event()
         self._timer = PreciseTimer() if precise else None
-        self._ticked = trio.Event()
+        self._ticked: trio.Event | None = None  # made by wait_tick, set by the next tick
         # When the next tick is due, on time.perf_counter(): the receive hub reads it
         # to step aside before a tick instead of delaying it (see ReceiveHub).
         self.next_tick_perf = math.inf
@@ -112,11 +112,9 @@ class FrameClock:
         slot = self._slot_of(stream.next_due)
         self._buckets[slot % WHEEL_SLOTS].append(stream)
         self._count += 1
-        if self._served is None:
-            self._served = slot - 1
-        elif slot <= self._served:
-            # Due in a slot already served (a stream started between ticks): it is
-            # served in the next pass, whose bucket scan reaches back to it.
+        if self._served is None or slot <= self._served:
+            # The first stream, or one due in a slot already served (started between
+            # ticks): the next pass's bucket scan starts at its slot.
             self._served = slot - 1
         if self._sleeping_until is None or slot < self._sleeping_until:
             self._wakeup.set()
@@ -197,13 +195,16 @@ class FrameClock:
             self._served = current
             for slot in range(first, current + 1):
                 self._serve(slot, now)
-            self._ticked.set()
-            self._ticked = trio.Event()
+            if self._ticked is not None:
+                self._ticked.set()
+                self._ticked = None
             await trio.lowlevel.checkpoint()
 
     async def wait_tick(self) -> None:
         """Return after the clock's next tick (at once when it has no streams)."""
         if self._count:
+            if self._ticked is None:
+                self._ticked = trio.Event()
             await self._ticked.wait()
 
     def close(self) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "parse_rtp_untrusted",
     "is_rtcp",
     "HEADER_SIZE",
+    "SAMPLES_PER_FRAME",
 ]
 
 # Fixed header (§5.1); CSRCs and the extension follow only when CC / X say so:
@@ -309,17 +310,12 @@ class ReceiverStatistics:
         """Account for one packet; False when A.1 rejects it (probation, jump)."""
         if ssrc is None and not self._probation and self._started and sequence == (self._max_seq + 1) & 0xFFFF:
             # The common case, every packet of a healthy stream: the next in order.
-            # What _update_seq and the code below do for it, without the branches.
+            # What _update_seq does for it, without the branches.
             if sequence == 0:
                 self._cycles += _SEQUENCE_MOD
             self._max_seq = sequence
             self.received += 1
-            transit = arrival_time * self.clock_rate - rtp_timestamp
-            previous = self._transit
-            if previous is not None:
-                delta = (transit - previous + (1 << 31)) % (1 << 32) - (1 << 31)
-                self._jitter += (abs(delta) - self._jitter) / 16
-            self._transit = transit
+            self._update_jitter(rtp_timestamp, arrival_time)
             return True
         if ssrc is not None and ssrc != self.ssrc:
             # A new SSRC is a new source: statistics start over (§8.2).
@@ -331,16 +327,18 @@ class ReceiverStatistics:
             self._max_seq = (sequence - 1) & 0xFFFF
         accepted = self._update_seq(sequence)
         if accepted:
-            # Appendix A.8: transit time in timestamp units; jitter is its
-            # smoothed mean deviation, J += (|D| - J) / 16.
-            transit = arrival_time * self.clock_rate - rtp_timestamp
-            if self._transit is not None:
-                delta = transit - self._transit
-                # Timestamps wrap at 2^32: fold the difference back.
-                delta = (delta + (1 << 31)) % (1 << 32) - (1 << 31)
-                self._jitter += (abs(delta) - self._jitter) / 16
-            self._transit = transit
+            self._update_jitter(rtp_timestamp, arrival_time)
         return accepted
+
+    def _update_jitter(self, rtp_timestamp: int, arrival_time: float) -> None:
+        # Appendix A.8: transit time in timestamp units; jitter is its
+        # smoothed mean deviation, J += (|D| - J) / 16.
+        transit = arrival_time * self.clock_rate - rtp_timestamp
+        if self._transit is not None:
+            # Timestamps wrap at 2^32: fold the difference back.
+            delta = (transit - self._transit + (1 << 31)) % (1 << 32) - (1 << 31)
+            self._jitter += (abs(delta) - self._jitter) / 16
+        self._transit = transit
 
     @property
     def extended_highest_sequence(self) -> int:

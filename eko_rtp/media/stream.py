@@ -27,12 +27,11 @@ from eko_rtp.media.dtmf import DtmfDetector, DtmfError, parse_telephone_event_un
 from eko_rtp.media.playout import FRAME_BYTES, PlayoutQueue
 from eko_rtp.media.ports import PortPair
 from eko_rtp.media.rtcp import build_sender_report, ntp_from_unix
-from eko_rtp.media.rtp import ReceiverStatistics, RtpSender, is_rtcp
+from eko_rtp.media.rtp import SAMPLES_PER_FRAME, ReceiverStatistics, RtpSender, is_rtcp
 
 log = logging.getLogger(__name__)
 
 FRAME_PERIOD = 0.020
-SAMPLES_PER_FRAME = 160
 LATE_THRESHOLD = 0.002  # a frame sent more than 2 ms after its due time counts as late
 
 _SEQ_TS = struct.Struct("!HI")  # sequence number and timestamp at offset 2 of an RTP header
@@ -133,7 +132,7 @@ class MediaStream:
         elapsed = now - previous_due
         if not 0 <= elapsed < FRAME_PERIOD - 0.001:
             return False  # the slot is about due anyway (or the clock is behind): keep it
-        self.sender.rewind(SAMPLES_PER_FRAME - int(elapsed * 8000))
+        self.sender.rewind(SAMPLES_PER_FRAME - int(elapsed / FRAME_PERIOD * SAMPLES_PER_FRAME))
         self.t0 = now - self.frame_index * FRAME_PERIOD
         self.next_due = self.send_due(now)
         return True
