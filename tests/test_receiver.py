@@ -4,8 +4,11 @@ import math
 import socket
 import time
 
+import pytest
 import trio
+import trio.testing
 
+from eko_rtp.media.clock import FrameClock
 from eko_rtp.media.receiver import ReceiveHub
 
 
@@ -19,12 +22,14 @@ def _bound() -> socket.socket:
 class TickGate:
     """Stands in for the frame clock: says a tick is due, and lets the hub on when told."""
 
+    streams = 0  # no calls up: the hub waits for datagrams, not for ticks
+
     def __init__(self) -> None:
         self.next_tick_perf = math.inf
         self.waits = 0
         self.tick = trio.Event()
 
-    async def wait_tick(self) -> None:
+    async def wait_tick(self, not_before: float = -math.inf) -> None:
         self.waits += 1
         await self.tick.wait()
 
@@ -114,3 +119,78 @@ async def test_a_handler_error_is_counted_and_the_hub_goes_on():
         for sock in (bad, good, sender):
             sock.close()
     assert got == [b"fine"] and hub.handler_errors == 1
+
+
+class TickRecorder:
+    """A stream of the frame clock that sends nothing and notes when its slot is served."""
+
+    def __init__(self, first_due: float, frames: int) -> None:
+        self.next_due = first_due
+        self.frames = frames
+        self.ticks: list[float] = []
+
+    def send_due(self, now):
+        self.ticks.append(now)
+        self.frames -= 1
+        return self.next_due + 0.020 if self.frames > 0 else None
+
+
+@pytest.fixture
+def autojump_clock():
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def test_with_calls_up_the_hub_drains_right_after_clock_ticks_a_nap_apart(autojump_clock):
+    frame_clock = FrameClock()
+    hub = ReceiveHub(nap=0.010, clock=frame_clock)
+    stream = TickRecorder(first_due=0.0105, frames=10)  # slots at 11, 31, 51 ... 191 ms
+    sock, sender = _bound(), _bound()
+    handled: list[tuple[bytes, float]] = []
+    hub.register(sock, lambda data, address, now: handled.append((data, now)))
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(frame_clock.run)
+            frame_clock.schedule(stream)
+            await nursery.start(hub.run)
+            sender.sendto(b"early", sock.getsockname())
+            await trio.sleep_until(0.035)
+            sender.sendto(b"between", sock.getsockname())  # waits for the 51 ms tick
+            await trio.sleep_until(0.100)
+            sender.sendto(b"late", sock.getsockname())
+            await trio.sleep_until(0.300)  # the stream has stopped: the hub waits for datagrams
+            sender.sendto(b"no clock", sock.getsockname())
+            with trio.fail_after(1):
+                while len(handled) < 4:
+                    await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+    finally:
+        hub.close()
+        frame_clock.close()
+        sock.close()
+        sender.close()
+    assert [round(t, 6) for t in stream.ticks] == [round(0.011 + 0.020 * n, 6) for n in range(10)]
+    assert [(data, round(now, 6)) for data, now in handled[:3]] == [
+        (b"early", 0.011), (b"between", 0.051), (b"late", 0.111)]
+    assert handled[3][0] == b"no clock" and handled[3][1] >= 0.300
+
+
+async def test_a_drain_takes_a_second_datagram_waiting_on_the_same_socket():
+    hub = ReceiveHub(nap=0.050, burst=1)  # one per socket per pass, two passes per drain
+    sock, sender = _bound(), _bound()
+    got = []
+    hub.register(sock, lambda data, address, now: got.append((data, now)))
+    try:
+        sender.sendto(b"one", sock.getsockname())
+        sender.sendto(b"two", sock.getsockname())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.run)
+            with trio.fail_after(5):
+                while len(got) < 2:
+                    await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+    finally:
+        hub.close()
+        sock.close()
+        sender.close()
+    assert [data for data, _ in got] == [b"one", b"two"]
+    assert got[1][1] - got[0][1] < 0.025  # the same drain, not the next one a 50 ms nap later

@@ -64,6 +64,7 @@ class FrameClock:
         self._wakeup = trio.Event()
         self._timer = PreciseTimer() if precise else None
         self._ticked: trio.Event | None = None  # made by wait_tick, set by the next tick
+        self._ticked_from = -math.inf  # ...at or after this time
         # When the next tick is due, on time.perf_counter(): the receive hub reads it
         # to step aside before a tick instead of delaying it (see ReceiveHub).
         self.next_tick_perf = math.inf
@@ -167,6 +168,7 @@ class FrameClock:
         while True:
             wake_slot = self._next_busy_slot() if self._count else None
             if wake_slot is None:
+                self._release_tick_waiter()  # no more ticks to wait for
                 self._sleeping_until = None
                 self.next_tick_perf = math.inf
                 self._wakeup = trio.Event()
@@ -195,17 +197,31 @@ class FrameClock:
             self._served = current
             for slot in range(first, current + 1):
                 self._serve(slot, now)
-            if self._ticked is not None:
-                self._ticked.set()
-                self._ticked = None
+            if self._ticked is not None and now >= self._ticked_from:
+                self._release_tick_waiter()
             await trio.lowlevel.checkpoint()
 
-    async def wait_tick(self) -> None:
-        """Return after the clock's next tick (at once when it has no streams)."""
-        if self._count:
-            if self._ticked is None:
-                self._ticked = trio.Event()
-            await self._ticked.wait()
+    def _release_tick_waiter(self) -> None:
+        if self._ticked is not None:
+            self._ticked.set()
+            self._ticked = None
+
+    async def wait_tick(self, not_before: float = -math.inf) -> None:
+        """Return after the clock's first tick at or after ``not_before`` (a trio time).
+
+        Returns at once when the wheel is empty, and as soon as it empties: there is
+        no tick to wait for then. Riding the clock's own wake-ups is how the receive
+        hub drains inbound packets without waking the process a second time.
+        """
+        if not self._count:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._ticked is None:
+            self._ticked = trio.Event()
+            self._ticked_from = not_before
+        else:
+            self._ticked_from = min(self._ticked_from, not_before)
+        await self._ticked.wait()
 
     def close(self) -> None:
         if self._timer is not None:

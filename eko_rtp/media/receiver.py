@@ -11,15 +11,20 @@ the default of one avoids the extra ``recvfrom`` that would only say "empty"
 the next pass, and a call sends one packet per 20 ms).
 Handlers must not raise: a handler error is logged and counted, never propagated.
 
-Three rules keep the frame clock on time: given the clock, the hub steps aside
-when the clock's next tick is less than ``tick_margin`` away and waits until that
-tick has gone (inbound packets wait in their socket buffers instead of the tick
-waiting behind them); a pass yields to the scheduler once it has run for
-``step_budget``; and after a pass the hub naps for ``nap`` before it looks again,
-so inbound packets are handled in about a hundred batches a second instead of one
-wake-up per packet.
+While calls are up the hub rides the frame clock: it waits for the first clock
+tick at least ``nap`` (10 ms) after its last drain and drains then, right behind the
+tick, so inbound RTP never wakes the process by itself (at a few calls that halves
+the wake-ups, and a wake-up of an idle vCPU is the costly part of a packet). A drain
+looks twice (``passes``): the second look takes what came during the first and a
+second datagram on a socket that had two (a caller sending every 10 ms). With no
+calls up (no clock to ride) it waits for a datagram, then batches for a nap.
+
+Two more rules keep the frame clock on time: the hub steps aside when the clock's
+next tick is less than ``tick_margin`` away and waits until that tick has gone
+(inbound packets wait in their socket buffers instead of the tick waiting behind
+them), and a pass yields to the scheduler once it has run for ``step_budget``.
 Inbound RTP only refreshes the inactivity timer, latches the destination and carries
-DTMF: 10 ms does not matter to any of them, and a call's socket buffer holds far more.
+DTMF: 10-20 ms do not matter to any of them, and a call's socket buffer holds far more.
 Measured with the benchmark at 500 calls (docs/BENCHMARKS.md): waking per packet, or
 every millisecond, interleaved receive steps with clock ticks and left p99 deviation
 at about 2 ms; batching every 10 ms brought it under 1 ms and cut CPU.
@@ -28,6 +33,7 @@ at about 2 ms; batching every 10 ms brought it under 1 ms and cut CPU.
 from __future__ import annotations
 
 import logging
+import math
 import select
 import socket
 import time
@@ -39,13 +45,17 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[bytes, tuple, float], None]
 MAX_DATAGRAM = 2048
+# Up to this many calls the hub rides the clock's ticks; above it the process hardly
+# ever sleeps, so its own wake-ups cost nothing extra and its batches are bigger.
+RIDE_LIMIT = 64
 
 
 class ReceiveHub:
     """The epoll set of media sockets and the task that drains it."""
 
     def __init__(self, *, burst: int = 1, step_budget: float = 0.00015, nap: float = 0.010, clock=None,
-                 tick_margin: float = 0.00005):
+                 tick_margin: float = 0.00005, passes: int = 2,
+                 ride_limit: int = RIDE_LIMIT):
         self._epoll = select.epoll()
         self._clock = clock
         self.tick_margin = tick_margin
@@ -53,6 +63,8 @@ class ReceiveHub:
         self.burst = burst
         self.step_budget = step_budget
         self.nap = nap
+        self.passes = passes
+        self.ride_limit = ride_limit
         self.datagrams = 0
         self.handler_errors = 0
 
@@ -76,51 +88,69 @@ class ReceiveHub:
         """Drain ready sockets until cancelled."""
         task_status.started()
         epoll = self._epoll
+        frame_clock = self._clock
+        nap = self.nap
+        last_drain = -math.inf
+        while True:
+            riding = frame_clock is not None and 0 < frame_clock.streams <= self.ride_limit
+            if riding:
+                # A few calls up: ride the clock's wake-ups. The first tick at least a
+                # nap after the last drain brings the hub along, so inbound RTP costs
+                # no wake-up of its own.
+                await frame_clock.wait_tick(last_drain + nap)
+            else:
+                # Sleep until a datagram comes, then batch for a nap.
+                await trio.lowlevel.wait_readable(epoll.fileno())
+            last_drain = trio.current_time()
+            # A second look catches what came during the first pass, and a second
+            # datagram on a socket that had two (a caller sending every 10 ms).
+            for _ in range(self.passes):
+                ready = epoll.poll(0)
+                if not ready:
+                    break
+                await self._drain(ready)
+            if not riding:
+                await trio.sleep(nap)
+
+    async def _drain(self, ready: list) -> None:
+        """Take up to ``burst`` datagrams from each ready socket, stepping aside for ticks."""
         handlers = self._handlers
         burst = self.burst
         clock = time.perf_counter
-        current_time = trio.current_time
         budget = self.step_budget
         frame_clock = self._clock
         margin = self.tick_margin
-        ready: list = []
-        while True:
-            if not ready:  # nothing came during the nap: sleep until something does
-                await trio.lowlevel.wait_readable(epoll.fileno())
-                ready = epoll.poll(0)
-            # One arrival time per step: inbound RTP needs it only for the
-            # inactivity timer and RTCP jitter, and the step is short.
-            now = current_time()
-            step_started = clock()
-            for fd, _ in ready:
-                entry = handlers.get(fd)
-                if entry is None:
-                    continue
-                sock, handler = entry
-                taken = 0
-                while taken < burst:
-                    try:
-                        data, address = sock.recvfrom(MAX_DATAGRAM)
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError as error:  # e.g. ICMP port unreachable reported on the socket
-                        log.debug("media socket %s: %s", sock.getsockname(), error)
-                        break
-                    taken += 1
-                    try:
-                        handler(data, address, now)
-                    except Exception:
-                        self.handler_errors += 1
-                        log.exception("media handler failed for a datagram from %s", address)
-                self.datagrams += taken
-                elapsed = clock()
-                if frame_clock is not None and elapsed > frame_clock.next_tick_perf - margin:
-                    await frame_clock.wait_tick()  # step aside: the tick goes first
-                    now = current_time()
-                    step_started = clock()
-                elif elapsed - step_started > budget:
-                    await trio.lowlevel.checkpoint()  # let other due work go first
-                    now = current_time()
-                    step_started = clock()
-            await trio.sleep(self.nap)
-            ready = epoll.poll(0)  # usually something is waiting: no second wake-up for it
+        # One arrival time per step: inbound RTP needs it only for the inactivity
+        # timer and RTCP jitter, and a step is short.
+        now = trio.current_time()
+        step_started = clock()
+        for fd, _ in ready:
+            entry = handlers.get(fd)
+            if entry is None:
+                continue
+            sock, handler = entry
+            taken = 0
+            while taken < burst:
+                try:
+                    data, address = sock.recvfrom(MAX_DATAGRAM)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as error:  # e.g. ICMP port unreachable reported on the socket
+                    log.debug("media socket %s: %s", sock.getsockname(), error)
+                    break
+                taken += 1
+                try:
+                    handler(data, address, now)
+                except Exception:
+                    self.handler_errors += 1
+                    log.exception("media handler failed for a datagram from %s", address)
+            self.datagrams += taken
+            elapsed = clock()
+            if frame_clock is not None and elapsed > frame_clock.next_tick_perf - margin:
+                await frame_clock.wait_tick()  # step aside: the tick goes first
+                now = trio.current_time()
+                step_started = clock()
+            elif elapsed - step_started > budget:
+                await trio.lowlevel.checkpoint()  # let other due work go first
+                now = trio.current_time()
+                step_started = clock()
