@@ -1,6 +1,7 @@
 """bin/eko-bench end to end: real pjsua2 peer, real server, real sockets on loopback."""
 
 import json
+import os
 import pathlib
 import subprocess
 import time
@@ -96,6 +97,26 @@ def test_spawned_server_two_calls(built_cache):
     assert run["server"]["rss_idle_kib"] > 1000
 
 
+def test_the_host_probe_brackets_a_pinned_run(built_cache):
+    cpu = min(os.sched_getaffinity(0))
+    done = bench("--spawn", "--cache", str(built_cache), "--server-cpus", str(cpu), "--calls", "1", "--hold", "2",
+                 "--noise-probe", "0.5", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [(probe["when"], probe["cpus"], probe["wakeups"]) for probe in report["host_noise"]] == [
+        ("before the run", [cpu], 100), ("after the run", [cpu], 100)]
+    assert report["runs"][0]["calls"]["answered"] == 1
+    unpinned = bench("--spawn", "--cache", str(built_cache), "--calls", "1", "--hold", "1", "--json")
+    assert unpinned.returncode == 0, unpinned.stderr
+    assert json.loads(unpinned.stdout)["host_noise"] == []  # no --server-cpus: nowhere to probe
+
+
+def test_a_noise_probe_out_of_bounds_is_a_user_error():
+    done = bench("--spawn", "--noise-probe", "31")
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == "eko-rtp: error: key '--noise-probe': the noise probe runs 0 to 30 s, not 31"
+
+
 def _tshark_streams(capture):
     """(source port, packets, lost, max delta ms) per RTP stream, from `tshark -z rtp,streams`."""
     decode = [argument for port in range(40000, 40010, 2) for argument in ("-d", f"udp.port=={port},rtp")]
@@ -171,6 +192,7 @@ def test_spawned_server_with_returning_callers(built_cache):
         (["--sizes", "0,5"], "argument --sizes: sizes must be within 1..2000, got '0,5'"),
         (["--server-cpus", "a"], "argument --server-cpus: expected a CPU list like 0 or 0,1 or 0-1, got 'a'"),
         (["--bench-rtp-ports", "5-3"], "argument --bench-rtp-ports: expected a port range LO-HI within 1024-65535, got '5-3'"),
+        (["--noise-probe", "x"], "argument --noise-probe: invalid float value: 'x'"),
     ],
 )
 def test_bad_flags_are_usage_errors(arguments, error):

@@ -20,7 +20,7 @@ import tempfile
 import attrs
 import trio
 
-from eko_rtp.bench import report, scripts, targets
+from eko_rtp.bench import noise, report, scripts, targets
 from eko_rtp.bench.fake_tts import FakeTts
 from eko_rtp.bench.run import BENCH_RTP_PORTS, LIVE_SCENARIOS, Plan, RunResult, run_load
 from eko_rtp.errors import UserError
@@ -48,6 +48,7 @@ class Options:
     ramp: bool
     bench_ports: range = BENCH_RTP_PORTS
     sizes: tuple[int, ...] = ()
+    noise_probe: float = 0.0  # seconds of host wake-up probe on the server's CPUs before and after; 0: none
 
     def __attrs_post_init__(self) -> None:
         if self.target not in ("server", "peer", "both"):
@@ -69,6 +70,8 @@ class Options:
                 raise UserError(f"the ramp measures the greeting scenarios, not {self.plan.scenario}", key="--ramp")
             if self.plan.scenario == "hybrid" and self.spawn and self.cache_dir is None:
                 raise UserError(f"hybrid plays the cached {scripts.FILLER!r}: give --cache DIR", key="--cache")
+        if not 0 <= self.noise_probe <= noise.MAX_SECONDS:
+            raise UserError(f"the noise probe runs 0 to {noise.MAX_SECONDS:g} s, not {self.noise_probe:g}", key="--noise-probe")
 
 
 @attrs.frozen(kw_only=True)
@@ -77,6 +80,7 @@ class Outcome:
     summaries: list[dict]
     ramp: dict | None
     notes: list[str]
+    host_noise: list[dict] = attrs.Factory(list)  # noise.summarise() results, each with "when"
 
 
 def _plan_for(plan: Plan, concurrency: int) -> Plan:
@@ -163,9 +167,24 @@ async def _ramp(options: Options, caller_audio: bytes) -> tuple[list[RunResult],
 
 
 async def run(options: Options, *, caller_audio: bytes) -> Outcome:
-    """Run what ``options`` asks for and summarise it."""
-    notes: list[str] = []
+    """Run what ``options`` asks for and summarise it, between two host wake-up probes."""
     targets.pin_bench_away_from(options.server_cpus)
+    probing = options.noise_probe > 0 and options.server_cpus is not None
+    before = await _probe_host(options, "before the run") if probing else None
+    outcome = await _run_plans(options, caller_audio=caller_audio)
+    if probing:
+        after = await _probe_host(options, "after the run")
+        outcome = attrs.evolve(outcome, host_noise=[before, after])
+    return outcome
+
+
+async def _probe_host(options: Options, when: str) -> dict:
+    summary = await trio.to_thread.run_sync(noise.measure, options.server_cpus, options.noise_probe)
+    return {**summary, "when": when}
+
+
+async def _run_plans(options: Options, *, caller_audio: bytes) -> Outcome:
+    notes: list[str] = []
     if options.ramp:
         results, ramp = await _ramp(options, caller_audio)
         return Outcome(results=results, summaries=[report.summarise(result) for result in results], ramp=ramp, notes=notes)

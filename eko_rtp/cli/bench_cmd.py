@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from eko_rtp.bench import campaign, report, scripts
+from eko_rtp.bench import campaign, noise, report, scripts
 from eko_rtp.bench.rtp_engine import SILENCE, open_wav_as_ulaw
 from eko_rtp.bench.run import MAX_CALLS, MAX_SECONDS, SCENARIOS, Plan
 from eko_rtp.bench.targets import parse_cpus, parse_port_range, trailing_silence_frames
@@ -49,6 +49,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--ramp", action="store_true",
                         help=f"find the most concurrent calls with deviation p99 <= {campaign.RAMP_P99_MS} ms and no loss"
                              f" (steps {', '.join(map(str, campaign.RAMP_STEPS))})")
+    parser.add_argument("--noise-probe", type=float, default=3.0, metavar="SECONDS",
+                        help="with --server-cpus: before and after the run, measure for this long how late the host"
+                             " wakes a sleeping process on those CPUs, the floor under every deviation figure"
+                             " (default 3; 0: skip)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--plot", help="also draw latency and inter-arrival plots to this PNG (needs matplotlib)")
     parser.set_defaults(func=run)
@@ -86,13 +90,14 @@ def run(args: argparse.Namespace) -> int:
         target=args.target, address=args.address, spawn=args.spawn, server_cpus=args.server_cpus,
         server_pid=args.server_pid, cache_dir=args.cache_dir, rtp_ports=args.rtp_ports,
         server_args=tuple(args.server_arg), plan=plan, ramp=args.ramp,
-        bench_ports=args.bench_rtp_ports, sizes=args.sizes)
+        bench_ports=args.bench_rtp_ports, sizes=args.sizes, noise_probe=args.noise_probe)
     caller_audio = open_wav_as_ulaw(args.audio) if args.audio else SILENCE
     outcome = campaign.run_sync(options, caller_audio=caller_audio)
     if args.plot:
         report.plot(outcome.results, args.plot)
     if args.json:
-        json.dump({"runs": outcome.summaries, "ramp": outcome.ramp, "notes": outcome.notes}, sys.stdout, indent=2)
+        json.dump({"runs": outcome.summaries, "ramp": outcome.ramp, "host_noise": outcome.host_noise, "notes": outcome.notes},
+                  sys.stdout, indent=2)
         print()
     else:
         if outcome.ramp is not None:
@@ -106,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"largest passing ({outcome.ramp['criterion']}): {outcome.ramp['largest_passing']}")
         else:
             print(report.table(outcome.summaries))
+        for probe in outcome.host_noise:
+            print(noise.describe(probe, probe["when"]))
         for note in outcome.notes:
             print(f"note: {note}")
     return 0
