@@ -11,13 +11,16 @@ the default of one avoids the extra ``recvfrom`` that would only say "empty"
 the next pass, and a call sends one packet per 20 ms).
 Handlers must not raise: a handler error is logged and counted, never propagated.
 
-While calls are up the hub rides the frame clock: it waits for the first clock
-tick at least ``nap`` (10 ms) after its last drain and drains then, right behind the
-tick, so inbound RTP never wakes the process by itself (at a few calls that halves
-the wake-ups, and a wake-up of an idle vCPU is the costly part of a packet). A drain
-looks twice (``passes``): the second look takes what came during the first and a
-second datagram on a socket that had two (a caller sending every 10 ms). With no
-calls up (no clock to ride) it waits for a datagram, then batches for a nap.
+While at most ``ride_limit`` (64) calls are up the hub rides the frame clock: it
+waits for the first clock tick at least ``nap`` (10 ms) after its last drain and
+drains then, right behind the tick, so inbound RTP never wakes the process by itself
+(at a few calls a wake-up of the idle vCPU is the costly part of a packet). Ticks
+are up to 20 ms apart then, so a drain looks twice (``passes``): the second look
+takes a second datagram waiting on a socket (a caller sending every 10 ms). With
+more calls the process hardly ever sleeps and riding bought nothing (it cost CPU and
+p99 in the benchmark), so the hub waits for a datagram, drains, and naps for ``nap``
+before it looks again: about a hundred batches a second instead of a wake-up per
+packet.
 
 Two more rules keep the frame clock on time: the hub steps aside when the clock's
 next tick is less than ``tick_margin`` away and waits until that tick has gone
@@ -91,6 +94,7 @@ class ReceiveHub:
         frame_clock = self._clock
         nap = self.nap
         last_drain = -math.inf
+        ready: list = []
         while True:
             riding = frame_clock is not None and 0 < frame_clock.streams <= self.ride_limit
             if riding:
@@ -98,19 +102,24 @@ class ReceiveHub:
                 # nap after the last drain brings the hub along, so inbound RTP costs
                 # no wake-up of its own.
                 await frame_clock.wait_tick(last_drain + nap)
-            else:
-                # Sleep until a datagram comes, then batch for a nap.
-                await trio.lowlevel.wait_readable(epoll.fileno())
-            last_drain = trio.current_time()
-            # A second look catches what came during the first pass, and a second
-            # datagram on a socket that had two (a caller sending every 10 ms).
-            for _ in range(self.passes):
                 ready = epoll.poll(0)
+                passes = self.passes
+            else:
+                if not ready:  # nothing came during the nap: sleep until something does
+                    await trio.lowlevel.wait_readable(epoll.fileno())
+                    ready = epoll.poll(0)
+                passes = 1  # the next drain is a nap away: no need to look twice
+            last_drain = trio.current_time()
+            for attempt in range(passes):
                 if not ready:
                     break
                 await self._drain(ready)
+                # A second look (riding only, where drains are up to 20 ms apart) takes a
+                # second datagram waiting on a socket: a caller sending every 10 ms.
+                ready = epoll.poll(0) if attempt + 1 < passes else []
             if not riding:
                 await trio.sleep(nap)
+                ready = epoll.poll(0)  # usually something is waiting: no second wake-up for it
 
     async def _drain(self, ready: list) -> None:
         """Take up to ``burst`` datagrams from each ready socket, stepping aside for ticks."""
