@@ -64,3 +64,63 @@ async def test_a_precise_clock_sends_frames_on_schedule_and_releases_its_fd():
     assert [index for index, _ in sent] == [1, 2, 3, 4, 5]
     assert all(now >= t0 + index * 0.020 for index, now in sent)  # never before its due time
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+async def test_a_periodic_timer_fires_every_interval_until_disarmed():
+    timer = PreciseTimer()
+    try:
+        start = trio.current_time() + 0.005
+        timer.arm(start, interval=0.004)
+        for n in range(3):
+            with trio.fail_after(2):
+                await timer.wait()
+            assert trio.current_time() >= start + n * 0.004
+            assert abs(timer.armed_at - (start + (n + 1) * 0.004)) < 1e-9  # the next expiry
+        await trio.sleep(0.0130)  # three expiries pass unread: one read counts them all
+        await timer.wait()
+        assert timer.armed_at > trio.current_time()
+        timer.disarm()
+        assert timer.armed_at is None
+        with trio.move_on_after(0.05) as waited:
+            await timer.wait()
+        assert waited.cancelled_caught  # disarmed: it does not fire again
+    finally:
+        timer.close()
+
+
+async def test_a_clock_with_a_stream_in_every_slot_arms_its_timer_once_not_every_tick():
+    clock = FrameClock(precise=True)
+    timer = clock._timer
+    arms = []
+    original_arm = timer.arm
+
+    def counting_arm(deadline, **kwargs):
+        arms.append(deadline)
+        original_arm(deadline, **kwargs)
+
+    timer.arm = counting_arm
+    ticks = []
+
+    class Stream:
+        def __init__(self, first_due):
+            self.next_due = first_due
+
+        def send_due(self, now):
+            ticks.append(now)
+            return self.next_due + 0.020 if len(ticks) < 200 else None
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(clock.run)
+            base = (int(trio.current_time() * 1000) + 5) / 1000  # on the 1 ms grid
+            for slot in range(20):
+                clock.schedule(Stream(base + slot * 0.001))  # one stream in every bucket
+            with trio.fail_after(5):
+                while len(ticks) < 200:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    finally:
+        clock.close()
+    assert len(ticks) >= 200
+    # Late ticks (a loaded CI machine) re-arm it; an on-time run arms once.
+    assert len(arms) < 40, len(arms)

@@ -13,7 +13,9 @@ the stream starts (on the 200 OK), not at the next tick.
 With ``precise=True`` (the server) the clock sleeps on a timerfd
 (:mod:`eko_rtp.media.timer`) instead of a trio timeout, whose millisecond rounding
 would otherwise add up to 1 ms of jitter; tests under trio's mock clock use the
-plain timeout.
+plain timeout. The timerfd is armed periodic, one slot apart: when the next busy
+slot is the timer's next expiry (every slot busy, at a few hundred calls) the clock
+just waits for it instead of re-arming the timer on every tick.
 
 A stream is any object with ``next_due: float`` and ``send_due(now) -> float | None``
 (send what is due at ``now``, return the next due time, or ``None`` when it stopped).
@@ -34,6 +36,7 @@ from eko_rtp.media.timer import PreciseTimer
 SLOT_SECONDS = 0.001
 WHEEL_SLOTS = 20  # one bucket per millisecond of the 20 ms frame period
 MAX_SHIFT_SLOTS = 5  # how far a new stream's schedule may move to a better millisecond
+PERIODIC_MATCH = 1e-6  # s: a periodic expiry this close to the wanted slot is that slot
 PACK_LIMIT = 16  # streams a bucket takes before new ones go elsewhere (a 16-stream tick is ~0.2 ms)
 
 
@@ -121,7 +124,7 @@ class FrameClock:
             self._wakeup.set()
             timer = self._timer
             if timer is not None and timer.armed_at is not None and slot * self.slot_seconds < timer.armed_at:
-                timer.arm(slot * self.slot_seconds)  # a new stream needs an earlier tick
+                timer.arm(slot * self.slot_seconds, interval=self.slot_seconds)  # a new stream needs an earlier tick
 
     def _next_busy_slot(self) -> int | None:
         """The first slot after the last served whose bucket holds a stream."""
@@ -169,6 +172,8 @@ class FrameClock:
             wake_slot = self._next_busy_slot() if self._count else None
             if wake_slot is None:
                 self._release_tick_waiter()  # no more ticks to wait for
+                if self._timer is not None and self._timer.armed_at is not None:
+                    self._timer.disarm()  # an idle clock takes no periodic wake-ups
                 self._sleeping_until = None
                 self.next_tick_perf = math.inf
                 self._wakeup = trio.Event()
@@ -179,9 +184,14 @@ class FrameClock:
             self.next_tick_perf = wake_at - now + time.perf_counter()
             if now < wake_at:
                 self._sleeping_until = wake_slot
-                if self._timer is not None:
-                    self._timer.arm(wake_at)
-                    await self._timer.wait()  # schedule() re-arms it for an earlier slot
+                timer = self._timer
+                if timer is not None:
+                    next_expiry = timer.armed_at
+                    if next_expiry is None or abs(next_expiry - wake_at) > PERIODIC_MATCH:
+                        # Periodic, one slot apart: while every slot has streams (from
+                        # about 320 calls) the timer is armed once, not once a tick.
+                        timer.arm(wake_at, interval=slot_seconds)
+                    await timer.wait()  # schedule() re-arms it for an earlier slot
                 else:
                     self._wakeup = trio.Event()
                     with trio.move_on_at(wake_at):

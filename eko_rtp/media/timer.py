@@ -7,6 +7,10 @@ sent on time is a 0.9 ms deviation at the caller. A timerfd armed with an absolu
 CLOCK_MONOTONIC deadline becomes readable at that instant (to the microsecond), and
 trio wakes the waiting task as soon as the fd is readable.
 
+Armed with an ``interval`` the timerfd keeps firing every interval after its first
+expiry; a read returns how many expiries passed, which moves ``armed_at`` on to the
+next one, and ``disarm`` stops it.
+
 trio's clock is ``time.perf_counter()`` (CLOCK_MONOTONIC on Linux) plus a random
 offset; :meth:`PreciseTimer.arm` takes a trio time and removes that offset.
 Python 3.11 has no ``os.timerfd_create`` (3.13 does), so this calls libc directly.
@@ -50,27 +54,48 @@ class PreciseTimer:
             raise OSError(code, f"timerfd_create: {os.strerror(code)}")
         self.fd = fd
         self._spec = _Itimerspec()
-        self.armed_at: float | None = None
+        self.armed_at: float | None = None  # the next expiry, or None when nothing is armed
+        self.interval = 0.0  # seconds between later expiries; 0: one-shot
 
-    def arm(self, trio_deadline: float) -> None:
-        """Fire at ``trio_deadline`` (a ``trio.current_time()`` value); re-arming replaces it."""
+    def arm(self, trio_deadline: float, *, interval: float = 0.0) -> None:
+        """Fire at ``trio_deadline`` (a ``trio.current_time()`` value), then every
+        ``interval`` seconds if one is given; re-arming replaces both."""
         monotonic = trio_deadline - (trio.current_time() - time.perf_counter())
         if monotonic <= 0:
             monotonic = 1e-9  # already due: an absolute time in the past fires at once
         seconds = int(monotonic)
-        self._spec.it_value.tv_sec = seconds
-        self._spec.it_value.tv_nsec = int((monotonic - seconds) * 1e9)
+        spec = self._spec
+        spec.it_value.tv_sec = seconds
+        spec.it_value.tv_nsec = int((monotonic - seconds) * 1e9)
+        interval_seconds = int(interval)
+        spec.it_interval.tv_sec = interval_seconds
+        spec.it_interval.tv_nsec = int((interval - interval_seconds) * 1e9)
+        self._settime()
+        self.armed_at = trio_deadline
+        self.interval = interval
+
+    def disarm(self) -> None:
+        """Stop firing (a periodic timer would otherwise wake its waiter for nothing)."""
+        spec = self._spec
+        spec.it_value.tv_sec = spec.it_value.tv_nsec = 0
+        spec.it_interval.tv_sec = spec.it_interval.tv_nsec = 0
+        self._settime()
+        self.armed_at = None
+        self.interval = 0.0
+
+    def _settime(self) -> None:
         if _libc.timerfd_settime(self.fd, _TFD_TIMER_ABSTIME, ctypes.byref(self._spec), None) != 0:
             code = ctypes.get_errno()
             raise OSError(code, f"timerfd_settime: {os.strerror(code)}")
-        self.armed_at = trio_deadline
 
     async def wait(self) -> None:
-        """Return once the armed deadline has passed."""
+        """Return once the armed deadline (or the next periodic expiry) has passed."""
         while True:
             try:
-                os.read(self.fd, 8)
-                self.armed_at = None
+                expiries = int.from_bytes(os.read(self.fd, 8), "little")
+                # One-shot: nothing is armed any more. Periodic: the next expiry is
+                # ``expiries`` intervals on (more than one when the reader was late).
+                self.armed_at = self.armed_at + expiries * self.interval if self.interval else None
                 return
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self.fd)
