@@ -69,6 +69,18 @@ def test_sources_are_accounted_separately():
     assert (packets["lost"], packets["reordered"], packets["calls_with_several_ssrcs"]) == (0, 0, 1)
 
 
+def test_drift_over_the_steady_period_leaves_out_lateness_while_calls_were_being_set_up():
+    # 150 frames 20 ms apart; the first 50 (before every call was up) arrive 2 ms late.
+    arrivals_ms = [20 * n + (2 if n < 50 else 0) for n in range(150)]
+    record = CallRecord(index=0, status=200, invite_sent_ns=T0, final_ns=T0, media=_media(arrivals_ms, list(range(150))))
+    result = attrs.evolve(_result([record]), steady_window_ns=(T0 + 1000 * MS, T0 + 3000 * MS))
+    summary = report.summarise(result)
+    assert summary["drift_ms_per_minute_max"] < -1.0  # early lateness read as a clock running fast
+    assert abs(summary["drift_steady_ms_per_minute_max"]) < 1e-6  # at N concurrent calls: none
+    rows = dict(report.rows(summary))
+    assert rows["  steady period only ms/min"] == summary["drift_steady_ms_per_minute_max"]
+
+
 def _summary(target, answered, p99, **bench):
     return {"target": target, "plan": {"concurrency": answered},
             "calls": {"attempted": answered, "answered": answered, "failed": {}},
@@ -77,7 +89,7 @@ def _summary(target, answered, p99, **bench):
             "interarrival_deviation_ms": {"p50": None, "p90": None, "p99": p99, "max": None},
             "interarrival_deviation_steady_ms": {"p50": None, "p90": None, "p99": p99, "max": None}, "max_gap_ms": None,
             "packets": {"received": 0, "lost": 0, "duplicates": 0, "reordered": 0, "calls_with_several_ssrcs": 0},
-            "drift_ms_per_minute_max": None, "steady_seconds": None, "server": None,
+            "drift_ms_per_minute_max": None, "drift_steady_ms_per_minute_max": None, "steady_seconds": None, "server": None,
             "bench": {"cpu_percent": 40.0, "media_process_cpu_percent": 30.0, "send_lateness_ms": {"p99": 1.0},
                       "saturated": False, "late_sending": False, "clock": "kernel SO_TIMESTAMPNS"} | bench}
 
