@@ -187,7 +187,12 @@ def summarise(result: RunResult) -> dict:
     bench_cpu = None
     if result.bench_cpu_seconds is not None and result.steady_seconds:
         bench_cpu = 100.0 * result.bench_cpu_seconds / result.steady_seconds
-    media_busy = 100.0 * result.engine_busy_seconds / result.engine_wall_seconds if result.engine_wall_seconds else None
+    if result.media_cpu_seconds is not None and result.steady_seconds:
+        media_busy = 100.0 * result.media_cpu_seconds / result.steady_seconds  # at N calls, like the rest
+    elif result.engine_wall_seconds:
+        media_busy = 100.0 * result.engine_busy_seconds / result.engine_wall_seconds  # no steady period: its whole life
+    else:
+        media_busy = None
     saturated = bool(max(media_busy or 0, bench_cpu or 0) > SATURATION_CPU_PERCENT)
     plan = result.plan
     return {

@@ -188,6 +188,7 @@ class RunResult:
     sip_retransmissions: int
     sip_malformed: int
     duration_seconds: float
+    media_cpu_seconds: float | None = None  # the media process alone, over the steady period
 
 
 async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: range = BENCH_RTP_PORTS) -> RunResult:
@@ -202,6 +203,7 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
     first_down = trio.Event()
     steady: list[procstat.Sample] = []
     bench_cpu: list[float] = []
+    media_cpu: list[float] = []
     idle = procstat.sample(target.pid, time.monotonic()) if target.pid else None
     limiter = trio.CapacityLimiter(plan.concurrency)
     started = time.monotonic()
@@ -277,6 +279,7 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
             media_process = procstat.sample(engine.pid, time.monotonic())
             media_seconds = media_process.cpu_ticks / procstat.CLOCK_TICKS if media_process else 0.0
             bench_cpu.append(usage.ru_utime + usage.ru_stime + media_seconds)
+            media_cpu.append(media_seconds)
             if first_down.is_set():
                 return
             with trio.move_on_after(SAMPLE_INTERVAL):
@@ -331,6 +334,7 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
         steady_seconds=steady_seconds,
         steady_window_ns=tuple(steady_realtime) if steady_seconds is not None else None,
         bench_cpu_seconds=(bench_cpu[-1] - bench_cpu[0]) if len(bench_cpu) >= 2 else None,
+        media_cpu_seconds=(media_cpu[-1] - media_cpu[0]) if len(media_cpu) >= 2 else None,
         engine_busy_seconds=engine.busy_seconds,
         engine_wall_seconds=engine.wall_seconds,
         lateness_ns=list(engine.lateness_ns),
