@@ -56,6 +56,9 @@ def test_streams_after_the_set_first_byte_delay():
         empty = httpx.post(url, params={"output_format": "ulaw_8000"}, json={"text": ""}, headers={"xi-api-key": fake.api_key})
         assert empty.status_code == 422
         assert fake.requests == 1  # only the accepted request counts
+        arrived, first_byte = fake.timings["Appel 7"]  # CLOCK_REALTIME ns, like packet timestamps
+        assert 0.2e9 <= first_byte - arrived < 1.2e9
+        assert list(fake.timings) == ["Appel 7"]  # refused requests leave no timing
 
 
 def test_refuses_a_delay_out_of_range_and_a_host_off_loopback():

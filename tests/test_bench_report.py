@@ -173,6 +173,30 @@ def test_live_tts_summary_and_rows():
     assert (cells["200->first live frame ms p99"], cells["calls without live audio"]) == ("310.00", "1")
 
 
+def test_live_tts_latency_split_at_the_endpoint():
+    from eko_rtp.bench.scripts import text_for
+    records = [
+        CallRecord(index=0, status=200, final_ns=T0 - 10 * MS, call_id="a@b", media=_classified([0, 20, 300, 320], [S, S, L, L])),
+        CallRecord(index=1, status=200, final_ns=T0, call_id="c@d", media=_classified([0, 20, 340], [S, S, L])),
+        CallRecord(index=2, status=200, final_ns=T0, call_id="e@f", media=_classified([0, 20], [S, S])),  # no live audio
+    ]
+    timings = {
+        # the request read 2 ms after the 200, first byte 300 ms later, live frame 8 ms after it
+        text_for("a@b"): (T0 - 8 * MS, T0 + 292 * MS),
+        # read 4 ms after the 200, the endpoint 30 ms late, live frame 6 ms after the byte
+        text_for("c@d"): (T0 + 4 * MS, T0 + 334 * MS),
+    }
+    live = report.summarise(attrs.evolve(_live_result("live-tts", records), tts_timings=timings))["live_tts"]
+    assert (live["ok_to_request_ms"]["p50"], live["ok_to_request_ms"]["max"]) == (2.0, 4.0)
+    assert (live["endpoint_late_ms"]["p50"], live["endpoint_late_ms"]["max"]) == (0.0, 30.0)
+    assert (live["first_byte_to_live_ms"]["p50"], live["first_byte_to_live_ms"]["max"]) == (6.0, 8.0)
+    rows = dict(report.live_rows(live))
+    assert rows["  endpoint late past set TTFB ms p99"] == 30.0
+    assert rows["  endpoint first byte->live ms p99"] == 8.0
+    without = report.summarise(_live_result("live-tts", records))["live_tts"]
+    assert "first_byte_to_live_ms" not in without  # no endpoint timings (a server given by --address)
+
+
 def test_hybrid_summary_counts_calls_with_a_gap():
     records = [
         CallRecord(index=0, status=200, final_ns=T0, media=_classified(range(0, 120, 20), [N, N, S, L, L, L])),

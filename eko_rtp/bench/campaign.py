@@ -95,6 +95,7 @@ async def _with_target(options: Options, kind: str, body):
 
 async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: str, body):
     host = options.plan.local_host
+    fake = None
     if kind == "peer":
         target = targets.spawn_peer(host=host, cache_dir=options.cache_dir, cpus=options.server_cpus, rtp_port=40000)
     elif options.spawn:
@@ -107,7 +108,7 @@ async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: s
             extra += ["--crm", f"{crm.host}:{crm.port}"]
         env = None
         if options.plan.scenario in LIVE_SCENARIOS:
-            extra, env = _live_tts_server(stack, options, extra)
+            extra, env, fake = _live_tts_server(stack, options, extra)
         target = targets.spawn_server(host=host, cache_dir=options.cache_dir, cpus=options.server_cpus,
                                       rtp_ports=options.rtp_ports, extra=extra, env=env)
     else:
@@ -115,12 +116,15 @@ async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: s
         target = targets.Target(name="server", host=target_host, port=port, pid=options.server_pid)
     try:
         await targets.wait_ready(target, local_host=host)
-        return await body(target)
+        results = await body(target)
     finally:
         target.stop()
+    if fake is not None:  # live scenarios: the endpoint's own timings, for the report's split
+        results = [attrs.evolve(result, tts_timings=dict(fake.timings)) for result in results]
+    return results
 
 
-def _live_tts_server(stack: contextlib.ExitStack, options: Options, extra: list[str]) -> tuple[list[str], dict]:
+def _live_tts_server(stack: contextlib.ExitStack, options: Options, extra: list[str]) -> tuple[list[str], dict, FakeTts]:
     """Start the fake endpoint (stopped with ``stack``) and say how the server reaches it: the
     scenario's script, a config whose dynamic cache is a fresh temporary directory, the env."""
     plan = options.plan
@@ -136,7 +140,7 @@ def _live_tts_server(stack: contextlib.ExitStack, options: Options, extra: list[
         handle.write("\n".join(lines) + "\n")
     function = SCRIPT_OF[plan.scenario]
     return ([*extra, "--config", config, "--script", f"{scripts.__name__}:{function}"],
-            {"ELEVENLABS_API_KEY": fake.api_key, "ELEVENLABS_BASE_URL": fake.base_url})
+            {"ELEVENLABS_API_KEY": fake.api_key, "ELEVENLABS_BASE_URL": fake.base_url}, fake)
 
 
 async def _ramp(options: Options, caller_audio: bytes) -> tuple[list[RunResult], dict]:

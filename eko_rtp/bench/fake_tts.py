@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -66,6 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # the bench's output is its report; requests are counted instead
 
     def do_POST(self) -> None:  # noqa: N802 - http.server naming
+        arrived_ns = time.time_ns()  # CLOCK_REALTIME, like the bench's packet timestamps
         url = urllib.parse.urlsplit(self.path)
         parts = url.path.strip("/").split("/")
         length = int(self.headers.get("content-length") or 0)
@@ -98,6 +100,8 @@ class _Handler(BaseHTTPRequestHandler):
                 piece = audio[offset:offset + CHUNK_BYTES]
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                 self.wfile.flush()
+                if not offset:
+                    fake._note(text, arrived_ns, time.time_ns())
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except OSError:  # the server hung up mid-stream (the call ended): nothing to answer
@@ -137,6 +141,9 @@ class FakeTts:
         self.first_byte_delay = first_byte_delay
         self.api_key = api_key
         self.requests = 0
+        # text -> (request read, first chunk written), CLOCK_REALTIME ns: the bench can
+        # tell the endpoint's own lateness (its threads share the bench's GIL) from the server's.
+        self.timings: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -150,6 +157,10 @@ class FakeTts:
     def _count(self) -> None:
         with self._lock:
             self.requests += 1
+
+    def _note(self, text: str, arrived_ns: int, first_byte_ns: int) -> None:
+        with self._lock:
+            self.timings[text] = (arrived_ns, first_byte_ns)
 
     def __enter__(self) -> "FakeTts":
         self._server = (_Server6 if ":" in self.host else _Server)((self.host, 0), _Handler)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections
 
-from eko_rtp.bench import procstat, stats
+from eko_rtp.bench import procstat, scripts, stats
 from eko_rtp.bench.fake_tts import LIVE, SILENT
 from eko_rtp.bench.run import LIVE_SCENARIOS, RunResult
 from eko_rtp.errors import UserError
@@ -67,6 +67,27 @@ def join_gap_frames(classes, filler_tail_frames: int = 0) -> int | None:
     return None  # silence back to the first packet: the filler never played
 
 
+def _endpoint_split(answered, timings: dict, first_byte_ms: float) -> dict:
+    """200 -> first live frame in three parts, from the fake endpoint's own clock readings
+    (CLOCK_REALTIME, like the packet timestamps): the server's request after the 200, the
+    endpoint's lateness past its set time to first byte (its threads share the bench's
+    GIL), and the server's first byte -> first live packet."""
+    to_request, endpoint_late, to_frame = [], [], []
+    for record in answered:
+        timing = timings.get(scripts.text_for(record.call_id)) if record.call_id else None
+        live = first_live_ns(record.media)
+        if timing is None or live is None or record.final_ns is None:
+            continue
+        arrived, first_byte = timing
+        to_request.append(arrived - record.final_ns)
+        endpoint_late.append(first_byte - arrived - round(first_byte_ms * 1e6))
+        to_frame.append(live - first_byte)
+    if not to_frame:
+        return {}
+    return {"ok_to_request_ms": _dist_ms(to_request), "endpoint_late_ms": _dist_ms(endpoint_late),
+            "first_byte_to_live_ms": _dist_ms(to_frame)}
+
+
 def live_summary(result: RunResult) -> dict | None:
     """The live TTS figures of a live-tts or hybrid run (None for the other scenarios)."""
     plan = result.plan
@@ -76,6 +97,7 @@ def live_summary(result: RunResult) -> dict | None:
     found = {"first_byte_ms": plan.tts_first_byte_ms,
              "ok_to_first_live_ms": _dist_ms(_deltas(answered, "200", "first_live")),
              "calls_without_live": sum(first_live_ns(record.media) is None for record in answered)}
+    found.update(_endpoint_split(answered, result.tts_timings, plan.tts_first_byte_ms))
     if plan.scenario == "mixed":
         cached = [record for record in answered if record.media is not None and first_live_ns(record.media) is None]
         found.update({"calls_live": len(answered) - len(cached), "calls_cached": len(cached),
@@ -285,6 +307,10 @@ def live_rows(live: dict | None) -> list[tuple[str, object]]:
     out: list[tuple[str, object]] = [("TTS time to first byte ms (set)", live["first_byte_ms"])]
     out += [(f"200->first live frame ms {key}", latency[key]) for key in ("p50", "p99", "max")]
     out += [("calls without live audio", live["calls_without_live"])]
+    if "first_byte_to_live_ms" in live:
+        out += [(f"  200->request at endpoint ms {key}", live["ok_to_request_ms"][key]) for key in ("p50", "p99")]
+        out += [(f"  endpoint late past set TTFB ms {key}", live["endpoint_late_ms"][key]) for key in ("p50", "p99")]
+        out += [(f"  endpoint first byte->live ms {key}", live["first_byte_to_live_ms"][key]) for key in ("p50", "p99")]
     if "calls_cached" in live:
         cached = live["cached_calls_deviation_steady_ms"]
         out += [("mixed: calls live / cached", f"{live['calls_live']} / {live['calls_cached']}")]

@@ -169,6 +169,7 @@ class CallRecord:
     payload_type: int | None = None
     bye_status: int | None = None
     remote_hangup: bool = False
+    call_id: str | None = None
 
 
 @attrs.define
@@ -189,6 +190,8 @@ class RunResult:
     sip_malformed: int
     duration_seconds: float
     media_cpu_seconds: float | None = None  # the media process alone, over the steady period
+    # live scenarios: the fake endpoint's text -> (request read, first byte written), REALTIME ns
+    tts_timings: dict = attrs.Factory(dict)
 
 
 async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: range = BENCH_RTP_PORTS) -> RunResult:
@@ -217,7 +220,8 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
     async def one_call(record: CallRecord) -> None:
         media = engine.open_call()
         record.media = media
-        dialog = uac.Dialog(endpoint=client.endpoint, call_id=f"{run_token}-{record.index}@eko-bench",
+        record.call_id = f"{run_token}-{record.index}@eko-bench"
+        dialog = uac.Dialog(endpoint=client.endpoint, call_id=record.call_id,
                             from_tag=uac.new_tag(), caller=plan.caller(record.index))
         offer = uac.sdp_offer(address=plan.local_host, rtp_port=media.port, session_id=record.index + 1)
         try:

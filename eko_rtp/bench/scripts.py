@@ -19,7 +19,12 @@ FILLER = "filler_one_moment"
 
 def live_text(call) -> str:
     """The text a call says: unique per call (its Call-ID), so a dynamic-cache miss."""
-    return f"Appel de test {call.call_id}."
+    return text_for(call.call_id)
+
+
+def text_for(call_id: str) -> str:
+    """The live text of the call with this Call-ID (the bench matches endpoint requests by it)."""
+    return f"Appel de test {call_id}."
 
 
 async def live_tts(call) -> None:
