@@ -9,11 +9,11 @@ bench measures that floor on the server's CPUs, with nothing of ours running
 there, right before and right after the target runs, and prints it next to the
 results: a server max close to the probe's says host; one far above it says server.
 
-The probe is a child process pinned to those CPUs. It sets its timer slack to 1 ns
-(the server's frame clock sleeps on a timerfd, which has no slack, so the default
-50 µs slack would make the probe look worse than the server's clock) and sleeps to
-absolute deadlines ``PERIOD`` apart, noting how late each wake-up was. Bounded:
-at most ``MAX_SECONDS``.
+The probe is a child process that pins itself to those CPUs. It sets its timer
+slack to 1 ns (the server's frame clock sleeps on a timerfd, which has no slack, so
+the default 50 µs slack would make the probe look worse than the server's clock)
+and sleeps to absolute deadlines ``PERIOD`` apart, noting how late each wake-up
+was. Bounded: at most ``MAX_SECONDS``.
 """
 
 from __future__ import annotations
@@ -66,9 +66,9 @@ def measure(cpus: set[int], seconds: float) -> dict:
     """Run the probe in a child pinned to ``cpus``; its summary (see :func:`summarise`)."""
     if not 0 < seconds <= MAX_SECONDS:
         raise ValueError(f"probe seconds must be in (0, {MAX_SECONDS:g}], not {seconds!r}")
+    # The child pins itself (no preexec_fn: the bench calls this from a worker thread).
     done = subprocess.run(
-        [sys.executable, "-m", "eko_rtp.bench.noise", str(seconds)],
-        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+        [sys.executable, "-m", "eko_rtp.bench.noise", str(seconds), ",".join(map(str, sorted(cpus)))],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=seconds + 20, check=False,
     )
     if done.returncode != 0:
@@ -86,4 +86,5 @@ def describe(summary: dict, when: str) -> str:
 
 
 if __name__ == "__main__":
+    os.sched_setaffinity(0, {int(cpu) for cpu in sys.argv[2].split(",")})
     print(json.dumps({"cpus": sorted(os.sched_getaffinity(0)), "lateness_ns": probe(float(sys.argv[1]))}))
