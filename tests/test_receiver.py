@@ -1,5 +1,6 @@
 """The receive hub: one epoll set for every media socket, drained in short steps."""
 
+import contextlib
 import math
 import socket
 import time
@@ -10,6 +11,16 @@ import trio.testing
 
 from eko_rtp.media.clock import FrameClock
 from eko_rtp.media.receiver import ReceiveHub
+
+
+@contextlib.contextmanager
+def closing_all(*things):
+    """Close the hub, clock and sockets of a test however it ends."""
+    try:
+        yield
+    finally:
+        for thing in things:
+            thing.close()
 
 
 def _bound() -> socket.socket:
@@ -42,7 +53,7 @@ async def test_every_datagram_reaches_its_handler_with_its_source():
         hub.register(sock, lambda data, address, now, index=index: got.append((index, data, address)))
     sender = _bound()
     source = sender.getsockname()
-    try:
+    with closing_all(hub, *sockets, sender):
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.run)
             for index, sock in enumerate(sockets):
@@ -52,10 +63,6 @@ async def test_every_datagram_reaches_its_handler_with_its_source():
                 while len(got) < 6:
                     await trio.sleep(0.005)
             nursery.cancel_scope.cancel()
-    finally:
-        hub.close()
-        for sock in [*sockets, sender]:
-            sock.close()
     assert sorted((index, data) for index, data, _ in got) == [
         (i, b"%d-%d" % (i, n)) for i in range(3) for n in range(2)]
     assert {address for _, _, address in got} == {source}
@@ -70,7 +77,7 @@ async def test_the_hub_steps_aside_when_a_tick_is_due_and_goes_on_after_it():
     for sock in sockets:
         hub.register(sock, lambda data, address, now: got.append(data))
     sender = _bound()
-    try:
+    with closing_all(hub, *sockets, sender):
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.run)
             gate.next_tick_perf = time.perf_counter() - 1  # a tick is due from now on
@@ -87,10 +94,6 @@ async def test_the_hub_steps_aside_when_a_tick_is_due_and_goes_on_after_it():
                 while len(got) < 4:
                     await trio.sleep(0.001)
             nursery.cancel_scope.cancel()
-    finally:
-        hub.close()
-        for sock in [*sockets, sender]:
-            sock.close()
     assert gate.waits == 1
 
 
@@ -105,7 +108,7 @@ async def test_a_handler_error_is_counted_and_the_hub_goes_on():
     hub.register(bad, explode)
     hub.register(good, lambda data, address, now: got.append(data))
     sender = _bound()
-    try:
+    with closing_all(hub, bad, good, sender):
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.run)
             sender.sendto(b"boom", bad.getsockname())
@@ -114,10 +117,6 @@ async def test_a_handler_error_is_counted_and_the_hub_goes_on():
                 while not got or hub.handler_errors == 0:
                     await trio.sleep(0.005)
             nursery.cancel_scope.cancel()
-    finally:
-        hub.close()
-        for sock in (bad, good, sender):
-            sock.close()
     assert got == [b"fine"] and hub.handler_errors == 1
 
 
@@ -153,7 +152,7 @@ async def test_with_calls_up_the_hub_drains_right_after_clock_ticks_a_nap_apart(
     sock, sender = _bound(), _bound()
     handled: list[tuple[bytes, float]] = []
     hub.register(sock, lambda data, address, now: handled.append((data, now)))
-    try:
+    with closing_all(hub, frame_clock, sock, sender):
         async with trio.open_nursery() as nursery:
             await nursery.start(frame_clock.run)
             frame_clock.schedule(stream)
@@ -169,11 +168,6 @@ async def test_with_calls_up_the_hub_drains_right_after_clock_ticks_a_nap_apart(
                 while len(handled) < 4:
                     await trio.sleep(0.001)
             nursery.cancel_scope.cancel()
-    finally:
-        hub.close()
-        frame_clock.close()
-        sock.close()
-        sender.close()
     assert [round(t, 6) for t in stream.ticks] == [round(0.011 + 0.020 * n, 6) for n in range(10)]
     assert [(data, round(now, 6)) for data, now in handled[:3]] == [
         (b"early", 0.011), (b"between", 0.051), (b"late", 0.111)]
@@ -188,7 +182,7 @@ async def test_a_riding_drain_takes_a_second_datagram_waiting_on_the_same_socket
     sock, sender = _bound(), _bound()
     got = []
     hub.register(sock, lambda data, address, now: got.append((data, round(now, 6))))
-    try:
+    with closing_all(hub, frame_clock, sock, sender):
         sender.sendto(b"one", sock.getsockname())
         sender.sendto(b"two", sock.getsockname())
         async with trio.open_nursery() as nursery:
@@ -197,9 +191,4 @@ async def test_a_riding_drain_takes_a_second_datagram_waiting_on_the_same_socket
             await nursery.start(hub.run)
             await trio.sleep_until(0.2)
             nursery.cancel_scope.cancel()
-    finally:
-        hub.close()
-        frame_clock.close()
-        sock.close()
-        sender.close()
     assert got == [(b"one", 0.011), (b"two", 0.011)]  # the same drain, not the next tick's
