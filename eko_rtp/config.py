@@ -41,6 +41,9 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "codec": ((str,), "offer"),
         "rtp_timeout": ((int, float), 30.0),
         "max_call_duration": ((int, float), 3600.0),
+        # One SCHED_IDLE spinner per CPU the server is pinned to, so those CPUs never
+        # halt between frames (eko_rtp/server/awake.py): for CPUs dedicated to it.
+        "keep_cpu_awake": ((bool,), False),
     },
     "cache": {
         "dir": ((str,), "cache"),

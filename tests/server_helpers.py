@@ -55,7 +55,8 @@ def rtp_range(width: int = 400) -> str:
 class ServerProcess:
     """``eko-rtp serve`` in a subprocess; its log lines are collected as they come."""
 
-    def __init__(self, cache_dir: Path, *extra: str, env: dict | None = None, port: int | None = None):
+    def __init__(self, cache_dir: Path, *extra: str, env: dict | None = None, port: int | None = None,
+                 cpus: set[int] | None = None):
         self.port = port or free_port()
         self.address = ("127.0.0.1", self.port)
         self.rtp_ports = rtp_range()
@@ -63,8 +64,9 @@ class ServerProcess:
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), environment.get("PYTHONPATH")]))
         environment.pop("ELEVENLABS_API_KEY", None)
         environment.update(env or {})
+        pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []  # util-linux, as an operator would
         self.command = [
-            sys.executable, "-m", "eko_rtp", "--log-level", "DEBUG", "serve",
+            *pin, sys.executable, "-m", "eko_rtp", "--log-level", "DEBUG", "serve",
             "--listen", f"127.0.0.1:{self.port}",
             "--rtp-ports", self.rtp_ports,
             "--cache", str(cache_dir),

@@ -111,6 +111,28 @@ def test_the_host_probe_brackets_a_pinned_run(built_cache):
     assert json.loads(unpinned.stdout)["host_noise"] == []  # no --server-cpus: nowhere to probe
 
 
+def test_keep_cpu_awake_spins_beside_the_server_and_the_probe(built_cache):
+    cpu = min(os.sched_getaffinity(0))
+    done = bench("--spawn", "--cache", str(built_cache), "--server-cpus", str(cpu), "--keep-cpu-awake",
+                 "--calls", "1", "--hold", "2", "--noise-probe", "0.5", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    awake = ", the CPU kept awake as the target's is"
+    assert [probe["when"] for probe in report["host_noise"]] == ["before the run" + awake, "after the run" + awake]
+    assert report["runs"][0]["calls"]["answered"] == 1
+    assert report["notes"][0] == (f"--keep-cpu-awake: SCHED_IDLE spinners kept CPU(s) [{cpu}] from halting (the server's"
+                               " own; the bench's for the peer); the target's CPU row counts its own process only")
+
+
+@pytest.mark.parametrize("arguments", [["--spawn"], ["--address", "127.0.0.1:5060", "--server-cpus", "0"]])
+def test_keep_cpu_awake_needs_a_pinned_target_the_bench_starts(arguments):
+    done = bench(*arguments, "--keep-cpu-awake")
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        "eko-rtp: error: key '--keep-cpu-awake': --keep-cpu-awake keeps the CPUs of a target the bench starts awake:"
+        " give --server-cpus, and --spawn for the server (a running one takes `eko-rtp serve --keep-cpu-awake`)")
+
+
 def test_a_noise_probe_out_of_bounds_is_a_user_error():
     done = bench("--spawn", "--noise-probe", "31")
     assert done.returncode == 2

@@ -36,5 +36,5 @@ def test_summary_and_line_for_people():
     assert summary == {"cpus": [0], "seconds": 0.5, "wakeups": 100,
                        "lateness_ms": {"p50": 0.125, "p90": 0.125, "p99": 2.0, "max": 5.0}}
     assert noise.describe(summary, "before the run") == (
-        "host wake-up lateness on CPU 0 before the run (100 sleeps of 5 ms, nothing else of ours there):"
+        "host wake-up lateness on CPU 0 before the run (100 sleeps of 5 ms, no work of ours there):"
         " p50 0.12 ms, p99 2.00 ms, max 5.00 ms")

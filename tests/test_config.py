@@ -19,6 +19,7 @@ from server_helpers import REPO
         ({"sipp": {}}, "f.toml, key 'sipp': unknown section [sipp] (known: sip, media, cache, crm, tts, script, service)"),
         ({"media": {"rtp_timeout": "30"}}, "f.toml, key 'media.rtp_timeout': expected int or float, got str '30'"),
         ({"service": {"log_full_numbers": 1}}, "f.toml, key 'service.log_full_numbers': expected bool, got int 1"),
+        ({"media": {"keep_cpu_awake": "yes"}}, "f.toml, key 'media.keep_cpu_awake': expected bool, got str 'yes'"),
         ({"sip": {"min_se": True}}, "f.toml, key 'sip.min_se': expected int, got bool True"),
         ({"sip": {"transports": ["sctp"]}}, "f.toml, key 'sip.transports': must be a non-empty list of 'udp' and 'tcp', got ['sctp']"),
         ({"sip": {"listen": "nowhere"}}, "f.toml, key 'sip.listen': expected HOST:PORT, got 'nowhere'"),

@@ -24,6 +24,7 @@ from eko_rtp.bench import noise, report, scripts, targets
 from eko_rtp.bench.fake_tts import FakeTts
 from eko_rtp.bench.run import BENCH_RTP_PORTS, LIVE_SCENARIOS, Plan, RunResult, run_load
 from eko_rtp.errors import UserError
+from eko_rtp.server.awake import keep_cpus_awake
 
 RAMP_STEPS = (50, 100, 200, 400, 700, 1000, 1400)
 SCRIPT_OF = {"live-tts": "live_tts", "hybrid": "hybrid", "mixed": "mixed"}  # server scripts in eko_rtp.bench.scripts
@@ -49,6 +50,7 @@ class Options:
     bench_ports: range = BENCH_RTP_PORTS
     sizes: tuple[int, ...] = ()
     noise_probe: float = 0.0  # seconds of host wake-up probe on the server's CPUs before and after; 0: none
+    keep_cpu_awake: bool = False  # SCHED_IDLE spinners on the target's CPUs (the server's own; the bench's for the peer)
 
     def __attrs_post_init__(self) -> None:
         if self.target not in ("server", "peer", "both"):
@@ -70,6 +72,10 @@ class Options:
                 raise UserError(f"the ramp measures the greeting scenarios, not {self.plan.scenario}", key="--ramp")
             if self.plan.scenario == "hybrid" and self.spawn and self.cache_dir is None:
                 raise UserError(f"hybrid plays the cached {scripts.FILLER!r}: give --cache DIR", key="--cache")
+        if self.keep_cpu_awake and (self.server_cpus is None or not self.spawn and self.target != "peer"):
+            raise UserError("--keep-cpu-awake keeps the CPUs of a target the bench starts awake: give --server-cpus,"
+                            " and --spawn for the server (a running one takes `eko-rtp serve --keep-cpu-awake`)",
+                            key="--keep-cpu-awake")
         if not 0 <= self.noise_probe <= noise.MAX_SECONDS:
             raise UserError(f"the noise probe runs 0 to {noise.MAX_SECONDS:g} s, not {self.noise_probe:g}", key="--noise-probe")
 
@@ -100,6 +106,8 @@ async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: s
         target = targets.spawn_peer(host=host, cache_dir=options.cache_dir, cpus=options.server_cpus, rtp_port=40000)
     elif options.spawn:
         extra = list(options.server_args)
+        if options.keep_cpu_awake:
+            extra.append("--keep-cpu-awake")
         if options.plan.scenario == "greeting-returning":
             crm = targets.spawn_crm(host=host, directory=stack.enter_context(tempfile.TemporaryDirectory(prefix="eko-bench-crm-")),
                                     clients=targets.CRM_CLIENTS)
@@ -115,8 +123,12 @@ async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: s
         target_host, port = targets.parse_host_port(options.address, key="--address")
         target = targets.Target(name="server", host=target_host, port=port, pid=options.server_pid)
     try:
-        await targets.wait_ready(target, local_host=host)
-        results = await body(target)
+        async with trio.open_nursery() as nursery:
+            if kind == "peer" and options.keep_cpu_awake:  # the peer has no such option: the bench spins for it
+                await nursery.start(keep_cpus_awake, sorted(options.server_cpus))
+            await targets.wait_ready(target, local_host=host)
+            results = await body(target)
+            nursery.cancel_scope.cancel()
     finally:
         target.stop()
     if fake is not None:  # live scenarios: the endpoint's own timings, for the report's split
@@ -183,7 +195,13 @@ async def run(options: Options, *, caller_audio: bytes) -> Outcome:
 
 
 async def _probe_host(options: Options, when: str) -> dict:
-    summary = await trio.to_thread.run_sync(noise.measure, options.server_cpus, options.noise_probe)
+    """The probe on the target's CPUs, beside the same spinners the target runs with, if any."""
+    async with trio.open_nursery() as nursery:
+        if options.keep_cpu_awake:
+            await nursery.start(keep_cpus_awake, sorted(options.server_cpus))
+            when += ", the CPU kept awake as the target's is"
+        summary = await trio.to_thread.run_sync(noise.measure, options.server_cpus, options.noise_probe)
+        nursery.cancel_scope.cancel()
     return {**summary, "when": when}
 
 
@@ -203,6 +221,9 @@ async def _run_plans(options: Options, *, caller_audio: bytes) -> Outcome:
                      f" {scripts.__name__}:{SCRIPT_OF[options.plan.scenario]} with"
                      f" ELEVENLABS_BASE_URL at an endpoint answering after {options.plan.tts_first_byte_ms:.0f} ms and"
                      f" rendering eko_rtp.bench.fake_tts.live_audio (only --spawn starts one)")
+    if options.keep_cpu_awake:
+        notes.append(f"--keep-cpu-awake: SCHED_IDLE spinners kept CPU(s) {sorted(options.server_cpus)} from halting"
+                     " (the server's own; the bench's for the peer); the target's CPU row counts its own process only")
     results: list[RunResult] = []
     kinds = ["server", "peer"] if options.target == "both" else [options.target]
     cap = targets.PEER_MAX_CALLS

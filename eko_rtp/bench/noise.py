@@ -81,8 +81,8 @@ def describe(summary: dict, when: str) -> str:
     """One line for people."""
     late = summary["lateness_ms"]
     cpus = ",".join(map(str, summary["cpus"]))
-    return (f"host wake-up lateness on CPU {cpus} {when} ({summary['wakeups']} sleeps of {PERIOD * 1000:g} ms, nothing"
-            f" else of ours there): p50 {late['p50']:.2f} ms, p99 {late['p99']:.2f} ms, max {late['max']:.2f} ms")
+    return (f"host wake-up lateness on CPU {cpus} {when} ({summary['wakeups']} sleeps of {PERIOD * 1000:g} ms, no"
+            f" work of ours there): p50 {late['p50']:.2f} ms, p99 {late['p99']:.2f} ms, max {late['max']:.2f} ms")
 
 
 if __name__ == "__main__":

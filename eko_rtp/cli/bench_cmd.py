@@ -53,6 +53,9 @@ def add_parser(subparsers) -> None:
                         help="with --server-cpus: before and after the run, measure for this long how late the host"
                              " wakes a sleeping process on those CPUs, the floor under every deviation figure"
                              " (default 3; 0: skip)")
+    parser.add_argument("--keep-cpu-awake", action="store_true",
+                        help="with --server-cpus: keep those CPUs from halting between frames with SCHED_IDLE spinners"
+                             " (the server's own --keep-cpu-awake; the bench runs them for the peer and for the probe)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--plot", help="also draw latency and inter-arrival plots to this PNG (needs matplotlib)")
     parser.set_defaults(func=run)
@@ -90,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         target=args.target, address=args.address, spawn=args.spawn, server_cpus=args.server_cpus,
         server_pid=args.server_pid, cache_dir=args.cache_dir, rtp_ports=args.rtp_ports,
         server_args=tuple(args.server_arg), plan=plan, ramp=args.ramp,
-        bench_ports=args.bench_rtp_ports, sizes=args.sizes, noise_probe=args.noise_probe)
+        bench_ports=args.bench_rtp_ports, sizes=args.sizes, noise_probe=args.noise_probe,
+        keep_cpu_awake=args.keep_cpu_awake)
     caller_audio = open_wav_as_ulaw(args.audio) if args.audio else SILENCE
     outcome = campaign.run_sync(options, caller_audio=caller_audio)
     if args.plot:

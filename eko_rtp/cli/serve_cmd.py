@@ -22,6 +22,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--cache", help="rendered phrase cache directory (config cache.dir)")
     parser.add_argument("--phrases", help="phrase catalogue file (config cache.phrases)")
     parser.add_argument("--script", help="call script MODULE:FUNCTION (config script.function)")
+    parser.add_argument("--keep-cpu-awake", action="store_true", default=None,
+                        help="keep the CPUs the server is pinned to from halting between frames, with one"
+                             " SCHED_IDLE spinner each (config media.keep_cpu_awake; dedicated CPUs only)")
     parser.add_argument("--crm", help="CRM msgpack-RPC address HOST:PORT or unix socket path (config crm.address)")
     parser.set_defaults(func=run_serve)
 
@@ -50,6 +53,7 @@ def config_from_args(args):
             "cache.phrases": args.phrases,
             "script.function": args.script,
             "crm.address": args.crm,
+            "media.keep_cpu_awake": args.keep_cpu_awake,
         }
     )
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import time
 from typing import Callable
@@ -27,6 +28,7 @@ from typing import Callable
 import trio
 
 from eko_rtp.errors import UserError
+from eko_rtp.server.awake import keep_cpus_awake, spinner_cpus
 from eko_rtp.server.server import EkoServer
 from eko_rtp.service.metrics import Metrics, MetricsSettings, serve_metrics
 from eko_rtp.service.notify import Notifier, run_watchdog
@@ -82,6 +84,8 @@ async def run_service(
             if crm_address is not None:
                 crm = CrmClient(crm_address)
                 await nursery.start(crm.run)  # a CRM that is down only means standard greetings
+            if setup.config["media.keep_cpu_awake"]:
+                await nursery.start(keep_cpus_awake, spinner_cpus(os.sched_getaffinity(0), os.cpu_count() or 1))
             server = EkoServer(
                 config=setup.config, cache=setup.cache, script=setup.script, crm=crm, tts=tts, metrics=metrics
             )
@@ -117,6 +121,8 @@ def _reload(server: EkoServer, current: Setup, load_setup, notifier: Notifier) -
         notifier.ready(status=_status_text(server))
         return current
     log.info("reloaded: %d cached phrases; calls in progress keep their audio", len(new.cache))
+    if new.config["media.keep_cpu_awake"] != current.config["media.keep_cpu_awake"]:
+        log.warning("media.keep_cpu_awake changed: it takes effect when the server restarts")
     notifier.ready(status=_status_text(server))
     return new
 

@@ -1,0 +1,178 @@
+"""Keeping the server's CPUs awake: real spinner processes, their policy, pinning and death."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import trio
+
+from eko_rtp.errors import UserError
+from eko_rtp.server.awake import keep_cpus_awake, spinner_cpus
+from server_helpers import REPO, ServerProcess
+
+CPU = min(os.sched_getaffinity(0))
+
+
+def gone_or_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gone_or_zombie(pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize(
+    "affinity, machine, expected",
+    [
+        ({0}, 2, [0]),
+        ({3, 1}, 8, [1, 3]),
+        ({0}, 1, [0]),  # a one-CPU machine: that CPU is the server's anyway
+    ],
+)
+def test_spinner_cpus_are_the_servers_own(affinity, machine, expected):
+    assert spinner_cpus(affinity, machine) == expected
+
+
+def test_a_server_free_to_run_anywhere_is_refused():
+    with pytest.raises(UserError) as caught:
+        spinner_cpus({0, 1}, 2)
+    assert str(caught.value) == (
+        "key 'media.keep_cpu_awake': the server may run on every CPU of this machine (0,1), and keeping them all"
+        " awake would spin all of them; pin it to CPUs of its own first (CPUAffinity= in the systemd unit,"
+        " taskset -c, or eko-bench --server-cpus)")
+
+
+def test_no_cpu_at_all_is_refused():
+    with pytest.raises(UserError, match="may run on no CPU at all"):
+        spinner_cpus(set(), 4)
+
+
+def test_spinners_are_sched_idle_pinned_and_stopped_with_their_task():
+    seen = {}
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            pids = await nursery.start(keep_cpus_awake, [CPU])
+            (pid,) = pids
+            seen["pid"] = pid
+            seen["policy"] = os.sched_getscheduler(pid)
+            seen["affinity"] = os.sched_getaffinity(pid)
+            await trio.sleep(0.3)
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            seen["cpu_ticks"] = int(fields[11]) + int(fields[12])  # utime + stime: it does spin
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert seen["policy"] == os.SCHED_IDLE
+    assert seen["affinity"] == {CPU}
+    assert seen["cpu_ticks"] > 0
+    assert gone_or_zombie(seen["pid"])
+
+
+def test_a_cpu_that_cannot_be_pinned_is_a_user_error_naming_it():
+    async def main():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(keep_cpus_awake, [4095])
+
+    with pytest.raises(BaseExceptionGroup) as caught:
+        trio.run(main)
+    (error,) = caught.value.exceptions
+    assert isinstance(error, UserError)
+    assert str(error) == ("key 'media.keep_cpu_awake': cannot keep CPU 4095 awake:"
+                          " eko-rtp spinner: cannot pin to CPU 4095: Invalid argument")
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["0", "1"], "eko-rtp spinner: parent 1 is gone"),
+        (["zero"], "eko-rtp spinner: usage: python -m eko_rtp.server.spinner CPU PARENT_PID, got ['zero']"),
+    ],
+)
+def test_the_spinner_refuses_to_spin_for_nobody(arguments, message):
+    done = subprocess.run([sys.executable, "-m", "eko_rtp.server.spinner", *arguments],
+                          capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert (done.returncode, done.stdout, done.stderr.strip()) == (2, "", message)
+
+
+PARENT = """
+import os, sys, trio
+from eko_rtp.server.awake import keep_cpus_awake
+async def main():
+    async with trio.open_nursery() as nursery:
+        pids = await nursery.start(keep_cpus_awake, [int(sys.argv[1])])
+        print(pids[0], flush=True)
+        await trio.sleep(60)
+trio.run(main)
+"""
+
+
+def test_a_spinner_outlives_trios_worker_thread_and_dies_with_a_killed_parent():
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(CPU)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        pid = int(parent.stdout.readline())
+        # trio starts processes from a worker thread that ends after 10 idle seconds; the
+        # spinner must not go with it (as it would with PR_SET_PDEATHSIG).
+        time.sleep(11)
+        assert not gone_or_zombie(pid)
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        assert wait_gone(pid), f"spinner {pid} outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+
+
+def test_the_server_refuses_to_spin_every_cpu(built_cache):
+    if len(os.sched_getaffinity(0)) < 2 or len(os.sched_getaffinity(0)) != os.cpu_count():
+        pytest.skip("needs a process free to run on every CPU of a machine with several")
+    server = ServerProcess(built_cache, "--keep-cpu-awake")
+    assert server.process.wait(60) == 2
+    server.stop()
+    assert "key 'media.keep_cpu_awake': the server may run on every CPU of this machine" in server.log()
+
+
+def test_a_pinned_server_keeps_its_cpu_awake_and_stops_its_spinner(built_cache):
+    server = ServerProcess(built_cache, "--keep-cpu-awake", cpus={CPU})
+    with server:
+        match = server.wait_for_log(rf"keeping CPU\(s\) {CPU} awake with SCHED_IDLE spinners \(pids (\d+)\)")
+        pid = int(match.group(1))
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        assert os.sched_getaffinity(pid) == {CPU}
+        with open(f"/proc/{pid}/stat") as handle:
+            assert int(handle.read().rsplit(")", 1)[1].split()[1]) == server.process.pid  # its child
+    assert server.process.returncode == 0
+    assert wait_gone(pid)
+
+
+def test_a_spinner_that_dies_is_logged_and_the_rest_carries_on(caplog):
+    async def main():
+        async with trio.open_nursery() as nursery:
+            (pid,) = await nursery.start(keep_cpus_awake, [CPU])
+            os.kill(pid, signal.SIGKILL)
+            with trio.fail_after(5):
+                while "exited" not in caplog.text:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    with caplog.at_level("WARNING", logger="eko_rtp.awake"):
+        trio.run(main)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"the spinner keeping CPU {CPU} awake exited (status -9); that CPU halts between frames again"]
