@@ -113,8 +113,6 @@ async def keep_cpus_awake(cpus: Iterable[int], *, task_status=trio.TASK_STATUS_I
     try:
         for cpu in cpus:
             processes.append((cpu, await _start_spinner(cpu)))
-        log.info("keeping CPU(s) %s awake with SCHED_IDLE spinners (pids %s)",
-                 _cpu_list([cpu for cpu, _ in processes]), ", ".join(str(p.pid) for _, p in processes))
         task_status.started([process.pid for _, process in processes])
         async with trio.open_nursery() as nursery:
             for cpu, process in processes:

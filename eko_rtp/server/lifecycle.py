@@ -85,7 +85,10 @@ async def run_service(
                 crm = CrmClient(crm_address)
                 await nursery.start(crm.run)  # a CRM that is down only means standard greetings
             if setup.config["media.keep_cpu_awake"]:
-                await nursery.start(keep_cpus_awake, spinner_cpus(os.sched_getaffinity(0), os.cpu_count() or 1))
+                cpus = spinner_cpus(os.sched_getaffinity(0), os.cpu_count() or 1)
+                pids = await nursery.start(keep_cpus_awake, cpus)
+                log.info("keeping CPU(s) %s awake with SCHED_IDLE spinners (pids %s)",
+                         ",".join(map(str, cpus)), ", ".join(map(str, pids)))
             server = EkoServer(
                 config=setup.config, cache=setup.cache, script=setup.script, crm=crm, tts=tts, metrics=metrics
             )
