@@ -123,17 +123,39 @@ async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: s
         target_host, port = targets.parse_host_port(options.address, key="--address")
         target = targets.Target(name="server", host=target_host, port=port, pid=options.server_pid)
     try:
-        async with trio.open_nursery() as nursery:
-            if kind == "peer" and options.keep_cpu_awake:  # the peer has no such option: the bench spins for it
-                await nursery.start(keep_cpus_awake, sorted(options.server_cpus))
-            await targets.wait_ready(target, local_host=host)
-            results = await body(target)
-            nursery.cancel_scope.cancel()
+        with _unwrapped():
+            async with trio.open_nursery() as nursery:
+                if kind == "peer" and options.keep_cpu_awake:  # the peer has no such option: the bench spins for it
+                    await nursery.start(keep_cpus_awake, sorted(options.server_cpus))
+                await targets.wait_ready(target, local_host=host)
+                results = await body(target)
+                nursery.cancel_scope.cancel()
     finally:
         target.stop()
     if fake is not None:  # live scenarios: the endpoint's own timings, for the report's split
         results = [attrs.evolve(result, tts_timings=dict(fake.timings)) for result in results]
     return results
+
+
+@contextlib.contextmanager
+def _unwrapped():
+    """Let a lone error out of a nursery as itself, not in an ExceptionGroup.
+
+    The bench's nurseries only hold spinners beside the real work, so an error is the
+    work's own (a target out of ports, a target that never answered): the CLI reports
+    a UserError as such, with exit status 2, and would not find it inside a group.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = []
+        pending = [group]
+        while pending:
+            for error in pending.pop().exceptions:
+                (pending if isinstance(error, BaseExceptionGroup) else leaves).append(error)
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
 
 
 def _live_tts_server(stack: contextlib.ExitStack, options: Options, extra: list[str]) -> tuple[list[str], dict, FakeTts]:
@@ -196,12 +218,13 @@ async def run(options: Options, *, caller_audio: bytes) -> Outcome:
 
 async def _probe_host(options: Options, when: str) -> dict:
     """The probe on the target's CPUs, beside the same spinners the target runs with, if any."""
-    async with trio.open_nursery() as nursery:
-        if options.keep_cpu_awake:
-            await nursery.start(keep_cpus_awake, sorted(options.server_cpus))
-            when += ", the CPU kept awake as the target's is"
-        summary = await trio.to_thread.run_sync(noise.measure, options.server_cpus, options.noise_probe)
-        nursery.cancel_scope.cancel()
+    with _unwrapped():
+        async with trio.open_nursery() as nursery:
+            if options.keep_cpu_awake:
+                await nursery.start(keep_cpus_awake, sorted(options.server_cpus))
+                when += ", the CPU kept awake as the target's is"
+            summary = await trio.to_thread.run_sync(noise.measure, options.server_cpus, options.noise_probe)
+            nursery.cancel_scope.cancel()
     return {**summary, "when": when}
 
 
