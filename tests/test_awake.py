@@ -7,13 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from functools import partial
 
 import pytest
 import trio
 
 from eko_rtp.errors import UserError
 from eko_rtp.server.awake import keep_cpus_awake, spinner_cpus
-from server_helpers import REPO, ServerProcess
+from server_helpers import REPO, ServerProcess, free_port
 
 CPU = min(os.sched_getaffinity(0))
 
@@ -149,8 +151,11 @@ def test_the_server_refuses_to_spin_every_cpu(built_cache):
     assert "key 'media.keep_cpu_awake': the server may run on every CPU of this machine" in server.log()
 
 
-def test_a_pinned_server_keeps_its_cpu_awake_and_stops_its_spinner(built_cache):
-    server = ServerProcess(built_cache, "--keep-cpu-awake", cpus={CPU})
+def test_a_pinned_server_keeps_its_cpu_awake_and_stops_its_spinner(built_cache, tmp_path):
+    metrics_port = free_port()
+    config = tmp_path / "eko-rtp.toml"
+    config.write_text(f'[media]\nkeep_cpu_awake = true\n[service]\nmetrics_listen = "127.0.0.1:{metrics_port}"\n')
+    server = ServerProcess(built_cache, "--config", str(config), cpus={CPU})
     with server:
         match = server.wait_for_log(rf"keeping CPU\(s\) {CPU} awake with SCHED_IDLE spinners \(pids (\d+)\)")
         pid = int(match.group(1))
@@ -158,14 +163,20 @@ def test_a_pinned_server_keeps_its_cpu_awake_and_stops_its_spinner(built_cache):
         assert os.sched_getaffinity(pid) == {CPU}
         with open(f"/proc/{pid}/stat") as handle:
             assert int(handle.read().rsplit(")", 1)[1].split()[1]) == server.process.pid  # its child
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            exported = response.read().decode()
+        assert "\neko_cpus_kept_awake 1.0\n" in exported
     assert server.process.returncode == 0
     assert wait_gone(pid)
 
 
-def test_a_spinner_that_dies_is_logged_and_the_rest_carries_on(caplog):
+def test_a_spinner_that_dies_is_logged_counted_and_the_rest_carries_on(caplog):
+    counts = []
+
     async def main():
         async with trio.open_nursery() as nursery:
-            (pid,) = await nursery.start(keep_cpus_awake, [CPU])
+            (pid,) = await nursery.start(partial(keep_cpus_awake, [CPU], on_count=counts.append))
+            assert counts == [1]
             os.kill(pid, signal.SIGKILL)
             with trio.fail_after(5):
                 while "exited" not in caplog.text:
@@ -176,3 +187,16 @@ def test_a_spinner_that_dies_is_logged_and_the_rest_carries_on(caplog):
         trio.run(main)
     assert [record.getMessage() for record in caplog.records] == [
         f"the spinner keeping CPU {CPU} awake exited (status -9); that CPU halts between frames again"]
+    assert counts == [1, 0]
+
+
+def test_spinners_are_counted_down_when_their_task_ends():
+    counts = []
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(keep_cpus_awake, [CPU], on_count=counts.append))
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert counts == [1, 0]

@@ -103,6 +103,7 @@ def test_the_host_probe_brackets_a_pinned_run(built_cache):
                  "--noise-probe", "0.5", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
+    assert report["keep_cpu_awake"] is False
     assert [(probe["when"], probe["cpus"], probe["wakeups"]) for probe in report["host_noise"]] == [
         ("before the run", [cpu], 100), ("after the run", [cpu], 100)]
     assert report["runs"][0]["calls"]["answered"] == 1
@@ -117,6 +118,7 @@ def test_keep_cpu_awake_spins_beside_the_server_and_the_probe(built_cache):
                  "--calls", "1", "--hold", "2", "--noise-probe", "0.5", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
+    assert report["keep_cpu_awake"] is True
     awake = ", the CPU kept awake as the target's is"
     assert [probe["when"] for probe in report["host_noise"]] == ["before the run" + awake, "after the run" + awake]
     assert report["runs"][0]["calls"]["answered"] == 1

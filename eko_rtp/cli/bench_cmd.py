@@ -100,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         report.plot(outcome.results, args.plot)
     if args.json:
-        json.dump({"runs": outcome.summaries, "ramp": outcome.ramp, "host_noise": outcome.host_noise, "notes": outcome.notes},
+        json.dump({"runs": outcome.summaries, "ramp": outcome.ramp, "host_noise": outcome.host_noise,
+                   "keep_cpu_awake": args.keep_cpu_awake, "notes": outcome.notes},
                   sys.stdout, indent=2)
         print()
     else:

@@ -32,7 +32,7 @@ import logging
 import os
 import subprocess
 import sys
-from typing import Iterable
+from typing import Callable, Iterable
 
 import trio
 
@@ -102,21 +102,36 @@ async def _close_pipes(process: trio.Process) -> None:
         await process.stderr.aclose()
 
 
-async def keep_cpus_awake(cpus: Iterable[int], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def keep_cpus_awake(
+    cpus: Iterable[int], *, on_count: Callable[[int], None] = lambda count: None, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
     """Run one spinner per CPU in ``cpus`` until cancelled; ``started`` with their pids.
 
     A spinner that cannot start (the sandbox forbids ``SCHED_IDLE``, say) is a
     :class:`UserError` before ``started``. One that exits later is logged, and its
     CPU goes back to halting: the server's work does not depend on it.
+    ``on_count`` hears how many spinners run, whenever that changes (a metric).
     """
     processes: list[tuple[int, trio.Process]] = []
+    running = 0
+
+    async def watch(cpu: int, process: trio.Process) -> None:
+        nonlocal running
+        status = await process.wait()
+        running -= 1
+        on_count(running)
+        log.warning("the spinner keeping CPU %d awake exited (status %s); that CPU halts between frames again",
+                    cpu, status)
+
     try:
         for cpu in cpus:
             processes.append((cpu, await _start_spinner(cpu)))
+        running = len(processes)
+        on_count(running)
         task_status.started([process.pid for _, process in processes])
         async with trio.open_nursery() as nursery:
             for cpu, process in processes:
-                nursery.start_soon(_watch, cpu, process)
+                nursery.start_soon(watch, cpu, process)
     finally:
         with trio.CancelScope(shield=True):
             for _, process in processes:
@@ -124,9 +139,5 @@ async def keep_cpus_awake(cpus: Iterable[int], *, task_status=trio.TASK_STATUS_I
                     process.kill()
             for _, process in processes:
                 await process.wait()
-
-
-async def _watch(cpu: int, process: trio.Process) -> None:
-    status = await process.wait()
-    log.warning("the spinner keeping CPU %d awake exited (status %s); that CPU halts between frames again",
-                cpu, status)
+        if running:
+            on_count(0)

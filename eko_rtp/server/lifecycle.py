@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import time
+from functools import partial
 from typing import Callable
 
 import trio
@@ -86,7 +87,7 @@ async def run_service(
                 await nursery.start(crm.run)  # a CRM that is down only means standard greetings
             if setup.config["media.keep_cpu_awake"]:
                 cpus = spinner_cpus(os.sched_getaffinity(0), os.cpu_count() or 1)
-                pids = await nursery.start(keep_cpus_awake, cpus)
+                pids = await nursery.start(partial(keep_cpus_awake, cpus, on_count=metrics.cpus_kept_awake.set))
                 log.info("keeping CPU(s) %s awake with SCHED_IDLE spinners (pids %s)",
                          ",".join(map(str, cpus)), ", ".join(map(str, pids)))
             server = EkoServer(

@@ -113,6 +113,7 @@ class Metrics:
     crm_lookup_latency: Histogram
     crm_timeouts: Counter
     crm_errors: Counter
+    cpus_kept_awake: Gauge
 
     @classmethod
     def create(cls, *, process: bool = True) -> Metrics:
@@ -149,6 +150,10 @@ class Metrics:
             ),
             crm_timeouts=Counter("eko_crm_lookup_timeouts", "CRM lookups past their deadline.", registry=registry),
             crm_errors=Counter("eko_crm_lookup_errors", "CRM lookups that failed.", registry=registry),
+            cpus_kept_awake=Gauge(
+                "eko_cpus_kept_awake", "CPUs kept from halting by a running spinner (media.keep_cpu_awake).",
+                registry=registry,
+            ),
         )
         # Known label values start at 0, so a rate() over them exists from the start.
         for cache in CACHES:
