@@ -44,6 +44,9 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         # One SCHED_IDLE spinner per CPU the server is pinned to, so those CPUs never
         # halt between frames (eko_rtp/server/awake.py): for CPUs dedicated to it.
         "keep_cpu_awake": ((bool,), False),
+        # The CPUs the server runs on, like taskset -c ("2", "2,3", "2-3"; "": any):
+        # install-service turns it into the unit's CPUAffinity=.
+        "cpus": ((str,), ""),
     },
     "cache": {
         "dir": ((str,), "cache"),
@@ -108,6 +111,24 @@ def parse_host_port(text: str, *, what: str, default_port: int | None = None) ->
     return HostPort(host=host, port=port)
 
 
+def parse_cpu_list(text: str, *, what: str) -> frozenset[int]:
+    """Parse a CPU list like ``2``, ``2,3`` or ``0-3`` (taskset's syntax), checked against this machine."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            low, dash, high = part.strip().partition("-")
+            first, last = int(low), int(high if dash else low)
+            if not 0 <= first <= last:
+                raise ValueError
+            cpus.update(range(first, last + 1))
+    except ValueError:
+        raise UserError(f"expected a CPU list like 0 or 0,1 or 0-1, got {text!r}", key=what) from None
+    present = os.cpu_count() or 1
+    if max(cpus) >= present:
+        raise UserError(f"CPU {max(cpus)} does not exist here (CPUs 0-{present - 1})", key=what)
+    return frozenset(cpus)
+
+
 def parse_port_range(text: str, *, what: str) -> tuple[int, int]:
     """Parse ``LO-HI`` into an even-aligned RTP port range (RFC 3550 §11: RTP even, RTCP odd)."""
     low_text, separator, high_text = text.partition("-")
@@ -153,6 +174,11 @@ class Config:
         return self["media.address"] or self.sip_listen.host
 
     @property
+    def cpus(self) -> frozenset[int] | None:
+        """``media.cpus`` as a set, or None when the server may run anywhere."""
+        return parse_cpu_list(self["media.cpus"], what="media.cpus") if self["media.cpus"] else None
+
+    @property
     def rtp_ports(self) -> tuple[int, int]:
         return parse_port_range(self["media.rtp_ports"], what="media.rtp_ports")
 
@@ -179,6 +205,11 @@ def _check_values(values: dict[str, dict[str, Any]], source: str | None) -> None
         parse_port_range(values["media"]["rtp_ports"], what="media.rtp_ports")
     except UserError as error:
         fail("media.rtp_ports", error.detail)
+    if values["media"]["cpus"]:
+        try:
+            parse_cpu_list(values["media"]["cpus"], what="media.cpus")
+        except UserError as error:
+            fail("media.cpus", error.detail)
     if values["media"]["codec"] not in ("offer", "PCMU", "PCMA"):
         fail("media.codec", f"must be 'offer', 'PCMU' or 'PCMA', got {values['media']['codec']!r}")
     if values["sip"]["min_se"] < 90:

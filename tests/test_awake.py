@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from eko_rtp.errors import UserError
-from eko_rtp.server.awake import keep_cpus_awake, spinner_cpus
+from eko_rtp.server.awake import keep_cpus_awake, pin_to, spinner_cpus
 from server_helpers import REPO, ServerProcess, free_port
 
 CPU = min(os.sched_getaffinity(0))
@@ -200,3 +200,26 @@ def test_spinners_are_counted_down_when_their_task_ends():
 
     trio.run(main)
     assert counts == [1, 0]
+
+
+def test_media_cpus_pins_the_server_itself(built_cache, tmp_path):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs a process that may run on more than one CPU")
+    config = tmp_path / "eko-rtp.toml"
+    config.write_text(f'[media]\ncpus = "{CPU}"\nkeep_cpu_awake = true\n')
+    server = ServerProcess(built_cache, "--config", str(config))  # no taskset: the config pins it
+    with server:
+        pid = int(server.wait_for_log(rf"keeping CPU\(s\) {CPU} awake with SCHED_IDLE spinners \(pids (\d+)\)").group(1))
+        assert os.sched_getaffinity(server.process.pid) == {CPU}
+        assert os.sched_getaffinity(pid) == {CPU}
+    assert server.process.returncode == 0
+
+
+def test_cpus_the_kernel_refuses_are_a_user_error_naming_the_key():
+    before = os.sched_getaffinity(0)
+    with pytest.raises(UserError) as caught:
+        pin_to(frozenset({4095}))
+    assert str(caught.value) == (
+        "key 'media.cpus': cannot run on CPU(s) 4095: Invalid argument (under systemd the unit pins the server:"
+        " run install-service again after changing media.cpus)")
+    assert os.sched_getaffinity(0) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -20,6 +21,8 @@ from server_helpers import REPO
         ({"media": {"rtp_timeout": "30"}}, "f.toml, key 'media.rtp_timeout': expected int or float, got str '30'"),
         ({"service": {"log_full_numbers": 1}}, "f.toml, key 'service.log_full_numbers': expected bool, got int 1"),
         ({"media": {"keep_cpu_awake": "yes"}}, "f.toml, key 'media.keep_cpu_awake': expected bool, got str 'yes'"),
+        ({"media": {"cpus": "0-"}}, "f.toml, key 'media.cpus': expected a CPU list like 0 or 0,1 or 0-1, got '0-'"),
+        ({"media": {"cpus": "4096"}}, f"f.toml, key 'media.cpus': CPU 4096 does not exist here (CPUs 0-{(os.cpu_count() or 1) - 1})"),
         ({"sip": {"min_se": True}}, "f.toml, key 'sip.min_se': expected int, got bool True"),
         ({"sip": {"transports": ["sctp"]}}, "f.toml, key 'sip.transports': must be a non-empty list of 'udp' and 'tcp', got ['sctp']"),
         ({"sip": {"listen": "nowhere"}}, "f.toml, key 'sip.listen': expected HOST:PORT, got 'nowhere'"),

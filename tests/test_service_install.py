@@ -93,6 +93,38 @@ def test_reinstall_keeps_config_and_key_and_resizes_the_unit(tmp_path):
     assert credential.read_text() == "sk_test_key\n"
 
 
+def test_media_cpus_pins_the_unit_and_keeping_them_awake_allows_the_spinners_calls(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc/eko-rtp").mkdir(parents=True)
+    (root / "etc/eko-rtp/eko-rtp.toml").write_text('[media]\ncpus = "0"\nkeep_cpu_awake = true\n')
+    install_service(root=root, venv=VENV, checkout=CHECKOUT)
+    unit = (root / "etc/systemd/system/eko-rtp.service").read_text()
+    assert "\nCPUAffinity=0\n" in unit
+    # after the deny list, so the two calls are allowed again
+    assert unit.index("SystemCallFilter=~@privileged @resources\n") < unit.index(
+        "SystemCallFilter=sched_setscheduler sched_setaffinity\n")
+    assert unit.count("SystemCallFilter=") == 3
+
+
+def test_a_default_unit_runs_anywhere_and_allows_no_scheduling_calls(tmp_path):
+    root = tmp_path / "root"
+    install_service(root=root, venv=VENV, checkout=CHECKOUT)
+    unit = (root / "etc/systemd/system/eko-rtp.service").read_text()
+    assert "\nCPUAffinity=\n" in unit
+    assert "sched_setscheduler" not in unit
+
+
+def test_keeping_cpus_awake_under_the_unit_needs_media_cpus(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc/eko-rtp").mkdir(parents=True)
+    (root / "etc/eko-rtp/eko-rtp.toml").write_text("[media]\nkeep_cpu_awake = true\n")
+    with pytest.raises(UserError) as caught:
+        install_service(root=root, venv=VENV, checkout=CHECKOUT)
+    assert str(caught.value) == (
+        f"{root}/etc/eko-rtp/eko-rtp.toml, key 'media.keep_cpu_awake': keeping CPUs awake under the unit needs the"
+        ' CPUs given to the server: set media.cpus too (e.g. "2")')
+
+
 def test_broken_existing_config_is_reported(tmp_path):
     root = tmp_path / "root"
     (root / "etc/eko-rtp").mkdir(parents=True)

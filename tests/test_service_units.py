@@ -26,6 +26,25 @@ def installed_units(tmp_path_factory) -> dict[str, Path]:
     return {name: root / "etc/systemd/system" / name for name in UNITS}
 
 
+@pytest.fixture(scope="module")
+def pinned_unit(tmp_path_factory) -> Path:
+    """eko-rtp.service for a config that gives the server CPU 0 and keeps it awake."""
+    root = tmp_path_factory.mktemp("pinned")
+    (root / "etc/eko-rtp").mkdir(parents=True)
+    (root / "etc/eko-rtp/eko-rtp.toml").write_text('[media]\ncpus = "0"\nkeep_cpu_awake = true\n')
+    install_service(root=root, venv=VENV, checkout=CHECKOUT)
+    return root / "etc/systemd/system/eko-rtp.service"
+
+
+def test_a_pinned_unit_verifies_and_stays_locked_down(pinned_unit):
+    verified = subprocess.run([SYSTEMD_ANALYZE, "verify", str(pinned_unit)], capture_output=True, text=True, timeout=60)
+    assert (verified.returncode, verified.stdout, verified.stderr) == (0, "", "")
+    security = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=true", "--no-pager", str(pinned_unit)],
+                              capture_output=True, text=True, timeout=60)
+    match = re.search(r"Overall exposure level for eko-rtp.service: (\d+\.\d)", security.stdout)
+    assert match and float(match.group(1)) <= MAX_EXPOSURE, security.stdout
+
+
 @pytest.mark.parametrize("unit", UNITS)
 def test_verify(installed_units, unit):
     result = subprocess.run(

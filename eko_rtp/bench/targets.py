@@ -23,6 +23,7 @@ import attrs
 import trio
 
 from eko_rtp.bench.sip_client import SipClient
+from eko_rtp.config import parse_cpu_list
 from eko_rtp.errors import UserError
 
 PEER_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "bench" / "peers" / "pjsua2_bot.py"
@@ -67,16 +68,10 @@ def parse_port_range(text: str) -> range:
 
 
 def parse_cpus(text: str) -> set[int]:
-    """'0' or '0,2' or '0-1' -> a CPU set, checked against this machine."""
-    cpus: set[int] = set()
-    try:
-        for part in text.split(","):
-            low, _, high = part.partition("-")
-            cpus.update(range(int(low), int(high or low) + 1))
-    except ValueError:
-        raise UserError(f"expected a CPU list like 0 or 0,1 or 0-1, got {text!r}", key="--server-cpus") from None
+    """'0' or '0,2' or '0-1' -> a CPU set, among the CPUs this process may use."""
+    cpus = set(parse_cpu_list(text, what="--server-cpus"))
     available = os.sched_getaffinity(0)
-    if not cpus or not cpus <= available:
+    if not cpus <= available:
         raise UserError(f"CPUs {sorted(cpus)} are not all among this process's {sorted(available)}", key="--server-cpus")
     return cpus
 

@@ -96,6 +96,10 @@ def run_serve(args) -> int:
 
     setup = load_setup()
     config = setup.config
+    if config.cpus is not None:
+        from eko_rtp.server.awake import pin_to
+
+        pin_to(config.cpus)  # before trio.run: the threads it starts inherit the mask
     settings = tts_settings(config)
     configure_logging(
         level=args.log_level,

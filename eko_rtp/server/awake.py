@@ -1,4 +1,4 @@
-"""Keep the server's CPUs awake between frames (``media.keep_cpu_awake``).
+"""The server's own CPUs: pinned to them (``media.cpus``) and kept awake (``media.keep_cpu_awake``).
 
 Theory of operation: between two 1 ms ticks the server has nothing to do, so the
 kernel's idle loop halts its CPU. On bare metal waking from a halt costs
@@ -42,6 +42,25 @@ log = logging.getLogger("eko_rtp.awake")
 
 CONFIG_KEY = "media.keep_cpu_awake"
 READY_TIMEOUT = 10.0  # s for a spinner to start Python, pin itself and say ready
+
+
+def pin_to(cpus: frozenset[int]) -> None:
+    """Run this process, and every thread it starts from now on, on ``cpus`` only.
+
+    Called before the event loop starts, so no thread keeps the old mask. A server
+    already there (``CPUAffinity=`` in the unit, ``taskset``) makes no system call:
+    the unit's filter denies ``sched_setaffinity``.
+    """
+    if os.sched_getaffinity(0) == cpus:
+        return
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as error:
+        raise UserError(
+            f"cannot run on CPU(s) {_cpu_list(sorted(cpus))}: {error.strerror} (under systemd the unit pins the server:"
+            " run install-service again after changing media.cpus)",
+            key="media.cpus",
+        ) from None
 
 
 def spinner_cpus(affinity: Iterable[int], machine_cpus: int) -> list[int]:

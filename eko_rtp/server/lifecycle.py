@@ -41,6 +41,7 @@ COUNTER_SYNC_INTERVAL = 1.0
 FULL_COLLECTION_MIN_INTERVAL = 30.0  # seconds between full collections when the server goes idle
 FULL_COLLECTION_MAX_INTERVAL = 600.0  # ...and at the latest this often, even under load
 YOUNG_COLLECTION_THRESHOLD = 10_000
+RESTART_KEYS = ("media.cpus", "media.keep_cpu_awake")  # read once at start; a reload only warns
 
 
 class Setup:
@@ -125,8 +126,9 @@ def _reload(server: EkoServer, current: Setup, load_setup, notifier: Notifier) -
         notifier.ready(status=_status_text(server))
         return current
     log.info("reloaded: %d cached phrases; calls in progress keep their audio", len(new.cache))
-    if new.config["media.keep_cpu_awake"] != current.config["media.keep_cpu_awake"]:
-        log.warning("media.keep_cpu_awake changed: it takes effect when the server restarts")
+    for key in RESTART_KEYS:
+        if new.config[key] != current.config[key]:
+            log.warning("%s changed: it takes effect when the server restarts", key)
     notifier.ready(status=_status_text(server))
     return new
 

@@ -4,7 +4,9 @@ The unit templates in the checkout's ``systemd/`` name the default locations: th
 checkout in ``/opt/eko-rtp`` and its venv in ``/opt/eko-rtp/.venv``. Installing
 substitutes the real ones, and sizes two settings from the config: LimitNOFILE=
 (one descriptor per RTP/RTCP port plus a margin) and TimeoutStopSec= (the drain
-grace plus a margin for the last BYEs). Everything goes under ``root`` (``/`` for
+grace plus a margin for the last BYEs); and from ``media.cpus`` and
+``media.keep_cpu_awake``, CPUAffinity= and the two scheduling calls the spinners
+need. Everything goes under ``root`` (``/`` for
 real; a temporary directory in tests), and an existing config or credential file
 is never replaced.
 """
@@ -78,6 +80,38 @@ def set_directive(unit: str, name: str, value: str) -> str:
     return updated
 
 
+def allow_system_calls(unit: str, calls: str, why: str) -> str:
+    """``unit`` with ``calls`` allowed again after its last ``SystemCallFilter=`` line.
+
+    The unit's filter starts as an allow list (``@system-service``) and then denies
+    groups; a later plain assignment adds calls back to the allow list.
+    """
+    lines = unit.splitlines(keepends=True)
+    last = max((index for index, line in enumerate(lines) if line.startswith("SystemCallFilter=")), default=None)
+    if last is None:
+        raise ValueError("expected a SystemCallFilter= line in the unit, found none")
+    lines.insert(last + 1, f"# {why}\nSystemCallFilter={calls}\n")
+    return "".join(lines)
+
+
+def cpu_directives(unit: str, config) -> str:
+    """``CPUAffinity=`` from ``media.cpus``; with ``media.keep_cpu_awake``, the calls its spinners make."""
+    cpus = config.cpus
+    if config["media.keep_cpu_awake"] and cpus is None:
+        raise UserError(
+            "keeping CPUs awake under the unit needs the CPUs given to the server: set media.cpus too (e.g. \"2\")",
+            path=config.source, key="media.keep_cpu_awake",
+        )
+    if cpus is not None:
+        unit = set_directive(unit, "CPUAffinity", " ".join(map(str, sorted(cpus))))
+    if config["media.keep_cpu_awake"]:
+        unit = allow_system_calls(
+            unit, "sched_setscheduler sched_setaffinity",
+            "media.keep_cpu_awake: its spinners make themselves SCHED_IDLE and pin themselves (in @resources)",
+        )
+    return unit
+
+
 def source_checkout() -> Path:
     """The checkout this package runs from (it holds ``systemd/`` and ``cache/``)."""
     # Not resolved: a checkout reached through a symlink is installed under that path.
@@ -118,6 +152,7 @@ def install_service(*, root: Path, venv: Path, checkout: Path | None = None) -> 
         if unit_name == "eko-rtp.service":
             unit = set_directive(unit, "LimitNOFILE", str(nofile_limit(config.rtp_ports)))
             unit = set_directive(unit, "TimeoutStopSec", f"{stop_timeout(config['service.drain_grace_seconds'])}s")
+            unit = cpu_directives(unit, config)
         steps.append(_write(root / "etc/systemd/system" / unit_name, unit, mode=0o644))
     sysusers = (templates / SYSUSERS).read_text(encoding="utf-8")
     steps.append(_write(root / "etc/sysusers.d/eko-rtp.conf", sysusers, mode=0o644))
