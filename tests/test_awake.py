@@ -54,8 +54,8 @@ def test_a_server_free_to_run_anywhere_is_refused():
         spinner_cpus({0, 1}, 2)
     assert str(caught.value) == (
         "key 'media.keep_cpu_awake': the server may run on every CPU of this machine (0,1), and keeping them all"
-        " awake would spin all of them; pin it to CPUs of its own first (CPUAffinity= in the systemd unit,"
-        " taskset -c, or eko-bench --server-cpus)")
+        " awake would spin all of them; give it CPUs of its own first (media.cpus, taskset -c, or"
+        " eko-bench --server-cpus)")
 
 
 def test_no_cpu_at_all_is_refused():

@@ -71,8 +71,7 @@ def spinner_cpus(affinity: Iterable[int], machine_cpus: int) -> list[int]:
     if machine_cpus > 1 and len(cpus) >= machine_cpus:
         raise UserError(
             f"the server may run on every CPU of this machine ({_cpu_list(cpus)}), and keeping them all awake would"
-            " spin all of them; pin it to CPUs of its own first (CPUAffinity= in the systemd unit, taskset -c, or"
-            " eko-bench --server-cpus)",
+            " spin all of them; give it CPUs of its own first (media.cpus, taskset -c, or eko-bench --server-cpus)",
             key=CONFIG_KEY,
         )
     return cpus
