@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -98,6 +99,20 @@ def test_a_broken_reload_is_refused_and_the_server_keeps_serving(built_cache, tm
         assert "media.bogus" in match.group(1) and str(config) in match.group(1)
         record = place_call(server.address, hold=0.5)
     assert record.status == 200 and record.packets
+
+
+def test_a_reload_that_changes_the_servers_cpus_says_they_need_a_restart(built_cache, tmp_path):
+    config = tmp_path / "eko-rtp.toml"
+    config.write_text("[media]\nrtp_timeout = 30\n", encoding="utf-8")
+    cpu = min(os.sched_getaffinity(0))
+    with ServerProcess(built_cache, "--config", str(config)) as server:
+        config.write_text(f'[media]\nrtp_timeout = 30\ncpus = "{cpu}"\nkeep_cpu_awake = true\n', encoding="utf-8")
+        server.process.send_signal(signal.SIGHUP)
+        server.wait_for_log(r"reloaded: ")
+        server.wait_for_log(r"media.keep_cpu_awake changed: it takes effect when the server restarts")
+        assert "media.cpus changed: it takes effect when the server restarts" in server.log()
+        assert "SCHED_IDLE spinners" not in server.log()  # nothing started on a reload
+        assert os.sched_getaffinity(server.process.pid) == os.sched_getaffinity(0)  # nor moved
 
 
 def test_sigterm_drains_calls_in_progress_and_refuses_new_ones(built_cache, tmp_path):

@@ -16,9 +16,9 @@ which the kernel runs only when nothing else on that CPU wants to, and which any
 waking task of another policy preempts at once. The CPU then never idles, and so
 never halts. The price: those CPUs show 100 % busy and draw power, and the host
 cannot give their time to anyone else, so this is for CPUs dedicated to the server
-(``CPUAffinity=`` in the unit, ``taskset``, ``eko-bench --server-cpus``). A server
-allowed on every CPU of a machine with more than one refuses to start with it, and
-says how to pin it. The server's own CPU figures are unchanged by the spinners:
+(``media.cpus``, which install-service turns into the unit's ``CPUAffinity=``;
+``taskset``; ``eko-bench --server-cpus``). A server allowed on every CPU of a
+machine with more than one refuses to start with it, and says how to pin it. The server's own CPU figures are unchanged by the spinners:
 they are separate processes.
 
 The spinners die with the server: they are killed when this task ends, and each
@@ -57,7 +57,7 @@ def pin_to(cpus: frozenset[int]) -> None:
         os.sched_setaffinity(0, cpus)
     except OSError as error:
         raise UserError(
-            f"cannot run on CPU(s) {_cpu_list(sorted(cpus))}: {error.strerror} (under systemd the unit pins the server:"
+            f"cannot run on CPU(s) {cpu_list(sorted(cpus))}: {error.strerror} (under systemd the unit pins the server:"
             " run install-service again after changing media.cpus)",
             key="media.cpus",
         ) from None
@@ -70,14 +70,15 @@ def spinner_cpus(affinity: Iterable[int], machine_cpus: int) -> list[int]:
         raise UserError("the server may run on no CPU at all", key=CONFIG_KEY)
     if machine_cpus > 1 and len(cpus) >= machine_cpus:
         raise UserError(
-            f"the server may run on every CPU of this machine ({_cpu_list(cpus)}), and keeping them all awake would"
+            f"the server may run on every CPU of this machine ({cpu_list(cpus)}), and keeping them all awake would"
             " spin all of them; give it CPUs of its own first (media.cpus, taskset -c, or eko-bench --server-cpus)",
             key=CONFIG_KEY,
         )
     return cpus
 
 
-def _cpu_list(cpus: list[int]) -> str:
+def cpu_list(cpus: list[int]) -> str:
+    """``[2, 3]`` -> ``"2,3"``, as taskset and the log lines write them."""
     return ",".join(str(cpu) for cpu in cpus)
 
 

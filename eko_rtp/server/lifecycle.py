@@ -29,7 +29,7 @@ from typing import Callable
 import trio
 
 from eko_rtp.errors import UserError
-from eko_rtp.server.awake import keep_cpus_awake, spinner_cpus
+from eko_rtp.server.awake import cpu_list, keep_cpus_awake, spinner_cpus
 from eko_rtp.server.server import EkoServer
 from eko_rtp.service.metrics import Metrics, MetricsSettings, serve_metrics
 from eko_rtp.service.notify import Notifier, run_watchdog
@@ -90,7 +90,7 @@ async def run_service(
                 cpus = spinner_cpus(os.sched_getaffinity(0), os.cpu_count() or 1)
                 pids = await nursery.start(partial(keep_cpus_awake, cpus, on_count=metrics.cpus_kept_awake.set))
                 log.info("keeping CPU(s) %s awake with SCHED_IDLE spinners (pids %s)",
-                         ",".join(map(str, cpus)), ", ".join(map(str, pids)))
+                         cpu_list(cpus), ", ".join(map(str, pids)))
             server = EkoServer(
                 config=setup.config, cache=setup.cache, script=setup.script, crm=crm, tts=tts, metrics=metrics
             )

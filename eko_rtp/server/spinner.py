@@ -49,8 +49,7 @@ def main(argv: list[str]) -> int:
     except OSError as error:
         return _refuse(f"cannot switch to SCHED_IDLE: {error.strerror}")
     sys.stdout.write("ready\n")
-    sys.stdout.flush()
-    os.close(sys.stdout.fileno())
+    sys.stdout.close()  # flushed and closed: nothing left for Python to flush at exit
     spins = range(SPINS_PER_CHECK)
     while os.getppid() == parent:
         for _ in spins:
