@@ -3,7 +3,7 @@
 import pytest
 import trio
 
-from eko_rtp.bench.campaign import _unwrapped
+from eko_rtp.bench.campaign import _kept_awake, _unwrapped
 from eko_rtp.errors import UserError
 
 
@@ -32,3 +32,12 @@ def test_two_errors_stay_a_group():
     with pytest.raises(BaseExceptionGroup) as caught:
         trio.run(main)
     assert sorted(str(error) for error in caught.value.exceptions) == ["first", "second"]
+
+
+def test_a_lone_error_leaves_the_bench_spinners_block_as_itself():
+    async def main():
+        async with _kept_awake(None):
+            raise UserError("no free RTP/RTCP port pair", key="--bench-rtp-ports")
+
+    with pytest.raises(UserError, match="no free RTP/RTCP port pair"):
+        trio.run(main)

@@ -48,6 +48,42 @@ def test_peer_two_calls(phrase_dir):
     assert run["server"]["rss_idle_kib"] > 1000 and run["server"]["cpu_percent"] is not None
 
 
+def _spinners_of(pid):
+    """Pids of eko_rtp.server.spinner processes whose parent is ``pid``."""
+    found = []
+    for entry in pathlib.Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid and b"eko_rtp.server.spinner" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_the_bench_keeps_the_peers_cpu_awake_itself(phrase_dir):
+    cpu = min(os.sched_getaffinity(0))
+    process = subprocess.Popen([str(BENCH), "--target", "peer", "--cache", str(phrase_dir), "--server-cpus", str(cpu),
+                                "--keep-cpu-awake", "--noise-probe", "0", "--calls", "1", "--hold", "3", "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last_seen = {}  # spinner pid -> (policy, CPUs) at its last look; a spinner starts as SCHED_OTHER, briefly
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        for pid in _spinners_of(process.pid):
+            try:
+                last_seen[pid] = (os.sched_getscheduler(pid), frozenset(os.sched_getaffinity(pid)))
+            except OSError:
+                pass  # gone between the listing and the look
+        time.sleep(0.05)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert last_seen and set(last_seen.values()) == {(os.SCHED_IDLE, frozenset({cpu}))}
+    report = json.loads(out)
+    assert report["runs"][0]["target"] == "peer" and report["runs"][0]["calls"]["answered"] == 1
+    assert _spinners_of(process.pid) == []
+
+
 def test_peer_states_the_pjsua_call_cap(phrase_dir):
     done = bench("--target", "peer", "--calls", "5", "--hold", "2", "--cache", str(phrase_dir), "--json")
     assert done.returncode == 0, done.stderr

@@ -123,18 +123,26 @@ async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: s
         target_host, port = targets.parse_host_port(options.address, key="--address")
         target = targets.Target(name="server", host=target_host, port=port, pid=options.server_pid)
     try:
-        with _unwrapped():
-            async with trio.open_nursery() as nursery:
-                if kind == "peer" and options.keep_cpu_awake:  # the peer has no such option: the bench spins for it
-                    await nursery.start(keep_cpus_awake, sorted(options.server_cpus))
-                await targets.wait_ready(target, local_host=host)
-                results = await body(target)
-                nursery.cancel_scope.cancel()
+        # The server spins for itself (--keep-cpu-awake); the peer has no such option.
+        async with _kept_awake(options.server_cpus if kind == "peer" and options.keep_cpu_awake else None):
+            await targets.wait_ready(target, local_host=host)
+            results = await body(target)
     finally:
         target.stop()
     if fake is not None:  # live scenarios: the endpoint's own timings, for the report's split
         results = [attrs.evolve(result, tts_timings=dict(fake.timings)) for result in results]
     return results
+
+
+@contextlib.asynccontextmanager
+async def _kept_awake(cpus: set[int] | None):
+    """The bench's own spinners on ``cpus`` (None: none) for the length of the block."""
+    with _unwrapped():
+        async with trio.open_nursery() as nursery:
+            if cpus is not None:
+                await nursery.start(keep_cpus_awake, sorted(cpus))
+            yield
+            nursery.cancel_scope.cancel()
 
 
 @contextlib.contextmanager
@@ -218,13 +226,10 @@ async def run(options: Options, *, caller_audio: bytes) -> Outcome:
 
 async def _probe_host(options: Options, when: str) -> dict:
     """The probe on the target's CPUs, beside the same spinners the target runs with, if any."""
-    with _unwrapped():
-        async with trio.open_nursery() as nursery:
-            if options.keep_cpu_awake:
-                await nursery.start(keep_cpus_awake, sorted(options.server_cpus))
-                when += ", the CPU kept awake as the target's is"
-            summary = await trio.to_thread.run_sync(noise.measure, options.server_cpus, options.noise_probe)
-            nursery.cancel_scope.cancel()
+    if options.keep_cpu_awake:
+        when += ", the CPU kept awake as the target's is"
+    async with _kept_awake(options.server_cpus if options.keep_cpu_awake else None):
+        summary = await trio.to_thread.run_sync(noise.measure, options.server_cpus, options.noise_probe)
     return {**summary, "when": when}
 
 
