@@ -56,3 +56,14 @@ async def say_hybrid(call) -> None:
     await call.say_hybrid("filler_one_moment", LIVE_TEXT)
     log.info("call %s: hybrid done", call.call_id)
     await trio.sleep_forever()
+
+
+async def time_digits(call) -> None:
+    """Answer, then log each digit with the moment the script saw it (CLOCK_MONOTONIC,
+    which a caller on the same machine reads too)."""
+    import time
+
+    await call.answer()
+    async for digit in call.dtmf:
+        log.info("call %s: digit %s seen at monotonic %.6f", call.call_id, digit, time.monotonic())
+    log.info("call %s: no more digits", call.call_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 
+import attrs
 import pytest
 
 from eko_rtp.crm.errors import CrmReplyError
@@ -79,8 +80,19 @@ def test_bad_replies_raise_crm_reply_error_only(reply, message):
 def test_call_log_wire_round_trip_and_errors():
     log = CallLog(call_id="a@b", phone="+33612345678", greeting=("greet", "welcome"), duration_ms=4200, outcome="completed")
     assert log.to_wire() == {"call_id": "a@b", "phone": "+33612345678", "greeting": "greet+welcome",
-                             "duration_ms": 4200, "outcome": "completed"}
+                             "duration_ms": 4200, "outcome": "completed",
+                             "loss_ratio": None, "jitter_ms": None, "rtt_ms": None}
     assert parse_call_log_untrusted(log.to_wire()) == log
+    measured = attrs.evolve(log, loss_ratio=0.0125, jitter_ms=0.4, rtt_ms=1.5)
+    assert parse_call_log_untrusted(measured.to_wire()) == measured
+    # A client from before the quality figures sends none: they are None.
+    assert parse_call_log_untrusted({"call_id": "a@b", "phone": "+33612345678", "greeting": "greet+welcome",
+                                     "duration_ms": 4200, "outcome": "completed"}) == log
+    with pytest.raises(CrmReplyError, match=r"^bad crm.log_call notification: rtt_ms must be nil or a number "
+                                            r"from 0 to 1e6, got -1$"):
+        parse_call_log_untrusted({**log.to_wire(), "rtt_ms": -1})
+    with pytest.raises(CrmReplyError, match=r"jitter_ms must be nil or a number from 0 to 1e6, got nan$"):
+        parse_call_log_untrusted({**log.to_wire(), "jitter_ms": float("nan")})
     with pytest.raises(CrmReplyError, match=r"^bad crm.log_call notification: call log lacks required key 'outcome'$"):
         parse_call_log_untrusted({"call_id": "a", "phone": None, "greeting": "greet", "duration_ms": 1})
     with pytest.raises(CrmReplyError, match=r"^bad crm.log_call notification: duration_ms must be a non-negative int, got '1'$"):

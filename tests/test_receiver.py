@@ -45,12 +45,23 @@ class TickGate:
         await self.tick.wait()
 
 
+async def serve_until(hub: ReceiveHub, got: list, count: int, send=lambda: None) -> None:
+    """Run the hub, call ``send`` once it runs, and stop once ``got`` holds ``count`` items (5 s at most)."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        send()
+        with trio.fail_after(5):
+            while len(got) < count:
+                await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+
+
 async def test_every_datagram_reaches_its_handler_with_its_source():
     hub = ReceiveHub(nap=0.001)
     sockets = [_bound() for _ in range(3)]
     got = []
     for index, sock in enumerate(sockets):
-        hub.register(sock, lambda data, address, now, index=index: got.append((index, data, address)))
+        hub.register(sock, lambda data, address, now, arrival, index=index: got.append((index, data, address)))
     sender = _bound()
     source = sender.getsockname()
     with closing_all(hub, *sockets, sender):
@@ -75,7 +86,7 @@ async def test_the_hub_steps_aside_when_a_tick_is_due_and_goes_on_after_it():
     sockets = [_bound() for _ in range(4)]
     got = []
     for sock in sockets:
-        hub.register(sock, lambda data, address, now: got.append(data))
+        hub.register(sock, lambda data, address, now, arrival: got.append(data))
     sender = _bound()
     with closing_all(hub, *sockets, sender):
         async with trio.open_nursery() as nursery:
@@ -102,11 +113,11 @@ async def test_a_handler_error_is_counted_and_the_hub_goes_on():
     bad, good = _bound(), _bound()
     got = []
 
-    def explode(data, address, now):
+    def explode(data, address, now, arrival):
         raise RuntimeError("handler bug")
 
     hub.register(bad, explode)
-    hub.register(good, lambda data, address, now: got.append(data))
+    hub.register(good, lambda data, address, now, arrival: got.append(data))
     sender = _bound()
     with closing_all(hub, bad, good, sender):
         async with trio.open_nursery() as nursery:
@@ -151,7 +162,7 @@ async def test_with_calls_up_the_hub_drains_right_after_clock_ticks_a_nap_apart(
     stream = TickRecorder(first_due=0.0105, frames=10)  # slots at 11, 31, 51 ... 191 ms
     sock, sender = _bound(), _bound()
     handled: list[tuple[bytes, float]] = []
-    hub.register(sock, lambda data, address, now: handled.append((data, now)))
+    hub.register(sock, lambda data, address, now, arrival: handled.append((data, now)))
     with closing_all(hub, frame_clock, sock, sender):
         async with trio.open_nursery() as nursery:
             await nursery.start(frame_clock.run)
@@ -174,21 +185,87 @@ async def test_with_calls_up_the_hub_drains_right_after_clock_ticks_a_nap_apart(
     assert handled[3][0] == b"no clock" and handled[3][1] >= 0.300
 
 
-async def test_a_riding_drain_takes_a_second_datagram_waiting_on_the_same_socket(autojump_clock):
+async def test_a_riding_drain_empties_each_socket_round_robin(autojump_clock):
     frame_clock = FrameClock()
-    # one datagram per socket per pass, two passes
-    hub = ReceiveHub(nap=0.010, burst=1, clock=frame_clock, tick_margin=NO_STEP_ASIDE)
+    hub = ReceiveHub(nap=0.010, clock=frame_clock, tick_margin=NO_STEP_ASIDE)
     stream = TickRecorder(first_due=0.0105, frames=5)
-    sock, sender = _bound(), _bound()
+    first, second, sender = _bound(), _bound(), _bound()
     got = []
-    hub.register(sock, lambda data, address, now: got.append((data, round(now, 6))))
-    with closing_all(hub, frame_clock, sock, sender):
-        sender.sendto(b"one", sock.getsockname())
-        sender.sendto(b"two", sock.getsockname())
+    hub.register(first, lambda data, address, now, arrival: got.append((data, round(now, 6))))
+    hub.register(second, lambda data, address, now, arrival: got.append((data, round(now, 6))))
+    with closing_all(hub, frame_clock, first, second, sender):
+        for n in range(5):  # a caller sending audio and events side by side, and then some
+            sender.sendto(b"a%d" % n, first.getsockname())
+        sender.sendto(b"b0", second.getsockname())
         async with trio.open_nursery() as nursery:
             await nursery.start(frame_clock.run)
             frame_clock.schedule(stream)
             await nursery.start(hub.run)
             await trio.sleep_until(0.2)
             nursery.cancel_scope.cancel()
-    assert got == [(b"one", 0.011), (b"two", 0.011)]  # the same drain, not the next tick's
+    # All in the first drain, right behind the 11 ms tick; one per socket per round.
+    assert [data for data, _ in got] == [b"a0", b"b0", b"a1", b"a2", b"a3", b"a4"]
+    assert {now for _, now in got} == {0.011}
+    assert hub.backlogs == 0
+
+
+async def test_without_calls_a_drain_empties_every_socket():
+    hub = ReceiveHub(nap=0.005)
+    sock, sender = _bound(), _bound()
+    got = []
+    hub.register(sock, lambda data, address, now, arrival: got.append(now))
+    with closing_all(hub, sock, sender):
+        await serve_until(hub, got, 40, lambda: [sender.sendto(b"%d" % n, sock.getsockname()) for n in range(40)])
+    assert len(set(got)) <= 2  # one drain (two if the sends straddled one), not one per nap
+
+
+async def test_a_socket_still_full_after_every_round_is_counted_as_a_backlog():
+    hub = ReceiveHub(nap=0.005, max_rounds=4)
+    flooded, quiet, sender = _bound(), _bound(), _bound()
+    got = []
+    backlogs = []
+    hub.register(flooded, lambda data, address, now, arrival: got.append(data), on_backlog=lambda: backlogs.append(1))
+    hub.register(quiet, lambda data, address, now, arrival: got.append(data))
+    with closing_all(hub, flooded, quiet, sender):
+        for n in range(10):
+            sender.sendto(b"f%d" % n, flooded.getsockname())
+        sender.sendto(b"q", quiet.getsockname())
+        await serve_until(hub, got, 11)
+    assert got.index(b"q") < 2  # the flood did not keep the other call waiting
+    assert [data for data in got if data != b"q"] == [b"f%d" % n for n in range(10)]  # nothing lost, in order
+    assert hub.backlogs == len(backlogs) == 2  # 4 + 4 taken with more waiting, then the last 2
+
+
+async def test_arrival_is_the_kernel_time_the_datagram_came_not_the_drain_time():
+    hub = ReceiveHub(nap=0.005)
+    sock, sender = _bound(), _bound()
+    got = []
+    hub.register(sock, lambda data, address, now, arrival: got.append(arrival))
+    with closing_all(hub, sock, sender):
+        sender.sendto(b"early", sock.getsockname())
+        sent_early = time.time()
+        await trio.sleep(0.05)  # the datagram waits in the socket before the hub runs
+        sender.sendto(b"late", sock.getsockname())
+        sent_late = time.time()
+        await serve_until(hub, got, 2)
+    assert abs(got[0] - sent_early) < 0.005 and abs(got[1] - sent_late) < 0.005
+    assert 0.045 < got[1] - got[0] < 0.2
+
+
+def test_drain_socket_hands_over_what_waits_in_order_now():
+    hub = ReceiveHub()
+    sock, sender = _bound(), _bound()
+    got = []
+    hub.register(sock, lambda data, address, now, arrival: got.append(data))
+    with closing_all(hub, sock, sender):
+        for n in range(3):
+            sender.sendto(b"%d" % n, sock.getsockname())
+        time.sleep(0.01)  # loopback delivery is synchronous; this only makes it obvious
+        assert trio.run(_drain_now, hub, sock) == 3
+        with _bound() as stranger:
+            assert hub.drain_socket(stranger) == 0  # an unregistered socket: nothing to do
+    assert got == [b"0", b"1", b"2"]
+
+
+async def _drain_now(hub, sock):
+    return hub.drain_socket(sock)

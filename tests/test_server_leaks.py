@@ -148,7 +148,7 @@ def snapshot(server: EkoServer) -> dict:
     return {
         "calls": len(server.calls),
         "ports in use": server.ports.in_use,
-        "hub sockets": len(server.hub._handlers),
+        "hub sockets": server.hub.sockets,
         "clock streams": server.clock.streams,
         "SIP dialogs": len(server.ua.call_ids),
         "TCP connections": len(server.transport.connections),

@@ -31,6 +31,9 @@ from eko_rtp.tts.errors import TtsError
 log = logging.getLogger("eko_rtp.call")
 
 
+DIGIT_GRACE = 0.5  # s a script has to read the digits pressed just before the caller hung up
+
+
 class CallHungUp(Exception):
     """Raised into a script that keeps talking after the call ended."""
 
@@ -228,13 +231,26 @@ class Call:
         except trio.ClosedResourceError:
             pass
 
-    def end(self, reason: str, now: float) -> None:
-        """Mark the call over and cancel its nursery (idempotent)."""
+    def end(self, reason: str, now: float, *, wait_for_digits: bool = True) -> None:
+        """Mark the call over and cancel its nursery (idempotent).
+
+        The stream stops at once. Digits the caller pressed just before hanging up
+        are still the script's: while some wait unread (and ``wait_for_digits``),
+        the nursery lives on for at most ``DIGIT_GRACE`` seconds, and ``dtmf``
+        ends after the last of them.
+        """
         if self.ended_at is None:
             self.ended_at = now
             self.end_reason = reason
-        if self.cancel_scope is not None:
-            self.cancel_scope.cancel()
+            self.stream.close()
+            self._dtmf_send.close()
+        scope = self.cancel_scope
+        if scope is None:
+            return
+        if wait_for_digits and self._dtmf_receive.statistics().current_buffer_used:
+            scope.deadline = min(scope.deadline, now + DIGIT_GRACE)
+        else:
+            scope.cancel()
 
 
 Script = Callable[[Call], Awaitable[None]]

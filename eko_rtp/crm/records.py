@@ -144,7 +144,11 @@ class CallLog:
     phone: str | None  # E.164, or None for an anonymous caller
     greeting: tuple[str, ...]  # the phrase keys played as the greeting
     duration_ms: int
-    outcome: str  # e.g. "completed", "caller_hangup", "failed"
+    outcome: str  # how the SIP side ended: "remote_bye", "local_bye", "rejected"...
+    # The call's audio (eko_rtp.media.quality): None where nothing was measured.
+    loss_ratio: float | None = None  # of the caller's packets, 0..1
+    jitter_ms: float | None = None  # of the caller's packets as they reached us (RFC 3550 A.8)
+    rtt_ms: float | None = None  # round trip from the caller's RTCP (RFC 3550 §6.4.1)
 
     def __attrs_post_init__(self) -> None:
         _text(self.call_id, "call_id")
@@ -155,16 +159,32 @@ class CallLog:
         if type(self.duration_ms) is not int or self.duration_ms < 0:
             raise ValueError(f"duration_ms must be a non-negative int, got {self.duration_ms!r}")
         _text(self.outcome, "outcome")
+        for name in QUALITY_KEYS:
+            _measure(getattr(self, name), name)
 
     def to_wire(self) -> dict[str, Any]:
         """The single ``crm.log_call`` parameter (greeting keys joined with "+")."""
-        return {
+        wire = {
             "call_id": self.call_id,
             "phone": self.phone,
             "greeting": "+".join(self.greeting),
             "duration_ms": self.duration_ms,
             "outcome": self.outcome,
         }
+        for name in QUALITY_KEYS:
+            wire[name] = getattr(self, name)
+        return wire
+
+
+QUALITY_KEYS = ("loss_ratio", "jitter_ms", "rtt_ms")
+
+
+def _measure(value: object, where: str) -> None:
+    """A quality figure: nil, or a finite non-negative number (1e6 at most: a bound, not a fact)."""
+    if value is None:
+        return
+    if type(value) not in (int, float) or not 0 <= value <= 1e6:
+        raise ValueError(f"{where} must be nil or a number from 0 to 1e6, got {value!r}")
 
 
 def parse_call_log_untrusted(obj: object) -> CallLog:
@@ -182,6 +202,8 @@ def parse_call_log_untrusted(obj: object) -> CallLog:
             greeting=tuple(greeting.split("+")) if greeting else (),
             duration_ms=obj["duration_ms"],
             outcome=obj["outcome"],
+            # Optional: a CRM client older than the quality figures does not send them.
+            **{name: obj.get(name) for name in QUALITY_KEYS},
         )
     except ValueError as error:
         raise CrmReplyError(f"bad crm.log_call notification: {error}") from None

@@ -33,7 +33,7 @@ from typing import TypeVar
 import attrs
 import trio
 
-from eko_rtp.crm.records import CallerRecord, CallLog, Ticket, parse_timestamp
+from eko_rtp.crm.records import QUALITY_KEYS, CallerRecord, CallLog, Ticket, parse_timestamp
 from eko_rtp.errors import UserError
 
 DEFAULT_DB_PATH = "var/crm.sqlite3"
@@ -63,7 +63,10 @@ CREATE TABLE IF NOT EXISTS call_log (
     greeting    TEXT NOT NULL,
     duration_ms INTEGER NOT NULL,
     outcome     TEXT NOT NULL,
-    logged_at   TEXT NOT NULL
+    logged_at   TEXT NOT NULL,
+    loss_ratio  REAL,
+    jitter_ms   REAL,
+    rtt_ms      REAL
 );
 """
 
@@ -89,7 +92,8 @@ _LOOKUP = (
     "WHERE c.phone = ? ORDER BY t.opened_at"
 )
 _INSERT_CALL = (
-    "INSERT INTO call_log (call_id, phone, greeting, duration_ms, outcome, logged_at) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO call_log (call_id, phone, greeting, duration_ms, outcome, logged_at, loss_ratio, jitter_ms, rtt_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _COUNT_CALL = "UPDATE clients SET calls_count = calls_count + 1 WHERE phone = ?"
 
@@ -181,6 +185,8 @@ class CrmStore:
             self._db.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
             self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._db.executescript(SCHEMA)
+            if not read_only:
+                self._add_quality_columns()
             if read_only:
                 # A reader on the event loop must never wait for a lock: WAL readers
                 # only wait in rare recovery cases, and then 50 ms is the most we
@@ -210,6 +216,13 @@ class CrmStore:
             ),
         )
 
+    def _add_quality_columns(self) -> None:
+        """A database made before the call-quality columns gets them (NULL for old calls)."""
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(call_log)")}
+        for column in QUALITY_KEYS:
+            if column not in present:
+                self._db.execute(f"ALTER TABLE call_log ADD COLUMN {column} REAL")
+
     def log_calls(self, entries: Sequence[tuple[CallLog, datetime.datetime]]) -> None:
         """Record finished calls (each with when it was logged) in one transaction.
 
@@ -221,7 +234,7 @@ class CrmStore:
                 self._db.execute(
                     _INSERT_CALL,
                     (wire["call_id"], wire["phone"], wire["greeting"], wire["duration_ms"], wire["outcome"],
-                     logged_at.isoformat()),
+                     logged_at.isoformat(), wire["loss_ratio"], wire["jitter_ms"], wire["rtt_ms"]),
                 )
                 if call_log.phone is not None:
                     self._db.execute(_COUNT_CALL, (call_log.phone,))

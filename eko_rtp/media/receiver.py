@@ -3,34 +3,41 @@
 Why: a trio task per socket means a wake-up, a ``wait_readable`` registration and a
 context switch per inbound packet (50 000 a second at 1000 full-duplex calls). Here
 all media sockets sit in one kernel ``epoll`` set; trio waits on that set's file
-descriptor, and one pass drains every ready socket with non-blocking ``recvfrom``
-calls, handing each datagram to the socket's handler synchronously. A pass takes at
-most ``burst`` datagrams from one socket so one flooded call cannot starve the rest;
-the default of one avoids the extra ``recvfrom`` that would only say "empty"
-(the epoll set is level-triggered: a socket with more waiting is reported again on
-the next pass, and a call sends one packet per 20 ms).
-Handlers must not raise: a handler error is logged and counted, never propagated.
+descriptor, and one drain empties every ready socket with non-blocking ``recvmsg``
+calls, handing each datagram to the socket's handler synchronously.
+
+A drain goes in rounds: each round takes ONE datagram from every socket the
+(level-triggered) epoll set reports ready, then asks the set again (one
+``epoll_wait(0)`` for all sockets, instead of a ``recvfrom`` per socket that would
+only say "empty"). So every socket is emptied at each drain, round-robin: a caller
+sending 100 packets a second (audio and RFC 4733 events side by side) is served as
+promptly as one sending 50, and one flooded socket cannot starve the rest. A drain
+stops after ``max_rounds`` rounds; a socket still ready then is falling behind: the
+hub counts it (``backlogs``) and tells its owner (the call counts it too), and the
+next drain goes on with it. Handlers must not raise: a handler error is logged and
+counted, never propagated.
+
+Arrival times come from the kernel (``SO_TIMESTAMPNS``: when the datagram reached
+the socket, on the wall clock), because a datagram may wait up to a drain interval
+in its socket buffer: RFC 3550 A.8 jitter computed from the drain's time would
+measure the hub's schedule, not the network. Handlers get both: ``now`` (the trio
+time of the drain step, for timers) and ``arrival`` (the kernel's, for jitter; only
+differences between arrivals mean anything).
 
 While at most ``ride_limit`` (64) calls are up the hub rides the frame clock: it
 waits for the first clock tick at least ``nap`` (10 ms) after its last drain and
 drains then, right behind the tick, so inbound RTP never wakes the process by itself
-(at a few calls a wake-up of the idle vCPU is the costly part of a packet). Ticks
-are up to 20 ms apart then, so a drain looks twice (``passes``): the second look
-takes a second datagram waiting on a socket (a caller sending every 10 ms). With
+(at a few calls a wake-up of the idle vCPU is the costly part of a packet). With
 more calls the process hardly ever sleeps and riding bought nothing (it cost CPU and
 p99 in the benchmark), so the hub waits for a datagram, drains, and naps for ``nap``
 before it looks again: about a hundred batches a second instead of a wake-up per
-packet.
+packet. Both modes drain the same way.
 
 Two more rules keep the frame clock on time: the hub steps aside when the clock's
 next tick is less than ``tick_margin`` away and waits until that tick has gone
 (inbound packets wait in their socket buffers instead of the tick waiting behind
-them), and a pass yields to the scheduler once it has run for ``step_budget``.
-Inbound RTP only refreshes the inactivity timer, latches the destination and carries
-DTMF: 10-20 ms do not matter to any of them, and a call's socket buffer holds far more.
-Measured with the benchmark at 500 calls (docs/BENCHMARKS.md): waking per packet, or
-every millisecond, interleaved receive steps with clock ticks and left p99 deviation
-at about 2 ms; batching every 10 ms brought it under 1 ms and cut CPU.
+them), and a drain yields to the scheduler once a step has run for ``step_budget``.
+The measurements behind these choices are in docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import logging
 import math
 import select
 import socket
+import struct
 import time
 from typing import Callable
 
@@ -46,43 +54,88 @@ import trio
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[bytes, tuple, float], None]
+Handler = Callable[[bytes, tuple, float, float], None]
+"""``handler(data, source, now, arrival)``: ``now`` on trio's clock, ``arrival`` the kernel's."""
+
 MAX_DATAGRAM = 2048
 # Up to this many calls the hub rides the clock's ticks; above it the process hardly
 # ever sleeps, so its own wake-ups cost nothing extra and its batches are bigger.
 RIDE_LIMIT = 64
+# Rounds of one datagram per ready socket in one drain. Drains are 10-20 ms apart, so
+# this serves up to 3200 datagrams a second per socket (a call sends 50-100) before
+# a socket counts as falling behind.
+MAX_ROUNDS = 64
+
+# SO_TIMESTAMPNS from <asm-generic/socket.h> (the stdlib does not export it); the
+# control message it adds carries a struct timespec.
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
+
+
+class _Registration:
+    __slots__ = ("sock", "handler", "on_backlog")
+
+    def __init__(self, sock: socket.socket, handler: Handler, on_backlog: Callable[[], None] | None):
+        self.sock = sock
+        self.handler = handler
+        self.on_backlog = on_backlog
 
 
 class ReceiveHub:
     """The epoll set of media sockets and the task that drains it."""
 
-    def __init__(self, *, burst: int = 1, step_budget: float = 0.00015, nap: float = 0.010, clock=None,
-                 tick_margin: float = 0.00005, passes: int = 2,
-                 ride_limit: int = RIDE_LIMIT):
+    def __init__(self, *, max_rounds: int = MAX_ROUNDS, step_budget: float = 0.00015, nap: float = 0.010,
+                 clock=None, tick_margin: float = 0.00005, ride_limit: int = RIDE_LIMIT):
+        if max_rounds < 1:
+            raise ValueError(f"max_rounds must be at least 1, not {max_rounds!r}")
         self._epoll = select.epoll()
         self._clock = clock
         self.tick_margin = tick_margin
-        self._handlers: dict[int, tuple[socket.socket, Handler]] = {}
-        self.burst = burst
+        self._registrations: dict[int, _Registration] = {}
+        self.max_rounds = max_rounds
         self.step_budget = step_budget
         self.nap = nap
-        self.passes = passes
         self.ride_limit = ride_limit
         self.datagrams = 0
         self.handler_errors = 0
+        self.backlogs = 0  # drains that ended with a socket still holding datagrams
 
-    def register(self, sock: socket.socket, handler: Handler) -> None:
+    @property
+    def sockets(self) -> int:
+        """How many sockets the hub drains (the leak test counts them)."""
+        return len(self._registrations)
+
+    def register(self, sock: socket.socket, handler: Handler, *, on_backlog: Callable[[], None] | None = None) -> None:
+        """Drain ``sock`` into ``handler``; ``on_backlog`` hears when it falls behind."""
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         fd = sock.fileno()
-        self._handlers[fd] = (sock, handler)
+        self._registrations[fd] = _Registration(sock, handler, on_backlog)
         self._epoll.register(fd, select.EPOLLIN)
 
     def unregister(self, sock: socket.socket) -> None:
         fd = sock.fileno()
-        if self._handlers.pop(fd, None) is not None:
+        if self._registrations.pop(fd, None) is not None:
             try:
                 self._epoll.unregister(fd)
             except (OSError, ValueError):
                 pass
+
+    def drain_socket(self, sock: socket.socket, *, limit: int = 512) -> int:
+        """Hand every datagram waiting on ``sock`` to its handler now, in order.
+
+        For the end of a call: what the caller sent just before its BYE (the last
+        digit) is still in the socket buffer when the BYE arrives. Returns how many
+        datagrams were handled (at most ``limit``).
+        """
+        registration = self._registrations.get(sock.fileno())
+        if registration is None:
+            return 0
+        now = trio.current_time()
+        handled = 0
+        while handled < limit and self._receive_one(registration, now):
+            handled += 1
+        return handled
 
     def close(self) -> None:
         self._epoll.close()
@@ -103,63 +156,79 @@ class ReceiveHub:
                 # no wake-up of its own.
                 await frame_clock.wait_tick(last_drain + nap)
                 ready = epoll.poll(0)
-                passes = self.passes
-            else:
-                if not ready:  # nothing came during the nap: sleep until something does
-                    await trio.lowlevel.wait_readable(epoll.fileno())
-                    ready = epoll.poll(0)
-                passes = 1  # the next drain is a nap away: no need to look twice
+            elif not ready:  # nothing came during the nap: sleep until something does
+                await trio.lowlevel.wait_readable(epoll.fileno())
+                ready = epoll.poll(0)
             last_drain = trio.current_time()
-            for attempt in range(passes):
-                if not ready:
-                    break
+            if ready:
                 await self._drain(ready)
-                # A second look (riding only, where drains are up to 20 ms apart) takes a
-                # second datagram waiting on a socket: a caller sending every 10 ms.
-                ready = epoll.poll(0) if attempt + 1 < passes else []
+            ready = []
             if not riding:
                 await trio.sleep(nap)
                 ready = epoll.poll(0)  # usually something is waiting: no second wake-up for it
 
     async def _drain(self, ready: list) -> None:
-        """Take up to ``burst`` datagrams from each ready socket, stepping aside for ticks."""
-        handlers = self._handlers
-        burst = self.burst
+        """Empty every ready socket, a datagram per socket per round, stepping aside for ticks."""
+        registrations = self._registrations
         clock = time.perf_counter
         budget = self.step_budget
         frame_clock = self._clock
         margin = self.tick_margin
-        # One arrival time per step: inbound RTP needs it only for the inactivity
-        # timer and RTCP jitter, and a step is short.
+        epoll = self._epoll
+        receive_one = self._receive_one
+        # One trio time per step: inbound RTP needs it only for timers; jitter uses the
+        # kernel's arrival time.
         now = trio.current_time()
         step_started = clock()
-        for fd, _ in ready:
-            entry = handlers.get(fd)
-            if entry is None:
+        for _ in range(self.max_rounds):
+            for fd, _events in ready:
+                registration = registrations.get(fd)
+                if registration is None:
+                    continue
+                receive_one(registration, now)
+                elapsed = clock()
+                if frame_clock is not None and elapsed > frame_clock.next_tick_perf - margin:
+                    await frame_clock.wait_tick()  # step aside: the tick goes first
+                    now = trio.current_time()
+                    step_started = clock()
+                elif elapsed - step_started > budget:
+                    await trio.lowlevel.checkpoint()  # let other due work go first
+                    now = trio.current_time()
+                    step_started = clock()
+            ready = epoll.poll(0)
+            if not ready:
+                return
+        # Still ready after every round: these sockets receive faster than we drain.
+        for fd, _events in ready:
+            registration = registrations.get(fd)
+            if registration is None:
                 continue
-            sock, handler = entry
-            taken = 0
-            while taken < burst:
+            self.backlogs += 1
+            if registration.on_backlog is not None:
                 try:
-                    data, address = sock.recvfrom(MAX_DATAGRAM)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as error:  # e.g. ICMP port unreachable reported on the socket
-                    log.debug("media socket %s: %s", sock.getsockname(), error)
-                    break
-                taken += 1
-                try:
-                    handler(data, address, now)
+                    registration.on_backlog()
                 except Exception:
                     self.handler_errors += 1
-                    log.exception("media handler failed for a datagram from %s", address)
-            self.datagrams += taken
-            elapsed = clock()
-            if frame_clock is not None and elapsed > frame_clock.next_tick_perf - margin:
-                await frame_clock.wait_tick()  # step aside: the tick goes first
-                now = trio.current_time()
-                step_started = clock()
-            elif elapsed - step_started > budget:
-                await trio.lowlevel.checkpoint()  # let other due work go first
-                now = trio.current_time()
-                step_started = clock()
+                    log.exception("media backlog handler failed")
+
+    def _receive_one(self, registration: _Registration, now: float) -> bool:
+        """Take one datagram from the socket to its handler; False when none was waiting."""
+        try:
+            data, ancillary, _flags, address = registration.sock.recvmsg(MAX_DATAGRAM, _ANCILLARY_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as error:  # e.g. ICMP port unreachable reported on the socket
+            log.debug("media socket %s: %s", registration.sock.getsockname(), error)
+            return False
+        self.datagrams += 1
+        if ancillary and len(ancillary[0][2]) == _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack(ancillary[0][2])
+            arrival = seconds + nanoseconds * 1e-9
+        else:  # no timestamp (not expected on Linux): the same clock, read now
+            arrival = time.time()
+        try:
+            registration.handler(data, address, now, arrival)
+        except Exception:
+            self.handler_errors += 1
+            log.exception("media handler failed for a datagram from %s", address)
+        return True

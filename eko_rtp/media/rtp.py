@@ -28,6 +28,7 @@ __all__ = [
     "RtpSender",
     "ReceiverStatistics",
     "parse_rtp_untrusted",
+    "peek_rtp_untrusted",
     "is_rtcp",
     "HEADER_SIZE",
     "SAMPLES_PER_FRAME",
@@ -134,6 +135,23 @@ def parse_rtp_untrusted(data: bytes | bytearray | memoryview) -> RtpPacket:
         padding=padding,
         payload=view[offset:end],
     )
+
+
+def peek_rtp_untrusted(data: bytes | bytearray | memoryview) -> tuple[int, int, int, int]:
+    """The fixed header's ``(marker and payload type octet, sequence, timestamp, SSRC)``.
+
+    The receive path's per-packet look: it checks length and version and reads
+    nothing past the fixed header, so most packets (audio) cost one ``unpack``;
+    packets whose payload matters (telephone-events) go through
+    :func:`parse_rtp_untrusted`, which honours CSRCs, the extension and padding.
+    Raises only :class:`RtpError`.
+    """
+    if len(data) < HEADER_SIZE:
+        raise RtpError(f"RTP packet truncated: {len(data)} octets, the fixed header needs {HEADER_SIZE}")
+    first, second, sequence, timestamp, ssrc = _HEADER.unpack_from(data, 0)
+    if first >> 6 != 2:
+        raise RtpError(f"RTP version {first >> 6}, expected 2")
+    return second, sequence, timestamp, ssrc
 
 
 def is_rtcp(data: bytes | bytearray | memoryview) -> bool:
@@ -306,8 +324,13 @@ class ReceiverStatistics:
         self.received += 1
         return True
 
-    def feed(self, sequence: int, rtp_timestamp: int, arrival_time: float, ssrc: int | None = None) -> bool:
-        """Account for one packet; False when A.1 rejects it (probation, jump)."""
+    def feed(self, sequence: int, rtp_timestamp: int, arrival_time: float | None, ssrc: int | None = None) -> bool:
+        """Account for one packet; False when A.1 rejects it (probation, jump).
+
+        ``arrival_time`` None counts the packet for loss but not for jitter: RFC 4733
+        event packets repeat their event's start timestamp, so their transit times
+        say nothing about the network (A.8 assumes timestamps at sampling instants).
+        """
         if ssrc is None and not self._probation and self._started and sequence == (self._max_seq + 1) & 0xFFFF:
             # The common case, every packet of a healthy stream: the next in order.
             # What _update_seq does for it, without the branches.
@@ -315,7 +338,8 @@ class ReceiverStatistics:
                 self._cycles += _SEQUENCE_MOD
             self._max_seq = sequence
             self.received += 1
-            self._update_jitter(rtp_timestamp, arrival_time)
+            if arrival_time is not None:
+                self._update_jitter(rtp_timestamp, arrival_time)
             return True
         if ssrc is not None and ssrc != self.ssrc:
             # A new SSRC is a new source: statistics start over (§8.2).
@@ -326,7 +350,7 @@ class ReceiverStatistics:
             self._init_seq(sequence)
             self._max_seq = (sequence - 1) & 0xFFFF
         accepted = self._update_seq(sequence)
-        if accepted:
+        if accepted and arrival_time is not None:
             self._update_jitter(rtp_timestamp, arrival_time)
         return accepted
 

@@ -10,31 +10,43 @@ buffers, the preallocated header and a memoryview into the cached audio, so the
 audio is never copied (PCMA is the exception: one 160-byte ``translate`` per
 frame).
 
-Inbound packets arrive through the :class:`ReceiveHub` handler :meth:`on_rtp`:
-they refresh the inactivity timer, latch the destination to their source
-(symmetric RTP, so NATed callers hear us), feed receiver statistics for RTCP, and
-RFC 4733 telephone-events become digits through :class:`DtmfDetector`.
+Inbound packets arrive through the :class:`ReceiveHub` handler :meth:`on_rtp`,
+which reads them only through the ``media/`` cores: :func:`peek_rtp_untrusted`
+for every packet (the fixed header), :func:`parse_rtp_untrusted` for RFC 4733
+telephone-events (CSRCs, header extension and padding honoured) whose payload
+:class:`DtmfDetector` turns into digits. They refresh the inactivity timer, latch
+the destination to their source (symmetric RTP, so NATed callers hear us) and feed
+the receive statistics (loss for every packet, jitter for audio only, from the
+kernel's arrival time). The caller's RTCP goes to :class:`QualityMonitor`, so our
+reports echo its SRs (LSR/DLSR) and the call ends with its loss, jitter and
+round trip.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 from typing import Callable
 
 from eko_rtp.codec.g711 import ULAW_TO_ALAW
 from eko_rtp.media.dtmf import DtmfDetector, DtmfError, parse_telephone_event_untrusted
 from eko_rtp.media.playout import FRAME_BYTES, PlayoutQueue
 from eko_rtp.media.ports import PortPair
-from eko_rtp.media.rtcp import build_sender_report, ntp_from_unix
-from eko_rtp.media.rtp import SAMPLES_PER_FRAME, ReceiverStatistics, RtpSender, is_rtcp
+from eko_rtp.media.quality import QualityMonitor
+from eko_rtp.media.rtcp import RtcpError, build_sender_report, ntp_from_unix
+from eko_rtp.media.rtp import (
+    SAMPLES_PER_FRAME,
+    ReceiverStatistics,
+    RtpError,
+    RtpSender,
+    is_rtcp,
+    parse_rtp_untrusted,
+    peek_rtp_untrusted,
+)
 
 log = logging.getLogger(__name__)
 
 FRAME_PERIOD = 0.020
 LATE_THRESHOLD = 0.002  # a frame sent more than 2 ms after its due time counts as late
-
-_SEQ_TS = struct.Struct("!HI")  # sequence number and timestamp at offset 2 of an RTP header
 
 
 class MediaCounters:
@@ -48,6 +60,7 @@ class MediaCounters:
         self.send_errors = 0
         self.packets_received = 0
         self.packets_invalid = 0
+        self.receive_backlogs = 0  # drains that left a call's socket non-empty
 
 
 class MediaStream:
@@ -74,6 +87,7 @@ class MediaStream:
         self.sender = sender or RtpSender(payload_type=plan.codec.payload_type)
         self.dtmf = DtmfDetector()
         self.statistics = ReceiverStatistics()
+        self.quality = QualityMonitor(statistics=self.statistics, our_ssrc=self.sender.ssrc)
         self._wall_clock = wall_clock
         self.remote_rtp: tuple | None = None
         self.remote_rtcp: tuple | None = None
@@ -85,6 +99,7 @@ class MediaStream:
         self.closed = False
         self.last_inbound: float | None = None
         self.first_packet_time: float | None = None
+        self.receive_backlogs = 0
 
     # -- negotiation -------------------------------------------------------------
 
@@ -190,7 +205,8 @@ class MediaStream:
     def sender_report(self, now: float, unix_now: float) -> bytes:
         block = ()
         if self.statistics.expected:
-            block = (self.statistics.report_block(now=now),)
+            # DLSR on the wall clock, the one the caller's SR arrival was stamped with.
+            block = (self.statistics.report_block(now=unix_now),)
         return build_sender_report(
             ssrc=self.sender.ssrc,
             ntp_time=ntp_from_unix(unix_now),
@@ -213,12 +229,15 @@ class MediaStream:
 
     # -- receiving ---------------------------------------------------------------
 
-    def on_rtp(self, data: bytes, address: tuple, now: float) -> None:
-        if len(data) < 12 or data[0] >> 6 != 2:
-            self.counters.packets_invalid += 1
-            return
+    def on_rtp(self, data: bytes, address: tuple, now: float, arrival: float) -> None:
+        """A datagram on the RTP port (the hub's handler): ``arrival`` is the kernel's time."""
         if self._rtcp_mux and is_rtcp(data):
-            self.on_rtcp(data, address, now)
+            self.on_rtcp(data, address, now, arrival)
+            return
+        try:
+            marker_and_type, sequence, timestamp, _ssrc = peek_rtp_untrusted(data)
+        except RtpError:
+            self.counters.packets_invalid += 1
             return
         self.counters.packets_received += 1
         self.last_inbound = now
@@ -228,25 +247,37 @@ class MediaStream:
             if not self._rtcp_mux:
                 self.remote_rtcp = (address[0], address[1] + 1)
             self.latched = True
-        sequence, timestamp = _SEQ_TS.unpack_from(data, 2)
-        self.statistics.feed(sequence, timestamp, now)
-        if (data[1] & 0x7F) == self.telephone_event_pt:
-            self._on_telephone_event(data, timestamp)
+        if (marker_and_type & 0x7F) == self.telephone_event_pt:
+            self.statistics.feed(sequence, timestamp, None)  # counted for loss, not jitter
+            self._on_telephone_event(data)
+        else:
+            self.statistics.feed(sequence, timestamp, arrival)
 
-    def _on_telephone_event(self, data: bytes, timestamp: int) -> None:
-        offset = 12 + 4 * (data[0] & 0x0F)
+    def _on_telephone_event(self, data: bytes) -> None:
         try:
-            event = parse_telephone_event_untrusted(memoryview(data)[offset : offset + 4])
-        except DtmfError as error:
+            packet = parse_rtp_untrusted(data)
+            event = parse_telephone_event_untrusted(packet.payload)
+        except (RtpError, DtmfError) as error:
             self.counters.packets_invalid += 1
-            log.debug("bad telephone-event payload: %s", error)
+            log.debug("bad telephone-event packet: %s", error)
             return
-        digit = self.dtmf.feed(event=event, rtp_timestamp=timestamp, marker=bool(data[1] & 0x80))
+        digit = self.dtmf.feed(event=event, rtp_timestamp=packet.timestamp, marker=packet.marker)
         if digit is not None:
             self.on_dtmf(digit)
 
-    def on_rtcp(self, data: bytes, address: tuple, now: float) -> None:
+    def on_backlog(self) -> None:
+        """The receive hub could not empty our socket in one drain: the caller outpaces us."""
+        self.receive_backlogs += 1
+        self.counters.receive_backlogs += 1
+
+    def on_rtcp(self, data: bytes, address: tuple, now: float, arrival: float) -> None:
+        """A datagram on the RTCP port (or RTCP on a muxed RTP port): the caller's reports."""
         self.last_inbound = now
+        try:
+            self.quality.receive(data, arrival)
+        except RtcpError as error:
+            self.counters.packets_invalid += 1
+            log.debug("bad RTCP packet from %s: %s", address, error)
 
     def close(self) -> None:
         self.closed = True

@@ -183,7 +183,7 @@ async def _report_status(server: EkoServer, notifier: Notifier) -> None:
 
 async def _sync_counters(server: EkoServer, metrics: Metrics, tts) -> None:
     """Copy the hot path's plain counters into Prometheus once a second (no locks per frame)."""
-    last_sent = last_late = 0
+    last_sent = last_late = last_received = last_backlogs = 0
     last_characters: dict[str, int] = {}
     last_cost = 0.0
     last_hits = last_misses = 0
@@ -198,6 +198,14 @@ async def _sync_counters(server: EkoServer, metrics: Metrics, tts) -> None:
                 counters.max_lateness * 1000,
             )
         last_sent, last_late = counters.frames_sent, counters.frames_late
+        metrics.packets_received.inc(counters.packets_received - last_received)
+        if counters.receive_backlogs > last_backlogs:
+            metrics.receive_backlogs.inc(counters.receive_backlogs - last_backlogs)
+            log.warning(
+                "the receive path fell behind %d time(s) in the last second: callers send faster than it drains",
+                counters.receive_backlogs - last_backlogs,
+            )
+        last_received, last_backlogs = counters.packets_received, counters.receive_backlogs
         if tts is not None:
             total = tts.accounting.total()
             backend = "espeak" if tts.backend.name.startswith("espeak") else tts.backend.name

@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from eko_rtp.call.call import Call, Script
+from eko_rtp.call.call import Call, CallHungUp, Script
 from eko_rtp.call.greeting import caller_number
 from eko_rtp.call.lookup import CallerLookup
 from eko_rtp.config import Config
@@ -207,6 +207,10 @@ class EkoServer:
     # -- calls -------------------------------------------------------------------
 
     def _incoming_call(self, event) -> None:
+        with call_context(event.call_id):  # its log lines carry [call=...] like the call's own
+            self._take_call(event)
+
+    def _take_call(self, event) -> None:
         now = trio.current_time()
         call_id = event.call_id
         log.info("call %s: INVITE received from %s at %.3f ms", call_id, _where(event.source), now * 1000)
@@ -263,7 +267,7 @@ class EkoServer:
         call.sdp.offered_without_sdp = offer is None
         stream.on_dtmf = call.deliver_digit
         self.calls[call_id] = call
-        self.hub.register(pair.rtp, stream.on_rtp)
+        self.hub.register(pair.rtp, stream.on_rtp, on_backlog=stream.on_backlog)
         self.hub.register(pair.rtcp, stream.on_rtcp)
         self.counters.calls_started += 1
         self._calls_changed()
@@ -278,9 +282,16 @@ class EkoServer:
         self.counters.calls_rejected += 1
 
     def _call_event(self, call: Call, event) -> None:
+        with call_context(call.call_id):
+            self._handle_call_event(call, event)
+
+    def _handle_call_event(self, call: Call, event) -> None:
         now = trio.current_time()
         if isinstance(event, ua_module.CallEnded):
             reason = event.reason.name.lower() if hasattr(event.reason, "name") else str(event.reason)
+            # What the caller sent before its BYE may still wait in the socket (the hub
+            # drains every few ms): take it now, in order, so a last digit is not lost.
+            self.hub.drain_socket(call.stream.pair.rtp)
             call.end(reason, now)
         elif isinstance(event, ua_module.CallConfirmed):
             call.confirmed.set()
@@ -449,7 +460,11 @@ class EkoServer:
                 self.metrics.call_ended(outcome)
             duration = (call.ended_at - (call.answered_at or call.invite_time)) * 1000
             usage = f"; {call.tts_usage.summary()}" if call.tts_usage is not None else ""
-            log.info("call %s: ended (%s) after %.0f ms%s", call.call_id, outcome, duration, usage)
+            quality = stream.quality.quality()
+            if self.metrics is not None:
+                self.metrics.call_quality(quality)
+            log.info("call %s: ended (%s) after %.0f ms; %s%s", call.call_id, outcome, duration, quality.summary(),
+                     usage)
             if self.crm is not None:
                 # A notification: queued without waiting, so teardown is never delayed by the CRM.
                 self.crm.log_call(
@@ -459,15 +474,19 @@ class EkoServer:
                         greeting=tuple(call.greeting),
                         duration_ms=max(0, int(duration)),
                         outcome=outcome,
+                        **_measured(quality),
                     )
                 )
 
     async def _script_task(self, call: Call) -> None:
         try:
             await call.script(call)
+        except CallHungUp:
+            pass  # the script spoke after the caller had gone (reading the last digits): normal
         except Exception:
             log.exception("call %s: the call script failed; hanging up", call.call_id)
         self.hangup_call(call)
+        call.end("local_hangup", trio.current_time(), wait_for_digits=False)  # the script is done
 
     async def _answer_deadline(self, call: Call) -> None:
         await trio.sleep_until(call.invite_time + self.config["sip.answer_timeout"])
@@ -508,6 +527,16 @@ class EkoServer:
         while True:
             call.stream.send_rtcp(trio.current_time(), time.time())
             await trio.sleep(RTCP_INTERVAL * (0.5 + secrets.randbelow(1000) / 1000))
+
+
+def _measured(quality) -> dict:
+    """The quality figures ``crm.log_call`` carries; None where the call measured nothing."""
+    wire = quality.to_wire()
+    return {
+        "loss_ratio": wire["loss_ratio"] if quality.packets_expected else None,
+        "jitter_ms": wire["jitter_ms"] if quality.packets_expected else None,
+        "rtt_ms": wire["rtt_ms"],
+    }
 
 
 def _where(source) -> str:

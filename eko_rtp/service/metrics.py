@@ -49,6 +49,11 @@ LISTEN_KEY = "service.metrics_listen"
 GREETING_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 # CRM lookups cross a socket to SQLite; the call budget is 150 ms by default.
 CRM_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0)
+# Call quality: G.711 voice degrades audibly from about 1 % loss; a jitter buffer
+# hides tens of ms of jitter; ITU-T G.114 puts the one-way comfort limit at 150 ms.
+LOSS_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+JITTER_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+ROUND_TRIP_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 CACHES = ("phrase", "dynamic")
 TTS_BACKENDS = ("elevenlabs", "espeak")
 _OUTCOME = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
@@ -106,6 +111,8 @@ class Metrics:
     greeting_latency: Histogram
     frames_sent: Counter
     frames_late: Counter
+    packets_received: Counter
+    receive_backlogs: Counter
     cache_hits: Counter
     cache_misses: Counter
     tts_characters: Counter
@@ -114,6 +121,9 @@ class Metrics:
     crm_timeouts: Counter
     crm_errors: Counter
     cpus_kept_awake: Gauge
+    call_loss: Histogram
+    call_jitter: Histogram
+    call_round_trip: Histogram
 
     @classmethod
     def create(cls, *, process: bool = True) -> Metrics:
@@ -134,6 +144,12 @@ class Metrics:
             ),
             frames_sent=Counter("eko_rtp_frames_sent", "RTP media frames sent.", registry=registry),
             frames_late=Counter("eko_rtp_frames_late", "RTP frames sent after their due time.", registry=registry),
+            packets_received=Counter("eko_rtp_packets_received", "Inbound RTP packets from callers.", registry=registry),
+            receive_backlogs=Counter(
+                "eko_rtp_receive_backlogs",
+                "Drains of the receive hub that left a call's socket non-empty (a caller outpacing the server).",
+                registry=registry,
+            ),
             cache_hits=Counter("eko_cache_hits", "Audio cache hits.", ["cache"], registry=registry),
             cache_misses=Counter("eko_cache_misses", "Audio cache misses.", ["cache"], registry=registry),
             tts_characters=Counter(
@@ -154,6 +170,18 @@ class Metrics:
                 "eko_cpus_kept_awake", "CPUs kept from halting by a running spinner (media.keep_cpu_awake).",
                 registry=registry,
             ),
+            call_loss=Histogram(
+                "eko_call_packet_loss_ratio", "Per call: share of the caller's RTP packets lost (RFC 3550 A.3).",
+                buckets=LOSS_BUCKETS, registry=registry,
+            ),
+            call_jitter=Histogram(
+                "eko_call_jitter_seconds", "Per call: interarrival jitter of the caller's RTP (RFC 3550 A.8).",
+                buckets=JITTER_BUCKETS, registry=registry,
+            ),
+            call_round_trip=Histogram(
+                "eko_call_rtt_seconds", "Per call: last round-trip time from the caller's RTCP (RFC 3550 §6.4.1).",
+                buckets=ROUND_TRIP_BUCKETS, registry=registry,
+            ),
         )
         # Known label values start at 0, so a rate() over them exists from the start.
         for cache in CACHES:
@@ -162,6 +190,14 @@ class Metrics:
         for backend in TTS_BACKENDS:
             metrics.tts_characters.labels(backend=backend)
         return metrics
+
+    def call_quality(self, quality) -> None:
+        """Observe a finished call's audio figures (an eko_rtp.media.quality.CallQuality)."""
+        if quality.packets_expected:
+            self.call_loss.observe(quality.loss_ratio)
+            self.call_jitter.observe(quality.jitter)
+        if quality.round_trip is not None:
+            self.call_round_trip.observe(quality.round_trip)
 
     def call_ended(self, outcome: str) -> None:
         """Count a finished call; ``outcome`` is a short snake_case word."""

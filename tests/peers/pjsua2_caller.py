@@ -69,6 +69,7 @@ def main() -> int:
     parser.add_argument("--codec", choices=("PCMU", "PCMA"), default="PCMU", help="codec offered first")
     parser.add_argument("--dtmf", action="append", default=[], help="DIGITS@SECONDS after the answer")
     parser.add_argument("--timeout", type=float, default=30.0, help="hard limit for the whole run")
+    parser.add_argument("--tx-drop-pct", type=int, default=0, help="drop this share of our RTP (pjmedia's loss simulation)")
     args = parser.parse_args()
 
     endpoint = pj.Endpoint()
@@ -82,6 +83,7 @@ def main() -> int:
     config.medConfig.clockRate = 8000
     config.medConfig.sndClockRate = 8000
     config.medConfig.noVad = True
+    config.medConfig.txDropPct = args.tx_drop_pct
     endpoint.libInit(config)
     transport_config = pj.TransportConfig()
     transport_config.port = 0
