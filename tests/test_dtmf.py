@@ -12,6 +12,7 @@ from eko_rtp.media.dtmf import (
     TelephoneEvent,
     digit_for_event,
     parse_dtmf_relay_untrusted,
+    parse_info_dtmf_untrusted,
     parse_telephone_event_untrusted,
 )
 
@@ -170,3 +171,31 @@ def test_detector_repeated_packet_never_reports_again(packets):
         first = detector.feed(event=parsed, rtp_timestamp=timestamp, marker=marker)
         assert first in (None, digit_for_event(event))
         assert detector.feed(event=parsed, rtp_timestamp=timestamp, marker=marker) is None
+
+
+@pytest.mark.parametrize(
+    ("media_type", "body", "expected"),
+    [
+        ("application/dtmf-relay", b"Signal=5\r\nDuration=160\r\n", ("5", 160)),
+        ("application/dtmf", b"5", ("5", None)),
+        ("application/dtmf", b" #\r\n", ("#", None)),
+        ("application/dtmf", b"10", ("*", None)),
+    ],
+)
+def test_info_dtmf_by_media_type(media_type, body, expected):
+    assert parse_info_dtmf_untrusted(media_type, body) == expected
+
+
+@pytest.mark.parametrize(
+    ("media_type", "body", "message"),
+    [
+        ("application/dtmf", b"55", "dtmf body '55' is not a DTMF key"),
+        ("application/dtmf", b"\xff", "dtmf body is not ASCII (octet 0)"),
+        ("application/dtmf", b"5" * 2000, "dtmf body too long: 2000 octets (limit 1024)"),
+        ("text/plain", b"5", "'text/plain' is not a DTMF body type"),
+    ],
+)
+def test_info_dtmf_garbage(media_type, body, message):
+    with pytest.raises(DtmfError) as caught:
+        parse_info_dtmf_untrusted(media_type, body)
+    assert str(caught.value) == message

@@ -333,6 +333,15 @@ def test_response_routing_with_and_without_rport():
         "SIP/2.0/UDP 10.0.0.5:5099;branch=z9hG4bK-2;received=203.0.113.7;rport=40000")
 
 
+def test_tcp_responses_fill_rport_and_received_too():
+    # RFC 3581 §4 is not limited to UDP: a client behind NAT learns its mapped address.
+    h = Harness()
+    events = h.send(message("OPTIONS", via="10.0.0.5:5099;rport").replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"), 0.0,
+                    source=("203.0.113.7", 40001), transport="tcp", connection=object())
+    assert sent(events)[0].headers.get("Via") == (
+        "SIP/2.0/TCP 10.0.0.5:5099;branch=z9hG4bK-inv1;received=203.0.113.7;rport=40001")
+
+
 def test_tcp_responses_reuse_the_connection():
     h = Harness()
     connection = object()
@@ -391,7 +400,8 @@ def test_info_dtmf():
     assert statuses(events) == [200] and others(events) == []
     bad = message("INFO", branch="z9hG4bK-i4", cseq=5, to_tag=h.tag, body=b"Signal=Z\r\n",
                   content_type="application/dtmf-relay")
-    assert [(r.status, r.reason) for r in sent(h.send(bad, 1.3))] == [(400, "bad Signal 'Z' in application/dtmf-relay")]
+    assert [(r.status, r.reason) for r in sent(h.send(bad, 1.3))] == [
+        (400, "bad application/dtmf-relay body: dtmf-relay line 1: Signal 'Z' is not a DTMF key")]
 
 
 def test_reinvite_with_sdp_then_without():

@@ -29,6 +29,7 @@ __all__ = [
     "digit_for_event",
     "parse_telephone_event_untrusted",
     "parse_dtmf_relay_untrusted",
+    "parse_info_dtmf_untrusted",
 ]
 
 # RFC 4733 §2.3 payload:
@@ -157,3 +158,26 @@ def parse_dtmf_relay_untrusted(body: bytes) -> tuple[str, int | None]:
     if digit is None:
         raise DtmfError("dtmf-relay body has no Signal line")
     return digit, duration
+
+
+def parse_info_dtmf_untrusted(media_type: str, body: bytes) -> tuple[str, int | None]:
+    """A SIP INFO's DTMF body by its media type: ``(digit, duration_ms)``.
+
+    ``application/dtmf-relay`` is the ``Signal=``/``Duration=`` form above;
+    ``application/dtmf`` carries the key alone (``5``, ``*``, ``10`` for *), with
+    no duration. Raises only :class:`DtmfError`.
+    """
+    if media_type == "application/dtmf-relay":
+        return parse_dtmf_relay_untrusted(body)
+    if media_type != "application/dtmf":
+        raise DtmfError(f"{media_type!r} is not a DTMF body type")
+    if len(body) > _MAX_RELAY_BODY:
+        raise DtmfError(f"dtmf body too long: {len(body)} octets (limit {_MAX_RELAY_BODY})")
+    try:
+        key = bytes(body).decode("ascii").strip()
+    except UnicodeDecodeError as error:
+        raise DtmfError(f"dtmf body is not ASCII (octet {error.start})") from None
+    digit = _RELAY_SIGNALS.get(key.upper())
+    if digit is None:
+        raise DtmfError(f"dtmf body {key!r} is not a DTMF key")
+    return digit, None

@@ -35,6 +35,7 @@ from typing import Any
 
 import attrs
 
+from eko_rtp.media.dtmf import DtmfError, parse_info_dtmf_untrusted
 from eko_rtp.sip.dialog import Dialog
 from eko_rtp.sip.errors import SipParseError, describe
 from eko_rtp.sip.events import (
@@ -95,8 +96,6 @@ ALLOW = ", ".join(METHODS)
 ACCEPT = "application/sdp, application/dtmf-relay"
 SUPPORTED = "timer"
 _SUPPORTED_OPTIONS = frozenset({"timer"})
-_DTMF_SIGNALS = {**{str(d): str(d) for d in range(10)}, "*": "*", "#": "#", "10": "*", "11": "#",
-                 "A": "A", "B": "B", "C": "C", "D": "D"}
 
 
 @attrs.frozen(kw_only=True)
@@ -888,9 +887,13 @@ class UserAgent:
 
 
 def _stamp_via(via: Via, hop: Hop) -> Via:
-    """§18.2.1 received, RFC 3581 §4 rport: tell the client where its request came from."""
+    """§18.2.1 received, RFC 3581 §4 rport: tell the client where its request came from.
+
+    RFC 3581 §4 asks for both whatever the transport: over TCP they tell a client
+    behind NAT which address and port its connection was seen from.
+    """
     source_host, source_port = hop.address
-    if via.rport is not False and hop.transport == "udp":
+    if via.rport is not False:
         return via.with_parameter("received", source_host).with_parameter("rport", str(source_port))
     if via.host.strip("[]") != source_host:
         return via.with_parameter("received", source_host)
@@ -913,27 +916,8 @@ def _caller_identity(request: Request) -> CallerIdentity:
 
 
 def _parse_dtmf(media: str, body: bytes) -> tuple[str, int | None]:
-    """application/dtmf-relay ("Signal=5\\r\\nDuration=160") or application/dtmf ("5")."""
+    """The INFO's digit, by the one DTMF body parser (media/dtmf.py); 400 when it is bad."""
     try:
-        text = body.decode("ascii")
-    except UnicodeDecodeError:
-        raise SipParseError(400, f"{media} body is not ASCII") from None
-    if media == "application/dtmf":
-        signal, duration = text.strip(), None
-    else:
-        fields = {}
-        for line in text.splitlines():
-            name, equals, value = line.partition("=")
-            if equals:
-                fields[name.strip().lower()] = value.strip()
-        signal = fields.get("signal", "")
-        duration_text = fields.get("duration")
-        duration = None
-        if duration_text is not None:
-            if not duration_text.isdigit() or len(duration_text) > 6:
-                raise SipParseError(400, f"bad Duration {describe(duration_text)} in {media}")
-            duration = int(duration_text)
-    digit = _DTMF_SIGNALS.get(signal.upper())
-    if digit is None:
-        raise SipParseError(400, f"bad Signal {describe(signal)} in {media}")
-    return digit, duration
+        return parse_info_dtmf_untrusted(media, body)
+    except DtmfError as error:
+        raise SipParseError(400, f"bad {media} body: {error}") from None
