@@ -193,9 +193,15 @@ def _check_values(values: dict[str, dict[str, Any]], source: str | None) -> None
     for dotted in ("sip.listen",):
         section, _, key = dotted.partition(".")
         try:
-            parse_host_port(values[section][key], what=dotted)
+            listen = parse_host_port(values[section][key], what=dotted)
         except UserError as error:
             fail(dotted, error.detail)
+        try:
+            # A name here would be resolved by blocking calls (bind, the SDP address) and
+            # could change under a running server: the operator resolves it once, here.
+            ipaddress.ip_address(listen.host)
+        except ValueError:
+            fail(dotted, f"{listen.host!r} is not an IP address (write 127.0.0.1 or ::1 for localhost)")
     if values["media"]["address"]:
         try:
             ipaddress.ip_address(values["media"]["address"])

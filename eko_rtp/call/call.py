@@ -1,15 +1,17 @@
 """One call: the object a call script talks to, and the nursery that lives as long as the call.
 
-Theory of operation: when the SIP core reports an ``IncomingCall`` the server builds a
-:class:`Call` (the negotiated media plan, the RTP stream on its own port pair) and runs
-:func:`run_call` in the server's call nursery. ``run_call`` opens *one nursery per
-call* holding the call's SIP dialog task (re-INVITEs, INFO DTMF, the end of the
-dialog), its RTCP task, its inactivity and maximum-duration watchdog and the call
-script. However the call ends (BYE from either side, CANCEL, no ACK, session expiry,
-no inbound RTP, the maximum duration, the script returning or failing) the nursery is
-cancelled and the ``finally`` gives back everything: the stream leaves the frame
-clock, its sockets leave the receive hub and are closed, the ports return to the
-pool. Nothing the call started outlives it.
+Theory of operation: when the SIP core reports an ``IncomingCall`` the server makes
+the call's parts (its RTP stream on its own port pair, its offer/answer state, its
+CRM look-up, its digit queue) and a :class:`Call` holding them, with a
+:class:`CallLine`: the narrow interface through which a call asks the server for
+what only the server can do (send the 200 OK, hang up, count a phrase). The
+server then runs :meth:`Call.run` in its call nursery. ``run`` opens *one nursery
+per call* holding the CRM look-up, the answer deadline, the inactivity and
+maximum-duration watchdog, the RTCP reports and the call script. However the
+call ends (BYE from either side, CANCEL, no ACK, session expiry, no inbound RTP,
+the maximum duration, the script returning or failing) :meth:`Call.end` cancels
+that nursery, and nothing the call started outlives it; the server gives back
+the ports and sockets after ``run`` returns.
 
 The call is answered (200 OK) when the script first queues audio, or calls
 :meth:`Call.answer`, or after ``answer_timeout``: the greeting's first frame then leaves
@@ -20,16 +22,18 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Awaitable, Callable
+import secrets
+import time
+from typing import Awaitable, Callable
 
 import attrs
 import trio
 
+from eko_rtp.codec.frame import FRAME_SECONDS
 from eko_rtp.media.playout import CachedSource, LiveSource, SilenceSource
 from eko_rtp.tts.errors import TtsError
 
 log = logging.getLogger("eko_rtp.call")
-
 
 DIGIT_GRACE = 0.5  # s a script has to read the digits pressed just before the caller hung up
 
@@ -42,45 +46,131 @@ class UnknownPhrase(LookupError):
     """The script asked for a phrase that is not in the cache (missing or refused at load)."""
 
 
-@attrs.define
-class SessionState:
-    """Our side of the call's SDP offer/answer (RFC 3264), kept by the server."""
+@attrs.frozen(kw_only=True)
+class CallLine:
+    """What a call may ask of the server, and nothing more."""
 
-    origin: Any = None  # the o= line's values; its version goes up when our answer changes
-    local_body: bytes = b""  # our last SDP (answer, or offer when the INVITE had none)
-    offered_without_sdp: bool = False  # the INVITE had no SDP: our 200 offers, the ACK answers
-    pending_offer: bytes | None = None  # an offer of ours awaiting its answer in an ACK
+    answer: Callable[["Call"], None]  # send the 200 OK and the stream's first frame, in one step
+    hang_up: Callable[["Call"], None]  # BYE (or 480 before the answer), then Call.end
+    count_phrase: Callable[[bool], None] = lambda hit: None  # a phrase cache hit (True) or miss
+
+
+@attrs.frozen(kw_only=True)
+class CallTimers:
+    """How long a call may wait for what (config keys in the server's config)."""
+
+    answer_timeout: float  # s from the INVITE to a 200 OK if the script has not answered
+    rtp_timeout: float  # s without inbound RTP or RTCP after the ACK before we hang up
+    max_duration: float  # s from the INVITE
+    rtcp_first_report: float = 2.5  # RFC 3550 §6.2: the first report after half the minimum interval
+    rtcp_interval: float = 5.0  # RFC 3550 §6.2 minimum, randomised 0.5-1.5 times (§6.3.1)
 
 
 class Call:
     """What a call script sees: ``say``, ``pause``, ``hangup``, ``dtmf``, the caller."""
 
-    def __init__(self, *, call_id: str, caller, caller_number: str | None, server, stream, invite_time: float, source):
+    def __init__(self, *, call_id: str, caller, caller_number: str | None, stream, media, digits, lookup,
+                 line: CallLine, timers: CallTimers, cache, script, tts=None, invite_time: float, source):
         self.call_id = call_id
         self.caller = caller
         self.caller_number = caller_number
         self.invite_time = invite_time
         self.source = source
         self.stream = stream
-        self._server = server
+        self.media = media  # its offer/answer state (eko_rtp.media.negotiation.MediaSession)
+        self.lookup = lookup  # the CallerLookup started at the INVITE
+        self._digits = digits
+        self._line = line
+        self.timers = timers
+        # Snapshots: a reload (SIGHUP) must not change the audio or script of a call in progress.
+        self.cache = cache
+        self.script = script
+        self.tts = tts
+        self.tts_usage = tts.accounting.open_call(call_id) if tts is not None else None
         self.answered_at: float | None = None
         self.ended_at: float | None = None
         self.end_reason: str | None = None
         self.greeting: tuple[str, ...] = ()
-        self._dtmf_send, self._dtmf_receive = trio.open_memory_channel[str](32)
-        self.dtmf_dropped = 0
-        self.cancel_scope: trio.CancelScope | None = None
         self.answered = trio.Event()
         self.confirmed = trio.Event()  # the ACK came
-        self.lookup: Any = None  # the CallerLookup the server started at the INVITE
-        self.tts = getattr(server, "tts", None)
-        self.tts_usage = self.tts.accounting.open_call(call_id) if self.tts is not None else None
         self.fallback_phrase = "error"
-        self.nursery: trio.Nursery | None = None  # the call's own nursery, set when it runs
-        self.sdp = SessionState()
-        # Snapshots: a reload (SIGHUP) must not change the audio or script of a call in progress.
-        self.cache = server.cache
-        self.script = server.script
+        self._cancel_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+
+    # -- the call's life ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The call's nursery: every task of the call, until it ends (never raises)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel_scope = nursery.cancel_scope
+                self._nursery = nursery
+                if self.ended_at is not None:  # ended before it ran (a CANCEL in the same step)
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(self.lookup.run)  # first: the greeting may depend on it
+                nursery.start_soon(self._answer_deadline)
+                nursery.start_soon(self._watchdog)
+                nursery.start_soon(self._report_rtcp)
+                nursery.start_soon(self._run_script)
+        finally:
+            self.stream.close()
+            # Break the call <-> nursery cycle so refcounting frees the call at once:
+            # otherwise it waits for a full (gen 2) collection, a pause that grows with
+            # the number of live calls and shows up as jitter on every other call.
+            self._nursery = self._cancel_scope = None
+            if self.ended_at is None:
+                self.ended_at = trio.current_time()
+
+    async def _run_script(self) -> None:
+        try:
+            await self.script(self)
+        except CallHungUp:
+            pass  # the script spoke after the caller had gone (reading the last digits): normal
+        except Exception:
+            log.exception("call %s: the call script failed; hanging up", self.call_id)
+        self._line.hang_up(self)
+        self.end("local_hangup", trio.current_time(), wait_for_digits=False)  # the script is done
+
+    async def _answer_deadline(self) -> None:
+        await trio.sleep_until(self.invite_time + self.timers.answer_timeout)
+        if self.answered_at is None:
+            self._line.answer(self)
+
+    async def _watchdog(self) -> None:
+        """BYE after ``rtp_timeout`` without inbound RTP or RTCP, or at the maximum duration.
+
+        The inactivity clock starts at the ACK: before it the SIP core's own timer
+        (no ACK after 64·T1) is what ends a call that never got established.
+        """
+        timeout = self.timers.rtp_timeout
+        deadline_total = self.invite_time + self.timers.max_duration
+        with trio.move_on_at(deadline_total):
+            await self.confirmed.wait()
+        confirmed_at = trio.current_time()
+        while True:
+            last = self.stream.last_inbound or confirmed_at
+            await trio.sleep_until(min(last + timeout, deadline_total))
+            now = trio.current_time()
+            if now >= deadline_total:
+                log.info("call %s: maximum duration reached; hanging up", self.call_id)
+                self._hang_up_for("max_duration")
+                return
+            last = self.stream.last_inbound or confirmed_at
+            if now - last >= timeout:
+                log.info("call %s: no RTP for %.0f s; hanging up", self.call_id, now - last)
+                self._hang_up_for("rtp_timeout")
+                return
+
+    def _hang_up_for(self, reason: str) -> None:
+        self._line.hang_up(self)
+        self.end_reason = reason
+
+    async def _report_rtcp(self) -> None:
+        await self.answered.wait()
+        await trio.sleep(self.timers.rtcp_first_report)
+        while True:
+            self.stream.send_rtcp(trio.current_time(), time.time())
+            await trio.sleep(self.timers.rtcp_interval * (0.5 + secrets.randbelow(1000) / 1000))
 
     # -- the script API ----------------------------------------------------------
 
@@ -101,7 +191,7 @@ class Call:
     async def answer(self) -> None:
         """Answer now (200 OK) if not answered yet; the stream starts at once."""
         if self.answered_at is None:
-            self._server.answer_call(self)
+            self._line.answer(self)
         await trio.lowlevel.checkpoint()
 
     async def say(self, key: str) -> None:
@@ -113,24 +203,27 @@ class Call:
 
     async def pause(self, milliseconds: int) -> None:
         """Silence for ``milliseconds`` (rounded up to whole 20 ms frames)."""
-        frames = max(0, math.ceil(milliseconds / 20))
+        frames = max(0, math.ceil(milliseconds / 1000 / FRAME_SECONDS - 1e-9))
         if frames:
             await self._play(SilenceSource(frames, self.stream.queue.silence))
 
     async def hangup(self) -> None:
         """Send BYE and end the call (the script is cancelled with it)."""
-        self._server.hangup_call(self)
+        self._line.hang_up(self)
         await trio.lowlevel.checkpoint()
 
     @property
     def dtmf(self) -> trio.MemoryReceiveChannel[str]:
         """Digits pressed by the caller (RFC 4733 events or SIP INFO), as an async stream."""
-        return self._dtmf_receive
+        return self._digits.receive
 
     async def next_digit(self, timeout: float) -> str | None:
-        """The next digit, or ``None`` after ``timeout`` seconds without one."""
+        """The next digit, or ``None`` after ``timeout`` seconds without one (or once the call ended)."""
         with trio.move_on_after(timeout):
-            return await self._dtmf_receive.receive()
+            try:
+                return await self._digits.receive.receive()
+            except trio.EndOfChannel:
+                return None
         return None
 
     async def say_text(self, text: str) -> None:
@@ -166,7 +259,7 @@ class Call:
         if phrase is not None:
             self._enqueue(CachedSource(phrase.audio))
         self._enqueue(live)
-        self.nursery.start_soon(self._render, text, live, render_scope, failed)
+        self._nursery.start_soon(self._render, text, live, render_scope, failed)
         try:
             await finished.wait()
         except BaseException:
@@ -199,9 +292,7 @@ class Call:
     def phrase(self, key: str):
         """The cached phrase from the cache this call started with (a reload does not change it)."""
         phrase = self.cache.get(key)
-        metrics = self._server.metrics
-        if metrics is not None:
-            (metrics.cache_hits if phrase is not None else metrics.cache_misses).labels(cache="phrase").inc()
+        self._line.count_phrase(phrase is not None)
         return phrase
 
     def _enqueue(self, source) -> None:
@@ -209,7 +300,7 @@ class Call:
             raise CallHungUp(f"call {self.call_id} has ended")
         self.stream.queue.enqueue(source)
         if self.answered_at is None:
-            self._server.answer_call(self)
+            self._line.answer(self)
 
     async def _play(self, source) -> None:
         done = trio.Event()
@@ -222,14 +313,8 @@ class Call:
             raise
 
     def deliver_digit(self, digit: str) -> None:
-        """From the media or SIP side: a digit was pressed."""
-        try:
-            self._dtmf_send.send_nowait(digit)
-        except trio.WouldBlock:
-            self.dtmf_dropped += 1
-            log.warning("call %s: DTMF digit %r dropped (script is not reading digits)", self.call_id, digit)
-        except trio.ClosedResourceError:
-            pass
+        """From the SIP side (INFO): a digit was pressed."""
+        self._digits.deliver(digit)
 
     def end(self, reason: str, now: float, *, wait_for_digits: bool = True) -> None:
         """Mark the call over and cancel its nursery (idempotent).
@@ -243,11 +328,11 @@ class Call:
             self.ended_at = now
             self.end_reason = reason
             self.stream.close()
-            self._dtmf_send.close()
-        scope = self.cancel_scope
+            self._digits.close()
+        scope = self._cancel_scope
         if scope is None:
             return
-        if wait_for_digits and self._dtmf_receive.statistics().current_buffer_used:
+        if wait_for_digits and self._digits.pending:
             scope.deadline = min(scope.deadline, now + DIGIT_GRACE)
         else:
             scope.cancel()

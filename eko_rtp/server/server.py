@@ -1,12 +1,16 @@
-"""The server: SIP transport, the SIP core, the media shell and one nursery per call.
+"""The server: SIP transport, the SIP core, the media shell, and the calls' nurseries.
 
 Theory of operation: every SIP message the transport receives goes into the one
 sans-I/O :class:`UserAgent`; after each input (a message, a timer) :meth:`_flush`
 drains the core's events synchronously: ``Transmit`` goes straight out of the
-transport, ``IncomingCall`` negotiates SDP, opens the call's RTP port pair and starts
-:func:`run_call` in the call nursery, and the in-dialog events go to the call they
-belong to. The SIP timer task sleeps until the core's next deadline. The frame clock
-and the receive hub are shared by every call.
+transport, ``IncomingCall`` opens the call's RTP port pair, lets its
+:class:`MediaSession` answer the offer, builds the :class:`Call` and starts
+:meth:`Call.run` (the call's own nursery) in the server's call nursery, and the
+in-dialog events go to the call they belong to. The SIP timer task sleeps until the
+core's next deadline. The frame clock and the receive hub are shared by every call.
+A call reaches the server only through the :class:`CallLine` it was given (answer,
+hang up, count a phrase); when its ``run`` returns, the server gives back its
+sockets and ports and reports it (log, metrics, ``crm.log_call``).
 
 Answering is synchronous: :meth:`answer_call` asks the core for the 200 OK, flushes
 it to the wire and sends the stream's first frame in the same step, so the
@@ -18,19 +22,20 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import secrets
 import time
 from typing import Any
 
 import trio
 
-from eko_rtp.call.call import Call, CallHungUp, Script
+from eko_rtp.call.call import Call, CallLine, CallTimers, Script
+from eko_rtp.call.digits import DigitQueue
 from eko_rtp.call.greeting import caller_number
 from eko_rtp.call.lookup import CallerLookup
 from eko_rtp.config import Config
 from eko_rtp.crm.records import CallLog
 from eko_rtp.media import sdp
 from eko_rtp.media.clock import FrameClock
+from eko_rtp.media.negotiation import MediaSession
 from eko_rtp.media.playout import PlayoutQueue
 from eko_rtp.media.ports import PortsExhausted, RtpPortPool
 from eko_rtp.media.receiver import ReceiveHub
@@ -43,8 +48,6 @@ from eko_rtp.sip.useragent import UserAgent, UserAgentSettings
 
 log = logging.getLogger("eko_rtp.server")
 
-RTCP_FIRST_REPORT = 2.5  # RFC 3550 §6.2: the first report after half the minimum interval
-RTCP_INTERVAL = 5.0
 
 
 class ServerCounters:
@@ -94,6 +97,8 @@ class EkoServer:
         self.draining = False
         self.calls_changed = trio.Event()  # set whenever a call starts or ends (drain, STATUS=)
         self.cname = f"eko-rtp-{os.getpid()}@{self.media_address}"
+        # What a call may ask of the server: made once, handed to every call.
+        self._line = CallLine(answer=self.answer_call, hang_up=self.hangup_call, count_phrase=self._count_phrase)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -215,38 +220,25 @@ class EkoServer:
         call_id = event.call_id
         log.info("call %s: INVITE received from %s at %.3f ms", call_id, _where(event.source), now * 1000)
         try:
-            offer = sdp.parse_sdp_untrusted(event.offer) if event.offer else None
-        except sdp.SdpError as error:
-            self._refuse(call_id, error.status, now, f"unusable SDP offer: {error}", reason=_reason(error))
-            return
-        try:
             pair = self.ports.open_pair()
         except PortsExhausted as error:
             self._refuse(call_id, 503, now, str(error), headers=(("Retry-After", "5"),))
             return
-        origin = sdp.SdpOrigin(session_id=next(self._origin_ids), version=1, address=self.media_address)
+        media = MediaSession(local_address=self.media_address, local_port=pair.port,
+                             session_id=next(self._origin_ids), preferred_codec=self.codec_preference)
         try:
-            if offer is not None:
-                plan, body = sdp.negotiate_answer(
-                    offer,
-                    local_address=self.media_address,
-                    local_port=pair.port,
-                    origin=origin,
-                    preferred_codec=self.codec_preference,
-                )
-            else:
-                plan, body = None, sdp.build_offer(local_address=self.media_address, local_port=pair.port, origin=origin)
+            negotiated = media.invite(event.offer)
         except sdp.SdpError as error:
             self.ports.release(pair)
-            self._refuse(call_id, error.status, now, str(error), reason=_reason(error))
+            self._refuse(call_id, error.status, now, f"unusable SDP offer: {error}", reason=_reason(error))
             return
-        queue = PlayoutQueue(self.silence)
+        digits = DigitQueue(call_id=call_id)
         stream = MediaStream(
             pair=pair,
-            plan=plan if plan is not None else _no_media_plan(),
-            queue=queue,
+            plan=negotiated.plan,
+            queue=PlayoutQueue(self.silence),
             counters=self.media_counters,
-            on_dtmf=lambda digit: None,
+            on_dtmf=digits.deliver,
             cname=self.cname,
         )
         number = caller_number(event.caller.asserted_user, event.caller.from_user)
@@ -254,18 +246,19 @@ class EkoServer:
             call_id=call_id,
             caller=event.caller,
             caller_number=number,
-            server=self,
             stream=stream,
+            media=media,
+            digits=digits,
+            lookup=CallerLookup(crm=self.crm, phone=number, started_at=now,
+                                budget=self.config["crm.budget_ms"] / 1000, call_id=call_id),
+            line=self._line,
+            timers=self._call_timers(),
+            cache=self.cache,
+            script=self.script,
+            tts=self.tts,
             invite_time=now,
             source=event.source,
         )
-        call.lookup = CallerLookup(
-            crm=self.crm, phone=number, started_at=now, budget=self.config["crm.budget_ms"] / 1000, call_id=call_id
-        )
-        call.sdp.origin = origin
-        call.sdp.local_body = body
-        call.sdp.offered_without_sdp = offer is None
-        stream.on_dtmf = call.deliver_digit
         self.calls[call_id] = call
         self.hub.register(pair.rtp, stream.on_rtp, on_backlog=stream.on_backlog)
         self.hub.register(pair.rtcp, stream.on_rtcp)
@@ -274,6 +267,15 @@ class EkoServer:
         if self.metrics is not None:
             self.metrics.active_calls.inc()
         self._call_nursery.start_soon(self._run_call, call, name=f"call {call_id}")
+
+    def _call_timers(self) -> CallTimers:
+        config = self.config
+        return CallTimers(answer_timeout=config["sip.answer_timeout"], rtp_timeout=config["media.rtp_timeout"],
+                          max_duration=config["media.max_call_duration"])
+
+    def _count_phrase(self, hit: bool) -> None:
+        if self.metrics is not None:
+            (self.metrics.cache_hits if hit else self.metrics.cache_misses).labels(cache="phrase").inc()
 
     def _refuse(self, call_id: str, status: int, now: float, why: str, *, reason=None, headers=()) -> None:
         """Answer an INVITE we cannot take with ``status``; one log line says why."""
@@ -295,68 +297,39 @@ class EkoServer:
             call.end(reason, now)
         elif isinstance(event, ua_module.CallConfirmed):
             call.confirmed.set()
-            if event.answer and call.sdp.pending_offer is not None:
-                self._apply_answer(call, event.answer)
+            try:
+                negotiated = call.media.ack(event.answer)
+            except sdp.SdpError as error:
+                log.warning("call %s: unusable SDP answer in ACK: %s; hanging up", call.call_id, error)
+                self.hangup_call(call)
+                return
+            if negotiated is not None:
+                call.stream.apply_plan(negotiated.plan)
         elif isinstance(event, ua_module.SessionModified):
             self._modify_session(call, event.offer, now)
         elif isinstance(event, ua_module.InfoDtmf):
             call.deliver_digit(event.digit)
 
     def _modify_session(self, call: Call, offer_body: bytes | None, now: float) -> None:
-        origin = call.sdp.origin
-        port = call.stream.pair.port
-        if offer_body is None:
-            # A re-INVITE without SDP: we offer in the 200, the ACK carries the answer (RFC 3261 §14.2).
-            origin = origin.next_version()
-            call.sdp.origin = origin
-            body = sdp.build_offer(local_address=self.media_address, local_port=port, origin=origin)
-            call.sdp.pending_offer = body
-            call.sdp.local_body = body
-            self.ua.answer_modification(call.call_id, body, now)
-            self._flush()
-            return
         try:
-            offer = sdp.parse_sdp_untrusted(offer_body)
-            plan, body, origin = sdp.negotiate_reanswer(
-                offer,
-                previous_answer=call.sdp.local_body,
-                local_address=self.media_address,
-                local_port=port,
-                origin=origin,
-                preferred_codec=call.stream.plan.codec.name,
-            )
+            negotiated = call.media.reinvite(offer_body)
         except sdp.SdpError as error:
             log.warning("call %s: re-INVITE refused: %s", call.call_id, error)
             self.ua.reject_modification(call.call_id, error.status, now)
             self._flush()
             return
-        call.sdp.origin = origin
-        call.sdp.local_body = body
+        plan = negotiated.plan
         call.stream.apply_plan(plan)
         log.info("call %s: session modified (%s, send_audio=%s)", call.call_id, plan.codec.name, plan.send_audio)
-        self.ua.answer_modification(call.call_id, body, now)
+        self.ua.answer_modification(call.call_id, negotiated.body, now)
         self._flush()
-
-    def _apply_answer(self, call: Call, answer_body: bytes) -> None:
-        try:
-            answer = sdp.parse_sdp_untrusted(answer_body)
-            plan = sdp.apply_answer(answer)
-        except sdp.SdpError as error:
-            log.warning("call %s: unusable SDP answer in ACK: %s; hanging up", call.call_id, error)
-            self.hangup_call(call)
-            return
-        call.sdp.pending_offer = None
-        call.stream.apply_plan(plan)
 
     def answer_call(self, call: Call) -> None:
         """Send the 200 OK and the stream's first frame in the same step."""
         if call.answered_at is not None or call.ended_at is not None:
             return
         now = trio.current_time()
-        body = call.sdp.local_body
-        if call.sdp.offered_without_sdp:
-            call.sdp.pending_offer = body
-        self.ua.answer(call.call_id, body, now)
+        self.ua.answer(call.call_id, call.media.local_body, now)
         self._flush()
         now = trio.current_time()
         call.answered_at = now
@@ -423,110 +396,41 @@ class EkoServer:
 
     async def _run_call(self, call: Call) -> None:
         with call_context(call.call_id):  # every log line of the call's tasks carries its Call-ID
-            await self._run_call_in_context(call)
+            try:
+                await call.run()
+            finally:
+                self._release(call)
 
-    async def _run_call_in_context(self, call: Call) -> None:
+    def _release(self, call: Call) -> None:
+        """The call's nursery is over: give back its sockets and ports, count and report it."""
         stream = call.stream
-        try:
-            async with trio.open_nursery() as nursery:
-                call.cancel_scope = nursery.cancel_scope
-                call.nursery = nursery
-                if call.ended_at is not None:
-                    nursery.cancel_scope.cancel()
-                nursery.start_soon(call.lookup.run)  # first: the greeting may depend on it
-                nursery.start_soon(self._answer_deadline, call)
-                nursery.start_soon(self._watchdog, call)
-                nursery.start_soon(self._rtcp_task, call)
-                nursery.start_soon(self._script_task, call)
-        finally:
-            stream.close()
-            # Break the call <-> stream <-> nursery cycles so refcounting frees the call at
-            # once: otherwise it waits for a full (gen 2) collection, a pause that grows with
-            # the number of live calls and shows up as jitter on every other call.
-            stream.on_dtmf = None
-            call.nursery = call.cancel_scope = None
-            self.hub.unregister(stream.pair.rtp)
-            self.hub.unregister(stream.pair.rtcp)
-            self.ports.release(stream.pair)
-            self.calls.pop(call.call_id, None)
-            now = trio.current_time()
-            if call.ended_at is None:
-                call.ended_at = now
-            outcome = call.end_reason or "unknown"
-            self.counters.calls_by_outcome[outcome] = self.counters.calls_by_outcome.get(outcome, 0) + 1
-            self._calls_changed()
-            if self.metrics is not None:
-                self.metrics.active_calls.dec()
-                self.metrics.call_ended(outcome)
-            duration = (call.ended_at - (call.answered_at or call.invite_time)) * 1000
-            usage = f"; {call.tts_usage.summary()}" if call.tts_usage is not None else ""
-            quality = stream.quality.quality()
-            if self.metrics is not None:
-                self.metrics.call_quality(quality)
-            log.info("call %s: ended (%s) after %.0f ms; %s%s", call.call_id, outcome, duration, quality.summary(),
-                     usage)
-            if self.crm is not None:
-                # A notification: queued without waiting, so teardown is never delayed by the CRM.
-                self.crm.log_call(
-                    CallLog(
-                        call_id=call.call_id,
-                        phone=call.caller_number,
-                        greeting=tuple(call.greeting),
-                        duration_ms=max(0, int(duration)),
-                        outcome=outcome,
-                        **_measured(quality),
-                    )
+        self.hub.unregister(stream.pair.rtp)
+        self.hub.unregister(stream.pair.rtcp)
+        self.ports.release(stream.pair)
+        self.calls.pop(call.call_id, None)
+        outcome = call.end_reason or "unknown"
+        self.counters.calls_by_outcome[outcome] = self.counters.calls_by_outcome.get(outcome, 0) + 1
+        self._calls_changed()
+        duration = (call.ended_at - (call.answered_at or call.invite_time)) * 1000
+        usage = f"; {call.tts_usage.summary()}" if call.tts_usage is not None else ""
+        quality = stream.quality.quality()
+        if self.metrics is not None:
+            self.metrics.active_calls.dec()
+            self.metrics.call_ended(outcome)
+            self.metrics.call_quality(quality)
+        log.info("call %s: ended (%s) after %.0f ms; %s%s", call.call_id, outcome, duration, quality.summary(), usage)
+        if self.crm is not None:
+            # A notification: queued without waiting, so teardown is never delayed by the CRM.
+            self.crm.log_call(
+                CallLog(
+                    call_id=call.call_id,
+                    phone=call.caller_number,
+                    greeting=tuple(call.greeting),
+                    duration_ms=max(0, int(duration)),
+                    outcome=outcome,
+                    **_measured(quality),
                 )
-
-    async def _script_task(self, call: Call) -> None:
-        try:
-            await call.script(call)
-        except CallHungUp:
-            pass  # the script spoke after the caller had gone (reading the last digits): normal
-        except Exception:
-            log.exception("call %s: the call script failed; hanging up", call.call_id)
-        self.hangup_call(call)
-        call.end("local_hangup", trio.current_time(), wait_for_digits=False)  # the script is done
-
-    async def _answer_deadline(self, call: Call) -> None:
-        await trio.sleep_until(call.invite_time + self.config["sip.answer_timeout"])
-        if call.answered_at is None:
-            self.answer_call(call)
-
-    async def _watchdog(self, call: Call) -> None:
-        """BYE after ``rtp_timeout`` without inbound RTP, or at the maximum duration.
-
-        The inactivity clock starts at the ACK: before it the SIP core's own timer
-        (no ACK after 64·T1) is what ends a call that never got established.
-        """
-        timeout = self.config["media.rtp_timeout"]
-        deadline_total = call.invite_time + self.config["media.max_call_duration"]
-        with trio.move_on_at(deadline_total):
-            await call.confirmed.wait()
-        confirmed_at = trio.current_time()
-        while True:
-            last = call.stream.last_inbound or confirmed_at
-            wake = min(last + timeout, deadline_total)
-            await trio.sleep_until(wake)
-            now = trio.current_time()
-            if now >= deadline_total:
-                log.info("call %s: maximum duration reached; hanging up", call.call_id)
-                self.hangup_call(call)
-                call.end_reason = "max_duration"
-                return
-            last = call.stream.last_inbound or confirmed_at
-            if now - last >= timeout:
-                log.info("call %s: no RTP for %.0f s; hanging up", call.call_id, now - last)
-                self.hangup_call(call)
-                call.end_reason = "rtp_timeout"
-                return
-
-    async def _rtcp_task(self, call: Call) -> None:
-        await call.answered.wait()
-        await trio.sleep(RTCP_FIRST_REPORT)
-        while True:
-            call.stream.send_rtcp(trio.current_time(), time.time())
-            await trio.sleep(RTCP_INTERVAL * (0.5 + secrets.randbelow(1000) / 1000))
+            )
 
 
 def _measured(quality) -> dict:
@@ -545,16 +449,3 @@ def _where(source) -> str:
 
 def _reason(error: Exception) -> str:
     return str(error).splitlines()[0][:120]
-
-
-def _no_media_plan() -> sdp.MediaPlan:
-    """Before the ACK brings the answer to our offer: nowhere to send yet."""
-    return sdp.MediaPlan(
-        codec=sdp.Codec(name="PCMU", payload_type=0),
-        telephone_event_payload_type=None,
-        remote_rtp=None,
-        remote_rtcp=None,
-        rtcp_mux=False,
-        send_audio=False,
-        receive_audio=True,
-    )

@@ -13,6 +13,7 @@ A connection that sends an unframeable stream is closed; nothing else is affecte
 from __future__ import annotations
 
 import errno
+import ipaddress
 import itertools
 import logging
 import socket
@@ -31,6 +32,18 @@ UDP_BURST = 64  # datagrams handled before yielding to other tasks...
 STEP_BUDGET = 0.0003  # ...or fewer: yield once a step has run this long, so the frame clock is never held up
 
 Deliver = Callable[[bytes, tuple, str, object], None]
+
+
+RESOLVE_TIMEOUT = 5.0  # s for a name in a Contact or Route to resolve
+MAX_PENDING_RESOLUTIONS = 64  # names being resolved at once; beyond, messages are dropped
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class TcpConnection:
@@ -63,6 +76,8 @@ class SipTransport:
         self._nursery: trio.Nursery | None = None
         self.bound: dict[str, tuple] = {}
         self.udp_dropped = 0
+        self.resolving = 0  # names being resolved now
+        self.resolution_failures = 0
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -167,8 +182,41 @@ class SipTransport:
 
     # -- sending -------------------------------------------------------------------
 
+    def _resolve_then_send(self, data: bytes, destination: tuple, transport: str) -> None:
+        if self._nursery is None or self.resolving >= MAX_PENDING_RESOLUTIONS:
+            self.resolution_failures += 1
+            log.warning("SIP to %s:%s: %d names already being resolved; message dropped", *destination[:2],
+                        self.resolving)
+            return
+        self.resolving += 1
+        self._nursery.start_soon(self._resolve_and_send, data, destination, transport)
+
+    async def _resolve_and_send(self, data: bytes, destination: tuple, transport: str) -> None:
+        host, port = destination[0], destination[1]
+        family = self.udp.family if self.udp is not None else 0
+        try:
+            with trio.fail_after(RESOLVE_TIMEOUT):
+                found = await trio.socket.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+        except (OSError, trio.TooSlowError) as error:
+            self.resolution_failures += 1
+            log.warning("SIP to %s:%s: cannot resolve the name (%s); message dropped", host, port,
+                        error if str(error) else "timed out")
+            return
+        finally:
+            self.resolving -= 1
+        self.send(data, found[0][4][:2], transport, None)
+
     def send(self, data: bytes, destination: tuple, transport: str, connection: object | None) -> None:
-        """Send one message; never blocks, never raises for network trouble."""
+        """Send one message; never blocks, never raises for network trouble.
+
+        A destination given by name (a Contact or Route of the caller's) is resolved
+        with trio's resolver in a task of its own (a worker thread, bounded in time
+        and in number), never by ``sendto`` on the event loop, where a slow DNS
+        server would stop every call's frames.
+        """
+        if transport != "tcp" and not _is_ip_address(destination[0]):
+            self._resolve_then_send(data, tuple(destination), transport)
+            return
         if transport == "tcp":
             target = connection if isinstance(connection, TcpConnection) else self._by_peer.get(tuple(destination))
             if target is not None and target.id in self.connections:

@@ -1,0 +1,45 @@
+"""The digits a caller presses, on their way from the media or SIP side to the script.
+
+Made before the call's media stream (which delivers RFC 4733 digits into it) and
+given to both the stream and the :class:`~eko_rtp.call.call.Call`, so neither needs
+the other to exist first. Bounded: a script that does not read digits loses the
+newest ones, counted and logged, and never blocks the receive path.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+log = logging.getLogger("eko_rtp.call")
+
+CAPACITY = 32  # more than any number a script asks for
+
+
+class DigitQueue:
+    """A bounded queue of pressed keys; ``receive`` is the script's end."""
+
+    def __init__(self, *, call_id: str, capacity: int = CAPACITY):
+        self.call_id = call_id
+        self._send, self.receive = trio.open_memory_channel[str](capacity)
+        self.dropped = 0
+
+    def deliver(self, digit: str) -> None:
+        """A key was pressed (from the receive hub or a SIP INFO): never blocks."""
+        try:
+            self._send.send_nowait(digit)
+        except trio.WouldBlock:
+            self.dropped += 1
+            log.warning("call %s: DTMF digit %r dropped (script is not reading digits)", self.call_id, digit)
+        except trio.ClosedResourceError:
+            pass  # the call has ended: a key pressed after the BYE is nobody's
+
+    @property
+    def pending(self) -> int:
+        """Digits delivered and not read yet."""
+        return self.receive.statistics().current_buffer_used
+
+    def close(self) -> None:
+        """No more digits: the script's ``async for`` ends after those already queued."""
+        self._send.close()

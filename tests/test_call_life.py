@@ -1,0 +1,219 @@
+"""A call's own nursery and its timers, in process on trio's mock clock.
+
+``Call.run`` is driven with fakes for what it is given (its stream plays frames on
+a 20 ms schedule of the mock clock; its line records what the call asked of the
+server), so the answer deadline, the inactivity and duration watchdog, the RTCP
+schedule, the end of a call with digits still unread and Eko's 8 s wait for a key
+are checked at their exact times, without a server process or real time.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from eko_rtp.call import eko_script
+from eko_rtp.call.call import Call, CallLine, CallTimers
+from eko_rtp.call.digits import DigitQueue
+from eko_rtp.crm.records import CallerRecord, Ticket
+from eko_rtp.media.playout import PlayoutQueue
+
+FRAME = 0.020
+TIMERS = CallTimers(answer_timeout=2.0, rtp_timeout=10.0, max_duration=60.0)
+
+
+@pytest.fixture
+def autojump_clock():
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+@attrs.frozen
+class Phrase:
+    audio: bytes
+
+
+class PlayingStream:
+    """Stands in for the media stream: plays its queue a frame every 20 ms once started."""
+
+    def __init__(self) -> None:
+        self.queue = PlayoutQueue(b"\xff" * 160)
+        self.last_inbound: float | None = None
+        self.closed = False
+        self.reports: list[float] = []
+        self.started = trio.Event()
+
+    async def play(self) -> None:
+        await self.started.wait()
+        t0 = trio.current_time()
+        index = 0
+        while not self.closed:
+            self.queue.next_frame()
+            index += 1
+            await trio.sleep_until(t0 + index * FRAME)
+
+    def send_rtcp(self, now: float, unix_now: float) -> None:
+        self.reports.append(now)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class NoLookup:
+    def __init__(self, record=None) -> None:
+        self.record = record
+
+    async def run(self) -> None:
+        pass
+
+    async def wait(self):
+        return self.record
+
+
+class RecordingLine:
+    """The server side of the call's line: notes what was asked and when."""
+
+    def __init__(self, stream: PlayingStream) -> None:
+        self.asked: list[tuple[str, float]] = []
+        self.stream = stream
+        self.line = CallLine(answer=self._answer, hang_up=self._hang_up)
+
+    def _answer(self, call: Call) -> None:
+        self.asked.append(("answer", trio.current_time()))
+        call.answered_at = trio.current_time()
+        call.answered.set()
+        self.stream.started.set()
+
+    def _hang_up(self, call: Call) -> None:
+        if call.ended_at is None:
+            self.asked.append(("hang_up", trio.current_time()))
+            call.end("local_hangup", trio.current_time())
+
+
+def make_call(script, *, record=None, phrases=None, timers=TIMERS):
+    stream = PlayingStream()
+    line = RecordingLine(stream)
+    digits = DigitQueue(call_id="c1")
+    call = Call(call_id="c1", caller=None, caller_number=None, stream=stream, media=None, digits=digits,
+                lookup=NoLookup(record), line=line.line, timers=timers, cache=phrases or {}, script=script,
+                invite_time=trio.current_time(), source=("127.0.0.1", 5060))
+    return call, stream, line, digits
+
+
+async def run_call(call: Call, stream: PlayingStream) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.play)
+        await call.run()
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_unanswered_call_is_answered_at_the_answer_timeout_and_ends_with_no_rtp(autojump_clock):
+    async def waits(call):
+        await trio.sleep_forever()
+
+    call, stream, line, _ = make_call(waits)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_call, call, stream)
+        await trio.sleep(3.0)
+        call.confirmed.set()  # the ACK at 3 s; no RTP ever comes
+    assert line.asked == [("answer", 2.0), ("hang_up", 13.0)]
+    assert call.end_reason == "rtp_timeout" and stream.closed
+
+
+async def test_inbound_rtp_keeps_the_call_up_until_the_maximum_duration(autojump_clock):
+    async def waits(call):
+        await call.answer()
+        await trio.sleep_forever()
+
+    call, stream, line, _ = make_call(waits, timers=attrs.evolve(TIMERS, max_duration=30.0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_call, call, stream)
+        call.confirmed.set()
+        for _ in range(40):
+            await trio.sleep(1.0)
+            stream.last_inbound = trio.current_time()
+    assert line.asked == [("answer", 0.0), ("hang_up", 30.0)] and call.end_reason == "max_duration"
+
+
+async def test_rtcp_reports_start_half_an_interval_after_the_answer(autojump_clock):
+    async def talks(call):
+        await call.answer()
+        await trio.sleep(20.0)
+
+    call, stream, _, _ = make_call(talks)
+    await run_call(call, stream)
+    assert stream.reports[0] == 2.5
+    gaps = [later - earlier for earlier, later in zip(stream.reports, stream.reports[1:])]
+    assert gaps and all(2.5 <= gap <= 7.5 for gap in gaps)  # RFC 3550 §6.3.1: 0.5-1.5 x 5 s
+
+
+async def test_digits_pressed_before_the_bye_reach_the_script_then_the_stream_of_digits_ends(autojump_clock):
+    seen = []
+
+    async def reads_slowly(call):
+        await call.answer()
+        async for digit in call.dtmf:
+            seen.append((digit, trio.current_time()))
+            await trio.sleep(0.1)  # the script is busy with each digit
+        seen.append(("end", trio.current_time()))
+
+    call, stream, _, digits = make_call(reads_slowly)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_call, call, stream)
+        await trio.sleep(1.0)
+        for digit in "123":
+            digits.deliver(digit)
+        call.end("remote_bye", trio.current_time())  # the BYE right behind them
+    assert [(digit, round(at, 6)) for digit, at in seen] == [("1", 1.0), ("2", 1.1), ("3", 1.2), ("end", 1.3)]
+    assert call.ended_at == 1.0 and call.end_reason == "remote_bye" and stream.closed
+    digits.deliver("4")  # after the end: nobody's, and no error
+    assert digits.dropped == 0
+
+
+async def test_a_script_that_ignores_digits_does_not_hold_the_call_past_the_grace(autojump_clock):
+    async def ignores(call):
+        await call.answer()
+        await trio.sleep_forever()
+
+    call, stream, _, digits = make_call(ignores)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_call, call, stream)
+        await trio.sleep(1.0)
+        digits.deliver("9")
+        call.end("remote_bye", trio.current_time())
+        assert stream.closed  # no more audio at once; only the script's tasks get the grace
+    assert trio.current_time() == pytest.approx(1.5)  # DIGIT_GRACE after the BYE
+
+
+def phrases() -> dict:
+    # Each phrase lasts a whole number of frames so the expected times are exact.
+    lengths = {"returning_client_pending_internet": 100, "clarify_yes_no": 50, "goodbye": 25,
+               "ticket_transfer_ok": 40, "error": 10}
+    return {key: Phrase(audio=b"\x7f" * 160 * frames) for key, frames in lengths.items()}
+
+
+PENDING = CallerRecord(client_id="c-1", open_tickets=(Ticket(
+    id="t1", problem_type="internet", status="open",
+    opened_at=datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)),))
+
+
+async def test_eko_waits_8_s_for_a_key_twice_then_says_goodbye(autojump_clock):
+    call, stream, line, _ = make_call(eko_script.run, record=PENDING, phrases=phrases())
+    await run_call(call, stream)
+    # greeting 2 s, 8 s wait, clarify 1 s, 8 s wait, goodbye 0.5 s, then BYE. A phrase is
+    # done when its last frame leaves and the next starts at a frame slot; trio runs
+    # tasks due at the same instant in a random order, so each boundary may move a frame.
+    assert line.asked == [("answer", 0.0), ("hang_up", pytest.approx(19.5, abs=3 * FRAME))]
+    assert call.greeting == ("returning_client_pending_internet",)
+
+
+async def test_eko_takes_a_1_within_the_wait_and_hangs_up_after_the_transfer_phrase(autojump_clock):
+    call, stream, line, digits = make_call(eko_script.run, record=PENDING, phrases=phrases())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_call, call, stream)
+        await trio.sleep(5.0)  # 3 s into the wait
+        digits.deliver("1")
+    assert line.asked == [("answer", 0.0), ("hang_up", pytest.approx(5.8, abs=3 * FRAME))]
