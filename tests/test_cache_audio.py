@@ -7,8 +7,9 @@ import array
 import pytest
 
 from eko_rtp.cache.audio import (
-    FRAME_BYTES, LeadingSilenceTrimmer, Linear16ToUlawStream, finish_ulaw, first_audible_index, pad_to_frames,
+    LeadingSilenceTrimmer, Linear16ToUlawStream, finish_ulaw, first_audible_index, pad_to_frames,
 )
+from eko_rtp.codec.frame import FRAME_BYTES
 from eko_rtp.codec.g711 import linear16_to_ulaw
 
 QUIET = 0xFF  # µ-law 0

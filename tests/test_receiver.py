@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from eko_rtp.media.clock import FrameClock
-from eko_rtp.media.receiver import ReceiveHub
+from eko_rtp.media.receiver import DrainPolicy, ReceiveHub
 
 
 @contextlib.contextmanager
@@ -36,7 +36,7 @@ class TickGate:
     streams = 0  # no calls up: the hub waits for datagrams, not for ticks
 
     def __init__(self) -> None:
-        self.next_tick_perf = math.inf
+        self.next_tick = math.inf
         self.waits = 0
         self.tick = trio.Event()
 
@@ -57,7 +57,7 @@ async def serve_until(hub: ReceiveHub, got: list, count: int, send=lambda: None)
 
 
 async def test_every_datagram_reaches_its_handler_with_its_source():
-    hub = ReceiveHub(nap=0.001)
+    hub = ReceiveHub(policy=DrainPolicy(nap=0.001))
     sockets = [_bound() for _ in range(3)]
     got = []
     for index, sock in enumerate(sockets):
@@ -82,7 +82,7 @@ async def test_every_datagram_reaches_its_handler_with_its_source():
 
 async def test_the_hub_steps_aside_when_a_tick_is_due_and_goes_on_after_it():
     gate = TickGate()
-    hub = ReceiveHub(nap=0.001, clock=gate)
+    hub = ReceiveHub(policy=DrainPolicy(nap=0.001), clock=gate)
     sockets = [_bound() for _ in range(4)]
     got = []
     for sock in sockets:
@@ -91,7 +91,7 @@ async def test_the_hub_steps_aside_when_a_tick_is_due_and_goes_on_after_it():
     with closing_all(hub, *sockets, sender):
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.run)
-            gate.next_tick_perf = time.perf_counter() - 1  # a tick is due from now on
+            gate.next_tick = trio.current_time() - 1  # a tick is due from now on
             for sock in sockets:
                 sender.sendto(b"x", sock.getsockname())
             with trio.fail_after(5):
@@ -99,7 +99,7 @@ async def test_the_hub_steps_aside_when_a_tick_is_due_and_goes_on_after_it():
                     await trio.sleep(0.001)
             await trio.sleep(0.02)
             assert len(got) == 1  # one datagram, then it waited for the tick
-            gate.next_tick_perf = math.inf
+            gate.next_tick = math.inf
             gate.tick.set()  # the tick went by
             with trio.fail_after(5):
                 while len(got) < 4:
@@ -109,7 +109,7 @@ async def test_the_hub_steps_aside_when_a_tick_is_due_and_goes_on_after_it():
 
 
 async def test_a_handler_error_is_counted_and_the_hub_goes_on():
-    hub = ReceiveHub(nap=0.001)
+    hub = ReceiveHub(policy=DrainPolicy(nap=0.001))
     bad, good = _bound(), _bound()
     got = []
 
@@ -145,12 +145,6 @@ class TickRecorder:
         return self.next_due + 0.020 if self.frames > 0 else None
 
 
-# Stepping aside compares real perf_counter() time with the clock's next tick; under the
-# mock clock that comparison depends on how fast the machine runs the test, so these
-# tests switch it off (the TickGate test above covers it).
-NO_STEP_ASIDE = -math.inf
-
-
 @pytest.fixture
 def autojump_clock():
     return trio.testing.MockClock(autojump_threshold=0)
@@ -158,7 +152,7 @@ def autojump_clock():
 
 async def test_with_calls_up_the_hub_drains_right_after_clock_ticks_a_nap_apart(autojump_clock):
     frame_clock = FrameClock()
-    hub = ReceiveHub(nap=0.010, clock=frame_clock, tick_margin=NO_STEP_ASIDE)
+    hub = ReceiveHub(policy=DrainPolicy(nap=0.010), clock=frame_clock)
     stream = TickRecorder(first_due=0.0105, frames=10)  # slots at 11, 31, 51 ... 191 ms
     sock, sender = _bound(), _bound()
     handled: list[tuple[bytes, float]] = []
@@ -187,7 +181,7 @@ async def test_with_calls_up_the_hub_drains_right_after_clock_ticks_a_nap_apart(
 
 async def test_a_riding_drain_empties_each_socket_round_robin(autojump_clock):
     frame_clock = FrameClock()
-    hub = ReceiveHub(nap=0.010, clock=frame_clock, tick_margin=NO_STEP_ASIDE)
+    hub = ReceiveHub(policy=DrainPolicy(nap=0.010), clock=frame_clock)
     stream = TickRecorder(first_due=0.0105, frames=5)
     first, second, sender = _bound(), _bound(), _bound()
     got = []
@@ -210,7 +204,7 @@ async def test_a_riding_drain_empties_each_socket_round_robin(autojump_clock):
 
 
 async def test_without_calls_a_drain_empties_every_socket():
-    hub = ReceiveHub(nap=0.005)
+    hub = ReceiveHub(policy=DrainPolicy(nap=0.005))
     sock, sender = _bound(), _bound()
     got = []
     hub.register(sock, lambda data, address, now, arrival: got.append(now))
@@ -220,7 +214,7 @@ async def test_without_calls_a_drain_empties_every_socket():
 
 
 async def test_a_socket_still_full_after_every_round_is_counted_as_a_backlog():
-    hub = ReceiveHub(nap=0.005, max_rounds=4)
+    hub = ReceiveHub(policy=DrainPolicy(nap=0.005), max_rounds=4)
     flooded, quiet, sender = _bound(), _bound(), _bound()
     got = []
     backlogs = []
@@ -237,7 +231,7 @@ async def test_a_socket_still_full_after_every_round_is_counted_as_a_backlog():
 
 
 async def test_arrival_is_the_kernel_time_the_datagram_came_not_the_drain_time():
-    hub = ReceiveHub(nap=0.005)
+    hub = ReceiveHub(policy=DrainPolicy(nap=0.005))
     sock, sender = _bound(), _bound()
     got = []
     hub.register(sock, lambda data, address, now, arrival: got.append(arrival))
@@ -269,3 +263,28 @@ def test_drain_socket_hands_over_what_waits_in_order_now():
 
 async def _drain_now(hub, sock):
     return hub.drain_socket(sock)
+
+
+@pytest.mark.parametrize(
+    ("streams", "rides"),
+    [(0, False), (1, True), (64, True), (65, False), (1000, False)],
+)
+def test_the_hub_rides_the_clock_only_with_a_few_calls_up(streams, rides):
+    assert DrainPolicy().rides(streams) is rides
+
+
+def test_a_ride_starts_a_nap_after_the_last_drain():
+    assert DrainPolicy(nap=0.010).next_ride(1.000) == pytest.approx(1.010)
+    assert DrainPolicy(ride_limit=0).rides(1) is False  # riding off
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [({"nap": 0}, "nap must be within (0, 0.020] s (a frame), not 0"),
+     ({"nap": 0.05}, "nap must be within (0, 0.020] s (a frame), not 0.05"),
+     ({"ride_limit": -1}, "ride_limit must not be negative, not -1")],
+)
+def test_bad_policies_are_refused(fields, message):
+    with pytest.raises(ValueError) as caught:
+        DrainPolicy(**fields)
+    assert str(caught.value) == message

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eko_rtp.tts.framer import FRAME_BYTES, FrameAssembler
+from eko_rtp.codec.frame import FRAME_BYTES
+from eko_rtp.tts.framer import FrameAssembler
 
 AUDIO = bytes(range(256)) * 3  # 768 bytes: 4 whole frames + 128
 

@@ -15,12 +15,10 @@ steps as the cache build; feeding a buffer whole or in pieces gives the same byt
 
 from __future__ import annotations
 
+from eko_rtp.codec.frame import FRAME_BYTES, SAMPLE_RATE
 from eko_rtp.codec.g711 import ULAW_SILENCE, linear16_to_ulaw, ulaw_decode_sample
 
 __all__ = [
-    "SAMPLE_RATE",
-    "FRAME_BYTES",
-    "FRAME_SECONDS",
     "AUDIBLE_THRESHOLD",
     "PRE_ROLL_SAMPLES",
     "Linear16ToUlawStream",
@@ -31,9 +29,6 @@ __all__ = [
     "duration_of",
 ]
 
-SAMPLE_RATE = 8000
-FRAME_SECONDS = 0.020
-FRAME_BYTES = int(SAMPLE_RATE * FRAME_SECONDS)  # 160: one PCMU packet payload
 AUDIBLE_THRESHOLD = 328  # |sample| >= 328 is -40 dBFS of a 16-bit full scale
 PRE_ROLL_SAMPLES = 40  # 5 ms kept before the first audible sample
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import attrs
 import trio
 
-from eko_rtp.cache.audio import SAMPLE_RATE, Linear16ToUlawStream, finish_ulaw
+from eko_rtp.cache.audio import Linear16ToUlawStream, finish_ulaw
+from eko_rtp.codec.frame import SAMPLE_RATE
 from eko_rtp.cache.backend import RenderError
 from eko_rtp.errors import UserError
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import attrs
 
-from eko_rtp.cache.audio import FRAME_BYTES, duration_of
+from eko_rtp.cache.audio import duration_of
+from eko_rtp.codec.frame import FRAME_BYTES
 from eko_rtp.cache.catalogue import load_catalogue, validate_key
 from eko_rtp.cache.manifest import read_manifest
 from eko_rtp.cache.validation import Problem, ProblemKind, audio_path, audio_problem

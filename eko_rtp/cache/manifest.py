@@ -21,7 +21,8 @@ from pathlib import Path
 import attrs
 
 from eko_rtp.cache.atomic import write_atomic
-from eko_rtp.cache.audio import FRAME_BYTES, duration_of
+from eko_rtp.cache.audio import duration_of
+from eko_rtp.codec.frame import FRAME_BYTES
 
 __all__ = [
     "BACKENDS",

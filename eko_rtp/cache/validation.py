@@ -15,7 +15,7 @@ from pathlib import Path
 
 import attrs
 
-from eko_rtp.cache.audio import FRAME_BYTES
+from eko_rtp.codec.frame import FRAME_BYTES
 from eko_rtp.cache.catalogue import Catalogue
 from eko_rtp.cache.manifest import Manifest, ManifestEntry
 

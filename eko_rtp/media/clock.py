@@ -26,15 +26,15 @@ guarantees it never sleeps past a due slot on purpose.
 from __future__ import annotations
 
 import math
-import time
 from typing import Protocol
 
 import trio
 
+from eko_rtp.codec.frame import FRAME_SECONDS
 from eko_rtp.media.timer import PreciseTimer
 
 SLOT_SECONDS = 0.001
-WHEEL_SLOTS = 20  # one bucket per millisecond of the 20 ms frame period
+WHEEL_SLOTS = round(FRAME_SECONDS / SLOT_SECONDS)  # one bucket per millisecond of the frame period
 MAX_SHIFT_SLOTS = 5  # how far a new stream's schedule may move to a better millisecond
 PERIODIC_MATCH = 1e-6  # s: a periodic expiry this close to the wanted slot is that slot
 PACK_LIMIT = 16  # streams a bucket takes before new ones go elsewhere (a 16-stream tick is ~0.2 ms)
@@ -68,9 +68,9 @@ class FrameClock:
         self._timer = PreciseTimer() if precise else None
         self._ticked: trio.Event | None = None  # made by wait_tick, set by the next tick
         self._ticked_from = -math.inf  # ...at or after this time
-        # When the next tick is due, on time.perf_counter(): the receive hub reads it
-        # to step aside before a tick instead of delaying it (see ReceiveHub).
-        self.next_tick_perf = math.inf
+        # When the next tick is due, on trio's clock (the one time base of the media
+        # path): the receive hub reads it to step aside before a tick (see ReceiveHub).
+        self.next_tick = math.inf
         self.ticks = 0
 
     @property
@@ -175,13 +175,13 @@ class FrameClock:
                 if self._timer is not None and self._timer.armed_at is not None:
                     self._timer.disarm()  # an idle clock takes no periodic wake-ups
                 self._sleeping_until = None
-                self.next_tick_perf = math.inf
+                self.next_tick = math.inf
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
                 continue
             wake_at = wake_slot * slot_seconds
             now = trio.current_time()
-            self.next_tick_perf = wake_at - now + time.perf_counter()
+            self.next_tick = wake_at
             if now < wake_at:
                 self._sleeping_until = wake_slot
                 timer = self._timer
@@ -207,6 +207,11 @@ class FrameClock:
             self._served = current
             for slot in range(first, current + 1):
                 self._serve(slot, now)
+            # The tick just served is no longer the next one: say which is before the
+            # hub (released below) compares its time with it, or it would step aside
+            # for a tick that has already gone.
+            following = self._next_busy_slot() if self._count else None
+            self.next_tick = following * slot_seconds if following is not None else math.inf
             if self._ticked is not None and now >= self._ticked_from:
                 self._release_tick_waiter()
             await trio.lowlevel.checkpoint()

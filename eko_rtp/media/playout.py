@@ -25,7 +25,8 @@ from __future__ import annotations
 import collections
 from typing import Callable
 
-FRAME_BYTES = 160  # 20 ms of 8 kHz G.711
+from eko_rtp.codec.frame import FRAME_BYTES
+
 
 Callback = Callable[[], None]
 

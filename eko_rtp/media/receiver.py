@@ -24,7 +24,8 @@ measure the hub's schedule, not the network. Handlers get both: ``now`` (the tri
 time of the drain step, for timers) and ``arrival`` (the kernel's, for jitter; only
 differences between arrivals mean anything).
 
-While at most ``ride_limit`` (64) calls are up the hub rides the frame clock: it
+The :class:`DrainPolicy` says when to drain. While at most ``ride_limit`` (64)
+calls are up the hub rides the frame clock: it
 waits for the first clock tick at least ``nap`` (10 ms) after its last drain and
 drains then, right behind the tick, so inbound RTP never wakes the process by itself
 (at a few calls a wake-up of the idle vCPU is the costly part of a packet). With
@@ -37,6 +38,8 @@ Two more rules keep the frame clock on time: the hub steps aside when the clock'
 next tick is less than ``tick_margin`` away and waits until that tick has gone
 (inbound packets wait in their socket buffers instead of the tick waiting behind
 them), and a drain yields to the scheduler once a step has run for ``step_budget``.
+Both read trio's clock, the frame clock's time base (so the mock clock drives them
+in tests too).
 The measurements behind these choices are in docs/BENCHMARKS.md.
 """
 
@@ -50,6 +53,7 @@ import struct
 import time
 from typing import Callable
 
+import attrs
 import trio
 
 log = logging.getLogger(__name__)
@@ -73,6 +77,33 @@ _TIMESPEC = struct.Struct("@qq")
 _ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
 
 
+@attrs.frozen(kw_only=True)
+class DrainPolicy:
+    """When the hub drains: right behind the frame clock's ticks, or on its own wake-ups.
+
+    Riding pays while the process sleeps between ticks (a few calls): inbound RTP then
+    costs no wake-up of its own. With more calls the process hardly sleeps, and the
+    hub waits for a datagram and naps instead (see the module's theory).
+    """
+
+    nap: float = 0.010  # s at least between two drains
+    ride_limit: int = RIDE_LIMIT  # most calls up for which the hub rides the ticks
+
+    def __attrs_post_init__(self) -> None:
+        if not 0 < self.nap <= 0.020:
+            raise ValueError(f"nap must be within (0, 0.020] s (a frame), not {self.nap!r}")
+        if self.ride_limit < 0:
+            raise ValueError(f"ride_limit must not be negative, not {self.ride_limit!r}")
+
+    def rides(self, streams: int) -> bool:
+        """Whether to ride the clock with ``streams`` calls in its wheel (none: no ticks to ride)."""
+        return 0 < streams <= self.ride_limit
+
+    def next_ride(self, last_drain: float) -> float:
+        """The time from which a tick may carry the next drain: a nap after the last."""
+        return last_drain + self.nap
+
+
 class _Registration:
     __slots__ = ("sock", "handler", "on_backlog")
 
@@ -85,8 +116,8 @@ class _Registration:
 class ReceiveHub:
     """The epoll set of media sockets and the task that drains it."""
 
-    def __init__(self, *, max_rounds: int = MAX_ROUNDS, step_budget: float = 0.00015, nap: float = 0.010,
-                 clock=None, tick_margin: float = 0.00005, ride_limit: int = RIDE_LIMIT):
+    def __init__(self, *, max_rounds: int = MAX_ROUNDS, step_budget: float = 0.00015,
+                 policy: DrainPolicy = DrainPolicy(), clock=None, tick_margin: float = 0.00005):
         if max_rounds < 1:
             raise ValueError(f"max_rounds must be at least 1, not {max_rounds!r}")
         self._epoll = select.epoll()
@@ -95,8 +126,7 @@ class ReceiveHub:
         self._registrations: dict[int, _Registration] = {}
         self.max_rounds = max_rounds
         self.step_budget = step_budget
-        self.nap = nap
-        self.ride_limit = ride_limit
+        self.policy = policy
         self.datagrams = 0
         self.handler_errors = 0
         self.backlogs = 0  # drains that ended with a socket still holding datagrams
@@ -145,16 +175,16 @@ class ReceiveHub:
         task_status.started()
         epoll = self._epoll
         frame_clock = self._clock
-        nap = self.nap
+        policy = self.policy
         last_drain = -math.inf
         ready: list = []
         while True:
-            riding = frame_clock is not None and 0 < frame_clock.streams <= self.ride_limit
+            riding = frame_clock is not None and policy.rides(frame_clock.streams)
             if riding:
                 # A few calls up: ride the clock's wake-ups. The first tick at least a
                 # nap after the last drain brings the hub along, so inbound RTP costs
                 # no wake-up of its own.
-                await frame_clock.wait_tick(last_drain + nap)
+                await frame_clock.wait_tick(policy.next_ride(last_drain))
                 ready = epoll.poll(0)
             elif not ready:  # nothing came during the nap: sleep until something does
                 await trio.lowlevel.wait_readable(epoll.fileno())
@@ -164,13 +194,15 @@ class ReceiveHub:
                 await self._drain(ready)
             ready = []
             if not riding:
-                await trio.sleep(nap)
+                await trio.sleep(policy.nap)
                 ready = epoll.poll(0)  # usually something is waiting: no second wake-up for it
 
     async def _drain(self, ready: list) -> None:
         """Empty every ready socket, a datagram per socket per round, stepping aside for ticks."""
         registrations = self._registrations
-        clock = time.perf_counter
+        # Trio's own clock, the frame clock's time base (a bound method: cheaper per
+        # datagram than trio.current_time(), and the mock clock in tests).
+        clock = trio.lowlevel.current_clock().current_time
         budget = self.step_budget
         frame_clock = self._clock
         margin = self.tick_margin
@@ -178,8 +210,7 @@ class ReceiveHub:
         receive_one = self._receive_one
         # One trio time per step: inbound RTP needs it only for timers; jitter uses the
         # kernel's arrival time.
-        now = trio.current_time()
-        step_started = clock()
+        now = step_started = clock()
         for _ in range(self.max_rounds):
             for fd, _events in ready:
                 registration = registrations.get(fd)
@@ -187,14 +218,12 @@ class ReceiveHub:
                     continue
                 receive_one(registration, now)
                 elapsed = clock()
-                if frame_clock is not None and elapsed > frame_clock.next_tick_perf - margin:
+                if frame_clock is not None and elapsed > frame_clock.next_tick - margin:
                     await frame_clock.wait_tick()  # step aside: the tick goes first
-                    now = trio.current_time()
-                    step_started = clock()
+                    now = step_started = clock()
                 elif elapsed - step_started > budget:
                     await trio.lowlevel.checkpoint()  # let other due work go first
-                    now = trio.current_time()
-                    step_started = clock()
+                    now = step_started = clock()
             ready = epoll.poll(0)
             if not ready:
                 return

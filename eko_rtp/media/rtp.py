@@ -20,6 +20,7 @@ import struct
 
 import attrs
 
+from eko_rtp.codec.frame import SAMPLES_PER_FRAME
 from eko_rtp.media.rtcp import ReportBlock
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "peek_rtp_untrusted",
     "is_rtcp",
     "HEADER_SIZE",
-    "SAMPLES_PER_FRAME",
 ]
 
 # Fixed header (§5.1); CSRCs and the extension follow only when CC / X say so:
@@ -53,7 +53,6 @@ __all__ = [
 _HEADER = struct.Struct("!BBHII")
 _EXTENSION_HEADER = struct.Struct("!HH")
 HEADER_SIZE = _HEADER.size
-SAMPLES_PER_FRAME = 160  # 20 ms of 8 kHz G.711: also its octets (RFC 3551 §4.5.14)
 
 _VERSION_2 = 0x80
 _PADDING_BIT = 0x20

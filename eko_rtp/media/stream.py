@@ -27,14 +27,14 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+from eko_rtp.codec.frame import FRAME_BYTES, FRAME_SECONDS, SAMPLES_PER_FRAME
 from eko_rtp.codec.g711 import ULAW_TO_ALAW
 from eko_rtp.media.dtmf import DtmfDetector, DtmfError, parse_telephone_event_untrusted
-from eko_rtp.media.playout import FRAME_BYTES, PlayoutQueue
+from eko_rtp.media.playout import PlayoutQueue
 from eko_rtp.media.ports import PortPair
 from eko_rtp.media.quality import QualityMonitor
 from eko_rtp.media.rtcp import RtcpError, build_sender_report, ntp_from_unix
 from eko_rtp.media.rtp import (
-    SAMPLES_PER_FRAME,
     ReceiverStatistics,
     RtpError,
     RtpSender,
@@ -45,7 +45,6 @@ from eko_rtp.media.rtp import (
 
 log = logging.getLogger(__name__)
 
-FRAME_PERIOD = 0.020
 LATE_THRESHOLD = 0.002  # a frame sent more than 2 ms after its due time counts as late
 
 
@@ -143,12 +142,12 @@ class MediaStream:
         """
         if self.closed or self.t0 is None or not self.sending or not self.queue.talkspurt_ready():
             return False
-        previous_due = self.t0 + (self.frame_index - 1) * FRAME_PERIOD
+        previous_due = self.t0 + (self.frame_index - 1) * FRAME_SECONDS
         elapsed = now - previous_due
-        if not 0 <= elapsed < FRAME_PERIOD - 0.001:
+        if not 0 <= elapsed < FRAME_SECONDS - 0.001:
             return False  # the slot is about due anyway (or the clock is behind): keep it
-        self.sender.rewind(SAMPLES_PER_FRAME - int(elapsed / FRAME_PERIOD * SAMPLES_PER_FRAME))
-        self.t0 = now - self.frame_index * FRAME_PERIOD
+        self.sender.rewind(SAMPLES_PER_FRAME - int(elapsed / FRAME_SECONDS * SAMPLES_PER_FRAME))
+        self.t0 = now - self.frame_index * FRAME_SECONDS
         self.next_due = self.send_due(now)
         return True
 
@@ -167,7 +166,7 @@ class MediaStream:
             return None
         t0 = self.t0
         index = self.frame_index
-        due = t0 + index * FRAME_PERIOD
+        due = t0 + index * FRAME_SECONDS
         while due <= now + 1e-9:
             if now - due > LATE_THRESHOLD:
                 self._count_late(now - due)
@@ -187,7 +186,7 @@ class MediaStream:
             else:
                 self.sender.skip(SAMPLES_PER_FRAME)  # held: timestamps keep counting time
             index += 1
-            due = t0 + index * FRAME_PERIOD
+            due = t0 + index * FRAME_SECONDS
         self.frame_index = index
         return due
 
@@ -199,7 +198,7 @@ class MediaStream:
 
     def rtp_timestamp_at(self, now: float) -> int:
         """Our RTP clock at ``now`` (for RTCP SR §6.4.1), from the frame schedule."""
-        elapsed_frames = (now - self.next_due) / FRAME_PERIOD
+        elapsed_frames = (now - self.next_due) / FRAME_SECONDS
         return (self.sender.next_timestamp + int(elapsed_frames * SAMPLES_PER_FRAME)) & 0xFFFFFFFF
 
     def sender_report(self, now: float, unix_now: float) -> bytes:

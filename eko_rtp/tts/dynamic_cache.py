@@ -38,7 +38,7 @@ from pathlib import Path
 import attrs
 
 from eko_rtp.cache.atomic import remove_stale_temporaries, write_atomic
-from eko_rtp.tts.framer import FRAME_BYTES
+from eko_rtp.codec.frame import FRAME_BYTES
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ frame with µ-law silence. No I/O here.
 
 from __future__ import annotations
 
-from eko_rtp.cache.audio import FRAME_BYTES  # 160: 20 ms of 8 kHz µ-law
+from eko_rtp.codec.frame import FRAME_BYTES
 from eko_rtp.codec.g711 import ULAW_SILENCE
 
 __all__ = ["FRAME_BYTES", "FrameAssembler"]
