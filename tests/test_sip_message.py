@@ -9,7 +9,7 @@ import pytest
 from hypothesis import strategies as st
 
 from eko_rtp.sip.errors import SipParseError
-from eko_rtp.sip.headers import parse_cseq, parse_name_addr, parse_session_expires, parse_via_list
+from eko_rtp.sip.headers import CSeq, parse_cseq, parse_name_addr, parse_session_expires, parse_via_list
 from eko_rtp.sip.message import Headers, Request, Response, parse_message_untrusted
 from eko_rtp.sip.uri import parse_uri
 
@@ -221,3 +221,51 @@ def test_mutated_invites_only_raise_sip_parse_error(data):
     except SipParseError:
         return
     assert parse(bytes(message)) == message
+
+
+def test_addressing_headers_are_parsed_once_into_typed_fields():
+    request = parse(fixture("valid_whitespace_folding"))
+    headers = request.headers
+    assert request.vias == tuple(parse_via_list(headers.get_all("Via")))
+    assert [(v.transport, v.host, v.branch) for v in request.vias][0] == ("UDP", "192.0.2.2", "z9hG4bKkdjuw")
+    assert request.from_ == parse_name_addr(headers.get("From"), "From") and request.from_.tag == "98asjd8"
+    assert request.to == parse_name_addr(headers.get("To"), "To") and request.to.tag is None
+    assert (request.call_id, request.cseq) == ("wsinv.ndaksdj@192.0.2.1", CSeq(number=9, method="INVITE"))
+    response = parse(fixture("valid_response_multiple_via"))
+    assert [via.branch for via in response.vias] == ["z9hG4bK-top", "z9hG4bK-second"]
+    assert (response.from_.tag, response.to.tag, response.call_id, response.cseq) == (
+        "ours", "theirs", "resp-1", CSeq(number=2, method="BYE"))
+    # Derived from the headers, the typed fields take no part in equality: a round trip still compares equal.
+    assert parse(bytes(response)) == response
+
+
+def test_messages_built_here_have_no_typed_fields():
+    request = Request(method="OPTIONS", uri="sip:a@b", headers=Headers([("Call-ID", "x")]))
+    assert (request.vias, request.from_, request.to, request.call_id, request.cseq) == ((), None, None, None, None)
+
+
+OPTIONS = ("OPTIONS sip:eko@example.net SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK-a\r\n"
+           "From: <sip:a@example.org>;tag=f\r\nTo: <sip:eko@example.net>\r\nCall-ID: c-1\r\nCSeq: 4 OPTIONS\r\n\r\n")
+
+
+@pytest.mark.parametrize("old, new, reason, parsed", [
+    ("To: <sip:eko@example.net>", "To: <sip:eko@example.net", "unclosed <URI> in To",
+     ("z9hG4bK-a", "f", None, "c-1", 4)),
+    ("Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK-a", "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK-a, SIP/2.0/UDP :1",
+     "bad host in Via ':1'", ("z9hG4bK-a", "f", None, "c-1", 4)),
+    ("Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK-a", "Via: ,", "Via header without a value",
+     (None, "f", None, "c-1", 4)),
+    ("CSeq: 4 OPTIONS", "CSeq: four OPTIONS", "bad CSeq 'four OPTIONS'", ("z9hG4bK-a", "f", None, "c-1", None)),
+    ("Call-ID: c-1", "Call-ID: c 1", "bad Call-ID 'c 1'", ("z9hG4bK-a", "f", None, None, 4)),
+    ("SIP/2.0\r\nVia", "SIP/3.0\r\nVia", "SIP version 'SIP/3.0' is not supported", ("z9hG4bK-a", "f", None, "c-1", 4)),
+    ("From: <sip:a@example.org>;tag=f", "From: <sip:a@example.org>;tag=f\r\nFrom: <sip:b@example.org>;tag=g",
+     "several From headers", ("z9hG4bK-a", "f", None, "c-1", 4)),
+])
+def test_a_refused_request_carries_the_typed_fields_that_parsed(old, new, reason, parsed):
+    with pytest.raises(SipParseError) as caught:
+        parse(OPTIONS.replace(old, new, 1).encode())
+    request = caught.value.request
+    assert caught.value.reason == reason
+    assert len(request.vias) == (0 if parsed[0] is None else 1)
+    assert (request.vias[0].branch if request.vias else None, request.from_.tag, request.to and request.to.tag,
+            request.call_id, request.cseq and request.cseq.number) == parsed

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from eko_rtp.sip.call_state import CallStateError
 from eko_rtp.sip.events import (
     CallConfirmed,
     CallEnded,
@@ -20,7 +21,7 @@ from eko_rtp.sip.events import (
 from eko_rtp.sip.headers import parse_name_addr, parse_via
 from eko_rtp.sip.message import Request, Response, parse_message_untrusted
 from eko_rtp.sip.session_timer import SessionTimerSettings
-from eko_rtp.sip.useragent import CallStateError, UserAgent, UserAgentSettings
+from eko_rtp.sip.useragent import UserAgent, UserAgentSettings
 
 SEED = 7
 PEER = ("192.0.2.20", 5070)
@@ -605,3 +606,31 @@ def test_unsupported_request_uri_scheme_is_416():
     h = Harness()
     events = h.send(message("INVITE").replace(b"INVITE sip:eko@192.0.2.10:5060", b"INVITE im:eko@example.net"), 0.0)
     assert [(r.status, r.reason) for r in sent(events)] == [(416, "unsupported URI scheme 'im' in Request-URI")]
+
+
+def test_a_pending_reinvite_gets_487_when_the_session_expires():
+    # §15.1.2: requests still pending when the session ends get a final response.
+    h = confirmed_call(extra="Supported: timer\nSession-Expires: 90")
+    h.send(message("INVITE", branch="z9hG4bK-re1", cseq=2, to_tag=h.tag, body=SDP), 1.0)
+    timeline = h.run_until(60.0)
+    assert [(t, statuses([e])[0] if isinstance(e, Transmit) else e) for t, e in timeline] == [
+        (60.0, 487), (60.0, CallEnded(call_id="call-1", reason=EndReason.SESSION_EXPIRED)), (60.0, "BYE")]
+    assert h.ua.answer_modification("call-1", ANSWER, 60.1) is False
+
+
+def test_timers_overdue_together_fire_in_rfc_order():
+    # Called late, past both the 2xx retransmission and the 64·T1 give-up: only the BYE goes.
+    h = Harness()
+    h.call()
+    h.run_until(31.5)
+    events = h.tick(32.7)
+    assert others(events) == [CallEnded(call_id="call-1", reason=EndReason.NO_ACK)]
+    assert statuses(events) == ["BYE"]
+
+
+def test_a_via_header_without_a_value_is_dropped_silently():
+    h = Harness()
+    events = h.send(message("OPTIONS").replace(b"Via: SIP/2.0/UDP 192.0.2.20:5070;rport;branch=z9hG4bK-inv1",
+                                               b"Via: ,"), 0.0)
+    assert events == [MessageRejected(description="unparseable message: Via header without a value",
+                                      source=PEER, status=None)]

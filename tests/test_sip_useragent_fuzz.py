@@ -7,6 +7,7 @@ import random
 import hypothesis
 from hypothesis import strategies as st
 
+from eko_rtp.sip.call_state import AWAITING_ACK, ESTABLISHED, LIVE
 from eko_rtp.sip.events import IncomingCall, MessageRejected, SessionModified, Transmit
 from eko_rtp.sip.useragent import UserAgent, UserAgentSettings
 
@@ -27,9 +28,18 @@ FLOW = [
     b"To: <sip:c@d>;tag=2\r\nCall-ID: call-1\r\nCSeq: 1 BYE\r\n\r\n",
 ]
 def scanned_deadline(ua: UserAgent) -> float | None:
-    """The earliest deadline by scanning every transaction and call (what the heap must agree with)."""
+    """The earliest deadline by scanning every transaction and call (what the deadline structure must agree with)."""
     deadlines = [tx.next_deadline() for tx in (*ua._server.values(), *ua._client.values())]
-    deadlines += [ua._call_deadline(call) for call in ua._calls.values()]
+    for call in ua._calls.values():
+        # The sub-states of a call exist exactly where its lifecycle state says.
+        assert (call.ack is not None) == (call.state in AWAITING_ACK), call.state
+        assert call.offer is None or call.state in LIVE, call.state
+        if call.ack is not None:
+            deadlines += [call.ack.backoff.due, call.ack.give_up_at]
+        if call.timer is not None and call.state in LIVE:
+            deadlines.append(call.timer.expiry_due(call.refreshed_at))
+            if call.timer.we_refresh and call.refresh is None and call.state in ESTABLISHED:
+                deadlines.append(call.timer.refresh_due(call.refreshed_at))
     present = [deadline for deadline in deadlines if deadline is not None]
     return min(present) if present else None
 

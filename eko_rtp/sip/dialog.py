@@ -1,7 +1,8 @@
 """The dialog a UAS shares with its caller (RFC 3261 §12).
 
 Theory of operation: the 2xx to an initial INVITE creates a dialog identified by the
-Call-ID, our tag (local, the To tag we chose) and the caller's From tag (remote).
+Call-ID, our tag (local, the To tag we chose) and the caller's From tag (remote),
+taken from the typed fields of the parsed INVITE (``message.py``).
 From the INVITE it takes the remote target (the Contact URI) and the route set (the
 Record-Route URIs in order, §12.1.1). Requests we send inside it (BYE, UPDATE,
 re-INVITE) take the next local CSeq and are routed by §12.2.1.1: loose routing puts
@@ -18,7 +19,7 @@ from collections.abc import Iterable
 import attrs
 
 from eko_rtp.sip.errors import SipParseError
-from eko_rtp.sip.headers import NameAddr, Via, parse_cseq, parse_name_addr, parse_name_addr_list
+from eko_rtp.sip.headers import NameAddr, Via, parse_name_addr_list
 from eko_rtp.sip.message import Headers, Request
 from eko_rtp.sip.uri import Uri
 
@@ -41,29 +42,26 @@ class Dialog:
 
     @classmethod
     def from_invite(cls, request: Request, *, local_tag: str, local_cseq: int) -> "Dialog":
-        """The dialog our 2xx to ``request`` establishes (§12.1.1)."""
+        """The dialog our 2xx to the parsed ``request`` establishes (§12.1.1)."""
         headers = request.headers
         contacts = parse_name_addr_list(headers.get_all("Contact"), "Contact")
         if len(contacts) != 1:
             raise SipParseError(400, f"an INVITE needs exactly one Contact, not {len(contacts)}")
-        remote = parse_name_addr(headers.get("From") or "", "From")
-        local = parse_name_addr(headers.get("To") or "", "To")
         return cls(
-            call_id=headers.get("Call-ID") or "",
+            call_id=request.call_id,
             local_tag=local_tag,
-            remote_tag=remote.tag,
-            local_address=attrs.evolve(local, parameters=()).with_tag(local_tag),
-            remote_address=remote,
+            remote_tag=request.from_.tag,
+            local_address=attrs.evolve(request.to, parameters=()).with_tag(local_tag),
+            remote_address=request.from_,
             remote_target=contacts[0].uri,
             route_set=tuple(parse_name_addr_list(headers.get_all("Record-Route"), "Record-Route")),
             local_cseq=local_cseq,
-            remote_cseq=parse_cseq(headers.get("CSeq") or "").number,
+            remote_cseq=request.cseq.number,
         )
 
     def matches(self, request: Request) -> bool:
         """Whether an in-dialog request belongs here: its From tag is the remote tag (§12.2.2)."""
-        remote_tag = parse_name_addr(request.headers.get("From") or "", "From").tag
-        return remote_tag == self.remote_tag
+        return request.from_.tag == self.remote_tag
 
     def refresh_target(self, request: Request) -> None:
         """A target refresh request (re-INVITE, UPDATE) replaces the remote target (§12.2.2)."""

@@ -2,7 +2,9 @@
 
 Theory of operation: :class:`eko_rtp.sip.message.Headers` keeps header values as
 the text that came on the wire; the functions here parse the ones the user agent
-acts on into frozen values, and ``str()`` of each value writes it back. Several
+acts on into frozen values, and ``str()`` of each value writes it back. Via, From,
+To, Call-ID and CSeq are parsed with these by ``message.py`` when the message is
+parsed, once, into its typed fields; the others where they are used. Several
 header kinds may hold a comma-separated list on one line (§7.3.1), so list parsers
 take every line of a header and split on commas that are outside quoted strings and
 angle brackets. Parse failures raise :class:`SipParseError` (400) naming the header.

@@ -3,23 +3,45 @@
 Theory of operation: :func:`parse_message_untrusted` turns one datagram (or one
 framed stream message) into a :class:`Request` or :class:`Response` and can only
 raise :class:`SipParseError`. It unfolds continuation lines (RFC 3261 §7.3.1),
-expands compact header names (§7.3.3), checks the headers every request needs
-(§8.1.1: Via, From, To, Call-ID, CSeq) parse, and frames the body by Content-Length
+expands compact header names (§7.3.3), and frames the body by Content-Length
 (§18.3: over UDP an absent length means "to the end of the datagram", a smaller
-one truncates, a larger one is an error; over TCP the length is required). Header
-values stay as text in :class:`Headers`; ``eko_rtp.sip.headers`` parses those the
-user agent acts on. ``bytes(message)`` serialises with a correct Content-Length.
+one truncates, a larger one is an error; over TCP the length is required).
+
+The five headers that address every message (§8.1.1: Via, From, To, Call-ID,
+CSeq) are parsed here, once, into typed fields of the message (``vias``,
+``from_``, ``to``, ``call_id``, ``cseq``); the transaction, dialog and user agent
+layers read those fields and never parse these headers again. Every header also
+stays as the text that came, in :class:`Headers`, which ``bytes(message)`` writes
+back with a correct Content-Length (so a response copies From, To, Call-ID and
+CSeq as they came, §8.2.6.2); ``eko_rtp.sip.headers`` parses the other headers the
+user agent acts on, where it uses them.
+
+When a message is refused, the :class:`SipParseError` carries the request as far as
+it was read, its typed fields holding those of the five that parsed (the Vias up to
+the first bad one), so that a 400 can still be addressed (§8.2.6). On a message
+built here rather than parsed the typed fields are empty: its headers are ours.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import attrs
 
 from eko_rtp.sip.errors import SipParseError, describe
-from eko_rtp.sip.headers import TOKEN, parse_cseq, parse_max_forwards, parse_name_addr, parse_via_list
+from eko_rtp.sip.headers import (
+    TOKEN,
+    CSeq,
+    NameAddr,
+    Via,
+    parse_cseq,
+    parse_max_forwards,
+    parse_name_addr,
+    parse_via,
+    split_comma_list,
+)
 from eko_rtp.sip.uri import parse_uri
 
 __all__ = [
@@ -62,6 +84,7 @@ REASON_PHRASES = {
 
 _VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
 _VERSION = re.compile(r"SIP/(\d+)\.(\d+)\Z", re.IGNORECASE)
+_CALL_ID = re.compile(r"[!-~]+")
 
 
 def canonical_name(name: str) -> str:
@@ -127,9 +150,29 @@ def _serialise(start_line: str, headers: Headers, body: bytes) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def _parsed(default: object = None) -> Any:
+    # Parsed from the headers, which equality and repr already cover.
+    return attrs.field(default=default, eq=False, repr=False)
+
+
 @attrs.frozen(kw_only=True)
-class Request:
-    """A SIP request; ``uri`` is the Request-URI as text (``eko_rtp.sip.uri.parse_uri`` reads it)."""
+class _Addressed:
+    """The §8.1.1 headers of a message, parsed once (see the module docstring)."""
+
+    vias: tuple[Via, ...] = _parsed(())  # top first
+    from_: NameAddr | None = _parsed()
+    to: NameAddr | None = _parsed()
+    call_id: str | None = _parsed()
+    cseq: CSeq | None = _parsed()
+
+
+@attrs.frozen(kw_only=True)
+class Request(_Addressed):
+    """A SIP request; ``uri`` is the Request-URI as text (``eko_rtp.sip.uri.parse_uri`` reads it).
+
+    ``vias`` (top first), ``from_``, ``to``, ``call_id`` and ``cseq`` are set by
+    :func:`parse_message_untrusted`; see the module docstring.
+    """
 
     method: str = attrs.field(validator=attrs.validators.matches_re(TOKEN))
     uri: str
@@ -145,8 +188,8 @@ class Request:
 
 
 @attrs.frozen(kw_only=True)
-class Response:
-    """A SIP response."""
+class Response(_Addressed):
+    """A SIP response; ``vias``, ``from_``, ``to``, ``call_id`` and ``cseq`` as on :class:`Request`."""
 
     status: int = attrs.field(validator=[attrs.validators.ge(100), attrs.validators.le(699)])
     reason: str = attrs.field(validator=attrs.validators.matches_re(r"[^\r\n]*\Z"))
@@ -245,20 +288,22 @@ def _parse(data: bytes, transport: str, limit: int) -> Request | Response:
     lines = _header_lines(head)
     start_line, lines = lines[0], lines[1:]
     headers, header_error = _parse_fields(lines)
+    addressing, addressing_error = _parse_addressing(headers)
     if start_line.upper().startswith("SIP/"):
         version, _, status_and_reason = start_line.partition(" ")
         status_text, _, reason = status_and_reason.partition(" ")
         _check_version(version, None)
         if not re.fullmatch(r"[1-6][0-9][0-9]", status_text):
             raise SipParseError(400, f"bad status code {describe(status_text)}")
-        message: Request | Response = Response(status=int(status_text), reason=reason, version=version, headers=headers)
+        message: Request | Response = Response(status=int(status_text), reason=reason, version=version,
+                                               headers=headers, **addressing)
         request = None
     else:
         parts = start_line.split()
         if len(parts) != 3 or not TOKEN.match(parts[0]):
             raise SipParseError(400, f"bad Request-Line {describe(start_line)}")
         method, uri, version = parts
-        request = Request(method=method, uri=uri, version=version, headers=headers)
+        request = Request(method=method, uri=uri, version=version, headers=headers, **addressing)
         message = request
         if " ".join(parts) != start_line:
             # RFC 4475 §3.1.2.7: exactly one SP between the elements; answered 400.
@@ -268,7 +313,7 @@ def _parse(data: bytes, transport: str, limit: int) -> Request | Response:
         if header_error is not None:
             raise header_error
         body = _frame_body(headers, rest, transport, len(head_bytes) + 4, limit)
-        _check_required(message)
+        _check_required(message, addressing_error)
     except SipParseError as error:
         raise error.with_request(request) from None
     # The length is the body's: serialising writes it back from len(body), so it is
@@ -296,7 +341,53 @@ def _frame_body(headers: Headers, rest: bytes, transport: str, head_length: int,
     return rest[:length]
 
 
-def _check_required(message: Request | Response) -> None:
+def _parse_call_id(text: str) -> str:
+    if not _CALL_ID.fullmatch(text):
+        raise SipParseError(400, f"bad Call-ID {describe(text)}")
+    return text
+
+
+# (field, header, parser) of the §8.1.1 headers after Via, in the order their faults are reported.
+_ADDRESSING = (
+    ("from_", "From", lambda text: parse_name_addr(text, "From")),
+    ("to", "To", lambda text: parse_name_addr(text, "To")),
+    ("call_id", "Call-ID", _parse_call_id),
+    ("cseq", "CSeq", parse_cseq),
+)
+
+
+def _parse_addressing(headers: Headers) -> tuple[dict[str, Any], SipParseError | None]:
+    """The typed fields of Via, From, To, Call-ID and CSeq, and the first fault among them.
+
+    Each header is parsed (its first line; a repeated one is refused later) even when
+    an earlier one is bad, so that a refused request can still be answered with
+    those that parsed; the Vias stop at the first bad one.
+    """
+    errors: list[SipParseError] = []
+    vias = []
+    for element in split_comma_list(headers.get_all("Via")):
+        try:
+            vias.append(parse_via(element))
+        except SipParseError as error:
+            errors.append(error)
+            break
+    else:
+        if not vias and "Via" in headers:
+            errors.append(SipParseError(400, "Via header without a value"))
+    fields: dict[str, Any] = {"vias": tuple(vias)}
+    for field, name, parse in _ADDRESSING:
+        text = headers.get(name)
+        if text is None:
+            continue
+        try:
+            fields[field] = parse(text)
+        except SipParseError as error:
+            errors.append(error)
+    return fields, errors[0] if errors else None
+
+
+def _check_required(message: Request | Response, addressing_error: SipParseError | None) -> None:
+    """§8.1.1 and the Request-Line, faults reported in a fixed order: missing, repeated, malformed."""
     headers = message.headers
     for name in ("Via", "From", "To", "Call-ID", "CSeq"):
         if name not in headers:
@@ -304,17 +395,13 @@ def _check_required(message: Request | Response) -> None:
     for name in ("From", "To", "Call-ID", "CSeq", "Max-Forwards"):
         if len(headers.get_all(name)) > 1:
             raise SipParseError(400, f"several {name} headers")
-    parse_via_list(headers.get_all("Via"))
-    parse_name_addr(headers.get("From") or "", "From")
-    parse_name_addr(headers.get("To") or "", "To")
-    if not re.fullmatch(r"[!-~]+", headers.get("Call-ID") or ""):
-        raise SipParseError(400, f"bad Call-ID {describe(headers.get('Call-ID') or '')}")
-    cseq = parse_cseq(headers.get("CSeq") or "")
+    if addressing_error is not None:
+        raise addressing_error
     if isinstance(message, Request):
         parse_uri(message.uri, "Request-URI")
         if "Max-Forwards" in headers:
             parse_max_forwards(headers.get("Max-Forwards") or "")
         # §8.2 and RFC 4475 §3.1.2.16: the CSeq method must be the request's (ACK and
         # CANCEL carry the INVITE's number but their own method).
-        if cseq.method != message.method:
-            raise SipParseError(400, f"CSeq method {cseq.method} does not match the request method {message.method}")
+        if message.cseq.method != message.method:
+            raise SipParseError(400, f"CSeq method {message.cseq.method} does not match the request method {message.method}")

@@ -25,7 +25,7 @@ from typing import Any
 
 import attrs
 
-from eko_rtp.sip.headers import MAGIC_COOKIE, parse_cseq, parse_name_addr, parse_via, split_comma_list
+from eko_rtp.sip.headers import MAGIC_COOKIE
 from eko_rtp.sip.message import Request
 
 __all__ = [
@@ -179,16 +179,14 @@ class IllegalTransition(Exception):
 
 
 def server_key(request: Request, method: str | None = None) -> tuple:
-    """§17.2.3 matching key; ACK keys as its INVITE, ``method`` overrides (CANCEL -> INVITE)."""
-    via = parse_via(split_comma_list(request.headers.get_all("Via"))[0])
+    """§17.2.3 matching key of a parsed request; ACK keys as its INVITE, ``method`` overrides (CANCEL -> INVITE)."""
+    via = request.vias[0]
     method = method or ("INVITE" if request.method == "ACK" else request.method)
     branch = via.branch
     if branch and branch.startswith(MAGIC_COOKIE):
         return (branch, via.sent_by, method)
     # RFC 2543 peers: the identifying headers of the request (§17.2.3, second half).
-    cseq = parse_cseq(request.headers.get("CSeq") or "")
-    from_tag = parse_name_addr(request.headers.get("From") or "", "From").tag
-    return ("rfc2543", request.uri, from_tag, request.headers.get("Call-ID"), cseq.number, str(via), method)
+    return ("rfc2543", request.uri, request.from_.tag, request.call_id, request.cseq.number, str(via), method)
 
 
 def client_key(branch: str, method: str) -> tuple[str, str]:
