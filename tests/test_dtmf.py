@@ -14,6 +14,7 @@ from eko_rtp.media.dtmf import (
     parse_dtmf_relay_untrusted,
     parse_info_dtmf_untrusted,
     parse_telephone_event_untrusted,
+    peek_telephone_event_untrusted,
 )
 
 
@@ -199,3 +200,21 @@ def test_info_dtmf_garbage(media_type, body, message):
     with pytest.raises(DtmfError) as caught:
         parse_info_dtmf_untrusted(media_type, body)
     assert str(caught.value) == message
+
+
+def test_peek_telephone_event_reads_in_place():
+    data = b"\x00" * 12 + bytes.fromhex("0B 8A 0320") + b"\x00\x00\x00\x04"
+    assert peek_telephone_event_untrusted(data, 12, 16) == (11, True, 800)
+    with pytest.raises(DtmfError) as caught:
+        peek_telephone_event_untrusted(data, 12, 15)
+    assert str(caught.value) == "telephone-event payload truncated: 3 octets, needs 4"
+
+
+@hypothesis.given(st.lists(st.tuples(st.integers(0, 17), st.booleans(), st.integers(0, 0xFFFF),
+                                     st.integers(0, 5000)), max_size=30))
+def test_feed_fields_is_feed(packets):
+    by_object, by_fields = DtmfDetector(), DtmfDetector()
+    for event, end, duration, timestamp in packets:
+        parsed = TelephoneEvent(event=event, end=end, volume=10, duration=duration)
+        assert by_object.feed(event=parsed, rtp_timestamp=timestamp) == by_fields.feed_fields(
+            event, end, duration, timestamp)

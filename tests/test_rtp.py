@@ -12,7 +12,14 @@ import hypothesis.strategies as st
 import pytest
 
 from eko_rtp.media.rtcp import ReportBlock
-from eko_rtp.media.rtp import ReceiverStatistics, RtpError, RtpSender, is_rtcp, parse_rtp_untrusted
+from eko_rtp.media.rtp import (
+    ReceiverStatistics,
+    RtpError,
+    RtpSender,
+    is_rtcp,
+    parse_rtp_untrusted,
+    payload_bounds_untrusted,
+)
 from eko_rtp.media.sequence import Unwrapper, seq_diff, seq_newer, timestamp_diff, timestamp_newer
 
 
@@ -310,3 +317,52 @@ def test_core_modules_import_neither_trio_nor_socket(module):
             imported.add(node.module.split(".")[0])
     assert not imported & {"trio", "socket", "asyncio", "select"}
     assert imported  # the scan saw this module's imports at all
+
+
+@pytest.mark.parametrize(
+    ("data", "bounds"),
+    [
+        (bytes.fromhex("80 65 0001 000000a0 11223344") + b"\x05\x0a\x00\xa0", (12, 16)),
+        # one CSRC
+        (bytes.fromhex("81 65 0001 000000a0 11223344 55667788") + b"\x05\x0a\x00\xa0", (16, 20)),
+        # X: a one-word RFC 8285 extension block (profile 0xBEDE)
+        (bytes.fromhex("90 65 0001 000000a0 11223344 BEDE0001 10AA0000") + b"\x05\x0a\x00\xa0", (20, 24)),
+        # P: 4 octets of padding, the last one counting them
+        (bytes.fromhex("a0 65 0001 000000a0 11223344") + b"\x05\x0a\x00\xa0" + b"\x00\x00\x00\x04", (12, 16)),
+    ],
+)
+def test_payload_bounds(data, bounds):
+    assert payload_bounds_untrusted(data) == bounds
+    packet = parse_rtp_untrusted(data)
+    assert bytes(packet.payload) == data[bounds[0]:bounds[1]]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x80\x65", "RTP packet truncated: 2 octets, the fixed header needs 12"),
+        (bytes.fromhex("40 65 0001 000000a0 11223344"), "RTP version 1, expected 2"),
+        (bytes.fromhex("90 65 0001 000000a0 11223344 BEDE"),
+         "RTP packet truncated: 14 octets, the header extension starts at 12 and needs 4"),
+        (bytes.fromhex("90 65 0001 000000a0 11223344 BEDE0002 00000000"),
+         "RTP packet truncated: 20 octets, the header extension of 2 words needs 24"),
+        (bytes.fromhex("a0 65 0001 000000a0 11223344 05"), "RTP padding count 5 invalid: 1 octets follow the header"),
+    ],
+)
+def test_payload_bounds_of_bad_packets(data, message):
+    with pytest.raises(RtpError) as caught:
+        payload_bounds_untrusted(data)
+    assert str(caught.value) == message
+
+
+@hypothesis.given(st.binary(max_size=64))
+def test_payload_bounds_agree_with_the_full_parser(data):
+    try:
+        packet = parse_rtp_untrusted(data)
+    except RtpError as error:
+        with pytest.raises(RtpError) as caught:
+            payload_bounds_untrusted(data)
+        assert str(caught.value) == str(error)
+        return
+    start, end = payload_bounds_untrusted(data)
+    assert bytes(packet.payload) == data[start:end]

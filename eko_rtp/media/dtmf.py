@@ -28,6 +28,7 @@ __all__ = [
     "EVENT_DIGITS",
     "digit_for_event",
     "parse_telephone_event_untrusted",
+    "peek_telephone_event_untrusted",
     "parse_dtmf_relay_untrusted",
     "parse_info_dtmf_untrusted",
 ]
@@ -68,6 +69,18 @@ def digit_for_event(event: int) -> str | None:
     return EVENT_DIGITS[event] if 0 <= event < len(EVENT_DIGITS) else None
 
 
+def peek_telephone_event_untrusted(data: bytes | bytearray | memoryview, start: int, end: int) -> tuple[int, bool, int]:
+    """``(event, end bit, duration)`` of the RFC 4733 payload at ``data[start:end]``.
+
+    The receive path's per-packet form of :func:`parse_telephone_event_untrusted`
+    (no slice, no object). Raises only :class:`DtmfError`.
+    """
+    if end - start < _EVENT.size:
+        raise DtmfError(f"telephone-event payload truncated: {max(0, end - start)} octets, needs 4")
+    event, flags, duration = _EVENT.unpack_from(data, start)
+    return event, bool(flags & _END_BIT), duration
+
+
 def parse_telephone_event_untrusted(payload: bytes | bytearray | memoryview) -> TelephoneEvent:
     """Parse an RFC 4733 payload; raises only :class:`DtmfError`.
 
@@ -96,27 +109,33 @@ class DtmfDetector:
 
         ``marker`` is accepted for the record but not relied upon.
         """
+        return self.feed_fields(event.event, event.end, event.duration, rtp_timestamp)
+
+    def feed_fields(self, event: int, end: bool, duration: int, rtp_timestamp: int) -> str | None:
+        """:meth:`feed` on the payload's fields as :func:`peek_telephone_event_untrusted` gives
+        them: the receive path's form, which makes no object per packet."""
         previous = self._timestamp
         if previous is not None:
             delta = timestamp_diff(rtp_timestamp, previous)
             if delta == 0:
                 # Another packet of the current event (update or redundant end).
-                self._ended = self._ended or event.end
-                self._duration = max(self._duration, event.duration)
+                self._ended = self._ended or end
+                if duration > self._duration:
+                    self._duration = duration
                 return None
             if delta < 0:
                 return None  # a late packet of an event already handled
-            if event.event == self._event and not self._ended and delta <= self._duration:
+            if event == self._event and not self._ended and delta <= self._duration:
                 # §2.5.1.3: the next segment of a long event, not a new press.
                 self._timestamp = rtp_timestamp
-                self._duration = event.duration
-                self._ended = event.end
+                self._duration = duration
+                self._ended = end
                 return None
         self._timestamp = rtp_timestamp
-        self._event = event.event
-        self._ended = event.end
-        self._duration = event.duration
-        return digit_for_event(event.event)
+        self._event = event
+        self._ended = end
+        self._duration = duration
+        return digit_for_event(event)
 
 
 _RELAY_SIGNALS = {**{character: character for character in EVENT_DIGITS}, "10": "*", "11": "#"}

@@ -30,6 +30,7 @@ __all__ = [
     "ReceiverStatistics",
     "parse_rtp_untrusted",
     "peek_rtp_untrusted",
+    "payload_bounds_untrusted",
     "is_rtcp",
     "HEADER_SIZE",
 ]
@@ -90,38 +91,16 @@ class RtpPacket:
 def parse_rtp_untrusted(data: bytes | bytearray | memoryview) -> RtpPacket:
     """Parse one RTP datagram, raising only :class:`RtpError` with what was wrong."""
     view = memoryview(data)
-    size = len(view)
-    if size < HEADER_SIZE:
-        raise RtpError(f"RTP packet truncated: {size} octets, the fixed header needs {HEADER_SIZE}")
+    start, end = payload_bounds_untrusted(view)  # every length and the version checked here
     first, second, sequence, timestamp, ssrc = _HEADER.unpack_from(view, 0)
-    version = first >> 6
-    if version != 2:
-        raise RtpError(f"RTP version {version}, expected 2")
     csrc_count = first & _CSRC_COUNT_MASK
-    offset = HEADER_SIZE + 4 * csrc_count
-    if size < offset:
-        raise RtpError(f"RTP packet truncated: {size} octets, a header with {csrc_count} CSRCs needs {offset}")
     csrcs = struct.unpack_from(f"!{csrc_count}I", view, HEADER_SIZE) if csrc_count else ()
     extension_profile = None
     extension = None
     if first & _EXTENSION_BIT:
-        if size < offset + 4:
-            raise RtpError(f"RTP packet truncated: {size} octets, the header extension starts at {offset} and needs 4")
-        extension_profile, extension_words = _EXTENSION_HEADER.unpack_from(view, offset)
-        end = offset + 4 + 4 * extension_words
-        if size < end:
-            raise RtpError(f"RTP packet truncated: {size} octets, the header extension of {extension_words} words needs {end}")
-        extension = bytes(view[offset + 4 : end])
-        offset = end
-    end = size
-    padding = 0
-    if first & _PADDING_BIT:
-        # §5.1: "The last octet of the padding contains a count of how many
-        # padding octets should be ignored, including itself."
-        padding = view[-1]
-        if padding == 0 or padding > size - offset:
-            raise RtpError(f"RTP padding count {padding} invalid: {size - offset} octets follow the header")
-        end = size - padding
+        offset = HEADER_SIZE + 4 * csrc_count
+        extension_profile = _EXTENSION_HEADER.unpack_from(view, offset)[0]
+        extension = bytes(view[offset + 4 : start])
     return RtpPacket(
         marker=bool(second & _MARKER_BIT),
         payload_type=second & _PAYLOAD_TYPE_MASK,
@@ -131,9 +110,46 @@ def parse_rtp_untrusted(data: bytes | bytearray | memoryview) -> RtpPacket:
         csrcs=tuple(csrcs),
         extension_profile=extension_profile,
         extension=extension,
-        padding=padding,
-        payload=view[offset:end],
+        padding=len(view) - end,
+        payload=view[start:end],
     )
+
+
+def payload_bounds_untrusted(data: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """Where the payload of an RTP datagram starts and ends: ``(start, end)`` offsets.
+
+    Past the fixed header, the CSRCs (§5.1, CC), the header extension (§5.3.1, X)
+    and before the padding (§5.1, P). Allocates nothing but the pair, so the
+    receive path can use it per packet. Raises only :class:`RtpError`.
+    """
+    size = len(data)
+    if size < HEADER_SIZE:
+        raise RtpError(f"RTP packet truncated: {size} octets, the fixed header needs {HEADER_SIZE}")
+    first = data[0]
+    if first >> 6 != 2:
+        raise RtpError(f"RTP version {first >> 6}, expected 2")
+    csrc_count = first & _CSRC_COUNT_MASK
+    start = HEADER_SIZE + 4 * csrc_count
+    if size < start:
+        raise RtpError(f"RTP packet truncated: {size} octets, a header with {csrc_count} CSRCs needs {start}")
+    if first & _EXTENSION_BIT:
+        if size < start + 4:
+            raise RtpError(f"RTP packet truncated: {size} octets, the header extension starts at {start} and needs 4")
+        extension_words = _EXTENSION_HEADER.unpack_from(data, start)[1]
+        extension_end = start + 4 + 4 * extension_words
+        if size < extension_end:
+            raise RtpError(
+                f"RTP packet truncated: {size} octets, the header extension of {extension_words} words needs {extension_end}")
+        start = extension_end
+    end = size
+    if first & _PADDING_BIT:
+        # §5.1: "The last octet of the padding contains a count of how many
+        # padding octets should be ignored, including itself."
+        padding = data[-1]
+        if padding == 0 or padding > size - start:
+            raise RtpError(f"RTP padding count {padding} invalid: {size - start} octets follow the header")
+        end = size - padding
+    return start, end
 
 
 def peek_rtp_untrusted(data: bytes | bytearray | memoryview) -> tuple[int, int, int, int]:

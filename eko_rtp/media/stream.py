@@ -11,10 +11,11 @@ audio is never copied (PCMA is the exception: one 160-byte ``translate`` per
 frame).
 
 Inbound packets arrive through the :class:`ReceiveHub` handler :meth:`on_rtp`,
-which reads them only through the ``media/`` cores: :func:`peek_rtp_untrusted`
-for every packet (the fixed header), :func:`parse_rtp_untrusted` for RFC 4733
-telephone-events (CSRCs, header extension and padding honoured) whose payload
-:class:`DtmfDetector` turns into digits. They refresh the inactivity timer, latch
+which reads them only through the ``media/`` cores, in place (no object per
+packet): :func:`peek_rtp_untrusted` for every packet (the fixed header), and for
+RFC 4733 telephone-events :func:`payload_bounds_untrusted` (CSRCs, header
+extension and padding honoured) and :func:`peek_telephone_event_untrusted`, whose
+fields :class:`DtmfDetector` turns into digits. They refresh the inactivity timer, latch
 the destination to their source (symmetric RTP, so NATed callers hear us) and feed
 the receive statistics (loss for every packet, jitter for audio only, from the
 kernel's arrival time). The caller's RTCP goes to :class:`QualityMonitor`, so our
@@ -29,7 +30,7 @@ from typing import Callable
 
 from eko_rtp.codec.frame import FRAME_BYTES, FRAME_SECONDS, SAMPLES_PER_FRAME
 from eko_rtp.codec.g711 import ULAW_TO_ALAW
-from eko_rtp.media.dtmf import DtmfDetector, DtmfError, parse_telephone_event_untrusted
+from eko_rtp.media.dtmf import DtmfDetector, DtmfError, peek_telephone_event_untrusted
 from eko_rtp.media.playout import PlayoutQueue
 from eko_rtp.media.ports import PortPair
 from eko_rtp.media.quality import QualityMonitor
@@ -39,7 +40,7 @@ from eko_rtp.media.rtp import (
     RtpError,
     RtpSender,
     is_rtcp,
-    parse_rtp_untrusted,
+    payload_bounds_untrusted,
     peek_rtp_untrusted,
 )
 
@@ -248,19 +249,20 @@ class MediaStream:
             self.latched = True
         if (marker_and_type & 0x7F) == self.telephone_event_pt:
             self.statistics.feed(sequence, timestamp, None)  # counted for loss, not jitter
-            self._on_telephone_event(data)
+            self._on_telephone_event(data, timestamp)
         else:
             self.statistics.feed(sequence, timestamp, arrival)
 
-    def _on_telephone_event(self, data: bytes) -> None:
+    def _on_telephone_event(self, data: bytes, timestamp: int) -> None:
+        # A held key sends 50 of these a second: read in place, no objects per packet.
         try:
-            packet = parse_rtp_untrusted(data)
-            event = parse_telephone_event_untrusted(packet.payload)
+            start, end = payload_bounds_untrusted(data)
+            event, ended, duration = peek_telephone_event_untrusted(data, start, end)
         except (RtpError, DtmfError) as error:
             self.counters.packets_invalid += 1
             log.debug("bad telephone-event packet: %s", error)
             return
-        digit = self.dtmf.feed(event=event, rtp_timestamp=packet.timestamp, marker=packet.marker)
+        digit = self.dtmf.feed_fields(event, ended, duration, timestamp)
         if digit is not None:
             self.on_dtmf(digit)
 
