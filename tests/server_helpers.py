@@ -105,7 +105,11 @@ class ServerProcess:
         raise AssertionError(f"no log line matching {pattern!r} within {timeout} s:\n{self.log()}")
 
     def __enter__(self) -> "ServerProcess":
-        self.wait_for_log(r"Eko RTP listening for SIP")
+        try:
+            self.wait_for_log(r"Eko RTP listening for SIP")
+        except BaseException:
+            self.stop()  # __exit__ does not run when __enter__ fails: never leave a server (and its spinners) behind
+            raise
         return self
 
     def stop(self, timeout: float = 10.0) -> int:
@@ -121,6 +125,21 @@ class ServerProcess:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def start_crm(directory: Path) -> tuple[subprocess.Popen, str]:
+    """A seeded ``eko-rtp crm serve`` on a free loopback port, once it listens; the caller stops it."""
+    database = directory / "crm.sqlite3"
+    subprocess.run([sys.executable, "-m", "eko_rtp", "crm", "seed", "--db", str(database)],
+                   check=True, capture_output=True, cwd=REPO, timeout=60)
+    address = f"127.0.0.1:{free_port()}"
+    process = subprocess.Popen([sys.executable, "-m", "eko_rtp", "crm", "serve", "--listen", address, "--db", str(database)],
+                               stderr=subprocess.PIPE, text=True, cwd=REPO)
+    line = ""
+    while "CRM listening" not in line:
+        line = process.stderr.readline()
+        assert line, "the CRM exited before listening"
+    return process, address
 
 
 def run_pjsua2(target: tuple, *args: str, timeout: float = 60.0) -> list[dict]:
