@@ -3,10 +3,14 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import time
+import urllib.request
 
 import pytest
+
+from server_helpers import ServerProcess, free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bin" / "eko-bench"
@@ -131,6 +135,52 @@ def test_spawned_server_two_calls(built_cache):
     assert run["interarrival_deviation_ms"]["p50"] < 10
     assert 0 <= run["latency_ms"]["ok_to_first_sound"]["p50"] < 500
     assert run["server"]["rss_idle_kib"] > 1000
+    assert run["plan"]["caller_events"] is False
+    # The spawned server's range is the bench's to know: its two calls' RTP and RTCP sockets.
+    queues = run["server_rtp_queues"]
+    assert queues["ports"] == "30000-39999" and re.fullmatch(r"pid \d+", queues["sockets_of"])
+    assert queues["samples"] >= 2 and queues["at_end"]["sockets"] == 4 and queues["at_end"]["drops"] == 0
+
+
+def _metric(port, name):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert found, f"no {name} in the server's metrics"
+    return float(found.group(1))
+
+
+def test_callers_keying_at_100_packets_a_second_leave_no_backlog(built_cache, tmp_path):
+    # A server the test starts, so its log and metrics outlive the bench's run.
+    metrics_port = free_port()
+    config = tmp_path / "eko-rtp.toml"
+    config.write_text(f'[service]\nmetrics_listen = "127.0.0.1:{metrics_port}"\n', encoding="utf-8")
+    with ServerProcess(built_cache, "--config", str(config)) as server:
+        done = bench("--address", f"127.0.0.1:{server.port}", "--server-pid", str(server.process.pid),
+                     "--server-rtp-ports", server.rtp_ports, "--caller-events", "--calls", "3", "--hold", "3", "--json")
+        assert done.returncode == 0, done.stderr
+        # The server copies its counters to Prometheus once a second: a figure that stays
+        # the same across a copy is final.
+        received = _metric(metrics_port, "eko_rtp_packets_received_total")
+        for _ in range(5):
+            time.sleep(1.1)  # waiting out a copy, not timing anything
+            previous, received = received, _metric(metrics_port, "eko_rtp_packets_received_total")
+            if received == previous:
+                break
+        backlogs = _metric(metrics_port, "eko_rtp_receive_backlogs_total")
+        log = server.log()
+    run = json.loads(done.stdout)["runs"][0]
+    assert run["plan"]["caller_events"] is True
+    assert run["calls"]["answered"] == 3 and run["packets"]["lost"] == 0
+    # 3 calls x 3 s at 100 packets/s: about 900, where the audio alone would be about 450.
+    assert 700 <= received <= 1000, received
+    assert backlogs == 0 and "fell behind" not in log
+    queues = run["server_rtp_queues"]
+    assert (queues["ports"], queues["sockets_of"]) == (server.rtp_ports, f"pid {server.process.pid}")
+    assert queues["samples"] >= 2
+    assert queues["at_end"]["sockets"] == 6 and queues["at_end"]["drops"] == 0 and queues["max"]["drops"] == 0
+    # Drained every 10-30 ms: a few datagrams at most (about 0.8 KiB each), never a growing queue.
+    assert queues["max"]["largest_bytes"] < 32 * 1024
 
 
 def test_the_host_probe_brackets_a_pinned_run(built_cache):
@@ -253,6 +303,8 @@ def test_spawned_server_with_returning_callers(built_cache):
         (["--server-cpus", "a"], "argument --server-cpus: expected a CPU list like 0 or 0,1 or 0-1, got 'a'"),
         (["--bench-rtp-ports", "5-3"], "argument --bench-rtp-ports: expected a port range LO-HI within 1024-65535, got '5-3'"),
         (["--noise-probe", "x"], "argument --noise-probe: invalid float value: 'x'"),
+        (["--server-rtp-ports", "5-3"], "argument --server-rtp-ports: port range '5-3' must be LO-HI with"
+                                        " 1024 <= LO < HI <= 65535"),
     ],
 )
 def test_bad_flags_are_usage_errors(arguments, error):

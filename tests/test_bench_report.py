@@ -5,7 +5,7 @@ import array
 import attrs
 import pytest
 
-from eko_rtp.bench import campaign, fake_tts, procstat, report
+from eko_rtp.bench import campaign, fake_tts, procstat, report, udp_queues
 from eko_rtp.bench.rtp_engine import MediaHandle
 from eko_rtp.bench.run import CallRecord, ClassifiedHandle, Plan, RunResult
 
@@ -235,3 +235,44 @@ def test_greeting_scenarios_have_no_live_rows():
     assert summary["live_tts"] is None
     assert report.live_rows(None) == []
     assert not any(label.startswith("200->first live") for label, _ in report.rows(summary))
+
+
+# -- caller events and the server's receive queues --------------------------------------
+
+
+def test_caller_events_are_in_the_plan_and_the_column_header():
+    record = CallRecord(index=0, status=200, final_ns=T0, media=_media([0, 20], [1, 2]))
+    plain = report.summarise(_result([record]))
+    keying = report.summarise(attrs.evolve(_result([record]), plan=Plan(calls=1, concurrency=1, rate=10.0, hold=1.0,
+                                                                          caller_events=True)))
+    assert (plain["plan"]["caller_events"], keying["plan"]["caller_events"]) == (False, True)
+    assert report.table([plain]).splitlines()[0].split("|")[1].strip() == "server (1 conc.)"
+    assert report.table([keying]).splitlines()[0].split("|")[1].strip() == "server (1 conc., caller events)"
+
+
+def test_receive_queues_in_the_summary_and_one_line():
+    record = CallRecord(index=0, status=200, final_ns=T0, media=_media([0, 20], [1, 2]))
+    worst = udp_queues.QueueSample(sockets=1000, non_empty=40, total_bytes=41600, largest_bytes=2496, drops=0)
+    last = udp_queues.QueueSample(sockets=1000, non_empty=12, total_bytes=9984, largest_bytes=1664, drops=0)
+    result = attrs.evolve(_result([record]), plan=Plan(calls=1, concurrency=500, rate=10.0, hold=1.0, caller_events=True),
+                          rtp_ports=range(30000, 40000), rtp_queues_of="pid 4242", rtp_queue_samples=15,
+                          rtp_queues_max=worst, rtp_queues_last=last)
+    summary = report.summarise(result)
+    assert summary["server_rtp_queues"] == {
+        "ports": "30000-39999", "sockets_of": "pid 4242", "samples": 15,
+        "max": {"sockets": 1000, "non_empty": 40, "total_bytes": 41600, "largest_bytes": 2496, "drops": 0},
+        "at_end": {"sockets": 1000, "non_empty": 12, "total_bytes": 9984, "largest_bytes": 1664, "drops": 0}}
+    assert report.queue_line(summary) == (
+        "server (500 conc., caller events) RTP receive queues: max 2496 B in one socket, 9984 B total at the end"
+        " (12 of 1000 sockets non-empty); at most 41600 B total; 0 datagrams dropped (15 looks over the steady"
+        " period, ports 30000-39999, sockets of pid 4242)")
+
+
+def test_receive_queues_unknown_or_not_sampled():
+    record = CallRecord(index=0, status=200, final_ns=T0, media=_media([0, 20], [1, 2]))
+    unknown = report.summarise(_result([record]))  # --address without --server-rtp-ports
+    assert unknown["server_rtp_queues"] is None and report.queue_line(unknown) is None
+    unsampled = report.summarise(attrs.evolve(_result([record]), rtp_ports=range(30000, 40000),
+                                              rtp_queues_of="any process"))
+    assert report.queue_line(unsampled) == ("server (1 conc.) RTP receive queues: not sampled, no steady period"
+                                            " (ports 30000-39999, sockets of any process)")

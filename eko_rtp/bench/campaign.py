@@ -51,6 +51,7 @@ class Options:
     sizes: tuple[int, ...] = ()
     noise_probe: float = 0.0  # seconds of host wake-up probe on the server's CPUs before and after; 0: none
     keep_cpu_awake: bool = False  # SCHED_IDLE spinners on the target's CPUs (the server's own; the bench's for the peer)
+    server_rtp_ports: range | None = None  # a running server's RTP ports (--address): its receive queues are sampled
 
     def __attrs_post_init__(self) -> None:
         if self.target not in ("server", "peer", "both"):
@@ -76,6 +77,15 @@ class Options:
             raise UserError("--keep-cpu-awake keeps the CPUs of a target the bench starts awake: give --server-cpus,"
                             " and --spawn for the server (a running one takes `eko-rtp serve --keep-cpu-awake`)",
                             key="--keep-cpu-awake")
+        if self.server_rtp_ports is not None:
+            if self.address is None:
+                raise UserError("--server-rtp-ports names the RTP ports of a server at --address; a spawned server"
+                                " uses --rtp-ports", key="--server-rtp-ports")
+            ports, bench = self.server_rtp_ports, self.bench_ports
+            if self.server_pid is None and ports.start < bench.stop and bench.start < ports.stop:
+                raise UserError(f"the server's RTP ports {ports.start}-{ports.stop - 1} overlap the bench's own"
+                                f" {bench.start}-{bench.stop - 1}: give --server-pid (its sockets are told apart by"
+                                " process) or move --bench-rtp-ports", key="--server-rtp-ports")
         if not 0 <= self.noise_probe <= noise.MAX_SECONDS:
             raise UserError(f"the noise probe runs 0 to {noise.MAX_SECONDS:g} s, not {self.noise_probe:g}", key="--noise-probe")
 
@@ -121,7 +131,8 @@ async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: s
                                       rtp_ports=options.rtp_ports, extra=extra, env=env)
     else:
         target_host, port = targets.parse_host_port(options.address, key="--address")
-        target = targets.Target(name="server", host=target_host, port=port, pid=options.server_pid)
+        target = targets.Target(name="server", host=target_host, port=port, pid=options.server_pid,
+                                rtp_ports=options.server_rtp_ports)
     try:
         # The server spins for itself (--keep-cpu-awake); the peer has no such option.
         async with _kept_awake(options.server_cpus if kind == "peer" and options.keep_cpu_awake else None):

@@ -8,11 +8,17 @@ The bench calls itself saturated when its media process or the bench as a whole
 late the media loop served each 1 ms send slot) is reported beside it: on a shared
 machine a late slot usually means the bench was preempted, not saturated. Arrival
 figures are kernel receive timestamps either way, not when the bench read a packet.
+
+The server's RTP receive queues (``server_rtp_queues``, when its port range is known)
+are what ``ss`` calls Recv-Q, summed over its sockets in that range: bytes of kernel
+buffer, a few times the payload of each waiting datagram (see ``udp_queues.py``).
 """
 
 from __future__ import annotations
 
 import collections
+
+import attrs
 
 from eko_rtp.bench import procstat, scripts, stats
 from eko_rtp.bench.fake_tts import LIVE, SILENT
@@ -155,6 +161,17 @@ def deviations_ns(result: RunResult, *, steady_only: bool = False, records=None)
     return pooled
 
 
+def queue_summary(result: RunResult) -> dict | None:
+    """The server's RTP receive queues over the steady period (None: its RTP ports are unknown)."""
+    if result.rtp_ports is None:
+        return None
+    ports = result.rtp_ports
+    return {"ports": f"{ports.start}-{ports.stop - 1}", "sockets_of": result.rtp_queues_of,
+            "samples": result.rtp_queue_samples,
+            "max": attrs.asdict(result.rtp_queues_max) if result.rtp_queues_max else None,
+            "at_end": attrs.asdict(result.rtp_queues_last) if result.rtp_queues_last else None}
+
+
 def summarise(result: RunResult) -> dict:
     """The report of one run as a JSON-ready dict."""
     records = result.records
@@ -220,7 +237,7 @@ def summarise(result: RunResult) -> dict:
     return {
         "target": result.target,
         "plan": {"calls": plan.calls, "concurrency": plan.concurrency, "rate": plan.rate, "hold": plan.hold,
-                 "scenario": plan.scenario},
+                 "scenario": plan.scenario, "caller_events": plan.caller_events},
         "calls": {"attempted": len(records), "answered": len(answered), "failed": dict(sorted(failed.items())),
                   "failure_reasons": dict(sorted(reasons.items()))},
         "latency_ms": {
@@ -240,6 +257,7 @@ def summarise(result: RunResult) -> dict:
         "steady_seconds": result.steady_seconds,
         "live_tts": live_summary(result),
         "server": server,
+        "server_rtp_queues": queue_summary(result),
         "bench": {
             "cpu_percent": bench_cpu,
             "media_process_cpu_percent": media_busy,
@@ -322,10 +340,32 @@ def live_rows(live: dict | None) -> list[tuple[str, object]]:
     return out
 
 
+def column_label(summary: dict) -> str:
+    """'server (500 conc.)', or 'server (500 conc., caller events)' when callers sent RFC 4733 events."""
+    plan = summary["plan"]
+    events = ", caller events" if plan.get("caller_events") else ""
+    return f"{summary['target']} ({plan['concurrency']} conc.{events})"
+
+
+def queue_line(summary: dict) -> str | None:
+    """One line for people on the server's RTP receive queues (None when they were not looked at)."""
+    queues = summary.get("server_rtp_queues")
+    if queues is None:
+        return None
+    label = f"{column_label(summary)} RTP receive queues"
+    where = f"ports {queues['ports']}, sockets of {queues['sockets_of']}"
+    worst, last = queues["max"], queues["at_end"]
+    if worst is None or last is None:
+        return f"{label}: not sampled, no steady period ({where})"
+    return (f"{label}: max {worst['largest_bytes']} B in one socket, {last['total_bytes']} B total at the end"
+            f" ({last['non_empty']} of {last['sockets']} sockets non-empty); at most {worst['total_bytes']} B total;"
+            f" {last['drops']} datagrams dropped ({queues['samples']} looks over the steady period, {where})")
+
+
 def table(summaries: list[dict]) -> str:
     """One column per target; with two, a ratio column (first / second) for numbers."""
     columns = [rows(summary) for summary in summaries]
-    headers = ["", *(f"{summary['target']} ({summary['plan']['concurrency']} conc.)" for summary in summaries)]
+    headers = ["", *(column_label(summary) for summary in summaries)]
     if len(summaries) == 2:
         headers.append("ratio")
     lines = []

@@ -20,6 +20,12 @@ its 12-byte header in place (RFC 3550 §5.1) and copies the next 160-byte frame.
 How late each slot was served is recorded: that is how the report knows when the
 bench itself is saturated.
 
+With ``event_payload_type`` a call also sends an RFC 4733 event packet right after
+each audio packet, in the same sequence space (100 packets a second, as a phone
+does while a key is held): event 32 (RFC 4734's answer tone, no DTMF key, so the
+server's script sees no digit), a new event every second, its duration growing by
+a frame per packet. That is the load a keying caller puts on the receive path.
+
 Receiving: sockets have ``SO_TIMESTAMPNS``, so each packet's arrival is the
 kernel's receive time (CLOCK_REALTIME, ns) from ``recvmsg`` ancillary data, not the
 time Python got round to it. Where the kernel gives none, ``time.time_ns()`` is
@@ -53,6 +59,9 @@ _SLOTS = FRAME_NS // _TICK_NS
 _HEADER = struct.Struct("!BBHII")  # V=2,P,X,CC | M,PT | sequence | timestamp | SSRC
 _SEQUENCE_AND_STAMP = struct.Struct("!HI")
 _SEQUENCE_STAMP_SOURCE = struct.Struct("!HII")
+_EVENT_PACKET = struct.Struct("!BBHIIBBH")  # RTP header, then RFC 4733 §2.3: event | E R volume | duration
+_EVENT_CODE = 32  # RFC 4734 ANS: a tone, not a DTMF key
+_EVENT_FRAMES = 50  # packets per event: a new one every second
 _TIMESPEC = struct.Struct("@qq")
 # linux/include/uapi/asm-generic/socket.h; Python's socket module does not export it.
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
@@ -90,6 +99,10 @@ class CallMedia:
         self.remote: tuple | None = None
         self.due_ns = 0
         self.payload_type = 0
+        self.event_payload_type: int | None = None
+        self.event_packet = bytearray(_EVENT_PACKET.size)
+        self.event_timestamp = 0
+        self.event_frames = 0
         self.packet = bytearray(12 + FRAME_BYTES)
         self.frame_index = 0
         self.sequence = secrets.randbelow(1 << 16)
@@ -177,7 +190,7 @@ class MediaLoop:
 
     def _commands(self, now_ns: int) -> None:
         while self._connection.poll(0):
-            kind, key, remote, payload_type = self._connection.recv()
+            kind, key, remote, payload_type, event_payload_type = self._connection.recv()
             if kind == "open":
                 self._open(key)
             elif kind == "send":
@@ -186,6 +199,7 @@ class MediaLoop:
                     continue
                 media.remote = remote
                 media.payload_type = payload_type
+                media.event_payload_type = event_payload_type
                 _HEADER.pack_into(media.packet, 0, 0x80, 0x80 | payload_type, media.sequence, media.timestamp, media.ssrc)
                 media.due_ns = now_ns - now_ns % _TICK_NS + _TICK_NS
                 self._slots[(media.due_ns // _TICK_NS) % _SLOTS].append(media)
@@ -209,11 +223,33 @@ class MediaLoop:
                 media.send_errors += 1
             media.frame_index += 1
             media.sequence = (media.sequence + 1) & 0xFFFF
+            if media.event_payload_type is not None:
+                self._send_event(media)
             media.timestamp = (media.timestamp + FRAME_BYTES) & 0xFFFFFFFF
             # RFC 3551 §4.1: the marker goes on the first packet of a talkspurt only.
             packet[1] = media.payload_type
             _SEQUENCE_AND_STAMP.pack_into(packet, 2, media.sequence, media.timestamp)
             media.due_ns += FRAME_NS
+
+    @staticmethod
+    def _send_event(media: CallMedia) -> None:
+        """The event packet beside the audio packet just sent (same SSRC, next sequence)."""
+        marker = 0
+        if media.event_frames % _EVENT_FRAMES == 0:
+            # RFC 4733 §2.5.1.2: an event's packets carry its start timestamp; the first has the marker.
+            media.event_timestamp = media.timestamp
+            media.event_frames = 0
+            marker = 0x80
+        media.event_frames += 1
+        _EVENT_PACKET.pack_into(media.event_packet, 0, 0x80, marker | media.event_payload_type, media.sequence,
+                                media.event_timestamp, media.ssrc, _EVENT_CODE, 10,
+                                media.event_frames * FRAME_BYTES)
+        try:
+            media.socket.sendto(media.event_packet, media.remote)
+            media.sent += 1
+        except OSError:
+            media.send_errors += 1
+        media.sequence = (media.sequence + 1) & 0xFFFF
 
     def _receive_control(self, media: CallMedia, buffer: bytearray) -> None:
         while True:
@@ -362,27 +398,29 @@ class RtpEngine:
         try:
             # Command then both descriptors back to back, so the child (which reads the
             # descriptors right after the command) waits as little as possible.
-            self._connection.send(("open", handle.key, None, None))
+            self._connection.send(("open", handle.key, None, None, None))
             multiprocessing.reduction.sendfds(self._raw, [rtp.fileno(), rtcp.fileno()])
         finally:
             rtp.close()  # the child has its own descriptors now
             rtcp.close()
         return handle
 
-    def start_sending(self, media: MediaHandle, remote: tuple, payload_type: int) -> None:
-        """Begin caller-side RTP to ``remote`` in ``payload_type`` (0 PCMU, 8 PCMA)."""
-        self._connection.send(("send", media.key, remote, payload_type))
+    def start_sending(self, media: MediaHandle, remote: tuple, payload_type: int, *,
+                      event_payload_type: int | None = None) -> None:
+        """Begin caller-side RTP to ``remote`` in ``payload_type`` (0 PCMU, 8 PCMA), with an
+        RFC 4733 event packet beside each audio packet when ``event_payload_type`` is given."""
+        self._connection.send(("send", media.key, remote, payload_type, event_payload_type))
 
     def stop(self, media: MediaHandle) -> None:
         """Stop sending and receiving for the call and close its sockets."""
-        self._connection.send(("stop", media.key, None, None))
+        self._connection.send(("stop", media.key, None, None, None))
 
     def close(self) -> None:
         """Stop the media process and fill every handle with what its call recorded."""
         if self._process.pid is None:
             return
         try:
-            self._connection.send(("close", None, None, None))
+            self._connection.send(("close", None, None, None, None))
         except OSError:
             pass  # the child is gone; its error (if any) is read below
         if not self._connection.poll(_STOP_TIMEOUT):

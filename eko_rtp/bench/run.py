@@ -10,7 +10,13 @@ starts when the first ``min(calls, concurrency)`` INVITEs have all ended (answer
 or failed) and ends when the first call starts hanging up. The target's CPU and RSS
 and the bench's own CPU are sampled over it; RSS before the first call is the idle
 figure. A hold shorter than the ramp-up (calls / rate) leaves no steady period,
-and the report says so.
+and the report says so. When the server's RTP port range is known, its sockets'
+receive queues are looked at about once a second over the same period
+(``udp_queues.py``): the worst figures seen and the last look are kept.
+
+With ``caller_events`` each caller sends an RFC 4733 event packet beside every
+audio packet (100 packets a second, as a phone does while a key is held), in the
+telephone-event payload type the bench's offer names.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import time
 import attrs
 import trio
 
-from eko_rtp.bench import fake_tts, procstat, rtp_engine, uac
+from eko_rtp.bench import fake_tts, procstat, rtp_engine, uac, udp_queues
 from eko_rtp.bench.rtp_engine import MediaHandle, RtpEngine
 from eko_rtp.bench.sip_client import SipClient
 from eko_rtp.bench.targets import Target, check_loopback
@@ -33,6 +39,7 @@ from eko_rtp.errors import UserError
 MAX_CALLS = 2000
 MAX_SECONDS = 600.0
 SAMPLE_INTERVAL = 0.5
+QUEUE_SAMPLE_INTERVAL = 1.0  # s between looks at the server's receive queues (a parse of /proc/net/udp)
 BENCH_RTP_PORTS = range(20000, 30000)  # the bench's own RTP/RTCP pairs; the server's default is 30000-39999
 SCENARIOS = ("greeting-unknown", "greeting-returning", "live-tts", "hybrid", "mixed")
 LIVE_SCENARIOS = ("live-tts", "hybrid", "mixed")  # the server speaks live TTS from the bench's fake endpoint
@@ -53,6 +60,7 @@ class Plan:
     tts_first_byte_ms: float = 300.0  # the fake endpoint's time to first byte (live scenarios)
     # Silence frames that end the cached filler (hybrid): not a gap between filler and live audio.
     filler_tail_frames: int = 0
+    caller_events: bool = False  # an RFC 4733 event packet beside each caller audio packet (100 packets/s)
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.calls <= MAX_CALLS:
@@ -192,13 +200,23 @@ class RunResult:
     media_cpu_seconds: float | None = None  # the media process alone, over the steady period
     # live scenarios: the fake endpoint's text -> (request read, first byte written), REALTIME ns
     tts_timings: dict = attrs.Factory(dict)
+    # The server's RTP receive queues over the steady period (None: its port range is unknown):
+    # the ports looked at, whose sockets, how many looks, each figure's largest value, the last look.
+    rtp_ports: range | None = None
+    rtp_queues_of: str | None = None
+    rtp_queue_samples: int = 0
+    rtp_queues_max: udp_queues.QueueSample | None = None
+    rtp_queues_last: udp_queues.QueueSample | None = None
 
 
 async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: range = BENCH_RTP_PORTS) -> RunResult:
     """Place ``plan.calls`` calls at ``target`` and record everything the report needs."""
+    queues = _QueueWatch.for_target(target)  # first: it may refuse, before anything is open
     engine_class = ClassifyingEngine if plan.scenario in LIVE_SCENARIOS else RtpEngine
     engine = engine_class(host=plan.local_host, caller_audio=caller_audio, ports=ports)
     client = await SipClient.open(local_host=plan.local_host, target_host=target.host, target_port=target.port)
+    if queues is not None:
+        queues.exclude_ports.add(client.endpoint.local_port)
     records = [CallRecord(index=index) for index in range(plan.calls)]
     run_token = secrets.token_hex(4)
     settled = 0
@@ -242,7 +260,8 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
                 await client.bye(dialog)
                 return
             record.payload_type = answer.payload_type
-            engine.start_sending(media, (answer.address, answer.port), answer.payload_type)
+            engine.start_sending(media, (answer.address, answer.port), answer.payload_type,
+                                 event_payload_type=uac.TELEPHONE_EVENT_PAYLOAD_TYPE if plan.caller_events else None)
             settle()
             hangup = client.remote_hangups.get(dialog.call_id)
             with trio.move_on_after(plan.hold):
@@ -284,6 +303,8 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
             media_seconds = media_process.cpu_ticks / procstat.CLOCK_TICKS if media_process else 0.0
             bench_cpu.append(usage.ru_utime + usage.ru_stime + media_seconds)
             media_cpu.append(media_seconds)
+            if queues is not None:
+                queues.look(time.monotonic(), last=first_down.is_set())
             if first_down.is_set():
                 return
             with trio.move_on_after(SAMPLE_INTERVAL):
@@ -345,4 +366,58 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
         sip_retransmissions=client.retransmissions,
         sip_malformed=client.malformed,
         duration_seconds=time.monotonic() - started,
+        rtp_ports=queues.ports if queues else None,
+        rtp_queues_of=queues.whose if queues else None,
+        rtp_queue_samples=queues.samples if queues else 0,
+        rtp_queues_max=queues.worst if queues else None,
+        rtp_queues_last=queues.last if queues else None,
     )
+
+
+class _QueueWatch:
+    """Looks at the server's RTP receive queues at most once per ``QUEUE_SAMPLE_INTERVAL``.
+
+    The server's sockets are listed once, at the first look: the steady period opens and
+    closes no call, and reading a descriptor link per socket costs more than the look
+    itself at hundreds of calls (the bench's SIP process shares its CPU with the media
+    process).
+    """
+
+    def __init__(self, *, ports: range, pid: int | None, exclude_ports: set[int]):
+        self.ports = ports
+        self.pid = pid
+        self.whose = f"pid {pid}" if pid else "any process"
+        self.exclude_ports = exclude_ports
+        self.samples = 0
+        self.worst: udp_queues.QueueSample | None = None
+        self.last: udp_queues.QueueSample | None = None
+        self._inodes: frozenset[int] | None = None
+        self._last_look = -float("inf")
+
+    @classmethod
+    def for_target(cls, target: Target) -> _QueueWatch | None:
+        """None when the target's RTP ports are unknown. The SIP sockets (the server's here, the
+        bench's once it is open) are left out: ephemeral ports may fall inside the RTP range."""
+        if target.rtp_ports is None:
+            return None
+        if target.pid:
+            try:
+                udp_queues.socket_inodes(target.pid)
+            except PermissionError:
+                raise UserError(f"cannot read /proc/{target.pid}/fd to tell the server's sockets from others; run the"
+                                " bench as the server's user, or leave out --server-rtp-ports", key="--server-pid") from None
+        return cls(ports=target.rtp_ports, pid=target.pid, exclude_ports={target.port})
+
+    def look(self, now: float, *, last: bool) -> None:
+        """Sample if a look is due (always on the ``last`` one, at the end of the steady period)."""
+        if not last and now - self._last_look < QUEUE_SAMPLE_INTERVAL:
+            return
+        self._last_look = now
+        if self.pid and self._inodes is None:
+            self._inodes = udp_queues.socket_inodes(self.pid)
+            if self._inodes is None:
+                return  # the server has gone; the run reports its calls
+        found = udp_queues.sample(self.ports, inodes=self._inodes, exclude_ports=self.exclude_ports)
+        self.samples += 1
+        self.last = found
+        self.worst = found if self.worst is None else self.worst.larger(found)

@@ -24,6 +24,7 @@ import trio
 
 from eko_rtp.bench.sip_client import SipClient
 from eko_rtp.config import parse_cpu_list
+from eko_rtp.config import parse_port_range as parse_rtp_port_range
 from eko_rtp.errors import UserError
 
 PEER_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "bench" / "peers" / "pjsua2_bot.py"
@@ -65,6 +66,12 @@ def parse_port_range(text: str) -> range:
     if not dash or not low.isdigit() or not high.isdigit() or not 1024 <= int(low) < int(high) <= 65535:
         raise UserError(f"expected a port range LO-HI within 1024-65535, got {text!r}", key="--bench-rtp-ports")
     return range(int(low), int(high) + 1)
+
+
+def server_rtp_ports(text: str, *, key: str) -> range:
+    """The ports a server given ``--rtp-ports text`` binds, read as the server reads them."""
+    low, high = parse_rtp_port_range(text, what=key)
+    return range(low, high + 1)
 
 
 def parse_cpus(text: str) -> set[int]:
@@ -125,6 +132,7 @@ class Target:
     pid: int | None = None
     stderr_path: str | None = None
     max_calls: int | None = None
+    rtp_ports: range | None = None  # the server's RTP/RTCP ports, when known (its receive queues are sampled)
 
     def stderr_tail(self, lines: int = 15) -> str:
         if self.stderr_path is None:
@@ -144,25 +152,26 @@ class Target:
 
 
 def _spawn(name: str, command: list[str], host: str, port: int, cpus: set[int] | None, max_calls: int | None,
-           env: dict[str, str] | None = None) -> Target:
+           env: dict[str, str] | None = None, rtp_ports: range | None = None) -> Target:
     stderr = tempfile.NamedTemporaryFile(prefix=f"eko-bench-{name}-", suffix=".log", delete=False)
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
                                env=None if env is None else {**os.environ, **env})
     stderr.close()
     pin(process.pid, cpus)
     return Target(name=name, host=host, port=port, process=process, pid=process.pid, stderr_path=stderr.name,
-                  max_calls=max_calls)
+                  max_calls=max_calls, rtp_ports=rtp_ports)
 
 
 def spawn_server(*, host: str, cache_dir: str | None, cpus: set[int] | None, rtp_ports: str, extra: list[str],
                  env: dict[str, str] | None = None) -> Target:
     """``eko-rtp serve`` on a free port; ``env`` adds to the bench's environment (the TTS endpoint)."""
+    ports = server_rtp_ports(rtp_ports, key="--rtp-ports")  # refused here, before anything starts
     port = free_udp_port(host)
     command = [sys.executable, "-m", "eko_rtp", "serve", "--listen", f"{host}:{port}", "--media-address", host,
                "--rtp-ports", rtp_ports]
     if cache_dir is not None:
         command += ["--cache", cache_dir]
-    return _spawn("server", command + extra, host, port, cpus, None, env)
+    return _spawn("server", command + extra, host, port, cpus, None, env, ports)
 
 
 def spawn_peer(*, host: str, cache_dir: str, cpus: set[int] | None, rtp_port: int) -> Target:

@@ -221,6 +221,9 @@ class Endpoint:
         return f"SIP/2.0/UDP {self.local_host}:{self.local_port};branch={branch};rport"
 
 
+TELEPHONE_EVENT_PAYLOAD_TYPE = 101  # the dynamic payload type the offer gives RFC 4733 events
+
+
 def sdp_offer(*, address: str, rtp_port: int, session_id: int) -> bytes:
     """The offer a trunk sends: PCMU, PCMA and RFC 4733 events, 20 ms packets."""
     return (
@@ -229,11 +232,11 @@ def sdp_offer(*, address: str, rtp_port: int, session_id: int) -> bytes:
         "s=eko-bench\r\n"
         f"c=IN IP4 {address}\r\n"
         "t=0 0\r\n"
-        f"m=audio {rtp_port} RTP/AVP 0 8 101\r\n"
+        f"m=audio {rtp_port} RTP/AVP 0 8 {TELEPHONE_EVENT_PAYLOAD_TYPE}\r\n"
         "a=rtpmap:0 PCMU/8000\r\n"
         "a=rtpmap:8 PCMA/8000\r\n"
-        "a=rtpmap:101 telephone-event/8000\r\n"
-        "a=fmtp:101 0-16\r\n"
+        f"a=rtpmap:{TELEPHONE_EVENT_PAYLOAD_TYPE} telephone-event/8000\r\n"
+        f"a=fmtp:{TELEPHONE_EVENT_PAYLOAD_TYPE} 0-16\r\n"
         "a=ptime:20\r\n"
         "a=sendrecv\r\n"
     ).encode()

@@ -9,7 +9,7 @@ import sys
 from eko_rtp.bench import campaign, noise, report, scripts
 from eko_rtp.bench.rtp_engine import SILENCE, open_wav_as_ulaw
 from eko_rtp.bench.run import MAX_CALLS, MAX_SECONDS, SCENARIOS, Plan
-from eko_rtp.bench.targets import parse_cpus, parse_port_range, trailing_silence_frames
+from eko_rtp.bench.targets import parse_cpus, parse_port_range, server_rtp_ports, trailing_silence_frames
 from eko_rtp.errors import UserError
 
 
@@ -27,6 +27,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--server-pid", type=int, help="sample CPU and RSS of this pid (a server given by --address)")
     parser.add_argument("--cache", dest="cache_dir", help="phrase cache directory (passed to the server; the peer plays its greet/welcome)")
     parser.add_argument("--rtp-ports", default="30000-39999", help="RTP port range for a spawned server (default 30000-39999)")
+    parser.add_argument("--server-rtp-ports", type=_flag(_server_rtp_ports),
+                        help="RTP port range of the server at --address, to sample its receive queues (with"
+                             " --server-pid, only its own sockets there); a spawned server's is --rtp-ports")
     parser.add_argument("--bench-rtp-ports", type=_flag(parse_port_range), default="20000-29999",
                         help="the bench's own RTP/RTCP port pairs (default 20000-29999)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra argument for a spawned server (repeatable)")
@@ -37,6 +40,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--sizes", type=_flag(parse_sizes), default=(),
                         help="run once per size, calls = concurrency = SIZE, side by side (e.g. 1,100,500,1000)")
     parser.add_argument("--audio", help="WAV (8 kHz mono 16-bit) the caller plays, looped (default: silence)")
+    parser.add_argument("--caller-events", action="store_true",
+                        help="callers also send an RFC 4733 event packet beside each audio packet, 100 packets/s,"
+                             " like a phone while a key is held")
     parser.add_argument("--scenario", choices=SCENARIOS, default=SCENARIOS[0],
                         help="what the calls do (default greeting-unknown); live-tts: the server says a text of each"
                              " call's own with live TTS; hybrid: a cached filler, then the live text; mixed: half the calls"
@@ -72,6 +78,10 @@ def _flag(parse):
     return convert
 
 
+def _server_rtp_ports(text: str) -> range:
+    return server_rtp_ports(text, key="--server-rtp-ports")
+
+
 def parse_sizes(text: str) -> tuple[int, ...]:
     """'1,100,500' -> (1, 100, 500), each within the bench's call cap."""
     try:
@@ -88,13 +98,14 @@ def run(args: argparse.Namespace) -> int:
     if args.scenario == "hybrid" and args.cache_dir is not None:
         filler_tail = trailing_silence_frames(args.cache_dir, scripts.FILLER)
     plan = Plan(calls=args.calls, concurrency=args.concurrency or args.calls, rate=args.rate, hold=args.hold,
-                scenario=args.scenario, tts_first_byte_ms=args.tts_first_byte_ms, filler_tail_frames=filler_tail)
+                scenario=args.scenario, tts_first_byte_ms=args.tts_first_byte_ms, filler_tail_frames=filler_tail,
+                caller_events=args.caller_events)
     options = campaign.Options(
         target=args.target, address=args.address, spawn=args.spawn, server_cpus=args.server_cpus,
         server_pid=args.server_pid, cache_dir=args.cache_dir, rtp_ports=args.rtp_ports,
         server_args=tuple(args.server_arg), plan=plan, ramp=args.ramp,
         bench_ports=args.bench_rtp_ports, sizes=args.sizes, noise_probe=args.noise_probe,
-        keep_cpu_awake=args.keep_cpu_awake)
+        keep_cpu_awake=args.keep_cpu_awake, server_rtp_ports=args.server_rtp_ports)
     caller_audio = open_wav_as_ulaw(args.audio) if args.audio else SILENCE
     outcome = campaign.run_sync(options, caller_audio=caller_audio)
     if args.plot:
@@ -116,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"largest passing ({outcome.ramp['criterion']}): {outcome.ramp['largest_passing']}")
         else:
             print(report.table(outcome.summaries))
+            for summary in outcome.summaries:
+                line = report.queue_line(summary)
+                if line is not None:
+                    print(line)
         for probe in outcome.host_noise:
             print(noise.describe(probe, probe["when"]))
         for note in outcome.notes:
