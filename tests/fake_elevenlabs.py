@@ -21,9 +21,11 @@ can check byte for byte what was played.
 
 Each request consumes the next planned :class:`Respond` (``fake.plan(...)``), or
 ``fake.default`` when the plan is empty. Every request is logged as a
-:class:`RequestRecord`, including how many body bytes went out and whether the
+:class:`RequestRecord`, including how many body bytes went out, whether the
 client hung up before the end (seen by polling the socket between chunks, so a
-cancelled stream is noticed within one ``poll_interval`` even while the fake waits).
+cancelled stream is noticed within one ``poll_interval`` even while the fake waits)
+and when: the request arrived, the first audio bytes left, the hang-up was seen.
+The server sets TCP_NODELAY, as real API fronts do.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import attrs
 import pytest
 
+from eko_rtp.codec.frame import SAMPLE_RATE
 from eko_rtp.codec.g711 import linear16_to_ulaw
 
 __all__ = [
@@ -53,7 +56,6 @@ __all__ = [
     "SAMPLES_PER_CHARACTER",
 ]
 
-SAMPLE_RATE = 8000
 # 50 ms per character: a 3-character text is 1200 samples, 7.5 frames, so odd
 # lengths exercise the padding of the last frame.
 SAMPLES_PER_CHARACTER = 400
@@ -134,7 +136,17 @@ class RequestRecord:
     completed: bool = False  # the whole body went out
     disconnected: bool = False  # the client closed before the end of the body
     cut: bool = False  # the fake closed midway on purpose (Respond.cut_after)
+    # time.perf_counter() stamps (CLOCK_MONOTONIC: comparable across processes): the
+    # request read, the first audio bytes sent, the client's hang-up seen.
+    received_at: float = attrs.field(factory=time.perf_counter)
+    first_byte_at: float | None = None
+    disconnected_at: float | None = None
     finished: threading.Event = attrs.field(factory=threading.Event, repr=False)
+
+    def hung_up(self) -> None:
+        """The client closed before the end of the body."""
+        self.disconnected = True
+        self.disconnected_at = time.perf_counter()
 
     def wait_finished(self, timeout: float = 5.0) -> bool:
         """Block until the fake is done answering this request; False on timeout."""
@@ -147,6 +159,10 @@ class _ClientGone(Exception):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY, as a real API front does: with Nagle on, a chunk written right after
+    # the headers waits for the client's delayed ACK (40 ms on Linux), which would add
+    # to every time to first byte a test or benchmark measures.
+    disable_nagle_algorithm = True
     server: "_Server"
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
@@ -219,7 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
         respond = fake._next_respond()
         record.status = respond.status
         if not fake._wait(self.connection, respond.first_byte_delay):
-            record.disconnected = True
+            record.hung_up()
             return
         if respond.status != 200:
             default_status, default_message = _DEFAULT_ERRORS.get(respond.status, ("error", "Error"))
@@ -232,7 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self._send_audio(fake, record, respond, audio)
         except (_ClientGone, ConnectionError, OSError):
-            record.disconnected = True
+            record.hung_up()
             self.close_connection = True
 
     def _send_audio(self, fake: "FakeElevenLabs", record: RequestRecord, respond: Respond, audio: bytes) -> None:
@@ -251,6 +267,8 @@ class _Handler(BaseHTTPRequestHandler):
             if offset and not fake._wait(self.connection, respond.chunk_delay):
                 raise _ClientGone()
             piece = audio[offset : min(offset + size, limit)]
+            if not offset:
+                record.first_byte_at = time.perf_counter()
             if record.streaming:
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             else:

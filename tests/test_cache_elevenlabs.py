@@ -1,4 +1,4 @@
-"""The ElevenLabs backend: the real SDK against the local fake API (tests/fake_elevenlabs.py)."""
+"""The ElevenLabs render backend, through the shared client, against the local fake API (tests/fake_elevenlabs.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from eko_rtp.cache.build import build_cache
 from eko_rtp.cache.catalogue import load_catalogue
 from eko_rtp.cache.elevenlabs_backend import ElevenLabsBackend
 from eko_rtp.cache.loader import load_cache
+from eko_rtp.errors import UserError
 
 TEXTS = {"greet": "Bonjour.", "goodbye": "Au revoir."}
 
@@ -30,8 +31,11 @@ def backend_for(fake, **options):
 async def build(tmp_path, backend, texts=TEXTS):
     phrases = write_catalogue(tmp_path / "phrases.toml", texts)
     progress = io.StringIO()
-    summary = await build_cache(cache_dir=tmp_path / "cache", catalogue=load_catalogue(phrases), backend=backend,
-                                progress_stream=progress, terminal=False)
+    try:
+        summary = await build_cache(cache_dir=tmp_path / "cache", catalogue=load_catalogue(phrases), backend=backend,
+                                    progress_stream=progress, terminal=False)
+    finally:
+        await backend.aclose()
     return summary, progress.getvalue().splitlines(), phrases
 
 
@@ -71,6 +75,21 @@ async def test_stream_cut_once_is_retried(tmp_path, fake_elevenlabs):
     assert (tmp_path / "cache" / "greet.raw").read_bytes() == finish_ulaw(expected_audio("Bonjour."))
 
 
+async def test_a_rejected_request_fails_the_phrase_at_once(tmp_path, fake_elevenlabs):
+    fake_elevenlabs.plan(
+        Respond(status=400, error_status="voice_not_found", message="A voice with that ID does not exist"))
+    summary, _, _ = await build(tmp_path, backend_for(fake_elevenlabs), {"greet": "Bonjour."})
+    assert summary.failed == (("greet", "ElevenLabs answered 400: A voice with that ID does not exist"),)
+    assert [record.status for record in fake_elevenlabs.audio_requests()] == [400]
+
+
+async def test_server_errors_until_the_attempts_run_out_fail_the_phrase(tmp_path, fake_elevenlabs):
+    fake_elevenlabs.default = Respond(status=503)
+    summary, _, _ = await build(tmp_path, backend_for(fake_elevenlabs, max_attempts=2), {"greet": "Bonjour."})
+    assert summary.failed == (("greet", "ElevenLabs failed 2 times, last: HTTP 503: Service temporarily unavailable"),)
+    assert [record.status for record in fake_elevenlabs.audio_requests()] == [503, 503]
+
+
 async def test_slow_answers_are_fetched_four_at_a_time(tmp_path, fake_elevenlabs):
     fake_elevenlabs.default = Respond(first_byte_delay=0.3, chunk_size=400, chunk_delay=0.001)
     texts = {f"phrase_{n}": f"Phrase numéro {n}." for n in range(8)}
@@ -102,6 +121,12 @@ def test_cli_401_stops_the_build_with_a_clear_message_and_no_file(tmp_path):
     assert not list(cache.glob("*.raw")) and not [path for path in cache.iterdir() if ".tmp-" in path.name]
     check = run_cli("cache", "check", "--cache", cache, "--phrases", phrases)
     assert check.stdout == "greet: missing: no audio file\ngoodbye: missing: no audio file\n"
+
+
+def test_a_base_url_that_is_not_http_is_the_operators_to_fix():
+    with pytest.raises(UserError) as raised:
+        ElevenLabsBackend.from_environment(environ={"ELEVENLABS_API_KEY": "k", "ELEVENLABS_BASE_URL": "api.example"})
+    assert str(raised.value) == "ElevenLabs: SpeechApi.base_url must start with http:// or https://, got 'api.example'"
 
 
 def test_cli_without_a_key_refuses_the_elevenlabs_backend(tmp_path):

@@ -225,3 +225,27 @@ def test_fixture_serves(fake_elevenlabs):
         f"{fake_elevenlabs.base_url}/v1/text-to-speech/{VOICE}", params={"output_format": "ulaw_8000"}, json={"text": "ok"}
     )
     assert response.content == expected_audio("ok")
+
+
+def test_stamps_say_when_and_the_first_chunk_is_not_held_back():
+    with FakeElevenLabs() as fake:
+        seen = []
+        with httpx.Client() as client:
+            for _ in range(5):
+                with open_stream(client, fake, "stamped") as response:
+                    pieces = response.iter_raw()
+                    next(pieces)
+                    seen.append(time.perf_counter())
+                    b"".join(pieces)
+        fake.plan(Respond(chunk_size=160, chunk_delay=0.5))
+        with open_stream(httpx, fake, "hung up") as response:
+            next(response.iter_raw())
+            hung_up = time.perf_counter()
+        records = fake.audio_requests()
+        assert all(record.wait_finished() for record in records)
+    for record in records:
+        assert record.received_at <= record.first_byte_at
+    # TCP_NODELAY: with Nagle on, the first chunk waited for the client's delayed ACK (40 ms).
+    delays = sorted(arrived - record.first_byte_at for arrived, record in zip(seen, records))
+    assert delays[2] < 0.02
+    assert records[-1].disconnected and 0 <= records[-1].disconnected_at - hung_up < 0.3

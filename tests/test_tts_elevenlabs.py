@@ -200,3 +200,14 @@ async def test_unreachable_provider_is_a_server_error(tmp_path):
         await engine.speak("Bonjour", RecordingSink())
     assert backend.retries_done == 1
     await backend.aclose()
+
+
+async def test_voice_settings_are_checked_by_the_sdk_model_and_sent(fake, tmp_path):
+    with pytest.raises(ValueError, match=r"^voice_settings: unknown stabilty \(ElevenLabs knows stability, "):
+        ElevenLabsBackend(TtsSettings(api_key=KEY, base_url=fake.base_url, voice_settings={"stabilty": 0.5}))
+    engine = engine_for(fake, tmp_path, voice_settings={"stability": 0.5, "use_speaker_boost": True})
+    await engine.speak("Bonjour", RecordingSink())
+    await engine.aclose()
+    [record] = fake.requests
+    assert record.json == {"text": "Bonjour", "model_id": "eleven_flash_v2_5",
+                           "voice_settings": {"stability": 0.5, "use_speaker_boost": True}}

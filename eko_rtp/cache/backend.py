@@ -26,3 +26,6 @@ class Backend(Protocol):
 
     async def render(self, text: str) -> bytes:
         """Cached-format µ-law for ``text``; RenderError if it failed, UserError if the operator must act."""
+
+    async def aclose(self) -> None:
+        """Give back what the backend holds (connections); the build calls it once, at the end."""

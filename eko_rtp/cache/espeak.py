@@ -80,3 +80,6 @@ class EspeakBackend:
     async def render(self, text: str) -> bytes:
         return await render_espeak(text, self.voice)
 
+    async def aclose(self) -> None:
+        """Nothing to give back: each render is its own pair of processes."""
+

@@ -81,9 +81,16 @@ def run_build(args: argparse.Namespace) -> int:
     catalogue = load_catalogue(args.phrases)
     check_only_keys(catalogue, args.only)
     backend = make_backend(args)
+
+    async def build_then_close():
+        try:
+            return await build_cache(cache_dir=args.cache, catalogue=catalogue, backend=backend,
+                                     force=args.force, only=args.only)
+        finally:
+            await backend.aclose()  # the ElevenLabs backend's HTTP connections
+
     try:
-        summary = trio.run(lambda: build_cache(cache_dir=args.cache, catalogue=catalogue, backend=backend,
-                                               force=args.force, only=args.only))
+        summary = trio.run(build_then_close)
     except BaseExceptionGroup as group:
         # Ctrl-C lands in whichever render task was running; trio's nursery wraps it.
         # Every file already stored is complete, so report it as a plain interrupt.

@@ -1,10 +1,9 @@
-"""ElevenLabs streaming text-to-speech over httpx, in trio.
+"""ElevenLabs streaming text-to-speech for live calls.
 
-Theory of operation: one ``POST {base_url}/v1/text-to-speech/{voice_id}/stream``
-per utterance, ``output_format=ulaw_8000`` (PCMU's payload as is, no transcoding),
-the key in the ``xi-api-key`` header. We use ``httpx.AsyncClient`` directly rather
-than the SDK's async client because the SDK sleeps between retries with
-``asyncio.sleep``, which fails under trio; the request shape is the SDK's.
+Theory of operation: one streamed request per utterance through the shared
+:class:`~eko_rtp.tts.elevenlabs_client.ElevenLabsClient` (the one client that
+speaks the ElevenLabs API, also used by ``eko-rtp cache build``), with the voice,
+model and timing of :class:`~eko_rtp.tts.settings.TtsSettings`.
 
 Time budget: the first audio byte must arrive by ``start + first_byte_timeout``
 (absolute, across retries) or the speech fails with :class:`TtsTimeout`; the
@@ -20,58 +19,46 @@ provider stops generating.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 import httpx
-import trio
 
 from eko_rtp.tts.backend import RenderIdentity
-from eko_rtp.tts.errors import (
-    TtsAuthError,
-    TtsError,
-    TtsNoApiKey,
-    TtsRateLimited,
-    TtsRequestRejected,
-    TtsServerError,
-    TtsStreamBroken,
-    TtsTimeout,
-)
+from eko_rtp.tts.elevenlabs_api import RetryPolicy, SpeechApi
+from eko_rtp.tts.elevenlabs_client import ElevenLabsClient
+from eko_rtp.tts.errors import TtsNoApiKey
 from eko_rtp.tts.settings import OUTPUT_FORMAT, TtsSettings
 
-log = logging.getLogger(__name__)
-
-
-def _error_detail(response: httpx.Response) -> str:
-    """``status: message`` from an ElevenLabs JSON error body, or the start of the body."""
-    try:
-        detail = response.json().get("detail")
-    except (ValueError, AttributeError):
-        return response.text[:200]
-    if isinstance(detail, dict):
-        return f"{detail.get('status')}: {detail.get('message')}"
-    return str(detail)[:200]
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return float(response.headers["retry-after"])
-    except (KeyError, ValueError):
-        return None
+# httpx's own timeout, a backstop behind the first-byte and stall deadlines.
+HTTP_TIMEOUT = 30.0
 
 
 class ElevenLabsBackend:
-    """The paid, streaming backend. Owns an ``httpx.AsyncClient`` unless given one."""
+    """The paid, streaming backend. Its client owns an ``httpx.AsyncClient`` unless given one."""
 
     name = "elevenlabs"
     paid = True
 
     def __init__(self, settings: TtsSettings, *, client: httpx.AsyncClient | None = None):
         self.settings = settings
-        self._own_client = client is None
-        # Our own trio deadlines govern; httpx's timeout is only a backstop.
-        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(30.0))
-        self.retries_done = 0
+        self._client = None
+        if settings.api_key:
+            api = SpeechApi(
+                api_key=settings.api_key,
+                base_url=settings.base_url,
+                voice_id=settings.voice_id,
+                model_id=settings.model_id,
+                optimize_streaming_latency=settings.optimize_streaming_latency,
+                voice_settings=settings.voice_settings,
+            )
+            policy = RetryPolicy(
+                retries=settings.retries, first_backoff=settings.retry_backoff, max_backoff=settings.retry_backoff_max
+            )
+            self._client = ElevenLabsClient(api, policy, timeout=HTTP_TIMEOUT, http=client)
+
+    @property
+    def retries_done(self) -> int:
+        return self._client.retries_done if self._client is not None else 0
 
     def render_identity(self) -> RenderIdentity:
         settings: dict[str, object] = {"optimize_streaming_latency": self.settings.optimize_streaming_latency}
@@ -82,109 +69,17 @@ class ElevenLabsBackend:
         )
 
     async def aclose(self) -> None:
-        if self._own_client:
+        if self._client is not None:
             await self._client.aclose()
-
-    def _request(self, text: str) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
-        params: dict[str, object] = {"output_format": OUTPUT_FORMAT}
-        if self.settings.optimize_streaming_latency is not None:
-            params["optimize_streaming_latency"] = self.settings.optimize_streaming_latency
-        body: dict[str, object] = {"text": text, "model_id": self.settings.model_id}
-        if self.settings.voice_settings is not None:
-            body["voice_settings"] = dict(self.settings.voice_settings)
-        return self._client.stream(
-            "POST",
-            f"{self.settings.base_url.rstrip('/')}/v1/text-to-speech/{self.settings.voice_id}/stream",
-            params=params,
-            json=body,
-            headers={"xi-api-key": self.settings.api_key or "", "accept": "audio/basic"},
-        )
-
-    async def _check_status(self, response: httpx.Response) -> None:
-        if response.status_code == 200:
-            return
-        await response.aread()
-        where = f"ElevenLabs {response.request.url.path}"
-        detail = _error_detail(response)
-        status = response.status_code
-        if status == 401:
-            raise TtsAuthError(f"{where}: API key refused (401 {detail})")
-        if status == 429:
-            raise TtsRateLimited(f"{where}: rate limited (429 {detail})", retry_after=_retry_after(response))
-        if status >= 500:
-            raise TtsServerError(f"{where}: server error ({status} {detail})")
-        raise TtsRequestRejected(f"{where}: request rejected ({status} {detail})")
-
-    async def _first_chunk(
-        self, stack: contextlib.AsyncExitStack, text: str, deadline: float
-    ) -> tuple[AsyncIterator[bytes], bytes]:
-        """Open the stream and wait for its first audio bytes, by ``deadline``."""
-        with trio.move_on_at(deadline) as scope:
-            try:
-                response = await stack.enter_async_context(self._request(text))
-                await self._check_status(response)
-                # No chunk_size: httpx would hold bytes back until it had that many.
-                chunks = response.aiter_raw()
-                async for first in chunks:
-                    if first:
-                        return chunks, first
-            except httpx.TransportError as error:
-                raise TtsServerError(f"ElevenLabs at {self.settings.base_url}: {type(error).__name__}: {error}") from error
-            raise TtsStreamBroken(f"ElevenLabs answered 200 with no audio for {len(text)} characters")
-        assert scope.cancelled_caught
-        raise TtsTimeout(
-            f"ElevenLabs: no audio within {self.settings.first_byte_timeout} s for {len(text)} characters"
-        )
-
-    async def _backoff(self, error: TtsError, attempt: int, deadline: float) -> None:
-        """Sleep before retry ``attempt`` (1-based), or re-raise if out of tries or time."""
-        if attempt > self.settings.retries:
-            raise error
-        delay = min(self.settings.retry_backoff * 2 ** (attempt - 1), self.settings.retry_backoff_max)
-        if isinstance(error, TtsRateLimited) and error.retry_after is not None:
-            delay = min(max(delay, error.retry_after), self.settings.retry_backoff_max)
-        if trio.current_time() + delay >= deadline:
-            raise error
-        log.info("ElevenLabs: %s; retry %d/%d in %.2f s", error, attempt, self.settings.retries, delay)
-        self.retries_done += 1
-        await trio.sleep(delay)
 
     async def stream(self, text: str) -> AsyncIterator[bytes]:
         """µ-law chunks of ``text`` as ElevenLabs streams them."""
-        if not self.settings.api_key:
+        if self._client is None:
             raise TtsNoApiKey("ElevenLabs: no API key configured (set tts api_key or ELEVENLABS_API_KEY)")
-        deadline = trio.current_time() + self.settings.first_byte_timeout
-        attempt = 0
-        while True:
-            async with contextlib.AsyncExitStack() as stack:
-                try:
-                    chunks, first = await self._first_chunk(stack, text, deadline)
-                except TtsError as error:
-                    if not error.retryable:
-                        raise
-                    failure = error
-                else:
-                    yield first
-                    async for chunk in self._rest(chunks, received=len(first)):
-                        yield chunk
-                    return
-            attempt += 1
-            await self._backoff(failure, attempt, deadline)
-
-    async def _rest(self, chunks: AsyncIterator[bytes], *, received: int) -> AsyncIterator[bytes]:
-        while True:
-            try:
-                with trio.fail_after(self.settings.stall_timeout):
-                    chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                return
-            except trio.TooSlowError:
-                raise TtsStreamBroken(
-                    f"ElevenLabs: stream stalled for {self.settings.stall_timeout} s after {received} bytes"
-                ) from None
-            except httpx.HTTPError as error:
-                raise TtsStreamBroken(
-                    f"ElevenLabs: stream broken after {received} bytes: {type(error).__name__}: {error}"
-                ) from error
-            received += len(chunk)
-            yield chunk
+        chunks = self._client.stream(
+            text, first_byte_timeout=self.settings.first_byte_timeout, stall_timeout=self.settings.stall_timeout
+        )
+        # aclosing: a cancelled speech closes the HTTP stream now, not when the GC finds it.
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
