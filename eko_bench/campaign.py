@@ -20,14 +20,14 @@ import tempfile
 import attrs
 import trio
 
-from eko_rtp.bench import noise, report, scripts, targets
-from eko_rtp.bench.fake_tts import FakeTts
-from eko_rtp.bench.run import BENCH_RTP_PORTS, LIVE_SCENARIOS, Plan, RunResult, run_load
+from eko_bench import noise, report, scripts, targets
+from eko_bench.fake_tts import FakeTts
+from eko_bench.run import BENCH_RTP_PORTS, LIVE_SCENARIOS, Plan, RunResult, run_load
 from eko_rtp.errors import UserError
 from eko_rtp.server.awake import keep_cpus_awake
 
 RAMP_STEPS = (50, 100, 200, 400, 700, 1000, 1400)
-SCRIPT_OF = {"live-tts": "live_tts", "hybrid": "hybrid", "mixed": "mixed"}  # server scripts in eko_rtp.bench.scripts
+SCRIPT_OF = {"live-tts": "live_tts", "hybrid": "hybrid", "mixed": "mixed"}  # server scripts in eko_bench.scripts
 RAMP_P99_MS = 2.0
 SERVER_FIRST_BYTE_TIMEOUT = 1.5  # s, the server's default [tts] first_byte_timeout
 TTS_TIMEOUT_MARGIN = 0.5  # s the spawned server waits past the fake's time to first byte
@@ -259,7 +259,7 @@ async def _run_plans(options: Options, *, caller_audio: bytes) -> Outcome:
         notes.append(f"{options.plan.scenario} against --address: the server must already run --script"
                      f" {scripts.__name__}:{SCRIPT_OF[options.plan.scenario]} with"
                      f" ELEVENLABS_BASE_URL at an endpoint answering after {options.plan.tts_first_byte_ms:.0f} ms and"
-                     f" rendering eko_rtp.bench.fake_tts.live_audio (only --spawn starts one)")
+                     f" rendering eko_bench.fake_tts.live_audio (only --spawn starts one)")
     if options.keep_cpu_awake:
         notes.append(f"--keep-cpu-awake: SCHED_IDLE spinners kept CPU(s) {sorted(options.server_cpus)} from halting"
                      " (the server's own; the bench's for the peer); the target's CPU row counts its own process only")

@@ -1,21 +1,22 @@
-"""`eko-rtp bench` (also `bin/eko-bench`): load a SIP target on loopback the way a trunk does and report."""
+"""`eko-bench` (also `bin/eko-bench`, `python -m eko_bench`): load a SIP target on loopback the way a trunk does and report."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
-from eko_rtp.bench import campaign, noise, report, scripts
-from eko_rtp.bench.rtp_engine import SILENCE, open_wav_as_ulaw
-from eko_rtp.bench.run import MAX_CALLS, MAX_SECONDS, SCENARIOS, Plan
-from eko_rtp.bench.targets import parse_cpus, parse_port_range, server_rtp_ports, trailing_silence_frames
+from eko_bench import campaign, noise, report, scripts
+from eko_bench.rtp_engine import SILENCE, open_wav_as_ulaw
+from eko_bench.run import MAX_CALLS, MAX_SECONDS, SCENARIOS, Plan
+from eko_bench.targets import parse_cpus, parse_port_range, server_rtp_ports, trailing_silence_frames
 from eko_rtp.errors import UserError
 
 
-def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "bench", help="place calls at a server or the pjsua2 reference peer and measure them",
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eko-bench",
         description="Acts as a SIP trunk on loopback: places calls at a rate and concurrency, holds them, sends"
                     " caller RTP, receives and times the target's RTP, hangs up, and reports latency, jitter,"
                     f" loss, drift, CPU and memory. Hard caps: {MAX_CALLS} calls, {MAX_SECONDS:.0f} s.")
@@ -64,7 +65,7 @@ def add_parser(subparsers) -> None:
                              " (the server's own --keep-cpu-awake; the bench runs them for the peer and for the probe)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--plot", help="also draw latency and inter-arrival plots to this PNG (needs matplotlib)")
-    parser.set_defaults(func=run)
+    return parser
 
 
 def _flag(parse):
@@ -136,3 +137,17 @@ def run(args: argparse.Namespace) -> int:
         for note in outcome.notes:
             print(f"note: {note}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `eko-bench` console script: usage errors exit 2, user errors name the flag and exit 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return run(args)
+    except UserError as error:
+        print(f"eko-bench: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -23,7 +23,7 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from eko_rtp.bench.targets import check_loopback
+from eko_bench.targets import check_loopback
 from eko_rtp.codec.g711 import ALAW_SILENCE, ULAW_SILENCE, ULAW_TO_ALAW
 from eko_rtp.errors import UserError
 

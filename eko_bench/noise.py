@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from eko_rtp.bench import stats
+from eko_bench import stats
 
 PERIOD = 0.005  # s between deadlines: 200 wake-ups a second
 MAX_SECONDS = 30.0
@@ -68,7 +68,7 @@ def measure(cpus: set[int], seconds: float) -> dict:
         raise ValueError(f"probe seconds must be in (0, {MAX_SECONDS:g}], not {seconds!r}")
     # The child pins itself (no preexec_fn: the bench calls this from a worker thread).
     done = subprocess.run(
-        [sys.executable, "-m", "eko_rtp.bench.noise", str(seconds), ",".join(map(str, sorted(cpus)))],
+        [sys.executable, "-m", "eko_bench.noise", str(seconds), ",".join(map(str, sorted(cpus)))],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=seconds + 20, check=False,
     )
     if done.returncode != 0:

@@ -20,9 +20,9 @@ import collections
 
 import attrs
 
-from eko_rtp.bench import procstat, scripts, stats
-from eko_rtp.bench.fake_tts import LIVE, SILENT
-from eko_rtp.bench.run import LIVE_SCENARIOS, RunResult
+from eko_bench import procstat, scripts, stats
+from eko_bench.fake_tts import LIVE, SILENT
+from eko_bench.run import LIVE_SCENARIOS, RunResult
 from eko_rtp.errors import UserError
 
 LATE_SENDING_MS = 5.0

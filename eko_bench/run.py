@@ -30,10 +30,10 @@ import time
 import attrs
 import trio
 
-from eko_rtp.bench import fake_tts, procstat, rtp_engine, uac, udp_queues
-from eko_rtp.bench.rtp_engine import MediaHandle, RtpEngine
-from eko_rtp.bench.sip_client import SipClient
-from eko_rtp.bench.targets import Target, check_loopback
+from eko_bench import fake_tts, procstat, rtp_engine, uac, udp_queues
+from eko_bench.rtp_engine import MediaHandle, RtpEngine
+from eko_bench.sip_client import SipClient
+from eko_bench.targets import Target, check_loopback
 from eko_rtp.errors import UserError
 
 MAX_CALLS = 2000

@@ -21,8 +21,8 @@ import time
 import attrs
 import trio
 
-from eko_rtp.bench import uac
-from eko_rtp.bench.rtp_engine import SO_TIMESTAMPNS
+from eko_bench import uac
+from eko_bench.rtp_engine import SO_TIMESTAMPNS
 
 log = logging.getLogger(__name__)
 _TIMESPEC = struct.Struct("@qq")

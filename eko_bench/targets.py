@@ -22,12 +22,12 @@ import tempfile
 import attrs
 import trio
 
-from eko_rtp.bench.sip_client import SipClient
+from eko_bench.sip_client import SipClient
 from eko_rtp.config import parse_cpu_list
 from eko_rtp.config import parse_port_range as parse_rtp_port_range
 from eko_rtp.errors import UserError
 
-PEER_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "bench" / "peers" / "pjsua2_bot.py"
+PEER_SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "bench" / "peers" / "pjsua2_bot.py"
 PEER_MAX_CALLS = 4  # PJSUA_MAX_CALLS in the pjsua2-python wheel
 PHRASES = ("greet", "welcome")  # what the default script plays, in order
 READY_TIMEOUT = 30.0

@@ -26,7 +26,12 @@ DEFAULT_SCRIPT = "eko_rtp.call.eko_script:run"
 # section -> key -> (accepted python types, default)
 SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "sip": {
+        # Where SIP binds (an IP: 0.0.0.0 or [::] for every interface) ...
         "listen": ((str,), "127.0.0.1:5060"),
+        # ... and what callers are told, in Contact and Via: IP[:PORT] (default: the listen
+        # address and the bound port). A wildcard listen needs it (RFC 3261 §8.1.1.8: the
+        # Contact is where the peer sends its next request; 0.0.0.0 reaches no one).
+        "advertise": ((str,), ""),
         "transports": ((list,), ["udp", "tcp"]),
         "user_agent": ((str,), "Eko-RTP/0.1"),
         "session_expires": ((int,), 1800),
@@ -36,6 +41,8 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "t1": ((int, float), 0.5),
     },
     "media": {
+        # The address our SDP c= line gives for RTP (default: the sip.advertise host, else
+        # the listen address). RTP binds on the sip.listen address, whatever this says.
         "address": ((str,), ""),
         "rtp_ports": ((str,), "20000-29999"),
         "codec": ((str,), "offer"),
@@ -51,6 +58,9 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "cache": {
         "dir": ((str,), "cache"),
         "phrases": ((str,), "cache/phrases.toml"),
+        # Start (and reload) with phrases of the catalogue missing from the cache; off, a
+        # partial cache is refused, naming the keys (serve --degraded sets it).
+        "allow_missing": ((bool,), False),
     },
     "crm": {
         "address": ((str,), ""),
@@ -73,8 +83,12 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "drain_grace_seconds": ((int, float), 60.0),
         "metrics_listen": ((str,), ""),
         "log_full_numbers": ((bool,), False),
+        # The log level (DEBUG, INFO, WARNING, ERROR, CRITICAL); eko-rtp --log-level wins.
+        "log_level": ((str,), "INFO"),
     },
 }
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @attrs.frozen(kw_only=True)
@@ -170,8 +184,16 @@ class Config:
         return parse_host_port(self["sip.listen"], what="sip.listen")
 
     @property
+    def sip_advertise(self) -> HostPort:
+        """What Contact and Via carry; port 0 means the port SIP is bound to."""
+        if self["sip.advertise"]:
+            return parse_host_port(self["sip.advertise"], what="sip.advertise", default_port=0)
+        return HostPort(host=self.sip_listen.host, port=0)
+
+    @property
     def media_address(self) -> str:
-        return self["media.address"] or self.sip_listen.host
+        """The address our SDP offers for RTP (the sockets bind on the sip.listen host)."""
+        return self["media.address"] or self.sip_advertise.host
 
     @property
     def cpus(self) -> frozenset[int] | None:
@@ -190,23 +212,35 @@ def _check_values(values: dict[str, dict[str, Any]], source: str | None) -> None
     transports = values["sip"]["transports"]
     if not transports or any(t not in ("udp", "tcp") for t in transports):
         fail("sip.transports", f"must be a non-empty list of 'udp' and 'tcp', got {transports!r}")
-    for dotted in ("sip.listen",):
+    addresses = {}
+    for dotted in ("sip.listen", "sip.advertise"):
         section, _, key = dotted.partition(".")
+        if key == "advertise" and not values[section][key]:
+            continue  # optional: the listen address
         try:
-            listen = parse_host_port(values[section][key], what=dotted)
+            address = parse_host_port(values[section][key], what=dotted, default_port=0 if key == "advertise" else None)
         except UserError as error:
             fail(dotted, error.detail)
         try:
             # A name here would be resolved by blocking calls (bind, the SDP address) and
             # could change under a running server: the operator resolves it once, here.
-            ipaddress.ip_address(listen.host)
+            addresses[dotted] = ipaddress.ip_address(address.host)
         except ValueError:
-            fail(dotted, f"{listen.host!r} is not an IP address (write 127.0.0.1 or ::1 for localhost)")
+            fail(dotted, f"{address.host!r} is not an IP address (write 127.0.0.1 or ::1 for localhost)")
     if values["media"]["address"]:
         try:
-            ipaddress.ip_address(values["media"]["address"])
+            addresses["media.address"] = ipaddress.ip_address(values["media"]["address"])
         except ValueError:
             fail("media.address", f"{values['media']['address']!r} is not an IP address")
+    # A wildcard is a fine place to bind, and no place to send anything to: in Contact it
+    # strands the caller's next request, in SDP c= it reads as "on hold" (RFC 3264 §8.4).
+    for dotted, address in addresses.items():
+        if dotted != "sip.listen" and address.is_unspecified:
+            fail(dotted, f"{address} is a wildcard address: write the address callers reach this server at")
+    if addresses["sip.listen"].is_unspecified and "sip.advertise" not in addresses:
+        fail("sip.listen", f"{values['sip']['listen']} binds every interface, which tells callers nothing: set "
+                           "sip.advertise to the address for Contact and Via (IP[:PORT]), and media.address "
+                           "if RTP should go elsewhere than that IP")
     try:
         parse_port_range(values["media"]["rtp_ports"], what="media.rtp_ports")
     except UserError as error:
@@ -216,6 +250,8 @@ def _check_values(values: dict[str, dict[str, Any]], source: str | None) -> None
             parse_cpu_list(values["media"]["cpus"], what="media.cpus")
         except UserError as error:
             fail("media.cpus", error.detail)
+    if values["service"]["log_level"].upper() not in LOG_LEVELS:
+        fail("service.log_level", f"{values['service']['log_level']!r} is not a log level ({', '.join(LOG_LEVELS)})")
     if values["media"]["codec"] not in ("offer", "PCMU", "PCMA"):
         fail("media.codec", f"must be 'offer', 'PCMU' or 'PCMA', got {values['media']['codec']!r}")
     if values["sip"]["min_se"] < 90:

@@ -24,3 +24,11 @@ class UserError(Exception):
             where.append(f"key {key!r}")
         prefix = ", ".join(where)
         super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+def first_leaf(group: BaseExceptionGroup) -> BaseException:
+    """The first exception in ``group`` that is not itself a group (what a nursery wrapped)."""
+    error = group.exceptions[0]
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

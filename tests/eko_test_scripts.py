@@ -6,6 +6,8 @@ import logging
 
 import trio
 
+from eko_rtp.call.greeting import choose_greeting
+
 log = logging.getLogger("eko_rtp.call.script")
 
 
@@ -67,3 +69,12 @@ async def time_digits(call) -> None:
     async for digit in call.dtmf:
         log.info("call %s: digit %s seen at monotonic %.6f", call.call_id, digit, time.monotonic())
     log.info("call %s: no more digits", call.call_id)
+
+
+async def greet_then_live(call) -> None:
+    """Eko's greeting for what the CRM knows, then live text behind it: a call that moves every
+    figure of the dashboard (CRM, phrase cache, live TTS and its cache)."""
+    call.greeting = choose_greeting(await call.caller_record())
+    await call.say_hybrid(call.greeting[0], LIVE_TEXT)
+    log.info("call %s: greeting and live text done", call.call_id)
+    await trio.sleep_forever()

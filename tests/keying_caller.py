@@ -20,7 +20,7 @@ import time
 
 import attrs
 
-from eko_rtp.bench import uac
+from eko_bench import uac
 
 _HEADER = struct.Struct("!BBHII")
 _EVENT = struct.Struct("!BBH")

@@ -1,6 +1,6 @@
 """A minimal synchronous SIP caller for tests that need the RTP packets themselves.
 
-Built on the benchmark's deliberately separate UAC messages (eko_rtp.bench.uac): it
+Built on the benchmark's deliberately separate UAC messages (eko_bench.uac): it
 sends an INVITE, ACKs the 200, sends 20 ms silence RTP like a phone, records every
 RTP packet it receives with its arrival time, answers a BYE from the server, and
 sends BYE itself after ``hold`` seconds. Loopback only; bounded in time.
@@ -16,7 +16,7 @@ import time
 
 import attrs
 
-from eko_rtp.bench import uac
+from eko_bench import uac
 
 
 @attrs.define
@@ -37,6 +37,7 @@ class CallRecord:
     packets: list[Packet] = attrs.Factory(list)
     server_hung_up: bool = False
     responses: list[int] = attrs.Factory(list)
+    answer: uac.Message | None = None  # the 200 OK to the INVITE, as received
 
 
 def place_call(target: tuple[str, int], *, hold: float, caller: str = "0600000000", timeout: float = 30.0) -> CallRecord:
@@ -96,6 +97,7 @@ def _call(sip, rtp, target, *, hold, caller, timeout) -> CallRecord:
                     if message.status >= 300:
                         return record
                     record.answered_at = arrival
+                    record.answer = message
                     dialog = dialog.confirmed(message)
                     sip.sendto(dialog.ack(), target)
                     answer = uac.parse_sdp_answer_untrusted(message.body)

@@ -4,9 +4,9 @@ the options refuse."""
 import pytest
 import trio
 
-from eko_rtp.bench.campaign import Options, _kept_awake, _unwrapped
-from eko_rtp.bench.run import Plan
-from eko_rtp.bench.targets import server_rtp_ports
+from eko_bench.campaign import Options, _kept_awake, _unwrapped
+from eko_bench.run import Plan
+from eko_bench.targets import server_rtp_ports
 from eko_rtp.errors import UserError
 
 

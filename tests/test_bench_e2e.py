@@ -5,6 +5,7 @@ import os
 import pathlib
 import re
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -13,8 +14,8 @@ import pytest
 from server_helpers import ServerProcess, free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-BENCH = ROOT / "bin" / "eko-bench"
-PYTHON = ROOT / ".venv" / "bin" / "python"
+# The benchmark as the installed project runs it, from whatever environment runs the tests.
+BENCH = [sys.executable, "-m", "eko_bench"]
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -32,7 +33,7 @@ def phrase_dir(tmp_path_factory):
 
 
 def bench(*arguments, timeout=120):
-    return subprocess.run([str(BENCH), *arguments], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*BENCH, *arguments], capture_output=True, text=True, timeout=timeout)
 
 
 def test_peer_two_calls(phrase_dir):
@@ -68,7 +69,7 @@ def _spinners_of(pid):
 
 def test_the_bench_keeps_the_peers_cpu_awake_itself(phrase_dir):
     cpu = min(os.sched_getaffinity(0))
-    process = subprocess.Popen([str(BENCH), "--target", "peer", "--cache", str(phrase_dir), "--server-cpus", str(cpu),
+    process = subprocess.Popen([*BENCH, "--target", "peer", "--cache", str(phrase_dir), "--server-cpus", str(cpu),
                                 "--keep-cpu-awake", "--noise-probe", "0", "--calls", "1", "--hold", "3", "--json"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last_seen = {}  # spinner pid -> (policy, CPUs) at its last look; a spinner starts as SCHED_OTHER, briefly
@@ -102,19 +103,19 @@ def test_peer_states_the_pjsua_call_cap(phrase_dir):
 def test_refuses_a_target_outside_loopback():
     done = bench("--address", "192.0.2.1:5060", "--calls", "1")
     assert done.returncode == 2
-    assert done.stderr == ("eko-rtp: error: key '--address': target 192.0.2.1 is outside loopback (127.0.0.0/8, ::1);"
+    assert done.stderr == ("eko-bench: error: key '--address': target 192.0.2.1 is outside loopback (127.0.0.0/8, ::1);"
                            " the bench refuses to load other hosts\n")
 
 
 def test_peer_needs_a_cache():
     done = bench("--target", "peer", "--calls", "1")
-    assert (done.returncode, done.stderr) == (2, "eko-rtp: error: key '--cache': the peer plays the cache's phrases: give --cache DIR\n")
+    assert (done.returncode, done.stderr) == (2, "eko-bench: error: key '--cache': the peer plays the cache's phrases: give --cache DIR\n")
 
 
 @pytest.fixture(scope="module")
 def built_cache(tmp_path_factory):
     directory = tmp_path_factory.mktemp("cache")
-    done = subprocess.run([str(PYTHON), "-m", "eko_rtp", "cache", "build", "--cache", str(directory)],
+    done = subprocess.run([sys.executable, "-m", "eko_rtp", "cache", "build", "--cache", str(directory)],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     if done.returncode != 0:
         pytest.fail(f"eko-rtp cache build failed: {done.stderr[-2000:]}")
@@ -217,14 +218,14 @@ def test_keep_cpu_awake_needs_a_pinned_target_the_bench_starts(arguments):
     done = bench(*arguments, "--keep-cpu-awake")
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1] == (
-        "eko-rtp: error: key '--keep-cpu-awake': --keep-cpu-awake keeps the CPUs of a target the bench starts awake:"
+        "eko-bench: error: key '--keep-cpu-awake': --keep-cpu-awake keeps the CPUs of a target the bench starts awake:"
         " give --server-cpus, and --spawn for the server (a running one takes `eko-rtp serve --keep-cpu-awake`)")
 
 
 def test_a_noise_probe_out_of_bounds_is_a_user_error():
     done = bench("--spawn", "--noise-probe", "31")
     assert done.returncode == 2
-    assert done.stderr.splitlines()[-1] == "eko-rtp: error: key '--noise-probe': the noise probe runs 0 to 30 s, not 31"
+    assert done.stderr.splitlines()[-1] == "eko-bench: error: key '--noise-probe': the noise probe runs 0 to 30 s, not 31"
 
 
 def _tshark_streams(capture):
@@ -310,7 +311,7 @@ def test_spawned_server_with_returning_callers(built_cache):
 def test_bad_flags_are_usage_errors(arguments, error):
     done = bench(*arguments)
     assert done.returncode == 2
-    assert done.stderr.splitlines()[-1] == f"eko-rtp bench: error: {error}"
+    assert done.stderr.splitlines()[-1] == f"eko-bench: error: {error}"
 
 
 def test_running_out_of_rtp_ports_is_a_user_error(phrase_dir):
@@ -318,7 +319,7 @@ def test_running_out_of_rtp_ports_is_a_user_error(phrase_dir):
                  "--bench-rtp-ports", "20400-20402")
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1] == (
-        "eko-rtp: error: key '--bench-rtp-ports': no free RTP/RTCP port pair on 127.0.0.1 in 20400-20402")
+        "eko-bench: error: key '--bench-rtp-ports': no free RTP/RTCP port pair on 127.0.0.1 in 20400-20402")
 
 
 def _live_run(built_cache, scenario, *extra):
@@ -375,4 +376,10 @@ def test_spawned_server_mixes_live_and_cached_calls(built_cache):
 def test_live_scenarios_are_server_only():
     done = bench("--target", "peer", "--scenario", "live-tts", "--cache", "/nonexistent")
     assert (done.returncode, done.stderr) == (
-        2, "eko-rtp: error: key '--target': live-tts measures the server's live TTS; the peer has none\n")
+        2, "eko-bench: error: key '--target': live-tts measures the server's live TTS; the peer has none\n")
+
+
+def test_bin_eko_bench_is_the_same_command():
+    done = subprocess.run([str(ROOT / "bin" / "eko-bench"), "--help"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert done.returncode == 0 and done.stdout.startswith("usage: eko-bench ")

@@ -5,7 +5,7 @@ import time
 import httpx
 import pytest
 
-from eko_rtp.bench.fake_tts import LIVE, LIVE_BYTE, SILENT, SOUND, FakeTts, classify_payload, live_audio
+from eko_bench.fake_tts import LIVE, LIVE_BYTE, SILENT, SOUND, FakeTts, classify_payload, live_audio
 from eko_rtp.codec.g711 import ULAW_TO_ALAW
 from eko_rtp.errors import UserError
 

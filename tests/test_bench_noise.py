@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from eko_rtp.bench import noise
+from eko_bench import noise
 
 
 def test_the_probe_sleeps_to_each_deadline_and_notes_how_late_it_woke():

@@ -5,9 +5,9 @@ import array
 import attrs
 import pytest
 
-from eko_rtp.bench import campaign, fake_tts, procstat, report, udp_queues
-from eko_rtp.bench.rtp_engine import MediaHandle
-from eko_rtp.bench.run import CallRecord, ClassifiedHandle, Plan, RunResult
+from eko_bench import campaign, fake_tts, procstat, report, udp_queues
+from eko_bench.rtp_engine import MediaHandle
+from eko_bench.run import CallRecord, ClassifiedHandle, Plan, RunResult
 
 MS = 1_000_000
 T0 = 1_700_000_000 * 1_000_000_000  # CLOCK_REALTIME ns
@@ -174,7 +174,7 @@ def test_live_tts_summary_and_rows():
 
 
 def test_live_tts_latency_split_at_the_endpoint():
-    from eko_rtp.bench.scripts import text_for
+    from eko_bench.scripts import text_for
     records = [
         CallRecord(index=0, status=200, final_ns=T0 - 10 * MS, call_id="a@b", media=_classified([0, 20, 300, 320], [S, S, L, L])),
         CallRecord(index=1, status=200, final_ns=T0, call_id="c@d", media=_classified([0, 20, 340], [S, S, L])),

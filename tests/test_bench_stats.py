@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from eko_rtp.bench import procstat, stats
+from eko_bench import procstat, stats
 
 MS = 1_000_000
 
@@ -147,7 +147,7 @@ def test_sampling_this_process():
 
 
 def test_core_modules_import_neither_trio_nor_socket():
-    code = ("import sys; import eko_rtp.bench.uac, eko_rtp.bench.stats, eko_rtp.bench.procstat;"
+    code = ("import sys; import eko_bench.uac, eko_bench.stats, eko_bench.procstat;"
             " print(sorted(name for name in ('trio', 'socket') if name in sys.modules))")
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "[]"

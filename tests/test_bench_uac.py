@@ -2,9 +2,9 @@
 
 import pytest
 
-from eko_rtp.bench import uac
-from eko_rtp.bench.run import Plan
-from eko_rtp.bench.targets import check_loopback, parse_host_port
+from eko_bench import uac
+from eko_bench.run import Plan
+from eko_bench.targets import check_loopback, parse_host_port
 from eko_rtp.errors import UserError
 
 ENDPOINT = uac.Endpoint(local_host="127.0.0.1", local_port=5999, target_host="127.0.0.1", target_port=5060)

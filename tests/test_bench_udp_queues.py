@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from eko_rtp.bench import udp_queues
-from eko_rtp.bench.udp_queues import QueueSample, UdpSocket
+from eko_bench import udp_queues
+from eko_bench.udp_queues import QueueSample, UdpSocket
 
 # /proc/net/udp as Linux 6.x prints it (trailing spaces included): the server's RTP socket
 # 30000 (0x7530) with three 172-byte datagrams waiting (3 x 832 bytes charged), its RTCP

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from eko_rtp.bench import uac
+from eko_bench import uac
 from server_helpers import ServerProcess
 from test_server_torture import sip_request
 

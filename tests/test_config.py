@@ -13,10 +13,14 @@ from eko_rtp.errors import UserError
 from server_helpers import REPO
 
 
+WILDCARD = ("f.toml, key 'sip.listen': {listen} binds every interface, which tells callers nothing: set sip.advertise"
+            " to the address for Contact and Via (IP[:PORT]), and media.address if RTP should go elsewhere than that IP")
+
+
 @pytest.mark.parametrize(
     "raw, message",
     [
-        ({"sip": {"lisen": "x"}}, "f.toml, key 'sip.lisen': unknown key (known in [sip]: listen, transports, user_agent, session_expires, min_se, max_message_size, answer_timeout, t1)"),
+        ({"sip": {"lisen": "x"}}, "f.toml, key 'sip.lisen': unknown key (known in [sip]: listen, advertise, transports, user_agent, session_expires, min_se, max_message_size, answer_timeout, t1)"),
         ({"sipp": {}}, "f.toml, key 'sipp': unknown section [sipp] (known: sip, media, cache, crm, tts, script, service)"),
         ({"media": {"rtp_timeout": "30"}}, "f.toml, key 'media.rtp_timeout': expected int or float, got str '30'"),
         ({"service": {"log_full_numbers": 1}}, "f.toml, key 'service.log_full_numbers': expected bool, got int 1"),
@@ -32,6 +36,17 @@ from server_helpers import REPO
         ({"sip": {"min_se": 60}}, "f.toml, key 'sip.min_se': must be at least 90 seconds (RFC 4028 §4)"),
         ({"script": {"function": "mymodule"}}, "f.toml, key 'script.function': expected MODULE:FUNCTION, got 'mymodule'"),
         ({"service": {"drain_grace_seconds": 0}}, "f.toml, key 'service.drain_grace_seconds': must be positive"),
+        ({"service": {"log_level": "LOUD"}}, "f.toml, key 'service.log_level': 'LOUD' is not a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)"),
+        ({"cache": {"allow_missing": "yes"}}, "f.toml, key 'cache.allow_missing': expected bool, got str 'yes'"),
+        # A wildcard binds every interface and tells callers nothing (issue 14, defect 4).
+        ({"sip": {"listen": "0.0.0.0:5093"}}, WILDCARD.format(listen="0.0.0.0:5093")),
+        ({"sip": {"listen": "[::]:5093"}, "media": {"address": "192.0.2.5"}}, WILDCARD.format(listen="[::]:5093")),
+        ({"sip": {"listen": "0.0.0.0:5093", "advertise": "0.0.0.0"}},
+         "f.toml, key 'sip.advertise': 0.0.0.0 is a wildcard address: write the address callers reach this server at"),
+        ({"sip": {"advertise": "eko.example:5060"}},
+         "f.toml, key 'sip.advertise': 'eko.example' is not an IP address (write 127.0.0.1 or ::1 for localhost)"),
+        ({"sip": {"advertise": "192.0.2.4:99999"}}, "f.toml, key 'sip.advertise': port 99999 is out of range 0-65535 in '192.0.2.4:99999'"),
+        ({"media": {"address": "::"}}, "f.toml, key 'media.address': :: is a wildcard address: write the address callers reach this server at"),
     ],
 )
 def test_bad_values_name_file_and_key(raw, message):
@@ -70,3 +85,49 @@ def test_serve_refuses_a_bad_config_with_exit_2(tmp_path):
     )
     assert completed.returncode == 2
     assert completed.stderr.strip().splitlines()[-1] == f"eko-rtp: error: {config}, key 'media.rtp_timeout': must be positive"
+
+
+@pytest.mark.parametrize(
+    ("raw", "advertised", "media_address"),
+    [
+        ({}, ("127.0.0.1", 0), "127.0.0.1"),
+        ({"sip": {"listen": "0.0.0.0:5093", "advertise": "192.0.2.4"}}, ("192.0.2.4", 0), "192.0.2.4"),
+        ({"sip": {"listen": "0.0.0.0:5093", "advertise": "192.0.2.4:5070"}, "media": {"address": "198.51.100.9"}},
+         ("192.0.2.4", 5070), "198.51.100.9"),
+        ({"sip": {"listen": "[::]:5093", "advertise": "[2001:db8::4]"}}, ("2001:db8::4", 0), "2001:db8::4"),
+        ({"sip": {"listen": "10.0.0.5:5060", "advertise": "203.0.113.7"}}, ("203.0.113.7", 0), "203.0.113.7"),
+    ],
+)
+def test_bind_and_advertised_addresses_are_separate(raw, advertised, media_address):
+    config = build_config(raw, source="f.toml")
+    assert (config.sip_advertise.host, config.sip_advertise.port) == advertised  # port 0: the bound port
+    assert config.media_address == media_address
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "eko_rtp", *args], capture_output=True, text=True, cwd=REPO, timeout=timeout)
+
+
+def test_serve_refuses_a_wildcard_listen_without_an_advertised_address():
+    completed = run_cli("serve", "--listen", "0.0.0.0:5093")
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines()[-1] == "eko-rtp: error: " + WILDCARD.format(listen="0.0.0.0:5093").replace(
+        "f.toml", "command line")
+
+
+@pytest.mark.parametrize("command", [("cache", "check"), ("serve",), ("crm", "seed", "--db", "/nonexistent/x.db")])
+def test_a_bad_log_level_is_a_usage_error(command):
+    completed = run_cli("--log-level", "LOUD", *command)
+    assert completed.returncode == 2
+    assert completed.stderr.splitlines()[-1] == (
+        "eko-rtp: error: argument --log-level: 'LOUD' is not a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+    assert "Traceback" not in completed.stderr
+
+
+def test_a_bad_log_level_in_the_config_names_the_key(tmp_path):
+    config = tmp_path / "eko-rtp.toml"
+    config.write_text('[service]\nlog_level = "loud"\n', encoding="utf-8")
+    completed = run_cli("serve", "--config", str(config))
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines()[-1] == (
+        f"eko-rtp: error: {config}, key 'service.log_level': 'loud' is not a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)")

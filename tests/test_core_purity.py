@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "eko_rtp"
+BENCH_PACKAGE = Path(__file__).resolve().parents[1] / "eko_bench"
 CORES = [
     *sorted((PACKAGE / "sip").glob("*.py")),
     *(PACKAGE / "media" / name for name in ("sdp.py", "rtp.py", "rtcp.py", "dtmf.py", "sequence.py", "playout.py")),
@@ -15,8 +16,11 @@ CORES = [
     PACKAGE / "codec" / "g711.py",
     PACKAGE / "tts" / "framer.py",
     PACKAGE / "call" / "greeting.py",
-    PACKAGE / "bench" / "uac.py",
-    PACKAGE / "bench" / "stats.py",
+    PACKAGE / "media" / "quality.py",
+    PACKAGE / "media" / "negotiation.py",
+    PACKAGE / "codec" / "frame.py",
+    BENCH_PACKAGE / "uac.py",
+    BENCH_PACKAGE / "stats.py",
 ]
 FORBIDDEN = {"trio", "socket", "asyncio", "httpx", "select"}
 
@@ -31,7 +35,14 @@ def imported_roots(path: Path) -> set[str]:
     return roots
 
 
-@pytest.mark.parametrize("path", CORES, ids=lambda path: str(path.relative_to(PACKAGE)))
+@pytest.mark.parametrize("path", CORES, ids=lambda path: path.relative_to(PACKAGE.parent).as_posix())
 def test_core_module_does_no_io(path):
     assert path.is_file(), f"{path} is listed as a core module but does not exist"
     assert imported_roots(path) & FORBIDDEN == set()
+
+
+def test_the_server_package_never_imports_the_bench():
+    # The bench is a tool beside the server: the server runs without it installed.
+    offenders = {path.relative_to(PACKAGE.parent).as_posix()
+                 for path in PACKAGE.rglob("*.py") if "eko_bench" in imported_roots(path)}
+    assert offenders == set()

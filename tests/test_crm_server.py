@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -252,6 +253,17 @@ def test_bad_listen_address_is_a_user_error(tmp_path):
     assert done.stderr.strip().endswith(
         "eko-rtp: error: CRM address 'localhost': expected HOST:PORT, [IPv6]:PORT or a socket path containing '/'")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_taken_port_is_one_line_and_exit_2(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([*EKO, "crm", "serve", "--listen", f"127.0.0.1:{port}", "--db", str(tmp_path / "x.db")],
+                              capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr == f"eko-rtp: error: cannot listen on CRM address 127.0.0.1:{port}: Address already in use\n"
 
 
 async def wait_sent(client, count: int) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from eko_rtp.bench import uac
+from eko_bench import uac
 from raw_caller import place_call
 from server_helpers import REPO, ServerProcess, free_port
 

@@ -17,7 +17,7 @@ import struct
 
 import trio
 
-from eko_rtp.bench import uac
+from eko_bench import uac
 from eko_rtp.cache.loader import load_cache
 from eko_rtp.config import build_config
 from eko_rtp.server.server import EkoServer

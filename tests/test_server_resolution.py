@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from eko_rtp.bench import uac
+from eko_bench import uac
 from eko_rtp.cache.loader import load_cache
 from eko_rtp.config import build_config
 from eko_rtp.errors import UserError

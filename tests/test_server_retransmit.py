@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from eko_rtp.bench import uac
+from eko_bench import uac
 from server_helpers import ServerProcess
 from test_server_torture import (
     UdpPeer,

@@ -9,7 +9,7 @@ sends an OPTIONS probe, and the server handles one client's messages in order, s
 anything answering the bad message arrives before the probe's 200. After the whole
 table a normal call (INVITE, 200, ACK, RTP on the SDP port, BYE) still works.
 
-Responses are read with the bench's own small parser (``eko_rtp.bench.uac``), not
+Responses are read with the bench's own small parser (``eko_bench.uac``), not
 the server's SIP stack, so a bug in the server's parser cannot hide itself here.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from eko_rtp.bench import uac
+from eko_bench import uac
 from server_helpers import ServerProcess
 
 TORTURE = Path(__file__).parent / "sip_torture"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -15,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from eko_rtp.bench import uac
+from eko_bench import uac
 from eko_tts_helpers import payload_audio
 from raw_caller import place_call
 from server_helpers import PHRASES, REPO, ServerProcess, free_port
@@ -168,3 +169,89 @@ def test_metrics_are_scraped_during_a_call(built_cache, tmp_path):
     final = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(after) for s in f.samples}
     assert final[("eko_active_calls", ())] == 0
     assert final[("eko_calls_total", (("outcome", "remote_bye"),))] == 1
+
+
+def serve_once(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``eko-rtp serve`` that is expected to refuse to start."""
+    return subprocess.run([sys.executable, "-m", "eko_rtp", "serve", "--listen", f"127.0.0.1:{free_port()}", *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout)
+
+
+def test_a_cache_missing_phrases_refuses_to_start_naming_them(built_cache, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(built_cache, cache)
+    (cache / "greet.raw").unlink()
+    (cache / "goodbye.raw").write_bytes(b"")
+    completed = serve_once("--cache", str(cache), "--phrases", str(PHRASES))
+    assert completed.returncode == 2
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"eko-rtp: error: command line, key 'cache.dir': {cache} lacks 2 of the catalogue's ")
+    assert last.endswith(" phrase(s): goodbye (corrupt), greet (missing); build them with `eko-rtp cache build`,"
+                         " or start anyway with --degraded (cache.allow_missing = true)")
+    empty = serve_once("--cache", str(tmp_path / "nothing"), "--phrases", str(PHRASES))
+    assert empty.returncode == 2 and "lacks 34 of the catalogue's 34 phrase(s): anything_else (missing)," in empty.stderr
+    assert "Traceback" not in completed.stderr + empty.stderr
+
+
+def test_degraded_starts_with_what_the_cache_has(built_cache, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(built_cache, cache)
+    (cache / "goodbye.raw").unlink()
+    config = tmp_path / "eko-rtp.toml"
+    config.write_text("[cache]\nallow_missing = true\n", encoding="utf-8")
+    for how in (["--degraded"], ["--config", str(config)]):
+        with ServerProcess(cache, *how) as server:
+            assert re.search(r"WARNING .*running degraded \(cache.allow_missing\): .* lacks 1 of the catalogue's \d+"
+                             r" phrase\(s\): goodbye \(missing\)", server.log()), server.log()
+            record = place_call(server.address, hold=0.5)
+        assert record.status == 200 and record.packets
+
+
+def test_a_reload_to_a_cache_missing_phrases_is_refused(built_cache, tmp_path):
+    phrases = tmp_path / "phrases.toml"
+    phrases.write_text(PHRASES.read_text(encoding="utf-8"), encoding="utf-8")
+    with ServerProcess(built_cache, "--phrases", str(phrases)) as server:
+        # A phrase added to the catalogue, the cache not rebuilt: the running server must not take it.
+        with phrases.open("a", encoding="utf-8") as catalogue:
+            catalogue.write('\n[phrases.new_offer]\ntext = "Découvrez notre nouvelle offre fibre."\n')
+        server.process.send_signal(signal.SIGHUP)
+        match = server.wait_for_log(r"reload refused, keeping the running configuration and cache: (.*)")
+        assert "lacks 1 of the catalogue's" in match.group(1) and "new_offer (missing)" in match.group(1)
+        record = place_call(server.address, hold=0.5)
+    assert record.status == 200 and record.packets
+    assert "reloaded:" not in server.log()
+
+
+def test_the_config_sets_the_log_level(built_cache, tmp_path):
+    port, metrics_port = free_port(), free_port()
+    config = tmp_path / "eko-rtp.toml"
+    config.write_text(f'[service]\nlog_level = "warning"\nmetrics_listen = "127.0.0.1:{metrics_port}"\n', encoding="utf-8")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "eko_rtp", "serve", "--config", str(config), "--listen", f"127.0.0.1:{port}",
+         "--cache", str(built_cache), "--phrases", str(PHRASES)],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if options(("127.0.0.1", port), local_port=free_port()).status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, "the server did not answer OPTIONS"
+            time.sleep(0.1)
+        assert place_call(("127.0.0.1", port), hold=0.3).status == 200
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=15)
+    assert process.returncode == 0
+    assert stderr == "", stderr  # not one INFO line: no start-up banner, no call lines
+
+
+def test_metrics_flag_serves_metrics(built_cache):
+    port = free_port()
+    with ServerProcess(built_cache, "--metrics", f"127.0.0.1:{port}") as server:
+        server.wait_for_log(rf"metrics on http://127.0.0.1:{port}/metrics")
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert "eko_active_calls 0.0" in text

@@ -8,6 +8,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from eko_rtp.call.lookup import LookupResult
 from eko_rtp.config import HostPort, build_config
 from eko_rtp.errors import UserError
 from eko_rtp.service.metrics import Metrics, MetricsSettings, serve_metrics
@@ -179,3 +180,20 @@ async def test_port_in_use_is_a_user_error():
             with pytest.raises(UserError) as caught:
                 await nursery.start(serve_metrics, Metrics.create(process=False), settings)
     assert str(caught.value) == f"key 'service.metrics_listen': cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+
+
+@pytest.mark.parametrize(
+    ("answered", "past_budget", "expected"),
+    [  # (latency observations, timeouts, errors)
+        (True, False, (1, 0, 0)),  # answered in time
+        (True, True, (1, 1, 0)),  # answered late: the caller heard the standard greeting
+        (False, False, (0, 0, 1)),  # failed in time (CRM down, an error answer)
+        (False, True, (0, 1, 0)),  # failed late, or never answered
+    ],
+)
+def test_each_crm_lookup_is_counted_once(answered, past_budget, expected):
+    metrics = Metrics.create(process=False)
+    metrics.crm_lookup(LookupResult(took=0.2, answered=answered, past_budget=past_budget))
+    scraped = samples(metrics.render().decode())
+    assert (scraped[("eko_crm_lookup_latency_seconds_count", ())], scraped[("eko_crm_lookup_timeouts_total", ())],
+            scraped[("eko_crm_lookup_errors_total", ())]) == expected

@@ -6,12 +6,17 @@ the call's nursery, in parallel with answering. The greeting waits for it with
 150 ms) runs out; then the standard greeting plays. The caller never waits on the
 CRM and no call fails because of it: every CRM error ends the look-up with no record.
 A late answer is still kept (``record``) for the rest of the call.
+
+How each look-up ended goes to ``on_result`` (a :class:`LookupResult`), given when the
+look-up is made: the server passes its metrics' counter there.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+import attrs
 import trio
 
 from eko_rtp.crm.errors import CrmError
@@ -23,15 +28,26 @@ log = logging.getLogger("eko_rtp.call.lookup")
 LATE_ANSWER_LIMIT = 5.0
 
 
+@attrs.frozen(kw_only=True)
+class LookupResult:
+    """How one look-up asked of the CRM ended."""
+
+    took: float  # seconds from the INVITE to the answer or the failure
+    answered: bool  # the CRM answered: a record, or "not a customer"
+    past_budget: bool  # it ended after the greeting budget: the caller heard the standard greeting
+
+
 class CallerLookup:
     """One call's CRM look-up: its outcome, and an event for those who wait on it."""
 
-    def __init__(self, *, crm, phone: str | None, started_at: float, budget: float, call_id: str):
+    def __init__(self, *, crm, phone: str | None, started_at: float, budget: float, call_id: str,
+                 on_result: Callable[[LookupResult], None] | None = None):
         self.crm = crm
         self.phone = phone
         self.started_at = started_at
         self.budget = budget
         self.call_id = call_id
+        self.on_result = on_result
         self.done = trio.Event()
         self.record = None
         self.error: str | None = None
@@ -58,9 +74,13 @@ class CallerLookup:
             self.done.set()
         if self.crm is not None and self.phone is not None:
             took = (self.finished_at - self.started_at) * 1000
-            late = " (after the greeting budget)" if self.finished_at > self.deadline else ""
+            past_budget = self.finished_at > self.deadline
+            late = " (after the greeting budget)" if past_budget else ""
             outcome = "known caller" if self.record is not None else (self.error or "unknown caller")
             log.info("call %s: CRM look-up of %s: %s in %.1f ms%s", self.call_id, mask_phone(self.phone), outcome, took, late)
+            if self.on_result is not None:
+                self.on_result(LookupResult(took=self.finished_at - self.started_at, answered=self.error is None,
+                                            past_budget=past_budget))
 
     async def wait(self):
         """The record if the CRM answered within the budget from the INVITE, else None."""

@@ -25,7 +25,7 @@ from eko_rtp.crm.errors import CrmError
 from eko_rtp.crm.phone import normalise_phone
 from eko_rtp.crm.server import serve_crm
 from eko_rtp.crm.store import DEFAULT_DB_PATH, SAMPLE_CLIENTS, CrmStore, synthetic_clients
-from eko_rtp.errors import UserError
+from eko_rtp.errors import UserError, first_leaf
 
 log = logging.getLogger("eko_rtp.crm")
 
@@ -99,7 +99,14 @@ def _serve(args: argparse.Namespace) -> int:
                     break
                 nursery.cancel_scope.cancel()
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:
+        # Opening the listeners says what is wrong (a port taken, a path not writable) as a
+        # UserError; the nursery wraps it in a group, which would print as a traceback.
+        if group.subgroup(lambda error: not isinstance(error, (BaseExceptionGroup, UserError))):
+            raise
+        raise first_leaf(group) from None
     return 0
 
 

@@ -14,10 +14,10 @@ import importlib
 import logging
 import sys
 
+from eko_rtp.config import LOG_LEVELS
 from eko_rtp.errors import UserError
 
 COMMANDS = (
-    "eko_rtp.cli.bench_cmd",
     "eko_rtp.cli.cache_cmd",
     "eko_rtp.cli.crm_cmd",
     "eko_rtp.cli.serve_cmd",
@@ -25,9 +25,17 @@ COMMANDS = (
 )
 
 
+def _log_level(text: str) -> str:
+    """A level name in any case; anything else is a usage error (exit 2), not a traceback."""
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a log level ({', '.join(LOG_LEVELS)})")
+    return text.upper()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eko-rtp", description="Eko RTP voicebot media server")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--log-level", type=_log_level, metavar="LEVEL",
+                        help=f"logging level: {', '.join(LOG_LEVELS)} (default INFO; serve: the config's service.log_level)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMANDS:
         importlib.import_module(module_name).add_parser(subparsers)
@@ -38,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=args.log_level or "INFO",
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

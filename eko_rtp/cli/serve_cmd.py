@@ -8,7 +8,7 @@ import logging
 import trio
 
 from eko_rtp.config import load_config
-from eko_rtp.errors import UserError
+from eko_rtp.errors import UserError, first_leaf
 
 log = logging.getLogger("eko_rtp.serve")
 
@@ -16,8 +16,12 @@ log = logging.getLogger("eko_rtp.serve")
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("serve", help="answer SIP calls and speak (the media server)")
     parser.add_argument("--config", help="TOML config file (default: embedded defaults)")
-    parser.add_argument("--listen", help="SIP address HOST:PORT for UDP and TCP (config sip.listen)")
-    parser.add_argument("--media-address", help="IP address for RTP and our SDP c= line (config media.address)")
+    parser.add_argument("--listen", help="SIP address IP:PORT to bind, UDP and TCP, RTP too; 0.0.0.0 or [::]"
+                                         " for every interface (config sip.listen)")
+    parser.add_argument("--advertise", help="IP[:PORT] put in Contact and Via (config sip.advertise; default:"
+                                            " the --listen address, which must then not be a wildcard)")
+    parser.add_argument("--media-address", help="IP address our SDP c= line gives for RTP (config media.address;"
+                                                " default: the advertised SIP address)")
     parser.add_argument("--rtp-ports", help="RTP port range LO-HI (config media.rtp_ports)")
     parser.add_argument("--cache", help="rendered phrase cache directory (config cache.dir)")
     parser.add_argument("--phrases", help="phrase catalogue file (config cache.phrases)")
@@ -26,6 +30,10 @@ def add_parser(subparsers) -> None:
                         help="keep the CPUs the server is pinned to from halting between frames, with one"
                              " SCHED_IDLE spinner each (config media.keep_cpu_awake; dedicated CPUs only)")
     parser.add_argument("--crm", help="CRM msgpack-RPC address HOST:PORT or unix socket path (config crm.address)")
+    parser.add_argument("--metrics", metavar="HOST:PORT",
+                        help="serve Prometheus metrics there (config service.metrics_listen; default: off)")
+    parser.add_argument("--degraded", action="store_true", default=None,
+                        help="start even if the cache lacks phrases of the catalogue (config cache.allow_missing)")
     parser.set_defaults(func=run_serve)
 
 
@@ -47,6 +55,7 @@ def config_from_args(args):
     return config.with_overrides(
         {
             "sip.listen": args.listen,
+            "sip.advertise": args.advertise,
             "media.address": args.media_address,
             "media.rtp_ports": args.rtp_ports,
             "cache.dir": args.cache,
@@ -54,6 +63,8 @@ def config_from_args(args):
             "script.function": args.script,
             "crm.address": args.crm,
             "media.keep_cpu_awake": args.keep_cpu_awake,
+            "service.metrics_listen": args.metrics,
+            "cache.allow_missing": args.degraded,
         }
     )
 
@@ -92,8 +103,12 @@ def run_serve(args) -> int:
     def load_setup() -> Setup:
         config = config_from_args(args)
         script = load_script(config["script.function"])
-        return Setup(config, load_cache(config["cache.dir"], config["cache.phrases"]), script)
+        cache = load_cache(config["cache.dir"], config["cache.phrases"])
+        check_cache_complete(cache, config)  # at start and at each reload
+        return Setup(config, cache, script)
 
+    if args.log_level is None:  # the config's level, from the first line on (before the cache loads)
+        logging.getLogger().setLevel(config_from_args(args)["service.log_level"].upper())
     setup = load_setup()
     config = setup.config
     if config.cpus is not None:
@@ -102,7 +117,7 @@ def run_serve(args) -> int:
         pin_to(config.cpus)  # before trio.run: the threads it starts inherit the mask
     settings = tts_settings(config)
     configure_logging(
-        level=args.log_level,
+        level=args.log_level or config["service.log_level"].upper(),
         mask_numbers=not config["service.log_full_numbers"],
         secrets=[settings.api_key],
     )
@@ -125,19 +140,30 @@ def run_serve(args) -> int:
             raise
         user_errors = group.subgroup(UserError)
         if user_errors is not None:
-            raise _first(user_errors) from None
+            raise first_leaf(user_errors) from None
         bind_errors = group.subgroup(OSError)
         if bind_errors is None:
             log.info("interrupted; exiting")
             return 0
         # Only start-up can raise an OSError this far: binding the SIP sockets.
-        error = _first(bind_errors)
+        error = first_leaf(bind_errors)
         raise UserError(f"cannot bind SIP on {config['sip.listen']}: {error.strerror or error}", key="sip.listen") from None
     return 0
 
 
-def _first(group: BaseExceptionGroup) -> BaseException:
-    error = group.exceptions[0]
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
+def check_cache_complete(cache, config) -> None:
+    """Refuse a cache without every phrase of the catalogue, unless ``cache.allow_missing``.
+
+    A server missing its greeting answers every call 480: better not to start (nor
+    reload) at all, and say which phrases to build.
+    """
+    if not cache.problems:
+        return
+    total = len(cache) + len(cache.problems)
+    keys = ", ".join(f"{key} ({problem.kind.value})" for key, problem in sorted(cache.problems.items()))
+    lacks = f"{config['cache.dir']} lacks {len(cache.problems)} of the catalogue's {total} phrase(s): {keys}"
+    if config["cache.allow_missing"]:
+        log.warning("running degraded (cache.allow_missing): %s", lacks)
+        return
+    raise UserError(f"{lacks}; build them with `eko-rtp cache build`, or start anyway with --degraded"
+                    " (cache.allow_missing = true)", path=config.source, key="cache.dir")

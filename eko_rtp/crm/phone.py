@@ -25,6 +25,14 @@ Rules, in order:
 6. E.164 allows at most 15 digits (ITU-T E.164 section 6); fewer than 8 is not a
    subscriber number we can look up. Numbers of a known country must have a
    national significant number of that country's length.
+7. France's overseas departments share the national ten-digit plan but not +33
+   (ARCEP): 0262/0263 and 0692/0693 are Réunion, 0269 and 0639 Mayotte (+262 both),
+   0590 and 0690/0691 Guadeloupe, Saint-Martin and Saint-Barthélemy (+590), 0596
+   and 0696/0697 Martinique (+596), 0594 and 0694 French Guiana (+594): the nine
+   digits after the 0 follow the department's code. Saint-Pierre-et-Miquelon's
+   0508 NN NN NN is +508 NN NN NN. A "+33" in front of those prefixes (a trunk that
+   converted the national form blindly) is read the same way, so one caller has
+   one key whichever form arrives.
 """
 
 from __future__ import annotations
@@ -50,6 +58,28 @@ PLANS: dict[str, NumberingPlan] = {
     "BE": NumberingPlan(country_code="32", significant_lengths=(8, 9)),
     "CH": NumberingPlan(country_code="41", significant_lengths=(9,)),
 }
+# France's overseas departments and collectivities (rule 7): recognised in the
+# international form, reached from the French national form; not default countries.
+OVERSEAS_PLANS: tuple[NumberingPlan, ...] = (
+    NumberingPlan(country_code="262", significant_lengths=(9,)),  # Réunion, Mayotte
+    NumberingPlan(country_code="590", significant_lengths=(9,)),  # Guadeloupe, Saint-Martin, Saint-Barthélemy
+    NumberingPlan(country_code="594", significant_lengths=(9,)),  # French Guiana
+    NumberingPlan(country_code="596", significant_lengths=(9,)),  # Martinique
+    NumberingPlan(country_code="508", significant_lengths=(6,)),  # Saint-Pierre-et-Miquelon
+)
+
+# French national significant numbers (the nine digits after the 0) of the overseas
+# departments -> their country code (ARCEP numbering plan). The whole NSN follows it,
+# prefix included ("0692 12 34 56" -> "+262 692 12 34 56").
+OVERSEAS_PREFIXES: dict[str, str] = {
+    "262": "262", "263": "262", "692": "262", "693": "262",  # Réunion
+    "269": "262", "639": "262",  # Mayotte
+    "590": "590", "690": "590", "691": "590",  # Guadeloupe, Saint-Martin, Saint-Barthélemy
+    "594": "594", "694": "594",  # French Guiana
+    "596": "596", "696": "596", "697": "596",  # Martinique
+}
+# Saint-Pierre-et-Miquelon: 0508 NN NN NN nationally, +508 NN NN NN abroad (six digits).
+SAINT_PIERRE_PREFIX = "508"
 
 _SEPARATORS = str.maketrans("", "", " .-()\t")
 _URI_SCHEMES = ("tel:", "sip:", "sips:")
@@ -65,10 +95,21 @@ def _plan(country: str) -> NumberingPlan:
 
 
 def _plan_for_international(digits: str) -> NumberingPlan | None:
-    for plan in PLANS.values():
+    for plan in (*PLANS.values(), *OVERSEAS_PLANS):
         if digits.startswith(plan.country_code):
             return plan
     return None
+
+
+def _e164(plan: NumberingPlan, significant: str) -> str:
+    """E.164 for a valid national significant number of ``plan``'s country."""
+    if plan.country_code == "33":
+        if significant[:3] == SAINT_PIERRE_PREFIX:
+            return f"+{SAINT_PIERRE_PREFIX}{significant[3:]}"
+        overseas = OVERSEAS_PREFIXES.get(significant[:3])
+        if overseas is not None:
+            return f"+{overseas}{significant}"
+    return f"+{plan.country_code}{significant}"
 
 
 def _international(digits: str) -> str | None:
@@ -81,7 +122,7 @@ def _international(digits: str) -> str | None:
             significant = significant[1:]
         if len(significant) not in plan.significant_lengths or significant.startswith("0"):
             return None
-        return f"+{plan.country_code}{significant}"
+        return _e164(plan, significant)
     if not MIN_DIGITS <= len(digits) <= MAX_DIGITS or digits.startswith("0"):
         return None
     return f"+{digits}"
@@ -111,11 +152,11 @@ def normalise_phone(raw: str | None, default_country: str = "FR") -> str | None:
     if digits.startswith("0"):
         significant = digits[1:]
         if len(significant) in plan.significant_lengths and not significant.startswith("0"):
-            return f"+{plan.country_code}{significant}"
+            return _e164(plan, significant)
         return None
     if plan.accept_bare_country_code and digits.startswith(plan.country_code):
         significant = digits[len(plan.country_code):]
         if len(significant) in plan.significant_lengths and not significant.startswith("0"):
-            return f"+{digits}"
+            return _e164(plan, significant)
     return None
 

@@ -3,7 +3,7 @@
 Theory of operation: one task per connection reads bytes into an
 :class:`RpcConnection` and answers everything one read brought in as a batch, in
 request order, with one write. Look-ups run inline on the event loop (one indexed
-SELECT, about 10 µs; store.py says why that beats a thread hand-off), yielding to
+SELECT; store.py says why that beats a thread hand-off), yielding to
 other connections every :data:`LOOKUPS_PER_CHECKPOINT` look-ups so one client's
 burst cannot hold the loop for more than about a millisecond. A client can queue no
 more than one read (64 KiB) of work at a time: the next read waits for the answers.
@@ -53,7 +53,7 @@ ERROR_INTERNAL = 3
 
 MAX_PHONE_LENGTH = 64
 
-# Inline look-ups between two checkpoints: about 1 ms of loop time at ~10 µs each.
+# Inline look-ups between two checkpoints: about a millisecond of loop time (docs/crm-rpc.md).
 LOOKUPS_PER_CHECKPOINT = 100
 # Call logs waiting for the writer; beyond this they are dropped and counted.
 CALL_LOG_QUEUE_SIZE = 10_000

@@ -9,10 +9,9 @@ SELECT (the client joined with its open tickets), and the file is memory-mapped
 (``mmap_size``) so reading a page is a memory access, not a ``pread`` call.
 
 :class:`ServingCrmStore` is the trio side, and splits the work by cost. A look-up
-runs inline on the event loop: measured on 1 million clients it takes 10-14 µs at
-p50 and 60-130 µs at p99 on a busy 2-core machine (the tail is the machine, not
-SQLite), while handing it to a thread and back cost 50-180 µs of wake-ups and
-context switches, more than the query (docs/crm-rpc.md has the figures). Writes (the call log) take a lock and may wait on the disk (fsync at a
+runs inline on the event loop: one indexed SELECT costs less than handing it to a
+thread and back would cost in wake-ups and context switches (docs/crm-rpc.md has
+the figures, on a million clients). Writes (the call log) take a lock and may wait on the disk (fsync at a
 checkpoint), so they never run on the loop: they go to one writer thread with its
 own connection, one transaction per batch.
 
@@ -84,8 +83,7 @@ _UPSERT_TICKET = (
 
 # One statement per look-up: the client by the phone index, its open tickets by the
 # partial index tickets_open_by_client. A client without open tickets is one row
-# with NULL ticket columns (LEFT JOIN). Measured against the two-statement form on
-# 1 million clients: p50 9 µs instead of 13 µs.
+# with NULL ticket columns (LEFT JOIN): faster than two statements (docs/crm-rpc.md).
 _LOOKUP = (
     "SELECT c.client_id, c.name, c.calls_count, t.ticket_id, t.problem_type, t.status, t.opened_at "
     "FROM clients AS c LEFT JOIN tickets AS t ON t.client_id = c.client_id AND t.closed_at IS NULL "

@@ -4,11 +4,11 @@ Theory of operation: between two 1 ms ticks the server has nothing to do, so the
 kernel's idle loop halts its CPU. On bare metal waking from a halt costs
 microseconds; on a virtual machine a halted virtual CPU is a host thread that has
 gone to sleep, and it runs again when the host scheduler gets round to it. On the
-machine in ``docs/BENCHMARKS.md`` (a nested guest) a loop that works 0.6 ms in
-every 1 ms and sleeps to the next deadline woke p99 0.46-1.55 ms and up to 4.5-8.5
-ms late with nothing else on its CPU; with a spinning process beside it, p99
-0.03-0.06 ms and max 0.23-2.5 ms. Those late wake-ups are what the caller hears as
-jitter, and no server code runs during them.
+machine in ``docs/BENCHMARKS.md`` (a nested guest) a loop that works part of every
+millisecond and sleeps to the next deadline woke milliseconds late with nothing else
+on its CPU, and a tenth of that with a spinning process beside it (the figures are
+in that document). Those late wake-ups are what the caller hears as jitter, and no
+server code runs during them.
 
 So, when asked, the server starts one spinner per CPU it is pinned to
 (:mod:`eko_rtp.server.spinner`): a process with scheduling policy ``SCHED_IDLE``,

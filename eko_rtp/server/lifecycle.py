@@ -41,7 +41,7 @@ COUNTER_SYNC_INTERVAL = 1.0
 FULL_COLLECTION_MIN_INTERVAL = 30.0  # seconds between full collections when the server goes idle
 FULL_COLLECTION_MAX_INTERVAL = 600.0  # ...and at the latest this often, even under load
 YOUNG_COLLECTION_THRESHOLD = 10_000
-RESTART_KEYS = ("media.cpus", "media.keep_cpu_awake")  # read once at start; a reload only warns
+RESTART_KEYS = ("media.cpus", "media.keep_cpu_awake", "service.log_level")  # read once at start; a reload only warns
 
 
 class Setup:
@@ -106,6 +106,7 @@ async def run_service(
                     continue
                 log.info("%s received: draining", signal.Signals(signum).name)
                 notifier.stopping(status=f"draining {len(server.calls)} call(s)")
+                metrics.draining.set(1)
                 await server.drain(server.config["service.drain_grace_seconds"])
                 log.info("drained; exiting")
                 nursery.cancel_scope.cancel()

@@ -72,9 +72,9 @@ class EkoServer:
         self.crm = crm
         self.tts = tts
         listen = config.sip_listen
-        self.media_address = config.media_address
+        self.media_address = config.media_address  # what our SDP says
         low, high = config.rtp_ports
-        self.ports = RtpPortPool(self.media_address, low, high)
+        self.ports = RtpPortPool(listen.host, low, high)  # where RTP binds: the SIP interface (or all)
         self.clock = FrameClock(precise=True)
         self.hub = ReceiveHub(clock=self.clock)
         self.media_counters = MediaCounters()
@@ -128,9 +128,10 @@ class EkoServer:
             task_status.started(bound)
 
     def _ua_settings(self, sip_port: int) -> UserAgentSettings:
+        advertise = self.config.sip_advertise  # Contact and Via: never the wildcard we may bind
         return UserAgentSettings(
-            host=self.config.sip_listen.host,
-            port=sip_port,
+            host=advertise.host,
+            port=advertise.port or sip_port,
             user_agent=self.config["sip.user_agent"],
             max_message_size=self.config["sip.max_message_size"],
             t1=self.config["sip.t1"],
@@ -250,7 +251,8 @@ class EkoServer:
             media=media,
             digits=digits,
             lookup=CallerLookup(crm=self.crm, phone=number, started_at=now,
-                                budget=self.config["crm.budget_ms"] / 1000, call_id=call_id),
+                                budget=self.config["crm.budget_ms"] / 1000, call_id=call_id,
+                                on_result=None if self.metrics is None else self.metrics.crm_lookup),
             line=self._line,
             timers=self._call_timers(),
             cache=self.cache,
@@ -386,7 +388,7 @@ class EkoServer:
 
     def replace_setup(self, *, config: Config, cache: Any, script: Script) -> None:
         """Reload: new calls use ``config``, ``cache`` and ``script``; calls in progress keep theirs."""
-        for dotted in ("sip.listen", "sip.transports", "media.address", "media.rtp_ports"):
+        for dotted in ("sip.listen", "sip.advertise", "sip.transports", "media.address", "media.rtp_ports"):
             if config[dotted] != self.config[dotted]:
                 raise ValueError(f"{dotted} changed ({self.config[dotted]!r} -> {config[dotted]!r}): that needs a restart")
         self.config = config

@@ -20,9 +20,10 @@ Exported names (all prefixed ``eko_``):
 ``eko_cache_misses_total{cache}``            counter    and misses
 ``eko_tts_characters_total{backend}``        counter    characters sent to live TTS
 ``eko_tts_estimated_cost_usd_total``         counter    estimated live TTS cost, US dollars
-``eko_crm_lookup_latency_seconds``           histogram  caller lookup round trips that got an answer
-``eko_crm_lookup_timeouts_total``            counter    lookups past their deadline
-``eko_crm_lookup_errors_total``              counter    lookups that failed otherwise
+``eko_crm_lookup_latency_seconds``           histogram  INVITE -> CRM answer, late answers included
+``eko_crm_lookup_timeouts_total``            counter    lookups not over within the greeting budget
+``eko_crm_lookup_errors_total``              counter    lookups that failed within the budget
+``eko_draining``                             gauge      1 while the server drains (SIGTERM), else 0
 ``process_*``                                various    CPU, memory, open file descriptors
 ==========================================  =========  ==============================================
 """
@@ -124,6 +125,7 @@ class Metrics:
     call_loss: Histogram
     call_jitter: Histogram
     call_round_trip: Histogram
+    draining: Gauge
 
     @classmethod
     def create(cls, *, process: bool = True) -> Metrics:
@@ -160,12 +162,12 @@ class Metrics:
             ),
             crm_lookup_latency=Histogram(
                 "eko_crm_lookup_latency_seconds",
-                "CRM caller lookups that got an answer, round trip.",
+                "CRM caller look-ups answered, from the INVITE (late answers included).",
                 buckets=CRM_BUCKETS,
                 registry=registry,
             ),
-            crm_timeouts=Counter("eko_crm_lookup_timeouts", "CRM lookups past their deadline.", registry=registry),
-            crm_errors=Counter("eko_crm_lookup_errors", "CRM lookups that failed.", registry=registry),
+            crm_timeouts=Counter("eko_crm_lookup_timeouts", "CRM look-ups not over within the greeting budget.", registry=registry),
+            crm_errors=Counter("eko_crm_lookup_errors", "CRM look-ups that failed within the greeting budget.", registry=registry),
             cpus_kept_awake=Gauge(
                 "eko_cpus_kept_awake", "CPUs kept from halting by a running spinner (media.keep_cpu_awake).",
                 registry=registry,
@@ -182,6 +184,7 @@ class Metrics:
                 "eko_call_rtt_seconds", "Per call: last round-trip time from the caller's RTCP (RFC 3550 §6.4.1).",
                 buckets=ROUND_TRIP_BUCKETS, registry=registry,
             ),
+            draining=Gauge("eko_draining", "1 while the server drains before stopping, else 0.", registry=registry),
         )
         # Known label values start at 0, so a rate() over them exists from the start.
         for cache in CACHES:
@@ -198,6 +201,20 @@ class Metrics:
             self.call_jitter.observe(quality.jitter)
         if quality.round_trip is not None:
             self.call_round_trip.observe(quality.round_trip)
+
+    def crm_lookup(self, result) -> None:
+        """Count one CRM look-up's end (an eko_rtp.call.lookup.LookupResult).
+
+        Every answer's latency is observed, late ones included; a look-up not over within
+        the greeting budget is a timeout (answered late, failed late, or never answered),
+        one that failed within it an error: each look-up is at most one of the two.
+        """
+        if result.answered:
+            self.crm_lookup_latency.observe(result.took)
+        if result.past_budget:
+            self.crm_timeouts.inc()
+        elif not result.answered:
+            self.crm_errors.inc()
 
     def call_ended(self, outcome: str) -> None:
         """Count a finished call; ``outcome`` is a short snake_case word."""
