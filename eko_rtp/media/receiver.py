@@ -224,7 +224,12 @@ class ReceiveHub:
                 elif elapsed - step_started > budget:
                     await trio.lowlevel.checkpoint()  # let other due work go first
                     now = step_started = clock()
-            ready = epoll.poll(0)
+            # The next round takes only sockets this drain has just served that still
+            # hold datagrams (two packets per frame, a backlog): one that became ready
+            # meanwhile waits for the next drain, batched with the rest, instead of
+            # keeping this drain going for as long as traffic flows.
+            served = {fd for fd, _events in ready}
+            ready = [entry for entry in epoll.poll(0) if entry[0] in served]
             if not ready:
                 return
         # Still ready after every round: these sockets receive faster than we drain.
