@@ -9,9 +9,18 @@ import sys
 
 from eko_bench import campaign, noise, report, scripts
 from eko_bench.rtp_engine import SILENCE, open_wav_as_ulaw
+from eko_bench.run import BENCH_RTP_PORTS as BENCH_PORT_RANGE
 from eko_bench.run import MAX_CALLS, MAX_SECONDS, SCENARIOS, Plan
 from eko_bench.targets import parse_cpus, parse_port_range, server_rtp_ports, trailing_silence_frames
+from eko_rtp.config import SCHEMA
 from eko_rtp.errors import UserError
+
+# Three ranges kept apart, so a bench beside a server on its defaults, a spawned
+# server or the pjsua2 peer (RTP from 40000, campaign.py) never competes for a port:
+SERVER_RTP_PORTS = SCHEMA["media"]["rtp_ports"][1]  # eko-rtp's media.rtp_ports default
+SPAWNED_RTP_PORTS = "30000-39999"  # --rtp-ports: a spawned server's
+# Below Linux's ephemeral ports (32768-60999) too, so outgoing connections take none of its pairs.
+BENCH_RTP_PORTS = f"{BENCH_PORT_RANGE.start}-{BENCH_PORT_RANGE.stop - 1}"  # --bench-rtp-ports: the bench's own
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,12 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server-cpus", type=_flag(parse_cpus), help="pin the spawned target to these CPUs (e.g. 0); the bench takes the rest")
     parser.add_argument("--server-pid", type=int, help="sample CPU and RSS of this pid (a server given by --address)")
     parser.add_argument("--cache", dest="cache_dir", help="phrase cache directory (passed to the server; the peer plays its greet/welcome)")
-    parser.add_argument("--rtp-ports", default="30000-39999", help="RTP port range for a spawned server (default 30000-39999)")
+    parser.add_argument("--rtp-ports", default=SPAWNED_RTP_PORTS,
+                        help=f"RTP port range for a spawned server (default {SPAWNED_RTP_PORTS})")
     parser.add_argument("--server-rtp-ports", type=_flag(_server_rtp_ports),
                         help="RTP port range of the server at --address, to sample its receive queues (with"
                              " --server-pid, only its own sockets there); a spawned server's is --rtp-ports")
-    parser.add_argument("--bench-rtp-ports", type=_flag(parse_port_range), default="20000-29999",
-                        help="the bench's own RTP/RTCP port pairs (default 20000-29999)")
+    parser.add_argument("--bench-rtp-ports", type=_flag(parse_port_range), default=BENCH_RTP_PORTS,
+                        help=f"the bench's own RTP/RTCP port pairs (default {BENCH_RTP_PORTS}: apart from eko-rtp's"
+                             f" default media.rtp_ports {SERVER_RTP_PORTS}, a spawned server's --rtp-ports"
+                             f" {SPAWNED_RTP_PORTS}, the pjsua2 peer's ports from 40000 and Linux's ephemeral ports)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra argument for a spawned server (repeatable)")
     parser.add_argument("--calls", type=int, default=10, help="calls to place in all (default 10)")
     parser.add_argument("--concurrency", type=int, help="at most this many at once (default: --calls)")

@@ -40,7 +40,9 @@ MAX_CALLS = 2000
 MAX_SECONDS = 600.0
 SAMPLE_INTERVAL = 0.5
 QUEUE_SAMPLE_INTERVAL = 1.0  # s between looks at the server's receive queues (a parse of /proc/net/udp)
-BENCH_RTP_PORTS = range(20000, 30000)  # the bench's own RTP/RTCP pairs; the server's default is 30000-39999
+# The bench's own RTP/RTCP pairs when none are given: apart from the server's default
+# media.rtp_ports (20000-29999), a spawned server's 30000-39999 and the peer's 40000 on.
+BENCH_RTP_PORTS = range(10000, 20000)
 SCENARIOS = ("greeting-unknown", "greeting-returning", "live-tts", "hybrid", "mixed")
 LIVE_SCENARIOS = ("live-tts", "hybrid", "mixed")  # the server speaks live TTS from the bench's fake endpoint
 MAX_FIRST_BYTE_MS = 10_000

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -248,3 +251,115 @@ def test_environment_credential_is_checked():
     with pytest.raises(UserError) as caught:
         elevenlabs_api_key({"ELEVENLABS_API_KEY": "sk a"})
     assert str(caught.value) == "$ELEVENLABS_API_KEY: the API key contains whitespace or control characters"
+
+
+# A staging run: the final paths the units name, which do not exist here.
+FINAL_CHECKOUT = Path("/srv/eko-rtp-staged")
+FINAL_VENV = FINAL_CHECKOUT / ".venv"
+
+
+@pytest.fixture
+def checkout_under_tmp():
+    """A copy of the checkout under /tmp, as a clone there would be (the units hide /tmp)."""
+    directory = Path(tempfile.mkdtemp(prefix="eko-rtp-checkout-", dir="/tmp"))
+    for part in ("eko_rtp", "systemd"):
+        shutil.copytree(CHECKOUT / part, directory / part, ignore=shutil.ignore_patterns("__pycache__"))
+    yield directory
+    shutil.rmtree(directory)
+
+
+def run_from(checkout: Path, root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """install-service run from ``checkout`` (its package first on the path)."""
+    env = {**ENV, "PYTHONPATH": str(checkout)}
+    return subprocess.run(
+        [str(PYTHON), "-m", "eko_rtp", "install-service", "--root", str(root), *extra],
+        capture_output=True, text=True, timeout=120, env=env, cwd=str(root.parent),
+    )
+
+
+def test_a_checkout_under_tmp_cannot_install_but_can_stage(checkout_under_tmp, tmp_path):
+    refused = run_from(checkout_under_tmp, tmp_path / "root", "--venv", str(VENV))
+    assert (refused.returncode, refused.stderr) == (2, (
+        f"eko-rtp: error: key 'the checkout': {checkout_under_tmp} is under /tmp, which the units hide from the"
+        " service (ProtectHome=, PrivateTmp=); install the checkout and venv elsewhere, e.g. /opt/eko-rtp\n"))
+
+    root = tmp_path / "stage"
+    staged = run_from(checkout_under_tmp, root, "--stage", "--venv", str(FINAL_VENV), "--checkout", str(FINAL_CHECKOUT))
+    assert staged.returncode == 0, staged.stderr
+    lines = staged.stdout.splitlines()
+    assert lines[:8] == [
+        f"staging run: nothing is installed; the files under {root} name the final checkout {FINAL_CHECKOUT}"
+        f" and venv {FINAL_VENV}, which need not exist yet",
+        f"  created {root}/etc/eko-rtp/eko-rtp.toml",
+        f"  created {root}/etc/systemd/system/eko-crm.service",
+        f"  created {root}/etc/systemd/system/eko-rtp.service",
+        f"  created {root}/etc/sysusers.d/eko-rtp.conf",
+        f"  created {root}/etc/eko-rtp/credentials/elevenlabs_api_key",
+        f"  created {root}/var/lib/eko-crm",
+        f"  created {root}/var/cache/eko-rtp",
+    ]
+    checks = lines[8:-4]
+    if shutil.which("systemd-analyze") is None:
+        assert checks == ["skipped: systemd-analyze is not installed (apt: systemd); the staged units were not verified"]
+    else:
+        # tests/test_service_units.py checks the exposure figures themselves
+        assert [re.sub(r"exposure \d+\.\d ", "exposure N ", line) for line in checks] == [
+            f"verified {root}/etc/systemd/system/eko-crm.service, except that {FINAL_VENV}/bin/eko-rtp is not there"
+            " yet (staging run)",
+            "exposure N for eko-crm.service (systemd-analyze security --offline=true)",
+            f"verified {root}/etc/systemd/system/eko-rtp.service, except that {FINAL_VENV}/bin/eko-rtp is not there"
+            " yet (staging run)",
+            "exposure N for eko-rtp.service (systemd-analyze security --offline=true)",
+        ]
+    assert lines[-4:] == [
+        f"next, to install: put the checkout in {FINAL_CHECKOUT} and its venv in {FINAL_VENV}, then as root"
+        f" (files are under {root}; copy them to / first):",
+        f"  cd {FINAL_CHECKOUT} && {FINAL_VENV}/bin/eko-rtp cache build",
+        f"  systemd-sysusers {root}/etc/sysusers.d/eko-rtp.conf",
+        "  systemctl daemon-reload && systemctl enable --now eko-crm eko-rtp",
+    ]
+
+    unit = (root / "etc/systemd/system/eko-rtp.service").read_text()
+    assert f"ExecStart={FINAL_VENV}/bin/eko-rtp serve --config /etc/eko-rtp/eko-rtp.toml\n" in unit
+    assert str(checkout_under_tmp) not in unit and "/opt/eko-rtp" not in unit
+    assert "LimitNOFILE=11024\n" in unit and "TimeoutStopSec=75s\n" in unit
+    config = load_config(root / "etc/eko-rtp/eko-rtp.toml")
+    assert config["cache.dir"] == f"{FINAL_CHECKOUT}/cache"
+    assert config["cache.phrases"] == f"{FINAL_CHECKOUT}/cache/phrases.toml"
+    credential = root / "etc/eko-rtp/credentials/elevenlabs_api_key"
+    assert credential.read_bytes() == b""
+    assert mode(credential) == 0o600 and mode(credential.parent) == 0o700
+
+
+def test_staging_defaults_to_the_template_paths(tmp_path):
+    root = tmp_path / "stage"
+    assert run_install(root, "--stage").returncode == 0
+    unit = (root / "etc/systemd/system/eko-crm.service").read_text()
+    assert "ExecStart=/opt/eko-rtp/.venv/bin/eko-rtp crm serve " in unit
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        (["--stage", "--root", "/"],
+         "key '--root': a staging run writes under a scratch directory, not /: pass --root DIR"),
+        (["--checkout", "/srv/eko"],
+         "key '--checkout': only a staging run names the checkout (add --stage); an install uses the checkout it runs"
+         f" from, {CHECKOUT}"),
+        # the final paths are still ones the service can see
+        (["--stage", "--venv", "/tmp/venv"],
+         "key '--venv': /tmp/venv is under /tmp, which the units hide from the service (ProtectHome=, PrivateTmp=);"
+         " install the checkout and venv elsewhere, e.g. /opt/eko-rtp"),
+        (["--stage", "--checkout", "/home/eko"],
+         "key '--checkout': /home/eko is under /home, which the units hide from the service (ProtectHome=,"
+         " PrivateTmp=); install the checkout and venv elsewhere, e.g. /opt/eko-rtp"),
+    ],
+)
+def test_staging_refusals(tmp_path, arguments, error):
+    root = tmp_path / "stage"
+    result = subprocess.run(
+        [str(PYTHON), "-m", "eko_rtp", "install-service", "--root", str(root), *arguments],
+        capture_output=True, text=True, timeout=60, env=ENV, cwd=str(tmp_path),
+    )
+    assert (result.returncode, result.stderr) == (2, f"eko-rtp: error: {error}\n")
+    assert not (root / "etc/systemd").exists()

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from eko_rtp.service.install import UNITS, install_service
+from eko_rtp.errors import UserError
+from eko_rtp.service.install import UNITS, check_staged_units, install_service
 from service_paths import CHECKOUT, VENV
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -73,6 +74,68 @@ def test_security_exposure(installed_units, unit):
     assert match, result.stdout
     exposure = float(match.group(1))
     assert exposure <= MAX_EXPOSURE, result.stdout
+
+
+
+# A staging run names final paths that do not exist on this host.
+FINAL_CHECKOUT = Path("/srv/eko-rtp-staged")
+FINAL_VENV = FINAL_CHECKOUT / ".venv"
+
+
+@pytest.fixture(scope="module")
+def staged_root(tmp_path_factory) -> Path:
+    """What ``install-service --stage`` writes: units naming a venv that is not there yet."""
+    root = tmp_path_factory.mktemp("stage")
+    install_service(root=root, venv=FINAL_VENV, checkout=FINAL_CHECKOUT, source=CHECKOUT, stage=True)
+    return root
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_staged_units_verify_but_for_the_missing_venv(staged_root, unit):
+    """verify finds nothing else wrong with a staged unit; security rates it as an installed one."""
+    path = staged_root / "etc/systemd/system" / unit
+    verified = subprocess.run([SYSTEMD_ANALYZE, "verify", str(path)], capture_output=True, text=True, timeout=60)
+    assert verified.stdout == ""
+    assert set(verified.stderr.splitlines()) == {
+        f"{unit}: Command {FINAL_VENV}/bin/eko-rtp is not executable: No such file or directory"}
+    security = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=true", "--no-pager", str(path)],
+                              capture_output=True, text=True, timeout=60)
+    assert security.returncode == 0, security.stderr
+    match = re.search(rf"Overall exposure level for {re.escape(unit)}: (\d+\.\d)", security.stdout)
+    assert match and float(match.group(1)) <= MAX_EXPOSURE, security.stdout
+
+
+def test_checking_staged_units_forgives_only_the_missing_venv(staged_root):
+    lines = check_staged_units(staged_root, FINAL_VENV)
+    assert [re.sub(r"exposure \d+\.\d ", "exposure N ", line) for line in lines] == [
+        f"verified {staged_root}/etc/systemd/system/eko-crm.service, except that {FINAL_VENV}/bin/eko-rtp is not"
+        " there yet (staging run)",
+        "exposure N for eko-crm.service (systemd-analyze security --offline=true)",
+        f"verified {staged_root}/etc/systemd/system/eko-rtp.service, except that {FINAL_VENV}/bin/eko-rtp is not"
+        " there yet (staging run)",
+        "exposure N for eko-rtp.service (systemd-analyze security --offline=true)",
+    ]
+    exposures = [float(re.search(r"exposure (\d+\.\d) ", line).group(1)) for line in lines[1::2]]
+    assert max(exposures) <= MAX_EXPOSURE
+
+
+def test_checking_staged_units_with_the_venv_in_place_forgives_nothing(tmp_path):
+    root = tmp_path / "stage"
+    install_service(root=root, venv=VENV, checkout=FINAL_CHECKOUT, source=CHECKOUT, stage=True)
+    assert check_staged_units(root, VENV)[::2] == [
+        f"verified {root}/etc/systemd/system/eko-crm.service", f"verified {root}/etc/systemd/system/eko-rtp.service"]
+
+
+def test_checking_staged_units_reports_any_other_problem(tmp_path):
+    root = tmp_path / "stage"
+    install_service(root=root, venv=FINAL_VENV, checkout=FINAL_CHECKOUT, source=CHECKOUT, stage=True)
+    unit = root / "etc/systemd/system/eko-crm.service"
+    unit.write_text(unit.read_text().replace("Restart=on-failure", "Restart=sometimes"))
+    with pytest.raises(UserError) as caught:
+        check_staged_units(root, FINAL_VENV)
+    message = str(caught.value)
+    assert message.startswith(f"{unit}: systemd-analyze verify failed (exit status 1):\n"), message
+    assert "Failed to parse service restart specifier, ignoring: sometimes" in message, message
 
 
 # Runs in a child process after turning W^X on with prctl(PR_SET_MDWE) (Linux 6.3+):

@@ -9,6 +9,12 @@ grace plus a margin for the last BYEs); and from ``media.cpus`` and
 need. Everything goes under ``root`` (``/`` for
 real; a temporary directory in tests), and an existing config or credential file
 is never replaced.
+
+A staging run (``stage=True``) writes the same files under a scratch root for
+inspection, from any checkout (even one under /tmp): the units name the final
+checkout and venv, which need not exist yet, so only the check that the venv holds
+``eko-rtp`` is skipped. :func:`check_staged_units` then runs ``systemd-analyze
+verify`` and ``security --offline=true`` on what was staged.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import attrs
@@ -118,15 +126,23 @@ def source_checkout() -> Path:
     return Path(os.path.abspath(__file__)).parents[2]
 
 
-def install_service(*, root: Path, venv: Path, checkout: Path | None = None) -> list[InstallStep]:
-    """Place units, sysusers file, default config, credential file and directories under ``root``."""
+def install_service(
+    *, root: Path, venv: Path, checkout: Path | None = None, source: Path | None = None, stage: bool = False,
+) -> list[InstallStep]:
+    """Place units, sysusers file, default config, credential file and directories under ``root``.
+
+    ``venv`` and ``checkout`` are the paths the units and config name; the templates
+    are read from ``source``'s ``systemd/`` (default: ``checkout``). With ``stage``,
+    the venv need not exist yet (it is checked when the units are verified).
+    """
     checkout = source_checkout() if checkout is None else checkout
-    templates = checkout / "systemd"
+    templates = (checkout if source is None else source) / "systemd"
     venv = Path(os.path.abspath(venv))
     executable = venv / "bin" / "eko-rtp"
-    if not os.access(executable, os.X_OK):
+    if not stage and not os.access(executable, os.X_OK):
         raise UserError(f"no executable {executable}; pass the venv eko-rtp is installed in", key="--venv")
-    for path, what in ((venv, "--venv"), (checkout, "the checkout")):
+    # Staged or not, these are the paths the service will run from.
+    for path, what in ((venv, "--venv"), (checkout, "--checkout" if stage else "the checkout")):
         hidden = [prefix for prefix in _HIDDEN_FROM_SERVICE if str(path) == prefix or str(path).startswith(prefix + "/")]
         if hidden:
             raise UserError(
@@ -172,6 +188,50 @@ def install_service(*, root: Path, venv: Path, checkout: Path | None = None) -> 
         steps.append(InstallStep(action="kept" if path.is_dir() else "created", path=path))
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return steps
+
+
+def check_staged_units(root: Path, venv: Path) -> list[str]:
+    """``systemd-analyze verify`` and ``security --offline=true`` on the units staged under ``root``.
+
+    Returns the lines to print. Raises :class:`UserError` if verify finds anything but
+    the final venv's ``eko-rtp`` missing, or security cannot rate a unit.
+    """
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        return ["skipped: systemd-analyze is not installed (apt: systemd); the staged units were not verified"]
+    executable = Path(os.path.abspath(venv)) / "bin" / "eko-rtp"
+    lines = []
+    for unit_name in UNITS:
+        unit = root / "etc/systemd/system" / unit_name
+        # Not --root=: that wants a whole system under it (sysinit.target, /bin/kill),
+        # which a scratch stage is not. The staged file is read where it is, and the
+        # paths it names are looked up on this host.
+        verified = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+        # Before the venv is at its final path, verify reports this (once per check),
+        # and only this is forgiven.
+        missing = f"{unit_name}: Command {executable} is not executable: No such file or directory"
+        reported = verified.stderr.splitlines()
+        forgiven = missing in reported and not os.path.lexists(executable)
+        problems = [line for line in reported if line and not (forgiven and line == missing)]
+        if problems or verified.stdout or (verified.returncode != 0 and not forgiven):
+            raise UserError(
+                f"systemd-analyze verify failed (exit status {verified.returncode}):\n"
+                + (verified.stdout + verified.stderr).rstrip(), path=str(unit),
+            )
+        if forgiven:
+            lines.append(f"verified {unit}, except that {executable} is not there yet (staging run)")
+        else:
+            lines.append(f"verified {unit}")
+        security = subprocess.run([analyze, "security", "--offline=true", "--no-pager", str(unit)],
+                                  capture_output=True, text=True, timeout=60)
+        exposure = re.search(rf"Overall exposure level for {re.escape(unit_name)}: (\d+\.\d)", security.stdout)
+        if security.returncode != 0 or exposure is None:
+            raise UserError(
+                f"systemd-analyze security --offline=true failed (exit status {security.returncode}):\n"
+                + security.stderr.rstrip(), path=str(unit),
+            )
+        lines.append(f"exposure {exposure.group(1)} for {unit_name} (systemd-analyze security --offline=true)")
+    return lines
 
 
 def next_commands(root: Path, checkout: Path, venv: Path) -> list[str]:
