@@ -85,6 +85,9 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "log_full_numbers": ((bool,), False),
         # The log level (DEBUG, INFO, WARNING, ERROR, CRITICAL); eko-rtp --log-level wins.
         "log_level": ((str,), "INFO"),
+        # Log every SIP message received and sent (eko_rtp.sip.trace, numbers masked, 4 KiB and
+        # 100 messages a second at most): for debugging a trunk; eko-rtp serve --sip-trace.
+        "sip_trace": ((bool,), False),
     },
 }
 

@@ -28,7 +28,7 @@ async def echo_digits(call) -> None:
     """Answer, then log each digit as it comes."""
     await call.answer()
     async for digit in call.dtmf:
-        log.info("call %s: digit %s", call.call_id, digit)
+        log.info("digit %s", digit)
 
 
 async def silent_forever(call) -> None:
@@ -49,14 +49,14 @@ LIVE_TEXT = "Votre ticket porte le numéro 4 2 7 1."
 async def say_live(call) -> None:
     """Answer with live TTS only, then wait for the caller to hang up."""
     await call.say_text(LIVE_TEXT)
-    log.info("call %s: live text done", call.call_id)
+    log.info("live text done")
     await trio.sleep_forever()
 
 
 async def say_hybrid(call) -> None:
     """A cached filler hides the TTS wait, then the live text."""
     await call.say_hybrid("filler_one_moment", LIVE_TEXT)
-    log.info("call %s: hybrid done", call.call_id)
+    log.info("hybrid done")
     await trio.sleep_forever()
 
 
@@ -67,8 +67,8 @@ async def time_digits(call) -> None:
 
     await call.answer()
     async for digit in call.dtmf:
-        log.info("call %s: digit %s seen at monotonic %.6f", call.call_id, digit, time.monotonic())
-    log.info("call %s: no more digits", call.call_id)
+        log.info("digit %s seen at monotonic %.6f", digit, time.monotonic())
+    log.info("no more digits")
 
 
 async def greet_then_live(call) -> None:
@@ -76,5 +76,5 @@ async def greet_then_live(call) -> None:
     figure of the dashboard (CRM, phrase cache, live TTS and its cache)."""
     call.greeting = choose_greeting(await call.caller_record())
     await call.say_hybrid(call.greeting[0], LIVE_TEXT)
-    log.info("call %s: greeting and live text done", call.call_id)
+    log.info("greeting and live text done")
     await trio.sleep_forever()

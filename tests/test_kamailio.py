@@ -123,7 +123,7 @@ def two_nodes_behind_a_front(cache: Path, directory: Path, *, ping_interval: int
 
 def invites_from(server: ServerProcess, front: Kamailio) -> list[str]:
     """Call-IDs of the INVITEs ``server`` received, all of which must have come from ``front``."""
-    found = re.findall(r"call (\S+): INVITE received from (\S+) at", server.log())
+    found = re.findall(r"\[call=(\S+)\]: INVITE received from (\S+) at", server.log())
     assert all(source == f"127.0.0.1:{front.port}" for _, source in found), found
     return [call_id for call_id, _ in found]
 

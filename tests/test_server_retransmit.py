@@ -11,6 +11,7 @@ generous tolerances.
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -48,7 +49,7 @@ def hang_up(server: ServerProcess, peer: UdpPeer, invite: uac.Message, ok: uac.M
     peer.send(in_dialog("BYE", invite, ok, port=peer.port, transport="UDP", cseq=invite.cseq[0] + 1))
     *before, bye_ok = collect(peer, final_for(invite.call_id, "BYE"))
     assert bye_ok.status == 200, describe(bye_ok)
-    server.wait_for_log(rf"call {invite.call_id}: ended \(remote_bye\)")
+    server.wait_for_log(rf"\[call={re.escape(invite.call_id)}\]: ended \(remote_bye\)")
     return before
 
 
@@ -70,9 +71,9 @@ def test_repeated_invite_gets_100_twice_and_starts_one_call(server, rtp_socket):
         # 2 s of greeting: the retransmission due 1.5 s after the first 200 must not come.
         receive_rtp(rtp_socket, 100, timeout=5.0)
         assert hang_up(server, peer, invite, oks[0]) == []
-    started = [line for line in server.lines if f"call {invite.call_id}: INVITE received" in line]
+    started = [line for line in server.lines if f"[call={invite.call_id}]: INVITE received" in line]
     assert len(started) == 1, started
-    assert len([line for line in server.lines if f"call {invite.call_id}: 200 OK sent" in line]) == 1
+    assert len([line for line in server.lines if f"[call={invite.call_id}]: 200 OK sent" in line]) == 1
 
 
 def test_200_is_retransmitted_at_t1_then_doubling_until_ack(server, rtp_socket):

@@ -519,7 +519,7 @@ def test_unusable_offer_is_488_and_no_call_is_left(server, transport):
     assert [m.status for m in received] == [100, 488]
     assert received[-1].reason == ("SDP line 6: no codec in common: offered payload types 18, "
                                    "we accept PCMU (0) or PCMA (8) at 8000 Hz")
-    assert_one_warning(server, mark, f"call {call_id}:", received[-1].reason)
+    assert_one_warning(server, mark, f"[call={call_id}]:", received[-1].reason)
 
 
 # ---- keepalives and broken streams over TCP -------------------------------------------
@@ -645,7 +645,7 @@ def place_call(server: ServerProcess, peer, invite_data: bytes, rtp: socket.sock
     peer.send(in_dialog("BYE", invite, ok, port=peer.port, transport=peer.transport, cseq=number + 1))
     [bye_ok] = [m for m in collect(peer, final_for(call_id, "BYE")) if m.cseq[1] == "BYE"]
     assert bye_ok.status == 200
-    server.wait_for_log(rf"call {re.escape(call_id)}: ended \(remote_bye\)")
+    server.wait_for_log(rf"\[call={re.escape(call_id)}\]: ended \(remote_bye\)")
     return call_id
 
 
@@ -673,4 +673,4 @@ def test_a_plain_call_still_works_after_the_torture(server, rtp_socket, transpor
         offer = uac.sdp_offer(address="127.0.0.1", rtp_port=rtp_socket.getsockname()[1], session_id=1)
         call_id = place_call(server, peer, sip_request("INVITE", port=peer.port, transport=transport, body=offer),
                              rtp_socket)
-    assert len([line for line in server.lines if f"call {call_id}: INVITE received" in line]) == 1
+    assert len([line for line in server.lines if f"[call={call_id}]: INVITE received" in line]) == 1

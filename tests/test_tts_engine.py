@@ -129,7 +129,8 @@ async def test_free_backend_costs_nothing(tmp_path):
     engine = make_engine(tmp_path, ScriptedBackend([b"\x01" * 160], paid=False))
     await engine.speak("Salut", RecordingSink())
     total = engine.accounting.total()
-    assert (total.characters, total.cost_usd, total.cache_misses) == (0, 0.0, 1)
+    # Counted (OPERATIONS.md: both backends' characters are counted), but free.
+    assert (total.characters, total.cost_usd, total.cache_misses) == (len("Salut"), 0.0, 1)
 
 
 async def test_empty_text_is_refused(tmp_path):

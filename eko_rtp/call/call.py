@@ -127,7 +127,7 @@ class Call:
         except CallHungUp:
             pass  # the script spoke after the caller had gone (reading the last digits): normal
         except Exception:
-            log.exception("call %s: the call script failed; hanging up", self.call_id)
+            log.exception("the call script failed; hanging up")
         self._line.hang_up(self)
         self.end("local_hangup", trio.current_time(), wait_for_digits=False)  # the script is done
 
@@ -152,12 +152,12 @@ class Call:
             await trio.sleep_until(min(last + timeout, deadline_total))
             now = trio.current_time()
             if now >= deadline_total:
-                log.info("call %s: maximum duration reached; hanging up", self.call_id)
+                log.info("maximum duration reached; hanging up")
                 self._hang_up_for("max_duration")
                 return
             last = self.stream.last_inbound or confirmed_at
             if now - last >= timeout:
-                log.info("call %s: no RTP for %.0f s; hanging up", self.call_id, now - last)
+                log.info("no RTP for %.0f s; hanging up", now - last)
                 self._hang_up_for("rtp_timeout")
                 return
 

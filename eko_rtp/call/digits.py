@@ -12,6 +12,8 @@ import logging
 
 import trio
 
+from eko_rtp.service.logs import call_context
+
 log = logging.getLogger("eko_rtp.call")
 
 CAPACITY = 32  # more than any number a script asks for
@@ -31,7 +33,8 @@ class DigitQueue:
             self._send.send_nowait(digit)
         except trio.WouldBlock:
             self.dropped += 1
-            log.warning("call %s: DTMF digit %r dropped (script is not reading digits)", self.call_id, digit)
+            with call_context(self.call_id):  # RFC 4733 digits arrive on the receive hub's task, outside the call's
+                log.warning("DTMF digit %r dropped (script is not reading digits)", digit)
         except trio.ClosedResourceError:
             pass  # the call has ended: a key pressed after the BYE is nobody's
 

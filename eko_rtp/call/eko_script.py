@@ -27,13 +27,14 @@ async def run(call) -> None:
     record = await call.caller_record()
     keys = choose_greeting(record)
     call.greeting = keys
+    log.info("greeting: %s (%s)", " + ".join(keys), "unknown caller" if record is None else "known caller")
     for key in keys:
         await call.say(key)
     if keys[0].startswith("returning_client_pending"):
         await _is_it_about_the_ticket(call)
     else:
         async for digit in call.dtmf:
-            log.info("call %s: caller pressed %s", call.call_id, digit)
+            log.info("caller pressed %s", digit)
 
 
 async def _is_it_about_the_ticket(call) -> None:
@@ -46,7 +47,7 @@ async def _is_it_about_the_ticket(call) -> None:
         if digit == NO:
             await call.say("ticket_not_related")
             async for pressed in call.dtmf:
-                log.info("call %s: caller pressed %s", call.call_id, pressed)
+                log.info("caller pressed %s", pressed)
             return
         if attempt == 0:
             await call.say("clarify_yes_no")
@@ -60,5 +61,5 @@ async def _yes_or_no(call) -> str | None:
         async for digit in call.dtmf:
             if digit in (YES, NO):
                 return digit
-            log.info("call %s: caller pressed %s (expected 1 or 2)", call.call_id, digit)
+            log.info("caller pressed %s (expected 1 or 2)", digit)
     return None

@@ -77,7 +77,7 @@ class CallerLookup:
             past_budget = self.finished_at > self.deadline
             late = " (after the greeting budget)" if past_budget else ""
             outcome = "known caller" if self.record is not None else (self.error or "unknown caller")
-            log.info("call %s: CRM look-up of %s: %s in %.1f ms%s", self.call_id, mask_phone(self.phone), outcome, took, late)
+            log.info("CRM look-up of %s: %s in %.1f ms%s", mask_phone(self.phone), outcome, took, late)
             if self.on_result is not None:
                 self.on_result(LookupResult(took=self.finished_at - self.started_at, answered=self.error is None,
                                             past_budget=past_budget))

@@ -32,6 +32,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--crm", help="CRM msgpack-RPC address HOST:PORT or unix socket path (config crm.address)")
     parser.add_argument("--metrics", metavar="HOST:PORT",
                         help="serve Prometheus metrics there (config service.metrics_listen; default: off)")
+    parser.add_argument("--sip-trace", action="store_true", default=None,
+                        help="log every SIP message received and sent, numbers masked (config service.sip_trace)")
     parser.add_argument("--degraded", action="store_true", default=None,
                         help="start even if the cache lacks phrases of the catalogue (config cache.allow_missing)")
     parser.set_defaults(func=run_serve)
@@ -65,6 +67,7 @@ def config_from_args(args):
             "media.keep_cpu_awake": args.keep_cpu_awake,
             "service.metrics_listen": args.metrics,
             "cache.allow_missing": args.degraded,
+            "service.sip_trace": args.sip_trace,
         }
     )
 

@@ -41,7 +41,7 @@ from eko_rtp.media.ports import PortsExhausted, RtpPortPool
 from eko_rtp.media.receiver import ReceiveHub
 from eko_rtp.media.stream import MediaCounters, MediaStream, silence_frame
 from eko_rtp.server.transport import SipTransport
-from eko_rtp.service.logs import call_context
+from eko_rtp.service.logs import SipTrace, call_context
 from eko_rtp.sip import events as ua_module
 from eko_rtp.sip.session_timer import SessionTimerSettings
 from eko_rtp.sip.useragent import UserAgent, UserAgentSettings
@@ -85,6 +85,7 @@ class EkoServer:
             transports=config["sip.transports"],
             max_message_size=config["sip.max_message_size"],
             deliver=self.receive,
+            trace=_sip_trace(config, None),
         )
         self.ua: UserAgent | None = None
         self.calls: dict[str, Call] = {}
@@ -125,6 +126,11 @@ class EkoServer:
                 self.media_address,
                 *self.config.rtp_ports,
             )
+            if self.tts is None:
+                log.info("live TTS: off")
+            else:
+                identity = self.tts.backend.render_identity()
+                log.info("live TTS: %s, voice %s, model %s", self.tts.backend.name, identity.voice, identity.model)
             task_status.started(bound)
 
     def _ua_settings(self, sip_port: int) -> UserAgentSettings:
@@ -188,7 +194,8 @@ class EkoServer:
                         try:
                             self.hangup_call(call)
                         except Exception:
-                            log.exception("call %s: could not hang up after an internal error", call.call_id)
+                            with call_context(call.call_id):
+                                log.exception("could not hang up after an internal error")
                             call.end("internal_error", trio.current_time())
         deadline = ua.next_deadline()
         if deadline is not None and deadline < self._timer_deadline:
@@ -219,7 +226,7 @@ class EkoServer:
     def _take_call(self, event) -> None:
         now = trio.current_time()
         call_id = event.call_id
-        log.info("call %s: INVITE received from %s at %.3f ms", call_id, _where(event.source), now * 1000)
+        log.info("INVITE received from %s at %.3f ms", _where(event.source), now * 1000)
         try:
             pair = self.ports.open_pair()
         except PortsExhausted as error:
@@ -233,6 +240,7 @@ class EkoServer:
             self.ports.release(pair)
             self._refuse(call_id, error.status, now, f"unusable SDP offer: {error}", reason=_reason(error))
             return
+        log.info("media: %s", describe_plan(negotiated.plan))
         digits = DigitQueue(call_id=call_id)
         stream = MediaStream(
             pair=pair,
@@ -281,7 +289,7 @@ class EkoServer:
 
     def _refuse(self, call_id: str, status: int, now: float, why: str, *, reason=None, headers=()) -> None:
         """Answer an INVITE we cannot take with ``status``; one log line says why."""
-        log.warning("call %s: refused with %d: %s", call_id, status, why)
+        log.warning("refused with %d: %s", status, why)
         self.ua.reject(call_id, status, now, reason=reason, headers=headers)
         self.counters.calls_rejected += 1
 
@@ -302,7 +310,7 @@ class EkoServer:
             try:
                 negotiated = call.media.ack(event.answer)
             except sdp.SdpError as error:
-                log.warning("call %s: unusable SDP answer in ACK: %s; hanging up", call.call_id, error)
+                log.warning("unusable SDP answer in ACK: %s; hanging up", error)
                 self.hangup_call(call)
                 return
             if negotiated is not None:
@@ -316,13 +324,13 @@ class EkoServer:
         try:
             negotiated = call.media.reinvite(offer_body)
         except sdp.SdpError as error:
-            log.warning("call %s: re-INVITE refused: %s", call.call_id, error)
+            log.warning("re-INVITE refused: %s", error)
             self.ua.reject_modification(call.call_id, error.status, now)
             self._flush()
             return
         plan = negotiated.plan
         call.stream.apply_plan(plan)
-        log.info("call %s: session modified (%s, send_audio=%s)", call.call_id, plan.codec.name, plan.send_audio)
+        log.info("session modified: %s", describe_plan(plan))
         self.ua.answer_modification(call.call_id, negotiated.body, now)
         self._flush()
 
@@ -342,9 +350,9 @@ class EkoServer:
         first = call.stream.first_packet_time
         if self.metrics is not None and first is not None:
             self.metrics.greeting_latency.observe(max(0.0, trio.current_time() - now))
-        log.info("call %s: 200 OK sent at %.3f ms", call.call_id, now * 1000)
+        log.info("200 OK sent at %.3f ms", now * 1000)
         if first is not None:
-            log.info("call %s: first RTP sent at %.3f ms", call.call_id, trio.current_time() * 1000)
+            log.info("first RTP sent at %.3f ms", trio.current_time() * 1000)
 
     def hangup_call(self, call: Call) -> None:
         now = trio.current_time()
@@ -395,6 +403,7 @@ class EkoServer:
         self.cache = cache
         self.script = script
         self.codec_preference = None if config["media.codec"] == "offer" else config["media.codec"]
+        self.transport.trace = _sip_trace(config, self.transport.trace)
 
     async def _run_call(self, call: Call) -> None:
         with call_context(call.call_id):  # every log line of the call's tasks carries its Call-ID
@@ -420,7 +429,7 @@ class EkoServer:
             self.metrics.active_calls.dec()
             self.metrics.call_ended(outcome)
             self.metrics.call_quality(quality)
-        log.info("call %s: ended (%s) after %.0f ms; %s%s", call.call_id, outcome, duration, quality.summary(), usage)
+        log.info("ended (%s) after %.0f ms; %s%s", outcome, duration, quality.summary(), usage)
         if self.crm is not None:
             # A notification: queued without waiting, so teardown is never delayed by the CRM.
             self.crm.log_call(
@@ -443,6 +452,21 @@ def _measured(quality) -> dict:
         "jitter_ms": wire["jitter_ms"] if quality.packets_expected else None,
         "rtt_ms": wire["rtt_ms"],
     }
+
+
+def _sip_trace(config: Config, current: SipTrace | None) -> SipTrace | None:
+    """The SIP message trace ``service.sip_trace`` asks for (the running one kept on a reload)."""
+    if not config["service.sip_trace"]:
+        return None
+    return current or SipTrace()
+
+
+def describe_plan(plan) -> str:
+    """The negotiated codec and where its audio goes, for a call's log line."""
+    remote = _where(plan.remote_rtp) if plan.remote_rtp else "nowhere (no address: on hold)"
+    events = f", telephone-event {plan.telephone_event_payload_type}" if plan.telephone_event_payload_type else ""
+    return (f"{plan.codec.name} (payload type {plan.codec.payload_type}{events}) to {remote}, "
+            f"send_audio={plan.send_audio}")
 
 
 def _where(source) -> str:

@@ -8,6 +8,8 @@ datagram, which SIP over UDP retransmits anyway). The TCP side accepts connectio
 SIP core's :class:`StreamFramer` (Content-Length required) and writes through a
 per-connection task fed by a bounded channel, so a slow peer never blocks the loop.
 A connection that sends an unframeable stream is closed; nothing else is affected.
+With a ``trace`` (:class:`~eko_rtp.service.logs.SipTrace`), each message in and out
+is handed to it as well.
 """
 
 from __future__ import annotations
@@ -64,12 +66,14 @@ class TcpConnection:
 class SipTransport:
     """Owns the SIP sockets; hands complete messages to ``deliver``."""
 
-    def __init__(self, *, host: str, port: int, transports: list[str], max_message_size: int, deliver: Deliver):
+    def __init__(self, *, host: str, port: int, transports: list[str], max_message_size: int, deliver: Deliver,
+                 trace=None):
         self.host = host
         self.port = port
         self.transports = transports
         self.max_message_size = max_message_size
         self.deliver = deliver
+        self.trace = trace  # a SipTrace, or None (the default: no per-message work)
         self.udp: socket.socket | None = None
         self.connections: dict[int, TcpConnection] = {}
         self._by_peer: dict[tuple, TcpConnection] = {}
@@ -95,7 +99,15 @@ class SipTransport:
                 listeners = await trio.open_tcp_listeners(port, host=self.host)
                 self.bound["tcp"] = listeners[0].socket.getsockname()[:2]
                 nursery.start_soon(trio.serve_listeners, self._serve_connection, listeners)
+            nursery.start_soon(self._flush_trace)
             task_status.started(self.bound)
+
+    async def _flush_trace(self) -> None:
+        """Once a second, let the trace summarise what it skipped (it may be switched on by a reload)."""
+        while True:
+            await trio.sleep(1.0)
+            if self.trace is not None:
+                self.trace.flush(trio.current_time())
 
     # -- UDP -----------------------------------------------------------------------
 
@@ -115,6 +127,8 @@ class SipTransport:
                 except OSError as error:  # ICMP errors surface here; the socket stays usable
                     log.debug("SIP UDP receive: %s", error)
                     continue
+                if self.trace is not None:
+                    self.trace.message("received from", "udp", source, data, trio.current_time())
                 self.deliver(data, source[:2], "udp", None)
             await trio.lowlevel.checkpoint()
 
@@ -139,6 +153,9 @@ class SipTransport:
                             log.warning("SIP TCP from %s:%s: %s; closing the connection", *connection.peer, error)
                             break
                         for message in messages:
+                            if self.trace is not None:
+                                self.trace.message("received from", "tcp", connection.peer, message,
+                                                   trio.current_time())
                             self.deliver(message, connection.peer, "tcp", connection)
                         for _ in range(framer.take_pings()):
                             self._queue(connection, b"\r\n")  # RFC 5626 §3.5.1 keepalive pong
@@ -216,7 +233,9 @@ class SipTransport:
         """
         if transport != "tcp" and not _is_ip_address(destination[0]):
             self._resolve_then_send(data, tuple(destination), transport)
-            return
+            return  # traced once resolved, when it comes back here with an address
+        if self.trace is not None:
+            self.trace.message("sent to", transport, destination, data, trio.current_time())
         if transport == "tcp":
             target = connection if isinstance(connection, TcpConnection) else self._by_peer.get(tuple(destination))
             if target is not None and target.id in self.connections:

@@ -14,6 +14,13 @@ run on every record before it is formatted:
   forge a second log line. It covers formatted tracebacks too. It is a safety
   net: code should mask numbers itself and never format secrets at all.
 
+:class:`SipTrace` (``service.sip_trace``, off by default) logs every SIP message
+received and sent, one record per message under ``eko_rtp.sip.trace``, through the
+same filters: numbers in URIs and headers are masked, CR LF are escaped so a message
+stays one line. It is bounded: a message is cut after ``max_bytes`` (saying so), and
+at most ``per_second`` messages are logged each second; the rest are counted and
+summarised in one line when the second is over.
+
 Under systemd, stderr is connected to the journal (``$JOURNAL_STREAM`` names it):
 journald timestamps each line itself, so the formatter omits the time and
 prefixes the syslog priority (``<3>``, sd-daemon(3)) so ``journalctl -p err`` works.
@@ -31,6 +38,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TextIO
 
 REDACTED = "[redacted]"
+
+TRACE_MAX_BYTES = 4096  # of one SIP message in the trace; the rest is cut
+TRACE_PER_SECOND = 100  # SIP messages traced a second; beyond, counted only
 
 _call_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("eko_call_id", default=None)
 
@@ -143,6 +153,53 @@ class ServiceFormatter(logging.Formatter):
         if record.stack_info:
             line = f"{line}\n{self.formatStack(record.stack_info)}"
         return line
+
+
+class SipTrace:
+    """Logs SIP messages at INFO, each cut to ``max_bytes``, at most ``per_second`` a second.
+
+    No I/O and no clock of its own: the transport passes ``now`` (trio's clock) with
+    each message and calls :meth:`flush` about once a second, so a burst's summary
+    is not left waiting for the next message.
+    """
+
+    def __init__(self, *, max_bytes: int = TRACE_MAX_BYTES, per_second: int = TRACE_PER_SECOND,
+                 logger: logging.Logger | None = None):
+        if max_bytes < 1 or per_second < 1:
+            raise ValueError(f"max_bytes and per_second must be >= 1, got {max_bytes} and {per_second}")
+        self.max_bytes = max_bytes
+        self.per_second = per_second
+        self.log = logger or logging.getLogger("eko_rtp.sip.trace")
+        self._window_start: float | None = None
+        self._traced = 0  # in the current one-second window
+        self._skipped = 0  # ...and not traced, over the limit
+        self.skipped_total = 0
+
+    def message(self, direction: str, transport: str, peer: tuple, data: bytes, now: float) -> None:
+        """One SIP message ``direction`` ("received from" or "sent to") ``peer`` over ``transport``."""
+        self.flush(now)
+        if self._window_start is None:
+            self._window_start = now
+        if self._traced >= self.per_second:
+            self._skipped += 1
+            self.skipped_total += 1
+            return
+        self._traced += 1
+        text = bytes(data[: self.max_bytes]).decode("utf-8", "replace")
+        cut = len(data) - self.max_bytes
+        more = f" [truncated: {cut} more byte(s) not traced]" if cut > 0 else ""
+        self.log.info("%s %s %s:%s, %d bytes: %s%s", direction, transport.upper(), peer[0], peer[1], len(data),
+                      text, more)
+
+    def flush(self, now: float) -> None:
+        """Close the one-second window if it is over, summarising what it did not trace."""
+        if self._window_start is None or now - self._window_start < 1.0:
+            return
+        if self._skipped:
+            self.log.info("%d SIP message(s) not traced in the last second (limit %d a second)",
+                          self._skipped, self.per_second)
+        self._window_start = None
+        self._traced = self._skipped = 0
 
 
 def stream_is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:

@@ -1,8 +1,11 @@
-"""What live TTS cost: characters sent to the paid provider, dollars, cache hits.
+"""What live TTS did and cost: characters spoken, dollars, cache hits.
 
-Characters count as billed once the provider has accepted the request (it answered
-200): a request refused (401, 429, 5xx) or never answered is not billed, and a
-stream cancelled midway is billed in full (the provider has already generated it).
+Every backend's characters are counted (espeak-ng's too: the metric and the call's
+log line say how much text was rendered live, whoever rendered it); only a paid
+backend's characters cost money. Characters count once the backend has accepted
+the request (for ElevenLabs, it answered 200): a request refused (401, 429, 5xx) or
+never answered is not counted, and a stream cancelled midway is counted in full
+(the provider has already generated it).
 Each call gets a :class:`CallTtsUsage` from :meth:`TtsAccounting.open_call`; what it
 records goes into the call's numbers and into the process totals at once. No I/O.
 """
@@ -46,6 +49,7 @@ class UsageSnapshot:
 @attrs.define
 class _Counters:
     characters: int = 0
+    billed_characters: int = 0  # the part of ``characters`` a paid backend rendered
     requests: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
@@ -73,7 +77,7 @@ class TtsAccounting:
         return UsageSnapshot(
             characters=counters.characters,
             requests=counters.requests,
-            cost_usd=counters.characters * self.cost_per_1000_characters / 1000,
+            cost_usd=counters.billed_characters * self.cost_per_1000_characters / 1000,
             cache_hits=counters.cache_hits,
             cache_misses=counters.cache_misses,
             failures=counters.failures,
@@ -86,12 +90,18 @@ class TtsAccounting:
 
     # The engine records through these; ``call`` may be None (speech outside a call).
 
-    def record_billed(self, call: "CallTtsUsage | None", characters: int) -> None:
-        """A paid request was accepted for ``characters`` characters."""
+    def record_spoken(self, call: "CallTtsUsage | None", characters: int, *, paid: bool) -> None:
+        """A backend accepted a request for ``characters`` characters; ``paid`` ones cost money."""
         if characters < 0:
             raise ValueError(f"characters must be >= 0, got {characters}")
         self._add(call and call._counters, "characters", characters)
+        if paid:
+            self._add(call and call._counters, "billed_characters", characters)
         self._add(call and call._counters, "requests")
+
+    def record_billed(self, call: "CallTtsUsage | None", characters: int) -> None:
+        """A paid request was accepted for ``characters`` characters."""
+        self.record_spoken(call, characters, paid=True)
 
     def record_cache(self, call: "CallTtsUsage | None", *, hit: bool) -> None:
         self._add(call and call._counters, "cache_hits" if hit else "cache_misses")

@@ -124,15 +124,15 @@ class TtsEngine:
         self.accounting.record_cache(call, hit=False)
         assembler = FrameAssembler()
         audio = bytearray()
-        billed = 0
+        counted = False
         pushed = 0
         first_frame_latency = None
         try:
             async with contextlib.aclosing(self.backend.stream(text)) as chunks:
                 async for chunk in chunks:
-                    if not billed and self.backend.paid:
-                        billed = len(text)
-                        self.accounting.record_billed(call, billed)
+                    if not counted:  # the backend accepted the text: count it, whichever backend
+                        counted = True
+                        self.accounting.record_spoken(call, len(text), paid=self.backend.paid)
                     audio += chunk
                     for frame in assembler.feed(chunk):
                         if first_frame_latency is None:
@@ -156,7 +156,7 @@ class TtsEngine:
             key=key,
             frames=pushed,
             from_cache=False,
-            characters_billed=billed,
+            characters_billed=len(text) if counted and self.backend.paid else 0,
             stored=stored,
             first_frame_latency=first_frame_latency,
         )
