@@ -179,7 +179,10 @@ def test_callers_keying_at_100_packets_a_second_leave_no_backlog(built_cache, tm
     queues = run["server_rtp_queues"]
     assert (queues["ports"], queues["sockets_of"]) == (server.rtp_ports, f"pid {server.process.pid}")
     assert queues["samples"] >= 2
-    assert queues["at_end"]["sockets"] == 6 and queues["at_end"]["drops"] == 0 and queues["max"]["drops"] == 0
+    # The last look is at the end of the steady period, when the first call hangs up: its
+    # RTP/RTCP pair may already be closed, so 2 or 3 calls' sockets are there.
+    assert queues["at_end"]["sockets"] in (4, 6), queues["at_end"]
+    assert queues["at_end"]["drops"] == 0 and queues["max"]["drops"] == 0
     # Drained every 10-30 ms: a few datagrams at most (about 0.8 KiB each), never a growing queue.
     assert queues["max"]["largest_bytes"] < 32 * 1024
 
