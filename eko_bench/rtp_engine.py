@@ -22,7 +22,7 @@ bench itself is saturated.
 
 With ``event_payload_type`` a call also sends an RFC 4733 event packet right after
 each audio packet, in the same sequence space (100 packets a second, as a phone
-does while a key is held): event 32 (RFC 4734's answer tone, no DTMF key, so the
+does while a key is held): event 16 (flash: within the 0-16 the offer announces, and no DTMF key, so the
 server's script sees no digit), a new event every second, its duration growing by
 a frame per packet. That is the load a keying caller puts on the receive path.
 
@@ -60,7 +60,7 @@ _HEADER = struct.Struct("!BBHII")  # V=2,P,X,CC | M,PT | sequence | timestamp | 
 _SEQUENCE_AND_STAMP = struct.Struct("!HI")
 _SEQUENCE_STAMP_SOURCE = struct.Struct("!HII")
 _EVENT_PACKET = struct.Struct("!BBHIIBBH")  # RTP header, then RFC 4733 §2.3: event | E R volume | duration
-_EVENT_CODE = 32  # RFC 4734 ANS: a tone, not a DTMF key
+_EVENT_CODE = 16  # RFC 4733 table 3: flash, within the offered 0-16 and not a DTMF key
 _EVENT_FRAMES = 50  # packets per event: a new one every second
 _TIMESPEC = struct.Struct("@qq")
 # linux/include/uapi/asm-generic/socket.h; Python's socket module does not export it.

@@ -24,7 +24,7 @@ from eko_bench import uac
 
 _HEADER = struct.Struct("!BBHII")
 _EVENT = struct.Struct("!BBH")
-_EVENT_PAYLOAD_TYPE = 101  # as uac.sdp_offer offers it
+_EVENT_PAYLOAD_TYPE = uac.TELEPHONE_EVENT_PAYLOAD_TYPE  # as uac.sdp_offer offers it
 _AUDIO = b"\xff" * 160
 # An RFC 8285 one-byte-header extension block: profile 0xBEDE, one word, one element
 # (id 1, one octet), padded. Phones put audio levels and such here.
