@@ -104,6 +104,8 @@ def test_garbage_raises_only_rtcp_error():
 def test_wire_form_for_the_crm():
     figures = CallQuality(packets_expected=200, packets_lost=3, jitter=0.00125, remote_fraction_lost=None,
                           remote_jitter=None, round_trip=0.0015, reports_received=2)
-    assert figures.to_wire() == {"loss_ratio": 0.015, "jitter_ms": 1.25, "rtt_ms": 1.5,
-                                 "remote_loss_ratio": None, "remote_jitter_ms": None}
+    assert figures.call_log_fields() == {"loss_ratio": 0.015, "jitter_ms": 1.25, "rtt_ms": 1.5}
     assert figures.summary() == "loss=1.5% jitter=1.2ms rtt=1.5ms remote_loss=-"
+    silent = CallQuality(packets_expected=0, packets_lost=0, jitter=0.0, remote_fraction_lost=None,
+                         remote_jitter=None, round_trip=None, reports_received=0)
+    assert silent.call_log_fields() == {"loss_ratio": None, "jitter_ms": None, "rtt_ms": None}

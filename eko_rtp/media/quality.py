@@ -55,14 +55,14 @@ class CallQuality:
         return (f"loss={self.loss_ratio * 100:.1f}% jitter={self.jitter * 1000:.1f}ms rtt={rtt} "
                 f"remote_loss={remote}")
 
-    def to_wire(self) -> dict:
-        """For ``crm.log_call`` (docs/crm-rpc.md): milliseconds and ratios, None when unknown."""
+    def call_log_fields(self) -> dict:
+        """The ``crm.log_call`` keys (docs/crm-rpc.md): a ratio and milliseconds, None when
+        nothing was measured (no audio came, no report gave a round trip)."""
+        heard = self.packets_expected > 0
         return {
-            "loss_ratio": round(self.loss_ratio, 4),
-            "jitter_ms": round(self.jitter * 1000, 2),
+            "loss_ratio": round(self.loss_ratio, 4) if heard else None,
+            "jitter_ms": round(self.jitter * 1000, 2) if heard else None,
             "rtt_ms": None if self.round_trip is None else round(self.round_trip * 1000, 2),
-            "remote_loss_ratio": None if self.remote_fraction_lost is None else round(self.remote_fraction_lost, 4),
-            "remote_jitter_ms": None if self.remote_jitter is None else round(self.remote_jitter * 1000, 2),
         }
 
 

@@ -439,19 +439,9 @@ class EkoServer:
                     greeting=tuple(call.greeting),
                     duration_ms=max(0, int(duration)),
                     outcome=outcome,
-                    **_measured(quality),
+                    **quality.call_log_fields(),
                 )
             )
-
-
-def _measured(quality) -> dict:
-    """The quality figures ``crm.log_call`` carries; None where the call measured nothing."""
-    wire = quality.to_wire()
-    return {
-        "loss_ratio": wire["loss_ratio"] if quality.packets_expected else None,
-        "jitter_ms": wire["jitter_ms"] if quality.packets_expected else None,
-        "rtt_ms": wire["rtt_ms"],
-    }
 
 
 def _sip_trace(config: Config, current: SipTrace | None) -> SipTrace | None:
