@@ -32,12 +32,10 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_install_into_a_root(tmp_path):
-    root = tmp_path / "root"
-    result = run_install(root, "--venv", str(VENV))
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[:7] == [
+
+def created_lines(root) -> list[str]:
+    """What an install or a staging run prints for the files it creates under ``root``, in order."""
+    return [
         f"  created {root}/etc/eko-rtp/eko-rtp.toml",
         f"  created {root}/etc/systemd/system/eko-crm.service",
         f"  created {root}/etc/systemd/system/eko-rtp.service",
@@ -46,6 +44,13 @@ def test_install_into_a_root(tmp_path):
         f"  created {root}/var/lib/eko-crm",
         f"  created {root}/var/cache/eko-rtp",
     ]
+
+def test_install_into_a_root(tmp_path):
+    root = tmp_path / "root"
+    result = run_install(root, "--venv", str(VENV))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:7] == created_lines(root)
     assert lines[7] == f"next, as root (files are under {root}; copy them to / first):"
     assert lines[-2:] == [
         f"  systemd-sysusers {root}/etc/sysusers.d/eko-rtp.conf",
@@ -290,13 +295,7 @@ def test_a_checkout_under_tmp_cannot_install_but_can_stage(checkout_under_tmp, t
     assert lines[:8] == [
         f"staging run: nothing is installed; the files under {root} name the final checkout {FINAL_CHECKOUT}"
         f" and venv {FINAL_VENV}, which need not exist yet",
-        f"  created {root}/etc/eko-rtp/eko-rtp.toml",
-        f"  created {root}/etc/systemd/system/eko-crm.service",
-        f"  created {root}/etc/systemd/system/eko-rtp.service",
-        f"  created {root}/etc/sysusers.d/eko-rtp.conf",
-        f"  created {root}/etc/eko-rtp/credentials/elevenlabs_api_key",
-        f"  created {root}/var/lib/eko-crm",
-        f"  created {root}/var/cache/eko-rtp",
+        *created_lines(root),
     ]
     checks = lines[8:-4]
     if shutil.which("systemd-analyze") is None:
