@@ -288,3 +288,23 @@ def test_bad_policies_are_refused(fields, message):
     with pytest.raises(ValueError) as caught:
         DrainPolicy(**fields)
     assert str(caught.value) == message
+
+
+async def test_a_socket_that_becomes_ready_during_a_drain_waits_for_the_next_one():
+    hub = ReceiveHub(policy=DrainPolicy(nap=0.005))
+    busy, late, sender = _bound(), _bound(), _bound()
+    got = []
+
+    def on_busy(data, address, now, arrival):
+        got.append((data, now))
+        if data == b"b0":
+            sender.sendto(b"late", late.getsockname())  # arrives while this drain goes on
+
+    hub.register(busy, on_busy)
+    hub.register(late, lambda data, address, now, arrival: got.append((data, now)))
+    with closing_all(hub, busy, late, sender):
+        for n in range(3):
+            sender.sendto(b"b%d" % n, busy.getsockname())
+        await serve_until(hub, got, 4)
+    assert [data for data, _ in got] == [b"b0", b"b1", b"b2", b"late"]  # the busy socket emptied first
+    assert got[3][1] >= got[2][1] + 0.005  # a nap after the drain that emptied the busy socket
