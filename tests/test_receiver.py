@@ -246,6 +246,33 @@ async def test_arrival_is_the_kernel_time_the_datagram_came_not_the_drain_time()
     assert 0.045 < got[1] - got[0] < 0.2
 
 
+def test_a_sampling_socket_stamps_one_datagram_in_n_the_first_included():
+    hub = ReceiveHub()
+    sock, sender = _bound(), _bound()
+    got = []
+    hub.register(sock, lambda data, address, now, arrival: got.append((data, address, arrival)),
+                 timestamp_every=3)
+    source = sender.getsockname()
+    with closing_all(hub, sock, sender):
+        sent = time.time()
+        for n in range(7):
+            sender.sendto(b"%d" % n, sock.getsockname())
+        assert trio.run(_drain_now, hub, sock) == 7
+    assert [data for data, _, _ in got] == [b"%d" % n for n in range(7)]
+    assert {address for _, address, _ in got} == {source}  # both reads name the source
+    stamped = [n for n, (_, _, arrival) in enumerate(got) if arrival is not None]
+    assert stamped == [0, 3, 6]
+    assert all(abs(got[n][2] - sent) < 0.5 for n in stamped)
+
+
+def test_a_socket_cannot_be_stamped_less_than_every_datagram():
+    hub = ReceiveHub()
+    with closing_all(hub), _bound() as sock:
+        with pytest.raises(ValueError, match="timestamp_every must be at least 1, not 0"):
+            hub.register(sock, lambda *args: None, timestamp_every=0)
+    assert hub.sockets == 0
+
+
 def test_drain_socket_hands_over_what_waits_in_order_now():
     hub = ReceiveHub()
     sock, sender = _bound(), _bound()

@@ -92,3 +92,48 @@ def test_no_early_talkspurt_behind_a_cached_phrase_or_right_before_a_slot():
     finally:
         stream.pair.rtcp.close()
         peer.sock.close()
+
+
+def test_muxed_rtcp_read_without_a_kernel_time_is_stamped_with_the_wall_clock():
+    from eko_rtp.media.rtcp import build_sender_report, ntp_from_unix
+
+    peer = Peer()
+    plan = sdp.MediaPlan(codec=sdp.Codec(name="PCMU", payload_type=0), telephone_event_payload_type=101,
+                         remote_rtp=peer.sock.getsockname(), remote_rtcp=None, rtcp_mux=True,
+                         send_audio=True, receive_audio=True)
+    stream = MediaStream(pair=PortPair(port=0, rtp=_socket(), rtcp=_socket()), plan=plan,
+                         queue=PlayoutQueue(SILENCE), counters=MediaCounters(), on_dtmf=lambda digit: None,
+                         cname="test", wall_clock=lambda: 1700000000.25)
+    report = build_sender_report(ssrc=0x1234, ntp_time=ntp_from_unix(1700000000.0), rtp_timestamp=0,
+                                 packet_count=1, octet_count=160, report_blocks=(), cname="caller")
+    try:
+        # The hub samples the RTP port's arrival times: this one came without.
+        stream.on_rtp(report, ("127.0.0.1", 4000), 5.0, None)
+        assert stream.statistics._last_sr_arrival == 1700000000.25
+        stream.on_rtp(report, ("127.0.0.1", 4000), 5.0, 1700000000.5)  # a stamped one keeps its time
+        assert stream.statistics._last_sr_arrival == 1700000000.5
+        assert stream.quality.reports_received == 2
+    finally:
+        stream.pair.close()
+        peer.sock.close()
+
+
+def test_audio_read_without_a_kernel_time_counts_for_loss_and_leaves_jitter_alone():
+    peer = Peer()
+    stream = _stream(peer)
+    header = struct.Struct("!BBHII")
+    try:
+        for n in (0, 1, 2, 3, 4, 5, 6, 8, 9):  # 7 is lost
+            packet = header.pack(0x80, 0, n, n * 160, 0x55) + SILENCE
+            # One in five stamped, as the server registers the RTP port; the stamped
+            # ones arrive exactly on time, so the jitter must stay 0.
+            arrival = 1000.0 + n * 0.020 if n % 5 == 0 else None
+            stream.on_rtp(packet, ("127.0.0.1", 4000), 5.0, arrival)
+        assert stream.statistics.cumulative_lost == 1  # unstamped packets count for loss
+        assert stream.statistics.jitter == 0
+        late = header.pack(0x80, 0, 10, 10 * 160, 0x55) + SILENCE
+        stream.on_rtp(late, ("127.0.0.1", 4000), 5.0, 1000.0 + 10 * 0.020 + 0.016)  # 16 ms late
+        assert stream.statistics.jitter == 128 // 16  # J += (|D| - J)/16 with D = 128 units
+    finally:
+        stream.pair.close()
+        peer.sock.close()

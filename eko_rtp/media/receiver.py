@@ -22,7 +22,13 @@ the socket, on the wall clock), because a datagram may wait up to a drain interv
 in its socket buffer: RFC 3550 A.8 jitter computed from the drain's time would
 measure the hub's schedule, not the network. Handlers get both: ``now`` (the trio
 time of the drain step, for timers) and ``arrival`` (the kernel's, for jitter; only
-differences between arrivals mean anything).
+differences between arrivals mean anything). Reading the timestamp costs a
+``recvmsg`` with ancillary data instead of a ``recvfrom`` and its parsing, per
+datagram; a socket registered with ``timestamp_every=n`` pays it on one datagram
+in n and gets ``arrival=None`` for the others. A.8 works on any two stamped
+packets (the transit difference of packets n apart has the same spread as that
+of neighbours when the network's delays are independent), so the jitter stays
+true while most datagrams take the cheap read.
 
 The :class:`DrainPolicy` says when to drain. While at most ``ride_limit`` (64)
 calls are up the hub rides the frame clock: it
@@ -58,8 +64,9 @@ import trio
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[bytes, tuple, float, float], None]
-"""``handler(data, source, now, arrival)``: ``now`` on trio's clock, ``arrival`` the kernel's."""
+Handler = Callable[[bytes, tuple, float, "float | None"], None]
+"""``handler(data, source, now, arrival)``: ``now`` on trio's clock, ``arrival`` the kernel's
+(``None`` on the datagrams a sampling socket reads without it)."""
 
 MAX_DATAGRAM = 2048
 # Up to this many calls the hub rides the clock's ticks; above it the process hardly
@@ -105,12 +112,15 @@ class DrainPolicy:
 
 
 class _Registration:
-    __slots__ = ("sock", "handler", "on_backlog")
+    __slots__ = ("sock", "handler", "on_backlog", "timestamp_every", "until_timestamp")
 
-    def __init__(self, sock: socket.socket, handler: Handler, on_backlog: Callable[[], None] | None):
+    def __init__(self, sock: socket.socket, handler: Handler, on_backlog: Callable[[], None] | None,
+                 timestamp_every: int):
         self.sock = sock
         self.handler = handler
         self.on_backlog = on_backlog
+        self.timestamp_every = timestamp_every
+        self.until_timestamp = 1  # the first datagram is stamped
 
 
 class ReceiveHub:
@@ -136,11 +146,18 @@ class ReceiveHub:
         """How many sockets the hub drains (the leak test counts them)."""
         return len(self._registrations)
 
-    def register(self, sock: socket.socket, handler: Handler, *, on_backlog: Callable[[], None] | None = None) -> None:
-        """Drain ``sock`` into ``handler``; ``on_backlog`` hears when it falls behind."""
+    def register(self, sock: socket.socket, handler: Handler, *, on_backlog: Callable[[], None] | None = None,
+                 timestamp_every: int = 1) -> None:
+        """Drain ``sock`` into ``handler``; ``on_backlog`` hears when it falls behind.
+
+        ``timestamp_every=n`` reads the kernel's arrival time on one datagram in n
+        (the first included); the others reach the handler with ``arrival=None``.
+        """
+        if timestamp_every < 1:
+            raise ValueError(f"timestamp_every must be at least 1, not {timestamp_every!r}")
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         fd = sock.fileno()
-        self._registrations[fd] = _Registration(sock, handler, on_backlog)
+        self._registrations[fd] = _Registration(sock, handler, on_backlog, timestamp_every)
         self._epoll.register(fd, select.EPOLLIN)
 
     def unregister(self, sock: socket.socket) -> None:
@@ -247,19 +264,28 @@ class ReceiveHub:
 
     def _receive_one(self, registration: _Registration, now: float) -> bool:
         """Take one datagram from the socket to its handler; False when none was waiting."""
+        stamp = registration.until_timestamp <= 1
         try:
-            data, ancillary, _flags, address = registration.sock.recvmsg(MAX_DATAGRAM, _ANCILLARY_SIZE)
+            if stamp:
+                data, ancillary, _flags, address = registration.sock.recvmsg(MAX_DATAGRAM, _ANCILLARY_SIZE)
+            else:
+                data, address = registration.sock.recvfrom(MAX_DATAGRAM)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as error:  # e.g. ICMP port unreachable reported on the socket
             log.debug("media socket %s: %s", registration.sock.getsockname(), error)
             return False
         self.datagrams += 1
-        if ancillary and len(ancillary[0][2]) == _TIMESPEC.size:
-            seconds, nanoseconds = _TIMESPEC.unpack(ancillary[0][2])
-            arrival = seconds + nanoseconds * 1e-9
-        else:  # no timestamp (not expected on Linux): the same clock, read now
-            arrival = time.time()
+        if stamp:
+            registration.until_timestamp = registration.timestamp_every
+            if ancillary and len(ancillary[0][2]) == _TIMESPEC.size:
+                seconds, nanoseconds = _TIMESPEC.unpack(ancillary[0][2])
+                arrival = seconds + nanoseconds * 1e-9
+            else:  # no timestamp (not expected on Linux): the same clock, read now
+                arrival = time.time()
+        else:
+            registration.until_timestamp -= 1
+            arrival = None
         try:
             registration.handler(data, address, now, arrival)
         except Exception:

@@ -26,6 +26,7 @@ round trip.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 from eko_rtp.codec.frame import FRAME_BYTES, FRAME_SECONDS, SAMPLES_PER_FRAME
@@ -46,6 +47,10 @@ from eko_rtp.media.rtp import (
 
 log = logging.getLogger(__name__)
 
+# The receive hub reads the kernel's arrival time on one of the caller's RTP
+# datagrams in this many (10 a second at 50 packets/s), the cheap read for the rest:
+# A.8 jitter from the stamped ones (see media/receiver.py; cost in BENCHMARKS.md).
+ARRIVAL_SAMPLING = 5
 LATE_THRESHOLD = 0.002  # a frame sent more than 2 ms after its due time counts as late
 
 
@@ -229,8 +234,9 @@ class MediaStream:
 
     # -- receiving ---------------------------------------------------------------
 
-    def on_rtp(self, data: bytes, address: tuple, now: float, arrival: float) -> None:
-        """A datagram on the RTP port (the hub's handler): ``arrival`` is the kernel's time."""
+    def on_rtp(self, data: bytes, address: tuple, now: float, arrival: float | None) -> None:
+        """A datagram on the RTP port (the hub's handler): ``arrival`` is the kernel's time,
+        ``None`` on the datagrams the hub reads without it (they count for loss only)."""
         if self._rtcp_mux and is_rtcp(data):
             self.on_rtcp(data, address, now, arrival)
             return
@@ -271,9 +277,13 @@ class MediaStream:
         self.receive_backlogs += 1
         self.counters.receive_backlogs += 1
 
-    def on_rtcp(self, data: bytes, address: tuple, now: float, arrival: float) -> None:
+    def on_rtcp(self, data: bytes, address: tuple, now: float, arrival: float | None) -> None:
         """A datagram on the RTCP port (or RTCP on a muxed RTP port): the caller's reports."""
         self.last_inbound = now
+        if arrival is None:
+            # Muxed RTCP the hub read without a timestamp (it samples the RTP port):
+            # the wall clock now is late by at most one drain, a few ms of the RTT.
+            arrival = (self._wall_clock or time.time)()
         try:
             self.quality.receive(data, arrival)
         except RtcpError as error:

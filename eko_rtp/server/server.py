@@ -39,7 +39,7 @@ from eko_rtp.media.negotiation import MediaSession
 from eko_rtp.media.playout import PlayoutQueue
 from eko_rtp.media.ports import PortsExhausted, RtpPortPool
 from eko_rtp.media.receiver import ReceiveHub
-from eko_rtp.media.stream import MediaCounters, MediaStream, silence_frame
+from eko_rtp.media.stream import ARRIVAL_SAMPLING, MediaCounters, MediaStream, silence_frame
 from eko_rtp.server.transport import SipTransport
 from eko_rtp.service.logs import SipTrace, call_context
 from eko_rtp.sip import events as ua_module
@@ -270,7 +270,8 @@ class EkoServer:
             source=event.source,
         )
         self.calls[call_id] = call
-        self.hub.register(pair.rtp, stream.on_rtp, on_backlog=stream.on_backlog)
+        self.hub.register(pair.rtp, stream.on_rtp, on_backlog=stream.on_backlog,
+                         timestamp_every=ARRIVAL_SAMPLING)
         self.hub.register(pair.rtcp, stream.on_rtcp)
         self.counters.calls_started += 1
         self._calls_changed()
