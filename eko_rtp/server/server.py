@@ -63,8 +63,11 @@ class EkoServer:
     """One running server; ``await nursery.start(server.run)`` returns the bound addresses."""
 
     def __init__(
-        self, *, config: Config, cache: Any, script: Script, crm: Any = None, tts: Any = None, metrics: Any = None
+        self, *, config: Config, cache: Any, script: Script, crm: Any = None, tts: Any = None, metrics: Any = None,
+        clock: FrameClock | None = None,
     ):
+        """``clock`` is the frame clock: by default a precise one (timerfd, real time);
+        tests under trio's mock clock give ``FrameClock()``, which sleeps on trio's."""
         self.config = config
         self.metrics = metrics
         self.cache = cache
@@ -75,7 +78,7 @@ class EkoServer:
         self.media_address = config.media_address  # what our SDP says
         low, high = config.rtp_ports
         self.ports = RtpPortPool(listen.host, low, high)  # where RTP binds: the SIP interface (or all)
-        self.clock = FrameClock(precise=True)
+        self.clock = clock if clock is not None else FrameClock(precise=True)
         self.hub = ReceiveHub(clock=self.clock)
         self.media_counters = MediaCounters()
         self.counters = ServerCounters()
