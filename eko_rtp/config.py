@@ -78,6 +78,35 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     },
     "script": {
         "function": ((str,), DEFAULT_SCRIPT),
+        # Eko's script: silence after a question before "Allô, vous êtes toujours là ?",
+        # and before the goodbye and BYE.
+        "silence_reprompt_seconds": ((int, float), 15.0),
+        "silence_hangup_seconds": ((int, float), 30.0),
+    },
+    "listen": {
+        # Voice activity detection on the caller's audio (docs/VAD.md): barge-in and
+        # turn taking. The WebRTC VAD's mode, the level speech must reach to start, how
+        # long it must last to count and how long a pause ends it.
+        "vad": ((bool,), True),
+        "vad_aggressiveness": ((int,), 2),
+        "vad_gate_dbfs": ((int, float), -45.0),
+        "vad_min_speech_ms": ((int,), 60),
+        "vad_hangover_ms": ((int,), 300),
+    },
+    "asr": {  # streaming speech recognition (Deepgram); the key: DEEPGRAM_API_KEY or a credential
+        # "" = wss://api.deepgram.com, or $DEEPGRAM_BASE_URL (ws:// for a local endpoint).
+        "base_url": ((str,), ""),
+        "model": ((str,), "nova-2"),
+        "language": ((str,), "fr"),
+        "endpointing_ms": ((int,), 500),
+        # A TOML file of words to boost (docs/ASR.md); "" = none.
+        "keywords_file": ((str,), ""),
+    },
+    "recording": {
+        # Both directions of every call to a WAV in this directory (caller data: off
+        # unless set); files older than retention_days are deleted.
+        "directory": ((str,), ""),
+        "retention_days": ((int, float), 30),
     },
     "service": {
         "drain_grace_seconds": ((int, float), 60.0),
@@ -263,10 +292,39 @@ def _check_values(values: dict[str, dict[str, Any]], source: str | None) -> None
         fail("sip.session_expires", "must not be below sip.min_se")
     if ":" not in values["script"]["function"]:
         fail("script.function", f"expected MODULE:FUNCTION, got {values['script']['function']!r}")
-    for dotted in ("media.rtp_timeout", "media.max_call_duration", "service.drain_grace_seconds", "sip.answer_timeout", "sip.t1"):
+    _check_listening(values, fail)
+    for dotted in ("media.rtp_timeout", "media.max_call_duration", "service.drain_grace_seconds", "sip.answer_timeout",
+                   "sip.t1", "script.silence_reprompt_seconds", "script.silence_hangup_seconds",
+                   "recording.retention_days"):
         section, _, key = dotted.partition(".")
         if values[section][key] <= 0:
             fail(dotted, "must be positive")
+
+
+def _check_listening(values: dict[str, dict[str, Any]], fail) -> None:
+    from eko_rtp.media.vad import VadSettings
+
+    listen = values["listen"]
+    for key, field in (("vad_aggressiveness", "aggressiveness"), ("vad_gate_dbfs", "gate_dbfs"),
+                       ("vad_min_speech_ms", "min_speech_ms"), ("vad_hangover_ms", "hangover_ms")):
+        try:
+            VadSettings(**{field: listen[key]})
+        except ValueError as error:
+            fail(f"listen.{key}", str(error).removeprefix("VAD ").removeprefix(field + " "))
+    if not 10 <= values["asr"]["endpointing_ms"] <= 10_000:
+        fail("asr.endpointing_ms", "must be within 10 to 10000 ms")
+    if values["script"]["silence_hangup_seconds"] < values["script"]["silence_reprompt_seconds"]:
+        fail("script.silence_hangup_seconds", "must not be below script.silence_reprompt_seconds")
+
+
+def vad_settings(config: "Config"):
+    """The config's VAD settings (None: listen.vad is off)."""
+    from eko_rtp.media.vad import VadSettings
+
+    if not config["listen.vad"]:
+        return None
+    return VadSettings(aggressiveness=config["listen.vad_aggressiveness"], gate_dbfs=config["listen.vad_gate_dbfs"],
+                       min_speech_ms=config["listen.vad_min_speech_ms"], hangover_ms=config["listen.vad_hangover_ms"])
 
 
 def build_config(raw: dict[str, Any], *, source: str | None) -> Config:

@@ -63,6 +63,7 @@ class ServerProcess:
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), environment.get("PYTHONPATH")]))
         environment.pop("ELEVENLABS_API_KEY", None)
+        environment.pop("DEEPGRAM_API_KEY", None)  # no test reaches the real provider
         environment.update(env or {})
         pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []  # util-linux, as an operator would
         self.command = [

@@ -96,7 +96,7 @@ def test_espeak_render_starts_within_20_ms_and_fills_whole_frames(tmp_path):
     assert result.returncode == 0, result.stderr
     catalogue = load_catalogue(phrases)
     characters = len(catalogue.get("greet").text) + len(catalogue.get("filler_one_moment").text)
-    assert result.stderr.splitlines()[-1] == f"rendered 2, skipped 32, {characters} characters, estimated cost $0.00"
+    assert result.stderr.splitlines()[-1] == f"rendered 2, skipped 33, {characters} characters, estimated cost $0.00"
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     assert sorted(manifest["phrases"]) == ["filler_one_moment", "greet"]
     assert (manifest["format_version"], manifest["encoding"], manifest["frame_bytes"]) == (1, "PCMU/8000/1", 160)
@@ -136,22 +136,24 @@ def test_full_build_then_check_then_nothing_to_rebuild(tmp_path, caplog):
     characters = sum(len(entry.text) for entry in catalogue)
     first = run_cli("cache", "build", "--cache", cache, "--phrases", phrases)
     assert first.returncode == 0, first.stderr
-    assert first.stderr.splitlines()[-1] == f"rendered 34, skipped 0, {characters} characters, estimated cost $0.00"
-    assert len(first.stderr.splitlines()) == 35  # one plain line per phrase (stderr is a pipe) and the summary
+    count = len(catalogue)
+    assert count == 35  # the shipped catalogue (test_cache_catalogue checks its contents)
+    assert first.stderr.splitlines()[-1] == f"rendered {count}, skipped 0, {characters} characters, estimated cost $0.00"
+    assert len(first.stderr.splitlines()) == count + 1  # one plain line per phrase (stderr is a pipe) and the summary
     before = {path.name: path.stat().st_mtime_ns for path in cache.iterdir()}
     check = run_cli("cache", "check", "--cache", cache, "--phrases", phrases)
-    assert (check.returncode, check.stdout, check.stderr) == (0, "", "34 of 34 phrases valid\n")
+    assert (check.returncode, check.stdout, check.stderr) == (0, "", f"{count} of {count} phrases valid\n")
     second = run_cli("cache", "build", "--cache", cache, "--phrases", phrases)
-    assert (second.returncode, second.stderr) == (0, "rendered 0, skipped 34, 0 characters, estimated cost $0.00\n")
+    assert (second.returncode, second.stderr) == (0, f"rendered 0, skipped {count}, 0 characters, estimated cost $0.00\n")
     assert {path.name: path.stat().st_mtime_ns for path in cache.iterdir()} == before
     caplog.set_level("INFO")
-    assert len(load_cache(cache, phrases)) == 34
-    assert caplog.messages[-1] == "Loaded 34 cached phrases"
+    assert len(load_cache(cache, phrases)) == count
+    assert caplog.messages[-1] == f"Loaded {count} cached phrases"
     # One text changes: only that phrase renders again.
     phrases.write_text(phrases.read_text(encoding="utf-8").replace("Merci.", "Merci beaucoup."), encoding="utf-8")
     third = run_cli("cache", "build", "--cache", cache, "--phrases", phrases)
     assert third.stderr == ("rendered filler_thanks (1/1, 15 characters, $0.0000)\n"
-                            "rendered 1, skipped 33, 15 characters, estimated cost $0.00\n")
+                            f"rendered 1, skipped {count - 1}, 15 characters, estimated cost $0.00\n")
 
 
 def test_check_lists_each_missing_stale_or_corrupt_key(tmp_path):

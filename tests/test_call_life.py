@@ -191,7 +191,9 @@ async def test_a_script_that_ignores_digits_does_not_hold_the_call_past_the_grac
 def phrases() -> dict:
     # Each phrase lasts a whole number of frames so the expected times are exact.
     lengths = {"returning_client_pending_internet": 100, "clarify_yes_no": 50, "goodbye": 25,
-               "ticket_transfer_ok": 40, "error": 10}
+               "ticket_transfer_ok": 40, "error": 10, "press_yes_no": 50, "still_there": 25,
+               "no_input_goodbye": 25, "ticket_not_related": 60, "greet": 100, "anything_else": 30,
+               "problem_internet": 40}
     return {key: Phrase(audio=b"\x7f" * 160 * frames) for key, frames in lengths.items()}
 
 
@@ -200,13 +202,15 @@ PENDING = CallerRecord(client_id="c-1", open_tickets=(Ticket(
     opened_at=datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)),))
 
 
-async def test_eko_waits_8_s_for_a_key_twice_then_says_goodbye(autojump_clock):
+async def test_without_speech_eko_asks_for_keys_then_checks_the_line_then_says_goodbye(autojump_clock):
     call, stream, line, _ = make_call(eko_script.run, record=PENDING, phrases=phrases())
     await run_call(call, stream)
-    # greeting 2 s, 8 s wait, clarify 1 s, 8 s wait, goodbye 0.5 s, then BYE. A phrase is
-    # done when its last frame leaves and the next starts at a frame slot; trio runs
-    # tasks due at the same instant in a random order, so each boundary may move a frame.
-    assert line.asked == [("answer", 0.0), ("hang_up", pytest.approx(19.5, abs=3 * FRAME))]
+    # greeting 2 s, press_yes_no 1 s (the question ends at 3 s), 15 s of silence,
+    # still_there 0.5 s, silence until 30 s after the question, no_input_goodbye 0.5 s,
+    # then BYE. A phrase is done when its last frame leaves and the next starts at a
+    # frame slot; trio runs tasks due at the same instant in a random order, so each
+    # boundary may move a frame.
+    assert line.asked == [("answer", 0.0), ("hang_up", pytest.approx(33.5, abs=3 * FRAME))]
     assert call.greeting == ("returning_client_pending_internet",)
 
 

@@ -21,7 +21,7 @@ WILDCARD = ("f.toml, key 'sip.listen': {listen} binds every interface, which tel
     "raw, message",
     [
         ({"sip": {"lisen": "x"}}, "f.toml, key 'sip.lisen': unknown key (known in [sip]: listen, advertise, transports, user_agent, session_expires, min_se, max_message_size, answer_timeout, t1)"),
-        ({"sipp": {}}, "f.toml, key 'sipp': unknown section [sipp] (known: sip, media, cache, crm, tts, script, service)"),
+        ({"sipp": {}}, "f.toml, key 'sipp': unknown section [sipp] (known: sip, media, cache, crm, tts, script, listen, asr, recording, service)"),
         ({"media": {"rtp_timeout": "30"}}, "f.toml, key 'media.rtp_timeout': expected int or float, got str '30'"),
         ({"service": {"log_full_numbers": 1}}, "f.toml, key 'service.log_full_numbers': expected bool, got int 1"),
         ({"media": {"keep_cpu_awake": "yes"}}, "f.toml, key 'media.keep_cpu_awake': expected bool, got str 'yes'"),

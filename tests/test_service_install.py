@@ -13,7 +13,7 @@ import pytest
 
 from eko_rtp.config import load_config
 from eko_rtp.errors import UserError
-from eko_rtp.service.credentials import elevenlabs_api_key, read_credential
+from eko_rtp.service.credentials import deepgram_api_key, elevenlabs_api_key, read_credential
 from eko_rtp.service.install import install_service, nofile_limit, render, set_directive, stop_timeout
 
 from service_paths import CHECKOUT, ENV, PYTHON, VENV
@@ -41,6 +41,7 @@ def created_lines(root) -> list[str]:
         f"  created {root}/etc/systemd/system/eko-rtp.service",
         f"  created {root}/etc/sysusers.d/eko-rtp.conf",
         f"  created {root}/etc/eko-rtp/credentials/elevenlabs_api_key",
+        f"  created {root}/etc/eko-rtp/credentials/deepgram_api_key",
         f"  created {root}/var/lib/eko-crm",
         f"  created {root}/var/cache/eko-rtp",
     ]
@@ -50,8 +51,8 @@ def test_install_into_a_root(tmp_path):
     result = run_install(root, "--venv", str(VENV))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[:7] == created_lines(root)
-    assert lines[7] == f"next, as root (files are under {root}; copy them to / first):"
+    assert lines[:len(created_lines(root))] == created_lines(root)
+    assert lines[len(created_lines(root))] == f"next, as root (files are under {root}; copy them to / first):"
     assert lines[-2:] == [
         f"  systemd-sysusers {root}/etc/sysusers.d/eko-rtp.conf",
         "  systemctl daemon-reload && systemctl enable --now eko-crm eko-rtp",
@@ -73,6 +74,9 @@ def test_install_into_a_root(tmp_path):
     credential = root / "etc/eko-rtp/credentials/elevenlabs_api_key"
     assert credential.read_bytes() == b""
     assert mode(credential) == 0o600 and mode(credential.parent) == 0o700
+    deepgram = root / "etc/eko-rtp/credentials/deepgram_api_key"
+    assert deepgram.read_bytes() == b"" and mode(deepgram) == 0o600
+    assert "LoadCredential=deepgram_api_key:/etc/eko-rtp/credentials/deepgram_api_key\n" in unit
     assert mode(root / "var/lib/eko-crm") == 0o700
     assert mode(root / "etc/systemd/system/eko-rtp.service") == 0o644
 
@@ -292,12 +296,13 @@ def test_a_checkout_under_tmp_cannot_install_but_can_stage(checkout_under_tmp, t
     staged = run_from(checkout_under_tmp, root, "--stage", "--venv", str(FINAL_VENV), "--checkout", str(FINAL_CHECKOUT))
     assert staged.returncode == 0, staged.stderr
     lines = staged.stdout.splitlines()
-    assert lines[:8] == [
+    heading = 1 + len(created_lines(root))
+    assert lines[:heading] == [
         f"staging run: nothing is installed; the files under {root} name the final checkout {FINAL_CHECKOUT}"
         f" and venv {FINAL_VENV}, which need not exist yet",
         *created_lines(root),
     ]
-    checks = lines[8:-4]
+    checks = lines[heading:-4]
     if shutil.which("systemd-analyze") is None:
         assert checks == ["skipped: systemd-analyze is not installed (apt: systemd); the staged units were not verified"]
     else:
@@ -328,6 +333,9 @@ def test_a_checkout_under_tmp_cannot_install_but_can_stage(checkout_under_tmp, t
     credential = root / "etc/eko-rtp/credentials/elevenlabs_api_key"
     assert credential.read_bytes() == b""
     assert mode(credential) == 0o600 and mode(credential.parent) == 0o700
+    deepgram = root / "etc/eko-rtp/credentials/deepgram_api_key"
+    assert deepgram.read_bytes() == b"" and mode(deepgram) == 0o600
+    assert "LoadCredential=deepgram_api_key:/etc/eko-rtp/credentials/deepgram_api_key\n" in unit
 
 
 def test_staging_defaults_to_the_template_paths(tmp_path):
@@ -362,3 +370,15 @@ def test_staging_refusals(tmp_path, arguments, error):
     )
     assert (result.returncode, result.stderr) == (2, f"eko-rtp: error: {error}\n")
     assert not (root / "etc/systemd").exists()
+
+
+def test_deepgram_api_key_from_the_credential_first_then_the_environment(tmp_path):
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    environ = {"CREDENTIALS_DIRECTORY": str(credentials), "DEEPGRAM_API_KEY": "from-env"}
+    assert deepgram_api_key(environ) == "from-env"  # no credential file: the environment
+    (credentials / "deepgram_api_key").write_text("dg-secret\n")
+    assert deepgram_api_key(environ) == "dg-secret"
+    (credentials / "deepgram_api_key").write_text("")
+    assert deepgram_api_key({"CREDENTIALS_DIRECTORY": str(credentials)}) is None  # empty: no key
+    assert deepgram_api_key({}) is None

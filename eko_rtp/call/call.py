@@ -29,6 +29,7 @@ from typing import Awaitable, Callable
 import attrs
 import trio
 
+from eko_rtp.call.barge_in import BargeIn, Playback, Playing
 from eko_rtp.codec.frame import FRAME_SECONDS
 from eko_rtp.media.playout import CachedSource, LiveSource, SilenceSource
 from eko_rtp.tts.errors import TtsError
@@ -36,6 +37,10 @@ from eko_rtp.tts.errors import TtsError
 log = logging.getLogger("eko_rtp.call")
 
 DIGIT_GRACE = 0.5  # s a script has to read the digits pressed just before the caller hung up
+# s the recognizer stream has after the hang-up to send CloseStream and take the last
+# results (its own close timeout is 2 s): the call's teardown waits this long at most.
+SPEECH_CLOSE_GRACE = 2.5
+TURN_WAIT = 3.0  # s an interruptible phrase waits for a caller still speaking to stop
 
 
 class CallHungUp(Exception):
@@ -64,13 +69,17 @@ class CallTimers:
     max_duration: float  # s from the INVITE
     rtcp_first_report: float = 2.5  # RFC 3550 §6.2: the first report after half the minimum interval
     rtcp_interval: float = 5.0  # RFC 3550 §6.2 minimum, randomised 0.5-1.5 times (§6.3.1)
+    flush_after: float = 0.060  # s without caller audio before the ears give up on a gap (reorder window)
+    silence_reprompt: float = 15.0  # s of silence after a question before Eko asks if the caller is there
+    silence_hangup: float = 30.0  # s of silence after a question before Eko says goodbye
 
 
 class Call:
     """What a call script sees: ``say``, ``pause``, ``hangup``, ``dtmf``, the caller."""
 
     def __init__(self, *, call_id: str, caller, caller_number: str | None, stream, media, digits, lookup,
-                 line: CallLine, timers: CallTimers, cache, script, tts=None, invite_time: float, source):
+                 line: CallLine, timers: CallTimers, cache, script, tts=None, invite_time: float, source,
+                 ears=None, barge_in: BargeIn | None = None, speech=None, recorder=None):
         self.call_id = call_id
         self.caller = caller
         self.caller_number = caller_number
@@ -81,6 +90,13 @@ class Call:
         self.lookup = lookup  # the CallerLookup started at the INVITE
         self._digits = digits
         self._line = line
+        # What the call hears (eko_rtp/call/ears.py), the caller's voice interrupting
+        # our phrases, and the speech recognizer (None: no ASR, DTMF only).
+        self.ears = ears
+        self.barge_in = barge_in if barge_in is not None else BargeIn()
+        self._speech = speech
+        self._speech_scope: trio.CancelScope | None = None
+        self.recorder = recorder  # both directions to a WAV (eko_rtp/call/recording.py), or None
         self.timers = timers
         # Snapshots: a reload (SIGHUP) must not change the audio or script of a call in progress.
         self.cache = cache
@@ -107,13 +123,21 @@ class Call:
                 self._nursery = nursery
                 if self.ended_at is not None:  # ended before it ran (a CANCEL in the same step)
                     nursery.cancel_scope.cancel()
+                if self.recorder is not None:
+                    await nursery.start(self.recorder.run)  # the file exists before the first frame
                 nursery.start_soon(self.lookup.run)  # first: the greeting may depend on it
                 nursery.start_soon(self._answer_deadline)
                 nursery.start_soon(self._watchdog)
                 nursery.start_soon(self._report_rtcp)
+                if self._speech is not None:
+                    nursery.start_soon(self._recognize)
+                if self.ears is not None:
+                    nursery.start_soon(self.ears.watch_gaps, self.timers.flush_after)
                 nursery.start_soon(self._run_script)
         finally:
             self.stream.close()
+            if self.ears is not None:
+                self.ears.close()
             # Break the call <-> nursery cycle so refcounting frees the call at once:
             # otherwise it waits for a full (gen 2) collection, a pause that grows with
             # the number of live calls and shows up as jitter on every other call.
@@ -130,6 +154,19 @@ class Call:
             log.exception("the call script failed; hanging up")
         self._line.hang_up(self)
         self.end("local_hangup", trio.current_time(), wait_for_digits=False)  # the script is done
+
+    async def _recognize(self) -> None:
+        """Speech recognition from the answer to the end of the call (never ends the call).
+
+        Shielded from the call's end, which instead closes the audio and gives the
+        stream ``SPEECH_CLOSE_GRACE`` to send ``CloseStream`` and take the last results.
+        """
+        await self.answered.wait()
+        with trio.CancelScope(shield=True) as scope:
+            self._speech_scope = scope
+            if self.ended_at is not None:
+                scope.deadline = self.ended_at + SPEECH_CLOSE_GRACE
+            await self._speech.run()
 
     async def _answer_deadline(self) -> None:
         await trio.sleep_until(self.invite_time + self.timers.answer_timeout)
@@ -194,12 +231,21 @@ class Call:
             self._line.answer(self)
         await trio.lowlevel.checkpoint()
 
-    async def say(self, key: str) -> None:
-        """Play cached phrase ``key``; return when its last frame has been sent."""
+    async def say(self, key: str, *, interruptible: bool = False) -> Playback:
+        """Play cached phrase ``key``; return when its last frame has been sent.
+
+        ``interruptible``: the caller speaking over it stops it at the next frame
+        (barge-in); the result says whether that happened and how much was played.
+        """
         phrase = self.phrase(key)
         if phrase is None:
             raise UnknownPhrase(f"phrase {key!r} is not in the cache")
-        await self._play(CachedSource(phrase.audio))
+        source = CachedSource(phrase.audio)
+        playing = Playing([source])
+        if interruptible:
+            await self.barge_in.wait_for_quiet(TURN_WAIT)
+        await self._play(source, playing if interruptible else None)
+        return playing.result()
 
     async def pause(self, milliseconds: int) -> None:
         """Silence for ``milliseconds`` (rounded up to whole 20 ms frames)."""
@@ -217,6 +263,11 @@ class Call:
         """Digits pressed by the caller (RFC 4733 events or SIP INFO), as an async stream."""
         return self._digits.receive
 
+    @property
+    def digits_pending(self) -> int:
+        """Keys pressed and not read yet (a caller who answered before the question ended)."""
+        return self._digits.pending
+
     async def next_digit(self, timeout: float) -> str | None:
         """The next digit, or ``None`` after ``timeout`` seconds without one (or once the call ended)."""
         with trio.move_on_after(timeout):
@@ -226,17 +277,18 @@ class Call:
                 return None
         return None
 
-    async def say_text(self, text: str) -> None:
+    async def say_text(self, text: str, *, interruptible: bool = False) -> Playback:
         """Say ``text`` with live TTS (or from the dynamic cache); return when it has been played.
 
         The synthesis runs in a sibling task of the call's nursery and its frames are
         played as they arrive; the stream carries silence until the first one. On a TTS
         failure the caller hears the cached ``error`` phrase (or ``fallback_phrase``) and
-        the call goes on.
+        the call goes on. ``interruptible``: as for :meth:`say`; an interrupted
+        synthesis is cancelled (its HTTP stream closed, nothing cached).
         """
-        await self._say_live(None, text)
+        return await self._say_live(None, text, interruptible)
 
-    async def say_hybrid(self, key: str, text: str) -> None:
+    async def say_hybrid(self, key: str, text: str, *, interruptible: bool = False) -> Playback:
         """Play cached ``key`` at once while ``text`` is synthesized, then the live audio.
 
         When the live audio is ready by the end of the cached phrase there is no gap:
@@ -245,9 +297,9 @@ class Call:
         phrase = self.phrase(key)
         if phrase is None:
             raise UnknownPhrase(f"phrase {key!r} is not in the cache")
-        await self._say_live(phrase, text)
+        return await self._say_live(phrase, text, interruptible)
 
-    async def _say_live(self, phrase, text: str) -> None:
+    async def _say_live(self, phrase, text: str, interruptible: bool) -> Playback:
         if self.tts is None:
             raise RuntimeError("no TTS engine is configured for this server")
         live = LiveSource()
@@ -256,23 +308,32 @@ class Call:
         live.on_finished = finished.set
         failed: list[Exception] = []
         render_scope = trio.CancelScope()
-        if phrase is not None:
-            self._enqueue(CachedSource(phrase.audio))
-        self._enqueue(live)
+        if interruptible:
+            await self.barge_in.wait_for_quiet(TURN_WAIT)
+        sources = [live] if phrase is None else [CachedSource(phrase.audio), live]
+        playing = Playing(sources)
+        for source in sources:
+            self._enqueue(source)
+        if interruptible:
+            self.barge_in.register(playing)
         self._nursery.start_soon(self._render, text, live, render_scope, failed)
         try:
             await finished.wait()
         except BaseException:
-            # Hang-up, barge-in or the script moving on: stop billing and stop playing now.
+            # Hang-up or the script moving on: stop billing and stop playing now.
             render_scope.cancel()
-            live.cancel()
+            for source in sources:
+                source.cancel()
             raise
         finally:
+            # Barge-in lands here too: the synthesis stops (nothing partial is cached).
             render_scope.cancel()
-        if failed:
+            self.barge_in.unregister(playing)
+        if failed and not playing.interrupted:
             fallback = self.phrase(self.fallback_phrase)
             if fallback is not None:
                 await self._play(CachedSource(fallback.audio))
+        return playing.result()
 
     async def _render(self, text: str, live: LiveSource, scope: trio.CancelScope, failed: list) -> None:
         with scope:
@@ -302,15 +363,88 @@ class Call:
         if self.answered_at is None:
             self._line.answer(self)
 
-    async def _play(self, source) -> None:
+    async def _play(self, source, playing: Playing | None = None) -> None:
         done = trio.Event()
         source.on_finished = done.set
         self._enqueue(source)
+        if playing is not None:
+            self.barge_in.register(playing)
         try:
             await done.wait()
         except BaseException:
             source.cancel()  # the script moved on (or the call ended): stop this source
             raise
+        finally:
+            if playing is not None:
+                self.barge_in.unregister(playing)
+
+    # -- listening -------------------------------------------------------------------
+
+    @property
+    def can_listen(self) -> bool:
+        """True while speech recognition runs for this call (False: no ASR, or it failed)."""
+        return self._speech is not None and self._speech.available
+
+    @property
+    def speech_recognition(self):
+        """The call's :class:`~eko_rtp.call.speech.CallSpeech` (None without ASR)."""
+        return self._speech
+
+    async def listen(self, timeout: float, *, endpointing: float | None = None) -> str | None:
+        """The caller's next utterance (its final transcript), or ``None`` after ``timeout`` s.
+
+        ``endpointing`` (s): wait for a pause this long before the answer is complete
+        (longer than the recognizer's own endpointing joins what follows within the
+        difference, or while the caller still speaks). Without speech recognition it
+        returns ``None`` after ``timeout``, like :meth:`next_digit`.
+        """
+        self.barge_in.listeners += 1
+        try:
+            return await self._listen(timeout, endpointing)
+        finally:
+            self.barge_in.listeners -= 1
+
+    async def _listen(self, timeout: float, endpointing: float | None) -> str | None:
+        now = trio.current_time()
+        if self._speech is None:
+            await trio.sleep(timeout)
+            return None
+        utterance = await self._speech.next_utterance(now + timeout)
+        if utterance is None:
+            return None
+        parts = [utterance.text]
+        connection_endpointing = self._speech.endpointing
+        if endpointing is not None and endpointing > connection_endpointing:
+            extra = endpointing - connection_endpointing
+            while True:
+                more = await self._speech.next_utterance(trio.current_time() + extra)
+                if more is None:
+                    if self.barge_in.speaking and self._speech.available:
+                        continue  # still speaking: the recognizer will settle it
+                    break
+                parts.append(more.text)
+        return " ".join(parts)
+
+    @property
+    def speech(self):
+        """The caller's utterances as they are settled: ``async for text in call.speech``."""
+        return self._utterances()
+
+    async def _utterances(self):
+        if self._speech is None:
+            return
+        while True:
+            utterance = await self._speech.next_utterance(math.inf)
+            if utterance is None:
+                return
+            yield utterance.text
+
+    @property
+    def audio_in(self):
+        """The caller's audio as 20 ms G.711 frames, in order: ``async for frame in call.audio_in``."""
+        if self.ears is None:
+            raise RuntimeError("this call has no inbound audio path")
+        return self.ears.frames_in()
 
     def deliver_digit(self, digit: str) -> None:
         """From the SIP side (INFO): a digit was pressed."""
@@ -329,6 +463,10 @@ class Call:
             self.end_reason = reason
             self.stream.close()
             self._digits.close()
+            if self._speech is not None:
+                self._speech.end_audio()  # the stream sends CloseStream and drains
+                if self._speech_scope is not None:
+                    self._speech_scope.deadline = min(self._speech_scope.deadline, now + SPEECH_CLOSE_GRACE)
         scope = self._cancel_scope
         if scope is None:
             return

@@ -9,6 +9,7 @@ newest ones, counted and logged, and never blocks the receive path.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import trio
 
@@ -22,13 +23,17 @@ CAPACITY = 32  # more than any number a script asks for
 class DigitQueue:
     """A bounded queue of pressed keys; ``receive`` is the script's end."""
 
-    def __init__(self, *, call_id: str, capacity: int = CAPACITY):
+    def __init__(self, *, call_id: str, capacity: int = CAPACITY, on_digit: Callable[[], None] | None = None):
+        """``on_digit`` hears every key as it is delivered (barge-in: a key stops a question)."""
         self.call_id = call_id
+        self._on_digit = on_digit
         self._send, self.receive = trio.open_memory_channel[str](capacity)
         self.dropped = 0
 
     def deliver(self, digit: str) -> None:
         """A key was pressed (from the receive hub or a SIP INFO): never blocks."""
+        if self._on_digit is not None:
+            self._on_digit()
         try:
             self._send.send_nowait(digit)
         except trio.WouldBlock:

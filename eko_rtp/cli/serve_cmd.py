@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 import trio
 
@@ -96,6 +97,43 @@ def tts_settings(config, environ=None):
     return settings.from_environment(environ)
 
 
+def speech_setup(config, environ=None):
+    """Speech recognition from ``[asr]``, or None without a Deepgram key (DTMF only).
+
+    The key comes from the service credential or ``$DEEPGRAM_API_KEY``; the endpoint
+    from ``asr.base_url``, else ``$DEEPGRAM_BASE_URL``, else Deepgram's.
+    """
+    from eko_rtp.asr.deepgram_api import AsrSettings
+    from eko_rtp.asr.keywords import load_keywords
+    from eko_rtp.call.speech import SpeechSetup
+    from eko_rtp.service.credentials import deepgram_api_key
+
+    environ = os.environ if environ is None else environ
+    key = deepgram_api_key(environ)
+    keywords = ()
+    if config["asr.keywords_file"]:
+        keywords = load_keywords(config["asr.keywords_file"])  # a UserError names the file and line
+    if key is None:
+        return None
+    base_url = config["asr.base_url"] or environ.get("DEEPGRAM_BASE_URL") or "wss://api.deepgram.com"
+    try:
+        settings = AsrSettings(base_url=base_url, model=config["asr.model"], language=config["asr.language"],
+                               endpointing_ms=config["asr.endpointing_ms"], keywords=keywords)
+    except ValueError as error:
+        raise UserError(str(error), path=config.source, key="asr") from None
+    return SpeechSetup(settings=settings, api_key=key)
+
+
+def describe_listening(config, speech) -> str:
+    """The start line on what Eko hears."""
+    vad = "VAD barge-in on" if config["listen.vad"] else "VAD off"
+    if speech is None:
+        return f"speech recognition: off (no DEEPGRAM_API_KEY): scripts ask for keys (DTMF); {vad}"
+    settings = speech.settings
+    return (f"speech recognition: Deepgram {settings.model} ({settings.language}) at {settings.base_url}, "
+            f"endpointing {settings.endpointing_ms} ms, {len(settings.keywords)} keyword(s); {vad}")
+
+
 def run_serve(args) -> int:
     from eko_rtp.cache.loader import load_cache
     from eko_rtp.crm.address import parse_crm_address
@@ -119,17 +157,19 @@ def run_serve(args) -> int:
 
         pin_to(config.cpus)  # before trio.run: the threads it starts inherit the mask
     settings = tts_settings(config)
+    speech = speech_setup(config)
     configure_logging(
         level=args.log_level or config["service.log_level"].upper(),
         mask_numbers=not config["service.log_full_numbers"],
-        secrets=[settings.api_key],
+        secrets=[settings.api_key] + ([speech.api_key] if speech is not None else []),
     )
+    log.info("%s", describe_listening(config, speech))
     crm_address = parse_crm_address(config["crm.address"]) if config["crm.address"] else None
 
     async def main() -> None:
         tts = TtsEngine.from_settings(settings)
         try:
-            await run_service(setup=setup, load_setup=load_setup, crm_address=crm_address, tts=tts)
+            await run_service(setup=setup, load_setup=load_setup, crm_address=crm_address, tts=tts, asr=speech)
         finally:
             with trio.CancelScope(shield=True):
                 await tts.aclose()

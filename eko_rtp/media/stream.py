@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 # datagrams in this many (10 a second at 50 packets/s), the cheap read for the rest:
 # A.8 jitter from the stamped ones (see media/receiver.py; cost in BENCHMARKS.md).
 ARRIVAL_SAMPLING = 5
-LATE_THRESHOLD = 0.002  # a frame sent more than 2 ms after its due time counts as late
+LATE_THRESHOLD = 0.002
+_NO_AUDIO = memoryview(b"")  # a frame sent more than 2 ms after its due time counts as late
 
 
 class MediaCounters:
@@ -82,6 +83,8 @@ class MediaStream:
         cname: str,
         sender: RtpSender | None = None,
         wall_clock: Callable[[], float] | None = None,
+        on_audio: Callable[[int, memoryview, str, float], None] | None = None,
+        recorder=None,
     ):
         self.pair = pair
         self._sendmsg = pair.rtp.sendmsg
@@ -94,6 +97,10 @@ class MediaStream:
         self.statistics = ReceiverStatistics()
         self.quality = QualityMonitor(statistics=self.statistics, our_ssrc=self.sender.ssrc)
         self._wall_clock = wall_clock
+        # The caller's audio payloads (sequence, payload view, codec name, now): the
+        # call's ears (eko_rtp/call/ears.py); None: the audio is only counted.
+        self.on_audio = on_audio
+        self.recorder = recorder  # eko_rtp/call/recording.CallRecorder: each frame we send (None: off)
         self.remote_rtp: tuple | None = None
         self.remote_rtcp: tuple | None = None
         self.latched = False
@@ -112,6 +119,8 @@ class MediaStream:
         """Take a (re)negotiated media plan: codec, destination, direction."""
         self.plan = plan
         self.sender.set_payload_type(plan.codec.payload_type)
+        self.audio_pt = plan.codec.payload_type
+        self.codec_name = plan.codec.name.upper()
         self._translate = ULAW_TO_ALAW if plan.codec.name.upper() == "PCMA" else None
         self.telephone_event_pt = plan.telephone_event_payload_type
         self._rtcp_mux = bool(plan.rtcp_mux)
@@ -189,6 +198,8 @@ class MediaStream:
                     log.debug("RTP send to %s failed: %s", self.remote_rtp, error)
                 else:
                     self.counters.frames_sent += 1
+                if self.recorder is not None:
+                    self.recorder.bot_frame(payload)
             else:
                 self.sender.skip(SAMPLES_PER_FRAME)  # held: timestamps keep counting time
             index += 1
@@ -253,11 +264,26 @@ class MediaStream:
             if not self._rtcp_mux:
                 self.remote_rtcp = (address[0], address[1] + 1)
             self.latched = True
-        if (marker_and_type & 0x7F) == self.telephone_event_pt:
+        payload_type = marker_and_type & 0x7F
+        if payload_type == self.telephone_event_pt:
             self.statistics.feed(sequence, timestamp, None)  # counted for loss, not jitter
             self._on_telephone_event(data, timestamp)
-        else:
-            self.statistics.feed(sequence, timestamp, arrival)
+            if self.on_audio is not None:
+                # It takes its sequence number in the caller's stream (RFC 4733 §2.1):
+                # the ears skip it instead of waiting for it as lost audio.
+                self.on_audio(sequence, _NO_AUDIO, self.codec_name, now)
+            return
+        self.statistics.feed(sequence, timestamp, arrival)
+        if self.on_audio is not None and payload_type != self.audio_pt:
+            self.on_audio(sequence, _NO_AUDIO, self.codec_name, now)  # comfort noise and the like: no audio
+        elif self.on_audio is not None:
+            # The caller's voice (comfort noise and other types stay out): in place.
+            try:
+                start, end = payload_bounds_untrusted(data)
+            except RtpError:
+                self.counters.packets_invalid += 1
+                return
+            self.on_audio(sequence, memoryview(data)[start:end], self.codec_name, now)
 
     def _on_telephone_event(self, data: bytes, timestamp: int) -> None:
         # A held key sends 50 of these a second: read in place, no objects per packet.

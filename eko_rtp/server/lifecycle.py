@@ -67,6 +67,7 @@ async def run_service(
     load_setup: Callable[[], Setup],
     crm_address,
     tts,
+    asr=None,
     notifier: Notifier | None = None,
     metrics: Metrics | None = None,
     task_status=trio.TASK_STATUS_IGNORED,
@@ -92,7 +93,8 @@ async def run_service(
                 log.info("keeping CPU(s) %s awake with SCHED_IDLE spinners (pids %s)",
                          cpu_list(cpus), ", ".join(map(str, pids)))
             server = EkoServer(
-                config=setup.config, cache=setup.cache, script=setup.script, crm=crm, tts=tts, metrics=metrics
+                config=setup.config, cache=setup.cache, script=setup.script, crm=crm, tts=tts, metrics=metrics,
+                asr=asr,
             )
             bound = await nursery.start(server.run)
             nursery.start_soon(_report_status, server, notifier)
@@ -188,7 +190,17 @@ async def _sync_counters(server: EkoServer, metrics: Metrics, tts) -> None:
     last_characters: dict[str, int] = {}
     last_cost = 0.0
     last_hits = last_misses = 0
+    last_asr_seconds = 0.0
+    last_barge_ins = 0
+    last_asr_failures: dict[str, int] = {}
     while True:
+        calls = server.counters
+        metrics.asr_seconds.inc(calls.asr_seconds - last_asr_seconds)
+        metrics.barge_ins.inc(calls.barge_ins - last_barge_ins)
+        last_asr_seconds, last_barge_ins = calls.asr_seconds, calls.barge_ins
+        for kind, count in calls.asr_failures.items():
+            metrics.asr_failures.labels(kind=kind).inc(count - last_asr_failures.get(kind, 0))
+            last_asr_failures[kind] = count
         counters = server.media_counters
         metrics.frames_sent.inc(counters.frames_sent - last_sent)
         metrics.frames_late.inc(counters.frames_late - last_late)

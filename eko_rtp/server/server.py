@@ -23,15 +23,22 @@ import itertools
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import trio
 
+import attrs
+
+from eko_rtp.call.barge_in import BargeIn
 from eko_rtp.call.call import Call, CallLine, CallTimers, Script
 from eko_rtp.call.digits import DigitQueue
+from eko_rtp.call.ears import CallerAudio
+from eko_rtp.call.recording import CallRecorder, recording_path, sweep_recordings
+from eko_rtp.call.speech import CallSpeech, SpeechSetup
 from eko_rtp.call.greeting import caller_number
 from eko_rtp.call.lookup import CallerLookup
-from eko_rtp.config import Config
+from eko_rtp.config import Config, vad_settings
 from eko_rtp.crm.records import CallLog
 from eko_rtp.media import sdp
 from eko_rtp.media.clock import FrameClock
@@ -40,6 +47,8 @@ from eko_rtp.media.playout import PlayoutQueue
 from eko_rtp.media.ports import PortsExhausted, RtpPortPool
 from eko_rtp.media.receiver import ReceiveHub
 from eko_rtp.media.stream import ARRIVAL_SAMPLING, MediaCounters, MediaStream, silence_frame
+from eko_rtp.media.vad import VoiceActivityDetector
+from eko_rtp.media.wav import WavEncoding
 from eko_rtp.server.transport import SipTransport
 from eko_rtp.service.logs import SipTrace, call_context
 from eko_rtp.sip import events as ua_module
@@ -47,6 +56,8 @@ from eko_rtp.sip.session_timer import SessionTimerSettings
 from eko_rtp.sip.useragent import UserAgent, UserAgentSettings
 
 log = logging.getLogger("eko_rtp.server")
+
+RECORDING_SWEEP_INTERVAL = 3600.0  # s between two sweeps of old recordings
 
 
 
@@ -57,6 +68,9 @@ class ServerCounters:
         self.calls_rejected = 0
         self.sip_rejected = 0
         self.internal_errors = 0
+        self.asr_seconds = 0.0  # caller audio streamed to speech recognition
+        self.asr_failures: dict[str, int] = {}  # by kind (AsrUnauthorized, AsrDropped, ...)
+        self.barge_ins = 0  # phrases the caller spoke over
 
 
 class EkoServer:
@@ -64,7 +78,7 @@ class EkoServer:
 
     def __init__(
         self, *, config: Config, cache: Any, script: Script, crm: Any = None, tts: Any = None, metrics: Any = None,
-        clock: FrameClock | None = None,
+        clock: FrameClock | None = None, asr: SpeechSetup | None = None,
     ):
         """``clock`` is the frame clock: by default a precise one (timerfd, real time);
         tests under trio's mock clock give ``FrameClock()``, which sleeps on trio's."""
@@ -79,6 +93,10 @@ class EkoServer:
         low, high = config.rtp_ports
         self.ports = RtpPortPool(listen.host, low, high)  # where RTP binds: the SIP interface (or all)
         self.clock = clock if clock is not None else FrameClock(precise=True)
+        self.asr = asr  # None: no speech recognition (DTMF only)
+        # Recordings' disk writes share a few worker threads: a slow disk cannot take them all.
+        self._recording_limiter = trio.CapacityLimiter(4)
+        self.vad_settings = vad_settings(config)
         self.hub = ReceiveHub(clock=self.clock)
         self.media_counters = MediaCounters()
         self.counters = ServerCounters()
@@ -122,6 +140,7 @@ class EkoServer:
             self.ua = UserAgent(self._ua_settings(sip_port))
             self._call_nursery = nursery
             nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._sweep_recordings)
             log.info(
                 "Eko RTP listening for SIP on %s (%s), media on %s ports %d-%d",
                 self.config.sip_listen.host,
@@ -244,7 +263,18 @@ class EkoServer:
             self._refuse(call_id, error.status, now, f"unusable SDP offer: {error}", reason=_reason(error))
             return
         log.info("media: %s", describe_plan(negotiated.plan))
-        digits = DigitQueue(call_id=call_id)
+        barge_in = BargeIn()
+        digits = DigitQueue(call_id=call_id, on_digit=barge_in.on_key)
+        vad = VoiceActivityDetector(self.vad_settings) if self.vad_settings is not None else None
+        recorder = self._recorder(call_id, negotiated.plan)
+        ears = CallerAudio(vad=vad, on_speech=barge_in.on_speech, recorder=recorder,
+                           vad_wanted=barge_in.wants_voice_activity)
+        speech = None
+        if self.asr is not None:
+            encoding = "alaw" if negotiated.plan.codec.name.upper() == "PCMA" else "mulaw"
+            speech = CallSpeech(settings=attrs.evolve(self.asr.settings, encoding=encoding),
+                                api_key=self.asr.api_key, ears=ears, on_failure=self._asr_failed,
+                                on_audio_seconds=self._asr_streamed)
         stream = MediaStream(
             pair=pair,
             plan=negotiated.plan,
@@ -252,6 +282,8 @@ class EkoServer:
             counters=self.media_counters,
             on_dtmf=digits.deliver,
             cname=self.cname,
+            on_audio=ears.feed,
+            recorder=recorder,
         )
         number = caller_number(event.caller.asserted_user, event.caller.from_user)
         call = Call(
@@ -271,6 +303,10 @@ class EkoServer:
             tts=self.tts,
             invite_time=now,
             source=event.source,
+            ears=ears,
+            barge_in=barge_in,
+            speech=speech,
+            recorder=recorder,
         )
         self.calls[call_id] = call
         self.hub.register(pair.rtp, stream.on_rtp, on_backlog=stream.on_backlog,
@@ -285,7 +321,42 @@ class EkoServer:
     def _call_timers(self) -> CallTimers:
         config = self.config
         return CallTimers(answer_timeout=config["sip.answer_timeout"], rtp_timeout=config["media.rtp_timeout"],
-                          max_duration=config["media.max_call_duration"])
+                          max_duration=config["media.max_call_duration"],
+                          silence_reprompt=config["script.silence_reprompt_seconds"],
+                          silence_hangup=config["script.silence_hangup_seconds"])
+
+    def _recorder(self, call_id: str, plan) -> CallRecorder | None:
+        """The call's recorder when ``recording.directory`` is set (caller data: off by default)."""
+        directory = self.config["recording.directory"]
+        if not directory:
+            return None
+        encoding = WavEncoding.ALAW if plan.codec.name.upper() == "PCMA" else WavEncoding.MULAW
+        try:
+            path = recording_path(Path(directory), call_id=call_id, started_at_unix=time.time())
+        except ValueError as error:
+            log.warning("not recording this call: %s", error)
+            return None
+        return CallRecorder(path=path, encoding=encoding, limiter=self._recording_limiter)
+
+    async def _sweep_recordings(self) -> None:
+        """Delete recordings past ``recording.retention_days``: at start, then hourly."""
+        while True:
+            directory = self.config["recording.directory"]
+            if directory:
+                removed = await trio.to_thread.run_sync(
+                    lambda: sweep_recordings(Path(directory), retention_days=self.config["recording.retention_days"],
+                                             now_unix=time.time()))
+                if removed:
+                    log.info("deleted %d recording(s) older than %g days", removed,
+                             self.config["recording.retention_days"])
+            await trio.sleep(RECORDING_SWEEP_INTERVAL)
+
+    def _asr_failed(self, error) -> None:
+        kind = type(error).__name__
+        self.counters.asr_failures[kind] = self.counters.asr_failures.get(kind, 0) + 1
+
+    def _asr_streamed(self, seconds: float) -> None:
+        self.counters.asr_seconds += seconds
 
     def _count_phrase(self, hit: bool) -> None:
         if self.metrics is not None:
@@ -407,6 +478,7 @@ class EkoServer:
         self.cache = cache
         self.script = script
         self.codec_preference = None if config["media.codec"] == "offer" else config["media.codec"]
+        self.vad_settings = vad_settings(config)
         self.transport.trace = _sip_trace(config, self.transport.trace)
 
     async def _run_call(self, call: Call) -> None:
@@ -428,6 +500,8 @@ class EkoServer:
         self._calls_changed()
         duration = (call.ended_at - (call.answered_at or call.invite_time)) * 1000
         usage = f"; {call.tts_usage.summary()}" if call.tts_usage is not None else ""
+        usage += _listening_summary(call)
+        self.counters.barge_ins += call.barge_in.interruptions
         quality = stream.quality.quality()
         if self.metrics is not None:
             self.metrics.active_calls.dec()
@@ -469,3 +543,25 @@ def _where(source) -> str:
 
 def _reason(error: Exception) -> str:
     return str(error).splitlines()[0][:120]
+
+
+def _listening_summary(call: Call) -> str:
+    """The end-of-call line's words on what the call heard: barge-ins, ASR seconds, lost audio."""
+    words = []
+    if call.barge_in.interruptions:
+        words.append(f"barge-ins={call.barge_in.interruptions}")
+    speech = call.speech_recognition
+    if speech is not None:
+        words.append(f"asr={speech.seconds_streamed:.1f}s" + ("" if speech.failure is None else " (failed)"))
+    ears = call.ears
+    if ears is not None:
+        reorder = ears.reorder
+        lost = reorder.packets_concealed + reorder.packets_late
+        if lost:
+            words.append(f"caller_audio_concealed={lost}")
+        if ears.frames_dropped or ears.asr_frames_dropped:
+            words.append(f"caller_frames_dropped={ears.frames_dropped + ears.asr_frames_dropped}")
+    recorder = call.recorder
+    if recorder is not None:
+        words.append(f"recording={recorder.path.name}" + ("" if recorder.failed is None else " (failed)"))
+    return "; " + " ".join(words) if words else ""

@@ -18,6 +18,8 @@ from eko_rtp.errors import UserError
 
 ELEVENLABS_CREDENTIAL = "elevenlabs_api_key"
 ELEVENLABS_ENVIRONMENT = "ELEVENLABS_API_KEY"
+DEEPGRAM_CREDENTIAL = "deepgram_api_key"
+DEEPGRAM_ENVIRONMENT = "DEEPGRAM_API_KEY"
 
 # systemd credential names are file names: no '/', not '.' or '..'.
 _CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*\Z")
@@ -53,6 +55,18 @@ def elevenlabs_api_key(environ: Mapping[str, str] | None = None) -> str | None:
     if key is not None:
         return key
     return _checked(environ.get(ELEVENLABS_ENVIRONMENT, ""), where=f"${ELEVENLABS_ENVIRONMENT}")
+
+
+def deepgram_api_key(environ: Mapping[str, str] | None = None) -> str | None:
+    """The Deepgram API key: the systemd credential first, then ``$DEEPGRAM_API_KEY``.
+
+    None means no key: no speech recognition, the scripts fall back to DTMF.
+    """
+    environ = os.environ if environ is None else environ
+    key = read_credential(DEEPGRAM_CREDENTIAL, environ=environ)
+    if key is not None:
+        return key
+    return _checked(environ.get(DEEPGRAM_ENVIRONMENT, ""), where=f"${DEEPGRAM_ENVIRONMENT}")
 
 
 def _checked(value: str, *, where: str) -> str | None:

@@ -31,7 +31,7 @@ import attrs
 from eko_rtp.cache.atomic import write_atomic
 from eko_rtp.config import load_config
 from eko_rtp.errors import UserError
-from eko_rtp.service.credentials import ELEVENLABS_CREDENTIAL
+from eko_rtp.service.credentials import DEEPGRAM_CREDENTIAL, ELEVENLABS_CREDENTIAL
 
 DEFAULT_CHECKOUT = "/opt/eko-rtp"
 DEFAULT_VENV = "/opt/eko-rtp/.venv"
@@ -176,13 +176,14 @@ def install_service(
     credentials = root / CREDENTIALS_DIR
     credentials.mkdir(parents=True, exist_ok=True)
     credentials.chmod(0o700)
-    credential = credentials / ELEVENLABS_CREDENTIAL
-    try:
-        # Empty means "no key" (espeak-ng); it must exist for LoadCredential=.
-        os.close(os.open(credential, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        steps.append(InstallStep(action="created", path=credential))
-    except FileExistsError:
-        steps.append(InstallStep(action="kept", path=credential))
+    for name in (ELEVENLABS_CREDENTIAL, DEEPGRAM_CREDENTIAL):
+        credential = credentials / name
+        try:
+            # Empty means "no key" (espeak-ng; DTMF only); it must exist for LoadCredential=.
+            os.close(os.open(credential, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            steps.append(InstallStep(action="created", path=credential))
+        except FileExistsError:
+            steps.append(InstallStep(action="kept", path=credential))
     for directory in STATE_DIRECTORIES:
         path = root / directory
         steps.append(InstallStep(action="kept" if path.is_dir() else "created", path=path))

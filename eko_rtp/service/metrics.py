@@ -24,6 +24,9 @@ Exported names (all prefixed ``eko_``):
 ``eko_crm_lookup_timeouts_total``            counter    lookups not over within the greeting budget
 ``eko_crm_lookup_errors_total``              counter    lookups that failed within the budget
 ``eko_draining``                             gauge      1 while the server drains (SIGTERM), else 0
+``eko_asr_audio_seconds_total``              counter    caller audio streamed to speech recognition
+``eko_asr_failures_total{kind}``             counter    recognizer streams that failed, by error kind
+``eko_barge_ins_total``                      counter    phrases the caller spoke over (barge-in)
 ``process_*``                                various    CPU, memory, open file descriptors
 ==========================================  =========  ==============================================
 """
@@ -126,6 +129,9 @@ class Metrics:
     call_jitter: Histogram
     call_round_trip: Histogram
     draining: Gauge
+    asr_seconds: Counter
+    asr_failures: Counter
+    barge_ins: Counter
 
     @classmethod
     def create(cls, *, process: bool = True) -> Metrics:
@@ -185,6 +191,11 @@ class Metrics:
                 buckets=ROUND_TRIP_BUCKETS, registry=registry,
             ),
             draining=Gauge("eko_draining", "1 while the server drains before stopping, else 0.", registry=registry),
+            asr_seconds=Counter("eko_asr_audio_seconds", "Seconds of caller audio streamed to speech recognition.",
+                                registry=registry),
+            asr_failures=Counter("eko_asr_failures", "Speech recognition streams that failed, by error kind.",
+                                 ["kind"], registry=registry),
+            barge_ins=Counter("eko_barge_ins", "Phrases the caller spoke over (barge-in).", registry=registry),
         )
         # Known label values start at 0, so a rate() over them exists from the start.
         for cache in CACHES:

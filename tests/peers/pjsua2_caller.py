@@ -6,7 +6,10 @@ Run as a subprocess (pjsua2's endpoint is a process-wide singleton):
 
 Each call uses a null sound device and records the far end's audio to
 ``DIR/call-<n>.wav`` (16-bit, 8 kHz, mono). ``--hangup remote`` waits for the server's
-BYE instead of hanging up; ``--dtmf 1@2.5`` sends RFC 4733 digit 1 at 2.5 s. The last
+BYE instead of hanging up; ``--dtmf 1@2.5`` sends RFC 4733 digit 1 at 2.5 s;
+``--play oui.wav@3`` plays a WAV (8 or 16 kHz, mono, 16-bit) once into the call from
+3 s after the answer (pjsua2's ``AudioMediaPlayer``, through its conference bridge
+and encoder, as a microphone would). The last
 line on stdout is a JSON list with one object per call: final state, last SIP status,
 who hung up, and timings.
 """
@@ -35,6 +38,9 @@ class Caller(pj.Call):
         self.disconnected_at = None
         self.media_active = False
         self.we_hung_up = False
+        self.audio = None  # the call's audio media, once active
+        self.players = []  # AudioMediaPlayer objects playing into the call (kept alive while they play)
+        self.played_at = []  # s after the answer each --play started
 
     def onCallState(self, prm):
         info = self.getInfo()
@@ -45,13 +51,22 @@ class Caller(pj.Call):
         if info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             self.disconnected_at = time.monotonic()
 
+    def play(self, path: str) -> None:
+        """Play the WAV at ``path`` once into the call (the call keeps the player: no other reference
+        may outlive it, or pjsua warns at shutdown, after our JSON line, that its destructor did not run)."""
+        player = pj.AudioMediaPlayer()
+        player.createPlayer(path, pj.PJMEDIA_FILE_NO_LOOP)
+        player.startTransmit(self.audio)
+        self.players.append(player)
+
     def onCallMediaState(self, prm):
         info = self.getInfo()
         for media in info.media:
             if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
                 self.media_active = True
+                self.audio = self.getAudioMedia(media.index)
                 if self.record_path and self.recorder is None:
-                    audio = self.getAudioMedia(media.index)
+                    audio = self.audio
                     self.recorder = pj.AudioMediaRecorder()
                     self.recorder.createRecorder(self.record_path)
                     audio.startTransmit(self.recorder)
@@ -68,6 +83,8 @@ def main() -> int:
     parser.add_argument("--transport", choices=("udp", "tcp"), default="udp")
     parser.add_argument("--codec", choices=("PCMU", "PCMA"), default="PCMU", help="codec offered first")
     parser.add_argument("--dtmf", action="append", default=[], help="DIGITS@SECONDS after the answer")
+    parser.add_argument("--play", action="append", default=[],
+                        help="WAV@SECONDS after the answer: play the WAV (8/16 kHz mono 16-bit) into the call once")
     parser.add_argument("--timeout", type=float, default=30.0, help="hard limit for the whole run")
     parser.add_argument("--tx-drop-pct", type=int, default=0, help="drop this share of our RTP (pjmedia's loss simulation)")
     args = parser.parse_args()
@@ -118,6 +135,12 @@ def main() -> int:
     for spec in args.dtmf:
         digits, _, at = spec.partition("@")
         dtmf_plan.append([float(at or 0), digits, False])
+    play_plan = []
+    for spec in args.play:
+        path, _, at = spec.rpartition("@")
+        if not path or not os.path.isfile(path):
+            parser.error(f"--play {spec!r}: expected an existing WAV file, then @SECONDS")
+        play_plan.append((float(at), path))
 
     while time.monotonic() - started < args.timeout:
         endpoint.libHandleEvents(10)
@@ -129,6 +152,11 @@ def main() -> int:
                 if not entry[2] and now - call.confirmed_at >= entry[0]:
                     call.dialDtmf(entry[1])
                     entry[2] = True
+            if len(call.played_at) < len(play_plan):  # the plays start in the order given
+                at, path = play_plan[len(call.played_at)]
+                if now - call.confirmed_at >= at and call.audio is not None:
+                    call.play(path)
+                    call.played_at.append(round(now - call.confirmed_at, 3))
             if args.hangup == "local" and now - call.confirmed_at >= args.hold and not call.we_hung_up:
                 call.we_hung_up = True
                 call.hangup(pj.CallOpParam(True))
@@ -146,6 +174,8 @@ def main() -> int:
         if call.recorder is not None:
             del call.recorder  # closes the WAV (fixes its header)
             call.recorder = None
+        call.players.clear()
+        call.audio = None
         results.append(
             {
                 "index": call.index,
@@ -157,6 +187,7 @@ def main() -> int:
                 "seconds": (call.disconnected_at or time.monotonic()) - (call.confirmed_at or started),
                 "media_active": call.media_active,
                 "record": call.record_path,
+                "played_at": call.played_at,
             }
         )
     sys.stdout.write("\n" + json.dumps(results) + "\n")

@@ -1,0 +1,117 @@
+"""Barge-in: the caller speaks over an interruptible phrase, and the phrase stops.
+
+Theory of operation: a script marks a ``say`` interruptible; while it plays, its
+sources (a cached phrase, a live TTS stream, or both for ``say_hybrid``) are
+registered here as one :class:`Playing`. The call's ears report the voice activity
+detector's decisions to :meth:`BargeIn.on_speech` synchronously, from the receive
+hub: on ``SpeechStarted`` every registered playback is interrupted at once, which
+cancels its sources; the playout queue skips cancelled sources at the frame clock's
+next tick, so the caller hears silence from the next frame on (sequence numbers and
+timestamps go on: the stream itself never stops). The waiting ``say`` wakes, learns
+that it was interrupted and how much was played, and its live TTS stream (if any)
+is cancelled by ``say`` itself. A key pressed (DTMF) interrupts the same way
+(:meth:`BargeIn.on_key`): a caller who answers "1" need not hear the end of "press
+1 for yes".
+"""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from eko_rtp.codec.frame import FRAME_BYTES, FRAME_SECONDS
+from eko_rtp.media.playout import CachedSource, LiveSource
+from eko_rtp.media.vad import SpeechEnded, SpeechStarted
+
+
+@attrs.frozen(kw_only=True)
+class Playback:
+    """How a ``say`` went: ``interrupted`` by the caller's voice, after ``played`` seconds."""
+
+    interrupted: bool = False
+    played: float = 0.0
+
+
+def frames_played(source) -> int:
+    """Frames of ``source`` already handed to the sender."""
+    if isinstance(source, CachedSource):
+        return source._offset // FRAME_BYTES
+    if isinstance(source, LiveSource):
+        return source.frames_played
+    return 0
+
+
+class Playing:
+    """The sources of one ``say`` in progress."""
+
+    __slots__ = ("sources", "interrupted", "interrupted_at")
+
+    def __init__(self, sources: list) -> None:
+        self.sources = sources
+        self.interrupted = False
+        self.interrupted_at: float | None = None
+
+    def interrupt(self, at: float | None) -> None:
+        self.interrupted = True
+        self.interrupted_at = at
+        for source in self.sources:
+            source.cancel()
+
+    def result(self) -> Playback:
+        return Playback(interrupted=self.interrupted,
+                        played=round(sum(frames_played(source) for source in self.sources) * FRAME_SECONDS, 3))
+
+
+class BargeIn:
+    """One call's interruptible playbacks and the caller's voice activity."""
+
+    def __init__(self) -> None:
+        self._playing: set[Playing] = set()
+        self.speaking = False
+        self.speech_started_at: float | None = None  # the last SpeechStarted's ``at``
+        self.speech_ended_at: float | None = None
+        self.interruptions = 0
+        self.listeners = 0  # scripts waiting in call.listen(): they want the VAD's view too
+        self._quiet = trio.Event()
+        self._quiet.set()
+
+    def wants_voice_activity(self) -> bool:
+        """Whether anyone needs the VAD's decisions now: an interruptible phrase, a
+        listener, or speech in progress (its end must be heard, see :meth:`wait_for_quiet`)."""
+        return bool(self._playing) or self.listeners > 0 or self.speaking
+
+    async def wait_for_quiet(self, limit: float) -> None:
+        """Return once the caller is not speaking (at most ``limit`` s): an interruptible
+        phrase does not start over a caller still talking (turn taking)."""
+        if self.speaking:
+            with trio.move_on_after(limit):
+                await self._quiet.wait()
+
+    def register(self, playing: Playing) -> None:
+        self._playing.add(playing)
+
+    def unregister(self, playing: Playing) -> None:
+        self._playing.discard(playing)
+
+    def on_key(self) -> None:
+        """A key was pressed: it interrupts like speech (the digit itself goes to the script)."""
+        self._interrupt(None)
+
+    def _interrupt(self, at: float | None) -> None:
+        if self._playing:
+            self.interruptions += 1
+            for playing in list(self._playing):
+                playing.interrupt(at)
+            self._playing.clear()
+
+    def on_speech(self, event: SpeechStarted | SpeechEnded) -> None:
+        """The ears' voice activity: speech starting interrupts whatever may be interrupted."""
+        if isinstance(event, SpeechStarted):
+            self.speaking = True
+            self._quiet = trio.Event()
+            self.speech_started_at = event.at
+            self._interrupt(event.at)
+        else:
+            self.speaking = False
+            self._quiet.set()
+            self.speech_ended_at = event.at

@@ -1,0 +1,206 @@
+"""What a call hears: the caller's audio in order, its voice activity, and who gets it.
+
+Theory of operation: the media stream hands every inbound audio packet (the
+negotiated codec's payload type; telephone-events are kept out) to
+:meth:`CallerAudio.feed`, synchronously, from the receive hub. The packet goes
+through the call's :class:`~eko_rtp.media.reorder.ReorderBuffer` (a 60 ms window:
+late and missing packets become counted silence), and each 20 ms frame that comes
+out goes, in order, to:
+
+- the voice activity detector (:mod:`eko_rtp.media.vad`), whose speech start and
+  end events go to the call at once (barge-in is decided in the same step, so the
+  frame clock's next tick already plays silence). The detector is the costly part
+  (a few µs a frame: docs/BENCHMARKS.md), so it only hears frames while
+  ``vad_wanted()`` says someone needs its decisions (an interruptible phrase is
+  playing, or a script listens); frames it skipped count as unvoiced when it
+  hears again;
+- the speech recognizer's channel, when one is open (bounded: a recognizer that
+  falls behind loses frames, counted in ``asr_frames_dropped``);
+- the script's ``audio_in`` subscribers (a ring of ``FRAMES_KEPT`` frames: a slow
+  reader loses the oldest, counted in ``frames_dropped``);
+- the call's recorder, when recording is on.
+
+Nothing here blocks or awaits in :meth:`feed`; nothing is buffered without bound.
+Frames are the codec's payload as it came (no transcoding): G.711 µ-law or A-law.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import AsyncIterator, Callable
+
+import trio
+
+from eko_rtp.codec.frame import FRAME_SECONDS
+from eko_rtp.codec.g711 import ALAW_SILENCE, ULAW_SILENCE
+from eko_rtp.media.reorder import ReorderBuffer
+from eko_rtp.media.vad import SpeechEnded, SpeechStarted, VoiceActivityDetector
+
+log = logging.getLogger("eko_rtp.call")
+
+FRAMES_KEPT = 50  # 1 s of audio for a script reading call.audio_in
+ASR_FRAMES_KEPT = 250  # 5 s of audio waiting for the recognizer's connection
+
+SpeechEvent = SpeechStarted | SpeechEnded
+
+
+class CallerAudio:
+    """The caller's side of one call's audio, from RTP packets to 20 ms frames and events."""
+
+    def __init__(self, *, vad: VoiceActivityDetector | None, on_speech: Callable[[SpeechEvent], None],
+                 recorder=None, vad_wanted: Callable[[], bool] | None = None):
+        self._vad = vad
+        self._vad_wanted = vad_wanted  # None: always
+        self._on_speech = on_speech
+        self._recorder = recorder
+        self._codec = "PCMU"
+        self._reorder = ReorderBuffer(ULAW_SILENCE)
+        self._last_frame_time = -1.0
+        self._ring: collections.deque | None = None  # made by the first audio_in reader
+        self._ring_ready: trio.Event | None = None
+        self._asr: trio.MemorySendChannel | None = None
+        self.frames = 0  # frames heard
+        self.frames_dropped = 0  # audio_in frames a slow reader lost
+        self.asr_frames_dropped = 0
+        self.closed = False
+        self.speaking = False  # between SpeechStarted and SpeechEnded
+        self._gap = trio.Event()  # set while the reorder buffer holds packets behind a gap
+
+    @property
+    def reorder(self) -> ReorderBuffer:
+        """The reorder buffer, for its counters (late, concealed, resets)."""
+        return self._reorder
+
+    def feed(self, sequence: int, payload, codec: str, now: float) -> None:
+        """One inbound audio packet's payload (a view into the datagram) that arrived by ``now``."""
+        if self.closed:
+            return
+        if codec != self._codec:
+            self._switch_codec(codec)
+        frames = self._reorder.push(sequence, payload)
+        if frames:
+            self._hear(frames, now)
+        if self._reorder.held and not self._gap.is_set():
+            self._gap.set()
+
+    async def watch_gaps(self, patience: float) -> None:
+        """Hear what waits behind a gap once the caller has sent nothing for ``patience`` s.
+
+        The reorder buffer waits for a missing packet until later ones push it out;
+        a caller that pauses right after a loss (DTX, the end of a phrase) pushes
+        nothing, so this task gives up on the gap instead. It sleeps only while a
+        gap is open: no wake-ups per call otherwise.
+        """
+        while not self.closed:
+            await self._gap.wait()
+            heard = -1
+            while self._reorder.held and self.frames != heard:
+                heard = self.frames
+                await trio.sleep(patience)
+            if self._reorder.held:
+                self.flush(trio.current_time())
+            self._gap = trio.Event()
+
+    def flush(self, now: float) -> None:
+        """The caller paused (or the call ends): give up on gaps and hear what is held."""
+        frames = self._reorder.flush()
+        if frames:
+            self._hear(frames, now)
+
+    def close(self) -> None:
+        """The call ended: end the speech in progress and every reader."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._vad is not None and self.speaking:
+            event = self._vad.finish()
+            if event is not None:
+                self._speech(event)
+        if self._asr is not None:
+            self._asr.close()
+            self._asr = None
+        if self._ring_ready is not None:
+            self._ring_ready.set()
+        self._gap.set()
+
+    # -- readers -----------------------------------------------------------------------
+
+    def open_asr_channel(self) -> trio.MemoryReceiveChannel:
+        """The frames from now on, for a speech recognizer (one at a time; ended at close)."""
+        if self._asr is not None:
+            self._asr.close()
+        send, receive = trio.open_memory_channel(ASR_FRAMES_KEPT)
+        if self.closed:
+            send.close()
+        else:
+            self._asr = send
+        return receive
+
+    def close_asr_channel(self) -> None:
+        if self._asr is not None:
+            self._asr.close()
+            self._asr = None
+
+    def frames_in(self) -> AsyncIterator[bytes]:
+        """The caller's 20 ms frames from now on (this call on), until the call ends."""
+        if self._ring is None:
+            self._ring = collections.deque()
+        return self._read(self._ring)
+
+    async def _read(self, ring: collections.deque) -> AsyncIterator[bytes]:
+        while True:
+            while not ring:
+                if self.closed:
+                    return
+                self._ring_ready = trio.Event()
+                await self._ring_ready.wait()
+            yield ring.popleft()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _switch_codec(self, codec: str) -> None:
+        # A re-INVITE changed the codec: a new stream of frames, in the new codec's silence.
+        self._codec = codec
+        self._reorder = ReorderBuffer(ALAW_SILENCE if codec == "PCMA" else ULAW_SILENCE)
+
+    def _hear(self, frames: list, now: float) -> None:
+        vad = self._vad
+        if vad is not None and self._vad_wanted is not None and not self._vad_wanted():
+            vad = None
+        asr = self._asr
+        ring = self._ring
+        recorder = self._recorder
+        count = len(frames)
+        for index, frame in enumerate(frames):
+            self.frames += 1
+            # The frame's start: frames released together came one period apart.
+            at = max(now - (count - index) * FRAME_SECONDS, self._last_frame_time + FRAME_SECONDS)
+            self._last_frame_time = at
+            if vad is not None:
+                event = vad.feed(frame, self._codec, at)
+                if event is not None:
+                    self._speech(event)
+            if asr is not None:
+                try:
+                    asr.send_nowait(bytes(frame))
+                except trio.WouldBlock:
+                    self.asr_frames_dropped += 1
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._asr = asr = None
+            if ring is not None:
+                if len(ring) >= FRAMES_KEPT:
+                    ring.popleft()
+                    self.frames_dropped += 1
+                ring.append(bytes(frame))
+            if recorder is not None:
+                recorder.caller_frame(frame)
+        if ring is not None and self._ring_ready is not None:
+            self._ring_ready.set()
+
+    def _speech(self, event: SpeechEvent) -> None:
+        self.speaking = isinstance(event, SpeechStarted)
+        try:
+            self._on_speech(event)
+        except Exception:
+            log.exception("the call's speech handler failed")

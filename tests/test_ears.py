@@ -1,0 +1,115 @@
+"""The call's ears: packets in, ordered frames out to the VAD, the recognizer, audio_in and the recorder."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from eko_rtp.call.ears import ASR_FRAMES_KEPT, FRAMES_KEPT, CallerAudio
+from eko_rtp.media.vad import SpeechEnded, SpeechStarted, VadSettings, VoiceActivityDetector
+
+LOUD, QUIET = 0x10, 0xFF  # µ-law: a loud sample, and silence
+
+
+class LoudIsSpeech:
+    """A classifier for tests: a frame is speech when its first linear sample is loud."""
+
+    def is_speech(self, pcm: bytearray) -> bool:
+        return abs(int.from_bytes(pcm[0:2], "little", signed=True)) > 1000
+
+
+def frame(byte: int) -> bytes:
+    return bytes([byte]) * 160
+
+
+def vad() -> VoiceActivityDetector:
+    return VoiceActivityDetector(VadSettings(gate_dbfs=None, min_speech_ms=60, hangover_ms=100, warmup_ms=0),
+                                 classifier=LoudIsSpeech())
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def caller_frame(self, payload) -> None:
+        self.frames.append(bytes(payload))
+
+
+async def test_packets_out_of_order_reach_every_reader_in_order():
+    recorder = Recorder()
+    ears = CallerAudio(vad=None, on_speech=lambda event: None, recorder=recorder)
+    asr = ears.open_asr_channel()
+    reader = ears.frames_in()
+    payloads = {n: bytes([n]) * 160 for n in range(6)}
+    for sequence in (0, 2, 1, 3, 5, 4):  # 1 and 4 come late but within the window
+        ears.feed(sequence, memoryview(payloads[sequence]), "PCMU", sequence * 0.02)
+    ears.close()
+    heard = [chunk async for chunk in reader]
+    sent_to_asr = [chunk async for chunk in asr]
+    assert heard == sent_to_asr == recorder.frames == [payloads[n] for n in range(6)]
+    assert ears.frames == 6
+
+
+async def test_voice_activity_reaches_the_call_only_while_someone_wants_it():
+    events = []
+    wanted = [False]
+    ears = CallerAudio(vad=vad(), on_speech=events.append, vad_wanted=lambda: wanted[0])
+    sequence = 0
+    for byte, count, want in ((LOUD, 10, False), (QUIET, 10, False), (LOUD, 5, True), (QUIET, 10, True)):
+        wanted[0] = want
+        for _ in range(count):
+            ears.feed(sequence, frame(byte), "PCMU", sequence * 0.02)
+            sequence += 1
+    # Speech while nobody wanted the VAD: nothing. Then 3 loud frames start speech
+    # (60 ms), and 5 quiet frames (100 ms hangover) end it. A packet's frame started
+    # a period before it arrived: packet 20 came at 0.40 s, so its frame is at 0.38 s.
+    assert events == [SpeechStarted(at=pytest.approx(0.38)),
+                      SpeechEnded(at=pytest.approx(0.48), duration=pytest.approx(0.10))]
+
+
+async def test_a_slow_reader_loses_the_oldest_frames_and_a_full_recognizer_channel_drops_the_newest():
+    ears = CallerAudio(vad=None, on_speech=lambda event: None)
+    reader = ears.frames_in()
+    asr = ears.open_asr_channel()
+    total = max(FRAMES_KEPT, ASR_FRAMES_KEPT) + 10
+    for sequence in range(total):
+        ears.feed(sequence, bytes([sequence % 256]) * 160, "PCMU", sequence * 0.02)
+    assert ears.frames_dropped == total - FRAMES_KEPT
+    assert ears.asr_frames_dropped == total - ASR_FRAMES_KEPT
+    ears.close()
+    kept = [chunk async for chunk in reader]
+    assert [chunk[0] for chunk in kept] == [n % 256 for n in range(total - FRAMES_KEPT, total)]
+    queued = [chunk async for chunk in asr]
+    assert [chunk[0] for chunk in queued] == [n % 256 for n in range(ASR_FRAMES_KEPT)]
+
+
+async def test_a_gap_the_caller_never_fills_is_given_up_after_the_patience(autojump_clock):
+    recorder = Recorder()
+    ears = CallerAudio(vad=None, on_speech=lambda event: None, recorder=recorder)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ears.watch_gaps, 0.060)
+        ears.feed(0, frame(1), "PCMU", 0.0)
+        ears.feed(2, frame(3), "PCMU", 0.04)  # 1 is lost, and the caller pauses after 2
+        assert len(recorder.frames) == 1
+        await trio.sleep(0.059)
+        assert len(recorder.frames) == 1
+        await trio.sleep(0.002)
+        assert recorder.frames == [frame(1), frame(QUIET), frame(3)]  # the gap as silence
+        ears.close()
+    assert ears.reorder.packets_concealed == 1
+
+
+async def test_a_codec_change_starts_a_new_ordering_in_the_new_codecs_silence():
+    recorder = Recorder()
+    ears = CallerAudio(vad=None, on_speech=lambda event: None, recorder=recorder)
+    ears.feed(100, frame(1), "PCMU", 0.0)
+    ears.feed(7, frame(2), "PCMA", 0.02)  # a re-INVITE moved to A-law, from a new sequence
+    ears.feed(9, frame(4), "PCMA", 0.04)
+    ears.flush(0.06)
+    assert recorder.frames == [frame(1), frame(2), frame(0xD5), frame(4)]
+
+
+@pytest.fixture
+def autojump_clock():
+    return trio.testing.MockClock(autojump_threshold=0)
