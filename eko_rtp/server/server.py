@@ -172,6 +172,11 @@ class EkoServer:
 
     def receive(self, data: bytes, source: tuple, transport: str, connection: object) -> None:
         """From the transport: one datagram or one framed TCP message."""
+        if self.ua is None:
+            # Bound, and the SIP core not made yet (it needs the bound port): the
+            # peer retransmits (RFC 3261 §17), the core will be there by then.
+            log.debug("SIP message from %s before the server was ready: dropped", _where(source))
+            return
         try:
             self.ua.receive(data, source=source, transport=transport, connection=connection, now=trio.current_time())
         except Exception:
