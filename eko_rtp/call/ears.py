@@ -14,8 +14,11 @@ out goes, in order, to:
   ``vad_wanted()`` says someone needs its decisions (an interruptible phrase is
   playing, or a script listens); frames it skipped count as unvoiced when it
   hears again;
-- the speech recognizer's channel, when one is open (bounded: a recognizer that
-  falls behind loses frames, counted in ``asr_frames_dropped``);
+- the speech recognizer's channel, when one is open, in batches of
+  ``ASR_BATCH_FRAMES`` (100 ms: one websocket message per 20 ms frame cost the
+  client most of a core at a few hundred calls, docs/BENCHMARKS.md); a batch is
+  sent early when the VAD hears speech end, and at the end of the call. Bounded: a
+  recognizer that falls behind loses batches, counted in ``asr_frames_dropped``;
 - the script's ``audio_in`` subscribers (a ring of ``FRAMES_KEPT`` frames: a slow
   reader loses the oldest, counted in ``frames_dropped``);
 - the call's recorder, when recording is on.
@@ -32,7 +35,7 @@ from typing import AsyncIterator, Callable
 
 import trio
 
-from eko_rtp.codec.frame import FRAME_SECONDS
+from eko_rtp.codec.frame import FRAME_BYTES, FRAME_SECONDS
 from eko_rtp.codec.g711 import ALAW_SILENCE, ULAW_SILENCE
 from eko_rtp.media.reorder import ReorderBuffer
 from eko_rtp.media.vad import SpeechEnded, SpeechStarted, VoiceActivityDetector
@@ -40,6 +43,7 @@ from eko_rtp.media.vad import SpeechEnded, SpeechStarted, VoiceActivityDetector
 log = logging.getLogger("eko_rtp.call")
 
 FRAMES_KEPT = 50  # 1 s of audio for a script reading call.audio_in
+ASR_BATCH_FRAMES = 5  # frames per message to the recognizer (100 ms)
 ASR_FRAMES_KEPT = 250  # 5 s of audio waiting for the recognizer's connection
 
 SpeechEvent = SpeechStarted | SpeechEnded
@@ -60,6 +64,7 @@ class CallerAudio:
         self._ring: collections.deque | None = None  # made by the first audio_in reader
         self._ring_ready: trio.Event | None = None
         self._asr: trio.MemorySendChannel | None = None
+        self._asr_batch = bytearray()
         self.frames = 0  # frames heard
         self.frames_dropped = 0  # audio_in frames a slow reader lost
         self.asr_frames_dropped = 0
@@ -117,9 +122,7 @@ class CallerAudio:
             event = self._vad.finish()
             if event is not None:
                 self._speech(event)
-        if self._asr is not None:
-            self._asr.close()
-            self._asr = None
+        self.close_asr_channel()
         if self._ring_ready is not None:
             self._ring_ready.set()
         self._gap.set()
@@ -130,7 +133,8 @@ class CallerAudio:
         """The frames from now on, for a speech recognizer (one at a time; ended at close)."""
         if self._asr is not None:
             self._asr.close()
-        send, receive = trio.open_memory_channel(ASR_FRAMES_KEPT)
+        self._asr_batch.clear()
+        send, receive = trio.open_memory_channel(ASR_FRAMES_KEPT // ASR_BATCH_FRAMES)
         if self.closed:
             send.close()
         else:
@@ -138,9 +142,12 @@ class CallerAudio:
         return receive
 
     def close_asr_channel(self) -> None:
+        """No more audio for the recognizer: what is batched goes first."""
         if self._asr is not None:
-            self._asr.close()
-            self._asr = None
+            self._send_batch()
+            if self._asr is not None:
+                self._asr.close()
+                self._asr = None
 
     def frames_in(self) -> AsyncIterator[bytes]:
         """The caller's 20 ms frames from now on (this call on), until the call ends."""
@@ -182,12 +189,11 @@ class CallerAudio:
                 if event is not None:
                     self._speech(event)
             if asr is not None:
-                try:
-                    asr.send_nowait(bytes(frame))
-                except trio.WouldBlock:
-                    self.asr_frames_dropped += 1
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._asr = asr = None
+                batch = self._asr_batch
+                batch += frame
+                if len(batch) >= ASR_BATCH_FRAMES * FRAME_BYTES:
+                    self._send_batch()
+                    asr = self._asr
             if ring is not None:
                 if len(ring) >= FRAMES_KEPT:
                     ring.popleft()
@@ -198,8 +204,22 @@ class CallerAudio:
         if ring is not None and self._ring_ready is not None:
             self._ring_ready.set()
 
+    def _send_batch(self) -> None:
+        batch = self._asr_batch
+        if not batch or self._asr is None:
+            return
+        try:
+            self._asr.send_nowait(bytes(batch))
+        except trio.WouldBlock:
+            self.asr_frames_dropped += -(-len(batch) // FRAME_BYTES)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._asr = None
+        batch.clear()
+
     def _speech(self, event: SpeechEvent) -> None:
         self.speaking = isinstance(event, SpeechStarted)
+        if not self.speaking:
+            self._send_batch()  # the end of an utterance: no need to wait for a full batch
         try:
             self._on_speech(event)
         except Exception:
