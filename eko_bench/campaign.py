@@ -10,6 +10,13 @@ at which inter-arrival deviation p99 ≤ 2 ms, nothing was lost and every call w
 answered; it stops after two failing steps in a row (one failure on a shared
 machine can be a neighbour's burst). Each step holds its calls for
 ``hold`` seconds after the last one is up, so every step has a steady period.
+
+The listening scenario spawns a server of its own for every run, configured for
+the run's ``listening`` mode (``listen.vad``; with ``asr`` the bench's fake
+speech-recognition endpoint is started first and named in the server's
+environment). With ``compare_off`` each run is followed by the same run with
+listening off, ``rounds`` times, so CPU per listening call can be read beside
+CPU per call that nobody listens to, measured minutes apart on the same machine.
 """
 
 from __future__ import annotations
@@ -21,13 +28,16 @@ import attrs
 import trio
 
 from eko_bench import noise, report, scripts, targets
+from eko_bench.fake_asr import FakeAsr
 from eko_bench.fake_tts import FakeTts
 from eko_bench.run import BENCH_RTP_PORTS, LIVE_SCENARIOS, Plan, RunResult, run_load
 from eko_rtp.errors import UserError
 from eko_rtp.server.awake import keep_cpus_awake
 
 RAMP_STEPS = (50, 100, 200, 400, 700, 1000, 1400)
-SCRIPT_OF = {"live-tts": "live_tts", "hybrid": "hybrid", "mixed": "mixed"}  # server scripts in eko_bench.scripts
+SCRIPT_OF = {"live-tts": "live_tts", "hybrid": "hybrid", "mixed": "mixed",  # server scripts in eko_bench.scripts
+             "listening": "listening"}
+MAX_ROUNDS = 10
 RAMP_P99_MS = 2.0
 SERVER_FIRST_BYTE_TIMEOUT = 1.5  # s, the server's default [tts] first_byte_timeout
 TTS_TIMEOUT_MARGIN = 0.5  # s the spawned server waits past the fake's time to first byte
@@ -52,6 +62,8 @@ class Options:
     noise_probe: float = 0.0  # seconds of host wake-up probe on the server's CPUs before and after; 0: none
     keep_cpu_awake: bool = False  # SCHED_IDLE spinners on the target's CPUs (the server's own; the bench's for the peer)
     server_rtp_ports: range | None = None  # a running server's RTP ports (--address): its receive queues are sampled
+    compare_off: bool = False  # listening: each run again with listening off
+    rounds: int = 1  # listening with compare_off: how many (on, off) pairs
 
     def __attrs_post_init__(self) -> None:
         if self.target not in ("server", "peer", "both"):
@@ -73,6 +85,22 @@ class Options:
                 raise UserError(f"the ramp measures the greeting scenarios, not {self.plan.scenario}", key="--ramp")
             if self.plan.scenario == "hybrid" and self.spawn and self.cache_dir is None:
                 raise UserError(f"hybrid plays the cached {scripts.FILLER!r}: give --cache DIR", key="--cache")
+        if self.plan.scenario == "listening":
+            if self.target != "server":
+                raise UserError("listening measures the server's barge-in; the peer does not listen", key="--target")
+            if self.ramp:
+                raise UserError("the ramp measures the greeting scenarios, not listening", key="--ramp")
+            if self.spawn and self.cache_dir is None:
+                raise UserError(f"listening plays the cached {scripts.LISTEN_PHRASE!r}: give --cache DIR", key="--cache")
+            if not self.spawn and (self.plan.listening == "asr" or self.compare_off):
+                raise UserError("the fake speech-recognition endpoint and listening off are set up in a server the"
+                                " bench starts: give --spawn", key="--listening")
+        elif self.plan.listening != "vad" or self.compare_off:
+            raise UserError("--asr and --listening are for --scenario listening", key="--listening")
+        if self.compare_off and self.plan.listening == "off":
+            raise UserError("comparing listening off with listening off: leave out one of them", key="--listening")
+        if not 1 <= self.rounds <= MAX_ROUNDS or (self.rounds > 1 and not self.compare_off):
+            raise UserError(f"--rounds is 1 to {MAX_ROUNDS} pairs of runs, with --listening compare", key="--rounds")
         if self.keep_cpu_awake and (self.server_cpus is None or not self.spawn and self.target != "peer"):
             raise UserError("--keep-cpu-awake keeps the CPUs of a target the bench starts awake: give --server-cpus,"
                             " and --spawn for the server (a running one takes `eko-rtp serve --keep-cpu-awake`)",
@@ -111,7 +139,7 @@ async def _with_target(options: Options, kind: str, body):
 
 async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: str, body):
     host = options.plan.local_host
-    fake = None
+    fake = asr = None
     if kind == "peer":
         target = targets.spawn_peer(host=host, cache_dir=options.cache_dir, cpus=options.server_cpus, rtp_port=40000)
     elif options.spawn:
@@ -125,10 +153,15 @@ async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: s
             await targets.wait_listening(crm)
             extra += ["--crm", f"{crm.host}:{crm.port}"]
         env = None
+        helpers = {}
         if options.plan.scenario in LIVE_SCENARIOS:
             extra, env, fake = _live_tts_server(stack, options, extra)
+        elif options.plan.scenario == "listening":
+            extra, env, asr = _listening_server(stack, options, extra)
+            if asr is not None:
+                helpers["fake_asr"] = asr.pid
         target = targets.spawn_server(host=host, cache_dir=options.cache_dir, cpus=options.server_cpus,
-                                      rtp_ports=options.rtp_ports, extra=extra, env=env)
+                                      rtp_ports=options.rtp_ports, extra=extra, env=env, helpers=helpers)
     else:
         target_host, port = targets.parse_host_port(options.address, key="--address")
         target = targets.Target(name="server", host=target_host, port=port, pid=options.server_pid,
@@ -142,6 +175,9 @@ async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: s
         target.stop()
     if fake is not None:  # live scenarios: the endpoint's own timings, for the report's split
         results = [attrs.evolve(result, tts_timings=dict(fake.timings)) for result in results]
+    if asr is not None:  # the server has gone: every stream it opened has ended
+        stats = asr.stop()
+        results = [attrs.evolve(result, asr_stats=stats) for result in results]
     return results
 
 
@@ -194,6 +230,26 @@ def _live_tts_server(stack: contextlib.ExitStack, options: Options, extra: list[
     function = SCRIPT_OF[plan.scenario]
     return ([*extra, "--config", config, "--script", f"{scripts.__name__}:{function}"],
             {"ELEVENLABS_API_KEY": fake.api_key, "ELEVENLABS_BASE_URL": fake.base_url}, fake)
+
+
+def _listening_server(stack: contextlib.ExitStack, options: Options,
+                      extra: list[str]) -> tuple[list[str], dict, FakeAsr | None]:
+    """The listening script, a config for the run's mode (``listen.vad``), and with ``asr`` the
+    fake endpoint (stopped with ``stack``) in the server's environment."""
+    plan = options.plan
+    directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="eko-bench-listening-"))
+    config = f"{directory}/eko-rtp.toml"
+    with open(config, "w", encoding="utf-8") as handle:
+        # The dynamic TTS cache in the temporary directory too: the script speaks only cached
+        # phrases, but the server opens its dynamic cache at start (default: under the cwd).
+        handle.write(f"[listen]\nvad = {'false' if plan.listening == 'off' else 'true'}\n"
+                     f'[tts]\ndynamic_cache_dir = "{directory}/dynamic"\n')
+    env = {}
+    asr = None
+    if plan.listening == "asr":
+        asr = stack.enter_context(FakeAsr(host=plan.local_host))
+        env = {"DEEPGRAM_API_KEY": asr.api_key, "DEEPGRAM_BASE_URL": asr.base_url}
+    return [*extra, "--config", config, "--script", f"{scripts.__name__}:{SCRIPT_OF['listening']}"], env, asr
 
 
 async def _ramp(options: Options, caller_audio: bytes) -> tuple[list[RunResult], dict]:
@@ -260,9 +316,16 @@ async def _run_plans(options: Options, *, caller_audio: bytes) -> Outcome:
                      f" {scripts.__name__}:{SCRIPT_OF[options.plan.scenario]} with"
                      f" ELEVENLABS_BASE_URL at an endpoint answering after {options.plan.tts_first_byte_ms:.0f} ms and"
                      f" rendering eko_bench.fake_tts.live_audio (only --spawn starts one)")
+    if options.plan.scenario == "listening" and not options.spawn:
+        notes.append(f"listening against --address: the server must already run --script"
+                     f" {scripts.__name__}:{SCRIPT_OF['listening']} with the cached {scripts.LISTEN_PHRASE!r}"
+                     " (only --spawn sets up its listening mode)")
     if options.keep_cpu_awake:
         notes.append(f"--keep-cpu-awake: SCHED_IDLE spinners kept CPU(s) {sorted(options.server_cpus)} from halting"
                      " (the server's own; the bench's for the peer); the target's CPU row counts its own process only")
+    if options.plan.scenario == "listening" and options.spawn:
+        results = await _listening_runs(options, caller_audio)
+        return _outcome(results, notes)
     results: list[RunResult] = []
     kinds = ["server", "peer"] if options.target == "both" else [options.target]
     cap = targets.PEER_MAX_CALLS
@@ -290,6 +353,31 @@ async def _run_plans(options: Options, *, caller_audio: bytes) -> Outcome:
             return [await run_load(target, plan, caller_audio=caller_audio, ports=options.bench_ports) for plan in plans]
 
         results.extend(await _with_target(options, kind, body))
+    return _outcome(results, notes)
+
+
+async def _listening_runs(options: Options, caller_audio: bytes) -> list[RunResult]:
+    """Each listening run against a server of its own, set up for the run's mode; with
+    ``compare_off`` each is followed by the same run with listening off."""
+    sizes = [options.plan] if not options.sizes else [
+        attrs.evolve(options.plan, calls=size, concurrency=size) for size in options.sizes]
+    plans = []
+    for plan in sizes:
+        if options.compare_off:
+            plans += [plan, attrs.evolve(plan, listening="off")] * options.rounds
+        else:
+            plans.append(plan)
+    results: list[RunResult] = []
+    for plan in plans:
+        async def body(target, plan=plan):
+            return [await run_load(target, plan, caller_audio=caller_audio, ports=options.bench_ports)]
+
+        one_run = attrs.evolve(options, plan=plan, compare_off=False, rounds=1)
+        results.extend(await _with_target(one_run, "server", body))
+    return results
+
+
+def _outcome(results: list[RunResult], notes: list[str]) -> Outcome:
     summaries = [report.summarise(result) for result in results]
     for summary in summaries:
         if summary["steady_seconds"] is None:

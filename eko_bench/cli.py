@@ -6,12 +6,13 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 
-from eko_bench import campaign, noise, report, scripts
+from eko_bench import barge_in, caller_speech, campaign, noise, report, scripts
 from eko_bench.rtp_engine import SILENCE, open_wav_as_ulaw
 from eko_bench.run import BENCH_RTP_PORTS as BENCH_PORT_RANGE
 from eko_bench.run import MAX_CALLS, MAX_SECONDS, SCENARIOS, Plan
-from eko_bench.targets import parse_cpus, parse_port_range, server_rtp_ports, trailing_silence_frames
+from eko_bench.targets import parse_cpus, parse_port_range, phrase_shape, server_rtp_ports, trailing_silence_frames
 from eko_rtp.config import SCHEMA
 from eko_rtp.errors import UserError
 
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hold", type=float, default=10.0, help="seconds each call is held after its 200 (default 10)")
     parser.add_argument("--sizes", type=_flag(parse_sizes), default=(),
                         help="run once per size, calls = concurrency = SIZE, side by side (e.g. 1,100,500,1000)")
-    parser.add_argument("--audio", help="WAV (8 kHz mono 16-bit) the caller plays, looped (default: silence)")
+    parser.add_argument("--audio", help="WAV (8 kHz mono 16-bit) the caller plays, looped (default: silence; listening: a"
+                                        " French sentence of about 2 s and a 1.5 s pause, rendered with espeak-ng and sox)")
     parser.add_argument("--caller-events", action="store_true",
                         help="callers also send an RFC 4733 event packet beside each audio packet, 100 packets/s,"
                              " like a phone while a key is held")
@@ -60,7 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what the calls do (default greeting-unknown); live-tts: the server says a text of each"
                              " call's own with live TTS; hybrid: a cached filler, then the live text; mixed: half the calls"
                              " live text, half the cached greeting (the cached calls' pacing is reported apart); with"
-                             " --spawn they run against the bench's local fake of the ElevenLabs endpoint")
+                             " --spawn they run against the bench's local fake of the ElevenLabs endpoint; listening:"
+                             f" every caller talks over the bot from {caller_speech.LEAD_IN_SECONDS:g} s after the 200"
+                             f" while the server says the cached {scripts.LISTEN_PHRASE!r} (interruptible) and listens"
+                             f" {scripts.LISTEN_SECONDS:g} s, again and again; reports barge-in latency per talkspurt")
+    parser.add_argument("--asr", action="store_true",
+                        help="listening: also stream every call to the bench's fake speech-recognition endpoint"
+                             " (a local stand-in for Deepgram; needs --spawn); without it, VAD barge-in only")
+    parser.add_argument("--listening", choices=("on", "off", "compare"), default="on",
+                        help="listening: on (default: VAD, and ASR with --asr); off (listen.vad = false, no ASR: the"
+                             " same calls with nobody listening); compare (each run on, then off, --rounds times;"
+                             " a server of its own each; needs --spawn; the bench's --config comes after any"
+                             " --server-arg --config)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help=f"--listening compare: pairs of runs, alternating on and off (1 to {campaign.MAX_ROUNDS},"
+                             " default 1)")
     parser.add_argument("--tts-first-byte-ms", type=float, default=300.0,
                         help="the fake TTS endpoint's time to first byte, ms (live-tts, hybrid, mixed; default 300); past"
                              f" {(campaign.SERVER_FIRST_BYTE_TIMEOUT - campaign.TTS_TIMEOUT_MARGIN) * 1000:.0f} ms the"
@@ -106,26 +122,66 @@ def parse_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def listening_mode(args: argparse.Namespace) -> str:
+    """The plan's listening mode from --listening and --asr."""
+    if args.listening == "off":
+        if args.asr:
+            raise UserError("listening off streams nothing: leave out --asr", key="--asr")
+        return "off"
+    return "asr" if args.asr else "vad"
+
+
+def phrase_timing(args: argparse.Namespace) -> tuple[int, int | None]:
+    """(quiet frames, phrase frames) for the barge-in figures: a quiet run past the longest pause
+    of the phrase the cache holds, and the phrase's length to its last sound (None: no cache)."""
+    if args.scenario != "listening" or args.cache_dir is None:
+        return barge_in.QUIET_FRAMES, None
+    shape = phrase_shape(args.cache_dir, scripts.LISTEN_PHRASE)
+    try:
+        quiet = barge_in.quiet_frames_for(shape.longest_pause_frames, round(scripts.LISTEN_SECONDS * 50))
+    except ValueError as error:
+        raise UserError(f"{scripts.LISTEN_PHRASE!r}: {error}", path=args.cache_dir) from None
+    return quiet, shape.sound_frames
+
+
+def caller_audio_for(args: argparse.Namespace) -> bytes:
+    """What callers send: --audio, or silence, or (listening) the rendered French sentence."""
+    if args.audio:
+        audio = open_wav_as_ulaw(args.audio)
+    elif args.scenario == "listening":
+        with tempfile.TemporaryDirectory(prefix="eko-bench-caller-") as directory:
+            audio = open_wav_as_ulaw(caller_speech.render_sentence(directory))
+    else:
+        return SILENCE
+    if args.scenario == "listening":
+        caller_speech.caller_talk(audio)  # refuses audio in which no talkspurt starts, before anything runs
+    return audio
+
+
 def run(args: argparse.Namespace) -> int:
     filler_tail = 0
     if args.scenario == "hybrid" and args.cache_dir is not None:
         filler_tail = trailing_silence_frames(args.cache_dir, scripts.FILLER)
+    quiet, phrase_frames = phrase_timing(args)
     plan = Plan(calls=args.calls, concurrency=args.concurrency or args.calls, rate=args.rate, hold=args.hold,
                 scenario=args.scenario, tts_first_byte_ms=args.tts_first_byte_ms, filler_tail_frames=filler_tail,
-                caller_events=args.caller_events)
+                caller_events=args.caller_events, listening=listening_mode(args), quiet_frames=quiet,
+                phrase_frames=phrase_frames)
     options = campaign.Options(
         target=args.target, address=args.address, spawn=args.spawn, server_cpus=args.server_cpus,
         server_pid=args.server_pid, cache_dir=args.cache_dir, rtp_ports=args.rtp_ports,
         server_args=tuple(args.server_arg), plan=plan, ramp=args.ramp,
         bench_ports=args.bench_rtp_ports, sizes=args.sizes, noise_probe=args.noise_probe,
-        keep_cpu_awake=args.keep_cpu_awake, server_rtp_ports=args.server_rtp_ports)
-    caller_audio = open_wav_as_ulaw(args.audio) if args.audio else SILENCE
+        keep_cpu_awake=args.keep_cpu_awake, server_rtp_ports=args.server_rtp_ports,
+        compare_off=args.listening == "compare", rounds=args.rounds)
+    caller_audio = caller_audio_for(args)
     outcome = campaign.run_sync(options, caller_audio=caller_audio)
     if args.plot:
         report.plot(outcome.results, args.plot)
     if args.json:
         json.dump({"runs": outcome.summaries, "ramp": outcome.ramp, "host_noise": outcome.host_noise,
-                   "keep_cpu_awake": args.keep_cpu_awake, "notes": outcome.notes},
+                   "keep_cpu_awake": args.keep_cpu_awake, "notes": outcome.notes,
+                   "listening_comparison": report.listening_comparison(outcome.summaries)},
                   sys.stdout, indent=2)
         print()
     else:
@@ -144,6 +200,11 @@ def run(args: argparse.Namespace) -> int:
                 line = report.queue_line(summary)
                 if line is not None:
                     print(line)
+            for summary in outcome.summaries:
+                print(f"{report.column_label(summary)} load average before/after: {summary['loadavg']['before']}"
+                      f" / {summary['loadavg']['after']}")
+            for line in report.comparison_lines(report.listening_comparison(outcome.summaries)):
+                print(line)
         for probe in outcome.host_noise:
             print(noise.describe(probe, probe["when"]))
         for note in outcome.notes:

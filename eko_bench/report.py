@@ -9,6 +9,12 @@ late the media loop served each 1 ms send slot) is reported beside it: on a shar
 machine a late slot usually means the bench was preempted, not saturated. Arrival
 figures are kernel receive timestamps either way, not when the bench read a packet.
 
+The listening scenario adds ``listening`` (``listening_summary``): the talkspurts the
+callers started, what became of each (``barge_in.py``), the barge-in latency over all
+of them and over the steady period only, and the fake speech-recognition endpoint's
+counters when it ran. The bench's helper processes (that endpoint) count in the
+bench's CPU and are shown apart.
+
 The server's RTP receive queues (``server_rtp_queues``, when its port range is known)
 are what ``ss`` calls Recv-Q, summed over its sockets in that range: bytes of kernel
 buffer, a few times the payload of each waiting datagram (see ``udp_queues.py``).
@@ -20,7 +26,7 @@ import collections
 
 import attrs
 
-from eko_bench import procstat, scripts, stats
+from eko_bench import barge_in, procstat, scripts, stats
 from eko_bench.fake_tts import LIVE, SILENT
 from eko_bench.run import LIVE_SCENARIOS, RunResult
 from eko_rtp.errors import UserError
@@ -116,6 +122,105 @@ def live_summary(result: RunResult) -> dict | None:
                       "calls_with_gap": sum(gap > 0 for gap in measured),
                       "gap_frames_max": max(measured, default=None)})
     return found
+
+
+def talkspurts_of(result: RunResult) -> list[list[barge_in.Talkspurt]]:
+    """Per answered call, what became of each of its caller's talkspurts."""
+    window_ns = round(barge_in.WINDOW_SECONDS * 1e9)
+    found = []
+    for record in result.records:
+        if record.status is None or not 200 <= record.status < 300 or record.media is None:
+            continue
+        media = record.media
+        found.append(barge_in.talkspurts(media.onsets_ns, media.arrivals, media.sound, quiet_frames=result.plan.quiet_frames,
+                                         window_ns=window_ns, phrase_frames=result.plan.phrase_frames))
+    return found
+
+
+def listening_summary(result: RunResult) -> dict | None:
+    """The listening scenario's figures (None for the other scenarios)."""
+    plan = result.plan
+    if plan.scenario != "listening":
+        return None
+    per_call = talkspurts_of(result)
+    spurts = [spurt for call in per_call for spurt in call]
+    outcomes = collections.Counter(spurt.outcome for spurt in spurts)
+    latencies = [spurt.latency_ns for spurt in spurts if spurt.outcome is barge_in.Outcome.BARGED]
+    steady = []
+    if result.steady_window_ns is not None:
+        start, end = result.steady_window_ns
+        steady = [spurt.latency_ns for spurt in spurts
+                  if spurt.outcome is barge_in.Outcome.BARGED and start <= spurt.onset_ns <= end]
+    asr = result.asr_stats
+    return {
+        "mode": plan.listening,
+        "lead_in_ms": plan.lead_in_seconds * 1000,
+        "quiet_frames": plan.quiet_frames,
+        "phrase_frames": plan.phrase_frames,
+        "window_ms": barge_in.WINDOW_SECONDS * 1000,
+        "talkspurts": len(spurts),
+        "outcomes": {outcome.value: outcomes.get(outcome, 0) for outcome in barge_in.Outcome},
+        "talkspurts_without_barge_in": outcomes.get(barge_in.Outcome.MISSED, 0),
+        "calls_without_barge_in": sum(not any(spurt.outcome is barge_in.Outcome.BARGED for spurt in call)
+                                      for call in per_call),
+        "barge_in_latency_ms": _dist_ms(latencies),
+        "barge_in_latency_steady_ms": _dist_ms(steady),
+        "fake_asr": None if asr is None else {
+            key: asr[key] for key in ("streams", "open_max", "refused", "closed_cleanly", "client_closed", "dropped",
+                                      "protocol_errors", "audio_frames", "keepalives", "close_streams", "pings",
+                                      "results_sent")} | {"audio_seconds": asr["audio_bytes"] / 8000},
+    }
+
+
+def listening_comparison(summaries: list[dict]) -> dict | None:
+    """Listening runs side by side by mode (``--listening compare``): per mode the runs' server CPU
+    (% of a core, and per call), RSS per call and steady deviation p99, each as the mean over the
+    runs and the list of runs; None unless listening ran both on and off."""
+    by_mode: dict[str, list[dict]] = {}
+    for summary in summaries:
+        listening = summary.get("listening")
+        if listening is not None:
+            by_mode.setdefault(listening["mode"], []).append(summary)
+    if "off" not in by_mode or len(by_mode) < 2:
+        return None
+
+    def figures(runs: list[dict]) -> dict:
+        def series(value) -> dict:
+            values = [value(run) for run in runs]
+            known = [item for item in values if item is not None]
+            return {"mean": sum(known) / len(known) if known else None, "runs": values}
+
+        def server(key):
+            return lambda run: (run["server"] or {}).get(key)
+
+        return {"runs": len(runs),
+                "server_cpu_percent": series(server("cpu_percent")),
+                "server_cpu_percent_per_call": series(
+                    lambda run: None if (run["server"] or {}).get("cpu_percent") is None
+                    else run["server"]["cpu_percent"] / run["plan"]["concurrency"]),
+                "rss_per_call_kib": series(server("rss_per_call_kib")),
+                "deviation_steady_p99_ms": series(lambda run: run["interarrival_deviation_steady_ms"]["p99"]),
+                "barge_in_latency_p50_ms": series(lambda run: run["listening"]["barge_in_latency_ms"]["p50"]),
+                "barge_in_latency_p99_ms": series(lambda run: run["listening"]["barge_in_latency_ms"]["p99"])}
+
+    return {mode: figures(runs) for mode, runs in by_mode.items()}
+
+
+def comparison_lines(comparison: dict | None) -> list[str]:
+    """One line a mode for people (none without a comparison)."""
+    if comparison is None:
+        return []
+    lines = []
+    for mode, found in comparison.items():
+        def mean(key, digits=2):
+            value = found[key]["mean"]
+            return "-" if value is None else f"{value:.{digits}f}"
+        lines.append(f"listening: {LISTENING_WORDS[mode]}, mean of {found['runs']} run(s): server CPU"
+                     f" {mean('server_cpu_percent', 1)}% of a core, {mean('server_cpu_percent_per_call', 3)}% per call,"
+                     f" RSS {mean('rss_per_call_kib', 1)} KiB per call, steady deviation p99"
+                     f" {mean('deviation_steady_p99_ms')} ms, barge-in p50/p99 {mean('barge_in_latency_p50_ms', 1)} /"
+                     f" {mean('barge_in_latency_p99_ms', 1)} ms")
+    return lines
 
 
 def _deltas(records, start: str, end: str) -> list[int]:
@@ -233,11 +338,15 @@ def summarise(result: RunResult) -> dict:
     else:
         media_busy = None
     saturated = bool(max(media_busy or 0, bench_cpu or 0) > SATURATION_CPU_PERCENT)
+    helpers = {name: 100.0 * seconds / result.steady_seconds
+               for name, seconds in result.helper_cpu_seconds.items()} if result.steady_seconds else {}
     plan = result.plan
     return {
         "target": result.target,
         "plan": {"calls": plan.calls, "concurrency": plan.concurrency, "rate": plan.rate, "hold": plan.hold,
-                 "scenario": plan.scenario, "caller_events": plan.caller_events},
+                 "scenario": plan.scenario, "caller_events": plan.caller_events,
+                 **({"listening": plan.listening} if plan.scenario == "listening" else {})},
+        "loadavg": {"before": result.loadavg_before, "after": result.loadavg_after},
         "calls": {"attempted": len(records), "answered": len(answered), "failed": dict(sorted(failed.items())),
                   "failure_reasons": dict(sorted(reasons.items()))},
         "latency_ms": {
@@ -256,11 +365,13 @@ def summarise(result: RunResult) -> dict:
         "drift_steady_ms_per_minute_max": max(steady_drifts, key=abs) if steady_drifts else None,
         "steady_seconds": result.steady_seconds,
         "live_tts": live_summary(result),
+        "listening": listening_summary(result),
         "server": server,
         "server_rtp_queues": queue_summary(result),
         "bench": {
             "cpu_percent": bench_cpu,
             "media_process_cpu_percent": media_busy,
+            "helpers_cpu_percent": helpers,
             "send_lateness_ms": lateness,
             "late_sending": bool((lateness["p99"] or 0) > LATE_SENDING_MS),
             "saturated": saturated,
@@ -301,6 +412,7 @@ def rows(summary: dict) -> list[tuple[str, object]]:
     out += [(f"  steady period only ms {key}", steady[key]) for key in ("p50", "p90", "p99", "max")]
     out += [("max gap ms", summary["max_gap_ms"])]
     out += live_rows(summary.get("live_tts"))
+    out += listening_rows(summary.get("listening"))
     packets = summary["packets"]
     out += [(f"packets {key}", packets[key]) for key in ("received", "lost", "duplicates", "reordered")]
     out += [("calls with several SSRCs", packets["calls_with_several_ssrcs"])]
@@ -312,6 +424,7 @@ def rows(summary: dict) -> list[tuple[str, object]]:
             ("target RSS steady KiB", server.get("rss_steady_kib")), ("target RSS per call KiB", server.get("rss_per_call_kib"))]
     bench = summary["bench"]
     out += [("bench CPU % of a core", bench["cpu_percent"]), ("bench media process CPU %", bench["media_process_cpu_percent"]),
+            *((f"bench {name.replace('_', ' ')} CPU %", value) for name, value in _helper_cpu(summary).items()),
             ("bench send lateness p99 ms", bench["send_lateness_ms"]["p99"]),
             ("bench saturated", bench["saturated"]), ("arrival clock", bench["clock"])]
     return out
@@ -340,11 +453,48 @@ def live_rows(live: dict | None) -> list[tuple[str, object]]:
     return out
 
 
+def listening_rows(listening: dict | None) -> list[tuple[str, object]]:
+    """The listening rows (none for the other scenarios)."""
+    if listening is None:
+        return []
+    latency, steady, outcomes = listening["barge_in_latency_ms"], listening["barge_in_latency_steady_ms"], listening["outcomes"]
+    out: list[tuple[str, object]] = [("listening", LISTENING_WORDS[listening["mode"]]),
+                                     ("caller talkspurts", listening["talkspurts"])]
+    out += [(f"barge-in latency ms {key}", latency[key]) for key in ("p50", "p90", "p99", "max")]
+    out += [(f"  barge-in, steady period only ms {key}", steady[key]) for key in ("p50", "p99")]
+    out += [("talkspurts barged in (measured)", outcomes["barged"]),
+            ("  barged in during a bot pause", outcomes["barged_in_pause"]),
+            ("  bot already quiet", outcomes["bot_quiet"]),
+            ("  no barge-in observed", outcomes["missed"]),
+            ("  call ended first", outcomes["unfinished"]),
+            ("calls without a barge-in", listening["calls_without_barge_in"])]
+    # The same rows with listening off (no endpoint), so runs compare side by side.
+    asr = listening["fake_asr"]
+    out += [("fake ASR streams (most at once)", None if asr is None else f"{asr['streams']} ({asr['open_max']})"),
+            ("fake ASR closed cleanly / dropped", None if asr is None else f"{asr['closed_cleanly']} / {asr['dropped']}"),
+            ("fake ASR audio s", None if asr is None else asr["audio_seconds"])]
+    return out
+
+
+def _helper_cpu(summary: dict) -> dict:
+    """The bench's helper processes' CPU % by name; in the listening scenario the fake ASR's
+    always has a row (empty when it did not run), so runs compare side by side."""
+    helpers = dict(summary["bench"].get("helpers_cpu_percent") or {})
+    if summary["plan"].get("scenario") == "listening":
+        helpers.setdefault("fake_asr", None)
+    return helpers
+
+
+LISTENING_WORDS = {"vad": "VAD barge-in", "asr": "VAD barge-in + ASR stream", "off": "off (no VAD, no ASR)"}
+
+
 def column_label(summary: dict) -> str:
-    """'server (500 conc.)', or 'server (500 conc., caller events)' when callers sent RFC 4733 events."""
+    """'server (500 conc.)', or 'server (500 conc., caller events)' when callers sent RFC 4733 events,
+    or 'server (500 conc., listening vad)'."""
     plan = summary["plan"]
     events = ", caller events" if plan.get("caller_events") else ""
-    return f"{summary['target']} ({plan['concurrency']} conc.{events})"
+    listening = f", listening {plan['listening']}" if plan.get("listening") else ""
+    return f"{summary['target']} ({plan['concurrency']} conc.{events}{listening})"
 
 
 def queue_line(summary: dict) -> str | None:

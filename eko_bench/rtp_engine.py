@@ -20,6 +20,15 @@ its 12-byte header in place (RFC 3550 §5.1) and copies the next 160-byte frame.
 How late each slot was served is recorded: that is how the report knows when the
 bench itself is saturated.
 
+A caller that talks (``CallerTalk``, the listening scenario) starts at a random
+phase (0 to 19 ms after the 200 OK: it has no reason to be in step with the
+server's frames, and the barge-in latency depends on that phase), first sends
+``lead_in_frames`` of silence, then its audio looped; the audio buffer holds the
+lead-in before the loop, so a call's position steps through both and wraps to the
+loop's start. When the frame just sent starts a talkspurt, its send time
+(``time.time_ns()``, CLOCK_REALTIME like the arrival stamps) is recorded: a few
+clock reads a call per loop, nothing per ordinary packet but a byte-table look-up.
+
 With ``event_payload_type`` a call also sends an RFC 4733 event packet right after
 each audio packet, in the same sequence space (100 packets a second, as a phone
 does while a key is held): event 16 (flash: within the 0-16 the offer announces, and no DTMF key, so the
@@ -31,6 +40,8 @@ kernel's receive time (CLOCK_REALTIME, ns) from ``recvmsg`` ancillary data, not 
 time Python got round to it. Where the kernel gives none, ``time.time_ns()`` is
 used and counted as a fallback. Per packet the call records arrival, sequence
 number, RTP timestamp and SSRC into ``array`` buffers; statistics come afterwards.
+With ``classify_sound`` (the listening scenario) it also records whether each
+payload was sound (any byte not the codec's zero codes) or silence, one byte a packet.
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ import time
 
 import attrs
 
+from eko_bench.caller_speech import CallerTalk
 from eko_rtp.codec.g711 import ALAW_SILENCE, ULAW_SILENCE, ULAW_TO_ALAW
 from eko_rtp.errors import UserError
 
@@ -104,7 +116,9 @@ class CallMedia:
         self.event_timestamp = 0
         self.event_frames = 0
         self.packet = bytearray(12 + FRAME_BYTES)
-        self.frame_index = 0
+        self.position = 0  # the next frame of the audio buffer (lead-in, then the loop)
+        self.onsets_ns = array.array("q")  # send times of talkspurt onsets (CallerTalk)
+        self.sound = array.array("B")  # per recorded packet: 1 sound, 0 silence (classify_sound)
         self.sequence = secrets.randbelow(1 << 16)
         self.timestamp = secrets.randbelow(1 << 32)
         self.ssrc = secrets.randbits(32)
@@ -125,7 +139,7 @@ class CallMedia:
 
 
 _RESULT_FIELDS = ("arrivals", "sequences", "timestamps", "sources", "first_packet_ns", "first_sound_ns", "malformed",
-                  "fallback_clock", "rtcp_received", "sent", "send_errors")
+                  "fallback_clock", "rtcp_received", "sent", "send_errors", "onsets_ns", "sound")
 
 
 @attrs.define
@@ -138,6 +152,8 @@ class MediaHandle:
     sequences: array.array = attrs.field(factory=lambda: array.array("H"))
     timestamps: array.array = attrs.field(factory=lambda: array.array("L"))
     sources: array.array = attrs.field(factory=lambda: array.array("L"))
+    onsets_ns: array.array = attrs.field(factory=lambda: array.array("q"))
+    sound: array.array = attrs.field(factory=lambda: array.array("B"))
     first_packet_ns: int | None = None
     first_sound_ns: int | None = None
     malformed: int = 0
@@ -150,10 +166,20 @@ class MediaHandle:
 class MediaLoop:
     """The child process's loop: the calls it was handed, their send slots, one epoll."""
 
-    def __init__(self, connection: multiprocessing.connection.Connection, caller_audio: bytes):
+    def __init__(self, connection: multiprocessing.connection.Connection, caller_audio: bytes,
+                 talk: CallerTalk | None = None, classify_sound: bool = False):
         usable = len(caller_audio) - len(caller_audio) % FRAME_BYTES
-        self._audio = {0: bytes(caller_audio[:usable]), 8: bytes(caller_audio[:usable]).translate(ULAW_TO_ALAW)}
-        self._frames = usable // FRAME_BYTES
+        lead_in = talk.lead_in_frames if talk is not None else 0
+        audio = bytes([ULAW_SILENCE]) * (lead_in * FRAME_BYTES) + bytes(caller_audio[:usable])
+        self._audio = {0: audio, 8: audio.translate(ULAW_TO_ALAW)}
+        self._frames = len(audio) // FRAME_BYTES  # positions in the buffer; after the last comes the loop's first
+        self._loop_start = lead_in
+        onsets = bytearray(self._frames)
+        for frame in talk.onset_frames if talk is not None else ():
+            onsets[lead_in + frame] = 1
+        self._onsets = bytes(onsets)
+        self._classify_sound = classify_sound
+        self._random_phase = talk is not None
         self._connection = connection
         self._raw = socket.socket(fileno=os.dup(connection.fileno()), family=socket.AF_UNIX, type=socket.SOCK_STREAM)
         self._calls: dict[int, CallMedia] = {}
@@ -202,6 +228,10 @@ class MediaLoop:
                 media.event_payload_type = event_payload_type
                 _HEADER.pack_into(media.packet, 0, 0x80, 0x80 | payload_type, media.sequence, media.timestamp, media.ssrc)
                 media.due_ns = now_ns - now_ns % _TICK_NS + _TICK_NS
+                if self._random_phase:
+                    # A phone's frames keep no phase with the far end's: without this every
+                    # caller would send 1 ms after the server's frame (it starts on the 200 OK).
+                    media.due_ns += secrets.randbelow(_SLOTS) * _TICK_NS
                 self._slots[(media.due_ns // _TICK_NS) % _SLOTS].append(media)
             elif kind == "stop":
                 self._close_media(self._calls[key])
@@ -212,8 +242,11 @@ class MediaLoop:
     def _send_slot(self, slot: list[CallMedia]) -> None:
         audio_by_type = self._audio
         frames = self._frames
+        onsets = self._onsets
+        loop_start = self._loop_start
         for media in slot:
-            offset = (media.frame_index % frames) * FRAME_BYTES
+            position = media.position
+            offset = position * FRAME_BYTES
             packet = media.packet
             packet[12:] = audio_by_type[media.payload_type][offset:offset + FRAME_BYTES]
             try:
@@ -221,7 +254,10 @@ class MediaLoop:
                 media.sent += 1
             except OSError:
                 media.send_errors += 1
-            media.frame_index += 1
+            if onsets[position]:
+                media.onsets_ns.append(time.time_ns())
+            position += 1
+            media.position = loop_start if position == frames else position
             media.sequence = (media.sequence + 1) & 0xFFFF
             if media.event_payload_type is not None:
                 self._send_event(media)
@@ -262,6 +298,7 @@ class MediaLoop:
     def _receive(self, media: CallMedia, buffer: bytearray, view: memoryview) -> None:
         receive = media.socket.recvmsg_into
         buffers = [buffer]
+        classify = self._classify_sound
         while True:
             try:
                 size, ancillary, _flags, _source = receive(buffers, _ANCILLARY_SIZE)
@@ -286,14 +323,17 @@ class MediaLoop:
             media.sequences.append(sequence)
             media.timestamps.append(stamp)
             media.sources.append(source)
-            if media.first_sound_ns is None:
+            if classify or media.first_sound_ns is None:
                 if media.first_packet_ns is None:
                     media.first_packet_ns = arrival
                 # RFC 3550 §5.1: payload follows 12 bytes plus 4 per CSRC (extensions: not from our peers).
                 start = 12 + 4 * (buffer[0] & 0x0F)
                 silence = _SILENCE_BYTES.get(buffer[1] & 0x7F, _SILENCE_BYTES[0])
-                if view[start:size].tobytes().strip(silence):
+                sound = bool(view[start:size].tobytes().strip(silence))
+                if sound and media.first_sound_ns is None:
                     media.first_sound_ns = arrival
+                if classify:
+                    media.sound.append(sound)
 
     def run(self) -> None:
         buffer = bytearray(_RECEIVE_SIZE)
@@ -330,10 +370,11 @@ class MediaLoop:
             self._close_media(media)
 
 
-def _child(connection: multiprocessing.connection.Connection, caller_audio: bytes) -> None:
+def _child(connection: multiprocessing.connection.Connection, caller_audio: bytes, talk: CallerTalk | None = None,
+           classify_sound: bool = False) -> None:
     started_cpu = time.process_time()
     started_wall = time.monotonic()
-    loop = MediaLoop(connection, caller_audio)
+    loop = MediaLoop(connection, caller_audio, talk, classify_sound)
     try:
         loop.run()
     except BaseException as error:  # reported to the parent, which raises it from close()
@@ -350,7 +391,8 @@ def _child(connection: multiprocessing.connection.Connection, caller_audio: byte
 class RtpEngine:
     """The parent's side: binds each call's sockets, drives the media process, collects its records."""
 
-    def __init__(self, *, host: str, caller_audio: bytes, ports: range):
+    def __init__(self, *, host: str, caller_audio: bytes, ports: range, talk: CallerTalk | None = None,
+                 classify_sound: bool = False):
         if len(caller_audio) < FRAME_BYTES:
             raise ValueError(f"caller audio has {len(caller_audio)} bytes, less than one {FRAME_BYTES}-byte frame")
         self._host = host
@@ -360,7 +402,7 @@ class RtpEngine:
         self._handles: dict[int, MediaHandle] = {}
         self._connection, child_end = multiprocessing.Pipe(duplex=True)
         self._process = multiprocessing.get_context("spawn").Process(
-            target=_child, args=(child_end, caller_audio), name="eko-bench-rtp", daemon=True)
+            target=_child, args=(child_end, caller_audio, talk, classify_sound), name="eko-bench-rtp", daemon=True)
         self._child_end = child_end
         self.lateness_ns = array.array("q")
         self.busy_seconds = 0.0

@@ -17,6 +17,19 @@ receive queues are looked at about once a second over the same period
 With ``caller_events`` each caller sends an RFC 4733 event packet beside every
 audio packet (100 packets a second, as a phone does while a key is held), in the
 telephone-event payload type the bench's offer names.
+
+In the listening scenario every caller talks (``caller_speech.py``): silence for a
+lead-in after the 200 OK, then its audio looped; the RTP engine records when it
+sends each talkspurt's first packet and whether each packet it receives is sound,
+for the barge-in figures (``barge_in.py``). ``listening`` says what the server does
+with the caller's voice: ``vad`` (voice activity detection and barge-in), ``asr``
+(that, and every call streamed to the bench's fake speech-recognition endpoint) or
+``off`` (``listen.vad = false``, no recognition: the same calls, nobody listening).
+
+The bench's helper processes that serve the target (the fake speech-recognition
+endpoint) run on the bench's CPU: their CPU over the steady period is sampled and
+counted as the bench's. ``/proc/loadavg`` is read before and after each run: on a
+shared machine it says whether something else was running.
 """
 
 from __future__ import annotations
@@ -30,7 +43,7 @@ import time
 import attrs
 import trio
 
-from eko_bench import fake_tts, procstat, rtp_engine, uac, udp_queues
+from eko_bench import barge_in, caller_speech, fake_tts, procstat, rtp_engine, uac, udp_queues
 from eko_bench.rtp_engine import MediaHandle, RtpEngine
 from eko_bench.sip_client import SipClient
 from eko_bench.targets import Target, check_loopback
@@ -43,8 +56,9 @@ QUEUE_SAMPLE_INTERVAL = 1.0  # s between looks at the server's receive queues (a
 # The bench's own RTP/RTCP pairs when none are given: apart from the server's default
 # media.rtp_ports (20000-29999), a spawned server's 30000-39999 and the peer's 40000 on.
 BENCH_RTP_PORTS = range(10000, 20000)
-SCENARIOS = ("greeting-unknown", "greeting-returning", "live-tts", "hybrid", "mixed")
+SCENARIOS = ("greeting-unknown", "greeting-returning", "live-tts", "hybrid", "mixed", "listening")
 LIVE_SCENARIOS = ("live-tts", "hybrid", "mixed")  # the server speaks live TTS from the bench's fake endpoint
+LISTENING_MODES = ("vad", "asr", "off")  # what the server does with the caller's voice (listening scenario)
 MAX_FIRST_BYTE_MS = 10_000
 PROTOCOL_ERROR_STATUS = 0  # not a SIP code: the answer could not be used (reason in the record)
 
@@ -63,6 +77,11 @@ class Plan:
     # Silence frames that end the cached filler (hybrid): not a gap between filler and live audio.
     filler_tail_frames: int = 0
     caller_events: bool = False  # an RFC 4733 event packet beside each caller audio packet (100 packets/s)
+    listening: str = "vad"  # listening scenario: vad, asr (VAD and the fake ASR endpoint) or off
+    lead_in_seconds: float = caller_speech.LEAD_IN_SECONDS  # listening: caller silence after the 200 OK
+    # listening: silent packets in a row that mean the bot stopped (longer than its phrase's pauses)
+    quiet_frames: int = barge_in.QUIET_FRAMES
+    phrase_frames: int | None = None  # listening: the phrase's length to its last sound (from the cache)
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.calls <= MAX_CALLS:
@@ -78,6 +97,14 @@ class Plan:
         if not 0 <= self.tts_first_byte_ms <= MAX_FIRST_BYTE_MS:
             raise UserError(f"time to first byte {self.tts_first_byte_ms} ms is outside 0..{MAX_FIRST_BYTE_MS}",
                             key="--tts-first-byte-ms")
+        if self.listening not in LISTENING_MODES:
+            raise UserError(f"listening {self.listening!r} is not one of {', '.join(LISTENING_MODES)}", key="--listening")
+        if not 0 <= self.lead_in_seconds <= 10:
+            raise UserError(f"a caller lead-in of {self.lead_in_seconds} s is outside 0..10 s", key="--scenario")
+        if not 1 <= self.quiet_frames <= 500:
+            raise UserError(f"{self.quiet_frames} quiet frames is outside 1..500", key="--cache")
+        if self.phrase_frames is not None and self.phrase_frames < 1:
+            raise UserError(f"a phrase of {self.phrase_frames} frames has no sound", key="--cache")
         if self.filler_tail_frames < 0:
             raise UserError(f"filler tail of {self.filler_tail_frames} frames is negative", key="--cache")
         if self.estimated_seconds > MAX_SECONDS:
@@ -209,13 +236,24 @@ class RunResult:
     rtp_queue_samples: int = 0
     rtp_queues_max: udp_queues.QueueSample | None = None
     rtp_queues_last: udp_queues.QueueSample | None = None
+    # The bench's helper processes (name -> CPU seconds over the steady period), counted as the bench's.
+    helper_cpu_seconds: dict = attrs.Factory(dict)
+    loadavg_before: str | None = None  # /proc/loadavg's first three fields
+    loadavg_after: str | None = None
+    asr_stats: dict | None = None  # listening with asr: the fake endpoint's counters
 
 
 async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: range = BENCH_RTP_PORTS) -> RunResult:
     """Place ``plan.calls`` calls at ``target`` and record everything the report needs."""
     queues = _QueueWatch.for_target(target)  # first: it may refuse, before anything is open
-    engine_class = ClassifyingEngine if plan.scenario in LIVE_SCENARIOS else RtpEngine
-    engine = engine_class(host=plan.local_host, caller_audio=caller_audio, ports=ports)
+    loadavg_before = read_loadavg()
+    if plan.scenario in LIVE_SCENARIOS:
+        engine = ClassifyingEngine(host=plan.local_host, caller_audio=caller_audio, ports=ports)
+    elif plan.scenario == "listening":
+        talk = caller_speech.caller_talk(caller_audio, lead_in_seconds=plan.lead_in_seconds)
+        engine = RtpEngine(host=plan.local_host, caller_audio=caller_audio, ports=ports, talk=talk, classify_sound=True)
+    else:
+        engine = RtpEngine(host=plan.local_host, caller_audio=caller_audio, ports=ports)
     client = await SipClient.open(local_host=plan.local_host, target_host=target.host, target_port=target.port)
     if queues is not None:
         queues.exclude_ports.add(client.endpoint.local_port)
@@ -227,6 +265,7 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
     steady: list[procstat.Sample] = []
     bench_cpu: list[float] = []
     media_cpu: list[float] = []
+    helper_cpu: dict[str, list[float]] = {name: [] for name in target.helpers}
     idle = procstat.sample(target.pid, time.monotonic()) if target.pid else None
     limiter = trio.CapacityLimiter(plan.concurrency)
     started = time.monotonic()
@@ -303,7 +342,13 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
             usage = resource.getrusage(resource.RUSAGE_SELF)
             media_process = procstat.sample(engine.pid, time.monotonic())
             media_seconds = media_process.cpu_ticks / procstat.CLOCK_TICKS if media_process else 0.0
-            bench_cpu.append(usage.ru_utime + usage.ru_stime + media_seconds)
+            helpers_seconds = 0.0
+            for name, pid in target.helpers.items():
+                helper = procstat.sample(pid, time.monotonic())
+                seconds = helper.cpu_ticks / procstat.CLOCK_TICKS if helper else 0.0
+                helper_cpu[name].append(seconds)
+                helpers_seconds += seconds
+            bench_cpu.append(usage.ru_utime + usage.ru_stime + media_seconds + helpers_seconds)
             media_cpu.append(media_seconds)
             if queues is not None:
                 queues.look(time.monotonic(), last=first_down.is_set())
@@ -373,7 +418,19 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
         rtp_queue_samples=queues.samples if queues else 0,
         rtp_queues_max=queues.worst if queues else None,
         rtp_queues_last=queues.last if queues else None,
+        helper_cpu_seconds={name: seconds[-1] - seconds[0] for name, seconds in helper_cpu.items() if len(seconds) >= 2},
+        loadavg_before=loadavg_before,
+        loadavg_after=read_loadavg(),
     )
+
+
+def read_loadavg() -> str | None:
+    """The 1, 5 and 15 minute load averages, as /proc/loadavg says them (None where there is none)."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as handle:
+            return " ".join(handle.read().split()[:3])
+    except OSError:
+        return None
 
 
 class _QueueWatch:

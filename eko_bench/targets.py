@@ -32,6 +32,10 @@ PEER_MAX_CALLS = 4  # PJSUA_MAX_CALLS in the pjsua2-python wheel
 PHRASES = ("greet", "welcome")  # what the default script plays, in order
 READY_TIMEOUT = 30.0
 CRM_CLIENTS = 2000  # synthetic clients seeded for greeting-returning: one per call the bench may place
+# Not passed on to a spawned server: with a Deepgram key it would stream every call it
+# answers to the real service (billed). Only the bench's fake endpoint is given (--asr).
+# A credentials directory could hold such a key (eko_rtp/service/credentials.py).
+NOT_INHERITED = ("DEEPGRAM_API_KEY", "DEEPGRAM_BASE_URL", "CREDENTIALS_DIRECTORY")
 
 
 def check_loopback(host: str) -> str:
@@ -105,14 +109,40 @@ def phrase_files(cache_dir: str) -> list[str]:
     return found
 
 
-def trailing_silence_frames(cache_dir: str, key: str) -> int:
-    """Whole 20 ms frames of µ-law silence that end cached phrase ``key`` (its rendered pause)."""
+def _phrase_audio(cache_dir: str, key: str, scenario: str) -> bytes:
     path = pathlib.Path(cache_dir) / f"{key}.raw"
     try:
-        audio = path.read_bytes()
+        return path.read_bytes()
     except OSError as error:
-        raise UserError(f"cannot read the phrase {key!r} the hybrid scenario plays: {error.strerror}"
+        raise UserError(f"cannot read the phrase {key!r} the {scenario} scenario plays: {error.strerror}"
                         f" (build it with: eko-rtp cache build --cache {cache_dir})", path=str(path)) from None
+
+
+@attrs.frozen(kw_only=True)
+class PhraseShape:
+    """Where a cached phrase is silent, in whole 20 ms frames of µ-law zero codes."""
+
+    sound_frames: int  # from its start to its last frame with sound (its trailing silence left out)
+    longest_pause_frames: int  # the longest silent run before that
+
+
+def phrase_shape(cache_dir: str, key: str) -> PhraseShape:
+    """The shape of cached phrase ``key`` (the listening scenario's barge-ins are told from its pauses and end)."""
+    audio = _phrase_audio(cache_dir, key, "listening")
+    longest = run = sound_frames = 0
+    for index, start in enumerate(range(0, len(audio) - len(audio) % 160, 160)):
+        if audio[start:start + 160].strip(bytes((0xFF, 0x7F))):
+            longest = max(longest, run)
+            run = 0
+            sound_frames = index + 1
+        else:
+            run += 1
+    return PhraseShape(sound_frames=sound_frames, longest_pause_frames=longest)
+
+
+def trailing_silence_frames(cache_dir: str, key: str) -> int:
+    """Whole 20 ms frames of µ-law silence that end cached phrase ``key`` (its rendered pause)."""
+    audio = _phrase_audio(cache_dir, key, "hybrid")
     frames = 0
     for end in range(len(audio) - len(audio) % 160, 0, -160):
         if audio[end - 160:end].strip(bytes((0xFF, 0x7F))):
@@ -133,6 +163,8 @@ class Target:
     stderr_path: str | None = None
     max_calls: int | None = None
     rtp_ports: range | None = None  # the server's RTP/RTCP ports, when known (its receive queues are sampled)
+    # The bench's own processes serving this target (a fake endpoint), name -> pid: their CPU is the bench's.
+    helpers: dict[str, int] = attrs.Factory(dict)
 
     def stderr_tail(self, lines: int = 15) -> str:
         if self.stderr_path is None:
@@ -152,26 +184,30 @@ class Target:
 
 
 def _spawn(name: str, command: list[str], host: str, port: int, cpus: set[int] | None, max_calls: int | None,
-           env: dict[str, str] | None = None, rtp_ports: range | None = None) -> Target:
+           env: dict[str, str] | None = None, rtp_ports: range | None = None,
+           helpers: dict[str, int] | None = None) -> Target:
+    """Start ``command`` (in environment ``env``, whole; None: the bench's) pinned to ``cpus``."""
     stderr = tempfile.NamedTemporaryFile(prefix=f"eko-bench-{name}-", suffix=".log", delete=False)
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
-                               env=None if env is None else {**os.environ, **env})
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, env=env)
     stderr.close()
     pin(process.pid, cpus)
     return Target(name=name, host=host, port=port, process=process, pid=process.pid, stderr_path=stderr.name,
-                  max_calls=max_calls, rtp_ports=rtp_ports)
+                  max_calls=max_calls, rtp_ports=rtp_ports, helpers=dict(helpers or {}))
 
 
 def spawn_server(*, host: str, cache_dir: str | None, cpus: set[int] | None, rtp_ports: str, extra: list[str],
-                 env: dict[str, str] | None = None) -> Target:
-    """``eko-rtp serve`` on a free port; ``env`` adds to the bench's environment (the TTS endpoint)."""
+                 env: dict[str, str] | None = None, helpers: dict[str, int] | None = None) -> Target:
+    """``eko-rtp serve`` on a free port; ``env`` adds to the bench's environment (the fake endpoints),
+    less ``NOT_INHERITED``; ``helpers`` are the bench's processes serving it (name -> pid)."""
     ports = server_rtp_ports(rtp_ports, key="--rtp-ports")  # refused here, before anything starts
     port = free_udp_port(host)
     command = [sys.executable, "-m", "eko_rtp", "serve", "--listen", f"{host}:{port}", "--media-address", host,
                "--rtp-ports", rtp_ports]
     if cache_dir is not None:
         command += ["--cache", cache_dir]
-    return _spawn("server", command + extra, host, port, cpus, None, env, ports)
+    environment = {name: value for name, value in os.environ.items() if name not in NOT_INHERITED}
+    environment.update(env or {})
+    return _spawn("server", command + extra, host, port, cpus, None, environment, ports, helpers)
 
 
 def spawn_peer(*, host: str, cache_dir: str, cpus: set[int] | None, rtp_port: int) -> Target:
