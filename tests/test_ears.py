@@ -120,3 +120,20 @@ async def test_a_codec_change_starts_a_new_ordering_in_the_new_codecs_silence():
 @pytest.fixture
 def autojump_clock():
     return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def test_packets_nobody_needs_are_skipped_and_hearing_starts_afresh():
+    events = []
+    wanted = [True]
+    ears = CallerAudio(vad=vad(), on_speech=events.append, vad_wanted=lambda: wanted[0])
+    for sequence in range(4):
+        ears.feed(sequence, frame(QUIET), "PCMU", sequence * 0.02)
+    wanted[0] = False
+    for sequence in range(4, 60):  # 56 packets nobody needs: not even put in order
+        ears.feed(sequence, frame(LOUD), "PCMU", sequence * 0.02)
+    assert ears.frames == 4 and events == []
+    wanted[0] = True
+    for sequence in range(60, 64):  # no 56 frames of stale gap: hearing starts again here
+        ears.feed(sequence, frame(LOUD), "PCMU", sequence * 0.02)
+    assert ears.frames == 8 and ears.reorder.packets_concealed == 0
+    assert events == [SpeechStarted(at=pytest.approx(1.18))]

@@ -23,6 +23,11 @@ out goes, in order, to:
   reader loses the oldest, counted in ``frames_dropped``);
 - the call's recorder, when recording is on.
 
+While nobody needs the caller's audio (no VAD decision wanted, no recognizer, no
+reader, no recording: a call between questions without speech recognition) the
+packets are only counted by the stream; the reorder buffer starts afresh when
+someone needs audio again, so no stale gap turns into a burst of silence.
+
 Nothing here blocks or awaits in :meth:`feed`; nothing is buffered without bound.
 Frames are the codec's payload as it came (no transcoding): G.711 µ-law or A-law.
 """
@@ -71,6 +76,7 @@ class CallerAudio:
         self.closed = False
         self.speaking = False  # between SpeechStarted and SpeechEnded
         self._gap = trio.Event()  # set while the reorder buffer holds packets behind a gap
+        self._idle = False  # packets were skipped: nobody needed them
 
     @property
     def reorder(self) -> ReorderBuffer:
@@ -81,7 +87,11 @@ class CallerAudio:
         """One inbound audio packet's payload (a view into the datagram) that arrived by ``now``."""
         if self.closed:
             return
-        if codec != self._codec:
+        if not self._needed():
+            self._idle = True
+            return
+        if codec != self._codec or self._idle:
+            self._idle = False
             self._switch_codec(codec)
         frames = self._reorder.push(sequence, payload)
         if frames:
@@ -166,8 +176,15 @@ class CallerAudio:
 
     # -- internals -----------------------------------------------------------------------
 
+    def _needed(self) -> bool:
+        """Whether anyone takes the caller's frames now."""
+        if self._asr is not None or self._ring is not None or self._recorder is not None:
+            return True
+        return self._vad is not None and (self._vad_wanted is None or self._vad_wanted())
+
     def _switch_codec(self, codec: str) -> None:
-        # A re-INVITE changed the codec: a new stream of frames, in the new codec's silence.
+        # A re-INVITE changed the codec, or the ears were idle: a new stream of frames,
+        # in the codec's silence.
         self._codec = codec
         self._reorder = ReorderBuffer(ALAW_SILENCE if codec == "PCMA" else ULAW_SILENCE)
 

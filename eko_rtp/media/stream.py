@@ -72,6 +72,14 @@ class MediaCounters:
 class MediaStream:
     """Outgoing and incoming RTP of one call."""
 
+    # One per call, kept for the call's life: slots keep it small (a plain instance
+    # dict of this many attributes took 1.5 KiB a call, docs/BENCHMARKS.md).
+    __slots__ = ("pair", "plan", "queue", "counters", "on_dtmf", "cname", "sender", "dtmf", "statistics",
+                 "quality", "_wall_clock", "on_audio", "recorder", "remote_rtp", "remote_rtcp", "latched",
+                 "t0", "frame_index", "next_due", "closed", "last_inbound", "first_packet_time",
+                 "receive_backlogs", "audio_pt", "codec_name", "_translate", "telephone_event_pt", "_rtcp_mux",
+                 "sending", "_sendmsg")
+
     def __init__(
         self,
         *,
