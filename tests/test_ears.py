@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 import trio
 import trio.testing
@@ -17,6 +19,11 @@ class LoudIsSpeech:
 
     def is_speech(self, pcm: bytearray) -> bool:
         return abs(int.from_bytes(pcm[0:2], "little", signed=True)) > 1000
+
+
+def rtp(sequence: int, payload) -> bytes:
+    """An RTP datagram carrying ``payload`` (the ears read the payload through the RTP core)."""
+    return struct.pack("!BBHII", 0x80, 0, sequence & 0xFFFF, sequence * 160 & 0xFFFFFFFF, 0x1234) + bytes(payload)
 
 
 def frame(byte: int) -> bytes:
@@ -43,7 +50,7 @@ async def test_packets_out_of_order_reach_every_reader_in_order():
     reader = ears.frames_in()
     payloads = {n: bytes([n]) * 160 for n in range(6)}
     for sequence in (0, 2, 1, 3, 5, 4):  # 1 and 4 come late but within the window
-        ears.feed(sequence, memoryview(payloads[sequence]), "PCMU", sequence * 0.02)
+        ears.feed(sequence, rtp(sequence, memoryview(payloads[sequence])), "PCMU", sequence * 0.02)
     ears.close()
     heard = [chunk async for chunk in reader]
     sent_to_asr = [chunk async for chunk in asr]
@@ -61,7 +68,7 @@ async def test_voice_activity_reaches_the_call_only_while_someone_wants_it():
     for byte, count, want in ((LOUD, 10, False), (QUIET, 10, False), (LOUD, 5, True), (QUIET, 10, True)):
         wanted[0] = want
         for _ in range(count):
-            ears.feed(sequence, frame(byte), "PCMU", sequence * 0.02)
+            ears.feed(sequence, rtp(sequence, frame(byte)), "PCMU", sequence * 0.02)
             sequence += 1
     # Speech while nobody wanted the VAD: nothing. Then 3 loud frames start speech
     # (60 ms), and 5 quiet frames (100 ms hangover) end it. A packet's frame started
@@ -76,7 +83,7 @@ async def test_a_slow_reader_loses_the_oldest_frames_and_a_full_recognizer_chann
     asr = ears.open_asr_channel()
     total = max(FRAMES_KEPT, ASR_FRAMES_KEPT) + 10
     for sequence in range(total):
-        ears.feed(sequence, bytes([sequence % 256]) * 160, "PCMU", sequence * 0.02)
+        ears.feed(sequence, rtp(sequence, bytes([sequence % 256]) * 160), "PCMU", sequence * 0.02)
     assert ears.frames_dropped == total - FRAMES_KEPT
     batched = total // ASR_BATCH_FRAMES * ASR_BATCH_FRAMES  # the rest waits in the open batch
     assert ears.asr_frames_dropped == batched - ASR_FRAMES_KEPT
@@ -96,8 +103,8 @@ async def test_a_gap_the_caller_never_fills_is_given_up_after_the_patience(autoj
     ears = CallerAudio(vad=None, on_speech=lambda event: None, recorder=recorder)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ears.watch_gaps, 0.060)
-        ears.feed(0, frame(1), "PCMU", 0.0)
-        ears.feed(2, frame(3), "PCMU", 0.04)  # 1 is lost, and the caller pauses after 2
+        ears.feed(0, rtp(0, frame(1)), "PCMU", 0.0)
+        ears.feed(2, rtp(2, frame(3)), "PCMU", 0.04)  # 1 is lost, and the caller pauses after 2
         assert len(recorder.frames) == 1
         await trio.sleep(0.059)
         assert len(recorder.frames) == 1
@@ -110,9 +117,9 @@ async def test_a_gap_the_caller_never_fills_is_given_up_after_the_patience(autoj
 async def test_a_codec_change_starts_a_new_ordering_in_the_new_codecs_silence():
     recorder = Recorder()
     ears = CallerAudio(vad=None, on_speech=lambda event: None, recorder=recorder)
-    ears.feed(100, frame(1), "PCMU", 0.0)
-    ears.feed(7, frame(2), "PCMA", 0.02)  # a re-INVITE moved to A-law, from a new sequence
-    ears.feed(9, frame(4), "PCMA", 0.04)
+    ears.feed(100, rtp(100, frame(1)), "PCMU", 0.0)
+    ears.feed(7, rtp(7, frame(2)), "PCMA", 0.02)  # a re-INVITE moved to A-law, from a new sequence
+    ears.feed(9, rtp(9, frame(4)), "PCMA", 0.04)
     ears.flush(0.06)
     assert recorder.frames == [frame(1), frame(2), frame(0xD5), frame(4)]
 
@@ -127,13 +134,28 @@ async def test_packets_nobody_needs_are_skipped_and_hearing_starts_afresh():
     wanted = [True]
     ears = CallerAudio(vad=vad(), on_speech=events.append, vad_wanted=lambda: wanted[0])
     for sequence in range(4):
-        ears.feed(sequence, frame(QUIET), "PCMU", sequence * 0.02)
+        ears.feed(sequence, rtp(sequence, frame(QUIET)), "PCMU", sequence * 0.02)
     wanted[0] = False
     for sequence in range(4, 60):  # 56 packets nobody needs: not even put in order
-        ears.feed(sequence, frame(LOUD), "PCMU", sequence * 0.02)
+        ears.feed(sequence, rtp(sequence, frame(LOUD)), "PCMU", sequence * 0.02)
     assert ears.frames == 4 and events == []
     wanted[0] = True
     for sequence in range(60, 64):  # no 56 frames of stale gap: hearing starts again here
-        ears.feed(sequence, frame(LOUD), "PCMU", sequence * 0.02)
+        ears.feed(sequence, rtp(sequence, frame(LOUD)), "PCMU", sequence * 0.02)
     assert ears.frames == 8 and ears.reorder.packets_concealed == 0
     assert events == [SpeechStarted(at=pytest.approx(1.18))]
+
+
+async def test_the_payload_is_read_past_csrcs_and_a_header_extension_and_no_audio_takes_its_number():
+    recorder = Recorder()
+    ears = CallerAudio(vad=None, on_speech=lambda event: None, recorder=recorder)
+    # CC=1 and X=1: one CSRC, then a one-word extension, then the payload (RFC 3550 §5.1, §5.3.1).
+    extended = (struct.pack("!BBHII", 0x90 | 1, 0, 0, 0, 0x1234) + struct.pack("!I", 0xCAFE)
+                + struct.pack("!HHI", 0xBEDE, 1, 0x01020304) + frame(5))
+    ears.feed(0, extended, "PCMU", 0.0)
+    ears.feed(1, None, "PCMU", 0.02)  # an RFC 4733 event: no audio, no gap either
+    ears.feed(2, rtp(2, frame(7)), "PCMU", 0.04)
+    ears.feed(3, b"\x80\x00", "PCMU", 0.06)  # truncated: counted, not heard
+    ears.flush(0.1)
+    assert recorder.frames == [frame(5), frame(7)]
+    assert ears.packets_invalid == 1 and ears.reorder.packets_concealed == 0

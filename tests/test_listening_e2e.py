@@ -715,7 +715,7 @@ async def test_the_recognizer_gets_the_callers_audio_from_the_answer_on():
 
     def answer(call) -> None:
         line.line.answer(call)  # the 200 OK and Eko's first frame...
-        ears.feed(1000, first, "PCMU", trio.current_time())  # ...and the caller's first packet, handled next
+        ears.feed(1000, struct.pack("!BBHII", 0x80, 0, 1000, 0, 1) + first, "PCMU", trio.current_time())  # ...and the caller's first packet, handled next
 
     async def script(call) -> None:
         await call.answer()
@@ -731,7 +731,7 @@ async def test_the_recognizer_gets_the_callers_audio_from_the_answer_on():
         nursery.start_soon(run_call, call, stream)
         await call.answered.wait()
         await trio.sleep(FRAME)
-        ears.feed(1001, second, "PCMU", trio.current_time())
+        ears.feed(1001, struct.pack("!BBHII", 0x80, 0, 1001, 160, 1) + second, "PCMU", trio.current_time())
         await trio.sleep(FRAME)
         call.end("remote_bye", trio.current_time())
     [heard_by] = recognizers

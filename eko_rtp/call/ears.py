@@ -43,6 +43,7 @@ import trio
 from eko_rtp.codec.frame import FRAME_BYTES, FRAME_SECONDS
 from eko_rtp.codec.g711 import ALAW_SILENCE, ULAW_SILENCE
 from eko_rtp.media.reorder import ReorderBuffer
+from eko_rtp.media.rtp import RtpError, payload_bounds_untrusted
 from eko_rtp.media.vad import SpeechEnded, SpeechStarted, VoiceActivityDetector
 
 log = logging.getLogger("eko_rtp.call")
@@ -52,6 +53,7 @@ ASR_BATCH_FRAMES = 5  # frames per message to the recognizer (100 ms)
 ASR_FRAMES_KEPT = 250  # 5 s of audio waiting for the recognizer's connection
 
 SpeechEvent = SpeechStarted | SpeechEnded
+_NO_AUDIO = memoryview(b"")
 
 
 class CallerAudio:
@@ -71,6 +73,7 @@ class CallerAudio:
         self._asr: trio.MemorySendChannel | None = None
         self._asr_batch = bytearray()
         self.frames = 0  # frames heard
+        self.packets_invalid = 0  # audio packets whose payload bounds made no sense
         self.frames_dropped = 0  # audio_in frames a slow reader lost
         self.asr_frames_dropped = 0
         self.closed = False
@@ -83,13 +86,24 @@ class CallerAudio:
         """The reorder buffer, for its counters (late, concealed, resets)."""
         return self._reorder
 
-    def feed(self, sequence: int, payload, codec: str, now: float) -> None:
-        """One inbound audio packet's payload (a view into the datagram) that arrived by ``now``."""
+    def feed(self, sequence: int, datagram: bytes | None, codec: str, now: float) -> None:
+        """One inbound RTP packet that arrived by ``now``: its datagram, or None when it
+        carries no audio (an RFC 4733 event, comfort noise): that takes its sequence
+        number and adds no audio."""
         if self.closed:
             return
         if not self._needed():
             self._idle = True
             return
+        if datagram is None:
+            payload = _NO_AUDIO
+        else:
+            try:
+                start, end = payload_bounds_untrusted(datagram)  # CSRCs, extension, padding
+            except RtpError:
+                self.packets_invalid += 1
+                return
+            payload = memoryview(datagram)[start:end]
         if codec != self._codec or self._idle:
             self._idle = False
             self._switch_codec(codec)

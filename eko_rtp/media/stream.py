@@ -51,8 +51,7 @@ log = logging.getLogger(__name__)
 # datagrams in this many (10 a second at 50 packets/s), the cheap read for the rest:
 # A.8 jitter from the stamped ones (see media/receiver.py; cost in BENCHMARKS.md).
 ARRIVAL_SAMPLING = 5
-LATE_THRESHOLD = 0.002
-_NO_AUDIO = memoryview(b"")  # a frame sent more than 2 ms after its due time counts as late
+LATE_THRESHOLD = 0.002  # a frame sent more than 2 ms after its due time counts as late
 
 
 class MediaCounters:
@@ -91,7 +90,7 @@ class MediaStream:
         cname: str,
         sender: RtpSender | None = None,
         wall_clock: Callable[[], float] | None = None,
-        on_audio: Callable[[int, memoryview, str, float], None] | None = None,
+        on_audio: Callable[[int, bytes | None, str, float], None] | None = None,
         recorder=None,
     ):
         self.pair = pair
@@ -105,8 +104,9 @@ class MediaStream:
         self.statistics = ReceiverStatistics()
         self.quality = QualityMonitor(statistics=self.statistics, our_ssrc=self.sender.ssrc)
         self._wall_clock = wall_clock
-        # The caller's audio payloads (sequence, payload view, codec name, now): the
-        # call's ears (eko_rtp/call/ears.py); None: the audio is only counted.
+        # The caller's audio packets (sequence, the datagram or None when it carries no
+        # audio, codec name, now): the call's ears (eko_rtp/call/ears.py), which read the
+        # payload through the RTP core when they need it; None: the audio is only counted.
         self.on_audio = on_audio
         self.recorder = recorder  # eko_rtp/call/recording.CallRecorder: each frame we send (None: off)
         self.remote_rtp: tuple | None = None
@@ -279,19 +279,12 @@ class MediaStream:
             if self.on_audio is not None:
                 # It takes its sequence number in the caller's stream (RFC 4733 §2.1):
                 # the ears skip it instead of waiting for it as lost audio.
-                self.on_audio(sequence, _NO_AUDIO, self.codec_name, now)
+                self.on_audio(sequence, None, self.codec_name, now)
             return
         self.statistics.feed(sequence, timestamp, arrival)
-        if self.on_audio is not None and payload_type != self.audio_pt:
-            self.on_audio(sequence, _NO_AUDIO, self.codec_name, now)  # comfort noise and the like: no audio
-        elif self.on_audio is not None:
-            # The caller's voice (comfort noise and other types stay out): in place.
-            try:
-                start, end = payload_bounds_untrusted(data)
-            except RtpError:
-                self.counters.packets_invalid += 1
-                return
-            self.on_audio(sequence, memoryview(data)[start:end], self.codec_name, now)
+        if self.on_audio is not None:
+            # The caller's voice, or None for comfort noise and other types (no audio).
+            self.on_audio(sequence, data if payload_type == self.audio_pt else None, self.codec_name, now)
 
     def _on_telephone_event(self, data: bytes, timestamp: int) -> None:
         # A held key sends 50 of these a second: read in place, no objects per packet.
