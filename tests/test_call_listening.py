@@ -37,15 +37,17 @@ def said(text: str, *, final: bool = True, speech_final: bool = True) -> Transcr
 class ScriptedRecognizer:
     """Stands in for DeepgramStream: emits its events at their times (from its start), then waits."""
 
-    def __init__(self, events=(), *, fail_with=None, settings=None, api_key=None, on_event=None):
+    def __init__(self, events=(), *, fail_with=None, fail_at=0.0, settings=None, api_key=None, on_event=None):
         self.events = list(events)
         self.fail_with = fail_with
+        self.fail_at = fail_at
         self.on_event = on_event
         self.seconds_sent = 0.0
         self.frames: list[bytes] = []
 
     async def run(self, audio) -> None:
         if self.fail_with is not None:
+            await trio.sleep(self.fail_at)
             raise self.fail_with
         start = trio.current_time()
         async with trio.open_nursery() as nursery:
@@ -80,7 +82,7 @@ class RecordingCache(dict):
 class Listening:
     """A call with ears, barge-in and a scripted recognizer (or none)."""
 
-    def __init__(self, script, *, events=None, fail_with=None, record=PENDING) -> None:
+    def __init__(self, script, *, events=None, fail_with=None, fail_at=0.0, record=PENDING) -> None:
         self.stream = PlayingStream()
         self.line = RecordingLine(self.stream)
         self.barge_in = BargeIn()
@@ -90,7 +92,7 @@ class Listening:
         speech = None
         if events is not None or fail_with is not None:
             def factory(**kwargs):
-                recognizer = ScriptedRecognizer(events or (), fail_with=fail_with, **kwargs)
+                recognizer = ScriptedRecognizer(events or (), fail_with=fail_with, fail_at=fail_at, **kwargs)
                 self.recognizers.append(recognizer)
                 return recognizer
             speech = CallSpeech(settings=AsrSettings(), api_key="k", ears=self.ears, on_failure=self.failures.append,
@@ -236,3 +238,18 @@ async def test_a_key_pressed_during_a_question_interrupts_it_and_is_the_answer(a
     assert listening.cache.keys_asked == ["returning_client_pending_internet", "ticket_transfer_ok"]
     assert listening.line.asked == [("answer", 0.0), ("hang_up", pytest.approx(1.8, abs=3 * FRAME))]
     assert listening.barge_in.interruptions == 1
+
+
+async def test_a_recognizer_lost_during_the_question_turns_the_caller_to_the_keys(autojump_clock):
+    from eko_rtp.asr.errors import AsrDropped
+
+    listening = Listening(eko_script.run, fail_with=AsrDropped("Deepgram closed the stream (1011)"), fail_at=3.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_call, listening.call, listening.stream)
+        await trio.sleep(5.0)  # the stream dropped at 3 s: press_yes_no (1 s) from 3 s
+        listening.call.deliver_digit("2")
+        await trio.sleep(1.5)
+        listening.call.end("remote_bye", trio.current_time())
+    assert listening.cache.asked[:3] == [("returning_client_pending_internet", 0.0), ("press_yes_no", 3.0),
+                                         ("ticket_not_related", 5.0)]
+    assert [type(error) for error in listening.failures] == [AsrDropped]

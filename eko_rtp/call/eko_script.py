@@ -16,8 +16,8 @@ caller may answer over it (barge-in).
 - No dead air: ``script.silence_reprompt_seconds`` (15 s) of silence after a question
   -> ``still_there``; ``script.silence_hangup_seconds`` (30 s) -> ``no_input_goodbye``
   and BYE.
-- Without speech recognition (no Deepgram key, or it failed) the ticket question is
-  followed by ``press_yes_no`` and the keys decide. A key pressed during a question
+- Without speech recognition (no Deepgram key, or it failed, also in the middle of
+  the question) the ticket question is followed by ``press_yes_no`` and the keys decide. A key pressed during a question
   interrupts it, as speech does.
 """
 
@@ -147,9 +147,17 @@ async def _keyed_yes_or_no(call, result: list, done: trio.CancelScope) -> None:
 
 
 async def _spoken_yes_or_no(call, timeout: float, result: list, done: trio.CancelScope) -> None:
-    text = await call.listen(timeout) if call.can_listen else None
+    if not call.can_listen:
+        await trio.sleep_forever()  # no speech recognition: keys only
+    text = await call.listen(timeout)
     if text is None:
-        await trio.sleep_forever()  # no speech recognition (or it stopped): keys only
+        if not call.can_listen:
+            # Recognition stopped while the caller was answering: say so (press_yes_no).
+            log.info("speech recognition stopped during the question; asking for a key")
+            result.append(Answer.UNKNOWN)
+            done.cancel()
+            return
+        await trio.sleep_forever()
     answer = classify_yes_no(text)
     log.info("caller said %r: %s", text, answer.name.lower())
     result.append(answer)
