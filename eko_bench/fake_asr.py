@@ -42,6 +42,7 @@ import struct
 import time
 import urllib.parse
 
+from eko_bench.children import STOP_TIMEOUT, last_words
 from eko_bench.targets import check_loopback
 from eko_rtp.errors import UserError
 
@@ -54,7 +55,7 @@ MAX_TEXT = 64 * 1024
 MAX_FRAME = 1 << 20
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 _START_TIMEOUT = 30.0
-_STOP_TIMEOUT = 30.0
+_STOP_TIMEOUT = STOP_TIMEOUT
 _RECEIVE_SIZE = 65536
 
 # RFC 6455 §5.2 opcodes.
@@ -524,18 +525,8 @@ class FakeAsr:
         """Stop the endpoint (idempotent) and keep its counters in ``stats``."""
         if self.stats is not None or self._process.pid is None or self.port is None:
             return self.stats
-        try:
-            self._connection.send("stop")
-        except OSError:
-            pass  # the child is gone; what it said (if anything) is read below
-        if not self._connection.poll(_STOP_TIMEOUT):
-            self._process.kill()
-            raise RuntimeError(f"the fake speech-recognition endpoint did not stop within {_STOP_TIMEOUT:.0f} s")
-        try:
-            kind, payload = self._connection.recv()
-        except EOFError:
-            raise RuntimeError(f"the fake speech-recognition endpoint died (exit status {self._process.exitcode})") from None
-        self._process.join(timeout=_STOP_TIMEOUT)
+        kind, payload = last_words(self._connection, self._process, "stop",
+                                   what="the fake speech-recognition endpoint", timeout=_STOP_TIMEOUT)
         if kind != "stats":
             raise RuntimeError(f"the fake speech-recognition endpoint failed: {payload}")
         self.stats = payload

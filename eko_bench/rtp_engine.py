@@ -60,6 +60,7 @@ import time
 
 import attrs
 
+from eko_bench.children import STOP_TIMEOUT, last_words
 from eko_bench.caller_speech import CallerTalk
 from eko_rtp.codec.g711 import ALAW_SILENCE, ULAW_SILENCE, ULAW_TO_ALAW
 from eko_rtp.errors import UserError
@@ -80,7 +81,7 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
 _RECEIVE_SIZE = 2048
 _SILENCE_BYTES = {0: bytes((ULAW_SILENCE, 0x7F)), 8: bytes((ALAW_SILENCE, 0x55))}
-_STOP_TIMEOUT = 30.0
+_STOP_TIMEOUT = STOP_TIMEOUT
 
 
 def _udp_socket(host: str, port: int) -> socket.socket:
@@ -461,18 +462,8 @@ class RtpEngine:
         """Stop the media process and fill every handle with what its call recorded."""
         if self._process.pid is None:
             return
-        try:
-            self._connection.send(("close", None, None, None, None))
-        except OSError:
-            pass  # the child is gone; its error (if any) is read below
-        if not self._connection.poll(_STOP_TIMEOUT):
-            self._process.kill()
-            raise RuntimeError(f"the RTP media process did not report within {_STOP_TIMEOUT:.0f} s")
-        try:
-            kind, payload = self._connection.recv()
-        except EOFError:
-            raise RuntimeError(f"the RTP media process died (exit status {self._process.exitcode})") from None
-        self._process.join(timeout=_STOP_TIMEOUT)
+        kind, payload = last_words(self._connection, self._process, ("close", None, None, None, None),
+                                   what="the RTP media process", timeout=_STOP_TIMEOUT)
         self._raw.close()
         if kind == "error":
             raise RuntimeError(f"the RTP media process failed: {payload}")
