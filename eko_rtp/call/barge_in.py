@@ -65,6 +65,11 @@ class Playing:
 class BargeIn:
     """One call's interruptible playbacks and the caller's voice activity."""
 
+    # One per call, kept for its life: no instance dict (docs/BENCHMARKS.md, sixth session).
+    __slots__ = (
+        "_playing", "speaking", "speech_started_at", "speech_ended_at", "interruptions", "listeners", "_quiet",
+    )
+
     def __init__(self) -> None:
         self._playing: set[Playing] = set()
         self.speaking = False

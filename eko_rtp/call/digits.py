@@ -23,6 +23,9 @@ CAPACITY = 32  # more than any number a script asks for
 class DigitQueue:
     """A bounded queue of pressed keys; ``receive`` is the script's end."""
 
+    # One per call, kept for its life: no instance dict (docs/BENCHMARKS.md, sixth session).
+    __slots__ = ("call_id", "_on_digit", "dropped", "_send", "receive")
+
     def __init__(self, *, call_id: str, capacity: int = CAPACITY, on_digit: Callable[[], None] | None = None):
         """``on_digit`` hears every key as it is delivered (barge-in: a key stops a question)."""
         self.call_id = call_id

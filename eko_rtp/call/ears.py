@@ -59,6 +59,13 @@ _NO_AUDIO = memoryview(b"")
 class CallerAudio:
     """The caller's side of one call's audio, from RTP packets to 20 ms frames and events."""
 
+    # One per call, kept for its life: no instance dict (docs/BENCHMARKS.md, sixth session).
+    __slots__ = (
+        "_vad", "_vad_wanted", "_on_speech", "_recorder", "_codec", "_reorder", "_last_frame_time", "_ring",
+        "_ring_ready", "_asr", "_asr_batch", "frames", "packets_invalid", "frames_dropped", "asr_frames_dropped",
+        "closed", "speaking", "_gap", "_idle",
+    )
+
     def __init__(self, *, vad: VoiceActivityDetector | None, on_speech: Callable[[SpeechEvent], None],
                  recorder=None, vad_wanted: Callable[[], bool] | None = None):
         self._vad = vad

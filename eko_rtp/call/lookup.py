@@ -40,6 +40,11 @@ class LookupResult:
 class CallerLookup:
     """One call's CRM look-up: its outcome, and an event for those who wait on it."""
 
+    # One per call, kept for its life: no instance dict (docs/BENCHMARKS.md, sixth session).
+    __slots__ = (
+        "crm", "phone", "started_at", "budget", "call_id", "on_result", "done", "record", "error", "finished_at",
+    )
+
     def __init__(self, *, crm, phone: str | None, started_at: float, budget: float, call_id: str,
                  on_result: Callable[[LookupResult], None] | None = None):
         self.crm = crm

@@ -153,6 +153,9 @@ class LiveSource(Source):
 class PlayoutQueue:
     """The sources a call will play, in order, and the silence between them."""
 
+    # One per call, kept for its life: no instance dict (docs/BENCHMARKS.md, sixth session).
+    __slots__ = ("silence", "_sources", "_in_silence")
+
     def __init__(self, silence: bytes):
         if len(silence) != FRAME_BYTES:
             raise ValueError("silence must be one 160-byte frame")

@@ -73,6 +73,11 @@ class QualityMonitor:
     shell feeds them); ``our_ssrc`` the SSRC we send with.
     """
 
+    # One per call, kept for its life: no instance dict (docs/BENCHMARKS.md, sixth session).
+    __slots__ = (
+        "statistics", "our_ssrc", "reports_received", "round_trip", "remote_fraction_lost", "remote_jitter",
+    )
+
     def __init__(self, *, statistics: ReceiverStatistics, our_ssrc: int):
         self.statistics = statistics
         self.our_ssrc = our_ssrc

@@ -278,6 +278,12 @@ class ReceiverStatistics:
     restarted sender once two packets confirm it.
     """
 
+    # One per call, kept for its life: no instance dict (docs/BENCHMARKS.md, sixth session).
+    __slots__ = (
+        "clock_rate", "ssrc", "_started", "_probation", "_max_seq", "_cycles", "_base_seq", "_bad_seq", "received",
+        "_expected_prior", "_received_prior", "_transit", "_jitter", "_last_sr", "_last_sr_arrival",
+    )
+
     def __init__(self, *, clock_rate: int = 8000):
         if clock_rate <= 0:
             raise ValueError(f"clock_rate must be positive, not {clock_rate!r}")
