@@ -19,8 +19,7 @@ from __future__ import annotations
 import attrs
 import trio
 
-from eko_rtp.codec.frame import FRAME_BYTES, FRAME_SECONDS
-from eko_rtp.media.playout import CachedSource, LiveSource
+from eko_rtp.codec.frame import FRAME_SECONDS
 from eko_rtp.media.vad import SpeechEnded, SpeechStarted
 
 
@@ -32,34 +31,23 @@ class Playback:
     played: float = 0.0
 
 
-def frames_played(source) -> int:
-    """Frames of ``source`` already handed to the sender."""
-    if isinstance(source, CachedSource):
-        return source._offset // FRAME_BYTES
-    if isinstance(source, LiveSource):
-        return source.frames_played
-    return 0
-
-
 class Playing:
     """The sources of one ``say`` in progress."""
 
-    __slots__ = ("sources", "interrupted", "interrupted_at")
+    __slots__ = ("sources", "interrupted")
 
     def __init__(self, sources: list) -> None:
         self.sources = sources
         self.interrupted = False
-        self.interrupted_at: float | None = None
 
-    def interrupt(self, at: float | None) -> None:
+    def interrupt(self) -> None:
         self.interrupted = True
-        self.interrupted_at = at
         for source in self.sources:
             source.cancel()
 
     def result(self) -> Playback:
         return Playback(interrupted=self.interrupted,
-                        played=round(sum(frames_played(source) for source in self.sources) * FRAME_SECONDS, 3))
+                        played=round(sum(source.frames_played for source in self.sources) * FRAME_SECONDS, 3))
 
 
 class BargeIn:
@@ -100,13 +88,13 @@ class BargeIn:
 
     def on_key(self) -> None:
         """A key was pressed: it interrupts like speech (the digit itself goes to the script)."""
-        self._interrupt(None)
+        self._interrupt()
 
-    def _interrupt(self, at: float | None) -> None:
+    def _interrupt(self) -> None:
         if self._playing:
             self.interruptions += 1
             for playing in list(self._playing):
-                playing.interrupt(at)
+                playing.interrupt()
             self._playing.clear()
 
     def on_speech(self, event: SpeechStarted | SpeechEnded) -> None:
@@ -115,7 +103,7 @@ class BargeIn:
             self.speaking = True
             self._quiet = trio.Event()
             self.speech_started_at = event.at
-            self._interrupt(event.at)
+            self._interrupt()
         else:
             self.speaking = False
             self._quiet.set()

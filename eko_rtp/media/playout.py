@@ -35,6 +35,7 @@ class Source:
     """A piece of outgoing audio; subclasses implement :meth:`take` and :attr:`exhausted`."""
 
     silent = False
+    frames_played = 0  # frames of this source handed to the sender (barge-in reports it)
 
     def __init__(self, on_finished: Callback | None = None):
         self.on_finished = on_finished
@@ -67,6 +68,10 @@ class CachedSource(Source):
         self._audio = audio
         self._length = len(audio)
         self._offset = 0
+
+    @property
+    def frames_played(self) -> int:
+        return self._offset // FRAME_BYTES
 
     def take(self) -> memoryview | None:
         if self.cancelled or self._offset >= self._length:
