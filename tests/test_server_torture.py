@@ -491,8 +491,8 @@ def test_options_lists_allow_and_accept(server):
         peer.send(sip_request("OPTIONS", port=peer.port, call_id=call_id))
         [answer] = collect(peer, final_for(call_id, "OPTIONS"))
     assert (answer.status, answer.reason) == (200, "OK")
-    assert answer.header("allow") == "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"
-    assert answer.header("accept") == "application/sdp, application/dtmf-relay"
+    assert answer.header("allow") == "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, NOTIFY"
+    assert answer.header("accept") == "application/sdp, application/dtmf-relay, message/sipfrag"
 
 
 def test_require_foo_names_it_in_unsupported(server):

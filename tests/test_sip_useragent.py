@@ -129,7 +129,7 @@ def test_answer_sends_exact_200_and_retransmits_until_ack():
         b'From: "Alice" <sip:alice@example.org>;tag=caller1\r\n'
         + f"To: <sip:eko@192.0.2.10>;tag={first_token()}\r\n".encode() +
         b"Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContact: <sip:eko@192.0.2.10:5060>\r\n"
-        b"Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO\r\nSupported: timer\r\nServer: Eko RTP\r\n"
+        b"Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, NOTIFY\r\nSupported: timer\r\nServer: Eko RTP\r\n"
         b"Content-Type: application/sdp\r\n" + f"Content-Length: {len(ANSWER)}\r\n\r\n".encode() + ANSWER
     ), destination=PEER, transport="udp")]
     timeline = h.run_until(8.0)
@@ -265,7 +265,7 @@ def test_options_and_drain():
     h = Harness()
     (ok,) = sent(h.send(message("OPTIONS", branch="z9hG4bK-o1"), 0.0))
     assert (ok.status, ok.headers.get("Allow"), ok.headers.get("Accept"), ok.headers.get("Supported")) == (
-        200, "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO", "application/sdp, application/dtmf-relay", "timer")
+        200, "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, NOTIFY", "application/sdp, application/dtmf-relay, message/sipfrag", "timer")
     h.call()  # a call in progress before the drain
     h.ua.set_accepting(False, retry_after=120)
     (busy,) = sent(h.send(message("OPTIONS", branch="z9hG4bK-o2"), 1.0))
@@ -279,7 +279,7 @@ def test_options_and_drain():
 
 
 @pytest.mark.parametrize("data, status, header, value, description", [
-    (message("SUBSCRIBE"), 501, "Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO",
+    (message("SUBSCRIBE"), 501, "Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, NOTIFY",
      "SUBSCRIBE (Call-ID call-1): method SUBSCRIBE is not implemented"),
     (message("INVITE", extra="Require: timer, foo, bar", body=SDP), 420, "Unsupported", "foo, bar",
      "INVITE (Call-ID call-1): Require foo, bar is not supported"),

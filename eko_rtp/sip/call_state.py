@@ -35,7 +35,10 @@ Two things run beside the lifecycle and are kept as typed values on the call, no
 flags: :class:`PendingOffer`, a re-INVITE or UPDATE offer waiting for the shell's
 answer (§14.2, RFC 3311 §5.2: at most one at a time), and the client transaction
 of our refresh UPDATE while it is in flight (RFC 4028 §7.4: no second refresh
-before it ends). :class:`AwaitingAck` holds the 2xx that the states
+before it ends), and our blind transfer (``refer.py``: the REFER and the NOTIFYs of
+its implicit subscription, RFC 3515), which lives in the call's dialog and never
+changes the lifecycle: a transfer that succeeds ends the call by the usual BYE.
+:class:`AwaitingAck` holds the 2xx that the states
 :data:`AWAITING_ACK` retransmit. The deadlines of all of these live in the user
 agent's one ``Deadlines`` structure, keyed by (call, :class:`CallTimer`).
 """
@@ -48,6 +51,7 @@ import attrs
 
 from eko_rtp.sip.dialog import Dialog
 from eko_rtp.sip.events import EndReason
+from eko_rtp.sip.refer import Transfer
 from eko_rtp.sip.session_timer import SessionTimer
 from eko_rtp.sip.transaction import Backoff, ServerTransaction
 
@@ -153,6 +157,8 @@ class CallTimer(enum.Enum):
     RETRANSMIT_2XX = "2xx retransmission"  # §13.3.1.4: T1 doubling to T2
     SESSION_EXPIRY = "session expiry"  # RFC 4028 §10: BYE before the peer gives up
     SESSION_REFRESH = "session refresh"  # RFC 4028 §10: half the interval
+    TRANSFER_NOTIFY = "first NOTIFY of our REFER"  # RFC 3515 §2.4.4: sent at once
+    TRANSFER_RESULT = "final NOTIFY of our REFER"  # the technician answered, or not
 
 
 @attrs.define(kw_only=True)
@@ -190,6 +196,7 @@ class Call:
     ack: AwaitingAck | None = None  # set exactly in the states AWAITING_ACK
     offer: PendingOffer | None = None  # only while LIVE
     refresh: tuple[str, str] | None = None  # our refresh UPDATE's transaction key while in flight
+    transfer: Transfer | None = None  # our REFER and its subscription, once the script transfers
 
     def allows(self, event: CallInput) -> bool:
         """Whether ``event`` is legal in the current state."""

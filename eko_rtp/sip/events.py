@@ -25,6 +25,8 @@ __all__ = [
     "EndReason",
     "CallEnded",
     "MessageRejected",
+    "TransferUpdate",
+    "RegistrationChanged",
 ]
 
 
@@ -115,4 +117,30 @@ class MessageRejected:
     status: int | None
 
 
-Event = Transmit | IncomingCall | CallConfirmed | SessionModified | InfoDtmf | CallEnded | MessageRejected
+@attrs.frozen(kw_only=True)
+class TransferUpdate:
+    """News of our REFER (``refer.py``): its state changed, or the phone reported a new status.
+
+    ``state`` is a :class:`~eko_rtp.sip.refer.TransferState` value ("trying",
+    "succeeded", "failed"...); ``status`` the last SIP status heard (the REFER's
+    response or the sipfrag's), None when a deadline passed in silence.
+    """
+
+    call_id: str
+    state: str
+    status: int | None
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class RegistrationChanged:
+    """Our registration with the trunk changed state (``registration.py``); ``summary`` is one line."""
+
+    state: str
+    registered: bool
+    last_status: int | None
+    summary: str
+
+
+Event = (Transmit | IncomingCall | CallConfirmed | SessionModified | InfoDtmf | CallEnded | MessageRejected
+         | TransferUpdate | RegistrationChanged)

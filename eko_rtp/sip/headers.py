@@ -37,6 +37,8 @@ __all__ = [
     "parse_min_se",
     "parse_token_list",
     "parse_media_type",
+    "parse_token_with_parameters",
+    "parameter",
     "parse_delta_seconds",
 ]
 
@@ -359,3 +361,18 @@ def parse_media_type(text: str) -> tuple[str, tuple[tuple[str, str | None], ...]
         raise SipParseError(400, f"bad Content-Type {describe(text)}")
     parameters = _parse_header_parameters(rest, "Content-Type") if semicolon else ()
     return f"{kind.strip()}/{subtype.strip()}".lower(), parameters
+
+
+def parse_token_with_parameters(text: str, what: str) -> tuple[str, tuple[tuple[str, str | None], ...]]:
+    """Event, Subscription-State (RFC 6665 §8.2): a token, lower-cased, and its parameters."""
+    value, semicolon, rest = text.partition(";")
+    value = value.strip()
+    if not TOKEN.match(value):
+        raise SipParseError(400, f"bad {what} {describe(text)}")
+    parameters = _parse_header_parameters(rest, what) if semicolon else ()
+    return value.lower(), parameters
+
+
+def parameter(parameters: tuple[tuple[str, str | None], ...], name: str) -> str | None:
+    """The value of parameter ``name`` (case-insensitive; "" for a flag), None when absent."""
+    return _lookup(parameters, name)

@@ -40,9 +40,9 @@ __all__ = [
     "build_response",
 ]
 
-METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "INFO")
+METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "INFO", "NOTIFY")
 ALLOW = ", ".join(METHODS)
-ACCEPT = "application/sdp, application/dtmf-relay"
+ACCEPT = "application/sdp, application/dtmf-relay, message/sipfrag"
 SUPPORTED = "timer"
 SUPPORTED_OPTIONS = frozenset({"timer"})
 

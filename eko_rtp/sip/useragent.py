@@ -1,4 +1,4 @@
-"""The UAS core: one sans-I/O object answering every call of the server (RFC 3261 §8.2, §12-15).
+"""The UA core: one sans-I/O object for every call of the server (RFC 3261 §8.2, §10, §12-15, §22).
 
 Theory of operation: the shell feeds :meth:`UserAgent.receive` one datagram or one
 framed TCP message at a time, calls :meth:`UserAgent.handle_timers` at
@@ -22,6 +22,15 @@ BYE when it enters ``ENDING``). Responses are built by ``responses.py``. Every t
 (transactions, 2xx retransmission and 64·T1 give-up of §13.3.1.4, RFC 4028 session
 refresh and expiry) is armed in one ``deadlines.Deadlines`` when what it guards
 starts, and disarmed when that ends.
+
+Besides answering, the core sends requests of its own, each in a client transaction
+with an :class:`Outgoing` record of what it is for: BYE, the refresh UPDATE, the
+REFER of a blind transfer (``refer.py``: :meth:`UserAgent.transfer`; the NOTIFYs of
+its implicit subscription come back in the dialog and become ``TransferUpdate``
+events), and the REGISTERs of our registration with the trunk (``registration.py``:
+:meth:`UserAgent.start_registration`). Any of them that gets 401 or 407 is sent again,
+once per challenge, with a digest answer (``digest.py``, RFC 8760) when the server was
+given credentials; the nonce is reused on later requests (RFC 7616 §3.4).
 
 Bad input never escapes :meth:`receive`: it becomes an error response when the
 request can be addressed (RFC 3261 §8.2.6 needs Via, From, To, Call-ID, CSeq) or
@@ -55,6 +64,7 @@ from eko_rtp.sip.call_state import (
 )
 from eko_rtp.sip.deadlines import Deadlines
 from eko_rtp.sip.dialog import Dialog
+from eko_rtp.sip.digest import DigestClient, DigestCredentials, DigestError, parse_challenges_untrusted
 from eko_rtp.sip.errors import SipParseError, describe
 from eko_rtp.sip.events import (
     CallConfirmed,
@@ -64,11 +74,23 @@ from eko_rtp.sip.events import (
     IncomingCall,
     InfoDtmf,
     MessageRejected,
+    RegistrationChanged,
     SessionModified,
+    TransferUpdate,
     Transmit,
 )
-from eko_rtp.sip.headers import MAGIC_COOKIE, Via, parse_media_type, parse_name_addr_list, parse_token_list
+from eko_rtp.sip.headers import (
+    MAGIC_COOKIE,
+    Via,
+    parameter,
+    parse_media_type,
+    parse_name_addr_list,
+    parse_token_list,
+    parse_token_with_parameters,
+)
 from eko_rtp.sip.message import DEFAULT_MAX_MESSAGE_SIZE, Request, Response, parse_message_untrusted
+from eko_rtp.sip.refer import Transfer, TransferInput, TransferState, parse_sipfrag_status_untrusted
+from eko_rtp.sip.registration import Registration, RegistrationSettings, RegistrationState
 from eko_rtp.sip.responses import (
     ACCEPT,
     ALLOW,
@@ -116,6 +138,10 @@ class UserAgentSettings:
     session_timer: SessionTimerSettings = SessionTimerSettings()
     accepting: bool = True
     retry_after: int = attrs.field(default=30, validator=attrs.validators.ge(0))
+    # Our REFER (refer.py): the first NOTIFY must come within this (RFC 3515 §2.4.4: at
+    # once), and the final one (the technician answered or not) within this.
+    refer_notify_timeout: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+    refer_result_timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
 
     def __attrs_post_init__(self) -> None:
         if not self.host or any(ch.isspace() for ch in self.host):
@@ -130,10 +156,26 @@ class UserAgentSettings:
         return TimerSettings(t1=self.t1, t2=self.t2, t4=self.t4)
 
 
+@attrs.define(kw_only=True, eq=False)
+class Outgoing:
+    """A request of ours and what it is for: in a call's dialog (BYE, UPDATE, REFER) or a REGISTER.
+
+    Kept with its client transaction, so that a 401/407 can send it again with
+    credentials and its final response reaches what waits for it.
+    """
+
+    method: str
+    hop: Hop
+    call: Call | None = None
+    registration: Registration | None = None
+    extra: list[tuple[str, str]] = attrs.Factory(list)
+
+
 class UserAgent:
     """All dialogs of the server, sans-I/O; see the module docstring."""
 
-    def __init__(self, settings: UserAgentSettings, *, rng: random.Random | None = None):
+    def __init__(self, settings: UserAgentSettings, *, rng: random.Random | None = None,
+                 credentials: DigestCredentials | None = None):
         self.settings = settings
         self._timers = settings.timers
         self._rng = rng or random.SystemRandom()
@@ -143,9 +185,15 @@ class UserAgent:
         self._calls: dict[str, Call] = {}
         self._server: dict[tuple, ServerTransaction] = {}
         self._client: dict[tuple, ClientTransaction] = {}
-        self._client_purpose: dict[tuple, tuple[str, Call]] = {}  # our BYE or UPDATE, and its call
-        # Keys: (transaction, None) for a transaction's own timers, (call, CallTimer) for a call's.
+        self._client_purpose: dict[tuple, Outgoing] = {}  # what each request of ours is for
+        # Keys: (transaction, None) for a transaction's own timers, (call, CallTimer) for a
+        # call's, (registration, None) for our registration's refresh and retry.
         self._deadlines = Deadlines()
+        # Digest answers for the requests we send (RFC 8760), when the trunk asks.
+        self._digest = DigestClient(credentials) if credentials is not None else None
+        self._registration: Registration | None = None
+        self._registration_hop: Hop | None = None
+        self._registration_reported: tuple | None = None
 
     # ---- shell interface -------------------------------------------------------
 
@@ -206,6 +254,8 @@ class UserAgent:
         for owner, kinds in due.items():
             if isinstance(owner, Call):
                 self._call_timers(owner, kinds, now)
+            elif isinstance(owner, Registration):
+                self._registration_timer(owner, now)
             else:
                 self._transaction_timers(owner, now)
 
@@ -277,6 +327,56 @@ class UserAgent:
         self._change(call, CallInput.HANGUP, now)
         return True
 
+    def transfer(self, call_id: str, refer_to: str, now: float, *, referred_by: str | None = None) -> bool:
+        """Ask the caller's phone to call ``refer_to`` instead (blind transfer, RFC 3515 §2.4.1).
+
+        Sends REFER in the call's dialog; what becomes of it arrives as
+        ``TransferUpdate`` events. False when the call is not established (or gone),
+        or a transfer of it is still going.
+        """
+        call = self._calls.get(call_id)
+        if call is None or call.state not in ESTABLISHED:
+            return False
+        if call.transfer is not None and not call.transfer.finished:
+            return False
+        transfer = Transfer(refer_to=refer_to, notify_due=now + self.settings.refer_notify_timeout,
+                            result_due=now + self.settings.refer_result_timeout)
+        call.transfer = transfer
+        our_contact = self._contact(call.invite.hop)
+        extra = [("Refer-To", f"<{refer_to}>" if not refer_to.startswith("<") else refer_to),
+                 ("Referred-By", referred_by or our_contact), ("Contact", our_contact)]
+        self._send(Outgoing(method="REFER", call=call, extra=extra, hop=self._dialog_hop(call)), now)
+        self._arm_transfer(call)
+        return True
+
+    def start_registration(self, settings: RegistrationSettings, *, destination: tuple[str, int],
+                           transport: str, now: float) -> None:
+        """Register with the trunk's registrar at ``destination`` (an address) and keep it fresh."""
+        if self._registration is not None:
+            raise RuntimeError("a registration is already running")
+        registration = Registration(settings, call_id=f"{self._token()}@{self.settings.host}",
+                                    from_tag=self._token())
+        self._registration = registration
+        self._registration_hop = Hop(address=destination, transport=transport)
+        if registration.start(now):
+            self._send_register(now)
+        self._registration_changed(now)
+
+    def stop_registration(self, now: float) -> bool:
+        """Unregister (Expires: 0, §10.2.2); True while that REGISTER is in flight."""
+        registration = self._registration
+        if registration is None:
+            return False
+        if registration.stop(now):
+            self._send_register(now)
+        self._registration_changed(now)
+        return registration.state in (RegistrationState.UNREGISTER_PENDING, RegistrationState.UNREGISTERING)
+
+    @property
+    def registration(self) -> Registration | None:
+        """Our registration with the trunk (None when the trunk is not registration-based)."""
+        return self._registration
+
     # ---- the call lifecycle ------------------------------------------------------
 
     def _change(self, call: Call, event: CallInput, now: float) -> None:
@@ -296,7 +396,7 @@ class UserAgent:
         if previous not in OVER and state in OVER:
             self._events.append(CallEnded(call_id=call.call_id, reason=END_REASONS[event]))
         if state is CallState.ENDING and previous is not CallState.ENDING:
-            self._send_request(call, "BYE", [], now)
+            self._send(Outgoing(method="BYE", call=call, hop=self._dialog_hop(call)), now)
         if state is CallState.ENDED:
             self._calls.pop(call.call_id, None)
 
@@ -350,7 +450,12 @@ class UserAgent:
             elif (kind is CallTimer.SESSION_REFRESH and call.state in ESTABLISHED and call.timer is not None
                   and call.refresh is None):
                 extra = refresh_request_headers(call.timer) + [("Contact", self._contact(call.invite.hop))]
-                call.refresh = self._send_request(call, "UPDATE", extra, now)
+                call.refresh = self._send(Outgoing(method="UPDATE", call=call, extra=extra,
+                                                   hop=self._dialog_hop(call)), now)
+            elif kind is CallTimer.TRANSFER_NOTIFY and call.transfer is not None:
+                self._transfer_input(call, TransferInput.NO_NOTIFY, None, "no NOTIFY after our REFER", now)
+            elif kind is CallTimer.TRANSFER_RESULT and call.transfer is not None:
+                self._transfer_input(call, TransferInput.NO_RESULT, None, "no final NOTIFY in time", now)
 
     def _transaction_timers(self, tx: ServerTransaction | ClientTransaction, now: float) -> None:
         for _ in range(3):  # timeout and retransmission may both be due
@@ -425,7 +530,8 @@ class UserAgent:
         elif method == "OPTIONS":
             self._answer_options(request, tx, now)
         else:
-            # §15.1.2 for BYE; UPDATE and INFO likewise need a dialog.
+            # §15.1.2 for BYE; UPDATE, INFO and NOTIFY (RFC 6665 §4.1.3: no
+            # subscription of ours exists outside a call) likewise need a dialog.
             self._refuse(tx, source, 481, now, f"{method} outside a dialog")
 
     def _answer_options(self, request: Request, tx: ServerTransaction, now: float) -> None:
@@ -550,6 +656,8 @@ class UserAgent:
             self._answer_options(request, tx, now)
         elif method == "INFO":
             self._receive_info(call, request, tx, now)
+        elif method == "NOTIFY":
+            self._receive_notify(call, request, tx, source, now)
         else:  # INVITE or UPDATE: ACK and CANCEL never get here
             self._receive_modification(call, request, tx, source, now)
 
@@ -589,22 +697,106 @@ class UserAgent:
         # because refusing it would make some peers tear the call down.
         self._respond(tx, 200, now)
 
+    def _receive_notify(self, call: Call, request: Request, tx: ServerTransaction, source: tuple[str, int],
+                        now: float) -> None:
+        """A NOTIFY of the implicit subscription our REFER made (RFC 3515 §2.4.4-2.4.6)."""
+        headers = request.headers
+        event = headers.get("Event")
+        if event is None:
+            self._refuse(tx, source, 489, now, "NOTIFY without an Event header", reason="Bad Event")
+            return
+        package, event_parameters = parse_token_with_parameters(event, "Event")
+        if package != "refer":
+            # RFC 6665 §8.3.2: an event package we never subscribed to.
+            self._refuse(tx, source, 489, now, f"NOTIFY for event package {package!r}", reason="Bad Event",
+                         extra=[("Allow-Events", "refer")])
+            return
+        transfer = call.transfer
+        event_id = parameter(event_parameters, "id")
+        if transfer is None or (event_id is not None and event_id != str(transfer.refer_cseq)):
+            # RFC 6665 §4.1.3: a NOTIFY matching no subscription of ours.
+            self._refuse(tx, source, 481, now, "NOTIFY matches no REFER of ours",
+                         reason="Subscription Does Not Exist")
+            return
+        content_type = headers.get("Content-Type")
+        media = parse_media_type(content_type)[0] if content_type else None
+        if media != "message/sipfrag":
+            self._refuse(tx, source, 415, now, f"refer NOTIFY body of type {media or 'none'} is not message/sipfrag",
+                         extra=[("Accept", "message/sipfrag")])
+            return
+        status, phrase = parse_sipfrag_status_untrusted(request.body)  # SipParseError -> 400
+        state_value = headers.get("Subscription-State")
+        terminated = (state_value is not None
+                      and parse_token_with_parameters(state_value, "Subscription-State")[0] == "terminated")
+        self._respond(tx, 200, now)
+        if status < 200:
+            event_input = TransferInput.NOTIFY_PROGRESS
+        elif status < 300:
+            event_input = TransferInput.NOTIFY_SUCCESS
+        else:
+            event_input = TransferInput.NOTIFY_FAILURE
+        self._transfer_input(call, event_input, status, f"technician side: {status} {phrase}".strip(), now)
+        if terminated:
+            transfer.subscribed = False
+            if not transfer.finished:
+                self._transfer_input(call, TransferInput.SUBSCRIPTION_ENDED, None,
+                                     "subscription terminated without a final status", now)
+
+    def _transfer_input(self, call: Call, event: TransferInput, status: int | None, reason: str, now: float) -> None:
+        """Feed the call's transfer; tell the shell when its state or status changed."""
+        transfer = call.transfer
+        if transfer is None or not transfer.allows(event):
+            return  # late or stray news about a transfer that no longer takes it
+        before = (transfer.state, transfer.status)
+        transfer.fire(event, status=status, reason=reason)
+        self._arm_transfer(call)
+        if (transfer.state, transfer.status) != before or event in (TransferInput.NO_NOTIFY, TransferInput.NO_RESULT):
+            self._events.append(TransferUpdate(call_id=call.call_id, state=transfer.state.value,
+                                               status=transfer.status, reason=transfer.reason))
+
+    def _arm_transfer(self, call: Call) -> None:
+        transfer = call.transfer
+        self._deadlines.schedule((call, CallTimer.TRANSFER_NOTIFY), transfer.notify_due if transfer else None)
+        self._deadlines.schedule((call, CallTimer.TRANSFER_RESULT), transfer.result_due if transfer else None)
+
     # ---- our requests and their responses ------------------------------------------
 
-    def _send_request(self, call: Call, method: str, extra: list[tuple[str, str]], now: float) -> tuple[str, str]:
-        """Send ``method`` in the call's dialog (§12.2.1) in a client transaction; its key."""
-        transport = call.invite.hop.transport
-        branch = MAGIC_COOKIE + self._token()
-        via = Via(transport=transport.upper(), host=self.settings.host, port=self.settings.port,
-                  parameters=(("branch", branch), ("rport", None)))
-        request = call.dialog.build_request(method, via=via, extra_headers=extra)
+    def _dialog_hop(self, call: Call) -> Hop:
+        """Where an in-dialog request goes: the first route, else the remote target (§12.2.1.1)."""
         target = call.dialog.next_hop()
         port = target.port or (5061 if target.scheme == "sips" else 5060)
-        hop = Hop(address=(target.host.strip("[]"), port), transport=transport, connection=call.invite.hop.connection)
-        key = client_key(branch, method)
+        hop = call.invite.hop
+        return Hop(address=(target.host.strip("[]"), port), transport=hop.transport, connection=hop.connection)
+
+    def _send(self, outgoing: Outgoing, now: float, authorization: list[tuple[str, str]] = ()) -> tuple[str, str]:
+        """Send ``outgoing`` (§12.2.1 in a dialog, §10.2 a REGISTER) in a new client transaction; its key.
+
+        Each send is a new request: a new branch, and the next CSeq of its dialog or
+        registration (§22.2: a request re-sent with credentials is a new request).
+        """
+        hop = outgoing.hop
+        branch = MAGIC_COOKIE + self._token()
+        via = Via(transport=hop.transport.upper(), host=self.settings.host, port=self.settings.port,
+                  parameters=(("branch", branch), ("rport", None)))
+        extra = list(outgoing.extra)
+        if outgoing.registration is not None:
+            request = outgoing.registration.build_request(via=via, extra_headers=extra + list(authorization))
+        else:
+            request = outgoing.call.dialog.build_request(outgoing.method, via=via,
+                                                         extra_headers=extra + list(authorization))
+        if not authorization and self._digest is not None:
+            # RFC 7616 §3.4: a nonce the server gave may be reused (nc + 1) on the next request.
+            preauthorized = self._digest.preauthorize(method=outgoing.method, uri=request.uri, body=request.body)
+            if preauthorized:
+                request = attrs.evolve(request, headers=request.headers.with_added(preauthorized))
+        if outgoing.method == "REFER" and outgoing.call is not None and outgoing.call.transfer is not None:
+            outgoing.call.transfer.refer_cseq = outgoing.call.dialog.local_cseq
+        key = client_key(branch, outgoing.method)
         tx = ClientTransaction(request=request, key=key, hop=hop, timers=self._timers, now=now)
         self._client[key] = tx
-        self._client_purpose[key] = (method, call)
+        self._client_purpose[key] = outgoing
+        if outgoing.method == "REFER" and outgoing.call is not None and outgoing.call.transfer is not None:
+            outgoing.call.transfer.refer_key = key
         self._transmit(tx.last_message or b"", hop)
         self._arm_transaction(tx)
         return key
@@ -623,19 +815,69 @@ class UserAgent:
         self._arm_transaction(tx)
 
     def _client_done(self, key: tuple, tx: ClientTransaction, response: Response | None, now: float) -> None:
-        """Our BYE or UPDATE got its final response (or timed out when ``response`` is None)."""
-        purpose = self._client_purpose.get(key)
+        """One of our requests got its final response (or timed out when ``response`` is None)."""
+        outgoing = self._client_purpose.get(key)
         if tx.terminated:
             self._client_purpose.pop(key, None)
-        if purpose is None or (response is None and not tx.timed_out):
+        if outgoing is None or (response is None and not tx.timed_out):
             return
         self._client_purpose.pop(key, None)
-        method, call = purpose
+        if response is not None and response.status in (401, 407) and self._authorize(outgoing, tx, response, now):
+            return  # sent again with credentials: the new request's response decides
+        if outgoing.registration is not None:
+            self._registration_done(outgoing.registration, response, now)
+            return
+        call = outgoing.call
         if self._calls.get(call.call_id) is not call:
             return
-        if method == "BYE":
+        if outgoing.method == "BYE":
             self._change(call, CallInput.BYE_DONE, now)
+        elif outgoing.method == "REFER":
+            self._refer_done(call, key, response, now)
+        else:
+            self._update_done(call, response, tx, now)
+
+    def _authorize(self, outgoing: Outgoing, tx: ClientTransaction, response: Response, now: float) -> bool:
+        """Answer a 401/407 with credentials (RFC 3261 §22.2, RFC 8760); False when we cannot.
+
+        The digest client refuses to answer the same nonce twice unless it is stale,
+        so wrong credentials end in the refusal instead of a loop.
+        """
+        if self._digest is None:
+            return False
+        proxy = response.status == 407
+        values = response.headers.get_all("Proxy-Authenticate" if proxy else "WWW-Authenticate")
+        try:
+            challenges = parse_challenges_untrusted(values, proxy=proxy)
+        except DigestError as error:
+            self._events.append(MessageRejected(description=f"{response.status} to our {outgoing.method}: {error}",
+                                                source=tx.hop.address, status=None))
+            return False
+        header = self._digest.answer(challenges, method=outgoing.method, uri=tx.request.uri, body=tx.request.body)
+        if header is None:
+            return False
+        # Credentials for a proxy and for the registrar may both be asked: keep earlier ones.
+        kept = [(name, value) for name, value in tx.request.headers
+                if name in ("Authorization", "Proxy-Authorization") and name != header[0]]
+        key = self._send(outgoing, now, authorization=kept + [header])
+        if outgoing.method == "UPDATE" and outgoing.call is not None:
+            outgoing.call.refresh = key
+        return True
+
+    def _refer_done(self, call: Call, key: tuple, response: Response | None, now: float) -> None:
+        transfer = call.transfer
+        if transfer is None or transfer.refer_key != key:
             return
+        transfer.refer_key = None
+        if response is not None and 200 <= response.status < 300:
+            self._transfer_input(call, TransferInput.REFER_ACCEPTED, response.status, "REFER accepted", now)
+            return
+        status = response.status if response is not None else None
+        why = f"REFER refused: {response.status} {response.reason}" if response is not None else "REFER timed out"
+        self._transfer_input(call, TransferInput.REFER_REFUSED, status, why, now)
+
+    def _update_done(self, call: Call, response: Response | None, tx: ClientTransaction, now: float) -> None:
+        """Our refresh UPDATE's outcome (RFC 4028 §10)."""
         call.refresh = None
         if response is not None and 200 <= response.status < 300 and call.timer is not None:
             try:
@@ -649,6 +891,41 @@ class UserAgent:
             self._change(call, CallInput.REFRESH_FAILED, now)
             return
         self._arm_session(call)
+
+    # ---- our registration ----------------------------------------------------------
+
+    def _send_register(self, now: float) -> None:
+        self._send(Outgoing(method="REGISTER", registration=self._registration, hop=self._registration_hop), now)
+
+    def _registration_done(self, registration: Registration, response: Response | None, now: float) -> None:
+        if registration is not self._registration or not registration.awaiting_response:
+            return
+        if response is None:
+            send = registration.receive_final(status=408, headers=None, now=now)
+        else:
+            send = registration.receive_final(status=response.status, headers=response.headers, now=now)
+        if send:
+            self._send_register(now)
+        self._registration_changed(now)
+
+    def _registration_timer(self, registration: Registration, now: float) -> None:
+        if registration is not self._registration:
+            return
+        if registration.handle_timer(now):
+            self._send_register(now)
+        self._registration_changed(now)
+
+    def _registration_changed(self, now: float) -> None:
+        """Re-arm the registration's deadline; tell the shell when its state changed."""
+        registration = self._registration
+        self._deadlines.schedule((registration, None), registration.next_deadline())
+        status = registration.status
+        reported = (status.state, status.registered, status.last_status, status.failures)
+        if reported != self._registration_reported:
+            self._registration_reported = reported
+            self._events.append(RegistrationChanged(state=status.state.value, registered=status.registered,
+                                                    last_status=status.last_status,
+                                                    summary=registration.describe(now)))
 
     # ---- building and sending ----------------------------------------------------
 
