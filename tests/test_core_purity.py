@@ -22,6 +22,7 @@ CORES = [
     *(PACKAGE / "media" / name for name in ("reorder.py", "vad.py", "wav.py")),
     *(PACKAGE / "asr" / name for name in ("deepgram_api.py", "keywords.py", "errors.py")),
     PACKAGE / "call" / "yesno.py",
+    *(PACKAGE / "transfer" / name for name in ("hours.py", "load.py", "policy.py")),
     BENCH_PACKAGE / "uac.py",
     BENCH_PACKAGE / "stats.py",
 ]

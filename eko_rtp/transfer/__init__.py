@@ -1,0 +1,1 @@
+"""Handing a caller to a technician: business hours, technician load and the decision."""
