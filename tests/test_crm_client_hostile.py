@@ -7,15 +7,17 @@ normal look-up (reconnecting where the connection had to go).
 
 from __future__ import annotations
 
+import datetime
 import functools
 import time
 
+import attrs
 import pytest
 import trio
 
 from eko_rtp.crm.client import CrmClient, CrmClientSettings, open_crm_client
 from eko_rtp.crm.errors import CrmRemoteError, CrmReplyError, CrmTimeout, CrmUnavailable, RpcProtocolError
-from eko_rtp.crm.records import CallerRecord, CallLog
+from eko_rtp.crm.records import CallbackRequest, CallerRecord, CallLog, TicketRequest
 from eko_rtp.crm.rpc import NEED_DATA, RpcConnection, RpcNotification, RpcRequest
 
 GOOD = "+33612345678"
@@ -42,6 +44,11 @@ class FakeCrm:
                         return
 
     async def answer(self, stream: trio.SocketStream, rpc: RpcConnection, request: RpcRequest) -> bool:
+        if request.method in ("crm.create_ticket", "crm.request_callback"):
+            # The hand-overs misbehave according to the call_id asked for.
+            reply = HANDOVER_REPLIES[request.params[0]["call_id"]]
+            await stream.send_all(rpc.send_response(request.msgid, **reply))
+            return True
         phone = request.params[0] if request.params else None
         if phone == GOOD:
             await stream.send_all(rpc.send_response(request.msgid, result={"client_id": "c1", "name": "Camille"}))
@@ -65,6 +72,15 @@ class FakeCrm:
         elif phone == "wrong-msgid":
             await stream.send_all(rpc.send_response((request.msgid + 1000) % 2**32, result=None))
         return True
+
+
+HANDOVER_REPLIES = {
+    "good": {"result": {"ticket_id": "T-1", "callback_id": "C-1"}},
+    "nil": {"result": None},
+    "number": {"result": {"ticket_id": 1, "callback_id": 1}},
+    "empty": {"result": {"ticket_id": "", "callback_id": ""}},
+    "error": {"error": [3, "database is locked"]},
+}
 
 
 async def start_fake(nursery: trio.Nursery) -> tuple[FakeCrm, str]:
@@ -211,3 +227,38 @@ async def test_unreachable_crm_fails_fast_and_drops_notifications_beyond_the_que
             client.log_call(log)
         assert client.stats.notifications_dropped == 1
         assert client.stats.errors == 1
+
+
+ASKED = datetime.datetime(2026, 3, 6, 14, 5, tzinfo=datetime.timezone.utc)
+
+
+@pytest.mark.parametrize(
+    ("call_id", "error_type", "ticket_message", "callback_message"),
+    [
+        ("nil", CrmReplyError, "bad crm.create_ticket reply: result must be a map, got NoneType",
+         "bad crm.request_callback reply: result must be a map, got NoneType"),
+        ("number", CrmReplyError, "bad crm.create_ticket reply: ticket_id must be a string, got int",
+         "bad crm.request_callback reply: callback_id must be a string, got int"),
+        ("empty", CrmReplyError, "bad crm.create_ticket reply: ticket_id must not be empty",
+         "bad crm.request_callback reply: callback_id must not be empty"),
+        ("error", CrmRemoteError, "CRM error 3 for crm.create_ticket: database is locked",
+         "CRM error 3 for crm.request_callback: database is locked"),
+    ],
+)
+async def test_hostile_answers_to_hand_overs_give_typed_errors(call_id, error_type, ticket_message, callback_message):
+    ticket = TicketRequest(call_id=call_id, phone=None, reason="", category="other", created_at=ASKED)
+    callback = CallbackRequest(call_id=call_id, phone=GOOD, reason="", not_before=None, queue="technicians")
+    async with trio.open_nursery() as nursery:
+        fake, address = await start_fake(nursery)
+        async with open_crm_client(address, settings=FAST) as client:
+            with pytest.raises(error_type) as caught:
+                await client.create_ticket(ticket, 1.0)
+            assert str(caught.value) == ticket_message
+            with pytest.raises(error_type) as caught:
+                await client.request_callback(callback, 1.0)
+            assert str(caught.value) == callback_message
+            assert client.stats.errors == 2
+            assert await client.create_ticket(attrs.evolve(ticket, call_id="good"), 1.0) == "T-1"
+            assert await client.request_callback(attrs.evolve(callback, call_id="good"), 1.0) == "C-1"
+            assert fake.connections == 1
+        nursery.cancel_scope.cancel()

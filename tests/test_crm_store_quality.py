@@ -1,4 +1,4 @@
-"""The call log keeps each call's audio quality, in a new database and in one made before."""
+"""The call log keeps each call's audio quality and script outcome, in a new database and in one made before."""
 
 from __future__ import annotations
 
@@ -49,3 +49,20 @@ def test_a_database_from_before_gets_the_columns_and_keeps_its_calls(tmp_path):
                               loss_ratio=0.0, jitter_ms=0.25, rtt_ms=None), WHEN)])
     store.close()
     assert rows(path) == [("old@x", None, None, None), ("new@x", 0.0, 0.25, None)]
+
+
+def test_the_script_outcome_is_stored_beside_the_sip_outcome(tmp_path):
+    path = tmp_path / "crm.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_CALL_LOG)
+    store = CrmStore(path)
+    store.log_calls([(CallLog(call_id="new@x", phone=None, greeting=("greet",), duration_ms=5, outcome="remote_bye",
+                              script_outcome="callback_offered"), WHEN),
+                     (CallLog(call_id="plain@x", phone=None, greeting=(), duration_ms=0, outcome="rejected"), WHEN)])
+    store.close()
+    CrmStore(path).close()  # opening it again adds nothing twice
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT call_id, outcome, script_outcome FROM call_log ORDER BY id").fetchall() == [
+            ("old@x", "remote_bye", None), ("new@x", "remote_bye", "callback_offered"), ("plain@x", "rejected", None)]
+        columns = [row[1] for row in db.execute("PRAGMA table_info(call_log)")]
+    assert columns[-4:] == ["loss_ratio", "jitter_ms", "rtt_ms", "script_outcome"]

@@ -18,7 +18,11 @@ Notifications (``crm.log_call``) never block the caller: they go into a bounded
 queue; when it is full they are dropped and counted.
 
 Every failure reaches the caller as a :class:`CrmError` subclass, is logged as one
-line and counted in :attr:`CrmClient.stats` (numbers only; metrics read them).
+line and counted in :attr:`CrmClient.stats` (numbers only; metrics read them). The
+hand-over requests (:meth:`CrmClient.create_ticket`, :meth:`CrmClient.request_callback`)
+log their failures at debug level only: they are retried by
+:func:`eko_rtp.crm.followup.deliver`, which logs them boundedly, so a CRM that is
+down for minutes does not cost a warning per retry per call.
 """
 
 from __future__ import annotations
@@ -40,7 +44,14 @@ from eko_rtp.crm.errors import (
     CrmUnavailable,
     RpcProtocolError,
 )
-from eko_rtp.crm.records import CallerRecord, CallLog, parse_caller_untrusted
+from eko_rtp.crm.records import (
+    CallbackRequest,
+    CallerRecord,
+    CallLog,
+    TicketRequest,
+    parse_caller_untrusted,
+    parse_created_id_untrusted,
+)
 from eko_rtp.crm.rpc import NEED_DATA, RpcConnection, RpcLimits, RpcNotification, RpcRequest, RpcResponse
 
 log = logging.getLogger(__name__)
@@ -286,19 +297,23 @@ class CrmClient:
                     # Part of a message may be on the wire: the stream is out of sync.
                     connection.abort(lambda: CrmUnavailable(f"connection to CRM at {address} reset after an interrupted send"))
 
-    def _count_failure(self, method: str, error: CrmError) -> CrmError:
+    def _count_failure(self, method: str, error: CrmError, *, quiet: bool = False) -> CrmError:
         if isinstance(error, CrmTimeout):
             self.stats.timeouts += 1
         else:
             self.stats.errors += 1
-        log.warning("CRM %s failed: %s", method, error)
+        log.log(logging.DEBUG if quiet else logging.WARNING, "CRM %s failed: %s", method, error)
         return error
 
     async def request(self, method: str, params: list[Any], *, timeout: float) -> Any:
         """Call ``method`` and return its result, or raise a CrmError subclass by the deadline."""
+        return await self._request(method, params, timeout=timeout, quiet=False)
+
+    async def _request(self, method: str, params: list[Any], *, timeout: float, quiet: bool) -> Any:
+        """:meth:`request`; ``quiet``: the caller retries and logs, so failures log at debug level."""
         connection = self._connection
         if connection is None:
-            raise self._count_failure(method, CrmUnavailable(f"no connection to CRM at {self.address}"))
+            raise self._count_failure(method, CrmUnavailable(f"no connection to CRM at {self.address}"), quiet=quiet)
         msgid, data = connection.rpc.send_request(method, params)
         slot = _Slot()
         connection.pending[msgid] = slot
@@ -307,19 +322,18 @@ class CrmClient:
                 try:
                     await self._send(connection, data)
                 except CrmUnavailable as error:
-                    raise self._count_failure(method, error) from None
+                    raise self._count_failure(method, error, quiet=quiet) from None
                 await slot.done.wait()
         finally:
             connection.pending.pop(msgid, None)
         if not slot.done.is_set():
-            raise self._count_failure(
-                method, CrmTimeout(f"CRM at {self.address} gave no answer to {method} within {timeout * 1000:.0f} ms")
-            )
+            timeout_error = CrmTimeout(f"CRM at {self.address} gave no answer to {method} within {timeout * 1000:.0f} ms")
+            raise self._count_failure(method, timeout_error, quiet=quiet)
         if slot.error is not None:
-            raise self._count_failure(method, slot.error)
+            raise self._count_failure(method, slot.error, quiet=quiet)
         assert slot.response is not None
         if slot.response.error is not None:
-            raise self._count_failure(method, _remote_error(slot.response.error, method))
+            raise self._count_failure(method, _remote_error(slot.response.error, method), quiet=quiet)
         return slot.response.result
 
     async def lookup_caller(self, phone: str, timeout: float) -> CallerRecord | None:
@@ -342,6 +356,22 @@ class CrmClient:
         if not isinstance(result, str):
             raise self._count_failure("crm.version", CrmRemoteError(f"crm.version returned {type(result).__name__}, not a string"))
         return result
+
+    async def create_ticket(self, request: TicketRequest, timeout: float) -> str:
+        """Open a ticket for the call and return its id (the same id for a repeat of the call's request)."""
+        result = await self._request("crm.create_ticket", [request.to_wire()], timeout=timeout, quiet=True)
+        try:
+            return parse_created_id_untrusted(result, "crm.create_ticket", "ticket_id")
+        except CrmError as error:
+            raise self._count_failure("crm.create_ticket", error, quiet=True) from None
+
+    async def request_callback(self, request: CallbackRequest, timeout: float) -> str:
+        """Book a callback for the call and return its id (the same id for a repeat of the call's request)."""
+        result = await self._request("crm.request_callback", [request.to_wire()], timeout=timeout, quiet=True)
+        try:
+            return parse_created_id_untrusted(result, "crm.request_callback", "callback_id")
+        except CrmError as error:
+            raise self._count_failure("crm.request_callback", error, quiet=True) from None
 
     def log_call(self, call_log: CallLog) -> None:
         """Queue a ``crm.log_call`` notification; never blocks (drops are counted)."""

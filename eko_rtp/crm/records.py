@@ -6,11 +6,17 @@ validated in their constructors, and :func:`parse_caller_untrusted` turns a deco
 :class:`CrmReplyError` (and nothing else), so a wrong type in a reply costs one
 lookup, never a call or a server task. Unknown extra keys are ignored so the CRM
 can grow its schema without breaking us (docs/crm-rpc.md lists the required keys).
+
+The other direction is untrusted too, for the embedded CRM: what a client sends
+(``crm.log_call``, ``crm.create_ticket``, ``crm.request_callback``) is parsed by the
+``parse_*_untrusted`` functions below, which raise only :class:`CrmReplyError` with a
+message naming the field; the server answers it as "invalid params".
 """
 
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Any
 
 import attrs
@@ -19,6 +25,14 @@ from eko_rtp.crm.errors import CrmReplyError
 
 MAX_TEXT = 256
 MAX_TICKETS = 100
+# What a caller said about their problem (an ASR transcript): a few sentences.
+MAX_REASON = 2000
+MAX_TOKEN = 32
+
+# A short machine word: a script outcome, a ticket category, a callback queue.
+_TOKEN = re.compile(rf"[a-z][a-z_]{{0,{MAX_TOKEN - 1}}}")
+# E.164 (ITU-T E.164 section 6: at most 15 digits); eko_rtp.crm.phone gives no fewer than 8.
+_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 
 
 def _text(value: object, where: str) -> str:
@@ -27,6 +41,47 @@ def _text(value: object, where: str) -> str:
     if len(value) > MAX_TEXT:
         raise ValueError(f"{where} is longer than {MAX_TEXT} characters")
     return value
+
+
+def is_word(value: object) -> bool:
+    """Whether ``value`` is a short machine word a script outcome, category or queue may be."""
+    return isinstance(value, str) and _TOKEN.fullmatch(value) is not None
+
+
+def _token(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be a string, got {type(value).__name__}")
+    if not _TOKEN.fullmatch(value):
+        raise ValueError(
+            f"{where} must be a lowercase word of a-z and _ ({MAX_TOKEN} characters at most), got {value[:40]!r}"
+        )
+    return value
+
+
+def _phone(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be a string, got {type(value).__name__}")
+    if not _E164.fullmatch(value):
+        raise ValueError(f"{where} must be an E.164 number (+ and 8 to 15 digits), got {value[:40]!r}")
+    return value
+
+
+def _reason(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"reason must be a string, got {type(value).__name__}")
+    if len(value) > MAX_REASON:
+        raise ValueError(f"reason is longer than {MAX_REASON} characters")
+    return value
+
+
+def _moment(value: object, where: str) -> datetime.datetime:
+    if not isinstance(value, datetime.datetime) or value.tzinfo is None:
+        raise ValueError(f"{where} must be an aware datetime, got {value!r}")
+    return value
+
+
+def _utc_text(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.timezone.utc).isoformat()
 
 
 def parse_timestamp(text: str, where: str) -> datetime.datetime:
@@ -149,6 +204,9 @@ class CallLog:
     loss_ratio: float | None = None  # of the caller's packets, 0..1
     jitter_ms: float | None = None  # of the caller's packets as they reached us (RFC 3550 A.8)
     rtt_ms: float | None = None  # round trip from the caller's RTCP (RFC 3550 §6.4.1)
+    # How the call's script ended ("transferred", "callback_offered", "no_input"...;
+    # docs/crm-rpc.md lists them): a lowercase word, None where no script said.
+    script_outcome: str | None = None
 
     def __attrs_post_init__(self) -> None:
         _text(self.call_id, "call_id")
@@ -161,6 +219,8 @@ class CallLog:
         _text(self.outcome, "outcome")
         for name in QUALITY_KEYS:
             _measure(getattr(self, name), name)
+        if self.script_outcome is not None:
+            _token(self.script_outcome, "script_outcome")
 
     def to_wire(self) -> dict[str, Any]:
         """The single ``crm.log_call`` parameter (greeting keys joined with "+")."""
@@ -173,6 +233,7 @@ class CallLog:
         }
         for name in QUALITY_KEYS:
             wire[name] = getattr(self, name)
+        wire["script_outcome"] = self.script_outcome
         return wire
 
 
@@ -202,8 +263,134 @@ def parse_call_log_untrusted(obj: object) -> CallLog:
             greeting=tuple(greeting.split("+")) if greeting else (),
             duration_ms=obj["duration_ms"],
             outcome=obj["outcome"],
-            # Optional: a CRM client older than the quality figures does not send them.
+            # Optional: a CRM client older than the quality figures or the script
+            # outcome does not send them.
             **{name: obj.get(name) for name in QUALITY_KEYS},
+            script_outcome=obj.get("script_outcome"),
         )
     except ValueError as error:
         raise CrmReplyError(f"bad crm.log_call notification: {error}") from None
+
+
+@attrs.frozen(kw_only=True)
+class TicketRequest:
+    """A ``crm.create_ticket`` request: a technician is to look at the caller's problem."""
+
+    call_id: str  # the SIP Call-ID; the CRM makes one ticket per call_id (idempotent)
+    phone: str | None  # E.164, or None for an anonymous caller
+    reason: str  # the caller's own words, as transcribed; may be empty
+    category: str  # "internet", "mobile", "tv", "billing", "other" or another lowercase word
+    created_at: datetime.datetime  # aware; when the caller asked
+
+    def __attrs_post_init__(self) -> None:
+        _call_id(self.call_id)
+        if self.phone is not None:
+            _phone(self.phone, "phone")
+        _reason(self.reason)
+        _token(self.category, "category")
+        _moment(self.created_at, "created_at")
+
+    def to_wire(self) -> dict[str, Any]:
+        """The single ``crm.create_ticket`` parameter."""
+        return {
+            "call_id": self.call_id,
+            "phone": self.phone,
+            "reason": self.reason,
+            "category": self.category,
+            "created_at": _utc_text(self.created_at),
+        }
+
+
+@attrs.frozen(kw_only=True)
+class CallbackRequest:
+    """A ``crm.request_callback`` request: someone from ``queue`` is to call the caller back."""
+
+    call_id: str  # the SIP Call-ID; the CRM makes one callback per call_id (idempotent)
+    phone: str  # E.164: a callback needs a number, so an anonymous caller cannot have one
+    reason: str  # the caller's own words, as transcribed; may be empty
+    not_before: datetime.datetime | None  # aware; None: as soon as the service is open
+    queue: str  # which team calls back: a lowercase word ("technicians", "billing")
+
+    def __attrs_post_init__(self) -> None:
+        _call_id(self.call_id)
+        _phone(self.phone, "phone")
+        _reason(self.reason)
+        if self.not_before is not None:
+            _moment(self.not_before, "not_before")
+        _token(self.queue, "queue")
+
+    def to_wire(self) -> dict[str, Any]:
+        """The single ``crm.request_callback`` parameter."""
+        return {
+            "call_id": self.call_id,
+            "phone": self.phone,
+            "reason": self.reason,
+            "not_before": None if self.not_before is None else _utc_text(self.not_before),
+            "queue": self.queue,
+        }
+
+
+def _call_id(value: object) -> str:
+    text = _text(value, "call_id")
+    if not text:
+        raise ValueError("call_id must not be empty")
+    return text
+
+
+def _required(obj: object, keys: tuple[str, ...], what: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} must be a map, got {type(obj).__name__}")
+    for key in keys:
+        if key not in obj:
+            raise ValueError(f"{what} lacks required key {key!r}")
+    return obj
+
+
+def _timestamp_untrusted(value: object, where: str) -> datetime.datetime:
+    return parse_timestamp(_text(value, where), where)
+
+
+def parse_ticket_request_untrusted(obj: object) -> TicketRequest:
+    """The ``crm.create_ticket`` parameter map as a :class:`TicketRequest`; raises only CrmReplyError."""
+    try:
+        wire = _required(obj, ("call_id", "phone", "reason", "category", "created_at"), "ticket")
+        return TicketRequest(
+            call_id=wire["call_id"],
+            phone=wire["phone"],
+            reason=wire["reason"],
+            category=wire["category"],
+            created_at=_timestamp_untrusted(wire["created_at"], "created_at"),
+        )
+    except ValueError as error:
+        raise CrmReplyError(f"bad crm.create_ticket params: {error}") from None
+
+
+def parse_callback_request_untrusted(obj: object) -> CallbackRequest:
+    """The ``crm.request_callback`` parameter map as a :class:`CallbackRequest`; raises only CrmReplyError."""
+    try:
+        wire = _required(obj, ("call_id", "phone", "reason", "not_before", "queue"), "callback")
+        not_before = wire["not_before"]
+        return CallbackRequest(
+            call_id=wire["call_id"],
+            phone=wire["phone"],
+            reason=wire["reason"],
+            not_before=None if not_before is None else _timestamp_untrusted(not_before, "not_before"),
+            queue=wire["queue"],
+        )
+    except ValueError as error:
+        raise CrmReplyError(f"bad crm.request_callback params: {error}") from None
+
+
+def parse_created_id_untrusted(obj: object, method: str, key: str) -> str:
+    """The id in a ``{key: id}`` result of ``method`` (extra keys ignored); raises only CrmReplyError."""
+    try:
+        if not isinstance(obj, dict):
+            raise ValueError(f"result must be a map, got {type(obj).__name__}")
+        if key not in obj:
+            raise ValueError(f"result lacks required key {key!r}")
+        created = _text(obj[key], key)
+        if not created:
+            raise ValueError(f"{key} must not be empty")
+        return created
+    except ValueError as error:
+        raise CrmReplyError(f"bad {method} reply: {error}") from None

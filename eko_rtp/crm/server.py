@@ -6,7 +6,17 @@ request order, with one write. Look-ups run inline on the event loop (one indexe
 SELECT; store.py says why that beats a thread hand-off), yielding to
 other connections every :data:`LOOKUPS_PER_CHECKPOINT` look-ups so one client's
 burst cannot hold the loop for more than about a millisecond. A client can queue no
-more than one read (64 KiB) of work at a time: the next read waits for the answers.
+more than one read (64 KiB) of work at a time, plus the writes below: the next read
+waits for the answers.
+
+``crm.create_ticket`` and ``crm.request_callback`` are writes that need an answer
+(the caller is told "we will call you back"): they are validated on the loop, and a
+task in the connection's nursery waits for the store's writer thread and sends the
+answer when the row is made. The batch goes on meanwhile: the voicebot multiplexes
+every call on one connection, so a write waiting for SQLite's lock (a seed, a
+checkpoint) must not hold up the look-ups behind it. msgpack-RPC lets answers come
+in any order. At most :data:`WRITES_IN_FLIGHT` such writes per connection wait at
+once; the next waits for one of them, and reading that connection with it.
 
 ``crm.log_call`` notifications are never answered, so nothing waits for them: they
 are validated on the loop and queued (``send_nowait``) to one writer task that
@@ -23,12 +33,14 @@ ends the server.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import os
 import socket
 import sqlite3
 import stat
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -36,13 +48,20 @@ import trio
 from eko_rtp.crm.address import CrmAddress
 from eko_rtp.crm.errors import CrmReplyError, RpcProtocolError
 from eko_rtp.crm.phone import normalise_phone
-from eko_rtp.crm.records import CallLog, parse_call_log_untrusted
+from eko_rtp.crm.records import (
+    CallLog,
+    parse_call_log_untrusted,
+    parse_callback_request_untrusted,
+    parse_ticket_request_untrusted,
+)
 from eko_rtp.crm.rpc import NEED_DATA, RpcConnection, RpcEvent, RpcLimits, RpcNotification, RpcRequest
-from eko_rtp.crm.store import ServingCrmStore
+from eko_rtp.crm.store import CrmStore, ServingCrmStore
 from eko_rtp.errors import UserError
 from eko_rtp.service.logs import mask_phone
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PROTOCOL_VERSION = "1"
 
@@ -61,6 +80,10 @@ CALL_LOG_QUEUE_SIZE = 10_000
 CALL_LOG_BATCH = 1_000
 # At shutdown, how long the writer may take to write the call logs still queued.
 SHUTDOWN_WRITE_SECONDS = 2.0
+# Requests answered after a write in the store's writer thread, out of order.
+WRITE_METHODS = frozenset({"crm.create_ticket", "crm.request_callback"})
+# Such writes one connection may have waiting at once.
+WRITES_IN_FLIGHT = 16
 
 
 class MethodError(Exception):
@@ -82,6 +105,9 @@ class CrmServerStats:
     call_logs_written: int = 0
     call_logs_dropped: int = 0  # the writer queue was full
     call_logs_failed: int = 0  # the database refused the write
+    tickets_opened: int = 0
+    callbacks_booked: int = 0
+    repeated_requests: int = 0  # a ticket or callback asked again for the same call: answered with its id
 
 
 def _one_param(params: list[Any], method: str) -> Any:
@@ -92,6 +118,41 @@ def _one_param(params: list[Any], method: str) -> Any:
 
 # A validated call log and when it arrived, waiting for the writer.
 _QueuedLog = tuple[CallLog, datetime.datetime]
+
+
+class _Replies:
+    """One connection's way out: whole messages, one writer at a time, and its waiting writes."""
+
+    def __init__(self, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
+        self._stream = stream
+        self._nursery = nursery
+        self._send_lock = trio.Lock()  # a batch's replies and write answers never interleave
+        self._room = trio.Semaphore(WRITES_IN_FLIGHT)
+
+    async def send(self, data: bytes) -> None:
+        # Uncontended (no write answering), take the lock without the extra schedule
+        # point of ``async with``: look-up batches pay nothing for the writes.
+        try:
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
+            await self._stream.send_all(data)
+        finally:
+            self._send_lock.release()
+
+    async def start_write(self, answer: Callable[[], Awaitable[bytes]]) -> None:
+        """Answer a write request in its own task; waits while WRITES_IN_FLIGHT are pending."""
+        await self._room.acquire()
+        self._nursery.start_soon(self._answer_write, answer)
+
+    async def _answer_write(self, answer: Callable[[], Awaitable[bytes]]) -> None:
+        try:
+            await self.send(await answer())
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away; the row is made, and its retry will be given its id
+        finally:
+            self._room.release()
 
 
 class CrmServer:
@@ -141,6 +202,52 @@ class CrmServer:
         except MethodError as error:
             return rpc.send_response(msgid, error=[error.code, error.message])
 
+    async def _write(self, work: Callable[[CrmStore], T]) -> T:
+        try:
+            return await self.store.write(work)
+        except sqlite3.Error as error:
+            log.error("CRM store failed: %s", error)
+            raise MethodError(ERROR_INTERNAL, "the CRM store failed") from None
+
+    async def _create_ticket(self, params: list[Any]) -> dict[str, str]:
+        try:
+            request = parse_ticket_request_untrusted(_one_param(params, "crm.create_ticket"))
+        except CrmReplyError as error:
+            raise MethodError(ERROR_INVALID_PARAMS, str(error)) from None
+        now = datetime.datetime.now(datetime.timezone.utc)
+        ticket_id, opened = await self._write(lambda store: store.create_ticket(request, now))
+        if opened:
+            self.stats.tickets_opened += 1
+            log.info("CRM opened ticket %s (%s) for call %r", ticket_id, request.category, request.call_id)
+        else:
+            self.stats.repeated_requests += 1
+        return {"ticket_id": ticket_id}
+
+    async def _request_callback(self, params: list[Any]) -> dict[str, str]:
+        try:
+            request = parse_callback_request_untrusted(_one_param(params, "crm.request_callback"))
+        except CrmReplyError as error:
+            raise MethodError(ERROR_INVALID_PARAMS, str(error)) from None
+        now = datetime.datetime.now(datetime.timezone.utc)
+        callback_id, booked = await self._write(lambda store: store.request_callback(request, now))
+        if booked:
+            self.stats.callbacks_booked += 1
+            log.info("CRM booked callback %s (queue %s) for call %r", callback_id, request.queue, request.call_id)
+        else:
+            self.stats.repeated_requests += 1
+        return {"callback_id": callback_id}
+
+    async def _answer_write(self, rpc: RpcConnection, request: RpcRequest) -> bytes:
+        """The response to a request that writes (it waits for the writer thread)."""
+        try:
+            if request.method == "crm.create_ticket":
+                result = await self._create_ticket(request.params)
+            else:
+                result = await self._request_callback(request.params)
+        except MethodError as error:
+            return rpc.send_response(request.msgid, error=[error.code, error.message])
+        return rpc.send_response(request.msgid, result=result)
+
     def _queue_notification(self, notification: RpcNotification) -> None:
         try:
             if notification.method != "crm.log_call":
@@ -157,13 +264,19 @@ class CrmServer:
                 log.warning("CRM dropping call logs: %d already wait for the database (%d dropped so far)",
                             CALL_LOG_QUEUE_SIZE, self.stats.call_logs_dropped)
 
-    async def _answer_batch(self, rpc: RpcConnection, events: list[RpcEvent]) -> bytes:
-        """Answer every message of one read, in order; returns the bytes to write."""
+    async def _answer_batch(self, rpc: RpcConnection, events: list[RpcEvent], replies_out: _Replies) -> bytes:
+        """Answer every message of one read, in order; returns the bytes to write.
+
+        Write requests are handed to ``replies_out``, which answers each when it is done.
+        """
         replies: list[bytes] = []
         lookups = 0
         for event in events:
             if isinstance(event, RpcRequest):
                 self.stats.requests += 1
+                if event.method in WRITE_METHODS:
+                    await replies_out.start_write(functools.partial(self._answer_write, rpc, event))
+                    continue
                 if event.method == "crm.lookup_caller":
                     lookups += 1
                     if lookups % LOOKUPS_PER_CHECKPOINT == 0:
@@ -213,10 +326,20 @@ class CrmServer:
         """Serve one client connection until it closes or breaks the protocol.
 
         Messages are handled a read at a time: requests that arrive while a batch is
-        answered gather in the socket buffer and make the next batch.
+        answered gather in the socket buffer and make the next batch. Writes still
+        waiting when the client stops are finished (their rows made) before the
+        connection closes.
         """
         self.stats.connections_accepted += 1
         self.stats.connections_open += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                await self._serve_connection(stream, _Replies(stream, nursery))
+        finally:
+            self.stats.connections_open -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_connection(self, stream: trio.abc.Stream, replies_out: _Replies) -> None:
         rpc = RpcConnection(limits=self.limits)
         try:
             while True:
@@ -228,18 +351,15 @@ class CrmServer:
                     rpc.receive_data(data)
                     while (event := rpc.next_event()) is not NEED_DATA:
                         events.append(event)
-                    reply = await self._answer_batch(rpc, events)
+                    reply = await self._answer_batch(rpc, events, replies_out)
                 except RpcProtocolError as error:
                     self.stats.protocol_errors += 1
                     log.warning("CRM closing a connection: %s", error)
                     break
                 if reply:
-                    await stream.send_all(reply)
+                    await replies_out.send(reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
-        finally:
-            self.stats.connections_open -= 1
-            await trio.aclose_forcefully(stream)
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -16,7 +16,9 @@ checkpoint), so they never run on the loop: they go to one writer thread with it
 own connection, one transaction per batch.
 
 Seeding is idempotent: rows are upserted by their ids, so seeding twice leaves one
-copy of everything.
+copy of everything. So are the hand-overs a call asks for (``crm.create_ticket``,
+``crm.request_callback``): each table has UNIQUE(call_id), and a second request for
+a call (a retry after a lost answer) gets the first one's id and adds no row.
 """
 
 from __future__ import annotations
@@ -32,7 +34,15 @@ from typing import TypeVar
 import attrs
 import trio
 
-from eko_rtp.crm.records import QUALITY_KEYS, CallerRecord, CallLog, Ticket, parse_timestamp
+from eko_rtp.crm.records import (
+    QUALITY_KEYS,
+    CallbackRequest,
+    CallerRecord,
+    CallLog,
+    Ticket,
+    TicketRequest,
+    parse_timestamp,
+)
 from eko_rtp.errors import UserError
 
 DEFAULT_DB_PATH = "var/crm.sqlite3"
@@ -65,9 +75,36 @@ CREATE TABLE IF NOT EXISTS call_log (
     logged_at   TEXT NOT NULL,
     loss_ratio  REAL,
     jitter_ms   REAL,
-    rtt_ms      REAL
+    rtt_ms      REAL,
+    script_outcome TEXT
+);
+-- Tickets a call opened (crm.create_ticket), apart from the CRM's own tickets: the
+-- caller may be anonymous, so there may be no client to hang them on.
+CREATE TABLE IF NOT EXISTS call_tickets (
+    id          INTEGER PRIMARY KEY,
+    ticket_id   TEXT NOT NULL UNIQUE,
+    call_id     TEXT NOT NULL UNIQUE,
+    phone       TEXT,
+    category    TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    received_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS callbacks (
+    id          INTEGER PRIMARY KEY,
+    callback_id TEXT NOT NULL UNIQUE,
+    call_id     TEXT NOT NULL UNIQUE,
+    phone       TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    not_before  TEXT,
+    queue       TEXT NOT NULL,
+    received_at TEXT NOT NULL
 );
 """
+
+# Columns call_log gained after the first release: an older database gets them at
+# open, NULL for the calls it already holds.
+LATER_CALL_LOG_COLUMNS = (*((name, "REAL") for name in QUALITY_KEYS), ("script_outcome", "TEXT"))
 
 _UPSERT_CLIENT = (
     "INSERT INTO clients (client_id, phone, name) VALUES (?, ?, ?) "
@@ -90,8 +127,20 @@ _LOOKUP = (
     "WHERE c.phone = ? ORDER BY t.opened_at"
 )
 _INSERT_CALL = (
-    "INSERT INTO call_log (call_id, phone, greeting, duration_ms, outcome, logged_at, loss_ratio, jitter_ms, rtt_ms) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO call_log (call_id, phone, greeting, duration_ms, outcome, logged_at, loss_ratio, jitter_ms, rtt_ms, "
+    "script_outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_FIND_TICKET = "SELECT ticket_id FROM call_tickets WHERE call_id = ?"
+_NEXT_TICKET = "SELECT coalesce(max(id), 0) + 1 FROM call_tickets"
+_INSERT_TICKET = (
+    "INSERT INTO call_tickets (id, ticket_id, call_id, phone, category, reason, created_at, received_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_FIND_CALLBACK = "SELECT callback_id FROM callbacks WHERE call_id = ?"
+_NEXT_CALLBACK = "SELECT coalesce(max(id), 0) + 1 FROM callbacks"
+_INSERT_CALLBACK = (
+    "INSERT INTO callbacks (id, callback_id, call_id, phone, reason, not_before, queue, received_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _COUNT_CALL = "UPDATE clients SET calls_count = calls_count + 1 WHERE phone = ?"
 
@@ -184,7 +233,7 @@ class CrmStore:
             self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._db.executescript(SCHEMA)
             if not read_only:
-                self._add_quality_columns()
+                self._add_later_columns()
             if read_only:
                 # A reader on the event loop must never wait for a lock: WAL readers
                 # only wait in rare recovery cases, and then 50 ms is the most we
@@ -214,12 +263,12 @@ class CrmStore:
             ),
         )
 
-    def _add_quality_columns(self) -> None:
-        """A database made before the call-quality columns gets them (NULL for old calls)."""
+    def _add_later_columns(self) -> None:
+        """A database made before a call_log column existed gets it (NULL for old calls)."""
         present = {row[1] for row in self._db.execute("PRAGMA table_info(call_log)")}
-        for column in QUALITY_KEYS:
+        for column, kind in LATER_CALL_LOG_COLUMNS:
             if column not in present:
-                self._db.execute(f"ALTER TABLE call_log ADD COLUMN {column} REAL")
+                self._db.execute(f"ALTER TABLE call_log ADD COLUMN {column} {kind}")
 
     def log_calls(self, entries: Sequence[tuple[CallLog, datetime.datetime]]) -> None:
         """Record finished calls (each with when it was logged) in one transaction.
@@ -232,10 +281,52 @@ class CrmStore:
                 self._db.execute(
                     _INSERT_CALL,
                     (wire["call_id"], wire["phone"], wire["greeting"], wire["duration_ms"], wire["outcome"],
-                     logged_at.isoformat(), wire["loss_ratio"], wire["jitter_ms"], wire["rtt_ms"]),
+                     logged_at.isoformat(), wire["loss_ratio"], wire["jitter_ms"], wire["rtt_ms"],
+                     wire["script_outcome"]),
                 )
                 if call_log.phone is not None:
                     self._db.execute(_COUNT_CALL, (call_log.phone,))
+
+    def create_ticket(self, request: TicketRequest, received_at: datetime.datetime) -> tuple[str, bool]:
+        """The ticket for ``request.call_id``, opened now unless the call has one.
+
+        Returns ``(ticket_id, opened)``: ``opened`` is False when an earlier request of
+        the same call made it (that request's fields are kept).
+        """
+        with self._transaction():
+            found = self._db.execute(_FIND_TICKET, (request.call_id,)).fetchone()
+            if found is not None:
+                return found[0], False
+            # The writer's transaction is IMMEDIATE: nobody else can take this number.
+            number = self._db.execute(_NEXT_TICKET).fetchone()[0]
+            ticket_id = f"eko-t{number:06d}"
+            wire = request.to_wire()
+            self._db.execute(
+                _INSERT_TICKET,
+                (number, ticket_id, request.call_id, request.phone, request.category, request.reason,
+                 wire["created_at"], received_at.isoformat()),
+            )
+            return ticket_id, True
+
+    def request_callback(self, request: CallbackRequest, received_at: datetime.datetime) -> tuple[str, bool]:
+        """The callback for ``request.call_id``, booked now unless the call has one.
+
+        Returns ``(callback_id, booked)``: ``booked`` is False when an earlier request
+        of the same call made it (that request's fields are kept).
+        """
+        with self._transaction():
+            found = self._db.execute(_FIND_CALLBACK, (request.call_id,)).fetchone()
+            if found is not None:
+                return found[0], False
+            number = self._db.execute(_NEXT_CALLBACK).fetchone()[0]
+            callback_id = f"eko-c{number:06d}"
+            wire = request.to_wire()
+            self._db.execute(
+                _INSERT_CALLBACK,
+                (number, callback_id, request.call_id, request.phone, request.reason, wire["not_before"],
+                 request.queue, received_at.isoformat()),
+            )
+            return callback_id, True
 
     def upsert(self, clients: Iterable[SeedClient], *, batch: int = 50_000) -> int:
         """Insert or update clients and their tickets in batches; returns how many clients."""
@@ -259,7 +350,7 @@ class CrmStore:
         """Row counts per table (for the seed report and tests)."""
         return {
             table: self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-            for table in ("clients", "tickets", "call_log")
+            for table in ("clients", "tickets", "call_log", "call_tickets", "callbacks")
         }
 
     def _transaction(self) -> _Transaction:
