@@ -20,6 +20,9 @@ from typing import Any
 import attrs
 
 from eko_rtp.errors import UserError
+from eko_rtp.sip.errors import SipParseError
+from eko_rtp.sip.uri import parse_uri
+from eko_rtp.transfer.hours import DAY_NAMES, DEFAULT_HOLIDAYS, DEFAULT_TIMEZONE, DEFAULT_WEEKLY
 
 DEFAULT_SCRIPT = "eko_rtp.call.eko_script:run"
 
@@ -107,6 +110,39 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         # unless set); files older than retention_days are deleted.
         "directory": ((str,), ""),
         "retention_days": ((int, float), 30),
+    },
+    "transfer": {
+        # Technician queues (docs/OPERATIONS.md, "Handing callers over"): the SIP URI our
+        # REFER names in Refer-To. A ticket's problem type picks its queue, "default"
+        # takes the rest; no default: a caller who wants a technician gets a callback.
+        "internet": ((str,), ""),
+        "mobile": ((str,), ""),
+        "default": ((str,), ""),
+        # Technician load, across all calls of the server: at most this many transfers
+        # in this many seconds, then callbacks instead.
+        "max_per_window": ((int,), 5),
+        "window_seconds": ((int, float), 600.0),
+        # The phone's NOTIFYs: the first one (RFC 3515 §2.4.4: at once) and the final one
+        # (the technician answered); then our own BYE if the trunk sent none.
+        "notify_timeout": ((int, float), 5.0),
+        "result_timeout": ((int, float), 60.0),
+        "bye_wait": ((int, float), 2.0),
+    },
+    "hours": {
+        # When technicians take calls, in local time of `timezone`: spans per day
+        # ("08:00-12:00, 14:00-18:00"; "" closed) and closed dates ("YYYY-MM-DD").
+        "timezone": ((str,), DEFAULT_TIMEZONE),
+        **{day: ((str,), DEFAULT_WEEKLY[day]) for day in DAY_NAMES},
+        "holidays": ((list,), list(DEFAULT_HOLIDAYS)),
+    },
+    "registration": {
+        # For a trunk that wants us registered (RFC 3261 §10): the registrar's URI
+        # ("" = no registration) and our address of record there. The user name and
+        # password are credentials (docs/OPERATIONS.md), never in this file.
+        "registrar": ((str,), ""),
+        "aor": ((str,), ""),
+        "expires": ((int,), 3600),
+        "transport": ((str,), "udp"),
     },
     "service": {
         "drain_grace_seconds": ((int, float), 60.0),
@@ -293,6 +329,7 @@ def _check_values(values: dict[str, dict[str, Any]], source: str | None) -> None
     if ":" not in values["script"]["function"]:
         fail("script.function", f"expected MODULE:FUNCTION, got {values['script']['function']!r}")
     _check_listening(values, fail)
+    _check_handover(values, fail)
     for dotted in ("media.rtp_timeout", "media.max_call_duration", "service.drain_grace_seconds", "sip.answer_timeout",
                    "sip.t1", "script.silence_reprompt_seconds", "script.silence_hangup_seconds",
                    "recording.retention_days"):
@@ -315,6 +352,56 @@ def _check_listening(values: dict[str, dict[str, Any]], fail) -> None:
         fail("asr.endpointing_ms", "must be within 10 to 10000 ms")
     if values["script"]["silence_hangup_seconds"] < values["script"]["silence_reprompt_seconds"]:
         fail("script.silence_hangup_seconds", "must not be below script.silence_reprompt_seconds")
+
+
+def _check_handover(values: dict[str, dict[str, Any]], fail) -> None:
+    for dotted in ("transfer.window_seconds", "transfer.notify_timeout", "transfer.result_timeout",
+                   "registration.expires"):
+        section, _, key = dotted.partition(".")
+        if values[section][key] <= 0:
+            fail(dotted, "must be positive")
+    if values["transfer"]["bye_wait"] < 0:
+        fail("transfer.bye_wait", "must not be negative")
+    if values["transfer"]["max_per_window"] < 0:
+        fail("transfer.max_per_window", "must not be negative (0: never transfer)")
+    for build in (business_hours, transfer_targets):
+        try:
+            build(values)
+        except ValueError as error:
+            key, _, message = str(error).partition(": ")
+            fail(key, message)
+    registration = values["registration"]
+    if registration["transport"] not in values["sip"]["transports"]:
+        fail("registration.transport", f"{registration['transport']!r} is not one of sip.transports")
+    if bool(registration["registrar"]) != bool(registration["aor"]):
+        fail("registration.aor" if registration["registrar"] else "registration.registrar",
+             "registration needs both registration.registrar and registration.aor")
+    for key in ("registrar", "aor"):
+        if registration[key]:
+            try:
+                uri = parse_uri(registration[key], f"registration.{key}")
+            except SipParseError as error:
+                fail(f"registration.{key}", error.reason)
+            if uri.scheme not in ("sip", "sips"):
+                fail(f"registration.{key}", f"expected a sip: URI, got {registration[key]!r}")
+
+
+def business_hours(values):
+    """The ``[hours]`` section as :class:`~eko_rtp.transfer.hours.BusinessHours` (a Config or its values)."""
+    from eko_rtp.transfer.hours import BusinessHours
+
+    hours = values.values["hours"] if isinstance(values, Config) else values["hours"]
+    return BusinessHours.from_settings(weekly={day: hours[day] for day in DAY_NAMES}, holidays=hours["holidays"],
+                                       timezone=hours["timezone"], where="hours")
+
+
+def transfer_targets(values):
+    """The ``[transfer]`` queues as :class:`~eko_rtp.transfer.policy.TransferTargets`."""
+    from eko_rtp.transfer.policy import TransferTargets
+
+    transfer = values.values["transfer"] if isinstance(values, Config) else values["transfer"]
+    return TransferTargets.from_settings({queue: transfer[queue] for queue in ("internet", "mobile", "default")
+                                          if transfer[queue]}, "transfer")
 
 
 def vad_settings(config: "Config"):

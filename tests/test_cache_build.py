@@ -96,7 +96,7 @@ def test_espeak_render_starts_within_20_ms_and_fills_whole_frames(tmp_path):
     assert result.returncode == 0, result.stderr
     catalogue = load_catalogue(phrases)
     characters = len(catalogue.get("greet").text) + len(catalogue.get("filler_one_moment").text)
-    assert result.stderr.splitlines()[-1] == f"rendered 2, skipped 33, {characters} characters, estimated cost $0.00"
+    assert result.stderr.splitlines()[-1] == f"rendered 2, skipped 34, {characters} characters, estimated cost $0.00"
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     assert sorted(manifest["phrases"]) == ["filler_one_moment", "greet"]
     assert (manifest["format_version"], manifest["encoding"], manifest["frame_bytes"]) == (1, "PCMU/8000/1", 160)
@@ -137,7 +137,7 @@ def test_full_build_then_check_then_nothing_to_rebuild(tmp_path, caplog):
     first = run_cli("cache", "build", "--cache", cache, "--phrases", phrases)
     assert first.returncode == 0, first.stderr
     count = len(catalogue)
-    assert count == 35  # the shipped catalogue (test_cache_catalogue checks its contents)
+    assert count == 36  # the shipped catalogue (test_cache_catalogue checks its contents)
     assert first.stderr.splitlines()[-1] == f"rendered {count}, skipped 0, {characters} characters, estimated cost $0.00"
     assert len(first.stderr.splitlines()) == count + 1  # one plain line per phrase (stderr is a pipe) and the summary
     before = {path.name: path.stat().st_mtime_ns for path in cache.iterdir()}

@@ -13,9 +13,9 @@ from eko_rtp.errors import UserError
 GOOD = '[phrases.greet]\ntext = "Bonjour."\n\n[phrases.goodbye]\ntext = "Au revoir."\n'
 
 
-def test_shipped_catalogue_has_the_34_phrases_and_the_verbatim_ones():
+def test_shipped_catalogue_has_the_36_phrases_and_the_verbatim_ones():
     catalogue = load_catalogue(CATALOGUE)
-    assert len(catalogue) == 35
+    assert len(catalogue) == 36
     texts = {entry.key: entry.text for entry in catalogue}
     assert texts["returning_client_pending_internet"] == (
         "Bonjour, je suis Eko. Vous avez un ticket ouvert concernant votre connexion. Est-ce à ce sujet ?")

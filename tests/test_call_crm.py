@@ -7,8 +7,10 @@ import array
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -116,20 +118,34 @@ def test_a_dead_crm_means_standard_greetings_and_the_server_keeps_serving(built_
     assert re.search(r"CRM look-up of \+\*+5678: .*(closed|unavailable|no connection)", log, re.I), log[-2000:]
 
 
-def test_returning_caller_presses_1_and_is_transferred(built_cache, tmp_path, crm):
+def test_returning_caller_presses_1_without_a_technician_queue_gets_a_callback(built_cache, tmp_path, crm):
+    # No [transfer] queue configured (the embedded defaults): "yes" cannot be put
+    # through, so the caller is promised a callback, and the CRM holds it.
     _, address = crm
     with ServerProcess(built_cache, "--crm", address, "--config", patient_config(tmp_path)) as server:
         server.wait_for_log(r"CRM connected")
         [result] = run_pjsua2(
-            server.address, "--hold", "30", "--hangup", "remote", "--from-user", "0612345678",
+            server.address, "--hold", "40", "--hangup", "remote", "--from-user", "0612345678",
             "--dtmf", "1@6.0", "--record-dir", str(tmp_path),
         )
-        server.wait_for_log(r"ended \(local_bye\)")
+        server.wait_for_log(r"ended \(local_bye\) after \d+ ms; .*; script=callback_offered")
         log = server.log()
-    assert result["hung_up_by"] == "remote" and result["seconds"] < 20
+    assert "no transfer: no technician queue is configured" in log
+    assert result["hung_up_by"] == "remote" and result["seconds"] < 35
     received = read_wav_samples(result["record"])
-    phrase = reference(built_cache, "ticket_transfer_ok")
-    # The recording stops at the server's BYE, a few ms before the phrase's last frame:
-    # look for its first two seconds, within a second after the greeting (5.5 s).
+    phrase = reference(built_cache, "transfer_unavailable")
     score, lag = windowed_match(received[int(5.5 * 8000) :], phrase, seconds=2.0)
     assert score >= 0.9, (score, lag, log[-3000:])
+    database = sqlite3.connect(tmp_path / "crm.sqlite3")
+    try:
+        rows = database.execute("SELECT phone, queue, reason FROM callbacks").fetchall()
+        logged = []
+        for _ in range(100):  # call logs are written in batches: give the writer a moment
+            logged = database.execute("SELECT outcome, script_outcome FROM call_log").fetchall()
+            if logged:
+                break
+            time.sleep(0.05)
+    finally:
+        database.close()
+    assert rows == [("+33612345678", "internet", "open ticket")]
+    assert logged == [("local_bye", "callback_offered")]

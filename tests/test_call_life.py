@@ -18,9 +18,11 @@ import trio.testing
 
 from eko_rtp.call import eko_script
 from eko_rtp.call.call import Call, CallLine, CallTimers
+from eko_rtp.call.handover import HandoverPlan
 from eko_rtp.call.digits import DigitQueue
 from eko_rtp.crm.records import CallerRecord, Ticket
 from eko_rtp.media.playout import PlayoutQueue
+from eko_rtp.transfer.policy import Decision
 
 FRAME = 0.020
 TIMERS = CallTimers(answer_timeout=2.0, rtp_timeout=10.0, max_duration=60.0)
@@ -76,10 +78,17 @@ class NoLookup:
 class RecordingLine:
     """The server side of the call's line: notes what was asked and when."""
 
-    def __init__(self, stream: PlayingStream) -> None:
+    def __init__(self, stream: PlayingStream, *, transfer_news: tuple | None = ("succeeded", 200, "200 OK")) -> None:
         self.asked: list[tuple[str, float]] = []
         self.stream = stream
-        self.line = CallLine(answer=self._answer, hang_up=self._hang_up)
+        self.transfer_news = transfer_news  # what the phone reports at once after our REFER
+        self.line = CallLine(answer=self._answer, hang_up=self._hang_up, transfer=self._transfer)
+
+    def _transfer(self, call: Call, target: str) -> bool:
+        self.asked.append(("transfer", trio.current_time()))
+        if self.transfer_news is not None:
+            call.transfer_news(*self.transfer_news)
+        return True
 
     def _answer(self, call: Call) -> None:
         self.asked.append(("answer", trio.current_time()))
@@ -93,13 +102,27 @@ class RecordingLine:
             call.end("local_hangup", trio.current_time())
 
 
+class OpenDesk:
+    """A handover desk whose technicians always take the call (the real rules: test_transfer_*)."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+
+    def plan(self, queue):
+        return HandoverPlan(decision=Decision.TRANSFER, queue=queue or "default", target="sip:technicien@192.0.2.9")
+
+    async def leave_request(self, **request) -> str:
+        self.requests.append(request)
+        return "eko-c000001"
+
+
 def make_call(script, *, record=None, phrases=None, timers=TIMERS):
     stream = PlayingStream()
     line = RecordingLine(stream)
     digits = DigitQueue(call_id="c1")
     call = Call(call_id="c1", caller=None, caller_number=None, stream=stream, media=None, digits=digits,
                 lookup=NoLookup(record), line=line.line, timers=timers, cache=phrases or {}, script=script,
-                invite_time=trio.current_time(), source=("127.0.0.1", 5060))
+                invite_time=trio.current_time(), source=("127.0.0.1", 5060), handover=OpenDesk())
     return call, stream, line, digits
 
 
@@ -193,7 +216,7 @@ def phrases() -> dict:
     lengths = {"returning_client_pending_internet": 100, "clarify_yes_no": 50, "goodbye": 25,
                "ticket_transfer_ok": 40, "error": 10, "press_yes_no": 50, "still_there": 25,
                "no_input_goodbye": 25, "ticket_not_related": 60, "greet": 100, "anything_else": 30,
-               "problem_internet": 40}
+               "problem_internet": 40, "transfer_failed": 60, "transfer_unavailable": 55, "closed_hours": 65}
     return {key: Phrase(audio=b"\x7f" * 160 * frames) for key, frames in lengths.items()}
 
 
@@ -214,10 +237,62 @@ async def test_without_speech_eko_asks_for_keys_then_checks_the_line_then_says_g
     assert call.greeting == ("returning_client_pending_internet",)
 
 
-async def test_eko_takes_a_1_within_the_wait_and_hangs_up_after_the_transfer_phrase(autojump_clock):
+async def test_eko_takes_a_1_within_the_wait_and_transfers_after_the_transfer_phrase(autojump_clock):
     call, stream, line, digits = make_call(eko_script.run, record=PENDING, phrases=phrases())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_call, call, stream)
         await trio.sleep(5.0)  # 3 s into the wait
         digits.deliver("1")
-    assert line.asked == [("answer", 0.0), ("hang_up", pytest.approx(5.8, abs=3 * FRAME))]
+    # ticket_transfer_ok (0.8 s), the REFER, its success, transfer_bye_wait (2 s), BYE.
+    assert line.asked == [("answer", 0.0), ("transfer", pytest.approx(5.8, abs=3 * FRAME)),
+                          ("hang_up", pytest.approx(7.8, abs=3 * FRAME))]
+    assert call.script_outcome == "transferred"
+
+
+class ClosedDesk(OpenDesk):
+    def plan(self, queue):
+        return HandoverPlan(decision=Decision.CLOSED, queue=queue, opens_at=1_800_000_000.0, why="closed")
+
+
+async def test_a_transfer_that_fails_apologises_books_a_callback_and_says_goodbye(autojump_clock):
+    call, stream, line, digits = make_call(eko_script.run, record=PENDING, phrases=phrases())
+    line.transfer_news = ("failed", 486, "technician side: 486 Busy Here")
+    call.caller_number = "+33612345678"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_call, call, stream)
+        await trio.sleep(5.0)
+        digits.deliver("1")
+    # ticket_transfer_ok 0.8 s, REFER (failed at once), transfer_failed 1.2 s, goodbye 0.5 s, BYE.
+    assert line.asked == [("answer", 0.0), ("transfer", pytest.approx(5.8, abs=3 * FRAME)),
+                          ("hang_up", pytest.approx(7.5, abs=3 * FRAME))]
+    assert call.script_outcome == "transfer_failed"
+    assert call.handover.requests == [dict(call_id="c1", phone="+33612345678", reason="open ticket",
+                                           queue="internet", not_before=None)]
+
+
+async def test_outside_business_hours_the_caller_gets_a_callback_not_before_the_opening(autojump_clock):
+    call, stream, line, digits = make_call(eko_script.run, record=PENDING, phrases=phrases())
+    call.handover = ClosedDesk()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_call, call, stream)
+        await trio.sleep(5.0)
+        digits.deliver("1")
+    # No REFER: closed_hours 1.3 s, goodbye 0.5 s, BYE.
+    assert line.asked == [("answer", 0.0), ("hang_up", pytest.approx(6.8, abs=3 * FRAME))]
+    assert call.script_outcome == "closed_hours"
+    assert call.handover.requests == [dict(call_id="c1", phone=None, reason="open ticket", queue="internet",
+                                           not_before=1_800_000_000.0)]
+
+
+async def test_a_late_success_after_the_script_gave_up_ends_our_leg(autojump_clock):
+    async def script(call):
+        await call.answer()
+        await trio.sleep(60)
+
+    call, stream, line, _ = make_call(script)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_call, call, stream)
+        await trio.sleep(1.0)
+        call.transfer_news("succeeded", 200, "technician side: 200 OK")
+    assert line.asked == [("answer", 0.0), ("hang_up", 1.0)]
+    assert call.script_outcome == "transferred"

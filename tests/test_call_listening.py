@@ -22,7 +22,17 @@ from eko_rtp.call.digits import DigitQueue
 from eko_rtp.call.ears import CallerAudio
 from eko_rtp.call.speech import UTTERANCES_KEPT, CallSpeech
 from eko_rtp.media.vad import SpeechEnded, SpeechStarted
-from test_call_life import FRAME, PENDING, TIMERS, NoLookup, PlayingStream, RecordingLine, phrases, run_call
+from test_call_life import (
+    FRAME,
+    PENDING,
+    TIMERS,
+    NoLookup,
+    OpenDesk,
+    PlayingStream,
+    RecordingLine,
+    phrases,
+    run_call,
+)
 
 
 @pytest.fixture
@@ -101,7 +111,8 @@ class Listening:
         self.call = Call(call_id="c1", caller=None, caller_number=None, stream=self.stream, media=None,
                          digits=DigitQueue(call_id="c1", on_digit=self.barge_in.on_key), lookup=NoLookup(record), line=self.line.line,
                          timers=TIMERS, cache=self.cache, script=script, invite_time=trio.current_time(),
-                         source=("127.0.0.1", 5060), ears=self.ears, barge_in=self.barge_in, speech=speech)
+                         source=("127.0.0.1", 5060), ears=self.ears, barge_in=self.barge_in, speech=speech,
+                         handover=OpenDesk())
 
 
 async def test_speech_over_an_interruptible_phrase_stops_it_at_the_next_frame(autojump_clock):
@@ -144,17 +155,19 @@ async def test_speech_when_nothing_interruptible_plays_interrupts_nothing(autoju
     assert listening.barge_in.interruptions == 0 and not listening.barge_in.speaking
 
 
-@pytest.mark.parametrize(("words", "expected_asks", "hang_up_at"), [
-    # greeting 2 s; "oui" 0.5 s later; ticket_transfer_ok 0.8 s; BYE.
+@pytest.mark.parametrize(("words", "expected_asks", "refer_at"), [
+    # greeting 2 s; "oui" 0.5 s later; ticket_transfer_ok 0.8 s; REFER (it succeeds);
+    # transfer_bye_wait 2 s; BYE.
     ("oui", ["returning_client_pending_internet", "ticket_transfer_ok"], 3.3),
     ("c'est ça", ["returning_client_pending_internet", "ticket_transfer_ok"], 3.3),
 ])
 async def test_a_spoken_yes_to_the_ticket_question_leads_to_the_transfer_phrase(
-        autojump_clock, words, expected_asks, hang_up_at):
+        autojump_clock, words, expected_asks, refer_at):
     listening = Listening(eko_script.run, events=[(2.5, said(words))])
     await run_call(listening.call, listening.stream)
     assert listening.cache.keys_asked == expected_asks
-    assert listening.line.asked == [("answer", 0.0), ("hang_up", pytest.approx(hang_up_at, abs=3 * FRAME))]
+    assert listening.line.asked == [("answer", 0.0), ("transfer", pytest.approx(refer_at, abs=3 * FRAME)),
+                                    ("hang_up", pytest.approx(refer_at + 2.0, abs=3 * FRAME))]
 
 
 async def test_a_spoken_no_leads_to_the_reason_and_an_unclear_answer_to_one_clarification(autojump_clock):
@@ -189,8 +202,9 @@ async def test_a_recognizer_that_fails_leaves_the_keys_and_is_counted(autojump_c
     assert [type(error) for error in listening.failures] == [AsrUnauthorized]
     assert listening.cache.keys_asked == ["returning_client_pending_internet", "press_yes_no", "ticket_transfer_ok"]
     assert not listening.call.can_listen
-    # 1 at 4.0 s: ticket_transfer_ok (0.8 s), then BYE.
-    assert listening.line.asked == [("answer", 0.0), ("hang_up", pytest.approx(4.8, abs=3 * FRAME))]
+    # 1 at 4.0 s: ticket_transfer_ok (0.8 s), then the REFER, and BYE after transfer_bye_wait.
+    assert listening.line.asked == [("answer", 0.0), ("transfer", pytest.approx(4.8, abs=3 * FRAME)),
+                                    ("hang_up", pytest.approx(6.8, abs=3 * FRAME))]
 
 
 async def test_listen_joins_utterances_within_the_longer_endpointing(autojump_clock):
@@ -236,7 +250,8 @@ async def test_a_key_pressed_during_a_question_interrupts_it_and_is_the_answer(a
     # The question stops at 1 s; the key already answers it (no press_yes_no), and
     # ticket_transfer_ok (0.8 s) plays at once.
     assert listening.cache.keys_asked == ["returning_client_pending_internet", "ticket_transfer_ok"]
-    assert listening.line.asked == [("answer", 0.0), ("hang_up", pytest.approx(1.8, abs=3 * FRAME))]
+    assert listening.line.asked == [("answer", 0.0), ("transfer", pytest.approx(1.8, abs=3 * FRAME)),
+                                    ("hang_up", pytest.approx(3.8, abs=3 * FRAME))]
     assert listening.barge_in.interruptions == 1
 
 

@@ -21,7 +21,7 @@ WILDCARD = ("f.toml, key 'sip.listen': {listen} binds every interface, which tel
     "raw, message",
     [
         ({"sip": {"lisen": "x"}}, "f.toml, key 'sip.lisen': unknown key (known in [sip]: listen, advertise, transports, user_agent, session_expires, min_se, max_message_size, answer_timeout, t1)"),
-        ({"sipp": {}}, "f.toml, key 'sipp': unknown section [sipp] (known: sip, media, cache, crm, tts, script, listen, asr, recording, service)"),
+        ({"sipp": {}}, "f.toml, key 'sipp': unknown section [sipp] (known: sip, media, cache, crm, tts, script, listen, asr, recording, transfer, hours, registration, service)"),
         ({"media": {"rtp_timeout": "30"}}, "f.toml, key 'media.rtp_timeout': expected int or float, got str '30'"),
         ({"service": {"log_full_numbers": 1}}, "f.toml, key 'service.log_full_numbers': expected bool, got int 1"),
         ({"media": {"keep_cpu_awake": "yes"}}, "f.toml, key 'media.keep_cpu_awake': expected bool, got str 'yes'"),
@@ -131,3 +131,33 @@ def test_a_bad_log_level_in_the_config_names_the_key(tmp_path):
     assert completed.returncode == 2
     assert completed.stderr.strip().splitlines()[-1] == (
         f"eko-rtp: error: {config}, key 'service.log_level': 'loud' is not a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"hours": {"monday": "08:00-25:00"}},
+     "f.toml, key 'hours.monday': bad time '25:00' in span '08:00-25:00' (expected HH:MM from 00:00 to 24:00)"),
+    ({"hours": {"timezone": "Europe/Nowhere"}}, "f.toml, key 'hours.timezone': unknown time zone 'Europe/Nowhere'"),
+    ({"transfer": {"internet": "tel:+33123456789", "default": "sip:tech@192.0.2.9"}},
+     "f.toml, key 'transfer.internet': 'tel:+33123456789' is not a sip: or sips: URI (a tel: URI has no host)"),
+    ({"transfer": {"mobile": "sip:tech-mobile@192.0.2.9"}},
+     "f.toml, key 'transfer.default': needed when transfer.mobile is set"),
+    ({"transfer": {"window_seconds": 0}}, "f.toml, key 'transfer.window_seconds': must be positive"),
+    ({"transfer": {"max_per_window": -1}},
+     "f.toml, key 'transfer.max_per_window': must not be negative (0: never transfer)"),
+    ({"registration": {"registrar": "sip:trunk.example.net"}},
+     "f.toml, key 'registration.aor': registration needs both registration.registrar and registration.aor"),
+    ({"registration": {"registrar": "http://trunk", "aor": "sip:1@trunk"}}, "f.toml, key 'registration.registrar': unsupported URI scheme 'http' in registration.registrar"),
+    ({"registration": {"transport": "tls"}}, "f.toml, key 'registration.transport': 'tls' is not one of sip.transports"),
+])
+def test_handover_sections_are_checked(raw, message):
+    with pytest.raises(UserError) as caught:
+        build_config(raw, source="f.toml")
+    assert str(caught.value).split(" (expected an IANA")[0].split(" (callers whose")[0] == message
+
+
+def test_handover_defaults():
+    config = build_config({}, source=None)
+    assert (config["transfer.default"], config["transfer.max_per_window"], config["transfer.window_seconds"]) == (
+        "", 5, 600.0)
+    assert config["hours.timezone"] == "Europe/Paris" and "2026-12-25" in config["hours.holidays"]
+    assert config["registration.registrar"] == ""

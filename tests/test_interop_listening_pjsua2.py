@@ -8,8 +8,8 @@ Deepgram answers with that word once it has received speech audio and then 300 m
 quiet (it listens to the audio's level, not to a byte count, so whatever pjsua2's
 timing and jitter buffer do, the answer follows the speech). The script takes the
 branch; what pjsua2 heard is matched against the cached phrases by correlation (a
-phone's jitter buffer re-times the audio, so not byte for byte), and the yes branch
-ends with Eko's BYE.
+phone's jitter buffer re-times the audio, so not byte for byte). The yes branch ends
+with Eko's REFER: pjsua2 follows it to a pjsua2 technician, and Eko's leg ends.
 
 The server, the CRM and the short phrase catalogue are those of
 ``test_listening_e2e.py`` (its fixtures and helpers are imported from there).
@@ -23,6 +23,7 @@ import pytest
 from fake_deepgram import FakeDeepgram, FakeDeepgramThread, Reply, results
 from server_helpers import read_wav_samples, run_pjsua2, windowed_match
 from speech_audio import phrase_seconds, phrase_ulaw, render, write_wav
+from test_transfer_peers import Technician
 from test_listening_e2e import (  # noqa: F401 - crm_address and short_cache are fixtures
     KEY,
     KNOWN_CALLER,
@@ -39,6 +40,7 @@ from eko_rtp.codec.g711 import ulaw_to_linear16
 
 pytestmark = pytest.mark.interop
 
+DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 WORD_END_TO_REPLY = 0.3 + 0.3  # the word (under 0.3 s) and the fake's 300 ms of quiet before its answer
 
 
@@ -63,18 +65,35 @@ def test_pjsua2_answers_the_ticket_question_by_voice(short_cache, crm_address, t
         Reply(after_speech_bytes=480, after_quiet_bytes=2400,
               message=results(word, is_final=True, speech_final=True, duration=0.5)),
     ]
+    technician = Technician(tmp_path / "technician")
+    extra = ""
     if answer == "yes":
-        ending = ["--hangup", "remote"]  # Eko says the transfer phrase, then BYE
+        # Eko says the transfer phrase and REFERs the caller to the technician, then BYE.
+        ending = ["--hangup", "remote", "--transfer", "accept", "--hold-after-transfer", "2"]
+        extra = (f'[transfer]\ndefault = "sip:technician@127.0.0.1:{technician.port}"\n[hours]\n'
+                 + "".join(f'{day} = "00:00-24:00"\n' for day in DAYS) + "holidays = []\n")
     else:  # Eko then listens for the reason: hang up once its phrase is over
         ending = ["--hold", f"{play_at + WORD_END_TO_REPLY + phrase_seconds(cache_dir, branch) + 1.0:.2f}"]
-    with FakeDeepgramThread(fake) as served:
-        config = write_config(tmp_path, crm=crm_address, base_url=fake.base_url, keywords=True)
-        with serve(short_cache, config, key=KEY) as server:
-            [result] = run_pjsua2(server.address, "--from-user", KNOWN_CALLER, "--record-dir", str(tmp_path),
-                                  "--play", f"{wav}@{play_at:.2f}", *ending, "--timeout", "30")
-            record = await_stream(served)
-            said = server.wait_for_log(r"caller said .*").group(0)
-            log = server.log()
+    try:
+        with FakeDeepgramThread(fake) as served:
+            config = write_config(tmp_path, crm=crm_address, base_url=fake.base_url, keywords=True, extra=extra)
+            with serve(short_cache, config, key=KEY) as server:
+                [result] = run_pjsua2(server.address, "--from-user", KNOWN_CALLER, "--record-dir", str(tmp_path),
+                                      "--play", f"{wav}@{play_at:.2f}", *ending, "--timeout", "30")
+                record = await_stream(served)
+                said = server.wait_for_log(r"caller said .*").group(0)
+                if answer == "yes":
+                    server.wait_for_log(r"ended \(\w+\) after \d+ ms; .*; script=transferred")
+                log = server.log()
+        technician_calls = technician.stop()["calls"]
+    finally:
+        technician.kill()
+    if answer == "yes":  # the spoken "oui" put the caller through to the technician
+        [call] = technician_calls
+        assert call["confirmed"] and KNOWN_CALLER[1:] in call["from"], call
+        assert result["transfer"]["new_call_status"] == 200, result["transfer"]
+    else:
+        assert technician_calls == [] and not result["transfer"]["requested"]
 
     assert result["answered"] and result["media_active"] and len(result["played_at"]) == 1
     assert result["hung_up_by"] == ("remote" if answer == "yes" else "local"), result

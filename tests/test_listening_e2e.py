@@ -312,7 +312,7 @@ def crm_address(tmp_path_factory):
 
 
 def write_config(tmp_path, *, crm: str, base_url: str | None = None, keywords: bool = False,
-                 metrics_port: int | None = None) -> str:
+                 metrics_port: int | None = None, extra: str = "") -> str:
     lines = ["[crm]", f'address = "{crm}"', "budget_ms = 2000"]  # which greeting, not how fast: be patient
     lines += ["[asr]"]
     if base_url is not None:
@@ -323,7 +323,7 @@ def write_config(tmp_path, *, crm: str, base_url: str | None = None, keywords: b
     if metrics_port is not None:
         lines += ["[service]", f'metrics_listen = "127.0.0.1:{metrics_port}"']
     path = tmp_path / "eko.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
     return str(path)
 
 
@@ -388,15 +388,17 @@ def listen_query(encoding: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(("word", "codec", "answer", "branch", "other"), [
-    ("oui", "PCMU", "yes", "ticket_transfer_ok", "ticket_not_related"),
-    ("non", "PCMU", "no", "ticket_not_related", "ticket_transfer_ok"),
-    ("oui", "PCMA", "yes", "ticket_transfer_ok", "ticket_not_related"),
+    # No technician queue is configured here: "yes" is promised a callback (transfer_unavailable).
+    ("oui", "PCMU", "yes", "transfer_unavailable", "ticket_not_related"),
+    ("non", "PCMU", "no", "ticket_not_related", "transfer_unavailable"),
+    ("oui", "PCMA", "yes", "transfer_unavailable", "ticket_not_related"),
 ])
 def test_a_spoken_answer_to_the_ticket_question_takes_its_branch(short_cache, crm_address, tmp_path,
                                                                  word, codec, answer, branch, other):
     """The caller says "oui" or "non" (espeak-ng, µ-law or A-law) once asked about its ticket:
     Deepgram is asked for exactly this stream and gets the caller's payloads untouched;
-    its transcript takes the script down the yes branch (the transfer phrase, then BYE)
+    its transcript takes the script down the yes branch (no technician queue here: the
+    callback promise, goodbye, then BYE)
     or the no branch (ticket_not_related), and the caller hears that phrase whole."""
     cache_dir, _ = short_cache
     speech = speech_frames(word, codec)
@@ -479,7 +481,7 @@ FAILURES = {
 @pytest.mark.parametrize("case", list(FAILURES))
 def test_without_speech_recognition_the_caller_answers_with_the_keys(short_cache, crm_address, tmp_path, case):
     """No key, a key refused, Deepgram unreachable, the stream lost mid-question: the caller
-    presses 1 (RFC 4733) and is transferred; the failure is logged once and counted."""
+    presses 1 (RFC 4733) and takes the yes branch; the failure is logged once and counted."""
     cache_dir, _ = short_cache
     key, failure, kind = FAILURES[case]
     asked = phrase_seconds(cache_dir, QUESTION)
@@ -508,10 +510,10 @@ def test_without_speech_recognition_the_caller_answers_with_the_keys(short_cache
     assert call.status == 200 and [digit for digit, _ in call.digits_sent] == ["1"]
     assert "caller pressed 1" in log
     question, keys, transfer = (phrase_ulaw(cache_dir, name)
-                                for name in (QUESTION, "press_yes_no", "ticket_transfer_ok"))
+                                for name in (QUESTION, "press_yes_no", "transfer_unavailable"))
     assert call.heard_phrase(question) and call.heard_phrase(transfer)
     assert call.phrase_at(transfer).arrival > call.digits_sent[0][1]
-    assert call.server_bye_at is not None  # the transfer is followed by Eko's BYE
+    assert call.server_bye_at is not None  # the callback promise is followed by goodbye and Eko's BYE
     assert call.heard_phrase(keys) == (case != "dropped")
     failures = [line for line in log.splitlines() if FAILED in line]
     counted = {labels: value for (name, labels), value in metrics.items() if name == "eko_asr_failures_total"}

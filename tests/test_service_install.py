@@ -42,6 +42,8 @@ def created_lines(root) -> list[str]:
         f"  created {root}/etc/sysusers.d/eko-rtp.conf",
         f"  created {root}/etc/eko-rtp/credentials/elevenlabs_api_key",
         f"  created {root}/etc/eko-rtp/credentials/deepgram_api_key",
+        f"  created {root}/etc/eko-rtp/credentials/sip_auth_username",
+        f"  created {root}/etc/eko-rtp/credentials/sip_auth_password",
         f"  created {root}/var/lib/eko-crm",
         f"  created {root}/var/cache/eko-rtp",
     ]

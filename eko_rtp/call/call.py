@@ -51,6 +51,19 @@ class UnknownPhrase(LookupError):
     """The script asked for a phrase that is not in the cache (missing or refused at load)."""
 
 
+class TransferFailed(Exception):
+    """The caller could not be handed over: they are still with us, and the script goes on.
+
+    ``status`` is the last SIP status heard (the REFER's response, or the sipfrag of
+    the phone's call to the technician), None when the phone went silent.
+    """
+
+    def __init__(self, reason: str, status: int | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
 @attrs.frozen(kw_only=True)
 class CallLine:
     """What a call may ask of the server, and nothing more."""
@@ -58,6 +71,9 @@ class CallLine:
     answer: Callable[["Call"], None]  # send the 200 OK and the stream's first frame, in one step
     hang_up: Callable[["Call"], None]  # BYE (or 480 before the answer), then Call.end
     count_phrase: Callable[[bool], None] = lambda hit: None  # a phrase cache hit (True) or miss
+    # REFER the caller to a SIP URI (False: the call cannot be transferred now); the
+    # news comes back through Call.transfer_news.
+    transfer: Callable[["Call", str], bool] = lambda call, target: False
 
 
 @attrs.frozen(kw_only=True)
@@ -72,6 +88,7 @@ class CallTimers:
     flush_after: float = 0.060  # s without caller audio before the ears give up on a gap (reorder window)
     silence_reprompt: float = 15.0  # s of silence after a question before Eko asks if the caller is there
     silence_hangup: float = 30.0  # s of silence after a question before Eko says goodbye
+    transfer_bye_wait: float = 2.0  # s after a transfer succeeded for the trunk's BYE before ours
 
 
 class Call:
@@ -79,7 +96,7 @@ class Call:
 
     def __init__(self, *, call_id: str, caller, caller_number: str | None, stream, media, digits, lookup,
                  line: CallLine, timers: CallTimers, cache, script, tts=None, invite_time: float, source,
-                 ears=None, barge_in: BargeIn | None = None, speech=None, recorder=None):
+                 ears=None, barge_in: BargeIn | None = None, speech=None, recorder=None, handover=None):
         self.call_id = call_id
         self.caller = caller
         self.caller_number = caller_number
@@ -110,6 +127,17 @@ class Call:
         self.answered = trio.Event()
         self.confirmed = trio.Event()  # the ACK came
         self.fallback_phrase = "error"
+        # The handover desk (eko_rtp/call/handover.py): business hours, technician load,
+        # queues, callbacks; None when the server has none (tests of other things).
+        self.handover = handover
+        # What the script achieved, for crm.log_call beside the SIP-side end reason:
+        # "transferred", "transfer_failed", "callback_offered", ... (docs/crm-rpc.md).
+        self.script_outcome: str | None = None
+        self.transfer_state: str | None = None  # the last TransferUpdate: "trying", "succeeded"...
+        self.transfer_status: int | None = None
+        self.transfer_reason = ""
+        self._transfer_changed = trio.Event()
+        self._transferring = False
         self._cancel_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
 
@@ -257,6 +285,52 @@ class Call:
         """Send BYE and end the call (the script is cancelled with it)."""
         self._line.hang_up(self)
         await trio.lowlevel.checkpoint()
+
+    async def transfer(self, target: str) -> None:
+        """Hand the caller over to ``target`` (a SIP URI) by a blind transfer (REFER).
+
+        What is playing stops at the REFER (the stream goes on with silence until the
+        caller has left). Returns once the phone reported the technician's answer and
+        our leg is over: the trunk's BYE, or ours after ``transfer_bye_wait``. Raises
+        :class:`TransferFailed` when the phone refused the REFER, reported a failure,
+        or went silent: the caller is still with us.
+        """
+        if self.ended_at is not None:
+            raise CallHungUp(f"call {self.call_id} has ended")
+        self.stream.queue.clear()
+        self.transfer_state, self.transfer_status, self.transfer_reason = None, None, ""
+        self._transferring = True  # before the REFER: news of it may come at once
+        if not self._line.transfer(self, target):
+            self._transferring = False
+            raise TransferFailed("the call cannot be transferred now")
+        try:
+            while self.transfer_state not in ("succeeded", "failed", "error"):
+                changed = self._transfer_changed
+                await changed.wait()
+        finally:
+            self._transferring = False
+        if self.transfer_state != "succeeded":
+            raise TransferFailed(self.transfer_reason or "transfer failed", self.transfer_status)
+        await self._leave_after_transfer()
+
+    async def _leave_after_transfer(self) -> None:
+        self.script_outcome = "transferred"
+        log.info("transferred: the caller is with the technician")
+        await trio.sleep(self.timers.transfer_bye_wait)  # the trunk's BYE ends the call first, normally
+        self._line.hang_up(self)
+        await trio.lowlevel.checkpoint()
+
+    def transfer_news(self, state: str, status: int | None, reason: str) -> None:
+        """From the SIP side: our REFER's state changed (``TransferUpdate``)."""
+        self.transfer_state, self.transfer_status, self.transfer_reason = state, status, reason
+        log.info("transfer %s (%s)", state, reason)
+        self._transfer_changed.set()
+        self._transfer_changed = trio.Event()
+        if state == "succeeded" and not self._transferring and self.ended_at is None:
+            # The technician answered after the script had given up on it: the caller is
+            # with them now, so our leg ends rather than talking over their call.
+            self.script_outcome = "transferred"
+            self._line.hang_up(self)
 
     @property
     def dtmf(self) -> trio.MemoryReceiveChannel[str]:

@@ -7,8 +7,9 @@ caller may answer over it (barge-in).
 
 - A returning caller with an open ticket is asked whether they call about it. The
   answer is whichever comes first: a spoken yes or no (:func:`classify_yes_no` of the
-  recognizer's transcript) or the keys 1 (oui) / 2 (non). Yes -> ``ticket_transfer_ok``;
-  no -> ``ticket_not_related`` and the caller's reason is listened to; an unclear
+  recognizer's transcript) or the keys 1 (oui) / 2 (non). Yes -> the caller is
+  handed over to a technician (:func:`hand_over`: REFER, or a callback when closed,
+  busy or the transfer fails); no -> ``ticket_not_related`` and the caller's reason is listened to; an unclear
   answer -> ``clarify_yes_no`` once.
 - Every other caller has just been asked "Comment puis-je vous aider ?": their
   answer (a description: a longer endpointing) is logged and acknowledged by the
@@ -25,11 +26,14 @@ from __future__ import annotations
 
 import logging
 import unicodedata
+from functools import partial
 
 import trio
 
+from eko_rtp.call.call import TransferFailed
 from eko_rtp.call.greeting import choose_greeting
 from eko_rtp.call.yesno import Answer, classify_yes_no
+from eko_rtp.transfer.policy import Decision
 
 log = logging.getLogger("eko_rtp.call.script")
 
@@ -69,8 +73,7 @@ async def _is_it_about_the_ticket(call) -> None:
         if answer is None:
             return  # silence: the caller was told goodbye
         if answer is Answer.YES:
-            await call.say("ticket_transfer_ok")
-            await call.hangup()  # the transfer itself (REFER) comes with the transfer issue
+            await hand_over(call, queue=call.greeting[0].rpartition("_")[2], reason="open ticket")
             return
         if answer is Answer.NO:
             await call.say("ticket_not_related", interruptible=True)
@@ -83,6 +86,45 @@ async def _is_it_about_the_ticket(call) -> None:
             return
         clarified = True
         await call.say("clarify_yes_no" if call.can_listen else "press_yes_no", interruptible=True)
+
+
+async def hand_over(call, *, queue: str | None, reason: str) -> None:
+    """Put the caller through to a technician of ``queue``, or leave a callback when none can take it.
+
+    Outside business hours -> ``closed_hours``; the team at its load limit (or no
+    queue configured) -> ``transfer_unavailable``; a transfer that fails ->
+    ``transfer_failed``. Each of these records a callback (a ticket for an
+    anonymous caller) and says goodbye; a transfer that succeeds ends our leg.
+    """
+    desk = call.handover
+    plan = desk.plan(queue) if desk is not None else None
+    if plan is not None and plan.decision is Decision.TRANSFER:
+        log.info("transferring to the %s queue (%s)", plan.queue, plan.target)
+        await call.say("ticket_transfer_ok")
+        try:
+            await call.transfer(plan.target)
+            return
+        except TransferFailed as failure:
+            log.warning("transfer to %s failed: %s", plan.target, failure.reason)
+            call.script_outcome = "transfer_failed"
+            phrase = "transfer_failed"
+    elif plan is not None and plan.decision is Decision.CLOSED:
+        log.info("no transfer: %s", plan.why)
+        call.script_outcome = "closed_hours"
+        phrase = "closed_hours"
+    else:
+        log.info("no transfer: %s", plan.why if plan is not None else "no handover desk")
+        call.script_outcome = "callback_offered"
+        phrase = "transfer_unavailable"
+    async with trio.open_nursery() as nursery:
+        # The CRM is asked while the caller hears the promise, not after it.
+        if desk is not None:
+            nursery.start_soon(partial(desk.leave_request, call_id=call.call_id, phone=call.caller_number,
+                                       reason=reason, queue=plan.queue,
+                                       not_before=plan.opens_at if plan.decision is Decision.CLOSED else None))
+        await call.say(phrase)
+    await call.say("goodbye")
+    await call.hangup()
 
 
 async def _how_can_i_help(call) -> None:
@@ -120,6 +162,7 @@ async def _with_silence_watch(call, wait_for_answer):
     if answer is not None:
         return answer
     log.info("no answer for %.0f s; hanging up", timers.silence_hangup)
+    call.script_outcome = "no_input"
     await call.say("no_input_goodbye")
     await call.hangup()
     return None

@@ -158,10 +158,14 @@ def run_serve(args) -> int:
         pin_to(config.cpus)  # before trio.run: the threads it starts inherit the mask
     settings = tts_settings(config)
     speech = speech_setup(config)
+    from eko_rtp.service.credentials import sip_credentials
+
+    credentials = sip_credentials()
     configure_logging(
         level=args.log_level or config["service.log_level"].upper(),
         mask_numbers=not config["service.log_full_numbers"],
-        secrets=[settings.api_key] + ([speech.api_key] if speech is not None else []),
+        secrets=[settings.api_key] + ([speech.api_key] if speech is not None else [])
+        + ([credentials.password] if credentials is not None else []),
     )
     log.info("%s", describe_listening(config, speech))
     crm_address = parse_crm_address(config["crm.address"]) if config["crm.address"] else None
@@ -169,7 +173,8 @@ def run_serve(args) -> int:
     async def main() -> None:
         tts = TtsEngine.from_settings(settings)
         try:
-            await run_service(setup=setup, load_setup=load_setup, crm_address=crm_address, tts=tts, asr=speech)
+            await run_service(setup=setup, load_setup=load_setup, crm_address=crm_address, tts=tts, asr=speech,
+                              sip_credentials=credentials)
         finally:
             with trio.CancelScope(shield=True):
                 await tts.aclose()

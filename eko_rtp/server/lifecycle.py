@@ -68,6 +68,7 @@ async def run_service(
     crm_address,
     tts,
     asr=None,
+    sip_credentials=None,
     notifier: Notifier | None = None,
     metrics: Metrics | None = None,
     task_status=trio.TASK_STATUS_IGNORED,
@@ -94,7 +95,7 @@ async def run_service(
                          cpu_list(cpus), ", ".join(map(str, pids)))
             server = EkoServer(
                 config=setup.config, cache=setup.cache, script=setup.script, crm=crm, tts=tts, metrics=metrics,
-                asr=asr,
+                asr=asr, sip_credentials=sip_credentials,
             )
             bound = await nursery.start(server.run)
             nursery.start_soon(_report_status, server, notifier)
@@ -172,7 +173,8 @@ async def _collect_garbage(server: EkoServer) -> None:
 
 def _status_text(server: EkoServer) -> str:
     state = "draining, " if server.draining else ""
-    return f"{state}{len(server.calls)} active call(s)"
+    registration = f"; {server.registration_summary}" if server.registration_summary else ""
+    return f"{state}{len(server.calls)} active call(s){registration}"
 
 
 async def _report_status(server: EkoServer, notifier: Notifier) -> None:
@@ -192,12 +194,16 @@ async def _sync_counters(server: EkoServer, metrics: Metrics, tts) -> None:
     last_hits = last_misses = 0
     last_asr_seconds = 0.0
     last_barge_ins = 0
+    last_followups_lost = 0
     last_asr_failures: dict[str, int] = {}
     while True:
         calls = server.counters
         metrics.asr_seconds.inc(calls.asr_seconds - last_asr_seconds)
         metrics.barge_ins.inc(calls.barge_ins - last_barge_ins)
         last_asr_seconds, last_barge_ins = calls.asr_seconds, calls.barge_ins
+        lost = server.handover.followup_failures
+        metrics.followups_lost.inc(lost - last_followups_lost)
+        last_followups_lost = lost
         for kind, count in calls.asr_failures.items():
             metrics.asr_failures.labels(kind=kind).inc(count - last_asr_failures.get(kind, 0))
             last_asr_failures[kind] = count

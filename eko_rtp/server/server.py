@@ -38,8 +38,9 @@ from eko_rtp.call.recording import CallRecorder, recording_path, sweep_recording
 from eko_rtp.call.speech import CallSpeech, SpeechSetup
 from eko_rtp.call.greeting import caller_number
 from eko_rtp.call.lookup import CallerLookup
-from eko_rtp.config import Config, vad_settings
-from eko_rtp.crm.records import CallLog
+from eko_rtp.call.handover import HandoverDesk
+from eko_rtp.config import Config, business_hours, transfer_targets, vad_settings
+from eko_rtp.crm.records import CallLog, is_word
 from eko_rtp.media import sdp
 from eko_rtp.media.clock import FrameClock
 from eko_rtp.media.negotiation import MediaSession
@@ -52,7 +53,10 @@ from eko_rtp.media.wav import WavEncoding
 from eko_rtp.server.transport import SipTransport
 from eko_rtp.service.logs import SipTrace, call_context
 from eko_rtp.sip import events as ua_module
+from eko_rtp.sip.registration import RegistrationSettings
 from eko_rtp.sip.session_timer import SessionTimerSettings
+from eko_rtp.sip.uri import format_host_port, parse_uri
+from eko_rtp.transfer.load import LoadWindow
 from eko_rtp.sip.useragent import UserAgent, UserAgentSettings
 
 log = logging.getLogger("eko_rtp.server")
@@ -78,7 +82,7 @@ class EkoServer:
 
     def __init__(
         self, *, config: Config, cache: Any, script: Script, crm: Any = None, tts: Any = None, metrics: Any = None,
-        clock: FrameClock | None = None, asr: SpeechSetup | None = None,
+        clock: FrameClock | None = None, asr: SpeechSetup | None = None, sip_credentials=None,
     ):
         """``clock`` is the frame clock: by default a precise one (timerfd, real time);
         tests under trio's mock clock give ``FrameClock()``, which sleeps on trio's."""
@@ -94,6 +98,13 @@ class EkoServer:
         self.ports = RtpPortPool(listen.host, low, high)  # where RTP binds: the SIP interface (or all)
         self.clock = clock if clock is not None else FrameClock(precise=True)
         self.asr = asr  # None: no speech recognition (DTMF only)
+        self.sip_credentials = sip_credentials  # digest answers when the trunk asks (RFC 8760), or None
+        self.handover = HandoverDesk(hours=business_hours(config), targets=transfer_targets(config),
+                                     load=LoadWindow(config["transfer.max_per_window"],
+                                                     config["transfer.window_seconds"]), crm=crm)
+        self.registration_summary = "" if not config["registration.registrar"] else "not registered yet"
+        self.registered: bool | None = None  # None: the trunk is not registration-based
+        self.registration_changed = trio.Event()
         # Recordings' disk writes share a few worker threads: a slow disk cannot take them all.
         self._recording_limiter = trio.CapacityLimiter(4)
         self.vad_settings = vad_settings(config)
@@ -120,7 +131,8 @@ class EkoServer:
         self.calls_changed = trio.Event()  # set whenever a call starts or ends (drain, STATUS=)
         self.cname = f"eko-rtp-{os.getpid()}@{self.media_address}"
         # What a call may ask of the server: made once, handed to every call.
-        self._line = CallLine(answer=self.answer_call, hang_up=self.hangup_call, count_phrase=self._count_phrase)
+        self._line = CallLine(answer=self.answer_call, hang_up=self.hangup_call, count_phrase=self._count_phrase,
+                              transfer=self.transfer_call)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -137,9 +149,10 @@ class EkoServer:
             await nursery.start(self.hub.run)
             bound = await nursery.start(self.transport.run)
             sip_port = next(iter(bound.values()))[1]
-            self.ua = UserAgent(self._ua_settings(sip_port))
+            self.ua = UserAgent(self._ua_settings(sip_port), credentials=self.sip_credentials)
             self._call_nursery = nursery
             nursery.start_soon(self._timer_loop)
+            self._start_registration()
             nursery.start_soon(self._sweep_recordings)
             log.info(
                 "Eko RTP listening for SIP on %s (%s), media on %s ports %d-%d",
@@ -166,7 +179,28 @@ class EkoServer:
             session_timer=SessionTimerSettings(
                 session_expires=self.config["sip.session_expires"], min_se=self.config["sip.min_se"]
             ),
+            refer_notify_timeout=self.config["transfer.notify_timeout"],
+            refer_result_timeout=self.config["transfer.result_timeout"],
         )
+
+    def _start_registration(self) -> None:
+        """Register with the trunk when ``registration.registrar`` is set (RFC 3261 §10)."""
+        registrar = self.config["registration.registrar"]
+        if not registrar:
+            return
+        uri = parse_uri(registrar, "registration.registrar")
+        transport = self.config["registration.transport"]
+        settings = self.ua.settings
+        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+        contact = f"sip:{settings.contact_user}@{format_host_port(settings.host, settings.port)}"
+        if transport != "udp":
+            contact += f";transport={transport}"
+        self.registered = False
+        self.ua.start_registration(
+            RegistrationSettings(registrar=registrar, aor=self.config["registration.aor"], contact=contact,
+                                 expires=self.config["registration.expires"], user_agent=settings.user_agent),
+            destination=(uri.host.strip("[]"), port), transport=transport, now=trio.current_time())
+        self._flush()
 
     # -- SIP input ---------------------------------------------------------------
 
@@ -235,6 +269,8 @@ class EkoServer:
                 self.metrics.sip_response(int(event.data[8:11]))
         elif isinstance(event, ua_module.IncomingCall):
             self._incoming_call(event)
+        elif isinstance(event, ua_module.RegistrationChanged):
+            self._registration_changed(event)
         elif isinstance(event, ua_module.MessageRejected):
             self.counters.sip_rejected += 1
             answer = f" -> {event.status}" if event.status else " -> dropped"
@@ -312,6 +348,7 @@ class EkoServer:
             barge_in=barge_in,
             speech=speech,
             recorder=recorder,
+            handover=self.handover,
         )
         self.calls[call_id] = call
         self.hub.register(pair.rtp, stream.on_rtp, on_backlog=stream.on_backlog,
@@ -328,7 +365,8 @@ class EkoServer:
         return CallTimers(answer_timeout=config["sip.answer_timeout"], rtp_timeout=config["media.rtp_timeout"],
                           max_duration=config["media.max_call_duration"],
                           silence_reprompt=config["script.silence_reprompt_seconds"],
-                          silence_hangup=config["script.silence_hangup_seconds"])
+                          silence_hangup=config["script.silence_hangup_seconds"],
+                          transfer_bye_wait=config["transfer.bye_wait"])
 
     def _recorder(self, call_id: str, plan) -> CallRecorder | None:
         """The call's recorder when ``recording.directory`` is set (caller data: off by default)."""
@@ -399,6 +437,21 @@ class EkoServer:
             self._modify_session(call, event.offer, now)
         elif isinstance(event, ua_module.InfoDtmf):
             call.deliver_digit(event.digit)
+        elif isinstance(event, ua_module.TransferUpdate):
+            call.transfer_news(event.state, event.status, event.reason)
+            if event.state in ("succeeded", "failed") and self.metrics is not None:
+                self.metrics.transfers.labels(result=event.state).inc()
+
+    def _registration_changed(self, event) -> None:
+        log_line = log.info if event.registered or event.state in ("registering", "unregistered") else log.warning
+        log_line("registration: %s", event.summary)
+        self.registered = event.registered
+        self.registration_summary = event.summary
+        if self.metrics is not None:
+            self.metrics.registered.set(1 if event.registered else 0)
+        self.registration_changed.set()
+        self.registration_changed = trio.Event()
+        self._calls_changed()  # STATUS= shows the registration too
 
     def _modify_session(self, call: Call, offer_body: bytes | None, now: float) -> None:
         try:
@@ -433,6 +486,14 @@ class EkoServer:
         log.info("200 OK sent at %.3f ms", now * 1000)
         if first is not None:
             log.info("first RTP sent at %.3f ms", trio.current_time() * 1000)
+
+    def transfer_call(self, call: Call, target: str) -> bool:
+        """REFER the call's caller to ``target`` (False when the call is not established)."""
+        if call.ended_at is not None:
+            return False
+        sent = self.ua.transfer(call.call_id, target, trio.current_time())
+        self._flush()
+        return sent
 
     def hangup_call(self, call: Call) -> None:
         now = trio.current_time()
@@ -473,10 +534,22 @@ class EkoServer:
         with trio.move_on_after(min(2.0, self.config["sip.t1"] * 4)):
             while self.ua.next_deadline() is not None and self.ua.call_ids:
                 await trio.sleep(0.05)
+        await self.unregister()
+
+    async def unregister(self, timeout: float = 2.0) -> None:
+        """Remove our binding at the registrar (Expires: 0), waiting up to ``timeout`` for its answer."""
+        if self.ua is None or self.ua.registration is None:
+            return
+        in_flight = self.ua.stop_registration(trio.current_time())
+        self._flush()
+        with trio.move_on_after(timeout):
+            while in_flight and self.ua.registration.state.value in ("unregister pending", "unregistering"):
+                await self.registration_changed.wait()
 
     def replace_setup(self, *, config: Config, cache: Any, script: Script) -> None:
         """Reload: new calls use ``config``, ``cache`` and ``script``; calls in progress keep theirs."""
-        for dotted in ("sip.listen", "sip.advertise", "sip.transports", "media.address", "media.rtp_ports"):
+        for dotted in ("sip.listen", "sip.advertise", "sip.transports", "media.address", "media.rtp_ports",
+                       "registration.registrar", "registration.aor", "registration.transport"):
             if config[dotted] != self.config[dotted]:
                 raise ValueError(f"{dotted} changed ({self.config[dotted]!r} -> {config[dotted]!r}): that needs a restart")
         self.config = config
@@ -485,6 +558,9 @@ class EkoServer:
         self.codec_preference = None if config["media.codec"] == "offer" else config["media.codec"]
         self.vad_settings = vad_settings(config)
         self.transport.trace = _sip_trace(config, self.transport.trace)
+        self.handover = self.handover.reconfigured(
+            hours=business_hours(config), targets=transfer_targets(config),
+            limit=config["transfer.max_per_window"], window=config["transfer.window_seconds"])
 
     async def _run_call(self, call: Call) -> None:
         with call_context(call.call_id):  # every log line of the call's tasks carries its Call-ID
@@ -501,6 +577,12 @@ class EkoServer:
         self.ports.release(stream.pair)
         self.calls.pop(call.call_id, None)
         outcome = call.end_reason or "unknown"
+        script_outcome = call.script_outcome or _script_outcome(call)
+        if not is_word(script_outcome):
+            # A script's own word that the CRM would refuse: the call is still logged.
+            log.warning("script outcome %r is not a lowercase word of a-z and _; logged as 'unknown'",
+                        str(script_outcome)[:40])
+            script_outcome = "unknown"
         self.counters.calls_by_outcome[outcome] = self.counters.calls_by_outcome.get(outcome, 0) + 1
         self._calls_changed()
         duration = (call.ended_at - (call.answered_at or call.invite_time)) * 1000
@@ -512,7 +594,10 @@ class EkoServer:
             self.metrics.active_calls.dec()
             self.metrics.call_ended(outcome)
             self.metrics.call_quality(quality)
-        log.info("ended (%s) after %.0f ms; %s%s", outcome, duration, quality.summary(), usage)
+        if self.metrics is not None:
+            self.metrics.script_outcomes.labels(outcome=script_outcome).inc()
+        log.info("ended (%s) after %.0f ms; %s; script=%s%s", outcome, duration, quality.summary(), script_outcome,
+                 usage)
         if self.crm is not None:
             # A notification: queued without waiting, so teardown is never delayed by the CRM.
             self.crm.log_call(
@@ -522,9 +607,21 @@ class EkoServer:
                     greeting=tuple(call.greeting),
                     duration_ms=max(0, int(duration)),
                     outcome=outcome,
+                    script_outcome=script_outcome,
                     **quality.call_log_fields(),
                 )
             )
+
+
+def _script_outcome(call: Call) -> str:
+    """What the script achieved when it did not say: from how the call ended (docs/crm-rpc.md)."""
+    if call.end_reason == "remote_bye":
+        if call.transfer_state in ("accepted", "trying"):
+            return "transfer_unconfirmed"  # the caller left while the phone was still calling the technician
+        return "caller_hangup"
+    if call.end_reason in ("cancelled", "rejected", "no_ack"):
+        return "not_answered"
+    return "ended"
 
 
 def _sip_trace(config: Config, current: SipTrace | None) -> SipTrace | None:

@@ -69,6 +69,41 @@ def deepgram_api_key(environ: Mapping[str, str] | None = None) -> str | None:
     return _checked(environ.get(DEEPGRAM_ENVIRONMENT, ""), where=f"${DEEPGRAM_ENVIRONMENT}")
 
 
+SIP_USERNAME_CREDENTIAL = "sip_auth_username"
+SIP_PASSWORD_CREDENTIAL = "sip_auth_password"
+SIP_USERNAME_ENVIRONMENT = "EKO_SIP_USERNAME"
+SIP_PASSWORD_ENVIRONMENT = "EKO_SIP_PASSWORD"
+SIP_REALM_ENVIRONMENT = "EKO_SIP_REALM"
+
+
+def sip_credentials(environ: Mapping[str, str] | None = None):
+    """The user name and password the trunk may challenge for (RFC 8760 digest), or None.
+
+    Each comes from its systemd credential (``sip_auth_username``, ``sip_auth_password``)
+    first, then ``$EKO_SIP_USERNAME`` / ``$EKO_SIP_PASSWORD``; ``$EKO_SIP_REALM``
+    restricts them to one realm (default: whichever realm asks). One without the
+    other is a configuration error.
+    """
+    from eko_rtp.sip.digest import DigestCredentials
+
+    environ = os.environ if environ is None else environ
+    username = read_credential(SIP_USERNAME_CREDENTIAL, environ=environ)
+    if username is None:
+        username = _checked(environ.get(SIP_USERNAME_ENVIRONMENT, ""), where=f"${SIP_USERNAME_ENVIRONMENT}")
+    password = read_credential(SIP_PASSWORD_CREDENTIAL, environ=environ)
+    if password is None:
+        password = _checked(environ.get(SIP_PASSWORD_ENVIRONMENT, ""), where=f"${SIP_PASSWORD_ENVIRONMENT}")
+    if username is None and password is None:
+        return None
+    if username is None or password is None:
+        missing = "user name" if username is None else "password"
+        raise UserError(f"SIP digest credentials need both a user name and a password; the {missing} is missing "
+                        f"(credentials {SIP_USERNAME_CREDENTIAL}/{SIP_PASSWORD_CREDENTIAL}, or "
+                        f"${SIP_USERNAME_ENVIRONMENT}/${SIP_PASSWORD_ENVIRONMENT})")
+    realm = environ.get(SIP_REALM_ENVIRONMENT, "").strip() or None
+    return DigestCredentials(username=username, password=password, realm=realm)
+
+
 def _checked(value: str, *, where: str) -> str | None:
     # A trailing newline from `echo key > file` is expected; anything else that is
     # blank inside the key would corrupt the HTTP header it goes into.

@@ -31,7 +31,12 @@ import attrs
 from eko_rtp.cache.atomic import write_atomic
 from eko_rtp.config import load_config
 from eko_rtp.errors import UserError
-from eko_rtp.service.credentials import DEEPGRAM_CREDENTIAL, ELEVENLABS_CREDENTIAL
+from eko_rtp.service.credentials import (
+    DEEPGRAM_CREDENTIAL,
+    ELEVENLABS_CREDENTIAL,
+    SIP_PASSWORD_CREDENTIAL,
+    SIP_USERNAME_CREDENTIAL,
+)
 
 DEFAULT_CHECKOUT = "/opt/eko-rtp"
 DEFAULT_VENV = "/opt/eko-rtp/.venv"
@@ -176,7 +181,7 @@ def install_service(
     credentials = root / CREDENTIALS_DIR
     credentials.mkdir(parents=True, exist_ok=True)
     credentials.chmod(0o700)
-    for name in (ELEVENLABS_CREDENTIAL, DEEPGRAM_CREDENTIAL):
+    for name in (ELEVENLABS_CREDENTIAL, DEEPGRAM_CREDENTIAL, SIP_USERNAME_CREDENTIAL, SIP_PASSWORD_CREDENTIAL):
         credential = credentials / name
         try:
             # Empty means "no key" (espeak-ng; DTMF only); it must exist for LoadCredential=.

@@ -27,6 +27,10 @@ Exported names (all prefixed ``eko_``):
 ``eko_asr_audio_seconds_total``              counter    caller audio streamed to speech recognition
 ``eko_asr_failures_total{kind}``             counter    recognizer streams that failed, by error kind
 ``eko_barge_ins_total``                      counter    phrases the caller spoke over (barge-in)
+``eko_script_outcomes_total{outcome}``       counter    what the script achieved (``transferred``...)
+``eko_transfers_total{result}``              counter    our REFERs that ``succeeded`` or ``failed``
+``eko_followups_lost_total``                 counter    callbacks and tickets the CRM never took
+``eko_sip_registered``                       gauge      1 while registered with the trunk, else 0
 ``process_*``                                various    CPU, memory, open file descriptors
 ==========================================  =========  ==============================================
 """
@@ -132,6 +136,10 @@ class Metrics:
     asr_seconds: Counter
     asr_failures: Counter
     barge_ins: Counter
+    script_outcomes: Counter
+    transfers: Counter
+    followups_lost: Counter
+    registered: Gauge
 
     @classmethod
     def create(cls, *, process: bool = True) -> Metrics:
@@ -196,7 +204,17 @@ class Metrics:
             asr_failures=Counter("eko_asr_failures", "Speech recognition streams that failed, by error kind.",
                                  ["kind"], registry=registry),
             barge_ins=Counter("eko_barge_ins", "Phrases the caller spoke over (barge-in).", registry=registry),
+            script_outcomes=Counter("eko_script_outcomes", "Finished calls by what the script achieved.",
+                                    ["outcome"], registry=registry),
+            transfers=Counter("eko_transfers", "Blind transfers (REFER) to a technician, by result.", ["result"],
+                              registry=registry),
+            followups_lost=Counter("eko_followups_lost", "Callback requests and tickets the CRM never took.",
+                                   registry=registry),
+            registered=Gauge("eko_sip_registered", "1 while registered with the trunk's registrar, else 0.",
+                             registry=registry),
         )
+        for result in ("succeeded", "failed"):
+            metrics.transfers.labels(result=result)
         # Known label values start at 0, so a rate() over them exists from the start.
         for cache in CACHES:
             metrics.cache_hits.labels(cache=cache)
