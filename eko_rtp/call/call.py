@@ -136,7 +136,7 @@ class Call:
         self.transfer_state: str | None = None  # the last TransferUpdate: "trying", "succeeded"...
         self.transfer_status: int | None = None
         self.transfer_reason = ""
-        self._transfer_changed = trio.Event()
+        self._transfer_changed: trio.Event | None = None  # made when a transfer starts: most calls have none
         self._transferring = False
         self._cancel_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
@@ -305,7 +305,7 @@ class Call:
             raise TransferFailed("the call cannot be transferred now")
         try:
             while self.transfer_state not in ("succeeded", "failed", "error"):
-                changed = self._transfer_changed
+                changed = self._transfer_changed = self._transfer_changed or trio.Event()
                 await changed.wait()
         finally:
             self._transferring = False
@@ -324,8 +324,9 @@ class Call:
         """From the SIP side: our REFER's state changed (``TransferUpdate``)."""
         self.transfer_state, self.transfer_status, self.transfer_reason = state, status, reason
         log.info("transfer %s (%s)", state, reason)
-        self._transfer_changed.set()
-        self._transfer_changed = trio.Event()
+        if self._transfer_changed is not None:
+            self._transfer_changed.set()
+            self._transfer_changed = None
         if state == "succeeded" and not self._transferring and self.ended_at is None:
             # The technician answered after the script had given up on it: the caller is
             # with them now, so our leg ends rather than talking over their call.
