@@ -51,7 +51,10 @@ class Kamailio(ServerProcess):
     """
 
     def __init__(self, directory: Path, nodes: list[int], *, ping_interval: int, fr_timer_ms: int = 1000,
-                 ready_flags: str | None = None):
+                 ready_flags: str | None = None, trunks: tuple[str, ...] = ("127.0.0.1",),
+                 defines: dict[str, str | int] | None = None):
+        """``trunks``: the addresses of group 1 of the address list (any port); the callers
+        of these tests bind 127.0.0.1. ``defines``: further ``-A NAME=value`` (TRUNK_RATE ...)."""
         self.directory = directory
         self.port = free_port()
         self.address = ("127.0.0.1", self.port)
@@ -62,15 +65,19 @@ class Kamailio(ServerProcess):
         self.control = f"unix:{directory / 'kamailio_ctl'}"
         dispatcher_list = directory / "dispatcher.list"
         dispatcher_list.write_text("".join(f"1 {uri} 0 0\n" for uri in self.nodes), encoding="utf-8")
+        address_list = directory / "address.list"
+        address_list.write_text("".join(f"1 {address} 32 0 trunk-{address}\n" for address in trunks), encoding="utf-8")
         self.command = [
             KAMAILIO, "-DD", "-E", "-f", str(CONFIG),
             "-Y", str(directory), "-P", str(directory / "kamailio.pid"),
             "-A", f"LISTEN=udp:127.0.0.1:{self.port}",
             "-A", f'DISPATCHER_LIST="{dispatcher_list}"',
+            "-A", f'ADDRESS_LIST="{address_list}"',
             "-A", f'CTL_SOCKET="{self.control}"',
             "-A", f"DS_PING_INTERVAL={ping_interval}",
             "-A", f"FR_TIMER={fr_timer_ms}",
             "-A", "CHILDREN=2",
+            *(argument for name, value in (defines or {}).items() for argument in ("-A", f"{name}={value}")),
         ]
         self.process = subprocess.Popen(self.command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         self.lines: list[str] = []
@@ -178,13 +185,14 @@ def assert_answered_with_media(record) -> None:
     assert len(record.packets) >= 45, len(record.packets)
 
 
-def run_sipp(scenario: Path, target: tuple[str, int], directory: Path) -> str:
-    """Run one call of ``scenario`` against ``target``; an explanation if it failed, else ""."""
+def run_sipp(scenario: Path, target: tuple[str, int], directory: Path, *, local_host: str = "127.0.0.1") -> str:
+    """Run one call of ``scenario`` from ``local_host`` against ``target``; an explanation if it
+    failed, else ""."""
     sipp = shutil.which("sipp")
     assert sipp, "sipp is not installed (apt-get install sip-tester)"
     completed = subprocess.run(
         [sipp, "-sf", str(scenario), "-m", "1", "-l", "1", "-nostdin",
-         "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()),
+         "-i", local_host, "-p", str(free_port()), "-mp", str(free_port()),
          "-timeout", "20s", "-timeout_error", "-trace_err", f"{target[0]}:{target[1]}"],
         capture_output=True, text=True, timeout=35, cwd=directory,
     )
@@ -197,7 +205,8 @@ def run_sipp(scenario: Path, target: tuple[str, int], directory: Path) -> str:
 @needs_kamailio
 def test_the_config_passes_kamailio_syntax_check(tmp_path):
     completed = subprocess.run(
-        [KAMAILIO, "-c", "-f", str(CONFIG), "-A", f'DISPATCHER_LIST="{REPO / "sip" / "kamailio" / "dispatcher.list"}"'],
+        [KAMAILIO, "-c", "-f", str(CONFIG), "-A", f'DISPATCHER_LIST="{REPO / "sip" / "kamailio" / "dispatcher.list"}"',
+         "-A", f'ADDRESS_LIST="{REPO / "sip" / "kamailio" / "address.list"}"'],
         capture_output=True, text=True, timeout=30,
     )
     assert completed.returncode == 0, completed.stderr
