@@ -40,23 +40,32 @@ class CallRecord:
     answer: uac.Message | None = None  # the 200 OK to the INVITE, as received
 
 
-def place_call(target: tuple[str, int], *, hold: float, caller: str = "0600000000", timeout: float = 30.0) -> CallRecord:
+# What the caller sends while it listens: G.711 silence in the codec it prefers.
+SILENCE = {"PCMU": b"\xff" * 160, "PCMA": b"\xd5" * 160}
+
+
+def place_call(target: tuple[str, int], *, hold: float, caller: str = "0600000000", timeout: float = 30.0,
+               codec: str = "PCMU") -> CallRecord:
+    """One call; ``codec`` is the one offered first (the server answers with it unless configured otherwise)."""
     sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sip.bind(("127.0.0.1", 0))
     rtp.bind(("127.0.0.1", 0))
     try:
-        return _call(sip, rtp, target, hold=hold, caller=caller, timeout=timeout)
+        return _call(sip, rtp, target, hold=hold, caller=caller, timeout=timeout, codec=codec)
     finally:
         sip.close()
         rtp.close()
 
 
-def _call(sip, rtp, target, *, hold, caller, timeout) -> CallRecord:
+def _call(sip, rtp, target, *, hold, caller, timeout, codec) -> CallRecord:
     endpoint = uac.Endpoint(local_host="127.0.0.1", local_port=sip.getsockname()[1], target_host=target[0], target_port=target[1])
     dialog = uac.Dialog(endpoint=endpoint, call_id=secrets.token_hex(8), from_tag=uac.new_tag(), caller=caller)
     record = CallRecord()
     offer = uac.sdp_offer(address="127.0.0.1", rtp_port=rtp.getsockname()[1], session_id=1)
+    if codec == "PCMA":
+        offer = offer.replace(b"RTP/AVP 0 8 ", b"RTP/AVP 8 0 ")
+    payload_type = {"PCMU": 0, "PCMA": 8}[codec]
     record.invite_sent = time.monotonic()
     sip.sendto(dialog.invite(branch=uac.new_branch(), sdp=offer), target)
     deadline = record.invite_sent + timeout
@@ -64,7 +73,7 @@ def _call(sip, rtp, target, *, hold, caller, timeout) -> CallRecord:
     hang_up_at = None
     sequence = 0
     next_rtp = None
-    silence = b"\xff" * 160
+    silence = SILENCE[codec]
     while time.monotonic() < deadline:
         now = time.monotonic()
         if hang_up_at is not None and now >= hang_up_at and not record.server_hung_up:
@@ -74,7 +83,7 @@ def _call(sip, rtp, target, *, hold, caller, timeout) -> CallRecord:
         if record.server_hung_up:
             break
         if remote_rtp is not None and now >= next_rtp:
-            header = struct.pack("!BBHII", 0x80, 0, sequence & 0xFFFF, (sequence * 160) & 0xFFFFFFFF, 0x1234)
+            header = struct.pack("!BBHII", 0x80, payload_type, sequence & 0xFFFF, (sequence * 160) & 0xFFFFFFFF, 0x1234)
             rtp.sendto(header + silence, remote_rtp)
             sequence += 1
             next_rtp += 0.020

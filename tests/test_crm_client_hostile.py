@@ -12,6 +12,7 @@ import functools
 import time
 
 import attrs
+import msgpack
 import pytest
 import trio
 
@@ -21,6 +22,8 @@ from eko_rtp.crm.records import CallbackRequest, CallerRecord, CallLog, TicketRe
 from eko_rtp.crm.rpc import NEED_DATA, RpcConnection, RpcNotification, RpcRequest
 
 GOOD = "+33612345678"
+# 1,001 bytes, a list 1001 deep: its repr ended the client's task, and the server (issue 17).
+DEEP = b"\x91" * 1000 + b"\xc0"
 FAST = CrmClientSettings(backoff_initial=0.01, backoff_max=0.05, connect_timeout=1.0)
 
 
@@ -58,6 +61,10 @@ class FakeCrm:
             await stream.send_all(rpc.send_response(request.msgid, error="database is down"))
         elif phone == "garbage":
             await stream.send_all(b"\xc1\xc1\xc1 not msgpack")
+        elif phone == "deep":
+            await stream.send_all(DEEP)
+        elif phone == "deep-result":
+            await stream.send_all(b"\x94\x01" + msgpack.packb(request.msgid) + b"\xc0" + DEEP)
         elif phone == "wrong-types":
             await stream.send_all(rpc.send_response(request.msgid, result={"client_id": 5}))
         elif phone == "oversized-bin":
@@ -103,6 +110,9 @@ async def assert_still_usable(client: CrmClient) -> None:
         ("error-string", CrmRemoteError, "CRM error for crm.lookup_caller: database is down", False),
         ("wrong-types", CrmReplyError, "bad crm.lookup_caller reply: client_id must be a string, got int", False),
         ("garbage", RpcProtocolError, "CRM at {address} broke the protocol: undecodable msgpack: ", True),
+        ("deep", RpcProtocolError, "CRM at {address} broke the protocol: message nests deeper than 16 levels", True),
+        ("deep-result", RpcProtocolError,
+         "CRM at {address} broke the protocol: message nests deeper than 16 levels", True),
         ("oversized-bin", RpcProtocolError,
          "CRM at {address} broke the protocol: undecodable msgpack: 100000 exceeds max_bin_len(65536)", True),
         ("close-mid-response", CrmUnavailable, "CRM at {address} closed the connection mid-message", True),

@@ -102,6 +102,12 @@ def test_call_log_wire_round_trip_and_errors():
         parse_call_log_untrusted({"call_id": "a", "phone": None, "greeting": "greet", "duration_ms": 1})
     with pytest.raises(CrmReplyError, match=r"^bad crm.log_call notification: duration_ms must be a non-negative int, got '1'$"):
         parse_call_log_untrusted({"call_id": "a", "phone": None, "greeting": "greet", "duration_ms": "1", "outcome": "x"})
+    # A container from the network is described, not repr'd into the message (and the log).
+    with pytest.raises(CrmReplyError, match=r"^bad crm.log_call notification: duration_ms must be a non-negative int, "
+                                            r"got an array of 10000$"):
+        parse_call_log_untrusted({**log.to_wire(), "duration_ms": [[0] * 50] * 10_000})
+    with pytest.raises(CrmReplyError, match=r"loss_ratio must be nil or a number from 0 to 1e6, got a map of 1$"):
+        parse_call_log_untrusted({**log.to_wire(), "loss_ratio": {"x": [[[]]]}})
 
 
 CALL_LOG = CallLog(call_id="a@b", phone=None, greeting=("greet",), duration_ms=1, outcome="remote_bye")

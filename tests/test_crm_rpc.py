@@ -16,6 +16,8 @@ from eko_rtp.crm.rpc import (
     RpcNotification,
     RpcRequest,
     RpcResponse,
+    describe_untrusted,
+    nests_deeper_than,
 )
 
 VERSION_REQUEST = b"\x94\x00\x00\xabcrm.version\x90"
@@ -117,7 +119,115 @@ BAD_MESSAGES = [
     (msgpack.packb([1, 1, None, msgpack.ExtType(1, b"x")]), "undecodable msgpack: 2 exceeds max_ext_len(0)"),
     (b"\x94\x01\x01\xc0\xa2\xff\xfe", "undecodable msgpack: 'utf-8' codec can't decode byte 0xff"),
     (msgpack.packb([1, 1, None, {1: 2}]), "undecodable msgpack: int is not allowed for map key"),
+    # Containers are described, never repr'd (a repr of a deep one recursed out of the process).
+    (msgpack.packb([[1, 2], 1, "m", []]), "unknown message type an array of 2 (expected 0, 1 or 2)"),
+    (msgpack.packb({"a": 1}), "message is not a non-empty array: a map of 1"),
+    (msgpack.packb(["x" * 100, 1]), "unknown message type '" + "x" * 56 + "... (expected 0, 1 or 2)"),
 ]
+
+# 1,001 bytes: a list 1001 deep, within the C decoder's own stack (1024); its repr
+# used to raise RecursionError out of next_event and end `crm serve` (issue 17).
+DEEP_ARRAYS = b"\x91" * 1000 + b"\xc0"
+DEEP_MAPS = b"\x81\xa1k" * 1000 + b"\xc0"
+DEEPER_THAN_THE_DECODER = b"\x91" * 5000 + b"\xc0"  # msgpack's StackError
+
+
+def nested(depth: int) -> list:
+    value: list = [None]
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        DEEP_ARRAYS,
+        DEEP_MAPS,
+        DEEPER_THAN_THE_DECODER,
+        msgpack.packb([1, 1, None, nested(16)]),  # 17 levels: the message itself is level 1
+        msgpack.packb([1, 1, {"a": [{"b": nested(13)}]}, None]),
+    ],
+)
+def test_nesting_deeper_than_the_limit_breaks_the_connection(data):
+    connection = RpcConnection()
+    connection.receive_data(data)
+    with pytest.raises(RpcProtocolError, match=r"^message nests deeper than 16 levels$"):
+        connection.next_event()
+    assert connection.broken is not None
+
+
+def test_nesting_at_the_limit_is_a_message():
+    connection = RpcConnection()
+    connection.receive_data(msgpack.packb([1, 1, None, nested(15)]) + msgpack.packb([1, 2, None, [{"a": nested(13)}]]))
+    assert connection.next_event() == RpcResponse(msgid=1, error=None, result=nested(15))
+    assert connection.next_event() == RpcResponse(msgid=2, error=None, result=[{"a": nested(13)}])
+    shallow = RpcConnection(limits=RpcLimits(max_depth=2))
+    shallow.receive_data(msgpack.packb([1, 3, None, []]) + msgpack.packb([1, 4, None, [[]]]))
+    assert shallow.next_event() == RpcResponse(msgid=3, error=None, result=[])
+    with pytest.raises(RpcProtocolError, match=r"^message nests deeper than 2 levels$"):
+        shallow.next_event()
+
+
+def test_the_pure_python_decoder_recursing_is_a_protocol_error_too(monkeypatch):
+    # msgpack's fallback decoder recurses where the C one has a stack: RecursionError.
+    import msgpack.fallback
+
+    monkeypatch.setattr(msgpack, "Unpacker", msgpack.fallback.Unpacker)
+    connection = RpcConnection()
+    connection.receive_data(b"\x91" * 3000 + b"\xc0")
+    with pytest.raises(RpcProtocolError, match=r"^message nests deeper than 16 levels$"):
+        connection.next_event()
+    connection = RpcConnection()
+    connection.receive_data(DEEP_ARRAYS[-40:])
+    with pytest.raises(RpcProtocolError, match=r"^message nests deeper than 16 levels$"):
+        connection.next_event()
+
+
+@pytest.mark.parametrize(
+    ("value", "limit", "expected"),
+    [
+        (None, 0, False),
+        ("x", 0, False),
+        ([], 0, True),
+        ([], 1, False),
+        ([1, {"a": "b"}], 1, True),
+        ([1, {"a": "b"}], 2, False),
+        ({"a": [1, [2]]}, 2, True),
+        ({"a": [1, [2]]}, 3, False),
+        ([[0] * 10_000] * 100, 2, False),
+    ],
+)
+def test_nests_deeper_than(value, limit, expected):
+    assert nests_deeper_than(value, limit) is expected
+
+
+def test_nests_deeper_than_does_not_recurse():
+    # Deeper than Python's recursion limit, so any recursive walk would raise.
+    value = nested(50_000)
+    assert nests_deeper_than(value, 49_999) is True
+    assert nests_deeper_than(value, 50_000) is False
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (None, "None"),
+        (True, "True"),
+        (-3, "-3"),
+        (1.5, "1.5"),
+        ("crm.lookup", "'crm.lookup'"),
+        (b"\x00\xff", "b'\\x00\\xff'"),
+        ("é" * 100, "'" + "é" * 56 + "..."),
+        (b"\xff" * 100, "b'" + "\\xff" * 13 + "\\xf..."),
+        ([], "[]"),
+        ({}, "{}"),
+        (nested(50_000), "an array of 1"),
+        ({"a": nested(50_000), "b": 2}, "a map of 2"),
+    ],
+)
+def test_describe_untrusted_is_short_and_never_looks_inside(value, text):
+    assert describe_untrusted(value) == text
 
 
 @pytest.mark.parametrize(("data", "message"), BAD_MESSAGES)
@@ -164,6 +274,10 @@ def test_incomplete_message_over_the_buffer_cap_is_refused():
 def test_limits_validate():
     with pytest.raises(ValueError, match=r"^RpcLimits.max_bin_len must be a non-negative int, got -1$"):
         RpcLimits(max_bin_len=-1)
+    with pytest.raises(ValueError, match=r"^RpcLimits.max_depth must be from 1 to 256, got 0$"):
+        RpcLimits(max_depth=0)
+    with pytest.raises(ValueError, match=r"^RpcLimits.max_depth must be from 1 to 256, got 1000$"):
+        RpcLimits(max_depth=1000)
 
 
 def test_core_modules_import_neither_trio_nor_socket():

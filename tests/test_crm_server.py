@@ -173,6 +173,32 @@ async def test_bad_requests_get_error_answers_and_garbage_closes_only_its_connec
         assert "CRM closing a connection: undecodable msgpack" in crm.log_path.read_text()
 
 
+DEEP_REQUESTS = [
+    b"\x91" * 1000 + b"\xc0",  # 1,001 bytes: a list 1001 deep, whose repr ended the server (issue 17)
+    b"\x81\xa1k" * 1000 + b"\xc0",  # maps
+    b"\x94\x00\x01\xb1crm.lookup_caller" + b"\x91" * 1000 + b"\xc0",  # a well-formed request, deep params
+    b"\x91" * 5000 + b"\xc0",  # deeper than msgpack's own stack
+]
+
+
+async def test_deeply_nested_messages_close_only_their_connection(tmp_path):
+    async with running_crm(tmp_path) as crm:
+        host, port = crm.address.rsplit(":", 1)
+        for data in DEEP_REQUESTS:
+            hostile = await trio.open_tcp_stream(host, int(port))
+            await hostile.send_all(data)
+            with trio.fail_after(5):
+                assert await hostile.receive_some(100) == b""  # the server closed it
+            await hostile.aclose()
+        assert crm.process.poll() is None
+        async with open_crm_client(crm.address, settings=FAST) as client:
+            assert (await client.lookup_caller("+33612345678", 2.0)).client_id == "cli-0001"
+            stats = await client.request("crm.stats", [], timeout=2.0)
+        assert (stats["connections_accepted"], stats["protocol_errors"]) == (5, 4)
+        assert crm.log_path.read_text().count(
+            "CRM closing a connection: message nests deeper than 16 levels") == len(DEEP_REQUESTS)
+
+
 async def test_log_call_counts_the_call(tmp_path):
     async with running_crm(tmp_path) as crm:
         async with open_crm_client(crm.address, settings=FAST) as client:

@@ -130,6 +130,10 @@ def parse_catalogue(source: str, path: str | Path) -> Catalogue:
         key = _enclosing_key(headers, line) if line is not None else None
         detail = _TOML_POSITION.sub("", message)
         raise UserError(f"TOML syntax error: {detail}", path=str(path), line=line, key=key) from None
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table; a catalogue has none.
+        raise UserError("arrays or inline tables nest too deep to read (a phrase is one text string)",
+                        path=str(path)) from None
 
     for name in document:
         if name != "phrases":

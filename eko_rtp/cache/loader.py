@@ -1,22 +1,27 @@
-"""Load the phrase cache for the server: memory-mapped, validated, zero-copy frames.
+"""Load the phrase cache for the server: sealed copies, validated, zero-copy frames.
 
-Theory of operation: each ``<key>.raw`` is mapped read-only once; every call that
-plays the phrase slices the same mapping (``Phrase.frame(i)`` is a memoryview, no
-copy). A mapping is never closed explicitly: a memoryview keeps its mmap alive, so
-after a reload (or a rebuild that renames a new file over the old one) calls in
-progress keep the audio they had, and the mapping goes when the last view does.
+Theory of operation: each ``<key>.raw`` is copied once into sealed, read-only
+memory of the process (:func:`eko_rtp.cache.sealed.sealed_copy`): a file changed,
+truncated or removed on disk under a running server changes nothing it plays (a
+mapping of the file itself turned ``truncate`` into SIGBUS). Every call that plays
+the phrase slices the same mapping (``Phrase.frame(i)`` is a memoryview, no copy).
+A mapping is never closed explicitly: a memoryview keeps its mmap alive, so after a
+reload calls in progress keep the audio they had, and the mapping goes when the
+last view does.
 
 Every entry is checked against the manifest and the catalogue's current text
-(:func:`eko_rtp.cache.validation.audio_problem`); a missing, corrupt or stale key is
-left out with one WARNING naming the key and the reason, and the server treats it as
-missing. An empty file cannot be mapped and counts as corrupt.
+(:func:`eko_rtp.cache.validation.audio_problem`), on the copy: what passed is what
+plays. A missing, corrupt or stale key is left out with one WARNING naming the key
+and the reason, and the server treats it as missing. An empty file counts as
+corrupt. Phrases rendered unlike most of the cache (another backend, voice or
+model: :mod:`eko_rtp.cache.settings`) still load, with one WARNING naming them.
+The cache keeps each file's signature at the copy, so
+:meth:`PhraseCache.changes_on_disk` can say which files changed since.
 """
 
 from __future__ import annotations
 
 import logging
-import mmap
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,11 +31,15 @@ from eko_rtp.cache.audio import duration_of
 from eko_rtp.codec.frame import FRAME_BYTES
 from eko_rtp.cache.catalogue import load_catalogue, validate_key
 from eko_rtp.cache.manifest import read_manifest
+from eko_rtp.cache.sealed import FileSignature, file_signature, sealed_copy
+from eko_rtp.cache.settings import mixed_settings
 from eko_rtp.cache.validation import Problem, ProblemKind, audio_path, audio_problem
 
-__all__ = ["Phrase", "PhraseCache", "load_cache"]
+__all__ = ["FileChange", "Phrase", "PhraseCache", "load_cache"]
 
 logger = logging.getLogger(__name__)
+
+MISMATCHES_SHOWN = 5  # phrases named in the one warning about mixed render settings
 
 
 @attrs.frozen(kw_only=True, eq=False)
@@ -65,12 +74,45 @@ class Phrase:
         return self.audio[start:start + FRAME_BYTES]
 
 
+@attrs.frozen(kw_only=True)
+class FileChange:
+    """A phrase file that is no longer the one the cache copied."""
+
+    key: str
+    path: Path
+    was: FileSignature
+    now: FileSignature | None  # None: removed
+
+    def __str__(self) -> str:
+        if self.now is None:
+            what = "removed"
+        elif (self.now.device, self.now.inode) != (self.was.device, self.was.inode):
+            what = f"replaced by another file ({self.now.size} bytes, was {self.was.size})"
+        elif self.now.size < self.was.size:
+            what = f"truncated in place to {self.now.size} bytes (was {self.was.size})"
+        else:
+            what = f"rewritten in place ({self.now.size} bytes, was {self.was.size})"
+        return f"{self.path} {what}"
+
+
 class PhraseCache:
     """The valid phrases of one load; ``problems`` says why the others are missing."""
 
-    def __init__(self, phrases: dict[str, Phrase], problems: dict[str, Problem]) -> None:
+    def __init__(self, phrases: dict[str, Phrase], problems: dict[str, Problem],
+                 sources: dict[str, tuple[Path, FileSignature]] | None = None) -> None:
         self._phrases = dict(phrases)
         self.problems = dict(problems)
+        # The file each loaded phrase was copied from, as it was then.
+        self.sources = dict(sources or {})
+
+    def changes_on_disk(self) -> list[FileChange]:
+        """The loaded phrases whose file changed since the load (a ``stat`` each: blocking)."""
+        changes = []
+        for key, (path, was) in self.sources.items():
+            now = file_signature(path)
+            if now != was:
+                changes.append(FileChange(key=key, path=path, was=was, now=now))
+        return changes
 
     def get(self, key: str) -> Phrase | None:
         return self._phrases.get(key)
@@ -88,19 +130,6 @@ class PhraseCache:
         return iter(self._phrases)
 
 
-def _map_read_only(path: Path) -> mmap.mmap | bytes | None:
-    """Map ``path`` read-only; None if it does not exist, b"" if it is empty (mmap refuses those)."""
-    try:
-        file = open(path, "rb")
-    except FileNotFoundError:
-        return None
-    with file:
-        if os.fstat(file.fileno()).st_size == 0:
-            return b""
-        # The mapping outlives the descriptor: mmap holds its own reference to the file.
-        return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-
-
 def load_cache(cache_dir: str | Path, phrases_file: str | Path) -> PhraseCache:
     """Map and validate every catalogue phrase; raise UserError only for a bad catalogue."""
     catalogue = load_catalogue(phrases_file)
@@ -109,17 +138,29 @@ def load_cache(cache_dir: str | Path, phrases_file: str | Path) -> PhraseCache:
         logger.warning("Phrase cache manifest unusable, every phrase counts as missing: %s", manifest_problem)
     phrases: dict[str, Phrase] = {}
     problems: dict[str, Problem] = {}
+    sources: dict[str, tuple[Path, FileSignature]] = {}
     for entry in catalogue:
+        path = audio_path(cache_dir, entry.key)
+        copy = None
         try:
-            mapping = _map_read_only(audio_path(cache_dir, entry.key))
+            copy = sealed_copy(path, name=f"eko-phrase:{entry.key}")
         except OSError as error:
-            problem = Problem(key=entry.key, kind=ProblemKind.CORRUPT, detail=f"cannot map: {error.strerror}")
+            problem = Problem(key=entry.key, kind=ProblemKind.CORRUPT, detail=f"cannot copy: {error.strerror}")
         else:
-            problem = audio_problem(entry.key, entry.text_sha256, manifest.get(entry.key), mapping)
+            audio = None if copy is None else copy.data
+            problem = audio_problem(entry.key, entry.text_sha256, manifest.get(entry.key), audio)
         if problem is not None:
             problems[entry.key] = problem
             logger.warning("Cached phrase %r refused: %s: %s", entry.key, problem.kind.value, problem.detail)
             continue
-        phrases[entry.key] = Phrase(key=entry.key, audio=memoryview(mapping))
+        assert copy is not None
+        phrases[entry.key] = Phrase(key=entry.key, audio=memoryview(copy.data))
+        sources[entry.key] = (path, copy.signature)
+    mismatches = mixed_settings(phrases, manifest)
+    if mismatches:
+        shown = "; ".join(str(mismatch) for mismatch in mismatches[:MISMATCHES_SHOWN])
+        more = f"; and {len(mismatches) - MISMATCHES_SHOWN} more" if len(mismatches) > MISMATCHES_SHOWN else ""
+        logger.warning("Phrase cache mixes render settings, callers will hear more than one voice "
+                       "(`eko-rtp cache check` lists them): %s%s", shown, more)
     logger.info("Loaded %d cached phrases", len(phrases))
-    return PhraseCache(phrases, problems)
+    return PhraseCache(phrases, problems, sources)

@@ -8,6 +8,11 @@ build killed at any instant leaves either an old entry that no longer matches th
 new audio (refused as corrupt) or a new entry matching it. The manifest file is
 untrusted input: a missing, unreadable or malformed manifest reads as empty, with
 the reason, so the next build re-renders everything and nothing crashes.
+
+Malformed includes too deep: :func:`json.loads` recurses once per level, so a file
+of a few thousand ``[`` raised RecursionError out of ``cache check`` and ``serve``.
+The text is measured first, bracket by bracket outside strings, with no recursion;
+a manifest we write is 3 levels deep (document, phrases, entry).
 """
 
 from __future__ import annotations
@@ -40,10 +45,34 @@ FORMAT_VERSION = 1
 ENCODING = "PCMU/8000/1"
 BACKENDS = ("espeak", "elevenlabs", "imported")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_DEPTH = 32
+# A JSON string (RFC 8259 §7: escapes are a backslash and one more character, the
+# \uXXXX ones included) or a bracket; brackets inside strings are not nesting.
+_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 
 
 class ManifestError(Exception):
     """The manifest file is not one this version wrote."""
+
+
+def json_nests_deeper_than(text: str, limit: int) -> bool:
+    """Whether the arrays and objects of JSON ``text`` nest more than ``limit`` deep.
+
+    A scan of the text, not a parse: iterative, and it never builds the values. On
+    text that is not JSON the answer may be either; :func:`json.loads` then refuses it.
+    """
+    depth = 0
+    for match in _STRING_OR_BRACKET.finditer(text):
+        token = match[0]
+        if token[0] == '"':
+            continue
+        if token in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 def _sha256_field(instance, attribute, value):
@@ -132,9 +161,17 @@ class Manifest:
     @classmethod
     def parse_untrusted(cls, data: bytes) -> Manifest:
         try:
-            document = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
             raise ManifestError(f"not valid JSON: {error}") from None
+        if json_nests_deeper_than(text, MAX_DEPTH):
+            raise ManifestError(f"arrays or objects nest deeper than {MAX_DEPTH} levels")
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ManifestError(f"not valid JSON: {error}") from None
+        except RecursionError:  # not reached after the scan above; kept so no input can crash us
+            raise ManifestError(f"arrays or objects nest deeper than {MAX_DEPTH} levels") from None
         if not isinstance(document, dict):
             raise ManifestError("not a JSON object")
         version = document.get("format_version")

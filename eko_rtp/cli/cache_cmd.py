@@ -5,6 +5,11 @@ Every subcommand takes ``--cache DIR`` and ``--phrases FILE`` (see
 validated before anything in the cache directory is touched, so a bad catalogue
 exits 2 with the cache as it was.
 
+``check`` also compares the render settings the manifest records (backend, voice,
+model) across the phrases: one rendered unlike most of the cache (or unlike the
+``--backend``/``--voice``/``--model`` given) is a problem too, so a cache that would
+greet a caller in two voices does not pass.
+
 Exit status: 0 on success; 1 when ``check`` finds a problem or a build could not
 render some phrase; 2 for input the operator must fix (catalogue, flags, API key).
 """
@@ -23,7 +28,8 @@ from eko_rtp.cache.catalogue import load_catalogue
 from eko_rtp.cache.espeak import DEFAULT_VOICE as ESPEAK_DEFAULT_VOICE
 from eko_rtp.cache.espeak import EspeakBackend
 from eko_rtp.cache.importer import import_linear16
-from eko_rtp.cache.manifest import read_manifest
+from eko_rtp.cache.manifest import BACKENDS, read_manifest
+from eko_rtp.cache.settings import FIELDS, mixed_settings, rebuild_hint
 from eko_rtp.cache.validation import inspect_cache
 
 __all__ = ["add_cache_arguments", "add_parser", "DEFAULT_CACHE_DIR", "DEFAULT_PHRASES_FILE"]
@@ -57,8 +63,13 @@ def add_parser(subparsers) -> None:
     build.add_argument("--only", nargs="+", default=(), metavar="KEY", help="render only these keys")
     build.set_defaults(func=run_build)
 
-    check = commands.add_parser("check", help="exit 0 only if every catalogue phrase has valid audio")
+    check = commands.add_parser("check", help="exit 0 only if every catalogue phrase has valid audio, "
+                                              "all rendered alike")
     add_cache_arguments(check)
+    check.add_argument("--backend", choices=BACKENDS, default=None,
+                       help="every phrase must have been made by this backend (default: as most of the cache)")
+    check.add_argument("--voice", default=None, help="every phrase must have been rendered with this voice")
+    check.add_argument("--model", default=None, help="every phrase must have been rendered with this model")
     check.set_defaults(func=run_check)
 
     importer = commands.add_parser("import", help="import 8 kHz signed 16-bit <key>.raw files of the earlier Eko")
@@ -107,12 +118,24 @@ def run_check(args: argparse.Namespace) -> int:
     manifest, manifest_problem = read_manifest(args.cache)
     if manifest_problem is not None:
         print(f"manifest: {manifest_problem}")
-    problems = [problem for problem in inspect_cache(args.cache, catalogue, manifest).values() if problem]
+    inspected = inspect_cache(args.cache, catalogue, manifest)
+    problems = [problem for problem in inspected.values() if problem]
     for problem in problems:
         print(problem)
+    expected = {name: getattr(args, name) for name in FIELDS if getattr(args, name) is not None}
+    mismatches = mixed_settings([key for key, problem in inspected.items() if problem is None], manifest, expected)
+    for mismatch in mismatches:
+        print(mismatch)
     valid = len(catalogue) - len(problems)
-    print(f"{valid} of {len(catalogue)} phrases valid", file=sys.stderr)
-    return 1 if problems else 0
+    summary = f"{valid} of {len(catalogue)} phrases valid"
+    if mismatches:
+        unlike = "the settings asked for" if expected else "the rest"
+        summary += f"; {len(mismatches)} rendered unlike {unlike}"
+    print(summary, file=sys.stderr)
+    hint = rebuild_hint(mismatches)
+    if hint is not None:
+        print(f"to render them like the rest: {hint}", file=sys.stderr)
+    return 1 if problems or mismatches else 0
 
 
 def run_import(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from eko_rtp.crm.errors import CrmReplyError
+from eko_rtp.crm.rpc import describe_untrusted
 
 MAX_TEXT = 256
 MAX_TICKETS = 100
@@ -77,6 +78,12 @@ def _reason(value: object) -> str:
 def _moment(value: object, where: str) -> datetime.datetime:
     if not isinstance(value, datetime.datetime) or value.tzinfo is None:
         raise ValueError(f"{where} must be an aware datetime, got {value!r}")
+    try:
+        # to_wire() writes it in UTC: 0001-01-01T00:00+01:00 is a valid datetime whose
+        # UTC time is before year 1, and would raise OverflowError there instead.
+        value.astimezone(datetime.timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{where} {value.isoformat()} is out of range in UTC") from None
     return value
 
 
@@ -215,7 +222,7 @@ class CallLog:
         if not isinstance(self.greeting, tuple) or not all(isinstance(k, str) and k for k in self.greeting):
             raise ValueError(f"greeting must be a tuple of phrase keys, got {self.greeting!r}")
         if type(self.duration_ms) is not int or self.duration_ms < 0:
-            raise ValueError(f"duration_ms must be a non-negative int, got {self.duration_ms!r}")
+            raise ValueError(f"duration_ms must be a non-negative int, got {describe_untrusted(self.duration_ms)}")
         _text(self.outcome, "outcome")
         for name in QUALITY_KEYS:
             _measure(getattr(self, name), name)
@@ -245,7 +252,7 @@ def _measure(value: object, where: str) -> None:
     if value is None:
         return
     if type(value) not in (int, float) or not 0 <= value <= 1e6:
-        raise ValueError(f"{where} must be nil or a number from 0 to 1e6, got {value!r}")
+        raise ValueError(f"{where} must be nil or a number from 0 to 1e6, got {describe_untrusted(value)}")
 
 
 def parse_call_log_untrusted(obj: object) -> CallLog:

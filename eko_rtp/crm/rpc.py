@@ -20,11 +20,23 @@ a client and a server use the same class.
 
 The decoder is a ``msgpack.Unpacker`` with every size limit set: a peer can make us
 buffer at most ``max_message_bytes`` of one incomplete message, and no string,
-binary, array, map or extension inside a message may exceed its own cap. Going over
-a limit, sending bytes that are not msgpack, or sending a value that is not one of
-the three message shapes raises :class:`RpcProtocolError`. After that the stream is
-out of sync for good: the connection is marked broken and every later call raises
-the same error, so the shell's only move is to drop the connection.
+binary, array, map or extension inside a message may exceed its own cap.
+
+Nesting is bounded too (``max_depth``), because the Unpacker has no depth option:
+its C decoder stops at its own stack of 1024 levels (``StackError``), its pure-Python
+fallback recurses until ``RecursionError``, and 1,001 bytes (``0x91`` x 1000, then
+nil) decode to a list 1001 levels deep, which any ``repr``, ``==`` or validator that
+recurses turns into a ``RecursionError`` that ends the task, and the process with
+it. So every decoded message is measured level by level, with no recursion
+(:func:`nests_deeper_than`), before anything looks inside it; the deepest message of
+this protocol (a look-up answer: response, record, tickets, ticket) is 4 levels.
+Nothing here or downstream of here recurses over a decoded value: errors describe
+untrusted values with :func:`describe_untrusted`, which never looks into a container.
+
+Going over a limit, sending bytes that are not msgpack, or sending a value that is
+not one of the three message shapes raises :class:`RpcProtocolError`. After that
+the stream is out of sync for good: the connection is marked broken and every later
+call raises the same error, so the shell's only move is to drop the connection.
 """
 
 from __future__ import annotations
@@ -42,6 +54,9 @@ RESPONSE = 1
 NOTIFICATION = 2
 
 MSGID_LIMIT = 2**32
+
+# Well below the C decoder's own stack (1024) and Python's recursion limit (1000).
+MAX_DEPTH_LIMIT = 256
 
 
 class _NeedData(enum.Enum):
@@ -63,6 +78,9 @@ class RpcLimits:
     max_map_len: int = 1_000
     # Extension types have no meaning in this protocol: any of them is refused.
     max_ext_len: int = 0
+    # Arrays and maps inside one another, the message itself counting 1. At most
+    # MAX_DEPTH_LIMIT: the C decoder refuses deeper on its own (see the module docstring).
+    max_depth: int = 16
 
     def __attrs_post_init__(self) -> None:
         for field in attrs.fields(type(self)):
@@ -71,6 +89,8 @@ class RpcLimits:
                 raise ValueError(f"RpcLimits.{field.name} must be a non-negative int, got {value!r}")
         if self.max_message_bytes < 16:
             raise ValueError(f"RpcLimits.max_message_bytes must be at least 16, got {self.max_message_bytes}")
+        if not 1 <= self.max_depth <= MAX_DEPTH_LIMIT:
+            raise ValueError(f"RpcLimits.max_depth must be from 1 to {MAX_DEPTH_LIMIT}, got {self.max_depth}")
 
 
 def _is_msgid(value: object) -> bool:
@@ -118,7 +138,41 @@ class RpcNotification:
 RpcEvent = RpcRequest | RpcResponse | RpcNotification
 
 
-def _describe(value: object) -> str:
+def nests_deeper_than(value: object, limit: int) -> bool:
+    """Whether ``value`` has arrays or maps more than ``limit`` levels deep (itself is level 1).
+
+    Level by level with an explicit list, never recursing: safe on any decoded value.
+    Map keys need no look (the Unpacker's ``strict_map_key`` lets only str and bytes in).
+    """
+    level = [value] if type(value) is list or type(value) is dict else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        level = [
+            child
+            for container in level
+            for child in (container.values() if type(container) is dict else container)
+            if type(child) is list or type(child) is dict
+        ]
+    return False
+
+
+def describe_untrusted(value: object) -> str:
+    """A short text for an error message about a decoded value: at most 60 characters.
+
+    Never looks inside an array or map (a repr would recurse, and copy up to a
+    megabyte only to cut it); a long string or binary is cut before its repr.
+    """
+    if type(value) is list:
+        return f"an array of {len(value)}" if value else "[]"
+    if type(value) is dict:
+        return f"a map of {len(value)}" if value else "{}"
+    if isinstance(value, (str, bytes, bytearray)):
+        value = value[:61]
+    elif not isinstance(value, (int, float)) and value is not None:
+        return f"a {type(value).__name__}"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -126,7 +180,7 @@ def _describe(value: object) -> str:
 def event_from_untrusted(message: object) -> RpcEvent:
     """Turn one decoded msgpack value into an event, or raise :class:`RpcProtocolError`."""
     if not isinstance(message, list) or not message:
-        raise RpcProtocolError(f"message is not a non-empty array: {_describe(message)}")
+        raise RpcProtocolError(f"message is not a non-empty array: {describe_untrusted(message)}")
     kind = message[0]
     try:
         if kind == REQUEST and type(kind) is int:
@@ -143,7 +197,7 @@ def event_from_untrusted(message: object) -> RpcEvent:
             return RpcNotification(method=message[1], params=message[2])
     except ValueError as error:
         raise RpcProtocolError(str(error)) from None
-    raise RpcProtocolError(f"unknown message type {_describe(kind)} (expected 0, 1 or 2)")
+    raise RpcProtocolError(f"unknown message type {describe_untrusted(kind)} (expected 0, 1 or 2)")
 
 
 class RpcConnection:
@@ -184,6 +238,9 @@ class RpcConnection:
         self._broken = RpcProtocolError(message)
         return self._broken
 
+    def _too_deep(self) -> str:
+        return f"message nests deeper than {self.limits.max_depth} levels"
+
     def receive_data(self, data: bytes) -> None:
         """Buffer bytes received from the peer."""
         if self._broken is not None:
@@ -204,11 +261,17 @@ class RpcConnection:
             message = self._unpacker.unpack()
         except msgpack.OutOfData:
             return NEED_DATA
+        except (msgpack.StackError, RecursionError):
+            # The C decoder's stack, or the pure-Python fallback's recursion: deeper
+            # than max_depth either way (it is at most MAX_DEPTH_LIMIT).
+            raise self._fail(self._too_deep()) from None
         except ValueError as error:
-            # FormatError, StackError, UnicodeDecodeError, over-limit lengths and
-            # non-string map keys are all ValueError subclasses in msgpack.
+            # FormatError, UnicodeDecodeError, over-limit lengths and non-string map
+            # keys are all ValueError subclasses in msgpack.
             raise self._fail(f"undecodable msgpack: {error}") from None
         self._consumed = self._unpacker.tell()
+        if nests_deeper_than(message, self.limits.max_depth):
+            raise self._fail(self._too_deep())
         try:
             return event_from_untrusted(message)
         except RpcProtocolError as error:
