@@ -27,7 +27,7 @@ import tempfile
 import attrs
 import trio
 
-from eko_bench import noise, report, scripts, targets
+from eko_bench import hostile_sip, noise, report, scripts, targets
 from eko_bench.fake_asr import FakeAsr
 from eko_bench.fake_tts import FakeTts
 from eko_bench.run import BENCH_RTP_PORTS, LIVE_SCENARIOS, Plan, RunResult, run_load
@@ -64,6 +64,7 @@ class Options:
     server_rtp_ports: range | None = None  # a running server's RTP ports (--address): its receive queues are sampled
     compare_off: bool = False  # listening: each run again with listening off
     rounds: int = 1  # listening with compare_off: how many (on, off) pairs
+    hostile_sip: hostile_sip.HostileSip | None = None  # a flood of stuffed OPTIONS beside the server's calls
 
     def __attrs_post_init__(self) -> None:
         if self.target not in ("server", "peer", "both"):
@@ -114,6 +115,8 @@ class Options:
                 raise UserError(f"the server's RTP ports {ports.start}-{ports.stop - 1} overlap the bench's own"
                                 f" {bench.start}-{bench.stop - 1}: give --server-pid (its sockets are told apart by"
                                 " process) or move --bench-rtp-ports", key="--server-rtp-ports")
+        if self.hostile_sip is not None and self.target != "server":
+            raise UserError("--hostile-sip floods the server beside its calls: use --target server", key="--hostile-sip")
         if not 0 <= self.noise_probe <= noise.MAX_SECONDS:
             raise UserError(f"the noise probe runs 0 to {noise.MAX_SECONDS:g} s, not {self.noise_probe:g}", key="--noise-probe")
 
@@ -170,7 +173,7 @@ async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: s
         # The server spins for itself (--keep-cpu-awake); the peer has no such option.
         async with _kept_awake(options.server_cpus if kind == "peer" and options.keep_cpu_awake else None):
             await targets.wait_ready(target, local_host=host)
-            results = await body(target)
+            results = await _beside_hostile_sip(options, target, body)
     finally:
         target.stop()
     if fake is not None:  # live scenarios: the endpoint's own timings, for the report's split
@@ -179,6 +182,16 @@ async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: s
         stats = asr.stop()
         results = [attrs.evolve(result, asr_stats=stats) for result in results]
     return results
+
+
+async def _beside_hostile_sip(options: Options, target, body) -> list[RunResult]:
+    """``body(target)``, with --hostile-sip's flood running for its whole length (each run's ramp-up,
+    steady period and hang-ups); each result carries what the flood sent."""
+    if options.hostile_sip is None:
+        return await body(target)
+    async with hostile_sip.flooding(options.hostile_sip, target=(target.host, target.port)) as flood:
+        results = await body(target)
+    return [attrs.evolve(result, hostile_sip=flood.summary()) for result in results]
 
 
 @contextlib.asynccontextmanager
@@ -384,6 +397,12 @@ def _outcome(results: list[RunResult], notes: list[str]) -> Outcome:
             notes.append(f"{summary['target']}: no steady period (hold shorter than the ramp-up of calls / rate);"
                          f" CPU and RSS were not sampled")
         notes.extend(bench_notes(summary))
+        flood = summary.get("hostile_sip")
+        if flood is not None:
+            notes.append(f"{summary['target']}: --hostile-sip sent {flood['sent']} OPTIONS of {flood['size']} bytes from"
+                         f" {flood['source']} ({flood['achieved_rate']}/s over {flood['seconds']:.0f} s, worst"
+                         f" {flood['max_lateness_ms']} ms behind schedule); {flood['responses']} answered,"
+                         f" {flood['send_errors']} send errors")
     return Outcome(results=results, summaries=summaries, ramp=None, notes=notes)
 
 

@@ -8,7 +8,7 @@ import logging
 import sys
 import tempfile
 
-from eko_bench import barge_in, caller_speech, campaign, noise, report, scripts
+from eko_bench import barge_in, caller_speech, campaign, hostile_sip, noise, report, scripts
 from eko_bench.rtp_engine import SILENCE, open_wav_as_ulaw
 from eko_bench.run import BENCH_RTP_PORTS as BENCH_PORT_RANGE
 from eko_bench.run import MAX_CALLS, MAX_SECONDS, SCENARIOS, Plan
@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-cpu-awake", action="store_true",
                         help="with --server-cpus: keep those CPUs from halting between frames with SCHED_IDLE spinners"
                              " (the server's own --keep-cpu-awake; the bench runs them for the peer and for the probe)")
+    parser.add_argument("--hostile-sip", type=_flag(hostile_sip.parse_hostile_sip), metavar="RATE:SIZE",
+                        help="while the calls run, send the server RATE datagrams a second of an OPTIONS of SIZE bytes"
+                             " stuffed with Via parameters, from another loopback source (e.g. 30:60000; the"
+                             " figures then say what hostile signalling costs the calls)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--plot", help="also draw latency and inter-arrival plots to this PNG (needs matplotlib)")
     return parser
@@ -173,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         server_args=tuple(args.server_arg), plan=plan, ramp=args.ramp,
         bench_ports=args.bench_rtp_ports, sizes=args.sizes, noise_probe=args.noise_probe,
         keep_cpu_awake=args.keep_cpu_awake, server_rtp_ports=args.server_rtp_ports,
-        compare_off=args.listening == "compare", rounds=args.rounds)
+        compare_off=args.listening == "compare", rounds=args.rounds, hostile_sip=args.hostile_sip)
     caller_audio = caller_audio_for(args)
     outcome = campaign.run_sync(options, caller_audio=caller_audio)
     if args.plot:

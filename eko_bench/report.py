@@ -368,6 +368,7 @@ def summarise(result: RunResult) -> dict:
         "listening": listening_summary(result),
         "server": server,
         "server_rtp_queues": queue_summary(result),
+        "hostile_sip": result.hostile_sip,
         "bench": {
             "cpu_percent": bench_cpu,
             "media_process_cpu_percent": media_busy,

@@ -241,6 +241,7 @@ class RunResult:
     loadavg_before: str | None = None  # /proc/loadavg's first three fields
     loadavg_after: str | None = None
     asr_stats: dict | None = None  # listening with asr: the fake endpoint's counters
+    hostile_sip: dict | None = None  # --hostile-sip: what the flood beside the calls sent (hostile_sip.Flood)
 
 
 async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: range = BENCH_RTP_PORTS) -> RunResult:

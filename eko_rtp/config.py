@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from eko_rtp.errors import UserError
+from eko_rtp.media.latch import parse_networks
 from eko_rtp.sip.errors import SipParseError
 from eko_rtp.sip.uri import parse_uri
 from eko_rtp.transfer.hours import DAY_NAMES, DEFAULT_HOLIDAYS, DEFAULT_TIMEZONE, DEFAULT_WEEKLY
@@ -42,6 +43,32 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "max_message_size": ((int,), 65536),
         "answer_timeout": ((int, float), 2.0),
         "t1": ((int, float), 0.5),
+        # SIP over TCP (eko_rtp/server/transport.py). A connection with no message and no CRLF
+        # keepalive for tcp_idle_timeout s is closed: RFC 5626 §4.4.1 clients ping every
+        # 95-120 s, and a missed ping still leaves a minute. A message's headers must be
+        # complete tcp_header_timeout s after its first byte (a slowloris trickles them).
+        "tcp_idle_timeout": ((int, float), 180.0),
+        "tcp_header_timeout": ((int, float), 10.0),
+        # Accepted connections at once, and from one IP address: beyond, a connection is
+        # closed as soon as accepted (counted, logged once per 10 s). 512 is half the 1024
+        # descriptors LimitNOFILE= leaves beyond RTP; a trunk needs a handful.
+        "tcp_max_connections": ((int,), 512),
+        "tcp_max_connections_per_source": ((int,), 50),
+        # Admission (eko_rtp/sip/admission.py, docs/OPERATIONS.md): only sources in these
+        # CIDR blocks may call, probe with OPTIONS, or send anything outside a call, and only
+        # their P-Asserted-Identity is believed (RFC 3325). Loopback by default: set the
+        # trunk's (or the Kamailio front's) addresses in production.
+        "trusted_networks": ((list,), ["127.0.0.0/8", "::1/128"]),
+        # What a request from elsewhere gets: "refuse" (403 while within its rate, then
+        # silence), "drop" (silence), or "accept" (served, its P-Asserted-Identity ignored).
+        "untrusted_action": ((str,), "refuse"),
+        # Calls at once; the next INVITE gets 503 + Retry-After (and OPTIONS 503). Capped
+        # by the pairs of media.rtp_ports (a warning at start when above them).
+        "max_calls": ((int,), 2000),
+        # Initial INVITEs a second from one source address (a token bucket of invite_burst);
+        # beyond it 503 + Retry-After (silence for an untrusted source).
+        "invite_rate_per_source": ((int, float), 100.0),
+        "invite_burst": ((int,), 200),
     },
     "media": {
         # The address our SDP c= line gives for RTP (default: the sip.advertise host, else
@@ -50,6 +77,17 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "rtp_ports": ((str,), "20000-29999"),
         "codec": ((str,), "offer"),
         "rtp_timeout": ((int, float), 30.0),
+        # From the 200 OK to the ACK: seconds without the caller's RTP or RTCP before we
+        # hang up (a forged INVITE neither ACKs nor sends media).
+        "rtp_timeout_before_ack": ((int, float), 5.0),
+        # Where media may go before the caller proved it is there (its first RTP packet, or
+        # the ACK for a public address): CIDR blocks of the trunks' media gateways. Anything
+        # else named in an SDP c= line waits, so a forged INVITE cannot aim our audio at a
+        # third party (eko_rtp/media/latch.py). A NAT latch also accepts sources from these.
+        "trusted_networks": ((list,), ["127.0.0.0/8", "::1/128"]),
+        # Seconds the latched caller must be silent (no RTP, no RTCP) before packets from
+        # another acceptable source may take the call's media over (a NAT re-mapping).
+        "relatch_after": ((int, float), 2.0),
         "max_call_duration": ((int, float), 3600.0),
         # One SCHED_IDLE spinner per CPU the server is pinned to, so those CPUs never
         # halt between frames (eko_rtp/server/awake.py): for CPUs dedicated to it.
@@ -330,12 +368,21 @@ def _check_values(values: dict[str, dict[str, Any]], source: str | None) -> None
         fail("script.function", f"expected MODULE:FUNCTION, got {values['script']['function']!r}")
     _check_listening(values, fail)
     _check_handover(values, fail)
-    for dotted in ("media.rtp_timeout", "media.max_call_duration", "service.drain_grace_seconds", "sip.answer_timeout",
+    _check_admission(values, fail)
+    try:
+        parse_networks(values["media"]["trusted_networks"])
+    except ValueError as error:
+        fail("media.trusted_networks", str(error))
+    for dotted in ("media.rtp_timeout", "media.rtp_timeout_before_ack", "media.relatch_after", "media.max_call_duration",
+                   "service.drain_grace_seconds", "sip.answer_timeout",
                    "sip.t1", "script.silence_reprompt_seconds", "script.silence_hangup_seconds",
                    "recording.retention_days"):
         section, _, key = dotted.partition(".")
         if values[section][key] <= 0:
             fail(dotted, "must be positive")
+    for key in ("tcp_idle_timeout", "tcp_header_timeout", "tcp_max_connections", "tcp_max_connections_per_source"):
+        if values["sip"][key] <= 0:
+            fail(f"sip.{key}", "must be positive")
 
 
 def _check_listening(values: dict[str, dict[str, Any]], fail) -> None:
@@ -386,6 +433,44 @@ def _check_handover(values: dict[str, dict[str, Any]], fail) -> None:
                 fail(f"registration.{key}", f"expected a sip: URI, got {registration[key]!r}")
 
 
+def _check_admission(values: dict[str, dict[str, Any]], fail) -> None:
+    try:
+        admission_settings(values)
+    except ValueError as error:
+        key, _, message = str(error).partition(": ")
+        fail(key, message)
+
+
+def admission_settings(values, *, max_calls: int | None = None):
+    """The ``[sip]`` admission keys as :class:`~eko_rtp.sip.admission.AdmissionSettings` (a Config or its values).
+
+    ``max_calls`` overrides ``sip.max_calls`` (the server caps it by its RTP port pairs).
+    A ValueError reads ``"<dotted key>: <what is wrong>"``.
+    """
+    from eko_rtp.sip.admission import AdmissionSettings, UntrustedAction, parse_networks
+
+    sip = values.values["sip"] if isinstance(values, Config) else values["sip"]
+    try:
+        networks = parse_networks(sip["trusted_networks"])
+    except ValueError as error:
+        raise ValueError(f"sip.trusted_networks: {error}") from None
+    if not networks:
+        raise ValueError("sip.trusted_networks: must list at least the trunk's network (every source would be"
+                         " untrusted); write [\"0.0.0.0/0\", \"::/0\"] to trust everyone")
+    actions = [action.value for action in UntrustedAction]
+    if sip["untrusted_action"] not in actions:
+        raise ValueError(f"sip.untrusted_action: must be one of {', '.join(map(repr, actions))},"
+                         f" got {sip['untrusted_action']!r}")
+    for key in ("max_calls", "invite_burst"):
+        if sip[key] < 1:
+            raise ValueError(f"sip.{key}: must be at least 1")
+    if sip["invite_rate_per_source"] <= 0:
+        raise ValueError("sip.invite_rate_per_source: must be positive (INVITEs a second)")
+    return AdmissionSettings(trusted_networks=networks, untrusted_action=sip["untrusted_action"],
+                             max_calls=sip["max_calls"] if max_calls is None else max_calls,
+                             invite_rate_per_source=sip["invite_rate_per_source"], invite_burst=sip["invite_burst"])
+
+
 def business_hours(values):
     """The ``[hours]`` section as :class:`~eko_rtp.transfer.hours.BusinessHours` (a Config or its values)."""
     from eko_rtp.transfer.hours import BusinessHours
@@ -402,6 +487,14 @@ def transfer_targets(values):
     transfer = values.values["transfer"] if isinstance(values, Config) else values["transfer"]
     return TransferTargets.from_settings({queue: transfer[queue] for queue in ("internet", "mobile", "default")
                                           if transfer[queue]}, "transfer")
+
+
+def latch_policy(values):
+    """``media.trusted_networks`` and ``media.relatch_after`` as a :class:`~eko_rtp.media.latch.LatchPolicy`."""
+    from eko_rtp.media.latch import LatchPolicy
+
+    media = values.values["media"] if isinstance(values, Config) else values["media"]
+    return LatchPolicy(trusted_networks=parse_networks(media["trusted_networks"]), relatch_after=media["relatch_after"])
 
 
 def vad_settings(config: "Config"):

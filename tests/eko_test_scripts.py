@@ -78,3 +78,15 @@ async def greet_then_live(call) -> None:
     await call.say_hybrid(call.greeting[0], LIVE_TEXT)
     log.info("greeting and live text done")
     await trio.sleep_forever()
+
+
+async def greet_and_log_digits(call) -> None:
+    """The greeting, with each digit logged as it comes (test_server_media_guard_process.py)."""
+    async with trio.open_nursery() as nursery:
+        async def log_digits() -> None:
+            async for digit in call.dtmf:
+                log.info("digit %s", digit)
+
+        nursery.start_soon(log_digits)
+        await call.say("greet")
+        await trio.sleep_forever()

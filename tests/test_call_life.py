@@ -25,7 +25,8 @@ from eko_rtp.media.playout import PlayoutQueue
 from eko_rtp.transfer.policy import Decision
 
 FRAME = 0.020
-TIMERS = CallTimers(answer_timeout=2.0, rtp_timeout=10.0, max_duration=60.0)
+# The fakes never ACK: the before-ACK watchdog (5 s by default) would end the scripts' calls.
+TIMERS = CallTimers(answer_timeout=2.0, rtp_timeout=10.0, max_duration=60.0, rtp_timeout_before_ack=60.0)
 
 
 @pytest.fixture

@@ -55,8 +55,10 @@ def test_options_keepalive(built_cache, tmp_path):
 
 
 def test_no_ack_ends_the_call_with_bye(built_cache, tmp_path):
-    # 64·T1 with T1 = 0.5 s is 32 s: the server's BYE must come then, not before.
+    # 64·T1 with T1 = 0.5 s is 32 s: the server's BYE must come then, not before (RFC 3261
+    # §15). The call and its media end earlier: no ACK and no RTP for
+    # media.rtp_timeout_before_ack (5 s) after the 200 OK.
     with ServerProcess(built_cache) as server:
         completed = run_sipp(server, "no_ack.xml", tmp_path, timeout=50)
         assert completed.returncode == 0, sipp_explain(tmp_path, completed)
-        server.wait_for_log(r"ended \(no_ack\)")
+        server.wait_for_log(r"ended \(rtp_timeout\) after 50\d\d ms")

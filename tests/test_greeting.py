@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from eko_rtp.call.greeting import caller_number, choose_greeting
+from eko_rtp.call.greeting import CallerNumbers, caller_number, caller_numbers, choose_greeting
 from eko_rtp.crm.records import CallerRecord, Ticket
 
 UTC = datetime.timezone.utc
@@ -70,3 +70,17 @@ def test_choose_greeting_compares_instants_across_time_zones():
 )
 def test_caller_number_prefers_p_asserted_identity(asserted, from_user, expected):
     assert caller_number(asserted, from_user) == expected
+
+
+@pytest.mark.parametrize(
+    ("asserted", "from_user", "withheld", "expected"),
+    [
+        ("+33612345678", "anonymous", False, CallerNumbers(lookup="+33612345678", kept="+33612345678")),
+        # Privacy: id (RFC 3325 §9.3): the trunk's assertion still finds the caller in the CRM, nothing more.
+        ("+33612345678", "anonymous", True, CallerNumbers(lookup="+33612345678", kept=None)),
+        (None, "0698765432", True, CallerNumbers(lookup="+33698765432", kept=None)),
+        (None, "anonymous", True, CallerNumbers(lookup=None, kept=None)),
+    ],
+)
+def test_a_withheld_number_is_for_the_lookup_only(asserted, from_user, withheld, expected):
+    assert caller_numbers(asserted_user=asserted, from_user=from_user, withheld=withheld) == expected

@@ -84,7 +84,8 @@ class Caller:
 def make_server(built_cache, **sip) -> EkoServer:
     # No RTP from the caller for the whole test: the inactivity watchdog must stay out of the way.
     config = build_config({"sip": {"listen": f"127.0.0.1:{free_port()}", **sip},
-                           "media": {"rtp_ports": rtp_range(20), "rtp_timeout": 3600, "max_call_duration": 7200}},
+                           "media": {"rtp_ports": rtp_range(20), "rtp_timeout": 3600, "rtp_timeout_before_ack": 3600,
+                                     "max_call_duration": 7200}},
                           source=None)
     return EkoServer(config=config, cache=load_cache(built_cache, PHRASES), script=answers_and_waits,
                      clock=FrameClock())

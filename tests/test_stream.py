@@ -122,17 +122,18 @@ def test_audio_read_without_a_kernel_time_counts_for_loss_and_leaves_jitter_alon
     peer = Peer()
     stream = _stream(peer)
     header = struct.Struct("!BBHII")
+    caller = peer.sock.getsockname()  # the signalled address: only the caller's packets count (media/latch.py)
     try:
         for n in (0, 1, 2, 3, 4, 5, 6, 8, 9):  # 7 is lost
             packet = header.pack(0x80, 0, n, n * 160, 0x55) + SILENCE
             # One in five stamped, as the server registers the RTP port; the stamped
             # ones arrive exactly on time, so the jitter must stay 0.
             arrival = 1000.0 + n * 0.020 if n % 5 == 0 else None
-            stream.on_rtp(packet, ("127.0.0.1", 4000), 5.0, arrival)
+            stream.on_rtp(packet, caller, 5.0, arrival)
         assert stream.statistics.cumulative_lost == 1  # unstamped packets count for loss
         assert stream.statistics.jitter == 0
         late = header.pack(0x80, 0, 10, 10 * 160, 0x55) + SILENCE
-        stream.on_rtp(late, ("127.0.0.1", 4000), 5.0, 1000.0 + 10 * 0.020 + 0.016)  # 16 ms late
+        stream.on_rtp(late, caller, 5.0, 1000.0 + 10 * 0.020 + 0.016)  # 16 ms late
         assert stream.statistics.jitter == 128 // 16  # J += (|D| - J)/16 with D = 128 units
     finally:
         stream.pair.close()

@@ -89,6 +89,9 @@ class CallTimers:
     silence_reprompt: float = 15.0  # s of silence after a question before Eko asks if the caller is there
     silence_hangup: float = 30.0  # s of silence after a question before Eko says goodbye
     transfer_bye_wait: float = 2.0  # s after a transfer succeeded for the trunk's BYE before ours
+    # s from the 200 OK without the ACK and without inbound RTP or RTCP before we hang up: a
+    # phone ACKs within a round trip and sends at once; a forged INVITE does neither.
+    rtp_timeout_before_ack: float = 5.0
 
 
 class Call:
@@ -202,25 +205,46 @@ class Call:
             self._line.answer(self)
 
     async def _watchdog(self) -> None:
-        """BYE after ``rtp_timeout`` without inbound RTP or RTCP, or at the maximum duration.
+        """Hang up on a silent caller, or at the maximum duration.
 
-        The inactivity clock starts at the ACK: before it the SIP core's own timer
-        (no ACK after 64·T1) is what ends a call that never got established.
+        From the 200 OK to the ACK, ``rtp_timeout_before_ack`` without inbound RTP or
+        RTCP ends the call (a forged INVITE that names someone else's address in its
+        SDP sends neither: its call and its ports go in seconds, not at the 64·T1 of
+        the SIP core's own no-ACK timer). From the ACK on, ``rtp_timeout``. Only the
+        caller's packets count: strangers' are dropped by the stream's latch before
+        they reach ``last_inbound``. Before the ACK the BYE itself waits for the ACK
+        or its timeout (RFC 3261 §15); the call and its media end at once.
         """
-        timeout = self.timers.rtp_timeout
         deadline_total = self.invite_time + self.timers.max_duration
         with trio.move_on_at(deadline_total):
-            await self.confirmed.wait()
+            await self.answered.wait()
+        answered_at = trio.current_time()
+        before_ack = self.timers.rtp_timeout_before_ack
+        while not self.confirmed.is_set() and answered_at < deadline_total:
+            last = max(answered_at, self.stream.last_inbound or answered_at)
+            with trio.move_on_at(min(last + before_ack, deadline_total)):
+                await self.confirmed.wait()
+            if self.confirmed.is_set():
+                break
+            now = trio.current_time()
+            last = max(answered_at, self.stream.last_inbound or answered_at)
+            if now < deadline_total and now - last >= before_ack:
+                log.info("no ACK and no RTP for %.1f s after the answer; hanging up", now - last)
+                self._hang_up_for("rtp_timeout")
+                return
+            if now >= deadline_total:
+                break
         confirmed_at = trio.current_time()
+        timeout = self.timers.rtp_timeout
         while True:
-            last = self.stream.last_inbound or confirmed_at
+            last = max(confirmed_at, self.stream.last_inbound or confirmed_at)
             await trio.sleep_until(min(last + timeout, deadline_total))
             now = trio.current_time()
             if now >= deadline_total:
                 log.info("maximum duration reached; hanging up")
                 self._hang_up_for("max_duration")
                 return
-            last = self.stream.last_inbound or confirmed_at
+            last = max(confirmed_at, self.stream.last_inbound or confirmed_at)
             if now - last >= timeout:
                 log.info("no RTP for %.0f s; hanging up", now - last)
                 self._hang_up_for("rtp_timeout")

@@ -31,7 +31,7 @@ from functools import partial
 import trio
 
 from eko_rtp.call.call import TransferFailed
-from eko_rtp.call.greeting import choose_greeting
+from eko_rtp.call.greeting import UNKNOWN_CALLER_GREETING, choose_greeting
 from eko_rtp.call.yesno import Answer, classify_yes_no
 from eko_rtp.transfer.policy import Decision
 
@@ -62,6 +62,12 @@ async def run(call) -> None:
         await _is_it_about_the_ticket(call)
     else:
         await _how_can_i_help(call)
+
+
+# What no call can do without: every caller the CRM does not know (or a CRM that is
+# down or late) is greeted with these. Without them in the cache the server reports
+# itself unhealthy (eko_rtp/server/health.py): OPTIONS and new INVITEs get 503.
+run.essential_phrases = UNKNOWN_CALLER_GREETING
 
 
 async def _is_it_about_the_ticket(call) -> None:

@@ -12,9 +12,15 @@ asks :func:`choose_greeting` for phrase keys of the cache catalogue.
   and are skipped.
 - Known caller with no open ticket of a type we can speak about:
   ``returning_client_no_ticket``.
+
+Which number identifies the caller: :func:`caller_numbers` (P-Asserted-Identity from
+a trusted source over From; a caller who asked for privacy is looked up and nothing
+more).
 """
 
 from __future__ import annotations
+
+import attrs
 
 from eko_rtp.crm.phone import normalise_phone
 from eko_rtp.crm.records import CallerRecord
@@ -44,6 +50,31 @@ def caller_number(asserted_user: str | None, from_user: str | None) -> str | Non
 
     P-Asserted-Identity (RFC 3325 section 9.1) is set by the trusted trunk and is
     present even when the caller hid their number in From (section 9.3, privacy
-    "id"). From is the fallback when there is no usable asserted identity.
+    "id"). From is the fallback when there is no usable asserted identity. The SIP
+    core passes an asserted identity only from a trusted source (``sip.trusted_networks``).
     """
     return normalise_phone(asserted_user) or normalise_phone(from_user)
+
+
+@attrs.frozen(kw_only=True)
+class CallerNumbers:
+    """The caller's number for the CRM look-up, and the number the call may keep (None: none)."""
+
+    lookup: str | None
+    kept: str | None
+
+
+def caller_numbers(*, asserted_user: str | None, from_user: str | None, withheld: bool) -> CallerNumbers:
+    """What the call may do with the caller's number.
+
+    A caller who asked for privacy (``Privacy: id``, RFC 3323 §4.2 and RFC 3325 §9.3)
+    hid their number from whoever is outside the trunk's Trust Domain. We are its
+    end (the trunk asserted the identity *to us*), so the number still identifies
+    the caller to Eko: the CRM look-up uses it and the greeting can be the caller's
+    own. It goes nowhere else: ``kept`` is None, so the call log stores no number,
+    a callback becomes a ticket (calling back means dialling the hidden number), and
+    a script never has it to speak, send to a TTS provider, or hand on. The look-up's
+    log line masks it whatever ``service.log_full_numbers`` says (``lookup.py``).
+    """
+    number = caller_number(asserted_user, from_user)
+    return CallerNumbers(lookup=number, kept=None if withheld else number)

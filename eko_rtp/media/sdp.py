@@ -404,10 +404,22 @@ def _choose_audio_stream(description: SessionDescription, role: str) -> MediaDes
     raise SdpError(f"the {role} has no active RTP/AVP audio stream (m=audio with a non-zero port)", status=488)
 
 
+def _format_payload_type(text: str) -> int | None:
+    """An m= line's format as an RTP payload type, None when it is not one (RFC 4566 §5.14).
+
+    ASCII digits only: str.isdigit() also holds for "²" (which int() refuses) and for
+    other scripts' digits (which int() reads), and neither is a payload type.
+    """
+    if text.isascii() and text.isdigit() and int(text) <= 127:
+        return int(text)
+    return None
+
+
 def _telephone_event(media: MediaDescription) -> int | None:
     for payload_text in media.formats:
-        if payload_text.isdigit():
-            mapping = media.rtpmaps.get(int(payload_text))
+        payload_type = _format_payload_type(payload_text)
+        if payload_type is not None:
+            mapping = media.rtpmaps.get(payload_type)
             if mapping and mapping.encoding.lower() == "telephone-event" and mapping.clock_rate == 8000:
                 return mapping.payload_type
     return None
@@ -416,9 +428,10 @@ def _telephone_event(media: MediaDescription) -> int | None:
 def _codecs_in(media: MediaDescription, allowed: tuple[str, ...]) -> list[Codec]:
     found = []
     for payload_text in media.formats:
-        if not payload_text.isdigit() or int(payload_text) > 127:
+        payload_type = _format_payload_type(payload_text)
+        if payload_type is None:
             continue
-        mapping = media.rtpmap(int(payload_text))
+        mapping = media.rtpmap(payload_type)
         if mapping is None or mapping.clock_rate != 8000 or mapping.channels != 1:
             continue
         name = mapping.encoding.upper()

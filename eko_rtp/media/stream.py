@@ -15,10 +15,15 @@ which reads them only through the ``media/`` cores, in place (no object per
 packet): :func:`peek_rtp_untrusted` for every packet (the fixed header), and for
 RFC 4733 telephone-events :func:`payload_bounds_untrusted` (CSRCs, header
 extension and padding honoured) and :func:`peek_telephone_event_untrusted`, whose
-fields :class:`DtmfDetector` turns into digits. They refresh the inactivity timer, latch
-the destination to their source (symmetric RTP, so NATed callers hear us) and feed
-the receive statistics (loss for every packet, jitter for audio only, from the
-kernel's arrival time). The caller's RTCP goes to :class:`QualityMonitor`, so our
+fields :class:`DtmfDetector` turns into digits. Only the caller's packets count:
+the stream's :class:`SourceLatch` (media/latch.py) says who the caller is (the
+signalled address, or a NAT's face after the answer) and whether media may be
+sent yet (reflection guard); each packet costs one compare of its source with the
+latched one, and the rest are dropped and counted (``packets_stray``). The
+caller's packets refresh the inactivity timer and feed the receive statistics
+(loss for every packet, jitter for audio only, from the kernel's arrival time),
+and our media goes where they come from (symmetric RTP, RFC 4961, so NATed
+callers hear us). The caller's RTCP goes to :class:`QualityMonitor`, so our
 reports echo its SRs (LSR/DLSR) and the call ends with its loss, jitter and
 round trip.
 """
@@ -32,6 +37,7 @@ from typing import Callable
 from eko_rtp.codec.frame import FRAME_BYTES, FRAME_SECONDS, SAMPLES_PER_FRAME
 from eko_rtp.codec.g711 import ULAW_TO_ALAW
 from eko_rtp.media.dtmf import DtmfDetector, DtmfError, peek_telephone_event_untrusted
+from eko_rtp.media.latch import LatchPolicy, LatchState, SourceLatch
 from eko_rtp.media.playout import PlayoutQueue
 from eko_rtp.media.ports import PortPair
 from eko_rtp.media.quality import QualityMonitor
@@ -66,6 +72,8 @@ class MediaCounters:
         self.packets_received = 0
         self.packets_invalid = 0
         self.receive_backlogs = 0  # drains that left a call's socket non-empty
+        # RTP and RTCP from someone other than the caller (media/latch.py): dropped whole.
+        self.packets_stray = 0
 
 
 class MediaStream:
@@ -74,10 +82,10 @@ class MediaStream:
     # One per call, kept for the call's life: slots keep it small (a plain instance
     # dict of this many attributes took 1.5 KiB a call, docs/BENCHMARKS.md).
     __slots__ = ("pair", "plan", "queue", "counters", "on_dtmf", "cname", "sender", "dtmf", "statistics",
-                 "quality", "_wall_clock", "on_audio", "recorder", "remote_rtp", "remote_rtcp", "latched",
-                 "t0", "frame_index", "next_due", "closed", "last_inbound", "first_packet_time",
-                 "receive_backlogs", "audio_pt", "codec_name", "_translate", "telephone_event_pt", "_rtcp_mux",
-                 "sending", "_sendmsg")
+                 "quality", "_wall_clock", "on_audio", "recorder", "remote_rtp", "remote_rtcp", "latch",
+                 "caller_source", "caller_ssrc", "t0", "frame_index", "next_due", "closed", "last_inbound",
+                 "first_packet_time", "receive_backlogs", "audio_pt", "codec_name", "_translate", "telephone_event_pt",
+                 "_rtcp_mux", "sending", "_sendmsg")
 
     def __init__(
         self,
@@ -92,6 +100,7 @@ class MediaStream:
         wall_clock: Callable[[], float] | None = None,
         on_audio: Callable[[int, bytes | None, str, float], None] | None = None,
         recorder=None,
+        latch_policy: LatchPolicy | None = None,
     ):
         self.pair = pair
         self._sendmsg = pair.rtp.sendmsg
@@ -111,13 +120,17 @@ class MediaStream:
         self.recorder = recorder  # eko_rtp/call/recording.CallRecorder: each frame we send (None: off)
         self.remote_rtp: tuple | None = None
         self.remote_rtcp: tuple | None = None
-        self.latched = False
+        # Who the caller is and whether we may send yet; caller_source mirrors its
+        # latched source for the per-packet compare (None: nothing latched).
+        self.latch = SourceLatch(policy=latch_policy if latch_policy is not None else LatchPolicy())
+        self.caller_source: tuple | None = None
+        self.caller_ssrc: int | None = None  # of the caller's last packet: a move must carry it
+        self.last_inbound: float | None = None
         self.apply_plan(plan)
         self.t0: float | None = None
         self.frame_index = 0
         self.next_due = 0.0
         self.closed = False
-        self.last_inbound: float | None = None
         self.first_packet_time: float | None = None
         self.receive_backlogs = 0
 
@@ -132,14 +145,36 @@ class MediaStream:
         self._translate = ULAW_TO_ALAW if plan.codec.name.upper() == "PCMA" else None
         self.telephone_event_pt = plan.telephone_event_payload_type
         self._rtcp_mux = bool(plan.rtcp_mux)
-        moved = plan.remote_rtp is not None and plan.remote_rtp != self.remote_rtp
-        if moved or not self.latched:
-            # A re-INVITE that moves the remote address moves our sending (RFC 3264 §8.3.1);
-            # symmetric RTP will latch again to wherever the caller's packets come from.
+        # A re-INVITE that moves the remote address moves our sending (RFC 3264 §8.3.1)
+        # and starts a new latch; the same address again (hold, resume) keeps it.
+        if self.latch.signal(plan.remote_rtp, plan.remote_rtcp):
+            log.info("media moved by the SDP to %s; latching again", plan.remote_rtp)
+        self._route()
+
+    def _route(self) -> None:
+        """Point our sending at the latched source (else the signalled address), if allowed yet."""
+        plan = self.plan
+        latch = self.latch
+        source = self.caller_source = latch.source
+        if source is not None:
+            self.remote_rtp = source
+            self.remote_rtcp = source if self._rtcp_mux else (source[0], source[1] + 1)
+        else:
             self.remote_rtp = plan.remote_rtp
             self.remote_rtcp = plan.remote_rtcp
-            self.latched = False
-        self.sending = bool(plan.send_audio) and plan.remote_rtp is not None
+        # Not allowed yet (reflection guard): the stream plays nothing and the audio
+        # waits, as on hold; timestamps keep counting.
+        self.sending = bool(plan.send_audio) and plan.remote_rtp is not None and latch.may_send
+
+    def on_ack(self) -> None:
+        """The caller's ACK came: media may go to a public signalled address (media/latch.py)."""
+        self.latch.acknowledge()
+        self._route()
+
+    @property
+    def packets_stray(self) -> int:
+        """This call's RTP and RTCP packets dropped as not the caller's."""
+        return self.latch.strays + self.latch.rtcp_strays
 
     # -- sending -----------------------------------------------------------------
 
@@ -147,6 +182,7 @@ class MediaStream:
         """Send frame 0 now; the frame clock sends the rest (call ``schedule`` on it next)."""
         self.t0 = now
         self.frame_index = 0
+        self.latch.answer()
         sent_before = self.counters.frames_sent
         self.next_due = self.send_due(now)
         if self.counters.frames_sent > sent_before:
@@ -243,7 +279,7 @@ class MediaStream:
 
     def send_rtcp(self, now: float, unix_now: float) -> None:
         destination = self.remote_rtp if self.plan.rtcp_mux else self.remote_rtcp
-        if destination is None or self.closed:
+        if destination is None or self.closed or not self.latch.may_send:
             return
         sock = self.pair.rtp if self.plan.rtcp_mux else self.pair.rtcp
         try:
@@ -260,18 +296,17 @@ class MediaStream:
             self.on_rtcp(data, address, now, arrival)
             return
         try:
-            marker_and_type, sequence, timestamp, _ssrc = peek_rtp_untrusted(data)
+            marker_and_type, sequence, timestamp, ssrc = peek_rtp_untrusted(data)
         except RtpError:
             self.counters.packets_invalid += 1
             return
+        # The one per-packet check: the caller's source (a tuple compare); anything
+        # else goes to the latch, which latches it or drops it.
+        if address != self.caller_source and not self._admit(address, ssrc, now):
+            return
         self.counters.packets_received += 1
         self.last_inbound = now
-        if address != self.remote_rtp or not self.latched:
-            # Symmetric RTP (RFC 4961): answer where the caller's media comes from.
-            self.remote_rtp = address
-            if not self._rtcp_mux:
-                self.remote_rtcp = (address[0], address[1] + 1)
-            self.latched = True
+        self.caller_ssrc = ssrc
         payload_type = marker_and_type & 0x7F
         if payload_type == self.telephone_event_pt:
             self.statistics.feed(sequence, timestamp, None)  # counted for loss, not jitter
@@ -285,6 +320,24 @@ class MediaStream:
         if self.on_audio is not None:
             # The caller's voice, or None for comfort noise and other types (no audio).
             self.on_audio(sequence, data if payload_type == self.audio_pt else None, self.codec_name, now)
+
+    def _admit(self, address: tuple, ssrc: int, now: float) -> bool:
+        """A packet not from the latched source: latch to it (symmetric RTP) or drop it, counted."""
+        latch = self.latch
+        if not latch.admit(address, ssrc, now, last_heard=self.last_inbound, caller_ssrc=self.caller_ssrc):
+            self.counters.packets_stray += 1
+            if latch.strays == 1:  # the first one says from where; the rest are only counted
+                log.debug("RTP from %s:%d dropped: not the caller's (latch %s, ssrc %08x)", address[0], address[1],
+                          latch.state.value, ssrc)
+            return False
+        self._route()
+        if latch.state is LatchState.LEARNED or latch.relatches:
+            # Not the SDP's address, or a second latch: worth a line (at most one per
+            # relatch_after, since a live latch is never taken).
+            log.info("media latched to %s:%d (%s, ssrc %08x)", address[0], address[1], latch.state.value, ssrc)
+        else:
+            log.debug("media latched to %s:%d (signalled, ssrc %08x)", address[0], address[1], ssrc)
+        return True
 
     def _on_telephone_event(self, data: bytes, timestamp: int) -> None:
         # A held key sends 50 of these a second: read in place, no objects per packet.
@@ -306,6 +359,11 @@ class MediaStream:
 
     def on_rtcp(self, data: bytes, address: tuple, now: float, arrival: float | None) -> None:
         """A datagram on the RTCP port (or RTCP on a muxed RTP port): the caller's reports."""
+        if not self.latch.accepts_rtcp(address[0]):
+            self.counters.packets_stray += 1  # a stranger's RTCP must not keep the call alive
+            if self.latch.rtcp_strays == 1:
+                log.debug("RTCP from %s:%d dropped: not from the caller's address", address[0], address[1])
+            return
         self.last_inbound = now
         if arrival is None:
             # Muxed RTCP the hub read without a timestamp (it samples the RTP port):

@@ -12,8 +12,9 @@ cache is loaded and the SIP sockets are bound, then waits for signals:
 - SIGTERM / SIGINT: drain (new INVITEs and OPTIONS get 503 with Retry-After, calls
   in progress go on for up to ``service.drain_grace_seconds``, then BYE), then exit 0.
 
-``STATUS=`` tells systemd how many calls are active, updated when calls start or end
-(at most once a second). Nothing here knows SIP or RTP.
+``STATUS=`` tells systemd how many calls are active, and when no new call could
+succeed, why (``server/health.py``), updated when calls start or end or the health
+changes (at most once a second). Nothing here knows SIP or RTP.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Callable
 
 import trio
 
+from eko_rtp.cache.watch import watch_cache_files
 from eko_rtp.errors import UserError
 from eko_rtp.server.awake import cpu_list, keep_cpus_awake, spinner_cpus
 from eko_rtp.server.server import EkoServer
@@ -101,6 +103,7 @@ async def run_service(
             nursery.start_soon(_report_status, server, notifier)
             nursery.start_soon(_collect_garbage, server)
             nursery.start_soon(_sync_counters, server, metrics, tts)
+            nursery.start_soon(watch_cache_files, lambda: server.cache)  # files changed on disk: logged
             notifier.ready(status=_status_text(server))
             task_status.started(bound)
             async for signum in signals:
@@ -174,21 +177,29 @@ async def _collect_garbage(server: EkoServer) -> None:
 def _status_text(server: EkoServer) -> str:
     state = "draining, " if server.draining else ""
     registration = f"; {server.registration_summary}" if server.registration_summary else ""
-    return f"{state}{len(server.calls)} active call(s){registration}"
+    problem = server.health.problem
+    health = f"; UNHEALTHY, OPTIONS and new calls get 503: {problem}" if problem is not None else ""
+    return f"{state}{len(server.calls)} active call(s){registration}{health}"
 
 
 async def _report_status(server: EkoServer, notifier: Notifier) -> None:
     if not notifier.enabled:
         return
+    sent = _status_text(server)  # what READY=1 said
     while True:
-        await server.calls_changed.wait()
-        notifier.status(_status_text(server))
-        await trio.sleep(STATUS_INTERVAL)  # at most one update a second, however busy
+        text = _status_text(server)
+        if text == sent:
+            await server.calls_changed.wait()
+            continue
+        notifier.status(text)
+        sent = text
+        # At most one update a second, however busy; what changed meanwhile is sent after.
+        await trio.sleep(STATUS_INTERVAL)
 
 
 async def _sync_counters(server: EkoServer, metrics: Metrics, tts) -> None:
     """Copy the hot path's plain counters into Prometheus once a second (no locks per frame)."""
-    last_sent = last_late = last_received = last_backlogs = 0
+    last_sent = last_late = last_received = last_backlogs = last_stray = 0
     last_characters: dict[str, int] = {}
     last_cost = 0.0
     last_hits = last_misses = 0
@@ -218,6 +229,8 @@ async def _sync_counters(server: EkoServer, metrics: Metrics, tts) -> None:
             )
         last_sent, last_late = counters.frames_sent, counters.frames_late
         metrics.packets_received.inc(counters.packets_received - last_received)
+        metrics.packets_stray.inc(counters.packets_stray - last_stray)  # no log line: an attack must not flood it
+        last_stray = counters.packets_stray
         if counters.receive_backlogs > last_backlogs:
             metrics.receive_backlogs.inc(counters.receive_backlogs - last_backlogs)
             log.warning(

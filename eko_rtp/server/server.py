@@ -19,6 +19,7 @@ greeting's first packet follows the 200 OK by microseconds, not by a clock tick.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -36,10 +37,10 @@ from eko_rtp.call.digits import DigitQueue
 from eko_rtp.call.ears import CallerAudio
 from eko_rtp.call.recording import CallRecorder, recording_path, sweep_recordings
 from eko_rtp.call.speech import CallSpeech, SpeechSetup
-from eko_rtp.call.greeting import caller_number
+from eko_rtp.call.greeting import caller_numbers
 from eko_rtp.call.lookup import CallerLookup
 from eko_rtp.call.handover import HandoverDesk
-from eko_rtp.config import Config, business_hours, transfer_targets, vad_settings
+from eko_rtp.config import Config, admission_settings, business_hours, latch_policy, transfer_targets, vad_settings
 from eko_rtp.crm.records import CallLog, is_word
 from eko_rtp.media import sdp
 from eko_rtp.media.clock import FrameClock
@@ -50,9 +51,11 @@ from eko_rtp.media.receiver import ReceiveHub
 from eko_rtp.media.stream import ARRIVAL_SAMPLING, MediaCounters, MediaStream, silence_frame
 from eko_rtp.media.vad import VoiceActivityDetector
 from eko_rtp.media.wav import WavEncoding
-from eko_rtp.server.transport import SipTransport
-from eko_rtp.service.logs import SipTrace, call_context
+from eko_rtp.server.health import Condition, Health, missing_essential_phrases
+from eko_rtp.server.transport import SipTransport, TcpLimits
+from eko_rtp.service.logs import LogBudget, SipTrace, call_context
 from eko_rtp.sip import events as ua_module
+from eko_rtp.sip.admission import Admission
 from eko_rtp.sip.registration import RegistrationSettings
 from eko_rtp.sip.session_timer import SessionTimerSettings
 from eko_rtp.sip.uri import format_host_port, parse_uri
@@ -62,6 +65,13 @@ from eko_rtp.sip.useragent import UserAgent, UserAgentSettings
 log = logging.getLogger("eko_rtp.server")
 
 RECORDING_SWEEP_INTERVAL = 3600.0  # s between two sweeps of old recordings
+# Lines written once per received datagram (LogBudget): a burst, then a few a second,
+# the rest summed up once a second; a flood of bad SIP must not fill the journal.
+BAD_SIP_LOG_BURST, BAD_SIP_LOG_PER_SECOND = 100, 10.0
+INTERNAL_ERROR_LOG_BURST, INTERNAL_ERROR_LOG_PER_SECOND = 10, 1.0  # each with its traceback
+PROBE_INTERVAL = 1.0  # s between two tries at an RTP port pair while ports or descriptors ran out
+DESCRIPTORS_EXHAUSTED = (errno.EMFILE, errno.ENFILE)  # the process's limit, the system's
+PROBED = (Condition.RTP_PORTS, Condition.FILE_DESCRIPTORS)  # health conditions only a new try can clear
 
 
 
@@ -108,9 +118,12 @@ class EkoServer:
         # Recordings' disk writes share a few worker threads: a slow disk cannot take them all.
         self._recording_limiter = trio.CapacityLimiter(4)
         self.vad_settings = vad_settings(config)
+        self.latch_policy = latch_policy(config)  # who may send a call media, where it may go (media/latch.py)
         self.hub = ReceiveHub(clock=self.clock)
         self.media_counters = MediaCounters()
         self.counters = ServerCounters()
+        self._bad_sip_log = LogBudget(burst=BAD_SIP_LOG_BURST, per_second=BAD_SIP_LOG_PER_SECOND)
+        self._internal_error_log = LogBudget(burst=INTERNAL_ERROR_LOG_BURST, per_second=INTERNAL_ERROR_LOG_PER_SECOND)
         self.transport = SipTransport(
             host=listen.host,
             port=listen.port,
@@ -118,6 +131,8 @@ class EkoServer:
             max_message_size=config["sip.max_message_size"],
             deliver=self.receive,
             trace=_sip_trace(config, None),
+            tcp_limits=TcpLimits.from_config(config),
+            on_descriptors_exhausted=self._descriptors_exhausted,
         )
         self.ua: UserAgent | None = None
         self.calls: dict[str, Call] = {}
@@ -130,6 +145,12 @@ class EkoServer:
         self.draining = False
         self.calls_changed = trio.Event()  # set whenever a call starts or ends (drain, STATUS=)
         self.cname = f"eko-rtp-{os.getpid()}@{self.media_address}"
+        # Whether a new call could succeed (server/health.py): told to the SIP core, STATUS=.
+        self.health = Health()
+        self._probing = False  # the health probe task runs (server/health.py conditions in PROBED)
+        self._check_phrases()
+        # Who may call and how much (sip/admission.py); the calls cap never above the RTP port pairs.
+        self.admission = Admission(self._admission_settings(config))
         # What a call may ask of the server: made once, handed to every call.
         self._line = CallLine(answer=self.answer_call, hang_up=self.hangup_call, count_phrase=self._count_phrase,
                               transfer=self.transfer_call)
@@ -149,7 +170,9 @@ class EkoServer:
             await nursery.start(self.hub.run)
             bound = await nursery.start(self.transport.run)
             sip_port = next(iter(bound.values()))[1]
-            self.ua = UserAgent(self._ua_settings(sip_port), credentials=self.sip_credentials)
+            self.ua = UserAgent(self._ua_settings(sip_port), credentials=self.sip_credentials,
+                                admission=self.admission)
+            self._health_changed()  # the SIP core and the metrics learn the health of the start
             self._call_nursery = nursery
             nursery.start_soon(self._timer_loop)
             self._start_registration()
@@ -182,6 +205,104 @@ class EkoServer:
             refer_notify_timeout=self.config["transfer.notify_timeout"],
             refer_result_timeout=self.config["transfer.result_timeout"],
         )
+
+    # -- admission and health (sip/admission.py, server/health.py) -------------------
+
+    def _admission_settings(self, config: Config):
+        """``[sip]`` admission, with ``sip.max_calls`` capped by the RTP port pairs (one per call)."""
+        pairs = self.ports.capacity
+        if config["sip.max_calls"] > pairs:
+            log.warning("sip.max_calls %d is above the %d RTP port pairs of media.rtp_ports %s: at most %d calls"
+                        " at once", config["sip.max_calls"], pairs, config["media.rtp_ports"], pairs)
+        return admission_settings(config, max_calls=min(config["sip.max_calls"], pairs))
+
+    def _check_phrases(self) -> None:
+        """The PHRASES condition: the cache lacks a phrase the script cannot do without."""
+        missing = missing_essential_phrases(self.script, self.cache.keys())
+        if missing:
+            self._set_health(Condition.PHRASES, f"the phrase cache lacks {', '.join(missing)}, which every call"
+                                                " of the script needs (build it: eko-rtp cache build)")
+        else:
+            self._clear_health(Condition.PHRASES)
+
+    def _set_health(self, condition: Condition, reason: str) -> None:
+        if self.health.set(condition, reason):
+            log.warning("no new call can succeed: %s; OPTIONS and new INVITEs get 503", reason)
+            self._health_changed()
+        if condition in PROBED:
+            self._start_probe()
+
+    def _clear_health(self, condition: Condition) -> None:
+        if self.health.clear(condition):
+            problem = self.health.problem
+            log.info("%s: recovered; %s", condition.value,
+                     "new calls are taken again" if problem is None else f"still no new call can succeed: {problem}")
+            self._health_changed()
+
+    def _health_changed(self) -> None:
+        """Tell the SIP core (OPTIONS and INVITE 503), the metrics and STATUS=."""
+        problem = self.health.problem
+        if self.ua is not None:
+            self.ua.set_health(problem)
+        if self.metrics is not None:
+            self.metrics.healthy.set(1 if problem is None else 0)
+        self._calls_changed()
+
+    def _ports_in_use(self) -> None:
+        """After a pair was opened: every pair taken means the next call cannot be."""
+        if self.ports.in_use >= self.ports.capacity:
+            self._set_health(Condition.RTP_PORTS, f"all {self.ports.capacity} RTP port pairs of media.rtp_ports"
+                                                  f" {self.config['media.rtp_ports']} are in use")
+
+    def _descriptors_exhausted(self, error: OSError) -> None:
+        """Opening sockets (a call's RTP pair, a SIP TCP accept) failed with EMFILE or ENFILE:
+        unhealthy until the probe succeeds."""
+        self._set_health(Condition.FILE_DESCRIPTORS,
+                         f"out of file descriptors ({errno.errorcode.get(error.errno, error.errno)}: {error.strerror})"
+                         " opening sockets: raise LimitNOFILE= (systemd) or ulimit -n")
+
+    def _start_probe(self) -> None:
+        """While a condition only a new try can clear is set, try once a second (one probe task)."""
+        if not self._probing and self._call_nursery is not None:
+            self._probing = True
+            self._call_nursery.start_soon(self._probe)
+
+    async def _probe(self) -> None:
+        """Open an RTP port pair and give it back, once a second, until that works: healthy again.
+
+        For what no call's end would clear: another process holding the ports, or
+        descriptors that ran out for a reason of their own. No INVITE tries meanwhile
+        (the SIP core answers them 503), so this is the only way back.
+        """
+        with call_context(None):  # the server's lines, not those of the call that ran into it
+            try:
+                while any(condition in self.health for condition in PROBED):
+                    await trio.sleep(PROBE_INTERVAL)
+                    try:
+                        pair = self.ports.open_pair()
+                    except PortsExhausted:
+                        continue
+                    except OSError as error:
+                        if error.errno not in DESCRIPTORS_EXHAUSTED:
+                            log.warning("health probe: cannot open an RTP port pair: %s", error)
+                        continue
+                    self.ports.release(pair)
+                    for condition in PROBED:
+                        self._clear_health(condition)
+            finally:
+                self._probing = False
+
+    def _request_refused(self, event) -> None:
+        """Admission turned a request away: count it; log it when the core says it is news."""
+        answer = str(event.status) if event.status is not None else "dropped"
+        if self.metrics is not None:
+            self.metrics.sip_refused.labels(reason=event.reason, answer=answer).inc()
+        if event.report:
+            why = _REFUSALS.get(event.reason, event.reason)
+            if event.reason == "unhealthy":
+                why = f"{why}: {self.health.problem}"
+            more = f" ({event.unreported} more for this reason since the previous line)" if event.unreported else ""
+            log.warning("%s from %s refused, %s -> %s%s", event.method, _where(event.source), why, answer, more)
 
     def _start_registration(self) -> None:
         """Register with the trunk when ``registration.registrar`` is set (RFC 3261 §10)."""
@@ -216,7 +337,9 @@ class EkoServer:
         except Exception:
             # A bug in the SIP core must cost one message, not every call on the server.
             self.counters.internal_errors += 1
-            log.exception("internal error handling a SIP message from %s (%d bytes); message dropped", _where(source), len(data))
+            self._log_per_datagram(self._internal_error_log, "internal error(s) handling SIP messages", log.exception,
+                                   "internal error handling a SIP message from %s (%d bytes); message dropped",
+                                   _where(source), len(data))
         self._flush()
 
     async def _timer_loop(self) -> None:
@@ -271,14 +394,40 @@ class EkoServer:
             self._incoming_call(event)
         elif isinstance(event, ua_module.RegistrationChanged):
             self._registration_changed(event)
+        elif isinstance(event, ua_module.RequestRefused):
+            self._request_refused(event)
         elif isinstance(event, ua_module.MessageRejected):
             self.counters.sip_rejected += 1
             answer = f" -> {event.status}" if event.status else " -> dropped"
-            log.warning("bad SIP message from %s: %s%s", _where(event.source), event.description, answer)
+            self._log_per_datagram(self._bad_sip_log, "bad SIP message(s)", log.warning, "bad SIP message from %s: %s%s",
+                                   _where(event.source), event.description, answer)
         else:
             call = self.calls.get(event.call_id)
             if call is not None:
                 self._call_event(call, event)
+
+    def _log_per_datagram(self, budget: LogBudget, what: str, write, message: str, *args) -> None:
+        """``write(message, *args)`` if ``budget`` allows; else counted, and summed up a second later."""
+        now = trio.current_time()
+        self._sum_up_held_back(budget, what, now)  # a due summary first, so the lines stay in order
+        due = budget.summary_due
+        if budget.allow(now):
+            write(message, *args)
+        elif due is None and budget.summary_due is not None and self._call_nursery is not None:
+            # The first line held back: its summary must come even if the flood stops now.
+            self._call_nursery.start_soon(self._sum_up_held_back_later, budget, what)
+
+    async def _sum_up_held_back_later(self, budget: LogBudget, what: str) -> None:
+        if budget.summary_due is not None:
+            await trio.sleep_until(budget.summary_due)
+        self._sum_up_held_back(budget, what, trio.current_time())
+
+    @staticmethod
+    def _sum_up_held_back(budget: LogBudget, what: str, now: float) -> None:
+        held = budget.held_back(now)
+        if held:
+            log.warning("%d more %s not logged (at most %d at once, then %g a second)",
+                        held, what, budget.burst, budget.per_second)
 
     # -- calls -------------------------------------------------------------------
 
@@ -293,7 +442,14 @@ class EkoServer:
         try:
             pair = self.ports.open_pair()
         except PortsExhausted as error:
+            self._set_health(Condition.RTP_PORTS, f"{error} (media.rtp_ports)")
             self._refuse(call_id, 503, now, str(error), headers=(("Retry-After", "5"),))
+            return
+        except OSError as error:
+            if error.errno not in DESCRIPTORS_EXHAUSTED:
+                raise
+            self._descriptors_exhausted(error)
+            self._refuse(call_id, 503, now, f"cannot open RTP sockets: {error.strerror}", headers=(("Retry-After", "5"),))
             return
         media = MediaSession(local_address=self.media_address, local_port=pair.port,
                              session_id=next(self._origin_ids), preferred_codec=self.codec_preference)
@@ -304,6 +460,7 @@ class EkoServer:
             self._refuse(call_id, error.status, now, f"unusable SDP offer: {error}", reason=_reason(error))
             return
         log.info("media: %s", describe_plan(negotiated.plan))
+        self._ports_in_use()  # the call keeps its pair: was it the last one?
         barge_in = BargeIn()
         digits = DigitQueue(call_id=call_id, on_digit=barge_in.on_key)
         vad = VoiceActivityDetector(self.vad_settings) if self.vad_settings is not None else None
@@ -325,16 +482,18 @@ class EkoServer:
             cname=self.cname,
             on_audio=ears.feed,
             recorder=recorder,
+            latch_policy=self.latch_policy,
         )
-        number = caller_number(event.caller.asserted_user, event.caller.from_user)
+        numbers = caller_numbers(asserted_user=event.caller.asserted_user, from_user=event.caller.from_user,
+                                 withheld=event.caller.withheld)
         call = Call(
             call_id=call_id,
             caller=event.caller,
-            caller_number=number,
+            caller_number=numbers.kept,
             stream=stream,
             media=media,
             digits=digits,
-            lookup=CallerLookup(crm=self.crm, phone=number, started_at=now,
+            lookup=CallerLookup(crm=self.crm, phone=numbers.lookup, started_at=now,
                                 budget=self.config["crm.budget_ms"] / 1000, call_id=call_id,
                                 on_result=None if self.metrics is None else self.metrics.crm_lookup),
             line=self._line,
@@ -366,7 +525,8 @@ class EkoServer:
                           max_duration=config["media.max_call_duration"],
                           silence_reprompt=config["script.silence_reprompt_seconds"],
                           silence_hangup=config["script.silence_hangup_seconds"],
-                          transfer_bye_wait=config["transfer.bye_wait"])
+                          transfer_bye_wait=config["transfer.bye_wait"],
+                          rtp_timeout_before_ack=config["media.rtp_timeout_before_ack"])
 
     def _recorder(self, call_id: str, plan) -> CallRecorder | None:
         """The call's recorder when ``recording.directory`` is set (caller data: off by default)."""
@@ -425,6 +585,7 @@ class EkoServer:
             call.end(reason, now)
         elif isinstance(event, ua_module.CallConfirmed):
             call.confirmed.set()
+            call.stream.on_ack()  # media may go to the signalled address now (media/latch.py)
             try:
                 negotiated = call.media.ack(event.answer)
             except sdp.SdpError as error:
@@ -557,6 +718,9 @@ class EkoServer:
         self.script = script
         self.codec_preference = None if config["media.codec"] == "offer" else config["media.codec"]
         self.vad_settings = vad_settings(config)
+        self.latch_policy = latch_policy(config)
+        self.admission.reconfigure(self._admission_settings(config))
+        self._check_phrases()
         self.transport.trace = _sip_trace(config, self.transport.trace)
         self.handover = self.handover.reconfigured(
             hours=business_hours(config), targets=transfer_targets(config),
@@ -575,6 +739,7 @@ class EkoServer:
         self.hub.unregister(stream.pair.rtp)
         self.hub.unregister(stream.pair.rtcp)
         self.ports.release(stream.pair)
+        self._clear_health(Condition.RTP_PORTS)  # a pair is free again
         self.calls.pop(call.call_id, None)
         outcome = call.end_reason or "unknown"
         script_outcome = call.script_outcome or _script_outcome(call)
@@ -639,6 +804,15 @@ def describe_plan(plan) -> str:
             f"send_audio={plan.send_audio}")
 
 
+# Why admission refused a request (RequestRefused.reason), for its log line.
+_REFUSALS = {
+    "untrusted": "source not in sip.trusted_networks",
+    "rate": "source over sip.invite_rate_per_source",
+    "max_calls": "sip.max_calls calls in progress",
+    "unhealthy": "no new call can succeed",
+}
+
+
 def _where(source) -> str:
     return f"{source[0]}:{source[1]}" if source else "?"
 
@@ -663,6 +837,9 @@ def _listening_summary(call: Call) -> str:
             words.append(f"caller_audio_concealed={lost}")
         if ears.frames_dropped or ears.asr_frames_dropped:
             words.append(f"caller_frames_dropped={ears.frames_dropped + ears.asr_frames_dropped}")
+    stray = call.stream.packets_stray
+    if stray:
+        words.append(f"stray_packets={stray}")  # dropped as not the caller's (media/latch.py)
     recorder = call.recorder
     if recorder is not None:
         words.append(f"recording={recorder.path.name}" + ("" if recorder.failed is None else " (failed)"))

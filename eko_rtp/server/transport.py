@@ -10,6 +10,24 @@ per-connection task fed by a bounded channel, so a slow peer never blocks the lo
 A connection that sends an unframeable stream is closed; nothing else is affected.
 With a ``trace`` (:class:`~eko_rtp.service.logs.SipTrace`), each message in and out
 is handed to it as well.
+
+A TCP connection holds a descriptor for as long as the peer keeps it open, so none is
+held for free (:class:`TcpLimits`, the ``sip.tcp_*`` keys):
+
+- at most ``max_connections`` accepted connections at once, and
+  ``max_connections_per_source`` from one IP address. Beyond, a connection is
+  accepted and closed at once (the peer learns it now, where one left in the listen
+  backlog would hang), counted, and logged once per ``LOG_INTERVAL`` at most;
+- the framer's deadlines: a connection with no message and no keepalive for
+  ``idle_timeout`` is closed, and so is one whose message's headers are not complete
+  ``header_timeout`` after its first byte (slowloris);
+- a message over ``sip.max_message_size`` is answered 513 when its header block can
+  address one, and the connection closed once the answer is out;
+- out of descriptors (EMFILE, ENFILE), ``accept`` backs off (doubling up to
+  ``ACCEPT_BACKOFF_MAX``) instead of spinning, with one log line per interval and no
+  traceback. ``descriptors_exhausted_until`` (trio's clock) and the
+  ``on_descriptors_exhausted`` callback tell the rest of the server, so OPTIONS can
+  answer 503 meanwhile; UDP needs no new descriptor and carries on.
 """
 
 from __future__ import annotations
@@ -18,14 +36,18 @@ import errno
 import ipaddress
 import itertools
 import logging
+import math
+import os
+import resource
 import socket
 import time
 from typing import Callable
 
+import attrs
 import trio
 
 from eko_rtp.sip.errors import SipParseError
-from eko_rtp.sip.framing import StreamFramer
+from eko_rtp.sip.framing import MessageTooLarge, StreamFramer, StreamTimeout
 
 log = logging.getLogger("eko_rtp.sip.transport")
 
@@ -38,6 +60,69 @@ Deliver = Callable[[bytes, tuple, str, object], None]
 
 RESOLVE_TIMEOUT = 5.0  # s for a name in a Contact or Route to resolve
 MAX_PENDING_RESOLUTIONS = 64  # names being resolved at once; beyond, messages are dropped
+
+RECEIVE_SIZE = 65536  # bytes read from a TCP connection at once
+LOG_INTERVAL = 10.0  # s between two log lines about refused, slow or failed connections
+ACCEPT_BACKOFF_MIN = 0.05  # s to wait after accept found no descriptor, doubling...
+ACCEPT_BACKOFF_MAX = 1.0  # ...up to this while it goes on
+DESCRIPTORS_EXHAUSTED_HOLD = 5.0  # s descriptors_exhausted_until lies beyond the last failure
+CLOSE_LINGER = 2.0  # s at most to get a last answer out before closing a connection
+
+# accept(2) found no descriptor or memory for the new socket: the whole process is short.
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# accept(2) errors about one connection its peer already gave up on (Linux passes
+# pending network errors through accept): skip it and accept the next.
+_ACCEPT_SKIPPABLE = frozenset(getattr(errno, name) for name in (
+    "ECONNABORTED", "EPROTO", "EPERM", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET", "EHOSTUNREACH",
+    "EOPNOTSUPP", "ENETUNREACH") if hasattr(errno, name))
+
+
+@attrs.frozen(kw_only=True)
+class TcpLimits:
+    """What the peers may hold of the server over TCP (the ``sip.tcp_*`` keys)."""
+
+    idle_timeout: float = attrs.field(validator=attrs.validators.gt(0))
+    header_timeout: float = attrs.field(validator=attrs.validators.gt(0))
+    max_connections: int = attrs.field(validator=attrs.validators.ge(1))
+    max_connections_per_source: int = attrs.field(validator=attrs.validators.ge(1))
+
+    @classmethod
+    def from_config(cls, config) -> "TcpLimits":
+        return cls(idle_timeout=config["sip.tcp_idle_timeout"], header_timeout=config["sip.tcp_header_timeout"],
+                   max_connections=config["sip.tcp_max_connections"],
+                   max_connections_per_source=config["sip.tcp_max_connections_per_source"])
+
+
+@attrs.define
+class TcpCounters:
+    """What the TCP side turned away or cut short, since the start (only ever incremented)."""
+
+    accepted: int = 0
+    refused_max_connections: int = 0  # accepted and closed at once: the global cap was reached
+    refused_per_source: int = 0  # the same, for the per-source cap
+    idle_closed: int = 0
+    header_timeouts: int = 0
+    too_large: int = 0  # messages over sip.max_message_size (answered 513 when addressable)
+    unframeable: int = 0  # other framing faults (no or bad Content-Length, stray CR or LF)
+    accept_out_of_descriptors: int = 0  # accept(2) failed with EMFILE, ENFILE, ENOBUFS or ENOMEM
+
+
+class _Throttle:
+    """At most one log line per ``interval`` about one recurring trouble; the next line says how many were held back."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._next_at = -math.inf
+        self._held_back = 0
+
+    def ready(self, now: float) -> str | None:
+        """The end of the line to log now (how many were held back), or None: hold this one back."""
+        if now < self._next_at:
+            self._held_back += 1
+            return None
+        self._next_at = now + self.interval
+        held_back, self._held_back = self._held_back, 0
+        return f" ({held_back} more since the last such line)" if held_back else ""
 
 
 def _is_ip_address(host: str) -> bool:
@@ -58,6 +143,7 @@ class TcpConnection:
         self.stream = stream
         self.peer = peer
         self.send_channel, self.receive_channel = trio.open_memory_channel[bytes](64)
+        self.writer_done = trio.Event()  # the writer task has ended (its channel closed and drained, or broken)
 
     def __repr__(self) -> str:
         return f"<tcp#{self.id} {self.peer[0]}:{self.peer[1]}>"
@@ -67,7 +153,12 @@ class SipTransport:
     """Owns the SIP sockets; hands complete messages to ``deliver``."""
 
     def __init__(self, *, host: str, port: int, transports: list[str], max_message_size: int, deliver: Deliver,
-                 trace=None):
+                 trace=None, tcp_limits: TcpLimits | None = None,
+                 on_descriptors_exhausted: Callable[[OSError], None] | None = None):
+        if tcp_limits is None:  # the configuration's defaults: never a transport without limits
+            from eko_rtp.config import build_config
+
+            tcp_limits = TcpLimits.from_config(build_config({}, source=None))
         self.host = host
         self.port = port
         self.transports = transports
@@ -82,6 +173,19 @@ class SipTransport:
         self.udp_dropped = 0
         self.resolving = 0  # names being resolved now
         self.resolution_failures = 0
+        self.tcp_limits = tcp_limits
+        self.tcp_counters = TcpCounters()
+        # Until when (trio's clock) the process counts as out of descriptors: the last
+        # failed accept plus DESCRIPTORS_EXHAUSTED_HOLD; -inf once one succeeds again.
+        self.descriptors_exhausted_until = -math.inf
+        # Called with the OSError of each accept that found no descriptor (the server's health).
+        self.on_descriptors_exhausted = on_descriptors_exhausted
+        self._accepted_open = 0  # accepted connections open (dialled ones are not capped)
+        self._per_source: dict[str, int] = {}  # accepted connections open, by source IP address
+        self._accept_failures = 0  # failed accepts in a row (out of descriptors)
+        self._refusal_logs = {"all": _Throttle(LOG_INTERVAL), "source": _Throttle(LOG_INTERVAL)}  # by cap
+        self._slow_log = _Throttle(LOG_INTERVAL)
+        self._descriptor_log = _Throttle(LOG_INTERVAL)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -98,7 +202,8 @@ class SipTransport:
                 port = self.bound["udp"][1] if "udp" in self.bound else self.port
                 listeners = await trio.open_tcp_listeners(port, host=self.host)
                 self.bound["tcp"] = listeners[0].socket.getsockname()[:2]
-                nursery.start_soon(trio.serve_listeners, self._serve_connection, listeners)
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, listener)
             nursery.start_soon(self._flush_trace)
             task_status.started(self.bound)
 
@@ -134,38 +239,101 @@ class SipTransport:
 
     # -- TCP -----------------------------------------------------------------------
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        peer = stream.socket.getpeername()[:2]
-        await self._run_connection(TcpConnection(stream, peer))
+    def descriptors_exhausted(self, now: float) -> bool:
+        """Whether the process counts as out of descriptors at ``now`` (a recent accept failed for want of one)."""
+        return now < self.descriptors_exhausted_until
+
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+        # Not trio.serve_listeners: it logs a traceback every 100 ms while descriptors
+        # are short, and has no say over which connections to keep.
+        sock = listener.socket
+        backoff = ACCEPT_BACKOFF_MIN
+        try:
+            while True:
+                try:
+                    client, address = await sock.accept()
+                except OSError as error:
+                    if error.errno in _OUT_OF_DESCRIPTORS:
+                        self._out_of_descriptors(error, backoff)
+                        await trio.sleep(backoff)  # the pending connection waits in the backlog
+                        backoff = min(2 * backoff, ACCEPT_BACKOFF_MAX)
+                    elif error.errno not in _ACCEPT_SKIPPABLE:
+                        raise
+                    continue
+                backoff = ACCEPT_BACKOFF_MIN
+                if self._accept_failures:
+                    log.info("SIP TCP: accepting connections again, after %d attempts failed for want of a "
+                             "descriptor", self._accept_failures)
+                    self._accept_failures = 0
+                    self.descriptors_exhausted_until = -math.inf
+                self._admit(client, address[:2])
+        finally:
+            sock.close()
+
+    def _out_of_descriptors(self, error: OSError, backoff: float) -> None:
+        now = trio.current_time()
+        self.tcp_counters.accept_out_of_descriptors += 1
+        self._accept_failures += 1
+        self.descriptors_exhausted_until = now + DESCRIPTORS_EXHAUSTED_HOLD
+        if self.on_descriptors_exhausted is not None:
+            try:
+                self.on_descriptors_exhausted(error)
+            except Exception:
+                # The server's health bookkeeping must not stop the accept loop for good.
+                log.exception("internal error reporting that descriptors ran out")
+        more = self._descriptor_log.ready(now)
+        if more is not None:
+            soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            log.warning("SIP TCP: cannot accept a connection: %s (%s; %d SIP TCP connections open, RLIMIT_NOFILE "
+                        "%s); retrying in %g s%s", os.strerror(error.errno), errno.errorcode.get(error.errno, "?"),
+                        len(self.connections), soft_limit, backoff, more)
+
+    def _admit(self, client: trio.socket.SocketType, peer: tuple) -> None:
+        """Serve an accepted connection, or close it at once when a cap is reached.
+
+        Synchronous from the accept on: the count cannot change under the check.
+        """
+        limits, source = self.tcp_limits, peer[0]
+        if self._accepted_open >= limits.max_connections:
+            self.tcp_counters.refused_max_connections += 1
+            cap, why = "all", f"{self._accepted_open} connections open (sip.tcp_max_connections)"
+        elif self._per_source.get(source, 0) >= limits.max_connections_per_source:
+            self.tcp_counters.refused_per_source += 1
+            cap, why = "source", (f"{self._per_source[source]} connections open from {source} "
+                                  "(sip.tcp_max_connections_per_source)")
+        else:
+            self.tcp_counters.accepted += 1
+            self._accepted_open += 1
+            self._per_source[source] = self._per_source.get(source, 0) + 1
+            self._nursery.start_soon(self._serve_accepted, client, peer)
+            return
+        client.close()
+        more = self._refusal_logs[cap].ready(trio.current_time())
+        if more is not None:
+            log.warning("SIP TCP from %s:%s: connection closed at once: %s%s", *peer, why, more)
+
+    async def _serve_accepted(self, client: trio.socket.SocketType, peer: tuple) -> None:
+        try:
+            await self._run_connection(TcpConnection(trio.SocketStream(client), peer))
+        finally:
+            self._accepted_open -= 1
+            left = self._per_source[peer[0]] - 1
+            if left:
+                self._per_source[peer[0]] = left
+            else:
+                del self._per_source[peer[0]]
 
     async def _run_connection(self, connection: TcpConnection) -> None:
         self.connections[connection.id] = connection
         self._by_peer[connection.peer] = connection
-        framer = StreamFramer(max_message_size=self.max_message_size)
+        limits = self.tcp_limits
+        framer = StreamFramer(max_message_size=self.max_message_size, idle_timeout=limits.idle_timeout,
+                              header_timeout=limits.header_timeout, now=trio.current_time())
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_connection, connection)
-                try:
-                    async for data in connection.stream:
-                        try:
-                            messages = framer.feed(data)
-                        except SipParseError as error:
-                            log.warning("SIP TCP from %s:%s: %s; closing the connection", *connection.peer, error)
-                            break
-                        for message in messages:
-                            if self.trace is not None:
-                                self.trace.message("received from", "tcp", connection.peer, message,
-                                                   trio.current_time())
-                            self.deliver(message, connection.peer, "tcp", connection)
-                        for _ in range(framer.take_pings()):
-                            self._queue(connection, b"\r\n")  # RFC 5626 §3.5.1 keepalive pong
-                    else:
-                        if framer.pending:
-                            # The peer hung up mid-message: say so, or the loss is invisible.
-                            log.warning("SIP TCP from %s:%s: connection closed in the middle of a message "
-                                        "(%d bytes discarded)", *connection.peer, framer.pending)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+                if await self._read_connection(connection, framer):
+                    await self._close_after_answer(connection)
                 nursery.cancel_scope.cancel()
         finally:
             self.connections.pop(connection.id, None)
@@ -174,17 +342,107 @@ class SipTransport:
             with trio.CancelScope(shield=True):
                 await connection.stream.aclose()
 
+    async def _read_connection(self, connection: TcpConnection, framer: StreamFramer) -> bool:
+        """Deliver the connection's messages until it ends; True when an answer must go out before the close."""
+        stream, peer = connection.stream, connection.peer
+        while True:
+            data = None
+            with trio.move_on_at(framer.deadline):
+                try:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                    log.debug("SIP TCP from %s:%s: %s", *peer, error)
+                    return False
+            now = trio.current_time()
+            if data is None:
+                timeout = framer.expired(now)
+                if timeout is not None:
+                    self._timed_out(connection, framer, timeout, now)
+                    return False
+                continue
+            if not data:
+                if framer.pending:
+                    # The peer hung up mid-message: say so, or the loss is invisible.
+                    log.warning("SIP TCP from %s:%s: connection closed in the middle of a message "
+                                "(%d bytes discarded)", *peer, framer.pending)
+                return False
+            framer.receive_data(data, now)
+            try:
+                while (message := framer.next_message()) is not None:
+                    self._deliver_tcp(message, connection)
+            except MessageTooLarge as error:
+                self.tcp_counters.too_large += 1
+                if error.head is None:
+                    log.warning("SIP TCP from %s:%s: %s; closing the connection", *peer, error)
+                    return False
+                # The header block fits: the SIP core answers 513 from it (its Content-Length
+                # is over the limit there too), addressed like any error (RFC 3261 §8.2.6.2),
+                # and logs the refusal. The rest of the message is never read.
+                log.debug("SIP TCP from %s:%s: %s; closing the connection once the answer is out", *peer, error)
+                self._deliver_tcp(error.head, connection)
+                return True
+            except SipParseError as error:
+                self.tcp_counters.unframeable += 1
+                log.warning("SIP TCP from %s:%s: %s; closing the connection", *peer, error)
+                return False
+            for _ in range(framer.take_pings()):
+                self._queue(connection, b"\r\n")  # RFC 5626 §3.5.1 keepalive pong
+
+    def _deliver_tcp(self, message: bytes, connection: TcpConnection) -> None:
+        if self.trace is not None:
+            self.trace.message("received from", "tcp", connection.peer, message, trio.current_time())
+        self.deliver(message, connection.peer, "tcp", connection)
+
+    def _timed_out(self, connection: TcpConnection, framer: StreamFramer, timeout: StreamTimeout, now: float) -> None:
+        peer, pending = connection.peer, framer.pending
+        if timeout is StreamTimeout.HEADERS:
+            self.tcp_counters.header_timeouts += 1
+            why = (f"headers not complete {self.tcp_limits.header_timeout:g} s after the message began "
+                   "(sip.tcp_header_timeout)")
+        else:
+            self.tcp_counters.idle_closed += 1
+            why = f"no message for {self.tcp_limits.idle_timeout:g} s (sip.tcp_idle_timeout)"
+            if not pending:
+                log.debug("SIP TCP from %s:%s: %s; closing the connection", *peer, why)
+                return
+        more = self._slow_log.ready(now)
+        if more is not None:
+            log.warning("SIP TCP from %s:%s: %s, %d bytes discarded; closing the connection%s", *peer, why, pending,
+                        more)
+
+    async def _close_after_answer(self, connection: TcpConnection) -> None:
+        """Get the queued answer out, then close gently, within CLOSE_LINGER.
+
+        A socket closed with unread bytes sends a reset (RFC 1122 §4.2.2.13), which can
+        destroy our answer in the peer's receive buffer before it is read: so the write
+        side is shut first, and what the peer still sends is read and dropped.
+        """
+        connection.send_channel.close()
+        with trio.move_on_after(CLOSE_LINGER):
+            await connection.writer_done.wait()
+            try:
+                if isinstance(connection.stream, trio.abc.HalfCloseableStream):  # TLS has no half-close
+                    await connection.stream.send_eof()
+                while await connection.stream.receive_some(RECEIVE_SIZE):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                log.debug("SIP TCP from %s:%s: %s", *connection.peer, error)
+
     async def _write_connection(self, connection: TcpConnection) -> None:
         try:
             async for data in connection.receive_channel:
                 await connection.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
             log.debug("SIP TCP to %s: %s", connection.peer, error)
+        finally:
+            connection.writer_done.set()
 
     def _queue(self, connection: TcpConnection, data: bytes) -> None:
         try:
             connection.send_channel.send_nowait(data)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+        except trio.ClosedResourceError:
+            log.debug("SIP TCP to %s:%s: the connection is closing; message dropped", *connection.peer)
+        except (trio.WouldBlock, trio.BrokenResourceError):
             log.warning("SIP TCP to %s:%s: writer is stuck; message dropped", *connection.peer)
 
     async def _dial(self, destination: tuple, data: bytes) -> None:

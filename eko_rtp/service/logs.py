@@ -21,6 +21,11 @@ stays one line. It is bounded: a message is cut after ``max_bytes`` (saying so),
 at most ``per_second`` messages are logged each second; the rest are counted and
 summarised in one line when the second is over.
 
+:class:`LogBudget` bounds any other line written once per datagram (a bad SIP
+message, an internal error): a burst, then a few a second, the rest counted and
+summed up in one line a second, so a flood of hostile datagrams costs the disk a few
+lines a second instead of one (or a traceback) per datagram.
+
 Under systemd, stderr is connected to the journal (``$JOURNAL_STREAM`` names it):
 journald timestamps each line itself, so the formatter omits the time and
 prefixes the syslog priority (``<3>``, sd-daemon(3)) so ``journalctl -p err`` works.
@@ -200,6 +205,52 @@ class SipTrace:
                           self._skipped, self.per_second)
         self._window_start = None
         self._traced = self._skipped = 0
+
+
+class LogBudget:
+    """Whether a per-datagram line may be written: ``burst`` at once, then ``per_second``.
+
+    A token bucket (``burst`` tokens, refilled at ``per_second``): :meth:`allow` takes a
+    token, or counts the line as held back. The first line held back sets
+    :attr:`summary_due` a second later; at that time (or any time after) :meth:`held_back`
+    hands over the count, and the caller writes one line saying how many were left
+    out. No I/O and no clock, like :class:`SipTrace`: the caller passes ``now`` (trio's
+    clock) and sees that :meth:`held_back` is called once :attr:`summary_due` comes.
+    """
+
+    SUMMARY_INTERVAL = 1.0  # s from the first line held back to the line that counts them
+
+    def __init__(self, *, burst: int, per_second: float):
+        if burst < 1 or per_second <= 0:
+            raise ValueError(f"burst must be >= 1 and per_second > 0, got {burst} and {per_second}")
+        self.burst = burst
+        self.per_second = per_second
+        self._tokens = float(burst)
+        self._updated: float | None = None
+        self._held = 0  # since the last summary
+        self.held_total = 0
+        self.summary_due: float | None = None  # set while lines are held back and not yet summed up
+
+    def allow(self, now: float) -> bool:
+        """True: write the line. False: it is counted for the next summary instead."""
+        if self._updated is not None:
+            self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.per_second)
+        self._updated = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        self._held += 1
+        self.held_total += 1
+        if self.summary_due is None:
+            self.summary_due = now + self.SUMMARY_INTERVAL
+        return False
+
+    def held_back(self, now: float) -> int:
+        """The lines held back since the last summary once :attr:`summary_due` has come, else 0."""
+        if self.summary_due is None or now < self.summary_due:
+            return 0
+        held, self._held, self.summary_due = self._held, 0, None
+        return held
 
 
 def stream_is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:

@@ -16,6 +16,7 @@ Exported names (all prefixed ``eko_``):
 ``eko_greeting_latency_seconds``             histogram  200 OK sent -> first RTP packet sent
 ``eko_rtp_frames_sent_total``                counter    RTP media frames sent
 ``eko_rtp_frames_late_total``                counter    frames sent after their due time
+``eko_rtp_packets_stray_total``              counter    RTP/RTCP dropped as not the caller's (media/latch.py)
 ``eko_cache_hits_total{cache}``              counter    ``phrase`` or ``dynamic`` (TTS) cache hits
 ``eko_cache_misses_total{cache}``            counter    and misses
 ``eko_tts_characters_total{backend}``        counter    characters sent to live TTS
@@ -31,6 +32,12 @@ Exported names (all prefixed ``eko_``):
 ``eko_transfers_total{result}``              counter    our REFERs that ``succeeded`` or ``failed``
 ``eko_followups_lost_total``                 counter    callbacks and tickets the CRM never took
 ``eko_sip_registered``                       gauge      1 while registered with the trunk, else 0
+``eko_sip_refused_total{reason,answer}``     counter    requests admission turned away: ``reason``
+                                                       ``untrusted``, ``rate``, ``max_calls`` or
+                                                       ``unhealthy``; ``answer`` ``403``, ``503``
+                                                       or ``dropped`` (sip/admission.py)
+``eko_healthy``                              gauge      1 while a new call could succeed, else 0
+                                                       (then OPTIONS get 503; server/health.py)
 ``process_*``                                various    CPU, memory, open file descriptors
 ==========================================  =========  ==============================================
 """
@@ -64,6 +71,9 @@ JITTER_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 ROUND_TRIP_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 CACHES = ("phrase", "dynamic")
 TTS_BACKENDS = ("elevenlabs", "espeak")
+# What admission may answer, by reason (eko_rtp/sip/admission.py): each starts at 0.
+REFUSALS = (("untrusted", "403"), ("untrusted", "dropped"), ("rate", "503"), ("rate", "dropped"),
+            ("max_calls", "503"), ("unhealthy", "503"))
 _OUTCOME = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 
 
@@ -120,6 +130,7 @@ class Metrics:
     frames_sent: Counter
     frames_late: Counter
     packets_received: Counter
+    packets_stray: Counter
     receive_backlogs: Counter
     cache_hits: Counter
     cache_misses: Counter
@@ -140,6 +151,8 @@ class Metrics:
     transfers: Counter
     followups_lost: Counter
     registered: Gauge
+    sip_refused: Counter
+    healthy: Gauge
 
     @classmethod
     def create(cls, *, process: bool = True) -> Metrics:
@@ -161,6 +174,9 @@ class Metrics:
             frames_sent=Counter("eko_rtp_frames_sent", "RTP media frames sent.", registry=registry),
             frames_late=Counter("eko_rtp_frames_late", "RTP frames sent after their due time.", registry=registry),
             packets_received=Counter("eko_rtp_packets_received", "Inbound RTP packets from callers.", registry=registry),
+            packets_stray=Counter("eko_rtp_packets_stray",
+                                  "RTP and RTCP packets on a call's ports not from its caller, dropped (media/latch.py).",
+                                  registry=registry),
             receive_backlogs=Counter(
                 "eko_rtp_receive_backlogs",
                 "Drains of the receive hub that left a call's socket non-empty (a caller outpacing the server).",
@@ -212,7 +228,13 @@ class Metrics:
                                    registry=registry),
             registered=Gauge("eko_sip_registered", "1 while registered with the trunk's registrar, else 0.",
                              registry=registry),
+            sip_refused=Counter("eko_sip_refused", "SIP requests turned away by admission, by reason and answer.",
+                                ["reason", "answer"], registry=registry),
+            healthy=Gauge("eko_healthy", "1 while a new call could succeed (else OPTIONS get 503), else 0.",
+                          registry=registry),
         )
+        for reason, answer in REFUSALS:
+            metrics.sip_refused.labels(reason=reason, answer=answer)
         for result in ("succeeded", "failed"):
             metrics.transfers.labels(result=result)
         # Known label values start at 0, so a rate() over them exists from the start.

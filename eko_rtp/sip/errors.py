@@ -28,8 +28,9 @@ class SipParseError(Exception):
 
     def __init__(self, status: int, reason: str, *, request: Any = None):
         # The reason becomes a reason phrase: keep it one printable line (RFC 3261 §25.1
-        # Reason-Phrase excludes CR and LF).
-        reason = "".join(ch if ch.isprintable() else "?" for ch in reason)[:_MAX_REASON]
+        # Reason-Phrase excludes CR and LF). Cut first: a reason may quote a whole
+        # hostile value, and this runs once per refused datagram.
+        reason = "".join(ch if ch.isprintable() else "?" for ch in reason[:_MAX_REASON])
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason

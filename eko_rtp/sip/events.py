@@ -25,6 +25,7 @@ __all__ = [
     "EndReason",
     "CallEnded",
     "MessageRejected",
+    "RequestRefused",
     "TransferUpdate",
     "RegistrationChanged",
 ]
@@ -45,13 +46,21 @@ class Transmit:
 
 @attrs.frozen(kw_only=True)
 class CallerIdentity:
-    """Who calls: the From header, and P-Asserted-Identity (RFC 3325) when the trunk gave one."""
+    """Who calls: the From header, and P-Asserted-Identity (RFC 3325) when a trusted source gave one.
+
+    ``asserted_*`` are None when the INVITE came from outside ``sip.trusted_networks``
+    (RFC 3325 §5: an identity asserted by a node outside the Trust Domain means
+    nothing). ``withheld``: the caller asked for privacy (RFC 3323 §4.2 ``Privacy:``
+    ``id``, ``user`` or ``header``): their number may identify them to us, and goes
+    nowhere else (``eko_rtp/call/greeting.py``, ``caller_numbers``).
+    """
 
     from_uri: str
     from_user: str | None
     display_name: str | None
     asserted_uri: str | None = None
     asserted_user: str | None = None
+    withheld: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -118,6 +127,24 @@ class MessageRejected:
 
 
 @attrs.frozen(kw_only=True)
+class RequestRefused:
+    """A request admission turned away (``admission.py``): answered ``status`` (403, 503) or dropped (None).
+
+    ``reason`` is an :class:`~eko_rtp.sip.admission.Refusal` value ("untrusted",
+    "rate", "max_calls", "unhealthy"). ``report`` is set on the first refusal of its
+    reason in a while, with ``unreported`` the like refusals since the previous report:
+    the shell counts every event and logs only those.
+    """
+
+    method: str
+    source: tuple[str, int]
+    reason: str
+    status: int | None
+    report: bool
+    unreported: int = 0
+
+
+@attrs.frozen(kw_only=True)
 class TransferUpdate:
     """News of our REFER (``refer.py``): its state changed, or the phone reported a new status.
 
@@ -143,4 +170,4 @@ class RegistrationChanged:
 
 
 Event = (Transmit | IncomingCall | CallConfirmed | SessionModified | InfoDtmf | CallEnded | MessageRejected
-         | TransferUpdate | RegistrationChanged)
+         | RequestRefused | TransferUpdate | RegistrationChanged)

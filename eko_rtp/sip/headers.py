@@ -8,6 +8,14 @@ parsed, once, into its typed fields; the others where they are used. Several
 header kinds may hold a comma-separated list on one line (§7.3.1), so list parsers
 take every line of a header and split on commas that are outside quoted strings and
 angle brackets. Parse failures raise :class:`SipParseError` (400) naming the header.
+
+Cost: these values come from the network, and a datagram may be stuffed with
+thousands of parameters or list elements. Quoted strings, brackets and separators
+are found by regular expressions and ``str`` methods (C loops), never by a Python
+loop over characters, and the Python work per element is bounded: a value holds at
+most ``uri.MAX_PARAMETERS`` parameters and a list header at most
+:data:`MAX_LIST_ELEMENTS` elements, or it is refused with 400 before they are
+parsed. ``message.py`` bounds the length of each header line.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from collections.abc import Iterable
 import attrs
 
 from eko_rtp.sip.errors import SipParseError, describe
-from eko_rtp.sip.uri import Uri, format_host_port, parse_host_port, parse_uri
+from eko_rtp.sip.uri import MAX_PARAMETERS, Uri, format_host_port, parse_host_port, parse_uri
 
 __all__ = [
     "NameAddr",
@@ -26,6 +34,7 @@ __all__ = [
     "CSeq",
     "SessionExpires",
     "MAGIC_COOKIE",
+    "MAX_LIST_ELEMENTS",
     "split_comma_list",
     "parse_name_addr",
     "parse_name_addr_list",
@@ -46,39 +55,54 @@ __all__ = [
 MAGIC_COOKIE = "z9hG4bK"
 TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+\Z")
 _DELTA = re.compile(r"[0-9]{1,10}\Z")
+# Elements of one list header (Via, Contact, Route, Record-Route, Supported...), over
+# all its lines: a request crosses a few proxies, each adding a Via and a
+# Record-Route; one with more is refused 400 before any element is parsed.
+MAX_LIST_ELEMENTS = 32
+
+# One element of a comma-separated list (§7.3.1): runs of ordinary characters, quoted
+# strings (with \-escapes, maybe unterminated) and <...> (which may hold quoted
+# strings and commas). Possessive quantifiers: the scan never backtracks, so it is
+# linear in the element's length. What stops it is a comma outside both, or the end.
+_LIST_ELEMENT = re.compile(
+    r'(?:[^",<]++|"(?:[^"\\]++|\\.)*+"?|<(?:[^">]++|"(?:[^"\\]++|\\.)*+"?)*+>?)*+', re.DOTALL)
+# One ;-separated piece of a parameter list: ordinary characters and closed quoted
+# strings. It stops at a ';' outside quotes, the end, or a '"' that is never closed.
+_PARAMETER_PIECE = re.compile(r'(?:[^";]++|"(?:[^"\\]++|\\.)*+")*+', re.DOTALL)
+# A quoted display name at the start of a name-addr (§25.1 quoted-string).
+_QUOTED = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 
 
 def split_comma_list(values: Iterable[str]) -> list[str]:
     """Split header lines on commas outside quoted strings and <...>; trim each element."""
     elements: list[str] = []
     for value in values:
-        start = 0
-        quoted = angle = escaped = False
-        for index, ch in enumerate(value):
-            if escaped:
-                escaped = False
-            elif quoted:
-                if ch == "\\":
-                    escaped = True
-                elif ch == '"':
-                    quoted = False
-            elif ch == '"':
-                quoted = True
-            elif ch == "<":
-                angle = True
-            elif ch == ">":
-                angle = False
-            elif ch == "," and not angle:
-                elements.append(value[start:index].strip())
-                start = index + 1
-        elements.append(value[start:].strip())
-    return [element for element in elements if element]
+        if '"' not in value and "<" not in value:
+            elements.extend(value.split(","))  # nothing can hide a comma: one C split
+            continue
+        position, end = 0, len(value)
+        while True:
+            stop = _LIST_ELEMENT.match(value, position).end()  # always matches, maybe empty
+            elements.append(value[position:stop])
+            if stop >= end:
+                break
+            position = stop + 1  # past the comma that ended the element
+    return [element for element in map(str.strip, elements) if element]
+
+
+def _bounded_list(values: Iterable[str], what: str) -> list[str]:
+    """:func:`split_comma_list`, refused (400) past MAX_LIST_ELEMENTS elements."""
+    elements = split_comma_list(values)
+    if len(elements) > MAX_LIST_ELEMENTS:
+        raise SipParseError(400, f"more than {MAX_LIST_ELEMENTS} elements in {what}")
+    return elements
 
 
 def _parse_header_parameters(text: str, what: str) -> tuple[tuple[str, str | None], ...]:
     """``;name=value;flag`` after a header value; quoted values keep their quotes."""
     parameters = []
-    for item in _split_outside_quotes(text, ";"):
+    for item in _split_parameters(text, what):
         item = item.strip()
         if not item:
             raise SipParseError(400, f"empty parameter in {what}")
@@ -92,21 +116,22 @@ def _parse_header_parameters(text: str, what: str) -> tuple[tuple[str, str | Non
     return tuple(parameters)
 
 
-def _split_outside_quotes(text: str, separator: str) -> list[str]:
-    pieces, start, quoted, escaped = [], 0, False, False
-    for index, ch in enumerate(text):
-        if escaped:
-            escaped = False
-        elif ch == "\\" and quoted:
-            escaped = True
-        elif ch == '"':
-            quoted = not quoted
-        elif ch == separator and not quoted:
-            pieces.append(text[start:index])
-            start = index + 1
-    if quoted:
-        raise SipParseError(400, f"unterminated quoted string in {describe(text)}")
-    pieces.append(text[start:])
+def _split_parameters(text: str, what: str) -> list[str]:
+    """``text`` split on ';' outside quoted strings; at most MAX_PARAMETERS pieces, else 400."""
+    if '"' not in text:
+        pieces = text.split(";", MAX_PARAMETERS)  # never splits more than it may keep
+    else:
+        pieces, position, end = [], 0, len(text)
+        while len(pieces) <= MAX_PARAMETERS:
+            stop = _PARAMETER_PIECE.match(text, position).end()
+            if stop < end and text[stop] == '"':
+                raise SipParseError(400, f"unterminated quoted string in {describe(text)}")
+            pieces.append(text[position:stop])
+            if stop >= end:
+                break
+            position = stop + 1  # past the ';'
+    if len(pieces) > MAX_PARAMETERS:
+        raise SipParseError(400, f"more than {MAX_PARAMETERS} parameters in {what}")
     return pieces
 
 
@@ -153,16 +178,9 @@ class NameAddr:
 
 
 def _unquote(text: str) -> str:
-    out, escaped = [], False
-    for ch in text[1:-1]:
-        if escaped:
-            out.append(ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        else:
-            out.append(ch)
-    return "".join(out)
+    """A quoted-string's content, each quoted-pair (§25.1: backslash, character) undone."""
+    inner = text[1:-1]
+    return _QUOTED_PAIR.sub(r"\1", inner) if "\\" in inner else inner
 
 
 def parse_name_addr(text: str, what: str = "name-addr") -> NameAddr:
@@ -170,20 +188,11 @@ def parse_name_addr(text: str, what: str = "name-addr") -> NameAddr:
     text = text.strip()
     display_name = None
     if text.startswith('"'):
-        index, escaped = 1, False
-        while index < len(text):
-            ch = text[index]
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                break
-            index += 1
-        else:
+        quoted = _QUOTED.match(text)
+        if quoted is None:
             raise SipParseError(400, f"unterminated display name in {what}")
-        display_name = _unquote(text[: index + 1])
-        text = text[index + 1 :].lstrip()
+        display_name = _unquote(quoted.group())
+        text = text[quoted.end() :].lstrip()
         if not text.startswith("<"):
             raise SipParseError(400, f"display name without <URI> in {what}")
     elif "<" in text:
@@ -211,7 +220,7 @@ def parse_name_addr(text: str, what: str = "name-addr") -> NameAddr:
 
 def parse_name_addr_list(values: Iterable[str], what: str) -> list[NameAddr]:
     """Every address of a list header (Route, Record-Route, Contact), in order."""
-    return [parse_name_addr(element, what) for element in split_comma_list(values)]
+    return [parse_name_addr(element, what) for element in _bounded_list(values, what)]
 
 
 @attrs.frozen(kw_only=True)
@@ -274,7 +283,7 @@ def parse_via(text: str) -> Via:
 
 def parse_via_list(values: Iterable[str]) -> list[Via]:
     """Every Via of a message, top first, whether comma-separated or on several lines."""
-    return [parse_via(element) for element in split_comma_list(values)]
+    return [parse_via(element) for element in _bounded_list(values, "Via")]
 
 
 @attrs.frozen(kw_only=True)
@@ -346,7 +355,7 @@ def parse_min_se(text: str) -> int:
 def parse_token_list(values: Iterable[str], what: str) -> tuple[str, ...]:
     """Require, Supported, Allow, Unsupported: comma-separated tokens."""
     tokens = []
-    for element in split_comma_list(values):
+    for element in _bounded_list(values, what):
         if not TOKEN.match(element):
             raise SipParseError(400, f"bad token {describe(element)} in {what}")
         tokens.append(element)

@@ -20,6 +20,17 @@ When a message is refused, the :class:`SipParseError` carries the request as far
 it was read, its typed fields holding those of the five that parsed (the Vias up to
 the first bad one), so that a 400 can still be addressed (§8.2.6). On a message
 built here rather than parsed the typed fields are empty: its headers are ours.
+
+Cost and limits: a parse is linear in the datagram with a small constant (C-level
+``str`` scans and regular expressions; Python code runs per line, per list element
+or per parameter, never per character), and the Python work is bounded whatever a
+peer sends: at most :data:`MAX_HEADER_LINES` header lines (folded continuations
+count), each at most :data:`MAX_HEADER_LENGTH` characters once unfolded, each
+parameter list and list header bounded in ``headers.py`` and ``uri.py``. A message
+over a line limit is refused 513 (Message Too Large, §21.5.7: longer than the
+server is able to process), with the lines read so far, so that
+the 513 can still be addressed; an over-long line is left out of the headers.
+:class:`Headers` indexes its lines by name once, so a look-up does not scan them.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ import attrs
 
 from eko_rtp.sip.errors import SipParseError, describe
 from eko_rtp.sip.headers import (
+    MAX_LIST_ELEMENTS,
     TOKEN,
     CSeq,
     NameAddr,
@@ -51,11 +63,18 @@ __all__ = [
     "Message",
     "COMPACT_FORMS",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "MAX_HEADER_LINES",
+    "MAX_HEADER_LENGTH",
     "REASON_PHRASES",
     "parse_message_untrusted",
 ]
 
 DEFAULT_MAX_MESSAGE_SIZE = 65536
+# Limits on what a parse will read (see the module docstring). Real requests carry
+# 10-40 header lines of well under a kilobyte (a STIR/SHAKEN Identity is the longest
+# a trunk sends, about 1 KB); these leave room for proxies and feature tags.
+MAX_HEADER_LINES = 256
+MAX_HEADER_LENGTH = 8192  # characters of one header line, name and value, once unfolded
 SIP_VERSION = "SIP/2.0"
 
 # §7.3.3 and the registrations since (RFC 3265, 3515, 3841, 3892, 4028).
@@ -85,6 +104,7 @@ REASON_PHRASES = {
 _VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
 _VERSION = re.compile(r"SIP/(\d+)\.(\d+)\Z", re.IGNORECASE)
 _CALL_ID = re.compile(r"[!-~]+")
+_STATUS = re.compile(r"[1-6][0-9][0-9]")
 
 
 def canonical_name(name: str) -> str:
@@ -110,19 +130,24 @@ class Headers:
     fields: tuple[tuple[str, str], ...] = attrs.field(
         default=(), converter=lambda items: tuple((canonical_name(n), v) for n, v in items), validator=_check_fields
     )
+    # Lower-cased name -> its values in order: built once, so a look-up is not a scan
+    # of every line (the user agent looks up a dozen names in each message).
+    _index: dict[str, list[str]] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        index: dict[str, list[str]] = {}
+        for name, value in self.fields:
+            index.setdefault(name.lower(), []).append(value)
+        object.__setattr__(self, "_index", index)
 
     def get(self, name: str) -> str | None:
         """The first value of ``name``, None when absent."""
-        name = canonical_name(name).lower()
-        for key, value in self.fields:
-            if key.lower() == name:
-                return value
-        return None
+        values = self._index.get(canonical_name(name).lower())
+        return values[0] if values else None
 
     def get_all(self, name: str) -> list[str]:
         """Every line's value for ``name``, in order."""
-        name = canonical_name(name).lower()
-        return [value for key, value in self.fields if key.lower() == name]
+        return list(self._index.get(canonical_name(name).lower(), ()))
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
@@ -218,27 +243,42 @@ def _split_head(data: bytes, limit: int) -> tuple[bytes, bytes]:
     return data[:end], data[end + 4 :]
 
 
-def _header_lines(head: str) -> list[str]:
-    """Header lines with §7.3.1 folding undone: a line starting with SP/HT continues the last."""
-    lines: list[str] = []
-    for line in head.split("\r\n"):
+def _header_lines(head: str) -> tuple[list[str], SipParseError | None]:
+    """The start line and header lines with §7.3.1 folding undone (a line starting with
+    SP/HT continues the last), and a 513 when there are more than MAX_HEADER_LINES."""
+    physical = head.split("\r\n", MAX_HEADER_LINES + 1)  # never cuts more than it keeps
+    error = None
+    if len(physical) > MAX_HEADER_LINES + 1:
+        physical.pop()
+        error = SipParseError(513, f"more than {MAX_HEADER_LINES} header lines")
+    lines: list[list[str]] = []  # each line's pieces, joined once: folding stays linear
+    for line in physical:
         if line[:1] in (" ", "\t"):
             if not lines:
                 raise SipParseError(400, "continuation line before any header")
-            lines[-1] = lines[-1].rstrip(" \t") + " " + line.strip(" \t")
+            pieces = lines[-1]
+            pieces[-1] = pieces[-1].rstrip(" \t")
+            pieces.append(line.strip(" \t"))
         else:
-            lines.append(line)
-    return lines
+            lines.append([line])
+    return [" ".join(pieces) for pieces in lines], error
 
 
-def _parse_fields(lines: list[str]) -> tuple[Headers, SipParseError | None]:
+def _parse_fields(lines: list[str], first_error: SipParseError | None = None
+                  ) -> tuple[Headers, SipParseError | None]:
     """The header lines that parse, and the error of the first that does not (if any).
 
     A bad line does not stop the others from being read, so that a 400 can still be
     addressed with the Via, From, To, Call-ID and CSeq around it.
     """
-    fields, first_error = [], None
+    fields = []
     for line in lines:
+        if len(line) > MAX_HEADER_LENGTH:
+            name = line.partition(":")[0].rstrip(" \t")
+            first_error = first_error or SipParseError(
+                513, f"header line {describe(name, 40)} of {len(line)} characters exceeds the "
+                     f"{MAX_HEADER_LENGTH}-character limit")
+            continue
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
         value = value.strip(" \t")
@@ -285,15 +325,15 @@ def _parse(data: bytes, transport: str, limit: int) -> Request | Response:
         head = head_bytes.decode()
     except UnicodeDecodeError as error:
         raise SipParseError(400, f"headers are not UTF-8 (byte {error.start})") from None
-    lines = _header_lines(head)
+    lines, lines_error = _header_lines(head)
     start_line, lines = lines[0], lines[1:]
-    headers, header_error = _parse_fields(lines)
+    headers, header_error = _parse_fields(lines, lines_error)
     addressing, addressing_error = _parse_addressing(headers)
     if start_line.upper().startswith("SIP/"):
         version, _, status_and_reason = start_line.partition(" ")
         status_text, _, reason = status_and_reason.partition(" ")
         _check_version(version, None)
-        if not re.fullmatch(r"[1-6][0-9][0-9]", status_text):
+        if not _STATUS.fullmatch(status_text):
             raise SipParseError(400, f"bad status code {describe(status_text)}")
         message: Request | Response = Response(status=int(status_text), reason=reason, version=version,
                                                headers=headers, **addressing)
@@ -310,8 +350,9 @@ def _parse(data: bytes, transport: str, limit: int) -> Request | Response:
             raise SipParseError(400, f"extra whitespace in Request-Line {describe(start_line)}", request=request)
         _check_version(version, request)
     try:
-        if header_error is not None:
+        if header_error is not None and len(head_bytes) + 4 <= limit:
             raise header_error
+        # A head over the message limit is refused for that (513) by the framing.
         body = _frame_body(headers, rest, transport, len(head_bytes) + 4, limit)
         _check_required(message, addressing_error)
     except SipParseError as error:
@@ -365,7 +406,12 @@ def _parse_addressing(headers: Headers) -> tuple[dict[str, Any], SipParseError |
     """
     errors: list[SipParseError] = []
     vias = []
-    for element in split_comma_list(headers.get_all("Via")):
+    elements = split_comma_list(headers.get_all("Via"))
+    if len(elements) > MAX_LIST_ELEMENTS:
+        # Refused, but the top Via still routes the answer.
+        errors.append(SipParseError(400, f"more than {MAX_LIST_ELEMENTS} elements in Via"))
+        elements = elements[:1]
+    for element in elements:
         try:
             vias.append(parse_via(element))
         except SipParseError as error:

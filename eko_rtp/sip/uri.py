@@ -6,6 +6,11 @@ escapes decoded (``sip:%61lice@host`` has user ``alice``) and its host lower-cas
 characters that need it escaped again, so a parse of the output gives an equal
 value. Only the schemes a voice trunk sends are accepted: a Request-URI with another
 scheme is answered 416 (§8.2.2.1).
+
+Parsing costs a few C-level scans per URI and a little Python per parameter, never
+Python per character: a URI comes from the network, so it holds at most
+:data:`MAX_PARAMETERS` parameters (and as many ``?`` headers), which bounds the
+Python work whatever its length.
 """
 
 from __future__ import annotations
@@ -17,7 +22,13 @@ import attrs
 
 from eko_rtp.sip.errors import SipParseError, describe
 
-__all__ = ["Uri", "parse_uri", "escape", "unescape", "format_host_port"]
+__all__ = ["Uri", "parse_uri", "escape", "unescape", "format_host_port", "MAX_PARAMETERS"]
+
+# Parameters of one URI, or of one header value (headers.py): real ones carry a
+# handful (a Contact with RFC 3840 feature tags, a dozen or two); an element with more
+# is refused 400 before any of them is looked at, so a datagram stuffed with
+# ";a;a;a..." costs a split, not a loop per parameter.
+MAX_PARAMETERS = 32
 
 _ALPHANUM = string.ascii_letters + string.digits
 _MARK = "-_.!~*'()"
@@ -32,6 +43,9 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.?\Z")
 _IPV6 = re.compile(r"\[[0-9A-Fa-f:.]+\]\Z")
 _PORT = re.compile(r"[0-9]{1,5}\Z")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_WHITESPACE = re.compile(r"\s")  # what str.isspace calls space, found by a C scan
+_UNSAFE: dict[frozenset[str], re.Pattern[str]] = {}  # per safe set, the pattern of what it lacks
 SCHEMES = ("sip", "sips", "tel")
 
 
@@ -56,9 +70,13 @@ def unescape(text: str, what: str) -> str:
 
 def escape(text: str, safe: frozenset[str]) -> str:
     """Escape every character outside ``safe`` as %XX of its UTF-8 bytes."""
-    if all(ch in safe for ch in text):
+    unsafe = _UNSAFE.get(safe)
+    if unsafe is None:
+        # Few distinct sets exist (the module's own): compiled once each.
+        unsafe = _UNSAFE[safe] = re.compile("[^" + "".join(re.escape(ch) for ch in sorted(safe)) + "]")
+    if unsafe.search(text) is None:
         return text
-    return "".join(ch if ch in safe else "".join(f"%{b:02X}" for b in ch.encode()) for ch in text)
+    return unsafe.sub(lambda match: "".join(f"%{b:02X}" for b in match.group().encode()), text)
 
 
 def format_host_port(host: str, port: int | None) -> str:
@@ -146,9 +164,17 @@ def parse_host_port(text: str, what: str) -> tuple[str, int | None]:
     return host.lower(), port
 
 
+def _bounded_split(text: str, separator: str, what: str, kind: str) -> list[str]:
+    """``text.split(separator)``, refused (400) past MAX_PARAMETERS items without splitting the rest."""
+    items = text.split(separator, MAX_PARAMETERS)
+    if len(items) > MAX_PARAMETERS:
+        raise SipParseError(400, f"more than {MAX_PARAMETERS} {kind} in {what}")
+    return items
+
+
 def _parse_parameters(text: str, what: str) -> tuple[tuple[str, str | None], ...]:
     parameters = []
-    for item in text.split(";"):
+    for item in _bounded_split(text, ";", what, "URI parameters"):
         if not item:
             raise SipParseError(400, f"empty parameter in {what}")
         key, equals, value = item.partition("=")
@@ -163,17 +189,17 @@ def parse_uri(text: str, what: str = "URI") -> Uri:
     """Parse a sip:, sips: or tel: URI; raise SipParseError (400, or 416 for another scheme)."""
     scheme, colon, rest = text.partition(":")
     scheme_lower = scheme.lower()
-    if not colon or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+    if not colon or not _SCHEME.fullmatch(scheme):
         raise SipParseError(400, f"{what} {describe(text)} has no scheme")
     if scheme_lower not in SCHEMES:
         raise SipParseError(416, f"unsupported URI scheme {describe(scheme)} in {what}")
-    if any(ch.isspace() for ch in rest) or not rest:
+    if not rest or _WHITESPACE.search(rest):
         raise SipParseError(400, f"bad {what} {describe(text)}")
     rest, question, header_text = rest.partition("?")
     headers: tuple[tuple[str, str], ...] = ()
     if question:
         pairs = []
-        for item in header_text.split("&"):
+        for item in _bounded_split(header_text, "&", what, "URI headers"):
             key, equals, value = item.partition("=")
             if not key or not equals:
                 raise SipParseError(400, f"bad header part in {what} {describe(text)}")

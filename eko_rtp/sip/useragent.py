@@ -32,6 +32,16 @@ events), and the REGISTERs of our registration with the trunk (``registration.py
 once per challenge, with a digest answer (``digest.py``, RFC 8760) when the server was
 given credentials; the nonce is reused on later requests (RFC 7616 §3.4).
 
+Admission (``admission.py``) comes before all of that for whatever would start
+something (an initial INVITE, OPTIONS, any request outside our calls, an unparseable
+message): a source outside the trusted networks gets a stateless 403 or silence, a
+source over its INVITE rate 503, and an INVITE beyond the calls cap or while the
+shell reports the server unhealthy (:meth:`UserAgent.set_health`: no call could
+succeed) 503 with Retry-After, so no CRM look-up and no RTP port is ever spent on
+it; OPTIONS outside a call say 503 then too, which is how a front or a trunk learns
+it. Requests of calls we already have are never judged. Each refusal is one
+``RequestRefused`` event.
+
 Bad input never escapes :meth:`receive`: it becomes an error response when the
 request can be addressed (RFC 3261 §8.2.6 needs Via, From, To, Call-ID, CSeq) or
 silence otherwise, plus one ``MessageRejected`` event. Max-Forwards: a UAS is the
@@ -48,6 +58,7 @@ from typing import Any
 import attrs
 
 from eko_rtp.media.dtmf import DtmfError, parse_info_dtmf_untrusted
+from eko_rtp.sip.admission import Admission, Refusal, RefusalReports, UntrustedAction, Verdict
 from eko_rtp.sip.call_state import (
     AWAITING_ACK,
     END_REASONS,
@@ -75,6 +86,7 @@ from eko_rtp.sip.events import (
     InfoDtmf,
     MessageRejected,
     RegistrationChanged,
+    RequestRefused,
     SessionModified,
     TransferUpdate,
     Transmit,
@@ -138,6 +150,9 @@ class UserAgentSettings:
     session_timer: SessionTimerSettings = SessionTimerSettings()
     accepting: bool = True
     retry_after: int = attrs.field(default=30, validator=attrs.validators.ge(0))
+    # Retry-After of the 503s of overload (sip.max_calls, a source over its INVITE rate,
+    # the server unhealthy): RFC 3261 §21.5.4, the sender may try again after it.
+    busy_retry_after: int = attrs.field(default=5, validator=attrs.validators.ge(0))
     # Our REFER (refer.py): the first NOTIFY must come within this (RFC 3515 §2.4.4: at
     # once), and the final one (the technician answered or not) within this.
     refer_notify_timeout: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
@@ -175,8 +190,14 @@ class UserAgent:
     """All dialogs of the server, sans-I/O; see the module docstring."""
 
     def __init__(self, settings: UserAgentSettings, *, rng: random.Random | None = None,
-                 credentials: DigestCredentials | None = None):
+                 credentials: DigestCredentials | None = None, admission: Admission | None = None):
+        """``admission``: who may start calls and how many (``admission.py``); the server
+        always gives one from ``[sip]``. None admits every source without limits (core
+        tests, and tools on a closed network)."""
         self.settings = settings
+        self._admission = admission
+        self._refusal_reports = RefusalReports()
+        self._health_problem: str | None = None  # why no call could succeed now, None when one could
         self._timers = settings.timers
         self._rng = rng or random.SystemRandom()
         self._accepting = settings.accepting
@@ -215,6 +236,14 @@ class UserAgent:
                 raise ValueError(f"retry_after must be >= 0, not {retry_after}")
             self._retry_after = retry_after
 
+    def set_health(self, problem: str | None) -> None:
+        """Report that no new call could succeed, and why (``problem``), or None once one could again.
+
+        While a problem is set, new INVITEs and OPTIONS outside a call get 503 with
+        ``busy_retry_after``; calls in progress go on.
+        """
+        self._health_problem = problem
+
     @property
     def call_ids(self) -> list[str]:
         """Call-IDs of calls not yet ended (including those whose BYE is in flight)."""
@@ -234,6 +263,8 @@ class UserAgent:
             message = parse_message_untrusted(data, transport=transport,
                                               max_message_size=self.settings.max_message_size)
         except SipParseError as error:
+            if self._untrusted_garbage(error, source, now):
+                return
             self._reject_unparsed(error, source, transport, connection)
             return
         if isinstance(message, Response):
@@ -498,8 +529,22 @@ class UserAgent:
         if request.method == "ACK":
             self._receive_ack(request, now)
             return
+        verdict, refusal = self._judge(request, source, now)
+        if verdict is Verdict.DROP:
+            self._refused(request.method, source, refusal, None, now)
+            return
+        if verdict is Verdict.FORBID:
+            # §8.2.7: answered statelessly, never retransmitted (so a spoofed source gets
+            # one 403 per request it is said to have sent); a retransmission is judged again.
+            stateless = ServerTransaction(request=request, key=("stateless",), hop=hop, timers=self._timers)
+            self._respond(stateless, 403, now, to_tag=self._token())
+            self._refused(request.method, source, refusal, 403, now)
+            return
         tx = ServerTransaction(request=request, key=key, hop=hop, timers=self._timers)
         self._server[key] = tx
+        if verdict is Verdict.BUSY:
+            self._busy(tx, source, refusal, now)
+            return
         try:
             if request.method == "CANCEL":
                 self._receive_cancel(request, tx, source, now)
@@ -510,6 +555,62 @@ class UserAgent:
             self._rejected(request, source, error.reason, error.status)
             if tx.state in (State.TRYING, State.PROCEEDING):
                 self._respond(tx, error.status, now, reason=error.reason, to_tag=self._error_tag(request))
+
+    # ---- admission (admission.py) ----------------------------------------------------
+
+    def _judge(self, request: Request, source: tuple[str, int], now: float) -> tuple[Verdict, Refusal | None]:
+        """Admission of a new request: those of a call or INVITE we already have always pass."""
+        admission = self._admission
+        if admission is None:
+            return Verdict.ADMIT, None
+        initial_invite = request.method == "INVITE" and request.to.tag is None
+        if not initial_invite and self._belongs_to_a_call(request):
+            return Verdict.ADMIT, None
+        return admission.judge(source[0], initial_invite=initial_invite, now=now)
+
+    def _belongs_to_a_call(self, request: Request) -> bool:
+        """An in-dialog request of one of our calls, or the CANCEL of an INVITE we took."""
+        if request.method == "CANCEL":
+            return server_key(request, method="INVITE") in self._server
+        return request.to.tag is not None and self._in_dialog_call(request) is not None
+
+    def _untrusted_garbage(self, error: SipParseError, source: tuple[str, int], now: float) -> bool:
+        """True when an unparseable message came from a source we do not serve: dropped, counted.
+
+        Whatever ``untrusted_action`` says, a stranger's garbage gets no answer: there
+        is no call to keep going and no client to help.
+        """
+        admission = self._admission
+        if (admission is None or admission.settings.untrusted_action is UntrustedAction.ACCEPT
+                or admission.trusted(source[0])):
+            return False
+        self._refused("unparseable message", source, Refusal.UNTRUSTED, None, now)
+        return True
+
+    def _overloaded(self) -> Refusal | None:
+        """Why a new call could not be taken now (unhealthy, at sip.max_calls), or None."""
+        if self._health_problem is not None:
+            return Refusal.UNHEALTHY
+        if self._admission is not None and not self._admission.room_for_call(len(self._calls)):
+            return Refusal.MAX_CALLS
+        return None
+
+    def _busy(self, tx: ServerTransaction, source: tuple[str, int], refusal: Refusal, now: float) -> None:
+        """503 with Retry-After (RFC 3261 §21.5.4) for a request we cannot take now."""
+        self._respond(tx, 503, now, to_tag=self._error_tag(tx.request),
+                      extra=[("Retry-After", str(self.settings.busy_retry_after))])
+        self._refused(tx.request.method, source, refusal, 503, now)
+
+    def _refused(self, method: str, source: tuple[str, int], refusal: Refusal, status: int | None,
+                 now: float) -> None:
+        report = self._refusal_reports.note(refusal, now)
+        self._events.append(RequestRefused(method=method, source=source, reason=refusal.value, status=status,
+                                           report=report is not None,
+                                           unreported=report.unreported if report is not None else 0))
+
+    def _asserted_identity_trusted(self, source: tuple[str, int]) -> bool:
+        """RFC 3325 §5, §8: a P-Asserted-Identity means something only from the Trust Domain."""
+        return self._admission is None or self._admission.trusted(source[0])
 
     def _dispatch(self, request: Request, tx: ServerTransaction, source: tuple[str, int], now: float) -> None:
         method, headers = request.method, request.headers
@@ -534,10 +635,18 @@ class UserAgent:
             # subscription of ours exists outside a call) likewise need a dialog.
             self._refuse(tx, source, 481, now, f"{method} outside a dialog")
 
-    def _answer_options(self, request: Request, tx: ServerTransaction, now: float) -> None:
+    def _answer_options(self, request: Request, tx: ServerTransaction, now: float, *, in_dialog: bool = False) -> None:
         if not self._accepting:
             self._respond(tx, 503, now, to_tag=self._error_tag(request),
                           extra=[("Retry-After", str(self._retry_after))])
+            return
+        if not in_dialog and self._overloaded() is not None:
+            # The OPTIONS a trunk or a Kamailio dispatcher probes with (RFC 3261 §11.2: a
+            # UAS answers OPTIONS as it would an INVITE): 503 while no new call could be
+            # taken, so the node leaves the rotation. Not counted as a refusal: it is the
+            # truth about the server, asked for. Within a call the call itself is fine.
+            self._respond(tx, 503, now, to_tag=self._error_tag(request),
+                          extra=[("Retry-After", str(self.settings.busy_retry_after))])
             return
         self._respond(tx, 200, now, to_tag=self._error_tag(request),
                       extra=[("Allow", ALLOW), ("Accept", ACCEPT), ("Supported", SUPPORTED)])
@@ -571,6 +680,10 @@ class UserAgent:
             self._refuse(tx, source, 503, now, "draining: not accepting calls",
                          extra=[("Retry-After", str(self._retry_after))])
             return
+        overload = self._overloaded()
+        if overload is not None:
+            self._busy(tx, source, overload, now)
+            return
         timer = self._check_offer(request, tx, source, now)
         if timer is False:
             return
@@ -578,7 +691,8 @@ class UserAgent:
         self._calls[call_id] = Call(call_id=call_id, invite=tx, dialog=dialog, timer=timer)
         self._respond(tx, 100, now)
         self._events.append(IncomingCall(call_id=call_id, request=request, offer=request.body or None,
-                                         caller=_caller_identity(request), source=source))
+                                         caller=_caller_identity(request, self._asserted_identity_trusted(source)),
+                                         source=source))
 
     def _check_offer(self, request: Request, tx: ServerTransaction, source: tuple[str, int],
                      now: float) -> SessionTimer | None | bool:
@@ -653,7 +767,7 @@ class UserAgent:
             self._respond(tx, 200, now)
             self._change(call, CallInput.REMOTE_BYE, now)
         elif method == "OPTIONS":
-            self._answer_options(request, tx, now)
+            self._answer_options(request, tx, now, in_dialog=True)
         elif method == "INFO":
             self._receive_info(call, request, tx, now)
         elif method == "NOTIFY":
@@ -1000,10 +1114,19 @@ class UserAgent:
                                             source=source, status=status))
 
 
-def _caller_identity(request: Request) -> CallerIdentity:
+# RFC 3323 §4.2 privacy values that hide who calls ("session" and "critical" do not).
+_IDENTITY_PRIVACY = frozenset({"id", "user", "header"})
+
+
+def _caller_identity(request: Request, asserted_trusted: bool) -> CallerIdentity:
+    """Who calls: From, and P-Asserted-Identity only when it came from a trusted source.
+
+    RFC 3325 §5 and §8: an asserted identity is worth what the node that asserted it
+    is; from outside the Trust Domain it is ignored, and the caller is who From says.
+    """
     caller = request.from_
     asserted_uri = asserted_user = None
-    for value in request.headers.get_all("P-Asserted-Identity"):
+    for value in request.headers.get_all("P-Asserted-Identity") if asserted_trusted else ():
         try:
             asserted = parse_name_addr_list([value], "P-Asserted-Identity")
         except SipParseError:
@@ -1012,7 +1135,17 @@ def _caller_identity(request: Request) -> CallerIdentity:
             asserted_uri, asserted_user = str(asserted[0].uri), asserted[0].uri.user
             break
     return CallerIdentity(from_uri=str(caller.uri), from_user=caller.uri.user, display_name=caller.display_name,
-                          asserted_uri=asserted_uri, asserted_user=asserted_user)
+                          asserted_uri=asserted_uri, asserted_user=asserted_user,
+                          withheld=_privacy_requested(request.headers.get_all("Privacy")))
+
+
+def _privacy_requested(values: list[str]) -> bool:
+    """Whether ``Privacy`` asks to hide who calls (RFC 3323 §4.2: ``priv-value *(";" priv-value)``).
+
+    Read leniently (commas too, any case): the header only ever makes us more careful.
+    """
+    return any(word.strip().lower() in _IDENTITY_PRIVACY
+               for value in values for word in value.replace(",", ";").split(";"))
 
 
 def _parse_dtmf(media: str, body: bytes) -> tuple[str, int | None]:
