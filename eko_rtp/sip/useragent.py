@@ -426,6 +426,9 @@ class UserAgent:
             self._arm_session(call)
         if previous not in OVER and state in OVER:
             self._events.append(CallEnded(call_id=call.call_id, reason=END_REASONS[event]))
+            # A transfer dies with its call: no news of it for a call the shell closed.
+            self._deadlines.cancel((call, CallTimer.TRANSFER_NOTIFY))
+            self._deadlines.cancel((call, CallTimer.TRANSFER_RESULT))
         if state is CallState.ENDING and previous is not CallState.ENDING:
             self._send(Outgoing(method="BYE", call=call, hop=self._dialog_hop(call)), now)
         if state is CallState.ENDED:
@@ -779,6 +782,12 @@ class UserAgent:
                               source: tuple[str, int], now: float) -> None:
         is_invite = request.method == "INVITE"
         busy = call.offer is not None or (is_invite and call.state not in ESTABLISHED)
+        if not is_invite and request.body and call.ack is not None and call.ack.carried_offer:
+            # RFC 3311 §5.2: our 2xx carried an offer whose answer (in the ACK) has not
+            # come: "the UAS MUST reject the UPDATE with a 491 response".
+            self._refuse(tx, source, 491, now, "UPDATE with an offer while our offer awaits its answer",
+                         reason="Request Pending", extra=[("Retry-After", str(self._rng.randint(0, 10)))])
+            return
         if busy and (is_invite or request.body):
             # §14.2 (and RFC 3311 §5.2 for UPDATE): an offer while one is outstanding.
             self._refuse(tx, source, 500, now, f"{request.method} while an offer or our 2xx is pending",
@@ -859,8 +868,8 @@ class UserAgent:
     def _transfer_input(self, call: Call, event: TransferInput, status: int | None, reason: str, now: float) -> None:
         """Feed the call's transfer; tell the shell when its state or status changed."""
         transfer = call.transfer
-        if transfer is None or not transfer.allows(event):
-            return  # late or stray news about a transfer that no longer takes it
+        if transfer is None or call.state in OVER or not transfer.allows(event):
+            return  # late or stray news about a transfer (or a call) that no longer takes it
         before = (transfer.state, transfer.status)
         transfer.fire(event, status=status, reason=reason)
         self._arm_transfer(call)

@@ -1,13 +1,20 @@
 """What the fuzzers share: how long they run, the "only this error escapes" check, and a linear-time check.
 
-How long: the normal test run gives every fuzzer a short, deterministic run
-(``max_examples`` 200, the same examples each time, so a red suite is never luck).
-``EKO_FUZZ=long`` turns the same tests into a long random campaign of 100 000
-examples each, failures kept in ``.hypothesis/`` and replayed first next time;
-``EKO_FUZZ=<number>`` sets the examples per fuzzer. A long campaign runs in rounds
-of at most ``ROUND`` examples (``conftest.py`` repeats each test): hypothesis keeps
-every choice it made in one run in memory, a few hundred kilobytes per example of
-a call sequence, so one run of 100 000 would need tens of gigabytes.
+How long (``EKO_FUZZ``):
+
+- unset or ``short``: the normal test run. Every fuzzer gets 200 examples, the same
+  ones each run (a red suite is never luck), and a failure is reported as found,
+  unshrunk, so the suite stays within its time (shrinking a call sequence can take
+  minutes);
+- ``shrink``: the same examples, and a failure shrunk to its smallest form;
+- ``long``: a random campaign of 100 000 examples per fuzzer, failures shrunk and kept
+  in ``.hypothesis/`` to be replayed first next time; ``<number>``: as ``long``, that
+  many examples per fuzzer.
+
+A campaign runs in rounds of at most ``ROUND`` examples (``conftest.py`` repeats each
+test): hypothesis keeps every choice it made in one run in memory, a few hundred
+kilobytes per example of a call sequence, so one run of 100 000 would need tens of
+gigabytes.
 """
 
 from __future__ import annotations
@@ -19,23 +26,24 @@ import time
 from collections.abc import Callable, Iterator
 
 import hypothesis
-from hypothesis import HealthCheck
+from hypothesis import HealthCheck, Phase
 
 __all__ = ["FUZZ", "EXAMPLES", "ROUNDS", "only_raises", "assert_linear", "LONG"]
 
 _SETTING = os.environ.get("EKO_FUZZ", "short").strip().lower()
-LONG = _SETTING != "short"
-if _SETTING == "short":
+LONG = _SETTING not in ("short", "shrink")
+if _SETTING in ("short", "shrink"):
     TOTAL = 200
 elif _SETTING == "long":
     TOTAL = 100_000
 elif _SETTING.isdigit() and int(_SETTING) > 0:
     TOTAL = int(_SETTING)
 else:
-    raise ValueError(f"EKO_FUZZ must be 'short', 'long' or a number of examples, not {_SETTING!r}")
+    raise ValueError(f"EKO_FUZZ must be 'short', 'shrink', 'long' or a number of examples, not {_SETTING!r}")
 ROUND = 1000
 ROUNDS = math.ceil(TOTAL / ROUND)
 EXAMPLES = math.ceil(TOTAL / ROUNDS)
+_PHASES = tuple(Phase) if _SETTING != "short" else tuple(phase for phase in Phase if phase is not Phase.shrink)
 
 # Inputs here are deliberately large and slow to build: a fuzzer is not a unit test
 # that must be quick per example, and a deadline would make a slow machine fail.
@@ -44,6 +52,7 @@ _SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filte
 
 FUZZ = hypothesis.settings(
     max_examples=EXAMPLES,
+    phases=_PHASES,
     deadline=None,
     suppress_health_check=_SUPPRESS,
     # The short run is part of the suite: the same examples every run. The long run
@@ -51,8 +60,8 @@ FUZZ = hypothesis.settings(
     derandomize=not LONG,
     database=hypothesis.settings.default.database if LONG else None,
     print_blob=True,
-    # One bug at a time, shrunk quickly: the long run would otherwise shrink every
-    # distinct failure it met, for minutes each.
+    # One bug at a time: a shrinking run would otherwise shrink every distinct
+    # failure it met, for minutes each.
     report_multiple_bugs=False,
 )
 

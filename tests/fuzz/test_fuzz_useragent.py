@@ -97,6 +97,10 @@ CONTACTS = st.sampled_from(["<sip:alice@192.0.2.20:5070>", "<sip:alice@192.0.2.2
                             "<sip:alice@[2001:db8::1]>", "<sip:alice@phone.example.org>",
                             "<sip:alice@192.0.2.20:65535>"])
 BODY_KINDS = st.sampled_from(["none", "sdp", "sdp", "dtmf", "sipfrag"])
+INCOMING_CALL_ACTIONS = st.sampled_from(["answer", "answer", "answer", "reject", "hangup", "later"])
+REJECT_STATUSES = st.sampled_from([486, 404, 480, 603])
+TRANSFER_TARGETS = st.sampled_from(["sip:tech@192.0.2.30", "sip:queue@example.org;transport=tcp",
+                                    "tel:+33612345678"])
 SHELL_ACTIONS = st.sampled_from(["answer", "hangup", "transfer", "register", "unregister", "drain", "health"])
 STEPS = ["request"] * 6 + ["response"] * 3 + ["time", "time", "shell", "shell", "retransmit", "garbage"]
 ADMISSIONS = st.sampled_from([None, None, None, "refuse", "drop", "accept"])
@@ -255,7 +259,7 @@ class Shell:
         self.data, self.ua, self.peer = data, ua, peer
         self.media: dict[str, MediaSession] = {}
         self.open_calls: set[str] = set()
-        self.offered: set[str] = set()  # calls the shell has not answered or refused yet
+        self.offered: dict[str, bytes | None] = {}  # offers of the calls not answered or refused yet
         self.confirmed: set[str] = set()  # calls whose ACK came
         self.input_parsed = True  # whether the message the UA is reacting to parses
         self.unhealthy = False
@@ -299,18 +303,18 @@ class Shell:
     def react(self, event: object, now: float) -> None:
         ua, draw = self.ua, self.data.draw
         if isinstance(event, sip_events.IncomingCall):
-            action = draw(st.sampled_from(["answer", "answer", "answer", "reject", "hangup", "later"]), label="shell")
+            action = draw(INCOMING_CALL_ACTIONS, label="shell")
             if action == "later":
-                self.offered.add(event.call_id)
+                self.offered[event.call_id] = event.offer
             elif action == "answer":
                 self.answer(event.call_id, event.offer, now)
             elif action == "reject":
-                assert ua.reject(event.call_id, draw(st.sampled_from([404, 480, 486, 603])), now)
+                assert ua.reject(event.call_id, draw(REJECT_STATUSES), now)
             elif action == "hangup":
                 assert ua.hangup(event.call_id, now)
         elif isinstance(event, sip_events.CallEnded):
             self.media.pop(event.call_id, None)
-            self.offered.discard(event.call_id)
+            self.offered.pop(event.call_id, None)
             self.confirmed.discard(event.call_id)
         elif isinstance(event, sip_events.CallConfirmed):
             self.confirmed.add(event.call_id)
@@ -353,13 +357,11 @@ class Shell:
         if action in ("answer", "hangup", "transfer") and call_ids:
             call_id = draw(st.sampled_from(call_ids))
             if action == "answer" and call_id in self.offered:
-                self.offered.discard(call_id)
-                self.answer(call_id, ua._calls[call_id].invite.request.body or None, now)
+                self.answer(call_id, self.offered.pop(call_id), now)
             elif action == "hangup":
                 ua.hangup(call_id, now)
             elif action == "transfer":
-                ua.transfer(call_id, draw(st.sampled_from(["sip:tech@192.0.2.30", "sip:queue@example.org;transport=tcp",
-                                                           "tel:+33612345678"])), now)
+                ua.transfer(call_id, draw(TRANSFER_TARGETS), now)
         elif action == "register" and ua.registration is None:
             ua.start_registration(RegistrationSettings(registrar="sip:192.0.2.40", aor="sip:eko@example.org",
                                                        contact="sip:eko@192.0.2.10:5060", expires=60),
