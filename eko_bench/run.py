@@ -309,6 +309,10 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
             with trio.move_on_after(plan.hold):
                 await hangup.wait()
                 record.remote_hangup = True
+            if queues is not None and not first_down.is_set():
+                # The steady period's last look, before the first BYE: once the server has
+                # it, it closes that call's sockets, and a look after that races the close.
+                queues.look(time.monotonic(), last=True)
             first_down.set()
             if not record.remote_hangup:
                 record.bye_status = await client.bye(dialog)
@@ -351,8 +355,8 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
                 helpers_seconds += seconds
             bench_cpu.append(usage.ru_utime + usage.ru_stime + media_seconds + helpers_seconds)
             media_cpu.append(media_seconds)
-            if queues is not None:
-                queues.look(time.monotonic(), last=first_down.is_set())
+            if queues is not None and not first_down.is_set():
+                queues.look(time.monotonic(), last=False)  # the last look is the first call's, before its BYE
             if first_down.is_set():
                 return
             with trio.move_on_after(SAMPLE_INTERVAL):
