@@ -260,6 +260,12 @@ class RpcConnection:
         try:
             message = self._unpacker.unpack()
         except msgpack.OutOfData:
+            # The Unpacker's max_buffer_size counts only bytes it has not parsed yet: what
+            # it already parsed of an incomplete message (array heads, whole elements)
+            # escapes it across reads. Every complete message is taken by now, so what
+            # was received and not consumed is one incomplete message: bound that.
+            if self._received - self._consumed > self.limits.max_message_bytes:
+                raise self._fail(f"incomplete message exceeds {self.limits.max_message_bytes} bytes") from None
             return NEED_DATA
         except (msgpack.StackError, RecursionError):
             # The C decoder's stack, or the pure-Python fallback's recursion: deeper

@@ -10,7 +10,8 @@ import random
 
 import pytest
 
-from eko_rtp.crm.errors import CrmReplyError
+from eko_rtp.crm.errors import CrmReplyError, RpcProtocolError
+from eko_rtp.crm.rpc import NEED_DATA, RpcConnection, RpcLimits
 from eko_rtp.crm.records import parse_callback_request_untrusted, parse_ticket_request_untrusted
 from eko_rtp.media import sdp
 from eko_rtp.media.negotiation import MediaSession
@@ -126,3 +127,25 @@ def test_no_transfer_news_after_the_call_ended():
         ua.handle_timers(ua.next_deadline())
         late += [event for event in ua.events() if not isinstance(event, Transmit)]
     assert late == []
+
+
+def test_rpc_message_limit_holds_whatever_the_reads():
+    """test_fuzz_crm (fixed in crm/rpc.py): max_message_bytes ("a peer can make us buffer at
+    most max_message_bytes of one incomplete message") is enforced by the Unpacker's
+    max_buffer_size, which counts only bytes not yet parsed: the Unpacker resumes, and
+    what it has parsed of an incomplete message (array heads, whole elements) no longer
+    counts. 65 bytes of nested arrays in one read are refused with a 64-byte limit; in
+    two reads (1 + 64) they are taken. Scaled up: [2, "m", [10000 arrays of 1000 nils]]
+    fed in 1-KB reads with the default 64-KB... 1-MB limit keeps growing (3 MB held
+    at 3000 reads, heading for 10 MB of msgpack and 10**7 Python objects). buffered_bytes
+    already counts the right thing (received - consumed): the check could use it."""
+    limits = RpcLimits(max_message_bytes=64)
+    at_once = RpcConnection(limits=limits)
+    with pytest.raises(RpcProtocolError, match="exceeds 64 bytes"):
+        at_once.receive_data(b"\x91" * 65)
+    in_two_reads = RpcConnection(limits=limits)
+    in_two_reads.receive_data(b"\x91")
+    assert in_two_reads.next_event() is NEED_DATA
+    with pytest.raises(RpcProtocolError, match="exceeds 64 bytes"):
+        in_two_reads.receive_data(b"\x91" * 64)
+        in_two_reads.next_event()
