@@ -47,6 +47,32 @@ def free_port() -> int:
     raise RuntimeError("no free port found")
 
 
+def free_sipp_media_port() -> int:
+    """A port P with P..P+3 free on 127.0.0.1 UDP: sipp's -mp binds audio at P and video at P+2.
+
+    A lone free port is not enough: sipp exits 254 when P+2 happens to be taken.
+    """
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1] & ~1
+        if base + 3 > 65535:
+            continue
+        held = []
+        try:
+            for port in range(base, base + 4):
+                udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                held.append(udp)
+                udp.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for udp in held:
+                udp.close()
+        return base
+    raise RuntimeError("no four free UDP ports in a row found for sipp's media")
+
+
 def rtp_range(width: int = 400) -> str:
     low = random.randrange(30000, 60000 - width, 2)
     return f"{low}-{low + width}"

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from server_helpers import REPO, ServerProcess, free_port
+from server_helpers import REPO, ServerProcess, free_port, free_sipp_media_port
 
 pytestmark = pytest.mark.interop
 SCENARIOS = REPO / "sip" / "scenarios"
@@ -18,7 +18,7 @@ def run_sipp(server: ServerProcess, scenario: str, tmp_path, *, timeout: int = 3
     assert sipp, "sipp is not installed (apt-get install sip-tester)"
     command = [
         sipp, "-sf", str(SCENARIOS / scenario), "-m", "1", "-l", "1", "-nostdin",
-        "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()),
+        "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_sipp_media_port()),
         "-timeout", f"{timeout}s", "-timeout_error", "-trace_err", "-trace_msg",
         f"127.0.0.1:{server.port}",
     ]

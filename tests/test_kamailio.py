@@ -27,7 +27,7 @@ import pytest
 
 from eko_bench import uac
 from raw_caller import place_call
-from server_helpers import REPO, ServerProcess, free_port
+from server_helpers import REPO, ServerProcess, free_port, free_sipp_media_port
 
 pytestmark = pytest.mark.interop
 
@@ -192,7 +192,7 @@ def run_sipp(scenario: Path, target: tuple[str, int], directory: Path, *, local_
     assert sipp, "sipp is not installed (apt-get install sip-tester)"
     completed = subprocess.run(
         [sipp, "-sf", str(scenario), "-m", "1", "-l", "1", "-nostdin",
-         "-i", local_host, "-p", str(free_port()), "-mp", str(free_port()),
+         "-i", local_host, "-p", str(free_port()), "-mp", str(free_sipp_media_port()),
          "-timeout", "20s", "-timeout_error", "-trace_err", f"{target[0]}:{target[1]}"],
         capture_output=True, text=True, timeout=35, cwd=directory,
     )

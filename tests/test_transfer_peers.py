@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from server_helpers import PJSUA2_CALLER, REPO, free_port, run_pjsua2
+from server_helpers import PJSUA2_CALLER, REPO, free_port, free_sipp_media_port, run_pjsua2
 from tone_check import tone_fraction, tone_seconds, write_tone_wav
 
 pytestmark = pytest.mark.interop
@@ -66,7 +66,7 @@ class Sipp:
         self.timeout = timeout
         command = [
             SIPP, "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1", "-p", str(self.port),
-            "-mp", str(free_port()), "-m", "1", "-nostdin", "-timeout", f"{timeout}s", "-timeout_error",
+            "-mp", str(free_sipp_media_port()), "-m", "1", "-nostdin", "-timeout", f"{timeout}s", "-timeout_error",
             "-trace_err", "-trace_logs", "-trace_msg",
         ]
         for name, value in (sets or {}).items():
