@@ -267,8 +267,13 @@ def test_limits_refuse_oversized_elements(value, message):
 def test_incomplete_message_over_the_buffer_cap_is_refused():
     connection = RpcConnection(limits=LIMITS)
     connection.receive_data(b"\x94\x01\x01\xc0")
+    assert connection.next_event() is NEED_DATA
+    connection.receive_data(b"\xc5\x00\x80" + b"\x00" * 70)  # a 128-byte bin, 70 of it so far
     with pytest.raises(RpcProtocolError, match=r"^incomplete message exceeds 64 bytes$"):
-        connection.receive_data(b"\xc4\x08" + b"\x00" * 70)
+        connection.next_event()
+    assert connection.buffered_bytes == 77
+    with pytest.raises(RpcProtocolError, match=r"^incomplete message exceeds 64 bytes$"):
+        connection.receive_data(b"\x00")  # a broken stream stays broken
 
 
 def test_limits_validate():

@@ -220,6 +220,11 @@ class RpcConnection:
         self._next_msgid = 0
         self._broken: RpcProtocolError | None = None
         self._received = 0
+        # Received bytes not yet handed to the unpacker. The unpacker is fed from here
+        # only as much as one message may still take, so a long read of many small
+        # messages is taken whole while one message never passes the limit.
+        self._pending = bytearray()
+        self._fed = 0
         # Stream offset just past the last complete message. The unpacker's own
         # tell() also counts the parsed head of a message still incomplete.
         self._consumed = 0
@@ -242,39 +247,49 @@ class RpcConnection:
         return f"message nests deeper than {self.limits.max_depth} levels"
 
     def receive_data(self, data: bytes) -> None:
-        """Buffer bytes received from the peer."""
+        """Buffer bytes received from the peer; :meth:`next_event` decodes them."""
         if self._broken is not None:
             raise RpcProtocolError(str(self._broken))
-        try:
-            self._unpacker.feed(data)
-        except msgpack.BufferFull:
-            raise self._fail(
-                f"incomplete message exceeds {self.limits.max_message_bytes} bytes"
-            ) from None
+        self._pending += data
         self._received += len(data)
+
+    def _too_long(self) -> RpcProtocolError:
+        return self._fail(f"incomplete message exceeds {self.limits.max_message_bytes} bytes")
 
     def next_event(self) -> RpcEvent | _NeedData:
         """The next complete message, or :data:`NEED_DATA`."""
         if self._broken is not None:
             raise RpcProtocolError(str(self._broken))
-        try:
-            message = self._unpacker.unpack()
-        except msgpack.OutOfData:
-            # The Unpacker's max_buffer_size counts only bytes it has not parsed yet: what
-            # it already parsed of an incomplete message (array heads, whole elements)
-            # escapes it across reads. Every complete message is taken by now, so what
-            # was received and not consumed is one incomplete message: bound that.
-            if self._received - self._consumed > self.limits.max_message_bytes:
-                raise self._fail(f"incomplete message exceeds {self.limits.max_message_bytes} bytes") from None
-            return NEED_DATA
-        except (msgpack.StackError, RecursionError):
-            # The C decoder's stack, or the pure-Python fallback's recursion: deeper
-            # than max_depth either way (it is at most MAX_DEPTH_LIMIT).
-            raise self._fail(self._too_deep()) from None
-        except ValueError as error:
-            # FormatError, UnicodeDecodeError, over-limit lengths and non-string map
-            # keys are all ValueError subclasses in msgpack.
-            raise self._fail(f"undecodable msgpack: {error}") from None
+        while True:
+            try:
+                message = self._unpacker.unpack()
+            except msgpack.OutOfData:
+                # Every complete message the unpacker holds is taken: what was fed and
+                # not consumed is the head of one message. The unpacker's own
+                # max_buffer_size cannot bound it (its parsed part escapes that count),
+                # so the limit is held here, against the stream offsets.
+                room = self.limits.max_message_bytes - (self._fed - self._consumed)
+                if room <= 0:  # a whole limit's worth fed and the message still incomplete
+                    raise self._too_long() from None
+                if not self._pending:
+                    return NEED_DATA
+                chunk = bytes(self._pending[:room])
+                del self._pending[:room]
+                try:
+                    self._unpacker.feed(chunk)
+                except msgpack.BufferFull:  # cannot happen: room is below its count
+                    raise self._too_long() from None
+                self._fed += len(chunk)
+                continue
+            except (msgpack.StackError, RecursionError):
+                # The C decoder's stack, or the pure-Python fallback's recursion: deeper
+                # than max_depth either way (it is at most MAX_DEPTH_LIMIT).
+                raise self._fail(self._too_deep()) from None
+            except ValueError as error:
+                # FormatError, UnicodeDecodeError, over-limit lengths and non-string map
+                # keys are all ValueError subclasses in msgpack.
+                raise self._fail(f"undecodable msgpack: {error}") from None
+            break
         self._consumed = self._unpacker.tell()
         if nests_deeper_than(message, self.limits.max_depth):
             raise self._fail(self._too_deep())
