@@ -54,6 +54,18 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         # descriptors LimitNOFILE= leaves beyond RTP; a trunk needs a handful.
         "tcp_max_connections": ((int,), 512),
         "tcp_max_connections_per_source": ((int,), 50),
+        # SIP over TLS (docs/OPERATIONS.md "SIP over TLS"), with "tls" in transports: its
+        # port (0: any free one), the handshake's time limit, and file paths only (the
+        # private key may come as the systemd credential sip_tls_key instead, never here).
+        # The tcp_* limits above count TLS connections with TCP ones. tls_client_ca set:
+        # clients must show a certificate from it (mutual TLS); tls_trust: the CAs of the
+        # peers we connect to (empty: the system's store).
+        "tls_port": ((int,), 5061),
+        "tls_handshake_timeout": ((int, float), 10.0),
+        "tls_certificate": ((str,), ""),
+        "tls_private_key": ((str,), ""),
+        "tls_client_ca": ((str,), ""),
+        "tls_trust": ((str,), ""),
         # Admission (eko_rtp/sip/admission.py, docs/OPERATIONS.md): only sources in these
         # CIDR blocks may call, probe with OPTIONS, or send anything outside a call, and only
         # their P-Asserted-Identity is believed (RFC 3325). Loopback by default: set the
@@ -95,6 +107,14 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         # The CPUs the server runs on, like taskset -c ("2", "2,3", "2-3"; "": any):
         # install-service turns it into the unit's CPUAffinity=.
         "cpus": ((str,), ""),
+        # SRTP with SDES keys (docs/OPERATIONS.md "SRTP"): "off" (RTP/AVP only, an RTP/SAVP
+        # offer gets 488), "optional" (what the offer asks), "required" (an offer without
+        # usable a=crypto gets 488). srtp_suites: our preference among the offered suites.
+        # srtp_over_insecure_signalling: take a=crypto keys in SIP over UDP or TCP, where
+        # anyone on the path reads them; for test labs and private links only.
+        "srtp": ((str,), "optional"),
+        "srtp_suites": ((list,), ["AEAD_AES_128_GCM", "AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"]),
+        "srtp_over_insecure_signalling": ((bool,), False),
     },
     "cache": {
         "dir": ((str,), "cache"),
@@ -316,8 +336,12 @@ def _check_values(values: dict[str, dict[str, Any]], source: str | None) -> None
         raise UserError(message, path=source, key=key)
 
     transports = values["sip"]["transports"]
-    if not transports or any(t not in ("udp", "tcp") for t in transports):
-        fail("sip.transports", f"must be a non-empty list of 'udp' and 'tcp', got {transports!r}")
+    if not transports or any(t not in ("udp", "tcp", "tls") for t in transports):
+        fail("sip.transports", f"must be a non-empty list of 'udp', 'tcp' and 'tls', got {transports!r}")
+    if "tls" in transports and not values["sip"]["tls_certificate"]:
+        fail("sip.tls_certificate", "SIP over TLS (sip.transports has 'tls') needs the certificate chain's file")
+    if not 0 <= values["sip"]["tls_port"] <= 65535:
+        fail("sip.tls_port", f"must be a port number (0 to 65535; 0: any free port), got {values['sip']['tls_port']}")
     addresses = {}
     for dotted in ("sip.listen", "sip.advertise"):
         section, _, key = dotted.partition(".")
@@ -373,6 +397,7 @@ def _check_values(values: dict[str, dict[str, Any]], source: str | None) -> None
         parse_networks(values["media"]["trusted_networks"])
     except ValueError as error:
         fail("media.trusted_networks", str(error))
+    _check_srtp(values, fail)
     for dotted in ("media.rtp_timeout", "media.rtp_timeout_before_ack", "media.relatch_after", "media.max_call_duration",
                    "service.drain_grace_seconds", "sip.answer_timeout",
                    "sip.t1", "script.silence_reprompt_seconds", "script.silence_hangup_seconds",
@@ -380,9 +405,27 @@ def _check_values(values: dict[str, dict[str, Any]], source: str | None) -> None
         section, _, key = dotted.partition(".")
         if values[section][key] <= 0:
             fail(dotted, "must be positive")
-    for key in ("tcp_idle_timeout", "tcp_header_timeout", "tcp_max_connections", "tcp_max_connections_per_source"):
+    for key in ("tcp_idle_timeout", "tcp_header_timeout", "tcp_max_connections", "tcp_max_connections_per_source",
+                "tls_handshake_timeout"):
         if values["sip"][key] <= 0:
             fail(f"sip.{key}", "must be positive")
+
+
+def _check_srtp(values: dict[str, dict[str, Any]], fail) -> None:
+    from eko_rtp.media.sdes import CryptoSuite, SrtpMode
+
+    modes = [mode.value for mode in SrtpMode]
+    if values["media"]["srtp"] not in modes:
+        fail("media.srtp", f"must be {', '.join(map(repr, modes[:-1]))} or {modes[-1]!r}, got {values['media']['srtp']!r}")
+    suites = values["media"]["srtp_suites"]
+    names = [suite.value for suite in CryptoSuite]
+    if not suites:
+        fail("media.srtp_suites", f"must name at least one crypto suite of {', '.join(names)}")
+    for suite in suites:
+        if suite not in names:
+            fail("media.srtp_suites", f"{suite!r} is not a crypto suite we support ({', '.join(names)})")
+    if len(set(suites)) != len(suites):
+        fail("media.srtp_suites", "names a crypto suite twice")
 
 
 def _check_listening(values: dict[str, dict[str, Any]], fail) -> None:
@@ -495,6 +538,16 @@ def latch_policy(values):
 
     media = values.values["media"] if isinstance(values, Config) else values["media"]
     return LatchPolicy(trusted_networks=parse_networks(media["trusted_networks"]), relatch_after=media["relatch_after"])
+
+
+def srtp_policy(values):
+    """``media.srtp``, ``media.srtp_suites`` and ``media.srtp_over_insecure_signalling`` as an
+    :class:`~eko_rtp.media.sdes.SrtpPolicy`."""
+    from eko_rtp.media.sdes import CryptoSuite, SrtpMode, SrtpPolicy
+
+    media = values.values["media"] if isinstance(values, Config) else values["media"]
+    return SrtpPolicy(mode=SrtpMode(media["srtp"]), preference=tuple(CryptoSuite(name) for name in media["srtp_suites"]),
+                      insecure_signalling=media["srtp_over_insecure_signalling"])
 
 
 def vad_settings(config: "Config"):

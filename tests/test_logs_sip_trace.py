@@ -58,6 +58,18 @@ def test_a_long_message_is_cut_and_says_so(trace_log):
     assert line.endswith(f"sent to TCP 192.0.2.7:5060, 5000 bytes: {'x' * 4096} [truncated: 904 more byte(s) not traced]")
 
 
+def test_sdes_keys_are_redacted_even_where_the_cut_falls_inside_one(trace_log):
+    key = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk"
+    body = f"v=0\r\nm=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^20\r\n".encode()
+    message = INVITE.replace(b"Content-Length: 0", b"Content-Length: %d" % len(body)) + body
+    cut_inside = message.index(key.encode()) + 10
+    SipTrace(max_bytes=cut_inside).message("received from", "udp", ("192.0.2.7", 5060), message, 1.0)
+    SipTrace().message("received from", "udp", ("192.0.2.7", 5060), message, 1.0)
+    [cut, whole] = trace_lines(trace_log)
+    assert key[:6] not in cut and key[:6] not in whole
+    assert "inline:[redacted]|2^20" in whole
+
+
 def test_beyond_the_rate_the_rest_is_counted_and_summarised_once_a_second(trace_log):
     trace = SipTrace(per_second=100)
     for index in range(250):

@@ -413,3 +413,37 @@ def test_random_line_mixes_negotiate_or_raise_sdp_error(lines, crlf_endings):
     else:
         assert answer.startswith(b"v=0\r\n") and plan.ptime == 20
         assert parse_sdp_untrusted(answer).media[0].port in (0, 20000)
+
+
+# -- RTP/SAVP and a=crypto (issue 19) ---------------------------------------------------
+
+SECURE_OFFER = FRENCH_TRUNK_OFFER.replace(b"RTP/AVP", b"RTP/SAVP").replace(b"a=sendrecv", (
+    b"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4\r\n"
+    b"a=crypto:2 AEAD_AES_128_GCM inline:c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0\r\n"
+    b"a=sendrecv"))
+
+
+def test_crypto_values_are_kept_in_order_for_the_stream_and_out_of_its_repr():
+    [media] = parse_sdp_untrusted(SECURE_OFFER).media
+    assert media.protocol == "RTP/SAVP"
+    assert media.crypto == ("1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4",
+                            "2 AEAD_AES_128_GCM inline:c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0")
+    assert "inline" not in repr(media) and "crypto=<2 attribute(s)>" in repr(media)
+
+
+def test_more_than_32_crypto_lines_in_a_section_is_a_400():
+    body = SECURE_OFFER.replace(b"a=sendrecv", b"a=crypto:9 X inline:AAAA\r\n" * 31 + b"a=sendrecv")
+    with pytest.raises(SdpError) as caught:
+        parse_sdp_untrusted(body)
+    assert (caught.value.status, str(caught.value)) == (
+        400, "SDP line 46: more than 32 a=crypto attributes in the m= section of line 6")
+
+
+def test_a_savp_stream_is_only_chosen_when_allowed_and_needs_its_crypto_answer():
+    offer = parse_sdp_untrusted(SECURE_OFFER)
+    with pytest.raises(SdpError) as caught:
+        negotiate_answer(offer, local_address="10.0.0.5", local_port=20000, origin=ORIGIN)
+    assert str(caught.value) == "the offer has no active RTP/AVP audio stream (m=audio with a non-zero port)"
+    with pytest.raises(ValueError, match="an RTP/SAVP stream is answered without a crypto answer"):
+        negotiate_answer(offer, local_address="10.0.0.5", local_port=20000, origin=ORIGIN,
+                         protocols=("RTP/SAVP",))

@@ -353,6 +353,64 @@ def test_tcp_responses_reuse_the_connection():
     assert b"Contact: <sip:eko@192.0.2.10:5060;transport=tcp>" in ok.data and ok.connection is connection
 
 
+def tls_invite(uri: str = "sip:eko@192.0.2.10:5061") -> bytes:
+    return (message("INVITE", body=SDP).replace(b"SIP/2.0/UDP", b"SIP/2.0/TLS")
+            .replace(b"INVITE sip:eko@192.0.2.10:5060 ", f"INVITE {uri} ".encode()))
+
+
+def test_over_tls_the_call_knows_it_and_our_contact_names_the_tls_port():
+    h = Harness(tls_port=5061)
+    connection = object()
+    events = h.send(tls_invite(), 0.0, transport="TLS", connection=connection)
+    (trying,), (incoming,) = [e for e in events if isinstance(e, Transmit)], others(events)
+    assert (trying.transport, trying.connection) == ("tls", connection)
+    assert incoming.transport == "tls" and incoming.secure_signalling
+    h.ua.answer("call-1", ANSWER, 0.0)
+    (ok,) = h.ua.events()
+    assert b"Contact: <sip:eko@192.0.2.10:5061;transport=tls>" in ok.data and ok.connection is connection
+
+
+def test_signalling_over_udp_or_tcp_is_not_secure():
+    for transport in ("udp", "tcp"):
+        h = Harness(tls_port=5061)
+        (incoming,) = others(h.send(message("INVITE", body=SDP), 0.0, transport=transport, connection=object()))
+        assert incoming.transport == transport and not incoming.secure_signalling
+
+
+def test_a_sips_request_uri_over_tls_gets_a_sips_contact():
+    # RFC 3261 §12.1.1: the dialog is secure, and our Contact MUST be a SIPS URI.
+    h = Harness(tls_port=5061)
+    h.send(tls_invite("sips:eko@192.0.2.10"), 0.0, transport="tls", connection=object())
+    h.ua.answer("call-1", ANSWER, 0.0)
+    (ok,) = sent(h.ua.events())
+    assert ok.headers.get("Contact") == "<sips:eko@192.0.2.10:5061>"
+
+
+def test_our_bye_over_tls_says_tls_and_the_tls_port_and_reuses_the_connection():
+    h = Harness(tls_port=5061)
+    connection = object()
+    invite = tls_invite().replace(b"Contact: <sip:alice@192.0.2.20:5070>", b"Contact: <sip:alice@192.0.2.20;transport=tls>")
+    h.send(invite, 0.0, transport="tls", connection=connection)
+    h.ua.answer("call-1", ANSWER, 0.0)
+    (ok,) = sent(h.ua.events())
+    tag = parse_name_addr(ok.headers.get("To"), "To").tag
+    h.send(message("ACK", to_tag=tag, branch="z9hG4bK-ack").replace(b"SIP/2.0/UDP", b"SIP/2.0/TLS"), 0.1,
+           transport="tls", connection=connection)
+    h.ua.hangup("call-1", 1.0)
+    (bye,) = [e for e in h.ua.events() if isinstance(e, Transmit)]
+    # The caller's Contact has no port: over TLS that is 5061 (RFC 3263 §4.2).
+    assert (bye.destination, bye.transport, bye.connection) == (("192.0.2.20", 5061), "tls", connection)
+    request = parse_message_untrusted(bye.data, transport="tls")
+    assert request.method == "BYE"
+    assert request.headers.get("Via").startswith("SIP/2.0/TLS 192.0.2.10:5061;branch=")
+
+
+def test_the_tls_port_defaults_to_the_sip_port():
+    assert UserAgentSettings(host="192.0.2.10", port=5070).port_for("tls") == 5070
+    assert UserAgentSettings(host="192.0.2.10", port=5070, tls_port=5071).port_for("tls") == 5071
+    assert UserAgentSettings(host="192.0.2.10", port=5070, tls_port=5071).port_for("tcp") == 5070
+
+
 def test_record_route_is_copied_and_routes_our_bye():
     h = Harness()
     rr = "Record-Route: <sip:proxy2.example.net;lr>\nRecord-Route: <sip:198.51.100.1:5080;lr;ftag=x>"

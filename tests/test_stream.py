@@ -138,3 +138,96 @@ def test_audio_read_without_a_kernel_time_counts_for_loss_and_leaves_jitter_alon
     finally:
         stream.pair.close()
         peer.sock.close()
+
+
+# -- SRTP (issue 19) -----------------------------------------------------------------
+
+def _srtp_keys():
+    from eko_rtp.media import sdes
+
+    return sdes.SrtpKeys(suite=sdes.CryptoSuite.AES_CM_128_HMAC_SHA1_80, send_master=bytes(range(30)),
+                         receive_master=bytes(range(1, 31)))
+
+
+def _srtp_stream(peer: Peer, keys, counters=None) -> MediaStream:
+    import attrs
+
+    plan = sdp.MediaPlan(codec=sdp.Codec(name="PCMU", payload_type=0), telephone_event_payload_type=101,
+                         remote_rtp=peer.sock.getsockname(), remote_rtcp=None, rtcp_mux=True,
+                         send_audio=True, receive_audio=True)
+    return MediaStream(pair=PortPair(port=0, rtp=_socket(), rtcp=_socket()), plan=attrs.evolve(plan, srtp_keys=keys),
+                       queue=PlayoutQueue(SILENCE), counters=MediaCounters(), on_dtmf=lambda digit: None,
+                       cname="test", srtp_counters=counters)
+
+
+class _Recording:
+    """Stands in for the RTP socket's send calls: what each frame hands the kernel, by type."""
+
+    def __init__(self) -> None:
+        self.sent = []
+
+    def sendto(self, data, address) -> int:
+        self.sent.append((type(data), data.obj if isinstance(data, memoryview) else None, bytes(data)))
+        return len(data)
+
+
+def test_srtp_frames_leave_as_a_view_of_the_cipher_buffer_and_decrypt_to_the_cached_audio():
+    from pylibsrtp import Policy, Session
+
+    from eko_rtp.media.playout import CachedSource
+
+    peer = Peer()
+    keys = _srtp_keys()
+    stream = _srtp_stream(peer, keys)
+    audio = bytes(range(256)) * 5  # eight frames of "cached" audio, behind a memoryview
+    try:
+        recording = _Recording()
+        stream._sendto = recording.sendto
+        stream.queue.enqueue(CachedSource(memoryview(audio)[:1280]))
+        stream.start(100.0)
+        for n in range(1, 8):
+            stream.send_due(100.0 + n * 0.020)
+    finally:
+        stream.close()
+        stream.pair.close()
+        peer.sock.close()
+    receiver = Session(policy=Policy(key=keys.send_master, ssrc_type=Policy.SSRC_ANY_INBOUND,
+                                     srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80))
+    assert len(recording.sent) == 8
+    # One sendto of a memoryview into the context's own buffer: no bytes object made per packet.
+    assert all(kind is memoryview and owner is not None for kind, owner, _ in recording.sent)
+    heard = b"".join(receiver.unprotect(data)[12:] for _, _, data in recording.sent)
+    assert heard == audio[:1280]
+    assert all(data[12:172] != audio[n * 160:(n + 1) * 160] for n, (_, _, data) in enumerate(recording.sent))
+
+
+def test_a_forged_srtp_packet_is_dropped_counted_and_never_latched():
+    from pylibsrtp import Policy, Session
+
+    from eko_rtp.media.srtp import DropReason, SrtpCounters
+
+    peer = Peer()
+    keys = _srtp_keys()
+    counters = SrtpCounters()
+    stream = _srtp_stream(peer, keys, counters)
+    digits = []
+    stream.on_dtmf = digits.append
+    caller = Session(policy=Policy(key=keys.receive_master, ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+                                   srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80))
+    key_end = struct.pack("!BBHII", 0x80, 101, 7, 8000, 0xCA11) + struct.pack("!BBH", 5, 0x80 | 10, 800)
+    stranger = ("127.0.0.9", 40000)
+    caller_address = peer.sock.getsockname()
+    try:
+        stream.start(100.0)
+        stream.on_rtp(key_end + b"\x00" * 10, stranger, 100.01, None)  # a clear key under a made-up tag
+        protected = caller.protect(key_end)
+        stream.on_rtp(protected, caller_address, 100.02, None)  # the caller's real "5"
+        stream.on_rtp(protected, caller_address, 100.03, None)  # and its replay
+    finally:
+        stream.close()
+        stream.pair.close()
+        peer.sock.close()
+    assert digits == ["5"]
+    assert stream.caller_source == caller_address  # the forged packet latched nothing
+    assert counters.rtp[DropReason.AUTHENTICATION] == 1 and counters.rtp[DropReason.REPLAY] == 1
+    assert stream.srtp_dropped == 2 and stream.counters.packets_stray == 0

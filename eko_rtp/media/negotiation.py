@@ -25,6 +25,27 @@ The states and what moves them, one table (``TRANSITIONS``):
 
 The codec of a call stays the one first chosen while the peer keeps offering it
 (a re-INVITE for hold must not flip PCMA to PCMU).
+
+SRTP with SDES keys (RFC 4568), by the server's :class:`~eko_rtp.media.sdes.SrtpPolicy`:
+
+- which offers are acceptable: ``off`` takes RTP/AVP only (as before SRTP);
+  ``optional`` takes what the offer asks, RTP/AVP in clear or RTP/SAVP encrypted;
+  ``required`` takes RTP/SAVP only. Once a call is encrypted, a re-offer must stay
+  RTP/SAVP: a re-INVITE may not turn the encryption off (a downgrade).
+- keys travel in the SDP in the clear, so they are taken (and sent) only when the
+  INVITE came over TLS (RFC 4568 §8.3), unless the policy allows insecure
+  signalling. The dialog's transport is the INVITE's for its whole life: a
+  re-INVITE comes back over the same connection.
+- the answer keeps the keys in force across a re-offer that still holds the
+  attribute we accepted (``sdes.choose_answer(previous=...)``), so a hold or a
+  resume leaves the SRTP contexts, their rollover counters and replay windows alone
+  (``media/srtp.py``: never two contexts from one key for one direction).
+- when we offer (an INVITE or a re-INVITE without SDP), the offer is RTP/SAVP with
+  fresh keys if the call is already encrypted or the policy is ``required``, and
+  the ACK's answer must accept one of our attributes.
+
+Every refusal is :class:`~eko_rtp.media.sdp.SdpError` 488 with a message saying
+why, for the shell's response.
 """
 
 from __future__ import annotations
@@ -33,7 +54,7 @@ import enum
 
 import attrs
 
-from eko_rtp.media import sdp
+from eko_rtp.media import sdes, sdp
 
 __all__ = ["MediaSession", "Negotiated", "NegotiationError", "NegotiationInput", "NegotiationState", "TRANSITIONS"]
 
@@ -92,17 +113,29 @@ NO_MEDIA = sdp.MediaPlan(
 )
 
 
+# SRTP as it was before there was any: RTP/AVP only.
+SRTP_OFF = sdes.SrtpPolicy(mode=sdes.SrtpMode.OFF)
+
+
 class MediaSession:
     """Our side of one call's offer/answer; see the module's theory of operation."""
 
-    def __init__(self, *, local_address: str, local_port: int, session_id: int, preferred_codec: str | None = None):
+    def __init__(self, *, local_address: str, local_port: int, session_id: int, preferred_codec: str | None = None,
+                 srtp: sdes.SrtpPolicy = SRTP_OFF, signalling: str = "udp"):
+        """``signalling`` is the transport the INVITE came over ("udp", "tcp" or "tls")."""
+        if signalling not in ("udp", "tcp", "tls"):
+            raise ValueError(f"signalling must be 'udp', 'tcp' or 'tls', not {signalling!r}")
         self.local_address = local_address
         self.local_port = local_port
         self.preferred_codec = preferred_codec
+        self.srtp = srtp
+        self.signalling = signalling
         self.origin = sdp.SdpOrigin(session_id=session_id, version=1, address=local_address)
         self.state = NegotiationState.IDLE
         self.plan = NO_MEDIA
         self.local_body = b""
+        self.crypto_answer: sdes.CryptoAnswer | None = None  # our a=crypto answer in force
+        self.crypto_offer: sdes.CryptoOffer | None = None  # our a=crypto offer awaiting the ACK
 
     # -- inputs --------------------------------------------------------------------
 
@@ -126,9 +159,12 @@ class MediaSession:
         """
         if not body or self.state is not NegotiationState.OFFERED:
             self._move(NegotiationInput.ACK_WITHOUT_ANSWER)
+            self.crypto_offer = None
             return None
-        plan = sdp.apply_answer(sdp.parse_sdp_untrusted(body))
+        plan = sdp.apply_answer(sdp.parse_sdp_untrusted(body), crypto=self.crypto_offer)
         self._move(NegotiationInput.ACK_WITH_ANSWER)
+        # We offered: the keys are ours and theirs from the exchange, no answer of ours is in force.
+        self.crypto_offer = self.crypto_answer = None
         return self._take(plan, b"")
 
     # -- internals -----------------------------------------------------------------
@@ -136,27 +172,82 @@ class MediaSession:
     def _answer(self, event: NegotiationInput, body: bytes, *, reoffer: bool) -> Negotiated:
         self._check(event)
         offer = sdp.parse_sdp_untrusted(body)  # SdpError: the state stays (RFC 3264 §8)
+        protocols, crypto = self._secure_answer(offer, reoffer=reoffer)
         if reoffer:
             # RFC 3264 §8: a changed description carries version + 1, an unchanged one the same.
             plan, answer, origin = sdp.negotiate_reanswer(
                 offer, previous_answer=self.local_body, local_address=self.local_address,
-                local_port=self.local_port, origin=self.origin, preferred_codec=self.plan.codec.name)
+                local_port=self.local_port, origin=self.origin, preferred_codec=self.plan.codec.name,
+                protocols=protocols, crypto=crypto)
         else:
             plan, answer = sdp.negotiate_answer(offer, local_address=self.local_address, local_port=self.local_port,
-                                                origin=self.origin, preferred_codec=self.preferred_codec)
+                                                origin=self.origin, preferred_codec=self.preferred_codec,
+                                                protocols=protocols, crypto=crypto)
             origin = self.origin
         self._move(event)
         self.origin = origin
         self.local_body = answer
+        self.crypto_answer = crypto
         return self._take(plan, answer)
+
+    def _secure_answer(
+        self, offer: sdp.SessionDescription, *, reoffer: bool
+    ) -> tuple[tuple[str, ...], sdes.CryptoAnswer | None]:
+        """The profile of the stream we answer, and our crypto answer when it is RTP/SAVP."""
+        mode = self.srtp.mode
+        if reoffer and self.plan.srtp_keys is not None:
+            acceptable = (sdp.SECURE_PROTOCOL,)
+            refusal = "the call is encrypted (SRTP): a re-offer without an active RTP/SAVP audio stream is refused"
+        elif mode is sdes.SrtpMode.REQUIRED:
+            acceptable = (sdp.SECURE_PROTOCOL,)
+            refusal = "media.srtp is required: the offer has no active RTP/SAVP audio stream"
+        elif mode is sdes.SrtpMode.OFF:
+            acceptable = (sdp.CLEAR_PROTOCOL,)
+            refusal = "the offer's audio is RTP/SAVP (SRTP) and media.srtp is off"
+        else:
+            acceptable, refusal = (sdp.CLEAR_PROTOCOL, sdp.SECURE_PROTOCOL), None
+        try:
+            media = sdp.choose_audio_stream(offer, protocols=acceptable)
+        except sdp.SdpError as error:
+            # Say why when the offer has audio we could do under another policy.
+            offered = {other.protocol for other in offer.media if other.media == "audio" and other.port != 0}
+            if error.status != 488 or refusal is None or not offered & {sdp.CLEAR_PROTOCOL, sdp.SECURE_PROTOCOL}:
+                raise
+            raise sdp.SdpError(refusal, status=488) from None
+        if media.protocol == sdp.CLEAR_PROTOCOL:
+            return (sdp.CLEAR_PROTOCOL,), None
+        if not self.srtp.keys_allowed_over(self.signalling):
+            # RFC 4568 §8.3: whoever reads this signalling reads the keys. An RTP/AVP
+            # stream later in the offer would do; else the offer is refused.
+            if sdp.CLEAR_PROTOCOL in acceptable and any(
+                    other.media == "audio" and other.protocol == sdp.CLEAR_PROTOCOL and other.port != 0
+                    for other in offer.media):
+                return (sdp.CLEAR_PROTOCOL,), None
+            raise sdp.SdpError(self._insecure_refusal(), status=488)
+        try:
+            crypto = sdes.choose_answer(media.crypto, preference=self.srtp.preference, previous=self.crypto_answer)
+        except sdes.SdesError as error:
+            raise sdp.SdpError(f"SDP line {media.line}: {error}", status=error.status) from None
+        return (sdp.SECURE_PROTOCOL,), crypto
+
+    def _insecure_refusal(self) -> str:
+        return (f"SDES keys over {self.signalling.upper()} refused (media.srtp_over_insecure_signalling is false):"
+                " a=crypto keys travel only over TLS")
 
     def _offer(self, event: NegotiationInput, *, new_version: bool) -> Negotiated:
         self._check(event)
+        crypto = None
+        if self.plan.srtp_keys is not None or self.srtp.mode is sdes.SrtpMode.REQUIRED:
+            if not self.srtp.keys_allowed_over(self.signalling):
+                raise sdp.SdpError(self._insecure_refusal(), status=488)
+            crypto = sdes.make_offer(preference=self.srtp.preference)  # fresh keys: a rekey
         if new_version:
             self.origin = self.origin.next_version()
-        offer = sdp.build_offer(local_address=self.local_address, local_port=self.local_port, origin=self.origin)
+        offer = sdp.build_offer(local_address=self.local_address, local_port=self.local_port, origin=self.origin,
+                                crypto=crypto)
         self._move(event)
         self.local_body = offer
+        self.crypto_offer = crypto
         # The plan in force stays until the answer comes (the first offer has none yet).
         return Negotiated(plan=self.plan, body=offer, changed=False)
 

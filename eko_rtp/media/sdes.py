@@ -57,6 +57,8 @@ import attrs
 
 __all__ = [
     "SdesError",
+    "SrtpMode",
+    "SrtpPolicy",
     "CryptoSuite",
     "SUPPORTED_SUITES",
     "DEFAULT_PREFERENCE",
@@ -177,6 +179,33 @@ def _check_preference(preference: Sequence[CryptoSuite]) -> tuple[CryptoSuite, .
     if len(set(preference)) != len(preference):
         raise ValueError("the crypto suite preference names a suite twice")
     return preference
+
+
+class SrtpMode(enum.Enum):
+    """When a call uses SRTP (``media.srtp``)."""
+
+    OFF = "off"  # RTP/AVP only: an RTP/SAVP offer is not acceptable (488)
+    OPTIONAL = "optional"  # what the offer asks: RTP/AVP in clear, RTP/SAVP with a=crypto as SRTP
+    REQUIRED = "required"  # RTP/SAVP only: an offer without usable crypto is not acceptable (488)
+
+
+@attrs.frozen(kw_only=True)
+class SrtpPolicy:
+    """The server's SRTP settings, as the offer/answer core (``media/negotiation.py``) applies them.
+
+    ``insecure_signalling``: accept (and send) ``a=crypto`` keys in SIP that came over
+    UDP or TCP. RFC 4568 §8.3: the keys are in the clear in the SDP, so anyone who
+    reads the signalling can decrypt the media; only TLS hides them. For test labs
+    and private links only.
+    """
+
+    mode: SrtpMode = attrs.field(default=SrtpMode.OPTIONAL, validator=attrs.validators.instance_of(SrtpMode))
+    preference: tuple[CryptoSuite, ...] = attrs.field(default=DEFAULT_PREFERENCE, converter=_check_preference)
+    insecure_signalling: bool = False
+
+    def keys_allowed_over(self, transport: str) -> bool:
+        """Whether SDES keys may travel in SIP that came (or goes) over ``transport``."""
+        return transport == "tls" or self.insecure_signalling
 
 
 def _tag_value(instance, attribute, value) -> None:

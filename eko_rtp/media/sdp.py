@@ -10,6 +10,16 @@ rejected with port 0 (RFC 3264 §6). The result is a :class:`MediaPlan` for the
 media shell. When a re-INVITE comes without SDP we make the offer
 (:func:`build_offer`) and read the ACK's answer with :func:`apply_answer`.
 
+SRTP (RFC 3711) with SDES keys (RFC 4568): an audio stream may be ``RTP/SAVP``
+when the caller lets it (``protocols``). This module only reads and writes what
+the SDP says: the ``a=crypto`` values of the chosen stream
+(:attr:`MediaDescription.crypto`), the profile echoed in the answer (RFC 3264 §6:
+the answer keeps the offered transport), and our one ``a=crypto`` line; which
+suite and which keys, and whether keys may travel at all, are decided in
+``media/negotiation.py`` with ``media/sdes.py``. ``RTP/SAVPF`` is never taken:
+it promises the RTCP feedback of RFC 4585 (early reports, NACK/PLI), which we do
+not give, so such a stream is rejected (port 0) like any other we cannot do.
+
 Origin versions (RFC 3264 §8): every SDP we send in a session carries the same
 session id; the version must grow by one exactly when the description changes.
 :func:`negotiate_reanswer` does that comparison for a re-INVITE.
@@ -22,6 +32,8 @@ import random
 
 import attrs
 
+from eko_rtp.media.sdes import CryptoAnswer, CryptoOffer, SdesError, SrtpKeys, accept_answer_untrusted
+
 __all__ = [
     "SdpError",
     "Direction",
@@ -31,7 +43,10 @@ __all__ = [
     "SessionDescription",
     "Codec",
     "MediaPlan",
+    "CLEAR_PROTOCOL",
+    "SECURE_PROTOCOL",
     "parse_sdp_untrusted",
+    "choose_audio_stream",
     "negotiate_answer",
     "negotiate_reanswer",
     "build_offer",
@@ -43,7 +58,9 @@ SUPPORTED_CODECS = ("PCMU", "PCMA")
 # RFC 3551 §6, table 4: the static payload types we may meet without a=rtpmap.
 _STATIC_PAYLOAD_TYPES = {0: ("PCMU", 8000), 8: ("PCMA", 8000)}
 _CODEC_STATIC_TYPES = {"PCMU": 0, "PCMA": 8}
-_AUDIO_PROTOCOL = "RTP/AVP"
+CLEAR_PROTOCOL = "RTP/AVP"  # RFC 3551
+SECURE_PROTOCOL = "RTP/SAVP"  # RFC 3711 §12
+MAX_CRYPTO_ATTRIBUTES = 32  # a=crypto lines in one m= section (an offer lists a few suites)
 _PTIME = 20
 _HELD_ADDRESSES = ("0.0.0.0", "::")
 _session_random = random.Random()
@@ -166,7 +183,13 @@ class MediaDescription:
     rtcp_port: int | None = None
     rtcp_address: str | None = None
     rtcp_mux: bool = False
+    crypto: tuple[str, ...] = ()  # the a=crypto values (after "a=crypto:"), in order: secrets
     line: int = 0
+
+    def __repr__(self) -> str:
+        # a=crypto values hold keys: never in a repr, a log line or a traceback.
+        return (f"MediaDescription(media={self.media!r}, port={self.port}, protocol={self.protocol!r}, "
+                f"formats={self.formats!r}, crypto=<{len(self.crypto)} attribute(s)>, line={self.line})")
 
     def rtpmap(self, payload_type: int) -> RtpMap | None:
         """The payload type's mapping: its a=rtpmap, or the static one (RFC 3551)."""
@@ -219,6 +242,10 @@ class MediaPlan:
     send_audio: bool
     receive_audio: bool
     ptime: int = _PTIME
+    # SRTP keys when the stream is RTP/SAVP (media/srtp.py builds the call's contexts
+    # from them), None for RTP/AVP.
+    srtp_keys: SrtpKeys | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(SrtpKeys)))
 
     def __attrs_post_init__(self) -> None:
         if self.send_audio and self.remote_rtp is None:
@@ -282,6 +309,7 @@ class _MediaBuilder:
         self.rtcp_port: int | None = None
         self.rtcp_address: str | None = None
         self.rtcp_mux = False
+        self.crypto: list[str] = []
 
     def attribute(self, name: str, value: str, number: int, line: str) -> None:
         if name == "rtpmap":
@@ -318,6 +346,12 @@ class _MediaBuilder:
                 self.rtcp_address = _parse_connection(" ".join(parts[1:]), number, line)
         elif name == "rtcp-mux":
             self.rtcp_mux = True
+        elif name == "crypto":
+            # RFC 4568 §4: read by media/sdes.py, and only for the stream we take.
+            if len(self.crypto) >= MAX_CRYPTO_ATTRIBUTES:
+                raise SdpError(f"SDP line {number}: more than {MAX_CRYPTO_ATTRIBUTES} a=crypto attributes "
+                               f"in the m= section of line {self.line}", status=400)
+            self.crypto.append(value)
 
     def build(self, session_address: str | None, session_direction: Direction | None) -> MediaDescription:
         return MediaDescription(
@@ -334,6 +368,7 @@ class _MediaBuilder:
             rtcp_port=self.rtcp_port,
             rtcp_address=self.rtcp_address,
             rtcp_mux=self.rtcp_mux,
+            crypto=tuple(self.crypto),
             line=self.line,
         )
 
@@ -395,13 +430,17 @@ def parse_sdp_untrusted(body: bytes) -> SessionDescription:
 # ---------------------------------------------------------------- offer/answer
 
 
-def _choose_audio_stream(description: SessionDescription, role: str) -> MediaDescription:
+def choose_audio_stream(
+    description: SessionDescription, *, role: str = "offer", protocols: tuple[str, ...] = (CLEAR_PROTOCOL,)
+) -> MediaDescription:
+    """The first active audio stream whose profile is one of ``protocols``; raises :class:`SdpError`."""
     for media in description.media:
-        if media.media == "audio" and media.protocol == _AUDIO_PROTOCOL and media.port != 0:
+        if media.media == "audio" and media.protocol in protocols and media.port != 0:
             if media.connection_address is None:
                 raise SdpError(f"SDP line {media.line}: m=audio has no c= line, neither in it nor at session level", status=400)
             return media
-    raise SdpError(f"the {role} has no active RTP/AVP audio stream (m=audio with a non-zero port)", status=488)
+    raise SdpError(f"the {role} has no active {' or '.join(protocols)} audio stream (m=audio with a non-zero port)",
+                   status=488)
 
 
 def _format_payload_type(text: str) -> int | None:
@@ -479,6 +518,7 @@ def _audio_section(
     telephone_event_fmtp: str | None,
     rtcp_mux: bool,
     direction: Direction,
+    crypto_lines: tuple[str, ...] = (),
 ) -> list[str]:
     formats = [str(codec.payload_type)]
     lines = []
@@ -492,8 +532,10 @@ def _audio_section(
     lines.append(f"a=ptime:{_PTIME}")
     if rtcp_mux:
         lines.append("a=rtcp-mux")
+    lines.extend(crypto_lines)
     lines.append(f"a={direction.value}")
-    return [f"m=audio {port} {_AUDIO_PROTOCOL} {' '.join(formats)}", *lines]
+    protocol = SECURE_PROTOCOL if crypto_lines else CLEAR_PROTOCOL
+    return [f"m=audio {port} {protocol} {' '.join(formats)}", *lines]
 
 
 def _check_local(local_address: str, local_port: int) -> None:
@@ -510,17 +552,25 @@ def negotiate_answer(
     local_port: int,
     origin: SdpOrigin,
     preferred_codec: str | None = None,
+    protocols: tuple[str, ...] = (CLEAR_PROTOCOL,),
+    crypto: CryptoAnswer | None = None,
 ) -> tuple[MediaPlan, bytes]:
     """Answer an offer (RFC 3264 §6): the plan for the media shell and the body.
 
     The codec is ``preferred_codec`` when offered, else the offerer's first of
     PCMU/PCMA. Raises :class:`SdpError` 488 with no usable audio stream or no
     codec in common. ``origin`` is used as given; see :func:`negotiate_reanswer`.
+    The stream is the first of a profile in ``protocols``; when it is RTP/SAVP,
+    ``crypto`` is our answer to its ``a=crypto`` values (see the module docstring),
+    and its keys go into the plan.
     """
     _check_local(local_address, local_port)
     if preferred_codec is not None and preferred_codec not in SUPPORTED_CODECS:
         raise ValueError(f"preferred_codec must be one of {SUPPORTED_CODECS} or None, not {preferred_codec!r}")
-    media = _choose_audio_stream(offer, "offer")
+    media = choose_audio_stream(offer, role="offer", protocols=protocols)
+    if (media.protocol == SECURE_PROTOCOL) != (crypto is not None):
+        raise ValueError(f"an {media.protocol} stream is answered {'without' if crypto is None else 'with'} "
+                         f"a crypto answer")
     codecs = _codecs_in(media, SUPPORTED_CODECS)
     if not codecs:
         offered = " ".join(media.formats)
@@ -544,6 +594,7 @@ def negotiate_answer(
         rtcp_mux=media.rtcp_mux,
         send_audio=direction.sends and remote_rtp is not None,
         receive_audio=direction.receives,
+        srtp_keys=crypto.keys if crypto is not None else None,
     )
     audio_index = offer.media.index(media)
     rejected = [
@@ -558,6 +609,7 @@ def negotiate_answer(
         telephone_event_fmtp=media.fmtps.get(telephone_event) if telephone_event is not None else None,
         rtcp_mux=media.rtcp_mux,
         direction=direction,
+        crypto_lines=(crypto.line,) if crypto is not None else (),
     )
     body = _render(
         origin=origin, local_address=local_address, audio_lines=audio_lines, rejected=rejected, audio_index=audio_index
@@ -573,6 +625,8 @@ def negotiate_reanswer(
     local_port: int,
     origin: SdpOrigin,
     preferred_codec: str | None = None,
+    protocols: tuple[str, ...] = (CLEAR_PROTOCOL,),
+    crypto: CryptoAnswer | None = None,
 ) -> tuple[MediaPlan, bytes, SdpOrigin]:
     """Answer a re-INVITE's offer, bumping the origin version only on a change.
 
@@ -580,14 +634,12 @@ def negotiate_reanswer(
     version + 1, and an unchanged one the same version. ``origin`` is the one in
     ``previous_answer``; the origin returned is the one to keep for next time.
     """
-    plan, body = negotiate_answer(
-        offer, local_address=local_address, local_port=local_port, origin=origin, preferred_codec=preferred_codec
-    )
+    settings = dict(local_address=local_address, local_port=local_port, preferred_codec=preferred_codec,
+                    protocols=protocols, crypto=crypto)
+    plan, body = negotiate_answer(offer, origin=origin, **settings)
     if body != previous_answer:
         origin = origin.next_version()
-        plan, body = negotiate_answer(
-            offer, local_address=local_address, local_port=local_port, origin=origin, preferred_codec=preferred_codec
-        )
+        plan, body = negotiate_answer(offer, origin=origin, **settings)
     return plan, body, origin
 
 
@@ -599,8 +651,12 @@ def build_offer(
     codecs: tuple[str, ...] = SUPPORTED_CODECS,
     telephone_event_payload_type: int | None = 101,
     direction: Direction = Direction.SENDRECV,
+    crypto: CryptoOffer | None = None,
 ) -> bytes:
-    """Our offer, for a re-INVITE that came without SDP (RFC 3261 §14.2)."""
+    """Our offer, for an INVITE or re-INVITE that came without SDP (RFC 3261 §14.2).
+
+    With ``crypto``, the stream is RTP/SAVP with its ``a=crypto`` lines (RFC 4568 §5.1.1).
+    """
     _check_local(local_address, local_port)
     if not codecs or any(name not in SUPPORTED_CODECS for name in codecs):
         raise ValueError(f"codecs must be a non-empty sequence of {SUPPORTED_CODECS}, not {codecs!r}")
@@ -613,8 +669,11 @@ def build_offer(
         lines.append(f"a=rtpmap:{telephone_event_payload_type} telephone-event/8000")
         lines.append(f"a=fmtp:{telephone_event_payload_type} 0-16")
     lines.append(f"a=ptime:{_PTIME}")
+    if crypto is not None:
+        lines.extend(crypto.lines)
     lines.append(f"a={direction.value}")
-    audio_lines = [f"m=audio {local_port} {_AUDIO_PROTOCOL} {' '.join(formats)}", *lines]
+    protocol = SECURE_PROTOCOL if crypto is not None else CLEAR_PROTOCOL
+    audio_lines = [f"m=audio {local_port} {protocol} {' '.join(formats)}", *lines]
     return _render(origin=origin, local_address=local_address, audio_lines=audio_lines, rejected=[], audio_index=0)
 
 
@@ -624,13 +683,23 @@ def apply_answer(
     codecs: tuple[str, ...] = SUPPORTED_CODECS,
     telephone_event_payload_type: int | None = 101,
     direction: Direction = Direction.SENDRECV,
+    crypto: CryptoOffer | None = None,
 ) -> MediaPlan:
     """The plan from the peer's answer to our :func:`build_offer` (same keywords).
 
     Raises :class:`SdpError` 488 when the answer rejects audio or picks a codec
-    we did not offer. (In an ACK a 488 cannot be sent; the caller hangs up.)
+    we did not offer, or, when we offered ``crypto``, when it is not RTP/SAVP with
+    one ``a=crypto`` echoing one of ours (RFC 4568 §5.1.3). (In an ACK a 488
+    cannot be sent; the caller hangs up.)
     """
-    media = _choose_audio_stream(answer, "answer")
+    protocols = (SECURE_PROTOCOL,) if crypto is not None else (CLEAR_PROTOCOL,)
+    media = choose_audio_stream(answer, role="answer", protocols=protocols)
+    keys = None
+    if crypto is not None:
+        try:
+            keys = accept_answer_untrusted(crypto, media.crypto)
+        except SdesError as error:
+            raise SdpError(f"SDP line {media.line}: the answer's a=crypto: {error}", status=488) from None
     chosen = _codecs_in(media, tuple(codecs))
     if not chosen:
         raise SdpError(f"SDP line {media.line}: the answer chose none of the offered codecs {', '.join(codecs)}", status=488)
@@ -648,4 +717,5 @@ def apply_answer(
         rtcp_mux=False,
         send_audio=direction.sends and their_direction.receives and remote_rtp is not None,
         receive_audio=direction.receives and their_direction.sends,
+        srtp_keys=keys,
     )

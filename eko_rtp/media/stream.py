@@ -26,6 +26,19 @@ and our media goes where they come from (symmetric RTP, RFC 4961, so NATed
 callers hear us). The caller's RTCP goes to :class:`QualityMonitor`, so our
 reports echo its SRs (LSR/DLSR) and the call ends with its loss, jitter and
 round trip.
+
+SRTP (a plan with ``srtp_keys``, media/srtp.py): the stream keeps one
+:class:`CallSrtp` while the keys stay the same (a re-INVITE that does not rekey
+keeps it, and with it the rollover counters and replay windows) and makes a new
+one only for new keys. A frame is protected by ``protect_frame`` straight from the
+preallocated header and the memoryview of the cached audio into the context's
+buffer, and the memoryview it returns goes out in one ``sendto``: the cipher's one
+copy, no ``bytes`` per packet. Inbound, every datagram is unprotected before
+anything reads it: the latch only ever sees a packet that authenticated (a forged
+or replayed one, from the caller's own address or not, never moves it nor keeps
+the call alive), and DTMF and the caller's audio see the plaintext. Drops are
+counted by reason in the call's :class:`CallSrtp` and the server's
+:class:`SrtpCounters`.
 """
 
 from __future__ import annotations
@@ -50,6 +63,7 @@ from eko_rtp.media.rtp import (
     payload_bounds_untrusted,
     peek_rtp_untrusted,
 )
+from eko_rtp.media.srtp import CallSrtp, SrtpCounters, SrtpError
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +99,7 @@ class MediaStream:
                  "quality", "_wall_clock", "on_audio", "recorder", "remote_rtp", "remote_rtcp", "latch",
                  "caller_source", "caller_ssrc", "t0", "frame_index", "next_due", "closed", "last_inbound",
                  "first_packet_time", "receive_backlogs", "audio_pt", "codec_name", "_translate", "telephone_event_pt",
-                 "_rtcp_mux", "sending", "_sendmsg")
+                 "_rtcp_mux", "sending", "_sendmsg", "_sendto", "srtp", "srtp_counters", "_srtp_drops_before")
 
     def __init__(
         self,
@@ -101,9 +115,14 @@ class MediaStream:
         on_audio: Callable[[int, bytes | None, str, float], None] | None = None,
         recorder=None,
         latch_policy: LatchPolicy | None = None,
+        srtp_counters: SrtpCounters | None = None,
     ):
         self.pair = pair
         self._sendmsg = pair.rtp.sendmsg
+        self._sendto = pair.rtp.sendto
+        self.srtp: CallSrtp | None = None  # the call's SRTP contexts while the plan has keys
+        self.srtp_counters = srtp_counters  # server-wide drops (metrics), or None
+        self._srtp_drops_before = 0  # drops under keys replaced by a rekey
         self.queue = queue
         self.counters = counters
         self.on_dtmf = on_dtmf
@@ -145,11 +164,28 @@ class MediaStream:
         self._translate = ULAW_TO_ALAW if plan.codec.name.upper() == "PCMA" else None
         self.telephone_event_pt = plan.telephone_event_payload_type
         self._rtcp_mux = bool(plan.rtcp_mux)
+        self._key(plan.srtp_keys)
         # A re-INVITE that moves the remote address moves our sending (RFC 3264 §8.3.1)
         # and starts a new latch; the same address again (hold, resume) keeps it.
         if self.latch.signal(plan.remote_rtp, plan.remote_rtcp):
             log.info("media moved by the SDP to %s; latching again", plan.remote_rtp)
         self._route()
+
+    def _key(self, keys) -> None:
+        """Keep the SRTP contexts for the same keys; new ones (the old freed) for new keys."""
+        current = self.srtp
+        if current is not None and current.keys == keys:
+            return
+        if current is not None:
+            self._srtp_drops_before += _drops(current)
+            current.close()
+            log.info("SRTP rekeyed" if keys is not None else "SRTP off")
+        self.srtp = CallSrtp(keys, counters=self.srtp_counters) if keys is not None else None
+
+    @property
+    def srtp_dropped(self) -> int:
+        """This call's SRTP and SRTCP packets dropped: failed authentication, replayed, malformed."""
+        return self._srtp_drops_before + (_drops(self.srtp) if self.srtp is not None else 0)
 
     def _route(self) -> None:
         """Point our sending at the latched source (else the signalled address), if allowed yet."""
@@ -234,10 +270,15 @@ class MediaStream:
                 if self._translate is not None:
                     payload = bytes(payload).translate(self._translate)
                 try:
-                    self._sendmsg((self.sender.header_for_next_frame(marker), payload), (), 0, self.remote_rtp)
+                    if self.srtp is None:
+                        self._sendmsg((self.sender.header_for_next_frame(marker), payload), (), 0, self.remote_rtp)
+                    else:
+                        # The cipher's one copy into the context's buffer; its view goes out as is.
+                        self._sendto(self.srtp.protect_frame(self.sender.header_for_next_frame(marker), payload),
+                                     self.remote_rtp)
                 except BlockingIOError:
                     self.counters.send_drops += 1
-                except OSError as error:
+                except (OSError, SrtpError) as error:
                     self.counters.send_errors += 1
                     log.debug("RTP send to %s failed: %s", self.remote_rtp, error)
                 else:
@@ -283,8 +324,11 @@ class MediaStream:
             return
         sock = self.pair.rtp if self.plan.rtcp_mux else self.pair.rtcp
         try:
-            sock.sendto(self.sender_report(now, unix_now), destination)
-        except OSError as error:
+            report = self.sender_report(now, unix_now)
+            if self.srtp is not None:
+                report = self.srtp.protect_rtcp(report)  # SRTCP (RFC 3711 §3.4)
+            sock.sendto(report, destination)
+        except (OSError, SrtpError) as error:
             log.debug("RTCP send to %s failed: %s", destination, error)
 
     # -- receiving ---------------------------------------------------------------
@@ -295,6 +339,14 @@ class MediaStream:
         if self._rtcp_mux and is_rtcp(data):
             self.on_rtcp(data, address, now, arrival)
             return
+        srtp = self.srtp
+        if srtp is not None:
+            # Before anything reads it: only an authenticated, fresh packet goes on.
+            if self.closed:
+                return  # the contexts are freed
+            data = srtp.unprotect(data)
+            if data is None:
+                return  # counted by reason in the call's CallSrtp and the server's SrtpCounters
         try:
             marker_and_type, sequence, timestamp, ssrc = peek_rtp_untrusted(data)
         except RtpError:
@@ -359,6 +411,13 @@ class MediaStream:
 
     def on_rtcp(self, data: bytes, address: tuple, now: float, arrival: float | None) -> None:
         """A datagram on the RTCP port (or RTCP on a muxed RTP port): the caller's reports."""
+        srtp = self.srtp
+        if srtp is not None:
+            if self.closed:
+                return
+            data = srtp.unprotect_rtcp(data)
+            if data is None:
+                return  # forged SRTCP must not keep the call alive either
         if not self.latch.accepts_rtcp(address[0]):
             self.counters.packets_stray += 1  # a stranger's RTCP must not keep the call alive
             if self.latch.rtcp_strays == 1:
@@ -377,6 +436,12 @@ class MediaStream:
 
     def close(self) -> None:
         self.closed = True
+        if self.srtp is not None:
+            self.srtp.close()  # libsrtp zeroes the session keys now, not at garbage collection
+
+
+def _drops(srtp: CallSrtp) -> int:
+    return sum(srtp.rtp_drops.values()) + sum(srtp.rtcp_drops.values())
 
 
 def silence_frame() -> bytes:

@@ -207,6 +207,7 @@ async def _sync_counters(server: EkoServer, metrics: Metrics, tts) -> None:
     last_barge_ins = 0
     last_followups_lost = 0
     last_asr_failures: dict[str, int] = {}
+    last_srtp_dropped: dict = {}
     while True:
         calls = server.counters
         metrics.asr_seconds.inc(calls.asr_seconds - last_asr_seconds)
@@ -231,6 +232,11 @@ async def _sync_counters(server: EkoServer, metrics: Metrics, tts) -> None:
         metrics.packets_received.inc(counters.packets_received - last_received)
         metrics.packets_stray.inc(counters.packets_stray - last_stray)  # no log line: an attack must not flood it
         last_stray = counters.packets_stray
+        srtp = server.srtp_counters  # no log line either: forged packets must not flood it
+        for reason in srtp.rtp:
+            dropped = srtp.rtp[reason] + srtp.rtcp[reason]
+            metrics.srtp_dropped.labels(reason=reason.value).inc(dropped - last_srtp_dropped.get(reason, 0))
+            last_srtp_dropped[reason] = dropped
         if counters.receive_backlogs > last_backlogs:
             metrics.receive_backlogs.inc(counters.receive_backlogs - last_backlogs)
             log.warning(

@@ -40,7 +40,8 @@ from eko_rtp.call.speech import CallSpeech, SpeechSetup
 from eko_rtp.call.greeting import caller_numbers
 from eko_rtp.call.lookup import CallerLookup
 from eko_rtp.call.handover import HandoverDesk
-from eko_rtp.config import Config, admission_settings, business_hours, latch_policy, transfer_targets, vad_settings
+from eko_rtp.config import (Config, admission_settings, business_hours, latch_policy, srtp_policy, transfer_targets,
+                            vad_settings)
 from eko_rtp.crm.records import CallLog, is_word
 from eko_rtp.media import sdp
 from eko_rtp.media.clock import FrameClock
@@ -48,10 +49,12 @@ from eko_rtp.media.negotiation import MediaSession
 from eko_rtp.media.playout import PlayoutQueue
 from eko_rtp.media.ports import PortsExhausted, RtpPortPool
 from eko_rtp.media.receiver import ReceiveHub
+from eko_rtp.media.srtp import SrtpCounters
 from eko_rtp.media.stream import ARRIVAL_SAMPLING, MediaCounters, MediaStream, silence_frame
 from eko_rtp.media.vad import VoiceActivityDetector
 from eko_rtp.media.wav import WavEncoding
 from eko_rtp.server.health import Condition, Health, missing_essential_phrases
+from eko_rtp.server.tls import ServerTls, TlsSettings
 from eko_rtp.server.transport import SipTransport, TcpLimits
 from eko_rtp.service.logs import LogBudget, SipTrace, call_context
 from eko_rtp.sip import events as ua_module
@@ -119,6 +122,8 @@ class EkoServer:
         self._recording_limiter = trio.CapacityLimiter(4)
         self.vad_settings = vad_settings(config)
         self.latch_policy = latch_policy(config)  # who may send a call media, where it may go (media/latch.py)
+        self.srtp_policy = srtp_policy(config)  # when calls are encrypted (media/negotiation.py)
+        self.srtp_counters = SrtpCounters()  # SRTP/SRTCP packets dropped, by reason (metrics)
         self.hub = ReceiveHub(clock=self.clock)
         self.media_counters = MediaCounters()
         self.counters = ServerCounters()
@@ -133,6 +138,9 @@ class EkoServer:
             trace=_sip_trace(config, None),
             tcp_limits=TcpLimits.from_config(config),
             on_descriptors_exhausted=self._descriptors_exhausted,
+            # SIP over TLS: the certificate is read now, so a broken one stops the start, naming the file.
+            tls=ServerTls(TlsSettings.from_config(config)) if "tls" in config["sip.transports"] else None,
+            tls_port=config["sip.tls_port"],
         )
         self.ua: UserAgent | None = None
         self.calls: dict[str, Call] = {}
@@ -170,7 +178,7 @@ class EkoServer:
             await nursery.start(self.hub.run)
             bound = await nursery.start(self.transport.run)
             sip_port = next(iter(bound.values()))[1]
-            self.ua = UserAgent(self._ua_settings(sip_port), credentials=self.sip_credentials,
+            self.ua = UserAgent(self._ua_settings(sip_port, bound.get("tls")), credentials=self.sip_credentials,
                                 admission=self.admission)
             self._health_changed()  # the SIP core and the metrics learn the health of the start
             self._call_nursery = nursery
@@ -191,11 +199,12 @@ class EkoServer:
                 log.info("live TTS: %s, voice %s, model %s", self.tts.backend.name, identity.voice, identity.model)
             task_status.started(bound)
 
-    def _ua_settings(self, sip_port: int) -> UserAgentSettings:
+    def _ua_settings(self, sip_port: int, tls_bound: tuple | None = None) -> UserAgentSettings:
         advertise = self.config.sip_advertise  # Contact and Via: never the wildcard we may bind
         return UserAgentSettings(
             host=advertise.host,
             port=advertise.port or sip_port,
+            tls_port=tls_bound[1] if tls_bound is not None else None,  # what sip.tls_port bound
             user_agent=self.config["sip.user_agent"],
             max_message_size=self.config["sip.max_message_size"],
             t1=self.config["sip.t1"],
@@ -313,7 +322,7 @@ class EkoServer:
         transport = self.config["registration.transport"]
         settings = self.ua.settings
         port = uri.port or (5061 if uri.scheme == "sips" else 5060)
-        contact = f"sip:{settings.contact_user}@{format_host_port(settings.host, settings.port)}"
+        contact = f"sip:{settings.contact_user}@{format_host_port(settings.host, settings.port_for(transport))}"
         if transport != "udp":
             contact += f";transport={transport}"
         self.registered = False
@@ -452,7 +461,8 @@ class EkoServer:
             self._refuse(call_id, 503, now, f"cannot open RTP sockets: {error.strerror}", headers=(("Retry-After", "5"),))
             return
         media = MediaSession(local_address=self.media_address, local_port=pair.port,
-                             session_id=next(self._origin_ids), preferred_codec=self.codec_preference)
+                             session_id=next(self._origin_ids), preferred_codec=self.codec_preference,
+                             srtp=self.srtp_policy, signalling=event.transport)
         try:
             negotiated = media.invite(event.offer)
         except sdp.SdpError as error:
@@ -483,6 +493,7 @@ class EkoServer:
             on_audio=ears.feed,
             recorder=recorder,
             latch_policy=self.latch_policy,
+            srtp_counters=self.srtp_counters,
         )
         numbers = caller_numbers(asserted_user=event.caller.asserted_user, from_user=event.caller.from_user,
                                  withheld=event.caller.withheld)
@@ -619,7 +630,7 @@ class EkoServer:
             negotiated = call.media.reinvite(offer_body)
         except sdp.SdpError as error:
             log.warning("re-INVITE refused: %s", error)
-            self.ua.reject_modification(call.call_id, error.status, now)
+            self.ua.reject_modification(call.call_id, error.status, now, reason=_reason(error))
             self._flush()
             return
         plan = negotiated.plan
@@ -709,16 +720,22 @@ class EkoServer:
 
     def replace_setup(self, *, config: Config, cache: Any, script: Script) -> None:
         """Reload: new calls use ``config``, ``cache`` and ``script``; calls in progress keep theirs."""
-        for dotted in ("sip.listen", "sip.advertise", "sip.transports", "media.address", "media.rtp_ports",
-                       "registration.registrar", "registration.aor", "registration.transport"):
+        for dotted in ("sip.listen", "sip.advertise", "sip.transports", "sip.tls_port", "media.address",
+                       "media.rtp_ports", "registration.registrar", "registration.aor", "registration.transport"):
             if config[dotted] != self.config[dotted]:
                 raise ValueError(f"{dotted} changed ({self.config[dotted]!r} -> {config[dotted]!r}): that needs a restart")
+        if self.transport.tls is not None:
+            # First, so a broken certificate (a UserError naming the file and the key)
+            # refuses the whole reload and changes nothing. A renewed one serves the
+            # next connections; those up keep theirs, and so do their calls.
+            self.transport.tls.reload(TlsSettings.from_config(config))
         self.config = config
         self.cache = cache
         self.script = script
         self.codec_preference = None if config["media.codec"] == "offer" else config["media.codec"]
         self.vad_settings = vad_settings(config)
         self.latch_policy = latch_policy(config)
+        self.srtp_policy = srtp_policy(config)
         self.admission.reconfigure(self._admission_settings(config))
         self._check_phrases()
         self.transport.trace = _sip_trace(config, self.transport.trace)
@@ -800,7 +817,8 @@ def describe_plan(plan) -> str:
     """The negotiated codec and where its audio goes, for a call's log line."""
     remote = _where(plan.remote_rtp) if plan.remote_rtp else "nowhere (no address: on hold)"
     events = f", telephone-event {plan.telephone_event_payload_type}" if plan.telephone_event_payload_type else ""
-    return (f"{plan.codec.name} (payload type {plan.codec.payload_type}{events}) to {remote}, "
+    srtp = f", SRTP {plan.srtp_keys.suite.value}" if plan.srtp_keys is not None else ""
+    return (f"{plan.codec.name} (payload type {plan.codec.payload_type}{events}{srtp}) to {remote}, "
             f"send_audio={plan.send_audio}")
 
 
@@ -840,6 +858,9 @@ def _listening_summary(call: Call) -> str:
     stray = call.stream.packets_stray
     if stray:
         words.append(f"stray_packets={stray}")  # dropped as not the caller's (media/latch.py)
+    srtp_dropped = call.stream.srtp_dropped
+    if srtp_dropped:
+        words.append(f"srtp_dropped={srtp_dropped}")  # failed authentication, replayed (media/srtp.py)
     recorder = call.recorder
     if recorder is not None:
         words.append(f"recording={recorder.path.name}" + ("" if recorder.failed is None else " (failed)"))

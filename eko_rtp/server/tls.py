@@ -29,6 +29,12 @@ chains to it, or the handshake fails (RFC 5922 §7.3 calls this the server
 asking for the client's certificate). Which *name* the trunk's certificate
 carries is not checked here; the transport may read it with
 ``SSLStream.getpeercert()`` after the handshake.
+
+Connections we open (an in-dialog request whose peer's connection is gone,
+RFC 5923 §4: a new one is opened like any other) use :meth:`ServerTls.connect`:
+the peer's certificate must chain to the ``sip.tls_trust`` bundle (the system's
+store when unset) and name the host we dialled, and we present our own
+certificate should the peer ask for one. A reload rebuilds both contexts.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ TLS_KEY_CREDENTIAL = "sip_tls_key"
 CERTIFICATE_KEY = "sip.tls_certificate"
 PRIVATE_KEY_KEY = "sip.tls_private_key"
 CLIENT_CA_KEY = "sip.tls_client_ca"
+TRUST_KEY = "sip.tls_trust"
 # TLS 1.2: ECDHE key exchange and an AEAD cipher only (RFC 7525 §4.2); PSK and
 # anonymous suites are out even where OpenSSL would pair them with ECDHE.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!PSK:!aNULL"
@@ -84,10 +91,17 @@ class TlsSettings:
     certificate_chain: Path = attrs.field(converter=Path)  # PEM: the server's certificate, then intermediates
     private_key: Path | None = attrs.field(default=None, converter=_optional_path)  # PEM, unencrypted
     client_ca: Path | None = attrs.field(default=None, converter=_optional_path)  # PEM CAs: set = mutual TLS
+    trust: Path | None = attrs.field(default=None, converter=_optional_path)  # PEM CAs of peers we dial; None: system
 
     @property
     def mutual(self) -> bool:
         return self.client_ca is not None
+
+    @classmethod
+    def from_config(cls, config) -> "TlsSettings":
+        """The ``sip.tls_*`` file keys of ``config`` (paths only: the key itself is never in the config)."""
+        return cls(certificate_chain=config[CERTIFICATE_KEY], private_key=config[PRIVATE_KEY_KEY],
+                   client_ca=config[CLIENT_CA_KEY], trust=config[TRUST_KEY])
 
 
 def credential_path(name: str, *, environ: Mapping[str, str] | None = None) -> Path | None:
@@ -211,23 +225,28 @@ def build_client_context(
     if trust is None:
         context.load_default_certs(ssl.Purpose.SERVER_AUTH)
     else:
-        _readable(trust, what="TLS trust bundle", key="sip.tls_trust")
+        _readable(trust, what="TLS trust bundle", key=TRUST_KEY)
         try:
             context.load_verify_locations(cafile=str(trust))
         except ssl.SSLError as error:
-            raise UserError(f"not a PEM CA bundle{_reason(error)}", path=str(trust), key="sip.tls_trust") from None
+            raise UserError(f"not a PEM CA bundle{_reason(error)}", path=str(trust), key=TRUST_KEY) from None
     if identity is not None:
         _load_chain_and_key(context, identity, environ)
     return context
 
 
 class ServerTls:
-    """The server's TLS context of the moment; a reload replaces it only when the new one built."""
+    """The server's TLS contexts of the moment; a reload replaces them only when both new ones built."""
 
     def __init__(self, settings: TlsSettings, *, environ: Mapping[str, str] | None = None):
         self._environ = environ
-        self._context = build_server_context(settings, environ=environ)
+        self._context, self._client_context = self._build(settings)
         self.settings = settings
+
+    def _build(self, settings: TlsSettings) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+        server = build_server_context(settings, environ=self._environ)
+        client = build_client_context(trust=settings.trust, identity=settings, environ=self._environ)
+        return server, client
 
     @property
     def context(self) -> ssl.SSLContext:
@@ -241,7 +260,7 @@ class ServerTls:
         report, as a refused reload.
         """
         settings = self.settings if settings is None else settings
-        context = build_server_context(settings, environ=self._environ)
+        context, self._client_context = self._build(settings)
         self._context = context
         self.settings = settings
         log.info("TLS: certificate chain %s loaded%s", settings.certificate_chain,
@@ -256,3 +275,12 @@ class ServerTls:
         messages by Content-Length, so a truncation cannot pass for a message).
         """
         return trio.SSLStream(transport_stream, self._context, server_side=True, https_compatible=True)
+
+    def connect(self, transport_stream: trio.abc.Stream, server_hostname: str) -> trio.SSLStream:
+        """The client side of TLS over a connection we opened to ``server_hostname`` (a name or an IP address).
+
+        The peer's certificate must chain to ``settings.trust`` (or the system's
+        store) and name ``server_hostname`` (RFC 5922 §7.2); ours is presented if asked.
+        """
+        return trio.SSLStream(transport_stream, self._client_context, server_hostname=server_hostname,
+                              https_compatible=True)

@@ -1,4 +1,4 @@
-"""SIP over UDP and TCP: bytes in, bytes out, no protocol rules.
+"""SIP over UDP, TCP and TLS: bytes in, bytes out, no protocol rules.
 
 The UDP side is one non-blocking stdlib socket: datagrams are read in a loop that
 waits with ``trio.lowlevel.wait_readable`` only when the socket is empty, and
@@ -8,6 +8,19 @@ datagram, which SIP over UDP retransmits anyway). The TCP side accepts connectio
 SIP core's :class:`StreamFramer` (Content-Length required) and writes through a
 per-connection task fed by a bounded channel, so a slow peer never blocks the loop.
 A connection that sends an unframeable stream is closed; nothing else is affected.
+
+TLS (RFC 3261 §26.2.1, the ``sip.tls_*`` keys) is TCP with a handshake in front: its
+listener (``sip.tls_port``, 5061) accepts like the TCP one, under the same caps,
+wraps the connection with :meth:`~eko_rtp.server.tls.ServerTls.wrap`, and gives the
+handshake ``handshake_timeout``; a connection that fails it or runs out of time is
+counted, logged once per ``LOG_INTERVAL`` at most and closed, without ever holding a
+place in ``connections``. After the handshake the connection runs the TCP code path
+(framer, timeouts, 513, writer task), and its messages reach the server with the
+transport ``"tls"``. What we send over TLS goes over the connection it is for, else
+any live TLS connection with that peer's address (RFC 5923 §4), else a new one
+(:meth:`~eko_rtp.server.tls.ServerTls.connect`, the peer's certificate verified).
+Connections are looked up by (transport, address): a message for TLS never goes
+out in the clear over a TCP connection to the same address.
 With a ``trace`` (:class:`~eko_rtp.service.logs.SipTrace`), each message in and out
 is handed to it as well.
 
@@ -15,7 +28,8 @@ A TCP connection holds a descriptor for as long as the peer keeps it open, so no
 held for free (:class:`TcpLimits`, the ``sip.tcp_*`` keys):
 
 - at most ``max_connections`` accepted connections at once, and
-  ``max_connections_per_source`` from one IP address. Beyond, a connection is
+  ``max_connections_per_source`` from one IP address, TCP and TLS counted together
+  (both cost the same descriptor; a TLS one more memory). Beyond, a connection is
   accepted and closed at once (the peer learns it now, where one left in the listen
   backlog would hang), counted, and logged once per ``LOG_INTERVAL`` at most;
 - the framer's deadlines: a connection with no message and no keepalive for
@@ -40,12 +54,14 @@ import math
 import os
 import resource
 import socket
+import ssl
 import time
 from typing import Callable
 
 import attrs
 import trio
 
+from eko_rtp.server.tls import ServerTls
 from eko_rtp.sip.errors import SipParseError
 from eko_rtp.sip.framing import MessageTooLarge, StreamFramer, StreamTimeout
 
@@ -61,6 +77,7 @@ Deliver = Callable[[bytes, tuple, str, object], None]
 RESOLVE_TIMEOUT = 5.0  # s for a name in a Contact or Route to resolve
 MAX_PENDING_RESOLUTIONS = 64  # names being resolved at once; beyond, messages are dropped
 
+STREAM_TRANSPORTS = ("tcp", "tls")
 RECEIVE_SIZE = 65536  # bytes read from a TCP connection at once
 LOG_INTERVAL = 10.0  # s between two log lines about refused, slow or failed connections
 ACCEPT_BACKOFF_MIN = 0.05  # s to wait after accept found no descriptor, doubling...
@@ -79,18 +96,20 @@ _ACCEPT_SKIPPABLE = frozenset(getattr(errno, name) for name in (
 
 @attrs.frozen(kw_only=True)
 class TcpLimits:
-    """What the peers may hold of the server over TCP (the ``sip.tcp_*`` keys)."""
+    """What the peers may hold of the server over TCP and TLS (``sip.tcp_*``, ``sip.tls_handshake_timeout``)."""
 
     idle_timeout: float = attrs.field(validator=attrs.validators.gt(0))
     header_timeout: float = attrs.field(validator=attrs.validators.gt(0))
     max_connections: int = attrs.field(validator=attrs.validators.ge(1))
     max_connections_per_source: int = attrs.field(validator=attrs.validators.ge(1))
+    handshake_timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))  # TLS: accept to handshake done
 
     @classmethod
     def from_config(cls, config) -> "TcpLimits":
         return cls(idle_timeout=config["sip.tcp_idle_timeout"], header_timeout=config["sip.tcp_header_timeout"],
                    max_connections=config["sip.tcp_max_connections"],
-                   max_connections_per_source=config["sip.tcp_max_connections_per_source"])
+                   max_connections_per_source=config["sip.tcp_max_connections_per_source"],
+                   handshake_timeout=config["sip.tls_handshake_timeout"])
 
 
 @attrs.define
@@ -105,6 +124,8 @@ class TcpCounters:
     too_large: int = 0  # messages over sip.max_message_size (answered 513 when addressable)
     unframeable: int = 0  # other framing faults (no or bad Content-Length, stray CR or LF)
     accept_out_of_descriptors: int = 0  # accept(2) failed with EMFILE, ENFILE, ENOBUFS or ENOMEM
+    tls_handshake_failures: int = 0  # refused by either side: version, cipher, certificate, or not TLS at all
+    tls_handshake_timeouts: int = 0  # not complete within sip.tls_handshake_timeout (a slowloris of TLS)
 
 
 class _Throttle:
@@ -125,6 +146,16 @@ class _Throttle:
         return f" ({held_back} more since the last such line)" if held_back else ""
 
 
+def _handshake_failure(error: trio.BrokenResourceError) -> str:
+    """Why a TLS handshake failed, in OpenSSL's words without the source file and line."""
+    cause = error.__cause__
+    if isinstance(cause, ssl.SSLError) and cause.reason:
+        why = cause.reason.replace("_", " ").lower()
+        verify = getattr(cause, "verify_message", None)
+        return f"{why}: {verify}" if verify else why
+    return str(cause or error) or "the connection broke"
+
+
 def _is_ip_address(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -134,19 +165,21 @@ def _is_ip_address(host: str) -> bool:
 
 
 class TcpConnection:
-    """One accepted (or dialled) TCP connection and its writer channel."""
+    """One accepted (or dialled) TCP or TLS connection (TLS: after its handshake) and its writer channel."""
 
     _ids = itertools.count(1)
 
-    def __init__(self, stream: trio.SocketStream, peer: tuple):
+    def __init__(self, stream: trio.SocketStream | trio.SSLStream, peer: tuple, transport: str = "tcp"):
         self.id = next(self._ids)
         self.stream = stream
         self.peer = peer
+        self.transport = transport  # "tcp" or "tls"
+        self.label = transport.upper()  # for the log: "SIP TLS from ..."
         self.send_channel, self.receive_channel = trio.open_memory_channel[bytes](64)
         self.writer_done = trio.Event()  # the writer task has ended (its channel closed and drained, or broken)
 
     def __repr__(self) -> str:
-        return f"<tcp#{self.id} {self.peer[0]}:{self.peer[1]}>"
+        return f"<{self.transport}#{self.id} {self.peer[0]}:{self.peer[1]}>"
 
 
 class SipTransport:
@@ -154,7 +187,12 @@ class SipTransport:
 
     def __init__(self, *, host: str, port: int, transports: list[str], max_message_size: int, deliver: Deliver,
                  trace=None, tcp_limits: TcpLimits | None = None,
-                 on_descriptors_exhausted: Callable[[OSError], None] | None = None):
+                 on_descriptors_exhausted: Callable[[OSError], None] | None = None,
+                 tls: ServerTls | None = None, tls_port: int = 5061):
+        """``tls``: the certificate and policy, needed when ``transports`` has ``"tls"``, whose
+        listener binds ``tls_port`` (0: any free port; ``bound["tls"]`` says which)."""
+        if "tls" in transports and tls is None:
+            raise ValueError("SIP over TLS needs the server's certificate (tls=ServerTls(...))")
         if tcp_limits is None:  # the configuration's defaults: never a transport without limits
             from eko_rtp.config import build_config
 
@@ -162,12 +200,14 @@ class SipTransport:
         self.host = host
         self.port = port
         self.transports = transports
+        self.tls = tls
+        self.tls_port = tls_port
         self.max_message_size = max_message_size
         self.deliver = deliver
         self.trace = trace  # a SipTrace, or None (the default: no per-message work)
         self.udp: socket.socket | None = None
         self.connections: dict[int, TcpConnection] = {}
-        self._by_peer: dict[tuple, TcpConnection] = {}
+        self._by_peer: dict[tuple, TcpConnection] = {}  # by (transport, peer address)
         self._nursery: trio.Nursery | None = None
         self.bound: dict[str, tuple] = {}
         self.udp_dropped = 0
@@ -186,6 +226,7 @@ class SipTransport:
         self._refusal_logs = {"all": _Throttle(LOG_INTERVAL), "source": _Throttle(LOG_INTERVAL)}  # by cap
         self._slow_log = _Throttle(LOG_INTERVAL)
         self._descriptor_log = _Throttle(LOG_INTERVAL)
+        self._handshake_log = _Throttle(LOG_INTERVAL)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -203,7 +244,12 @@ class SipTransport:
                 listeners = await trio.open_tcp_listeners(port, host=self.host)
                 self.bound["tcp"] = listeners[0].socket.getsockname()[:2]
                 for listener in listeners:
-                    nursery.start_soon(self._accept_loop, listener)
+                    nursery.start_soon(self._accept_loop, listener, "tcp")
+            if "tls" in self.transports:
+                listeners = await trio.open_tcp_listeners(self.tls_port, host=self.host)
+                self.bound["tls"] = listeners[0].socket.getsockname()[:2]
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, listener, "tls")
             nursery.start_soon(self._flush_trace)
             task_status.started(self.bound)
 
@@ -237,13 +283,13 @@ class SipTransport:
                 self.deliver(data, source[:2], "udp", None)
             await trio.lowlevel.checkpoint()
 
-    # -- TCP -----------------------------------------------------------------------
+    # -- TCP and TLS ---------------------------------------------------------------
 
     def descriptors_exhausted(self, now: float) -> bool:
         """Whether the process counts as out of descriptors at ``now`` (a recent accept failed for want of one)."""
         return now < self.descriptors_exhausted_until
 
-    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+    async def _accept_loop(self, listener: trio.SocketListener, transport: str) -> None:
         # Not trio.serve_listeners: it logs a traceback every 100 ms while descriptors
         # are short, and has no say over which connections to keep.
         sock = listener.socket
@@ -266,7 +312,7 @@ class SipTransport:
                              "descriptor", self._accept_failures)
                     self._accept_failures = 0
                     self.descriptors_exhausted_until = -math.inf
-                self._admit(client, address[:2])
+                self._admit(client, address[:2], transport)
         finally:
             sock.close()
 
@@ -288,7 +334,7 @@ class SipTransport:
                         "%s); retrying in %g s%s", os.strerror(error.errno), errno.errorcode.get(error.errno, "?"),
                         len(self.connections), soft_limit, backoff, more)
 
-    def _admit(self, client: trio.socket.SocketType, peer: tuple) -> None:
+    def _admit(self, client: trio.socket.SocketType, peer: tuple, transport: str) -> None:
         """Serve an accepted connection, or close it at once when a cap is reached.
 
         Synchronous from the accept on: the count cannot change under the check.
@@ -305,16 +351,21 @@ class SipTransport:
             self.tcp_counters.accepted += 1
             self._accepted_open += 1
             self._per_source[source] = self._per_source.get(source, 0) + 1
-            self._nursery.start_soon(self._serve_accepted, client, peer)
+            self._nursery.start_soon(self._serve_accepted, client, peer, transport)
             return
         client.close()
         more = self._refusal_logs[cap].ready(trio.current_time())
         if more is not None:
-            log.warning("SIP TCP from %s:%s: connection closed at once: %s%s", *peer, why, more)
+            log.warning("SIP %s from %s:%s: connection closed at once: %s%s", transport.upper(), *peer, why, more)
 
-    async def _serve_accepted(self, client: trio.socket.SocketType, peer: tuple) -> None:
+    async def _serve_accepted(self, client: trio.socket.SocketType, peer: tuple, transport: str) -> None:
         try:
-            await self._run_connection(TcpConnection(trio.SocketStream(client), peer))
+            stream = trio.SocketStream(client)
+            if transport == "tls":
+                stream = self.tls.wrap(stream)  # the context of the moment: a reload changes the next ones
+                if not await self._secure(stream, peer, "from"):
+                    return
+            await self._run_connection(TcpConnection(stream, peer, transport))
         finally:
             self._accepted_open -= 1
             left = self._per_source[peer[0]] - 1
@@ -323,9 +374,36 @@ class SipTransport:
             else:
                 del self._per_source[peer[0]]
 
+    async def _secure(self, stream: trio.SSLStream, peer: tuple, direction: str) -> bool:
+        """The TLS handshake, within ``handshake_timeout``; False once it failed (counted, logged, closed).
+
+        Before it completes a connection is nobody's: no message, no place in
+        ``connections``. One warning per LOG_INTERVAL at most (the others at DEBUG),
+        and no traceback: a scanner or an old client fails handshakes all day.
+        """
+        timeout = self.tcp_limits.handshake_timeout
+        why = None
+        with trio.move_on_after(timeout):
+            try:
+                await stream.do_handshake()
+                return True
+            except trio.BrokenResourceError as error:
+                self.tcp_counters.tls_handshake_failures += 1
+                why = f"TLS handshake failed: {_handshake_failure(error)}"
+        if why is None:
+            self.tcp_counters.tls_handshake_timeouts += 1
+            why = f"TLS handshake not complete within {timeout:g} s (sip.tls_handshake_timeout)"
+        more = self._handshake_log.ready(trio.current_time())
+        if more is not None:
+            log.warning("SIP TLS %s %s:%s: %s; closing the connection%s", direction, *peer[:2], why, more)
+        else:  # held back from the warnings: still there for whoever debugs one client
+            log.debug("SIP TLS %s %s:%s: %s; closing the connection", direction, *peer[:2], why)
+        await trio.aclose_forcefully(stream)
+        return False
+
     async def _run_connection(self, connection: TcpConnection) -> None:
         self.connections[connection.id] = connection
-        self._by_peer[connection.peer] = connection
+        self._by_peer[connection.transport, connection.peer] = connection
         limits = self.tcp_limits
         framer = StreamFramer(max_message_size=self.max_message_size, idle_timeout=limits.idle_timeout,
                               header_timeout=limits.header_timeout, now=trio.current_time())
@@ -337,21 +415,21 @@ class SipTransport:
                 nursery.cancel_scope.cancel()
         finally:
             self.connections.pop(connection.id, None)
-            if self._by_peer.get(connection.peer) is connection:
-                del self._by_peer[connection.peer]
+            if self._by_peer.get((connection.transport, connection.peer)) is connection:
+                del self._by_peer[connection.transport, connection.peer]
             with trio.CancelScope(shield=True):
                 await connection.stream.aclose()
 
     async def _read_connection(self, connection: TcpConnection, framer: StreamFramer) -> bool:
         """Deliver the connection's messages until it ends; True when an answer must go out before the close."""
-        stream, peer = connection.stream, connection.peer
+        stream, peer, label = connection.stream, connection.peer, connection.label
         while True:
             data = None
             with trio.move_on_at(framer.deadline):
                 try:
                     data = await stream.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-                    log.debug("SIP TCP from %s:%s: %s", *peer, error)
+                    log.debug("SIP %s from %s:%s: %s", label, *peer, error)
                     return False
             now = trio.current_time()
             if data is None:
@@ -363,8 +441,8 @@ class SipTransport:
             if not data:
                 if framer.pending:
                     # The peer hung up mid-message: say so, or the loss is invisible.
-                    log.warning("SIP TCP from %s:%s: connection closed in the middle of a message "
-                                "(%d bytes discarded)", *peer, framer.pending)
+                    log.warning("SIP %s from %s:%s: connection closed in the middle of a message "
+                                "(%d bytes discarded)", label, *peer, framer.pending)
                 return False
             framer.receive_data(data, now)
             try:
@@ -373,25 +451,26 @@ class SipTransport:
             except MessageTooLarge as error:
                 self.tcp_counters.too_large += 1
                 if error.head is None:
-                    log.warning("SIP TCP from %s:%s: %s; closing the connection", *peer, error)
+                    log.warning("SIP %s from %s:%s: %s; closing the connection", label, *peer, error)
                     return False
                 # The header block fits: the SIP core answers 513 from it (its Content-Length
                 # is over the limit there too), addressed like any error (RFC 3261 §8.2.6.2),
                 # and logs the refusal. The rest of the message is never read.
-                log.debug("SIP TCP from %s:%s: %s; closing the connection once the answer is out", *peer, error)
+                log.debug("SIP %s from %s:%s: %s; closing the connection once the answer is out", label, *peer,
+                          error)
                 self._deliver_tcp(error.head, connection)
                 return True
             except SipParseError as error:
                 self.tcp_counters.unframeable += 1
-                log.warning("SIP TCP from %s:%s: %s; closing the connection", *peer, error)
+                log.warning("SIP %s from %s:%s: %s; closing the connection", label, *peer, error)
                 return False
             for _ in range(framer.take_pings()):
                 self._queue(connection, b"\r\n")  # RFC 5626 §3.5.1 keepalive pong
 
     def _deliver_tcp(self, message: bytes, connection: TcpConnection) -> None:
         if self.trace is not None:
-            self.trace.message("received from", "tcp", connection.peer, message, trio.current_time())
-        self.deliver(message, connection.peer, "tcp", connection)
+            self.trace.message("received from", connection.transport, connection.peer, message, trio.current_time())
+        self.deliver(message, connection.peer, connection.transport, connection)
 
     def _timed_out(self, connection: TcpConnection, framer: StreamFramer, timeout: StreamTimeout, now: float) -> None:
         peer, pending = connection.peer, framer.pending
@@ -403,12 +482,12 @@ class SipTransport:
             self.tcp_counters.idle_closed += 1
             why = f"no message for {self.tcp_limits.idle_timeout:g} s (sip.tcp_idle_timeout)"
             if not pending:
-                log.debug("SIP TCP from %s:%s: %s; closing the connection", *peer, why)
+                log.debug("SIP %s from %s:%s: %s; closing the connection", connection.label, *peer, why)
                 return
         more = self._slow_log.ready(now)
         if more is not None:
-            log.warning("SIP TCP from %s:%s: %s, %d bytes discarded; closing the connection%s", *peer, why, pending,
-                        more)
+            log.warning("SIP %s from %s:%s: %s, %d bytes discarded; closing the connection%s", connection.label, *peer,
+                        why, pending, more)
 
     async def _close_after_answer(self, connection: TcpConnection) -> None:
         """Get the queued answer out, then close gently, within CLOSE_LINGER.
@@ -426,14 +505,14 @@ class SipTransport:
                 while await connection.stream.receive_some(RECEIVE_SIZE):
                     pass
             except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-                log.debug("SIP TCP from %s:%s: %s", *connection.peer, error)
+                log.debug("SIP %s from %s:%s: %s", connection.label, *connection.peer, error)
 
     async def _write_connection(self, connection: TcpConnection) -> None:
         try:
             async for data in connection.receive_channel:
                 await connection.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-            log.debug("SIP TCP to %s: %s", connection.peer, error)
+            log.debug("SIP %s to %s: %s", connection.label, connection.peer, error)
         finally:
             connection.writer_done.set()
 
@@ -441,17 +520,27 @@ class SipTransport:
         try:
             connection.send_channel.send_nowait(data)
         except trio.ClosedResourceError:
-            log.debug("SIP TCP to %s:%s: the connection is closing; message dropped", *connection.peer)
+            log.debug("SIP %s to %s:%s: the connection is closing; message dropped", connection.label,
+                      *connection.peer)
         except (trio.WouldBlock, trio.BrokenResourceError):
-            log.warning("SIP TCP to %s:%s: writer is stuck; message dropped", *connection.peer)
+            log.warning("SIP %s to %s:%s: writer is stuck; message dropped", connection.label, *connection.peer)
 
-    async def _dial(self, destination: tuple, data: bytes) -> None:
+    async def _dial(self, destination: tuple, data: bytes, transport: str) -> None:
+        """A new connection to ``destination`` (a name is resolved by trio, off the event loop), ``data`` first.
+
+        Over TLS the peer's certificate must name ``destination``'s host as we
+        were given it: a Contact's host name, or its address.
+        """
         try:
             stream = await trio.open_tcp_stream(destination[0], destination[1])
         except OSError as error:
-            log.warning("SIP TCP connect to %s:%s failed: %s", destination[0], destination[1], error)
+            log.warning("SIP %s connect to %s:%s failed: %s", transport.upper(), destination[0], destination[1], error)
             return
-        connection = TcpConnection(stream, destination)
+        if transport == "tls":
+            stream = self.tls.connect(stream, destination[0])
+            if not await self._secure(stream, destination, "to"):
+                return
+        connection = TcpConnection(stream, destination, transport)
         self._queue(connection, data)
         await self._run_connection(connection)
 
@@ -481,6 +570,18 @@ class SipTransport:
             self.resolving -= 1
         self.send(data, found[0][4][:2], transport, None)
 
+    def _send_stream(self, data: bytes, destination: tuple, transport: str, connection: object | None) -> None:
+        """The connection the message is for, else a live one with the peer's address (RFC 5923 §4), else a new one."""
+        target = connection if isinstance(connection, TcpConnection) else None
+        if target is None or target.id not in self.connections or target.transport != transport:
+            target = self._by_peer.get((transport, destination))
+        if target is not None and target.id in self.connections:
+            self._queue(target, data)
+        elif transport == "tls" and self.tls is None:
+            log.warning("SIP TLS to %s:%s: TLS is not configured (sip.transports); message dropped", *destination[:2])
+        elif self._nursery is not None:
+            self._nursery.start_soon(self._dial, destination, data, transport)
+
     def send(self, data: bytes, destination: tuple, transport: str, connection: object | None) -> None:
         """Send one message; never blocks, never raises for network trouble.
 
@@ -489,17 +590,13 @@ class SipTransport:
         and in number), never by ``sendto`` on the event loop, where a slow DNS
         server would stop every call's frames.
         """
-        if transport != "tcp" and not _is_ip_address(destination[0]):
+        if transport == "udp" and not _is_ip_address(destination[0]):
             self._resolve_then_send(data, tuple(destination), transport)
             return  # traced once resolved, when it comes back here with an address
         if self.trace is not None:
             self.trace.message("sent to", transport, destination, data, trio.current_time())
-        if transport == "tcp":
-            target = connection if isinstance(connection, TcpConnection) else self._by_peer.get(tuple(destination))
-            if target is not None and target.id in self.connections:
-                self._queue(target, data)
-            elif self._nursery is not None:
-                self._nursery.start_soon(self._dial, tuple(destination), data)
+        if transport in STREAM_TRANSPORTS:
+            self._send_stream(data, tuple(destination), transport, connection)
             return
         if self.udp is None:
             log.warning("no UDP socket to send to %s", destination)

@@ -17,7 +17,9 @@ run on every record before it is formatted:
 :class:`SipTrace` (``service.sip_trace``, off by default) logs every SIP message
 received and sent, one record per message under ``eko_rtp.sip.trace``, through the
 same filters: numbers in URIs and headers are masked, CR LF are escaped so a message
-stays one line. It is bounded: a message is cut after ``max_bytes`` (saying so), and
+stays one line. SDES keys in SDP bodies (``a=crypto:... inline:<key>``, RFC 4568)
+are replaced by ``[redacted]`` before anything else (``media/sdes.py``
+``redact_keys``): whoever reads the log must not be able to decrypt the calls. It is bounded: a message is cut after ``max_bytes`` (saying so), and
 at most ``per_second`` messages are logged each second; the rest are counted and
 summarised in one line when the second is over.
 
@@ -41,6 +43,8 @@ import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TextIO
+
+from eko_rtp.media.sdes import redact_keys
 
 REDACTED = "[redacted]"
 
@@ -119,6 +123,7 @@ class Sanitizer(logging.Filter):
         for secret in self.secrets:
             text = text.replace(secret, REDACTED)
         text = _API_KEY_HEADER.sub(lambda match: match.group(1) + REDACTED, text)
+        text = redact_keys(text)  # SDES keys, wherever an SDP body got into a line
         if self.mask_numbers:
             text = _PHONE.sub(lambda match: mask_phone(match.group()), text)
         return text
@@ -190,8 +195,10 @@ class SipTrace:
             self.skipped_total += 1
             return
         self._traced += 1
-        text = bytes(data[: self.max_bytes]).decode("utf-8", "replace")
-        cut = len(data) - self.max_bytes
+        # SDES keys (a=crypto ... inline:KEY) out before the cut, so no cut can leave half a key.
+        shown = redact_keys(bytes(data))
+        text = shown[: self.max_bytes].decode("utf-8", "replace")
+        cut = len(shown) - self.max_bytes
         more = f" [truncated: {cut} more byte(s) not traced]" if cut > 0 else ""
         self.log.info("%s %s %s:%s, %d bytes: %s%s", direction, transport.upper(), peer[0], peer[1], len(data),
                       text, more)

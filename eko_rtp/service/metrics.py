@@ -17,6 +17,8 @@ Exported names (all prefixed ``eko_``):
 ``eko_rtp_frames_sent_total``                counter    RTP media frames sent
 ``eko_rtp_frames_late_total``                counter    frames sent after their due time
 ``eko_rtp_packets_stray_total``              counter    RTP/RTCP dropped as not the caller's (media/latch.py)
+``eko_srtp_dropped_total{reason}``           counter    SRTP/SRTCP dropped: ``authentication``, ``replay``,
+                                                       ``mki``, ``malformed``, ``other`` (media/srtp.py)
 ``eko_cache_hits_total{cache}``              counter    ``phrase`` or ``dynamic`` (TTS) cache hits
 ``eko_cache_misses_total{cache}``            counter    and misses
 ``eko_tts_characters_total{backend}``        counter    characters sent to live TTS
@@ -56,6 +58,7 @@ from prometheus_client.exposition import start_http_server
 
 from eko_rtp.config import HostPort, parse_host_port
 from eko_rtp.errors import UserError
+from eko_rtp.media.srtp import DropReason
 
 LISTEN_KEY = "service.metrics_listen"
 
@@ -131,6 +134,7 @@ class Metrics:
     frames_late: Counter
     packets_received: Counter
     packets_stray: Counter
+    srtp_dropped: Counter
     receive_backlogs: Counter
     cache_hits: Counter
     cache_misses: Counter
@@ -177,6 +181,9 @@ class Metrics:
             packets_stray=Counter("eko_rtp_packets_stray",
                                   "RTP and RTCP packets on a call's ports not from its caller, dropped (media/latch.py).",
                                   registry=registry),
+            srtp_dropped=Counter("eko_srtp_dropped",
+                                 "SRTP and SRTCP packets dropped, by reason: failed authentication, replayed, ... "
+                                 "(media/srtp.py).", ["reason"], registry=registry),
             receive_backlogs=Counter(
                 "eko_rtp_receive_backlogs",
                 "Drains of the receive hub that left a call's socket non-empty (a caller outpacing the server).",
@@ -243,6 +250,8 @@ class Metrics:
             metrics.cache_misses.labels(cache=cache)
         for backend in TTS_BACKENDS:
             metrics.tts_characters.labels(backend=backend)
+        for reason in DropReason:
+            metrics.srtp_dropped.labels(reason=reason.value)
         return metrics
 
     def call_quality(self, quality) -> None:

@@ -72,6 +72,15 @@ class IncomingCall:
     offer: bytes | None
     caller: CallerIdentity
     source: tuple[str, int]
+    # How the INVITE reached us: "udp", "tcp" or "tls". Only "tls" keeps what the
+    # signalling carries from the network's eyes, so only then may its SDP carry SRTP
+    # keys in the clear of a=crypto (RFC 4568 §8.3: SDES needs a secure signalling hop).
+    transport: str = "udp"
+
+    @property
+    def secure_signalling(self) -> bool:
+        """True when the INVITE came over TLS (a hop-by-hop guarantee: RFC 3261 §26.2.1)."""
+        return self.transport == "tls"
 
 
 @attrs.frozen(kw_only=True)

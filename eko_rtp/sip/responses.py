@@ -15,7 +15,8 @@ responses name us in Server; a body is SDP.
 :func:`build_response` is pure: the user agent hands the bytes to the transaction
 and the shell. The capabilities we announce (Allow, Accept, Supported; §11.2, §20)
 are constants here, as is the Contact of our 2xx (§12.1.1, with
-``transport=`` over a stream so in-dialog requests come back the same way).
+``transport=`` over a stream so in-dialog requests come back the same way, and a
+``sips:`` URI in a dialog a ``sips:`` Request-URI began over TLS, §12.1.1 and RFC 5630 §3.1.3).
 """
 
 from __future__ import annotations
@@ -61,8 +62,14 @@ def stamp_via(via: Via, hop: Hop) -> Via:
     return via
 
 
-def contact(user: str, host: str, port: int, transport: str) -> str:
-    """Our Contact for ``transport``: ``<sip:user@host:port>``, with ``;transport=`` unless UDP."""
+def contact(user: str, host: str, port: int, transport: str, *, sips: bool = False) -> str:
+    """Our Contact for ``transport``: ``<sip:user@host:port>``, with ``;transport=`` unless UDP.
+
+    ``sips``: ``<sips:user@host:port>``, which means TLS by itself (RFC 5630 §3.2.2
+    deprecates ``transport=tls`` beside it).
+    """
+    if sips:
+        return f"<sips:{user}@{format_host_port(host, port)}>"
     uri = f"sip:{user}@{format_host_port(host, port)}"
     if transport != "udp":
         uri += f";transport={transport}"

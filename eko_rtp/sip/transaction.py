@@ -143,7 +143,7 @@ class TimerSettings:
 
 @attrs.frozen(kw_only=True)
 class Hop:
-    """Where to send: address, transport ('udp' or 'tcp'), and the stream connection to reuse if any."""
+    """Where to send: address, transport ('udp', 'tcp' or 'tls'), and the stream connection to reuse if any."""
 
     address: tuple[str, int]
     transport: str = attrs.field(validator=attrs.validators.in_(("udp", "tcp", "tls")))

@@ -141,6 +141,9 @@ class UserAgentSettings:
 
     host: str
     port: int = attrs.field(default=5060, validator=[attrs.validators.gt(0), attrs.validators.lt(65536)])
+    # Our TLS listener's port, for the Via and Contact of what goes over TLS (None: ``port``).
+    tls_port: int | None = attrs.field(default=None, validator=attrs.validators.optional(
+        [attrs.validators.gt(0), attrs.validators.lt(65536)]))
     contact_user: str = "eko"
     user_agent: str = "Eko RTP"
     t1: float = 0.5
@@ -169,6 +172,12 @@ class UserAgentSettings:
     def timers(self) -> TimerSettings:
         """T1, T2 and T4 as the transaction layer wants them."""
         return TimerSettings(t1=self.t1, t2=self.t2, t4=self.t4)
+
+    def port_for(self, transport: str) -> int:
+        """The port our Via and Contact name for ``transport`` (RFC 3261 §18.1.1, §8.1.1.8)."""
+        if transport == "tls" and self.tls_port is not None:
+            return self.tls_port
+        return self.port
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -373,7 +382,7 @@ class UserAgent:
         transfer = Transfer(refer_to=refer_to, notify_due=now + self.settings.refer_notify_timeout,
                             result_due=now + self.settings.refer_result_timeout)
         call.transfer = transfer
-        our_contact = self._contact(call.invite.hop)
+        our_contact = self._contact(call)
         extra = [("Refer-To", f"<{refer_to}>" if not refer_to.startswith("<") else refer_to),
                  ("Referred-By", referred_by or our_contact), ("Contact", our_contact)]
         self._send(Outgoing(method="REFER", call=call, extra=extra, hop=self._dialog_hop(call)), now)
@@ -483,7 +492,7 @@ class UserAgent:
                 self._change(call, CallInput.EXPIRE, now)
             elif (kind is CallTimer.SESSION_REFRESH and call.state in ESTABLISHED and call.timer is not None
                   and call.refresh is None):
-                extra = refresh_request_headers(call.timer) + [("Contact", self._contact(call.invite.hop))]
+                extra = refresh_request_headers(call.timer) + [("Contact", self._contact(call))]
                 call.refresh = self._send(Outgoing(method="UPDATE", call=call, extra=extra,
                                                    hop=self._dialog_hop(call)), now)
             elif kind is CallTimer.TRANSFER_NOTIFY and call.transfer is not None:
@@ -695,7 +704,7 @@ class UserAgent:
         self._respond(tx, 100, now)
         self._events.append(IncomingCall(call_id=call_id, request=request, offer=request.body or None,
                                          caller=_caller_identity(request, self._asserted_identity_trusted(source)),
-                                         source=source))
+                                         source=source, transport=tx.hop.transport))
 
     def _check_offer(self, request: Request, tx: ServerTransaction, source: tuple[str, int],
                      now: float) -> SessionTimer | None | bool:
@@ -887,8 +896,11 @@ class UserAgent:
     def _dialog_hop(self, call: Call) -> Hop:
         """Where an in-dialog request goes: the first route, else the remote target (§12.2.1.1)."""
         target = call.dialog.next_hop()
-        port = target.port or (5061 if target.scheme == "sips" else 5060)
         hop = call.invite.hop
+        # RFC 3263 §4.2: 5061 is the default port of TLS, whether asked by sips: or transport=tls.
+        port = target.port or (5061 if target.scheme == "sips" or hop.transport == "tls" else 5060)
+        # Over a stream the request goes over the INVITE's connection while it lives,
+        # else over one with the same peer, else a new one (the transport: RFC 5923 §4).
         return Hop(address=(target.host.strip("[]"), port), transport=hop.transport, connection=hop.connection)
 
     def _send(self, outgoing: Outgoing, now: float, authorization: list[tuple[str, str]] = ()) -> tuple[str, str]:
@@ -899,8 +911,8 @@ class UserAgent:
         """
         hop = outgoing.hop
         branch = MAGIC_COOKIE + self._token()
-        via = Via(transport=hop.transport.upper(), host=self.settings.host, port=self.settings.port,
-                  parameters=(("branch", branch), ("rport", None)))
+        via = Via(transport=hop.transport.upper(), host=self.settings.host,
+                  port=self.settings.port_for(hop.transport), parameters=(("branch", branch), ("rport", None)))
         extra = list(outgoing.extra)
         if outgoing.registration is not None:
             request = outgoing.registration.build_request(via=via, extra_headers=extra + list(authorization))
@@ -1053,10 +1065,18 @@ class UserAgent:
     # ---- building and sending ----------------------------------------------------
 
     def _session_headers(self, call: Call) -> list[tuple[str, str]]:
-        return session_headers(self._contact(call.invite.hop), call.timer)
+        return session_headers(self._contact(call), call.timer)
 
-    def _contact(self, hop: Hop) -> str:
-        return contact(self.settings.contact_user, self.settings.host, self.settings.port, hop.transport)
+    def _contact(self, call: Call) -> str:
+        """Our Contact in ``call``'s dialog: for its transport, a sips: URI when the dialog is secure.
+
+        §12.1.1: a dialog begun by a request with a SIPS Request-URI over TLS is
+        secure, and the Contact of our response "MUST be a SIPS URI".
+        """
+        transport = call.invite.hop.transport
+        sips = transport == "tls" and call.invite.request.uri[:5].lower() == "sips:"
+        return contact(self.settings.contact_user, self.settings.host, self.settings.port_for(transport), transport,
+                       sips=sips)
 
     def _respond(self, tx: ServerTransaction, status: int, now: float, *, reason: str | None = None,
                  to_tag: str | None = None, extra: list[tuple[str, str]] = (), body: bytes = b"") -> bytes:
