@@ -17,6 +17,12 @@ speech-recognition endpoint is started first and named in the server's
 environment). With ``compare_off`` each run is followed by the same run with
 listening off, ``rounds`` times, so CPU per listening call can be read beside
 CPU per call that nobody listens to, measured minutes apart on the same machine.
+
+Encrypted calls (``plan.tls``, ``plan.srtp``): a spawned server gets a certificate
+from a throwaway CA and the config for it (``encryption.py``), in the same single
+``--config`` file as a scenario's own settings; a server at ``--address`` is reached
+on that address as its SIP-over-TLS port, its certificate checked against
+``--tls-ca`` (or the system's store).
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ import tempfile
 import attrs
 import trio
 
-from eko_bench import hostile_sip, noise, report, scripts, targets
+from pathlib import Path
+
+from eko_bench import encryption, hostile_sip, noise, report, scripts, targets
 from eko_bench.fake_asr import FakeAsr
 from eko_bench.fake_tts import FakeTts
 from eko_bench.run import BENCH_RTP_PORTS, LIVE_SCENARIOS, Plan, RunResult, run_load
@@ -65,6 +73,7 @@ class Options:
     compare_off: bool = False  # listening: each run again with listening off
     rounds: int = 1  # listening with compare_off: how many (on, off) pairs
     hostile_sip: hostile_sip.HostileSip | None = None  # a flood of stuffed OPTIONS beside the server's calls
+    tls_ca: str | None = None  # --address with --tls: the CA bundle the server's certificate chains to
 
     def __attrs_post_init__(self) -> None:
         if self.target not in ("server", "peer", "both"):
@@ -117,6 +126,15 @@ class Options:
                                 " process) or move --bench-rtp-ports", key="--server-rtp-ports")
         if self.hostile_sip is not None and self.target != "server":
             raise UserError("--hostile-sip floods the server beside its calls: use --target server", key="--hostile-sip")
+        encrypted = self.plan.tls or self.plan.srtp is not None
+        if encrypted and self.target != "server":
+            raise UserError("--tls and --srtp measure the server's encrypted calls; the peer has none", key="--target")
+        if self.tls_ca is not None and (not self.plan.tls or self.spawn):
+            raise UserError("--tls-ca is the CA of a running server's TLS certificate: with --tls and --address"
+                            " (a spawned server's CA is the bench's own)", key="--tls-ca")
+        if self.plan.tls and self.hostile_sip is not None and not self.spawn:
+            raise UserError("with --tls, --address is the server's TLS port; --hostile-sip floods its UDP port:"
+                            " use --spawn", key="--hostile-sip")
         if not 0 <= self.noise_probe <= noise.MAX_SECONDS:
             raise UserError(f"the noise probe runs 0 to {noise.MAX_SECONDS:g} s, not {self.noise_probe:g}", key="--noise-probe")
 
@@ -157,22 +175,29 @@ async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: s
             extra += ["--crm", f"{crm.host}:{crm.port}"]
         env = None
         helpers = {}
+        encrypted, tls_port, tls_files = _encryption(stack, options)
         if options.plan.scenario in LIVE_SCENARIOS:
-            extra, env, fake = _live_tts_server(stack, options, extra)
+            extra, env, fake = _live_tts_server(stack, options, extra, encrypted)
         elif options.plan.scenario == "listening":
-            extra, env, asr = _listening_server(stack, options, extra)
+            extra, env, asr = _listening_server(stack, options, extra, encrypted)
             if asr is not None:
                 helpers["fake_asr"] = asr.pid
+        elif encrypted:
+            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="eko-bench-config-"))
+            extra = [*extra, "--config", _write_config(directory, encrypted)]
         target = targets.spawn_server(host=host, cache_dir=options.cache_dir, cpus=options.server_cpus,
                                       rtp_ports=options.rtp_ports, extra=extra, env=env, helpers=helpers)
+        target.tls_port = tls_port
+        target.tls_trust = str(tls_files.ca) if tls_files is not None else None
     else:
         target_host, port = targets.parse_host_port(options.address, key="--address")
         target = targets.Target(name="server", host=target_host, port=port, pid=options.server_pid,
-                                rtp_ports=options.server_rtp_ports)
+                                rtp_ports=options.server_rtp_ports,
+                                tls_port=port if options.plan.tls else None, tls_trust=options.tls_ca)
     try:
         # The server spins for itself (--keep-cpu-awake); the peer has no such option.
         async with _kept_awake(options.server_cpus if kind == "peer" and options.keep_cpu_awake else None):
-            await targets.wait_ready(target, local_host=host)
+            await targets.wait_ready(target, local_host=host, tls=options.plan.tls and kind == "server")
             results = await _beside_hostile_sip(options, target, body)
     finally:
         target.stop()
@@ -226,37 +251,54 @@ def _unwrapped():
         raise
 
 
-def _live_tts_server(stack: contextlib.ExitStack, options: Options, extra: list[str]) -> tuple[list[str], dict, FakeTts]:
+def _encryption(stack: contextlib.ExitStack,
+                options: Options) -> tuple[str, int | None, encryption.ServerTlsFiles | None]:
+    """The spawned server's encryption config text ('' when the calls are in clear), its TLS port and the
+    throwaway certificate's files (in a temporary directory removed with ``stack``)."""
+    plan = options.plan
+    tls_files = tls_port = None
+    if plan.tls:
+        directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="eko-bench-tls-")))
+        tls_files = encryption.issue_throwaway(directory, host=plan.local_host)
+        tls_port = targets.free_tcp_port(plan.local_host)
+    return encryption.server_config(tls=tls_files, tls_port=tls_port, srtp=plan.srtp), tls_port, tls_files
+
+
+def _write_config(directory: str, text: str) -> str:
+    config = f"{directory}/eko-rtp.toml"
+    with open(config, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return config
+
+
+def _live_tts_server(stack: contextlib.ExitStack, options: Options, extra: list[str],
+                     encrypted: str = "") -> tuple[list[str], dict, FakeTts]:
     """Start the fake endpoint (stopped with ``stack``) and say how the server reaches it: the
     scenario's script, a config whose dynamic cache is a fresh temporary directory, the env."""
     plan = options.plan
     fake = stack.enter_context(FakeTts(host=plan.local_host, first_byte_delay=plan.tts_first_byte_ms / 1000))
     directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="eko-bench-tts-"))
-    config = f"{directory}/eko-rtp.toml"
     lines = ["[tts]", f'dynamic_cache_dir = "{directory}/dynamic"']
     first_byte = plan.tts_first_byte_ms / 1000
     if first_byte + TTS_TIMEOUT_MARGIN > SERVER_FIRST_BYTE_TIMEOUT:
         # Past the server's own budget every call would give up and play its error phrase.
         lines.append(f"first_byte_timeout = {first_byte + TTS_TIMEOUT_MARGIN}")
-    with open(config, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
+    config = _write_config(directory, "\n".join(lines) + "\n" + encrypted)
     function = SCRIPT_OF[plan.scenario]
     return ([*extra, "--config", config, "--script", f"{scripts.__name__}:{function}"],
             {"ELEVENLABS_API_KEY": fake.api_key, "ELEVENLABS_BASE_URL": fake.base_url}, fake)
 
 
-def _listening_server(stack: contextlib.ExitStack, options: Options,
-                      extra: list[str]) -> tuple[list[str], dict, FakeAsr | None]:
+def _listening_server(stack: contextlib.ExitStack, options: Options, extra: list[str],
+                      encrypted: str = "") -> tuple[list[str], dict, FakeAsr | None]:
     """The listening script, a config for the run's mode (``listen.vad``), and with ``asr`` the
     fake endpoint (stopped with ``stack``) in the server's environment."""
     plan = options.plan
     directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="eko-bench-listening-"))
-    config = f"{directory}/eko-rtp.toml"
-    with open(config, "w", encoding="utf-8") as handle:
-        # The dynamic TTS cache in the temporary directory too: the script speaks only cached
-        # phrases, but the server opens its dynamic cache at start (default: under the cwd).
-        handle.write(f"[listen]\nvad = {'false' if plan.listening == 'off' else 'true'}\n"
-                     f'[tts]\ndynamic_cache_dir = "{directory}/dynamic"\n')
+    # The dynamic TTS cache in the temporary directory too: the script speaks only cached
+    # phrases, but the server opens its dynamic cache at start (default: under the cwd).
+    config = _write_config(directory, f"[listen]\nvad = {'false' if plan.listening == 'off' else 'true'}\n"
+                                      f'[tts]\ndynamic_cache_dir = "{directory}/dynamic"\n' + encrypted)
     env = {}
     asr = None
     if plan.listening == "asr":

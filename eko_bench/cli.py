@@ -14,6 +14,7 @@ from eko_bench.run import BENCH_RTP_PORTS as BENCH_PORT_RANGE
 from eko_bench.run import MAX_CALLS, MAX_SECONDS, SCENARIOS, Plan
 from eko_bench.targets import parse_cpus, parse_port_range, phrase_shape, server_rtp_ports, trailing_silence_frames
 from eko_rtp.config import SCHEMA
+from eko_rtp.media.sdes import CryptoSuite
 from eko_rtp.errors import UserError
 
 # Three ranges kept apart, so a bench beside a server on its defaults, a spawned
@@ -95,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="while the calls run, send the server RATE datagrams a second of an OPTIONS of SIZE bytes"
                              " stuffed with Via parameters, from another loopback source (e.g. 30:60000; the"
                              " figures then say what hostile signalling costs the calls)")
+    parser.add_argument("--tls", action="store_true",
+                        help="SIP over TLS: every call's signalling on one TLS connection, as a trunk keeps; with"
+                             " --spawn the server gets a certificate from a throwaway CA the bench makes and trusts for"
+                             " the run; with --address, HOST:PORT is the server's SIP-over-TLS port")
+    parser.add_argument("--tls-ca", metavar="FILE",
+                        help="with --tls and --address: the PEM CA bundle the server's certificate chains to"
+                             " (default: the system's store); the certificate must name the address's IP")
+    parser.add_argument("--srtp", choices=[suite.value for suite in CryptoSuite], metavar="SUITE",
+                        help="SRTP: each call offers RTP/SAVP with one a=crypto of SUITE ("
+                             + ", ".join(suite.value for suite in CryptoSuite) + ") and its media is SRTP both ways;"
+                             " a spawned server requires SRTP (and, without --tls, accepts its keys over clear SIP);"
+                             " the figures keep their definitions, on the decrypted RTP headers")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--plot", help="also draw latency and inter-arrival plots to this PNG (needs matplotlib)")
     return parser
@@ -170,14 +183,15 @@ def run(args: argparse.Namespace) -> int:
     plan = Plan(calls=args.calls, concurrency=args.concurrency or args.calls, rate=args.rate, hold=args.hold,
                 scenario=args.scenario, tts_first_byte_ms=args.tts_first_byte_ms, filler_tail_frames=filler_tail,
                 caller_events=args.caller_events, listening=listening_mode(args), quiet_frames=quiet,
-                phrase_frames=phrase_frames)
+                phrase_frames=phrase_frames, tls=args.tls, srtp=CryptoSuite(args.srtp) if args.srtp else None)
     options = campaign.Options(
         target=args.target, address=args.address, spawn=args.spawn, server_cpus=args.server_cpus,
         server_pid=args.server_pid, cache_dir=args.cache_dir, rtp_ports=args.rtp_ports,
         server_args=tuple(args.server_arg), plan=plan, ramp=args.ramp,
         bench_ports=args.bench_rtp_ports, sizes=args.sizes, noise_probe=args.noise_probe,
         keep_cpu_awake=args.keep_cpu_awake, server_rtp_ports=args.server_rtp_ports,
-        compare_off=args.listening == "compare", rounds=args.rounds, hostile_sip=args.hostile_sip)
+        compare_off=args.listening == "compare", rounds=args.rounds, hostile_sip=args.hostile_sip,
+        tls_ca=args.tls_ca)
     caller_audio = caller_audio_for(args)
     outcome = campaign.run_sync(options, caller_audio=caller_audio)
     if args.plot:

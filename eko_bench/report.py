@@ -290,6 +290,7 @@ def summarise(result: RunResult) -> dict:
     gaps = []
     fallback = 0
     malformed = 0
+    srtp_dropped = 0
     several_sources = 0
     rtcp = 0
     for record in answered:
@@ -315,6 +316,7 @@ def summarise(result: RunResult) -> dict:
         rtcp += media.rtcp_received
         fallback += media.fallback_clock
         malformed += media.malformed
+        srtp_dropped += media.srtp_dropped
     server = None
     if result.idle is not None or result.steady:
         steady_rss = max((sample.rss_kib for sample in result.steady), default=None)
@@ -343,6 +345,9 @@ def summarise(result: RunResult) -> dict:
     plan = result.plan
     return {
         "target": result.target,
+        # Encryption, on the run's own line: the figures are comparable with a run in clear.
+        "tls": plan.tls,
+        "srtp": plan.srtp.value if plan.srtp is not None else None,
         "plan": {"calls": plan.calls, "concurrency": plan.concurrency, "rate": plan.rate, "hold": plan.hold,
                  "scenario": plan.scenario, "caller_events": plan.caller_events,
                  **({"listening": plan.listening} if plan.scenario == "listening" else {})},
@@ -360,7 +365,7 @@ def summarise(result: RunResult) -> dict:
         "max_gap_ms": max(gaps) * _NS_TO_MS if gaps else None,
         "packets": {"received": quality.received, "expected": quality.expected, "lost": quality.lost,
                     "duplicates": quality.duplicates, "reordered": quality.reordered, "malformed": malformed,
-                    "calls_with_several_ssrcs": several_sources, "rtcp_received": rtcp},
+                    "srtp_dropped": srtp_dropped, "calls_with_several_ssrcs": several_sources, "rtcp_received": rtcp},
         "drift_ms_per_minute_max": max(drifts, key=abs) if drifts else None,
         "drift_steady_ms_per_minute_max": max(steady_drifts, key=abs) if steady_drifts else None,
         "steady_seconds": result.steady_seconds,
@@ -416,6 +421,8 @@ def rows(summary: dict) -> list[tuple[str, object]]:
     out += listening_rows(summary.get("listening"))
     packets = summary["packets"]
     out += [(f"packets {key}", packets[key]) for key in ("received", "lost", "duplicates", "reordered")]
+    if summary.get("srtp"):
+        out += [("packets failing SRTP (not recorded)", packets["srtp_dropped"])]
     out += [("calls with several SSRCs", packets["calls_with_several_ssrcs"])]
     out += [("drift ms/min (largest)", summary["drift_ms_per_minute_max"]),
             ("  steady period only ms/min", summary["drift_steady_ms_per_minute_max"]),
@@ -495,7 +502,9 @@ def column_label(summary: dict) -> str:
     plan = summary["plan"]
     events = ", caller events" if plan.get("caller_events") else ""
     listening = f", listening {plan['listening']}" if plan.get("listening") else ""
-    return f"{summary['target']} ({plan['concurrency']} conc.{events}{listening})"
+    encrypted = "".join(part for part in (", TLS" if summary.get("tls") else "",
+                                          f", SRTP {summary['srtp']}" if summary.get("srtp") else ""))
+    return f"{summary['target']} ({plan['concurrency']} conc.{events}{listening}{encrypted})"
 
 
 def queue_line(summary: dict) -> str | None:

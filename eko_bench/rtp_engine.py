@@ -42,6 +42,16 @@ used and counted as a fallback. Per packet the call records arrival, sequence
 number, RTP timestamp and SSRC into ``array`` buffers; statistics come afterwards.
 With ``classify_sound`` (the listening scenario) it also records whether each
 payload was sound (any byte not the codec's zero codes) or silence, one byte a packet.
+
+SRTP (``--srtp``): a call started with :class:`SrtpKeys` gets a ``CallSrtp``
+(``eko_rtp.media.srtp``, libsrtp) in the media process. Each packet it sends is
+protected on its way out of the preallocated packet (audio and event packets alike),
+and each it receives is authenticated and decrypted *before* anything is recorded,
+so the figures keep their clear-RTP definitions: the arrival stamp is the same
+kernel stamp, and a packet that fails authentication or replay is not recorded
+(it counts as lost, as the caller would not hear it) and is counted in
+``srtp_dropped``. RTCP is counted, not read, so SRTCP is not unprotected. The
+libsrtp work is the bench's own CPU, in the media process's figure.
 """
 
 from __future__ import annotations
@@ -64,6 +74,8 @@ from eko_bench.children import STOP_TIMEOUT, last_words
 from eko_bench.caller_speech import CallerTalk
 from eko_rtp.codec.g711 import ALAW_SILENCE, ULAW_SILENCE, ULAW_TO_ALAW
 from eko_rtp.errors import UserError
+from eko_rtp.media.sdes import SrtpKeys
+from eko_rtp.media.srtp import CallSrtp
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz G.711 (RFC 3551 §4.5.14)
 FRAME_NS = 20_000_000
@@ -133,6 +145,8 @@ class CallMedia:
         self.first_sound_ns: int | None = None
         self.malformed = 0
         self.fallback_clock = 0
+        self.srtp: CallSrtp | None = None
+        self.srtp_dropped = 0  # received packets that failed SRTP authentication or replay
         self.closed = False
 
     def results(self) -> dict:
@@ -140,7 +154,7 @@ class CallMedia:
 
 
 _RESULT_FIELDS = ("arrivals", "sequences", "timestamps", "sources", "first_packet_ns", "first_sound_ns", "malformed",
-                  "fallback_clock", "rtcp_received", "sent", "send_errors", "onsets_ns", "sound")
+                  "fallback_clock", "rtcp_received", "sent", "send_errors", "onsets_ns", "sound", "srtp_dropped")
 
 
 @attrs.define
@@ -162,6 +176,7 @@ class MediaHandle:
     rtcp_received: int = 0
     sent: int = 0
     send_errors: int = 0
+    srtp_dropped: int = 0
 
 
 class MediaLoop:
@@ -214,10 +229,12 @@ class MediaLoop:
             self._by_fd.pop(fd, None)
             self._epoll.unregister(fd)
             sock.close()
+        if media.srtp is not None:
+            media.srtp.close()  # libsrtp zeroes the keys now
 
     def _commands(self, now_ns: int) -> None:
         while self._connection.poll(0):
-            kind, key, remote, payload_type, event_payload_type = self._connection.recv()
+            kind, key, remote, payload_type, event_payload_type, keys = self._connection.recv()
             if kind == "open":
                 self._open(key)
             elif kind == "send":
@@ -227,6 +244,8 @@ class MediaLoop:
                 media.remote = remote
                 media.payload_type = payload_type
                 media.event_payload_type = event_payload_type
+                if keys is not None:
+                    media.srtp = CallSrtp(keys)
                 _HEADER.pack_into(media.packet, 0, 0x80, 0x80 | payload_type, media.sequence, media.timestamp, media.ssrc)
                 media.due_ns = now_ns - now_ns % _TICK_NS + _TICK_NS
                 if self._random_phase:
@@ -250,8 +269,9 @@ class MediaLoop:
             offset = position * FRAME_BYTES
             packet = media.packet
             packet[12:] = audio_by_type[media.payload_type][offset:offset + FRAME_BYTES]
+            srtp = media.srtp
             try:
-                media.socket.sendto(packet, media.remote)
+                media.socket.sendto(packet if srtp is None else srtp.protect_frame(packet, b""), media.remote)
                 media.sent += 1
             except OSError:
                 media.send_errors += 1
@@ -281,8 +301,10 @@ class MediaLoop:
         _EVENT_PACKET.pack_into(media.event_packet, 0, 0x80, marker | media.event_payload_type, media.sequence,
                                 media.event_timestamp, media.ssrc, _EVENT_CODE, 10,
                                 media.event_frames * FRAME_BYTES)
+        srtp = media.srtp
         try:
-            media.socket.sendto(media.event_packet, media.remote)
+            packet = media.event_packet
+            media.socket.sendto(packet if srtp is None else srtp.protect_frame(packet, b""), media.remote)
             media.sent += 1
         except OSError:
             media.send_errors += 1
@@ -319,6 +341,13 @@ class MediaLoop:
             if 192 <= buffer[1] <= 223:  # RFC 5761 §4: RTCP packet types 192-223 on the RTP port
                 media.rtcp_received += 1
                 continue
+            if media.srtp is not None:
+                plain = media.srtp.unprotect(view[:size])
+                if plain is None:
+                    media.srtp_dropped += 1
+                    continue
+                size = len(plain)
+                buffer[:size] = plain  # the same length as the slice: the buffer never resizes
             sequence, stamp, source = _SEQUENCE_STAMP_SOURCE.unpack_from(buffer, 2)
             media.arrivals.append(arrival)
             media.sequences.append(sequence)
@@ -441,7 +470,7 @@ class RtpEngine:
         try:
             # Command then both descriptors back to back, so the child (which reads the
             # descriptors right after the command) waits as little as possible.
-            self._connection.send(("open", handle.key, None, None, None))
+            self._connection.send(("open", handle.key, None, None, None, None))
             multiprocessing.reduction.sendfds(self._raw, [rtp.fileno(), rtcp.fileno()])
         finally:
             rtp.close()  # the child has its own descriptors now
@@ -449,20 +478,21 @@ class RtpEngine:
         return handle
 
     def start_sending(self, media: MediaHandle, remote: tuple, payload_type: int, *,
-                      event_payload_type: int | None = None) -> None:
+                      event_payload_type: int | None = None, srtp: SrtpKeys | None = None) -> None:
         """Begin caller-side RTP to ``remote`` in ``payload_type`` (0 PCMU, 8 PCMA), with an
-        RFC 4733 event packet beside each audio packet when ``event_payload_type`` is given."""
-        self._connection.send(("send", media.key, remote, payload_type, event_payload_type))
+        RFC 4733 event packet beside each audio packet when ``event_payload_type`` is given;
+        with ``srtp``, SRTP both ways under those keys (ours to send, the answer's to receive)."""
+        self._connection.send(("send", media.key, remote, payload_type, event_payload_type, srtp))
 
     def stop(self, media: MediaHandle) -> None:
         """Stop sending and receiving for the call and close its sockets."""
-        self._connection.send(("stop", media.key, None, None, None))
+        self._connection.send(("stop", media.key, None, None, None, None))
 
     def close(self) -> None:
         """Stop the media process and fill every handle with what its call recorded."""
         if self._process.pid is None:
             return
-        kind, payload = last_words(self._connection, self._process, ("close", None, None, None, None),
+        kind, payload = last_words(self._connection, self._process, ("close", None, None, None, None, None),
                                    what="the RTP media process", timeout=_STOP_TIMEOUT)
         self._raw.close()
         if kind == "error":

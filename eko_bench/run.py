@@ -30,6 +30,12 @@ The bench's helper processes that serve the target (the fake speech-recognition
 endpoint) run on the bench's CPU: their CPU over the steady period is sampled and
 counted as the bench's. ``/proc/loadavg`` is read before and after each run: on a
 shared machine it says whether something else was running.
+
+Encrypted calls: with ``tls`` the signalling goes over one TLS connection to the
+target's SIP-over-TLS port (``sip_client.py``), with ``srtp`` each call offers
+RTP/SAVP with one ``a=crypto`` of that suite and its media is SRTP both ways
+(``rtp_engine.py``). Every figure keeps its definition: the run's steady period, the
+same kernel arrival stamps of the same (decrypted) RTP headers, the same CPU samples.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from eko_bench.rtp_engine import MediaHandle, RtpEngine
 from eko_bench.sip_client import SipClient
 from eko_bench.targets import Target, check_loopback
 from eko_rtp.errors import UserError
+from eko_rtp.media.sdes import CryptoSuite
 
 MAX_CALLS = 2000
 MAX_SECONDS = 600.0
@@ -82,6 +89,8 @@ class Plan:
     # listening: silent packets in a row that mean the bot stopped (longer than its phrase's pauses)
     quiet_frames: int = barge_in.QUIET_FRAMES
     phrase_frames: int | None = None  # listening: the phrase's length to its last sound (from the cache)
+    tls: bool = False  # SIP over TLS to the target's TLS port
+    srtp: CryptoSuite | None = None  # offer RTP/SAVP with one a=crypto of this suite; None: clear RTP
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.calls <= MAX_CALLS:
@@ -110,6 +119,10 @@ class Plan:
         if self.estimated_seconds > MAX_SECONDS:
             raise UserError(f"the run would take about {self.estimated_seconds:.0f} s (calls / rate, in waves of"
                             f" concurrency, plus hold), over the {MAX_SECONDS:.0f} s cap", key="--hold")
+        if self.srtp is not None and self.scenario in LIVE_SCENARIOS:
+            # Their payload classifier reads packets as they come off the socket: still encrypted.
+            raise UserError(f"{self.scenario} is not measured with SRTP (its payload check reads the wire)",
+                            key="--srtp")
         check_loopback(self.local_host)
 
     @property
@@ -255,7 +268,7 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
         engine = RtpEngine(host=plan.local_host, caller_audio=caller_audio, ports=ports, talk=talk, classify_sound=True)
     else:
         engine = RtpEngine(host=plan.local_host, caller_audio=caller_audio, ports=ports)
-    client = await SipClient.open(local_host=plan.local_host, target_host=target.host, target_port=target.port)
+    client = await open_sip_client(target, plan)
     if queues is not None:
         queues.exclude_ports.add(client.endpoint.local_port)
     records = [CallRecord(index=index) for index in range(plan.calls)]
@@ -283,7 +296,8 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
         record.call_id = f"{run_token}-{record.index}@eko-bench"
         dialog = uac.Dialog(endpoint=client.endpoint, call_id=record.call_id,
                             from_tag=uac.new_tag(), caller=plan.caller(record.index))
-        offer = uac.sdp_offer(address=plan.local_host, rtp_port=media.port, session_id=record.index + 1)
+        crypto = uac.srtp_offer(plan.srtp) if plan.srtp is not None else None
+        offer = uac.sdp_offer(address=plan.local_host, rtp_port=media.port, session_id=record.index + 1, crypto=crypto)
         try:
             outcome, dialog = await client.invite(dialog, offer)
             record.status = outcome.status
@@ -296,6 +310,7 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
             try:
                 answer = uac.parse_sdp_answer_untrusted(outcome.response.body)
                 check_loopback(answer.address)
+                keys = uac.srtp_keys_untrusted(crypto, answer) if crypto is not None else None
             except (uac.BenchProtocolError, UserError) as error:
                 record.status, record.reason = PROTOCOL_ERROR_STATUS, f"unusable SDP answer: {error}"
                 settle()
@@ -303,7 +318,8 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
                 return
             record.payload_type = answer.payload_type
             engine.start_sending(media, (answer.address, answer.port), answer.payload_type,
-                                 event_payload_type=uac.TELEPHONE_EVENT_PAYLOAD_TYPE if plan.caller_events else None)
+                                 event_payload_type=uac.TELEPHONE_EVENT_PAYLOAD_TYPE if plan.caller_events else None,
+                                 srtp=keys)
             settle()
             hangup = client.remote_hangups.get(dialog.call_id)
             with trio.move_on_after(plan.hold):
@@ -427,6 +443,20 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
         loadavg_before=loadavg_before,
         loadavg_after=read_loadavg(),
     )
+
+
+async def open_sip_client(target: Target, plan: Plan) -> SipClient:
+    """The run's signalling: a UDP socket, or (``plan.tls``) one TLS connection to the target's TLS port."""
+    if not plan.tls:
+        return await SipClient.open(local_host=plan.local_host, target_host=target.host, target_port=target.port)
+    if target.tls_port is None:
+        raise UserError(f"{target.name} has no SIP-over-TLS port", key="--tls")
+    try:
+        return await SipClient.open(local_host=plan.local_host, target_host=target.host, target_port=target.tls_port,
+                                    tls=target.tls_context())
+    except (OSError, trio.BrokenResourceError, trio.TooSlowError) as error:
+        cause = error.__cause__ or error
+        raise UserError(f"no TLS connection to {target.host}:{target.tls_port}: {cause}", key="--tls") from None
 
 
 def read_loadavg() -> str | None:

@@ -1,20 +1,32 @@
 """The trunk's SIP transport and client transactions: a thin trio shell over ``uac.py``.
 
-One UDP socket carries every call's signalling. A receive task parses each datagram
-and hands a response to the transaction waiting for it (keyed by Call-ID and CSeq);
-requests from the far end (a BYE when the bot hangs up, an OPTIONS) are answered
-here. Response arrival times are the kernel's (``SO_TIMESTAMPNS``), on the same
-clock as the RTP engine's, so INVITE→200→first packet latencies subtract cleanly.
+One UDP socket, or one TLS connection (``--tls``: a trunk keeps one or a few
+connections for all its calls, not one per call), carries every call's signalling. A
+receive task parses each message and hands a response to the transaction waiting for
+it (keyed by Call-ID and CSeq); requests from the far end (a BYE when the bot hangs
+up, an OPTIONS) are answered here. Over UDP response arrival times are the kernel's
+(``SO_TIMESTAMPNS``), on the same clock as the RTP engine's, so INVITE→200→first
+packet latencies subtract cleanly. Over TLS the TCP socket has ``SO_TIMESTAMPNS`` too
+(Linux stamps a TCP read with its last segment's arrival): a message's arrival is the
+kernel's stamp of the read that completed it, on the same clock, so a 200 OK over TLS
+is not made late by its decryption and the wait for this task to run.
 
-Retransmission (RFC 3261 §17.1.1.2 and §17.1.2.2): an INVITE is resent at T1, 2·T1,
-4·T1 ... until any response, a BYE or OPTIONS at T1 doubling up to T2 until a final
-response; either gives up after 64·T1 and counts as 408.
+Over TLS the stream is cut into messages by ``eko_rtp.sip.framing.StreamFramer``
+(Content-Length framing, RFC 3261 §18.3); a stream that cannot be framed, or a
+connection the server closes, ends the run with a :class:`UserError` saying so.
+
+Retransmission (RFC 3261 §17.1.1.2 and §17.1.2.2): over UDP an INVITE is resent at
+T1, 2·T1, 4·T1 ... until any response, a BYE or OPTIONS at T1 doubling up to T2
+until a final response; either gives up after 64·T1 and counts as 408. Over TLS
+(reliable) nothing is resent, and Timers B and F still give up after 64·T1.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import socket as stdlib_socket
+import ssl
 import struct
 import time
 
@@ -23,11 +35,133 @@ import trio
 
 from eko_bench import uac
 from eko_bench.rtp_engine import SO_TIMESTAMPNS
+from eko_rtp.errors import UserError
+from eko_rtp.sip.errors import SipParseError
+from eko_rtp.sip.framing import StreamFramer
 
 log = logging.getLogger(__name__)
 _TIMESPEC = struct.Struct("@qq")
 _ANCILLARY_SIZE = stdlib_socket.CMSG_SPACE(_TIMESPEC.size)
 TIMEOUT_STATUS = 408  # RFC 3261 §8.1.3.1: a transaction timeout is treated as a 408
+TLS_CONNECT_TIMEOUT = 10.0  # s for the TCP connect and the TLS handshake
+_READ_SIZE = 65536
+
+
+class _UdpTransport:
+    """Every message a datagram, to and from the target's SIP port."""
+
+    reliable = False
+
+    def __init__(self, sock: trio.socket.SocketType, target: tuple[str, int]):
+        self._socket = sock
+        self._target = target
+
+    async def send(self, data: bytes) -> None:
+        await self._socket.sendto(data, self._target)
+
+    async def reply(self, data: bytes, source) -> None:
+        await self._socket.sendto(data, source)
+
+    async def receive(self) -> tuple[bytes, int, object]:
+        """One datagram: (bytes, arrival ns on the kernel's CLOCK_REALTIME stamp, source)."""
+        data, ancillary, _flags, source = await self._socket.recvmsg(_READ_SIZE, _ANCILLARY_SIZE)
+        return data, _arrival_ns(ancillary), source
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+def _arrival_ns(ancillary) -> int:
+    """The kernel's receive stamp (SO_TIMESTAMPNS, CLOCK_REALTIME ns), or now where it gave none."""
+    if ancillary:
+        seconds, nanoseconds = _TIMESPEC.unpack(ancillary[0][2])
+        return seconds * 1_000_000_000 + nanoseconds
+    return time.time_ns()
+
+
+class _StampedTcpStream(trio.abc.HalfCloseableStream):
+    """A TCP stream that keeps the kernel's stamp of its latest read (``last_arrival_ns``).
+
+    Sends and closes go to trio's ``SocketStream`` (which cannot be subclassed); reads
+    use ``recvmsg`` for the stamp. Their one reader is the SSLStream above, so
+    trio's guard against two concurrent readers is not needed here.
+    """
+
+    def __init__(self, stream: trio.SocketStream):
+        self._stream = stream
+        self.socket = stream.socket
+        self.socket.setsockopt(trio.socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.last_arrival_ns = 0
+
+    async def send_all(self, data) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            data, ancillary, _flags, _source = await self.socket.recvmsg(max_bytes or _READ_SIZE, _ANCILLARY_SIZE)
+        except OSError as error:
+            if self.socket.fileno() == -1:
+                raise trio.ClosedResourceError("the SIP-over-TLS socket was closed") from None
+            raise trio.BrokenResourceError from error
+        self.last_arrival_ns = _arrival_ns(ancillary)
+        return data
+
+
+class _TlsTransport:
+    """One TLS connection to the target's SIP-over-TLS port, framed by Content-Length."""
+
+    reliable = True
+
+    def __init__(self, stream: trio.SSLStream, *, where: str):
+        self._stream = stream
+        self._tcp: _StampedTcpStream = stream.transport_stream
+        self._where = where
+        self._framer = StreamFramer(max_message_size=uac.MAX_MESSAGE)
+        self._arrival = 0
+        # trio lets one task send on a stream at a time; calls send concurrently.
+        self._sending = trio.Lock()
+
+    async def send(self, data: bytes) -> None:
+        async with self._sending:
+            try:
+                await self._stream.send_all(data)
+            except trio.BrokenResourceError as error:
+                raise UserError(f"the SIP-over-TLS connection to {self._where} broke: {error.__cause__ or error}") from None
+
+    async def reply(self, data: bytes, source) -> None:
+        await self.send(data)  # RFC 3261 §18.2.2: a response goes back on the request's connection
+
+    async def receive(self) -> tuple[bytes, int, object]:
+        """The next whole message: (bytes, the kernel's stamp of the TCP read that completed it, None)."""
+        while True:
+            try:
+                message = self._framer.next_message()
+            except SipParseError as error:
+                raise UserError(f"the SIP stream over TLS from {self._where} cannot be framed: {error}") from None
+            if message is not None:
+                return message, self._arrival, None
+            try:
+                data = await self._stream.receive_some(_READ_SIZE)
+            except trio.BrokenResourceError as error:
+                raise UserError(f"the SIP-over-TLS connection to {self._where} broke: {error.__cause__ or error}") from None
+            if not data:
+                raise UserError(f"{self._where} closed the SIP-over-TLS connection")
+            self._arrival = self._tcp.last_arrival_ns
+            self._framer.receive_data(data)
+
+    def close(self) -> None:
+        # Abrupt on purpose (no close_notify): the bench's calls have all ended, and a
+        # synchronous close must not wait on the peer; the server sees end of stream.
+        self._tcp.socket.close()
 
 
 @attrs.frozen(kw_only=True)
@@ -42,12 +176,11 @@ class InviteOutcome:
 
 
 class SipClient:
-    """Client transactions for many dialogs over one UDP socket."""
+    """Client transactions for many dialogs over one UDP socket or one TLS connection."""
 
-    def __init__(self, sock: trio.socket.SocketType, endpoint: uac.Endpoint):
-        self._socket = sock
+    def __init__(self, transport: _UdpTransport | _TlsTransport, endpoint: uac.Endpoint):
+        self._transport = transport
         self.endpoint = endpoint
-        self._target = (endpoint.target_host, endpoint.target_port)
         self._waiting: dict[tuple[str, int, str], trio.MemorySendChannel] = {}
         self._acks: dict[str, bytes] = {}  # Call-ID -> ACK, resent on a retransmitted 2xx (§13.2.2.4)
         self.remote_hangups: dict[str, trio.Event] = {}
@@ -55,7 +188,17 @@ class SipClient:
         self.retransmissions = 0
 
     @classmethod
-    async def open(cls, *, local_host: str, target_host: str, target_port: int) -> "SipClient":
+    async def open(cls, *, local_host: str, target_host: str, target_port: int,
+                   tls: ssl.SSLContext | None = None) -> "SipClient":
+        """A client on a new UDP socket; with ``tls``, on a TLS connection to ``target_port`` instead.
+
+        Over TLS the server's certificate must chain to ``tls``'s trust and name
+        ``target_host`` (an IP address: the certificate's IP SAN). A connection refused
+        or a failed handshake raises ``OSError`` or ``trio.BrokenResourceError``.
+        """
+        if tls is not None:
+            return await cls._open_tls(local_host=local_host, target_host=target_host, target_port=target_port,
+                                       context=tls)
         family = trio.socket.AF_INET6 if ":" in local_host else trio.socket.AF_INET
         sock = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
         sock.setsockopt(trio.socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -63,20 +206,32 @@ class SipClient:
         await sock.bind((local_host, 0))
         endpoint = uac.Endpoint(local_host=local_host, local_port=sock.getsockname()[1],
                                 target_host=target_host, target_port=target_port)
-        return cls(sock, endpoint)
+        return cls(_UdpTransport(sock, (target_host, target_port)), endpoint)
+
+    @classmethod
+    async def _open_tls(cls, *, local_host: str, target_host: str, target_port: int,
+                        context: ssl.SSLContext) -> "SipClient":
+        with trio.fail_after(TLS_CONNECT_TIMEOUT):
+            tcp = _StampedTcpStream(await trio.open_tcp_stream(target_host, target_port, local_address=local_host))
+            # https_compatible: a server may close without close_notify; messages are
+            # framed by Content-Length, so no truncation passes for a whole message.
+            stream = trio.SSLStream(tcp, context, server_hostname=target_host, https_compatible=True)
+            try:
+                await stream.do_handshake()
+            except BaseException:
+                tcp.socket.close()
+                raise
+        endpoint = uac.Endpoint(local_host=local_host, local_port=tcp.socket.getsockname()[1],
+                                target_host=target_host, target_port=target_port, transport="tls")
+        return cls(_TlsTransport(stream, where=f"{target_host}:{target_port}"), endpoint)
 
     def close(self) -> None:
-        self._socket.close()
+        self._transport.close()
 
     async def receive_loop(self) -> None:
         """Dispatch everything that arrives until cancelled."""
         while True:
-            data, ancillary, _flags, source = await self._socket.recvmsg(65536, _ANCILLARY_SIZE)
-            if ancillary:
-                seconds, nanoseconds = _TIMESPEC.unpack(ancillary[0][2])
-                arrival = seconds * 1_000_000_000 + nanoseconds
-            else:
-                arrival = time.time_ns()
+            data, arrival, source = await self._transport.receive()
             try:
                 message = uac.parse_message_untrusted(data)
                 if message.is_response:
@@ -100,18 +255,23 @@ class SipClient:
 
     async def _on_request(self, message: uac.Message, source) -> None:
         if message.method == "BYE":
-            await self._socket.sendto(uac.response_to(message, 200, "OK"), source)
+            await self._transport.reply(uac.response_to(message, 200, "OK"), source)
             event = self.remote_hangups.get(message.call_id)
             if event is not None:
                 event.set()
         elif message.method in ("OPTIONS", "ACK"):
             if message.method == "OPTIONS":
-                await self._socket.sendto(uac.response_to(message, 200, "OK"), source)
+                await self._transport.reply(uac.response_to(message, 200, "OK"), source)
         else:
-            await self._socket.sendto(uac.response_to(message, 501, "Not Implemented"), source)
+            await self._transport.reply(uac.response_to(message, 501, "Not Implemented"), source)
 
     async def _send(self, data: bytes) -> None:
-        await self._socket.sendto(data, self._target)
+        await self._transport.send(data)
+
+    @property
+    def _first_resend(self) -> float:
+        """Timer A / E's first interval: T1, or never over a reliable transport (§17.1.1.2)."""
+        return math.inf if self._transport.reliable else uac.T1
 
     async def invite(self, dialog: uac.Dialog, sdp: bytes) -> tuple[InviteOutcome, uac.Dialog]:
         """Run an INVITE client transaction to its final response and ACK it."""
@@ -125,7 +285,7 @@ class SipClient:
         try:
             sent_ns = time.time_ns()
             await self._send(request)
-            interval = uac.T1
+            interval = self._first_resend
             deadline = trio.current_time() + uac.TRANSACTION_TIMEOUT
             next_resend = trio.current_time() + interval
             while True:
@@ -181,7 +341,7 @@ class SipClient:
 
     async def _non_invite(self, request: bytes, receive_channel: trio.MemoryReceiveChannel) -> int:
         await self._send(request)
-        interval = uac.T1
+        interval = self._first_resend
         deadline = trio.current_time() + uac.TRANSACTION_TIMEOUT
         while trio.current_time() < deadline:
             with trio.move_on_at(min(trio.current_time() + interval, deadline)):
@@ -189,7 +349,9 @@ class SipClient:
                     response, _arrival = await receive_channel.receive()
                     if response.status >= 200:
                         return response.status
-                    interval = uac.T2  # §17.1.2.2: after a provisional, resend every T2
+                    interval = min(interval, uac.T2)  # §17.1.2.2: after a provisional, resend every T2
+            if trio.current_time() >= deadline:
+                break
             await self._send(request)
             self.retransmissions += 1
             interval = min(interval * 2, uac.T2)

@@ -6,7 +6,9 @@ already running at ``--address``) and the pjsua2 reference bot in
 with ``os.sched_setaffinity`` and the bench pins itself to the remaining CPUs, so
 the figures are one core's worth of server with the load generator elsewhere.
 Readiness is an OPTIONS that gets a 200 (the server contract), polled with a
-deadline; a target that exits first is reported with the tail of its stderr.
+deadline, over the transport the run will use (with ``--tls``, a TLS connection to
+the server's TLS port, made again until one is accepted); a target that exits first
+is reported with the tail of its stderr.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import ipaddress
 import os
 import pathlib
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -26,6 +29,7 @@ from eko_bench.sip_client import SipClient
 from eko_rtp.config import parse_cpu_list
 from eko_rtp.config import parse_port_range as parse_rtp_port_range
 from eko_rtp.errors import UserError
+from eko_rtp.server.tls import build_client_context
 
 PEER_SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "bench" / "peers" / "pjsua2_bot.py"
 PEER_MAX_CALLS = 4  # PJSUA_MAX_CALLS in the pjsua2-python wheel
@@ -165,6 +169,12 @@ class Target:
     rtp_ports: range | None = None  # the server's RTP/RTCP ports, when known (its receive queues are sampled)
     # The bench's own processes serving this target (a fake endpoint), name -> pid: their CPU is the bench's.
     helpers: dict[str, int] = attrs.Factory(dict)
+    tls_port: int | None = None  # its SIP-over-TLS port, when it has one
+    tls_trust: str | None = None  # PEM CA bundle its TLS certificate chains to (None: the system's store)
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The client context for its TLS port: its certificate verified, with the name it is dialled by."""
+        return build_client_context(trust=pathlib.Path(self.tls_trust) if self.tls_trust else None)
 
     def stderr_tail(self, lines: int = 15) -> str:
         if self.stderr_path is None:
@@ -220,29 +230,39 @@ def spawn_peer(*, host: str, cache_dir: str, cpus: set[int] | None, rtp_port: in
     return _spawn("peer", command, host, port, cpus, PEER_MAX_CALLS)
 
 
-async def wait_ready(target: Target, *, local_host: str, timeout: float = READY_TIMEOUT) -> None:
-    """Poll with OPTIONS until a 200, the process exits, or ``timeout``."""
-    client = await SipClient.open(local_host=local_host, target_host=target.host, target_port=target.port)
+async def wait_ready(target: Target, *, local_host: str, tls: bool = False, timeout: float = READY_TIMEOUT) -> None:
+    """Poll with OPTIONS until a 200, the process exits, or ``timeout``; with ``tls`` over TLS to its TLS port."""
     answered = False
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client.receive_loop)
-            with trio.move_on_after(timeout):
-                while target.process is None or target.process.poll() is None:
-                    if await client.options(timeout=0.3) == 200:
-                        answered = True
-                        break
-                    await trio.sleep(0.2)
-            nursery.cancel_scope.cancel()
-    finally:
-        client.close()
+    refused = None  # the last reason a TLS connection was not made
+    port = target.tls_port if tls else target.port
+    with trio.move_on_after(timeout):
+        while not answered and (target.process is None or target.process.poll() is None):
+            try:
+                client = await SipClient.open(local_host=local_host, target_host=target.host, target_port=port,
+                                              tls=target.tls_context() if tls else None)
+            except (OSError, trio.BrokenResourceError, trio.TooSlowError) as error:
+                refused = error.__cause__ or error  # not listening yet, or a handshake that failed
+                await trio.sleep(0.2)
+                continue
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(client.receive_loop)
+                    while target.process is None or target.process.poll() is None:
+                        if await client.options(timeout=0.3) == 200:
+                            answered = True
+                            break
+                        await trio.sleep(0.2)
+                    nursery.cancel_scope.cancel()
+            finally:
+                client.close()
     # Raised out here, not in the nursery, so the CLI sees a UserError and not an ExceptionGroup.
     if answered:
         return
     if target.process is not None and target.process.poll() is not None:
         raise UserError(f"{target.name} exited with status {target.process.returncode} before answering"
                         f" OPTIONS; its last output:\n{target.stderr_tail()}")
-    raise UserError(f"{target.name} at {target.host}:{target.port} did not answer OPTIONS 200 within {timeout:.0f} s;"
+    over = f" over TLS (last connection attempt: {refused})" if tls and refused is not None else ""
+    raise UserError(f"{target.name} at {target.host}:{port} did not answer OPTIONS 200{over} within {timeout:.0f} s;"
                     f" its last output:\n{target.stderr_tail()}")
 
 

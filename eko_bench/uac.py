@@ -5,7 +5,17 @@ with an SDP offer (PCMU, PCMA, telephone-event), the ACK for a 2xx, a BYE, and a
 OPTIONS probe, and reads the responses (and the odd BYE from the far end). This is
 deliberately *not* the server's SIP stack (``eko_rtp.sip``): a load generator that
 shared the server's parser could hide a bug that lives in both. It is small on
-purpose: one transport (UDP), no proxies, no Record-Route, no authentication.
+purpose: UDP or TLS (one connection for every call, as a trunk keeps), no proxies,
+no Record-Route, no authentication.
+
+Encrypted calls (``--tls``, ``--srtp SUITE``): over TLS the Via says ``SIP/2.0/TLS``
+and the URIs carry ``;transport=tls`` (RFC 3261 §18.2.1, §19.1.1). With SRTP the
+offer's m= line is ``RTP/SAVP`` with one ``a=crypto`` of the chosen suite
+(RFC 4568 §4), and :func:`srtp_keys_untrusted` reads the key of the answer. The
+SDES attributes themselves are made and checked by ``eko_rtp.media.sdes``: a
+crypto attribute is a small grammar with secrets in it, better written once; the
+check that the answer echoes our tag and suite and that the keys work is the
+server's SRTP stream authenticating in the bench's media process.
 
 Retransmission rules live in the trio shell (``sip_client.py``); the timer values
 are here, from RFC 3261 §17.1.1.2 (INVITE, Timer A doubles from T1, Timer B = 64·T1)
@@ -20,6 +30,8 @@ import secrets
 
 import attrs
 
+from eko_rtp.media import sdes
+
 # RFC 3261 §17.1.1.1: T1 is the RTT estimate, T2 the cap on non-INVITE retransmit.
 T1 = 0.5
 T2 = 4.0
@@ -27,7 +39,7 @@ TRANSACTION_TIMEOUT = 64 * T1
 
 # RFC 3261 §7.3.3 compact header names.
 _COMPACT = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact", "l": "content-length", "c": "content-type"}
-_MAX_MESSAGE = 65535
+MAX_MESSAGE = 65535
 _ECHOED = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq"}
 _BRANCH_MAGIC = "z9hG4bK"  # RFC 3261 §8.1.1.7
 
@@ -81,8 +93,8 @@ class Message:
 
 def parse_message_untrusted(data: bytes) -> Message:
     """Parse one SIP message from a UDP datagram; raises only :class:`BenchProtocolError`."""
-    if len(data) > _MAX_MESSAGE:
-        raise BenchProtocolError(f"message of {len(data)} bytes is larger than {_MAX_MESSAGE}")
+    if len(data) > MAX_MESSAGE:
+        raise BenchProtocolError(f"message of {len(data)} bytes is larger than {MAX_MESSAGE}")
     head, separator, body = data.partition(b"\r\n\r\n")
     if not separator:
         raise BenchProtocolError("message has no blank line after the headers")
@@ -149,11 +161,13 @@ def contact_uri(value: str) -> str:
 
 @attrs.frozen(kw_only=True)
 class MediaAnswer:
-    """Where the far end wants our RTP and in which codec (RFC 3264 §6)."""
+    """Where the far end wants our RTP and in which codec (RFC 3264 §6), and its SRTP answer."""
 
     address: str
     port: int
     payload_type: int
+    profile: str = "RTP/AVP"  # the m= line's transport: RTP/SAVP for SRTP (RFC 4568 §3.1.4)
+    crypto: tuple[str, ...] = ()  # the audio section's a=crypto values (text after "a=crypto:")
 
     def __attrs_post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -167,9 +181,15 @@ def parse_sdp_answer_untrusted(body: bytes) -> MediaAnswer:
     address = None
     media_address = None
     port = payload = None
+    profile = "RTP/AVP"
+    crypto: list[str] = []
     in_audio = False
     for line in body.decode("utf-8", "replace").splitlines():
-        if line.startswith("c="):
+        if line.startswith("a=crypto:") and in_audio:
+            if len(crypto) >= MAX_CRYPTO_ATTRIBUTES:
+                raise BenchProtocolError(f"SDP answer has more than {MAX_CRYPTO_ATTRIBUTES} a=crypto lines")
+            crypto.append(line[len("a=crypto:"):].strip())
+        elif line.startswith("c="):
             parts = line[2:].split()
             if len(parts) != 3:
                 raise BenchProtocolError(f"bad SDP connection line {line!r}")
@@ -183,13 +203,36 @@ def parse_sdp_answer_untrusted(body: bytes) -> MediaAnswer:
             if in_audio:
                 if len(parts) < 4 or not parts[1].isdigit() or not parts[3].isdigit():
                     raise BenchProtocolError(f"bad SDP media line {line!r}")
-                port, payload = int(parts[1]), int(parts[3])
+                port, payload, profile = int(parts[1]), int(parts[3]), parts[2]
     if port is None or payload is None:
         raise BenchProtocolError("SDP answer has no m=audio line")
     chosen = media_address or address
     if chosen is None:
         raise BenchProtocolError("SDP answer has no c= line")
-    return MediaAnswer(address=chosen, port=port, payload_type=payload)
+    return MediaAnswer(address=chosen, port=port, payload_type=payload, profile=profile, crypto=tuple(crypto))
+
+
+MAX_CRYPTO_ATTRIBUTES = 16  # an answer has one (RFC 4568 §5.1.2); a few more are read only to be refused
+
+
+def srtp_offer(suite: sdes.CryptoSuite) -> sdes.CryptoOffer:
+    """Our SDES offer: one ``a=crypto`` (tag 1) of ``suite`` with a fresh key, as a trunk pinned to one suite sends."""
+    return sdes.make_offer(preference=(suite,))
+
+
+def srtp_keys_untrusted(offer: sdes.CryptoOffer, answer: MediaAnswer) -> sdes.SrtpKeys:
+    """The call's SRTP keys from the answer to ``offer``; raises only :class:`BenchProtocolError`.
+
+    The answer must keep ``RTP/SAVP`` (RFC 3264 §6: the answerer takes the offered
+    transport or rejects the stream) and carry exactly one ``a=crypto`` with our
+    tag and suite (RFC 4568 §5.1.3).
+    """
+    if answer.profile != "RTP/SAVP":
+        raise BenchProtocolError(f"SDP answer has transport {answer.profile!r} to our RTP/SAVP offer")
+    try:
+        return sdes.accept_answer_untrusted(offer, answer.crypto)
+    except sdes.SdesError as error:
+        raise BenchProtocolError(f"SDP answer's a=crypto: {error}") from None
 
 
 def new_tag() -> str:
@@ -200,44 +243,58 @@ def new_branch() -> str:
     return _BRANCH_MAGIC + secrets.token_hex(8)
 
 
+TRANSPORTS = ("udp", "tls")
+
+
 @attrs.frozen(kw_only=True)
 class Endpoint:
-    """The bench's own SIP address and the target's."""
+    """The bench's own SIP address and the target's, and the transport between them."""
 
     local_host: str
     local_port: int
     target_host: str
     target_port: int
+    transport: str = attrs.field(default="udp", validator=attrs.validators.in_(TRANSPORTS))
+
+    @property
+    def _uri_parameters(self) -> str:
+        # RFC 3261 §19.1.1: a sip: URI names TLS with transport=tls (sips: would also
+        # demand TLS on every hop beyond, which a trunk does not promise).
+        return ";transport=tls" if self.transport == "tls" else ""
 
     @property
     def target_uri(self) -> str:
-        return f"sip:eko@{self.target_host}:{self.target_port}"
+        return f"sip:eko@{self.target_host}:{self.target_port}{self._uri_parameters}"
 
     @property
     def contact(self) -> str:
-        return f"<sip:trunk@{self.local_host}:{self.local_port}>"
+        return f"<sip:trunk@{self.local_host}:{self.local_port}{self._uri_parameters}>"
 
     def via(self, branch: str) -> str:
-        return f"SIP/2.0/UDP {self.local_host}:{self.local_port};branch={branch};rport"
+        return f"SIP/2.0/{self.transport.upper()} {self.local_host}:{self.local_port};branch={branch};rport"
 
 
 TELEPHONE_EVENT_PAYLOAD_TYPE = 101  # the dynamic payload type the offer gives RFC 4733 events
 
 
-def sdp_offer(*, address: str, rtp_port: int, session_id: int) -> bytes:
-    """The offer a trunk sends: PCMU, PCMA and RFC 4733 events, 20 ms packets."""
+def sdp_offer(*, address: str, rtp_port: int, session_id: int, crypto: sdes.CryptoOffer | None = None) -> bytes:
+    """The offer a trunk sends: PCMU, PCMA and RFC 4733 events, 20 ms packets; with ``crypto``,
+    SRTP: ``RTP/SAVP`` and its ``a=crypto`` lines (RFC 4568 §3.1.4)."""
+    profile = "RTP/AVP" if crypto is None else "RTP/SAVP"
+    crypto_lines = "".join(f"{line}\r\n" for line in crypto.lines) if crypto is not None else ""
     return (
         "v=0\r\n"
         f"o=- {session_id} 1 IN IP4 {address}\r\n"
         "s=eko-bench\r\n"
         f"c=IN IP4 {address}\r\n"
         "t=0 0\r\n"
-        f"m=audio {rtp_port} RTP/AVP 0 8 {TELEPHONE_EVENT_PAYLOAD_TYPE}\r\n"
+        f"m=audio {rtp_port} {profile} 0 8 {TELEPHONE_EVENT_PAYLOAD_TYPE}\r\n"
         "a=rtpmap:0 PCMU/8000\r\n"
         "a=rtpmap:8 PCMA/8000\r\n"
         f"a=rtpmap:{TELEPHONE_EVENT_PAYLOAD_TYPE} telephone-event/8000\r\n"
         f"a=fmtp:{TELEPHONE_EVENT_PAYLOAD_TYPE} 0-16\r\n"
         "a=ptime:20\r\n"
+        f"{crypto_lines}"
         "a=sendrecv\r\n"
     ).encode()
 

@@ -54,7 +54,8 @@ def test_summary_of_known_calls():
     assert summary["interarrival_deviation_steady_ms"] == {"count": 2, "p50": 1.0, "p90": 1.0, "p99": 1.0, "max": 1.0}
     assert summary["max_gap_ms"] == 40.0
     assert summary["packets"] == {"received": 5, "expected": 6, "lost": 1, "duplicates": 0, "reordered": 0,
-                                  "malformed": 0, "calls_with_several_ssrcs": 0, "rtcp_received": 0}
+                                  "malformed": 0, "srtp_dropped": 0, "calls_with_several_ssrcs": 0, "rtcp_received": 0}
+    assert (summary["tls"], summary["srtp"]) == (False, None)  # in clear
     assert summary["server"] == {"cpu_percent": 50.0, "rss_idle_kib": 30000, "rss_steady_kib": 30200, "rss_per_call_kib": 100.0}
     assert summary["bench"]["cpu_percent"] == 25.0
     assert summary["bench"]["media_process_cpu_percent"] == 10.0

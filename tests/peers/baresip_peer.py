@@ -19,7 +19,24 @@ Only the modules a headless phone needs are loaded:
 - ``account`` (read ``accounts``), ``menu`` (the commands), ``ctrl_tcp`` (the socket).
 
 baresip listens for SIP on 127.0.0.1, port 0 (the kernel picks one per transport; the
-Contact carries it). ``-s`` makes it print every SIP message it sends or receives, which
+Contact carries it).
+
+Encrypted calls (issue 19): with ``tls_ca`` baresip trusts that CA file for SIP over TLS
+(config ``sip_cafile``) and dials ``sip:...;transport=tls`` URIs over TLS; with
+``media_encryption`` the ``srtp`` module is loaded and the account asks for it
+(``;mediaenc=``). What baresip 1.0.0 with libre 1.1.0 does, found by experiment:
+
+- ``srtp-mand`` offers ``RTP/SAVP`` with exactly one ``a=crypto:1 AES_CM_128_HMAC_SHA1_80``
+  line; ``srtp`` (best effort) offers the same ``a=crypto`` under ``RTP/AVP``; ``srtp-mandf``
+  is ``srtp-mand`` that also fails a call whose answer has no usable ``a=crypto``. Its
+  ``srtp`` module knows the AES-CM and AEAD suites but offers only that one, and no
+  config key changes it: a refusal by suite is made on the server's side, or by a
+  handcrafted INVITE.
+- it connects TLS 1.3 and does **not** verify the server's certificate (neither the CA
+  nor the name): ``sip_cafile`` is set so that a later baresip that does verify still
+  trusts the test's CA, but nothing here may rely on baresip rejecting a bad certificate.
+- it needs no certificate of its own to dial over TLS (``sip_certificate`` is only for
+  the TLS listener it opens beside, which no test calls). ``-s`` makes it print every SIP message it sends or receives, which
 ``sip_trace()`` reads back; ``-t`` makes it quit on its own after ``lifetime`` seconds even
 if the test dies before ``close()``. Every wait here is bounded.
 
@@ -69,18 +86,29 @@ class BaresipEvent:
 class TracedMessage:
     """One SIP message from baresip's ``-s`` trace."""
 
-    transport: str  # "UDP" or "TCP"
+    transport: str  # "UDP", "TCP" or "TLS"
     source: str  # "127.0.0.1:5060"
     destination: str
     start_line: str  # "INVITE sip:eko@127.0.0.1:5060 SIP/2.0", "SIP/2.0 200 OK"
+    body: str = ""  # the SDP of an INVITE or its 200, as printed (line ends may have lost their CR)
 
 
-# -s prints each message as "\x1b[36;1m#\nUDP 127.0.0.1:a -> 127.0.0.1:b\nSTART LINE\n..."
+# -s prints each message as "\x1b[36;1m#\nUDP 127.0.0.1:a -> 127.0.0.1:b\nSTART LINE\n...\x1b[;m"
 TRACE_HEADER = re.compile(r"^(UDP|TCP|TLS) (\S+) -> (\S+)\r?\n([^\r\n]+)", re.MULTILINE)
+TRACE_BLOCK = re.compile(r"\x1b\[36;1m#\r?\n(.*?)(?:\x1b\[;m|\Z)", re.DOTALL)
+BLANK_LINE = re.compile(r"\r?\n\r?\n")
 
 
-def config_text(*, control_port: int, recordings: Path, microphone: Path) -> str:
-    """baresip's ``config``: loopback only, the modules listed in the module docstring, no sound card."""
+MEDIA_ENCRYPTIONS = ("srtp", "srtp-mand", "srtp-mandf")  # the srtp module's mediaenc names
+
+
+def config_text(*, control_port: int, recordings: Path, microphone: Path, tls_ca: Path | None = None,
+                srtp: bool = False) -> str:
+    """baresip's ``config``: loopback only, the modules listed in the module docstring, no sound card;
+    with ``tls_ca`` the CA it trusts for SIP over TLS, with ``srtp`` the SDES-SRTP module."""
+    encrypted = [f"sip_cafile {tls_ca}"] if tls_ca is not None else []
+    if srtp:
+        encrypted.append("module srtp.so")
     return "\n".join([
         "# written by tests/peers/baresip_peer.py for one test; thrown away after it",
         "poll_method epoll",
@@ -106,6 +134,7 @@ def config_text(*, control_port: int, recordings: Path, microphone: Path) -> str
         "statmode_default off",  # no per-second status line in the output
         "ringback_disabled yes",
         "menu_bell no",
+        *encrypted,
         "",
     ])
 
@@ -125,8 +154,13 @@ class BaresipPeer:
     Use as a context manager: ``with BaresipPeer(tmp_path / "baresip") as phone:``.
     """
 
-    def __init__(self, directory: Path, *, control_port: int | None = None, lifetime: int = 40):
+    def __init__(self, directory: Path, *, control_port: int | None = None, lifetime: int = 40,
+                 tls_ca: Path | None = None, media_encryption: str | None = None):
+        if media_encryption is not None and media_encryption not in MEDIA_ENCRYPTIONS:
+            raise ValueError(f"media_encryption must be one of {MEDIA_ENCRYPTIONS}, not {media_encryption!r}")
         self.directory = directory
+        self.tls_ca = tls_ca
+        self.media_encryption = media_encryption
         self.recordings = directory / "recordings"
         self.output_path = directory / "baresip.out"
         self.control_port = control_port or free_port()
@@ -148,10 +182,12 @@ class BaresipPeer:
         microphone = self.directory / "silence.wav"
         write_silence(microphone, self.lifetime + 5)
         (self.directory / "config").write_text(
-            config_text(control_port=self.control_port, recordings=self.recordings, microphone=microphone)
+            config_text(control_port=self.control_port, recordings=self.recordings, microphone=microphone,
+                        tls_ca=self.tls_ca, srtp=self.media_encryption is not None)
         )
         # regint=0: no REGISTER, the account only names us in From
-        (self.directory / "accounts").write_text("<sip:baresip@127.0.0.1>;regint=0\n")
+        mediaenc = f";mediaenc={self.media_encryption}" if self.media_encryption else ""
+        (self.directory / "accounts").write_text(f"<sip:baresip@127.0.0.1>;regint=0{mediaenc}\n")
         with open(self.output_path, "wb") as output:
             self._process = subprocess.Popen(
                 [binary, "-4", "-v", "-s", "-f", str(self.directory), "-t", str(self.lifetime)],
@@ -207,10 +243,16 @@ class BaresipPeer:
             return ""
 
     def sip_trace(self) -> list[TracedMessage]:
-        return [
-            TracedMessage(transport=transport, source=source, destination=destination, start_line=start_line)
-            for transport, source, destination, start_line in TRACE_HEADER.findall(self.output())
-        ]
+        traced = []
+        for block in TRACE_BLOCK.findall(self.output()):
+            header = TRACE_HEADER.match(block)
+            if header is None:
+                continue
+            transport, source, destination, start_line = header.groups()
+            parts = BLANK_LINE.split(block, maxsplit=1)
+            traced.append(TracedMessage(transport=transport, source=source, destination=destination,
+                                        start_line=start_line, body=parts[1].strip() if len(parts) == 2 else ""))
+        return traced
 
     def recording(self) -> Path:
         """The WAV of the audio baresip decoded in its (only) call; complete after ``close()``."""
