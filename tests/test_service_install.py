@@ -384,3 +384,27 @@ def test_deepgram_api_key_from_the_credential_first_then_the_environment(tmp_pat
     (credentials / "deepgram_api_key").write_text("")
     assert deepgram_api_key({"CREDENTIALS_DIRECTORY": str(credentials)}) is None  # empty: no key
     assert deepgram_api_key({}) is None
+
+
+def test_workers_get_a_template_unit_a_pinning_drop_in_each_and_the_front_s_list(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc/eko-rtp").mkdir(parents=True)
+    (root / "etc/eko-rtp/eko-rtp.toml").write_text('[sip]\nlisten = "127.0.0.1:5070"\n[media]\ncpus = "0-1"\n'
+                                                   'rtp_ports = "20000-21999"\n')
+    install_service(root=root, venv=VENV, checkout=CHECKOUT, workers=2)
+    system = root / "etc/systemd/system"
+    assert not (system / "eko-rtp.service").exists()
+    template = (system / "eko-rtp@.service").read_text()
+    assert f"\nExecStart={VENV}/bin/eko-rtp serve --config /etc/eko-rtp/eko-rtp.toml --workers 2 --worker %i\n" in template
+    assert "\nLimitNOFILE=2024\n" in template and "\nCPUAffinity=0 1\n" in template  # 1000 ports each
+    for index in (0, 1):
+        assert (system / f"eko-rtp@{index}.service.d/worker.conf").read_text().endswith(
+            f"[Service]\nCPUAffinity=\nCPUAffinity={index}\n")
+    listed = (root / "etc/eko-rtp/kamailio/dispatcher.list").read_text().splitlines()
+    assert [line for line in listed if not line.startswith("#")] == ["1 sip:127.0.0.1:5070 0 0",
+                                                                     "1 sip:127.0.0.1:5071 0 0"]
+    if shutil.which("systemd-analyze") is not None:
+        from eko_rtp.service.install import check_staged_units
+
+        lines = check_staged_units(root, VENV)
+        assert any(re.fullmatch(r"verified .*/eko-rtp@0\.service", line) for line in lines), lines

@@ -20,6 +20,7 @@ from eko_rtp.errors import UserError
 COMMANDS = (
     "eko_rtp.cli.cache_cmd",
     "eko_rtp.cli.crm_cmd",
+    "eko_rtp.cli.rolling_cmd",
     "eko_rtp.cli.serve_cmd",
     "eko_rtp.cli.service_cmd",
 )

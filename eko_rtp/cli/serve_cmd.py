@@ -37,6 +37,11 @@ def add_parser(subparsers) -> None:
                         help="log every SIP message received and sent, numbers masked (config service.sip_trace)")
     parser.add_argument("--degraded", action="store_true", default=None,
                         help="start even if the cache lacks phrases of the catalogue (config cache.allow_missing)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="this server is one of N workers on the box (docs/OPERATIONS.md, \"Several workers on"
+                             " one box\"): with --worker, take that worker's CPU, SIP port, RTP ports, dynamic"
+                             " cache and metrics port from the config (eko_rtp/service/workers.py)")
+    parser.add_argument("--worker", type=int, metavar="INDEX", help="which of the --workers N this is, 0 to N-1")
     parser.set_defaults(func=run_serve)
 
 
@@ -55,6 +60,12 @@ def load_script(spec: str):
 
 def config_from_args(args):
     config = load_config(args.config)
+    if (args.workers is None) != (args.worker is None):
+        raise UserError("--worker and --workers go together", key="--worker" if args.worker is None else "--workers")
+    if args.workers is not None:
+        from eko_rtp.service.workers import worker_config
+
+        config = worker_config(config, index=args.worker, count=args.workers)  # flags below still win
     return config.with_overrides(
         {
             "sip.listen": args.listen,

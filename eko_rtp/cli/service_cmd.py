@@ -34,6 +34,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--checkout", type=Path, default=None, metavar="PATH",
                         help=f"with --stage: the checkout's final path (default: {DEFAULT_CHECKOUT});"
                              " otherwise it is the checkout this runs from")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="install N pinned workers instead of one server: the template unit eko-rtp@.service,"
+                             " a drop-in per worker with its CPU of media.cpus, and the Kamailio front's dispatcher"
+                             " list for them (docs/OPERATIONS.md, \"Several workers on one box\")")
     parser.set_defaults(func=run_install_service)
 
 
@@ -45,12 +49,12 @@ def run_install_service(args) -> int:
                         f" from, {source_checkout()}", key="--checkout")
     checkout = source_checkout()
     venv = Path(sys.prefix) if args.venv is None else args.venv
-    steps = install_service(root=args.root, venv=venv, checkout=checkout)
+    steps = install_service(root=args.root, venv=venv, checkout=checkout, workers=args.workers)
     for step in steps:
         print(f"{step.action:>9} {step.path}")
     where = "" if args.root == Path("/") else f" (files are under {args.root}; copy them to / first)"
     print(f"next, as root{where}:")
-    for command in next_commands(args.root, checkout, venv):
+    for command in next_commands(args.root, checkout, venv, args.workers):
         print(f"  {command}")
     return 0
 
@@ -63,13 +67,14 @@ def run_staging(args) -> int:
     venv = Path(DEFAULT_VENV if args.venv is None else args.venv)
     print(f"staging run: nothing is installed; the files under {args.root} name the final checkout {checkout}"
           f" and venv {venv}, which need not exist yet")
-    steps = install_service(root=args.root, venv=venv, checkout=checkout, source=source_checkout(), stage=True)
+    steps = install_service(root=args.root, venv=venv, checkout=checkout, source=source_checkout(), stage=True,
+                            workers=args.workers)
     for step in steps:
         print(f"{step.action:>9} {step.path}")
     for line in check_staged_units(args.root, venv):
         print(line)
     print(f"next, to install: put the checkout in {checkout} and its venv in {venv}, then as root"
           f" (files are under {args.root}; copy them to / first):")
-    for command in next_commands(args.root, checkout, venv):
+    for command in next_commands(args.root, checkout, venv, args.workers):
         print(f"  {command}")
     return 0

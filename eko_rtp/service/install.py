@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import attrs
@@ -37,6 +38,8 @@ from eko_rtp.service.credentials import (
     SIP_PASSWORD_CREDENTIAL,
     SIP_USERNAME_CREDENTIAL,
 )
+from eko_rtp.service.front import dispatcher_list
+from eko_rtp.service.workers import WorkerSettings, plan_workers
 
 DEFAULT_CHECKOUT = "/opt/eko-rtp"
 DEFAULT_VENV = "/opt/eko-rtp/.venv"
@@ -47,6 +50,9 @@ CONFIG_PATH = "etc/eko-rtp/eko-rtp.toml"
 CREDENTIALS_DIR = "etc/eko-rtp/credentials"
 # Created for the operator to see; systemd creates and chowns them at start anyway
 # (StateDirectory=, CacheDirectory=).
+WORKER_TEMPLATE = "eko-rtp@.service"
+# The Kamailio front's list of this box's workers (kamailio -A 'DISPATCHER_LIST="/etc/..."').
+FRONT_DISPATCHER_LIST = "etc/eko-rtp/kamailio/dispatcher.list"
 STATE_DIRECTORIES = ("var/lib/eko-crm", "var/cache/eko-rtp")
 # Descriptors beyond the RTP ports: SIP over TCP, the CRM connection, HTTP, files.
 NOFILE_MARGIN = 1024
@@ -133,12 +139,15 @@ def source_checkout() -> Path:
 
 def install_service(
     *, root: Path, venv: Path, checkout: Path | None = None, source: Path | None = None, stage: bool = False,
+    workers: int | None = None,
 ) -> list[InstallStep]:
     """Place units, sysusers file, default config, credential file and directories under ``root``.
 
     ``venv`` and ``checkout`` are the paths the units and config name; the templates
     are read from ``source``'s ``systemd/`` (default: ``checkout``). With ``stage``,
-    the venv need not exist yet (it is checked when the units are verified).
+    the venv need not exist yet (it is checked when the units are verified). With
+    ``workers``, eko-rtp@.service and one drop-in per worker (its CPU) replace
+    eko-rtp.service, and the Kamailio front's dispatcher list names them.
     """
     checkout = source_checkout() if checkout is None else checkout
     templates = (checkout if source is None else source) / "systemd"
@@ -168,12 +177,17 @@ def install_service(
     # Validates an existing config too: a broken one is reported now, not at start.
     config = load_config(config_path)
 
+    planned = None if workers is None else plan_workers(WorkerSettings.from_config(config), workers)
     for unit_name in UNITS:
         unit = render((templates / unit_name).read_text(encoding="utf-8"), venv=venv, checkout=checkout)
         if unit_name == "eko-rtp.service":
-            unit = set_directive(unit, "LimitNOFILE", str(nofile_limit(config.rtp_ports)))
+            rtp_ports = config.rtp_ports if planned is None else planned[0].rtp_ports
+            unit = set_directive(unit, "LimitNOFILE", str(nofile_limit(rtp_ports)))
             unit = set_directive(unit, "TimeoutStopSec", f"{stop_timeout(config['service.drain_grace_seconds'])}s")
             unit = cpu_directives(unit, config)
+            if planned is not None:
+                steps += _write_workers(root, unit, planned)
+                continue
         steps.append(_write(root / "etc/systemd/system" / unit_name, unit, mode=0o644))
     sysusers = (templates / SYSUSERS).read_text(encoding="utf-8")
     steps.append(_write(root / "etc/sysusers.d/eko-rtp.conf", sysusers, mode=0o644))
@@ -196,6 +210,29 @@ def install_service(
     return steps
 
 
+def worker_template(unit: str, count: int) -> str:
+    """eko-rtp.service made the template eko-rtp@.service: instance ``%i`` is worker %i of ``count``."""
+    unit = set_directive(unit, "Description", f"Eko RTP voicebot media server, worker %i of {count} (SIP/RTP)")
+    execs = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    if len(execs) != 1:
+        raise ValueError(f"expected one ExecStart= line in the unit, found {len(execs)}")
+    return set_directive(unit, "ExecStart", execs[0].removeprefix("ExecStart=") + f" --workers {count} --worker %i")
+
+
+def _write_workers(root: Path, unit: str, workers) -> list[InstallStep]:
+    """The template unit, a drop-in per worker pinning it to its CPU, and the front's dispatcher list."""
+    system = root / "etc/systemd/system"
+    steps = [_write(system / WORKER_TEMPLATE, worker_template(unit, len(workers)), mode=0o644)]
+    for worker in workers:
+        if worker.cpu is not None:
+            # An empty assignment first: the template's CPUAffinity= lists every worker's CPU.
+            drop_in = (f"# Written by eko-rtp install-service --workers {len(workers)}.\n"
+                       f"[Service]\nCPUAffinity=\nCPUAffinity={worker.cpu}\n")
+            steps.append(_write(system / f"{worker.unit}.d" / "worker.conf", drop_in, mode=0o644))
+    steps.append(_write(root / FRONT_DISPATCHER_LIST, dispatcher_list(workers), mode=0o644))
+    return steps
+
+
 def check_staged_units(root: Path, venv: Path) -> list[str]:
     """``systemd-analyze verify`` and ``security --offline=true`` on the units staged under ``root``.
 
@@ -207,8 +244,14 @@ def check_staged_units(root: Path, venv: Path) -> list[str]:
         return ["skipped: systemd-analyze is not installed (apt: systemd); the staged units were not verified"]
     executable = Path(os.path.abspath(venv)) / "bin" / "eko-rtp"
     lines = []
-    for unit_name in UNITS:
-        unit = root / "etc/systemd/system" / unit_name
+    system = root / "etc/systemd/system"
+    staged = [(name, system / name) for name in UNITS if (system / name).is_file()]
+    if (system / WORKER_TEMPLATE).is_file():
+        # verify takes units, not templates: worker 0's instance stands for them all.
+        instance = Path(tempfile.mkdtemp(prefix="eko-rtp-verify-")) / "eko-rtp@0.service"
+        shutil.copyfile(system / WORKER_TEMPLATE, instance)
+        staged.append((instance.name, instance))
+    for unit_name, unit in staged:
         # Not --root=: that wants a whole system under it (sysinit.target, /bin/kill),
         # which a scratch stage is not. The staged file is read where it is, and the
         # paths it names are looked up on this host.
@@ -240,15 +283,20 @@ def check_staged_units(root: Path, venv: Path) -> list[str]:
     return lines
 
 
-def next_commands(root: Path, checkout: Path, venv: Path) -> list[str]:
+def next_commands(root: Path, checkout: Path, venv: Path, workers: int | None = None) -> list[str]:
     """What the operator runs after installing (as root)."""
     commands = []
     if not (checkout / "cache" / "manifest.json").is_file():
         commands.append(f"cd {checkout} && {venv}/bin/eko-rtp cache build")
     commands += [
         f"systemd-sysusers {root / 'etc/sysusers.d/eko-rtp.conf'}",
-        "systemctl daemon-reload && systemctl enable --now eko-crm eko-rtp",
+        "systemctl daemon-reload && systemctl enable --now eko-crm "
+        + ("eko-rtp" if workers is None else " ".join(f"eko-rtp@{index}" for index in range(workers))),
     ]
+    if workers is not None:
+        commands.append(f"kamailio -f {checkout}/sip/kamailio/kamailio.cfg -A 'DISPATCHER_LIST=\"/{FRONT_DISPATCHER_LIST}\"'"
+                        " -A 'DS_ALGORITHM=\"0\"' -A DS_PING_INTERVAL=1 (the front; docs/OPERATIONS.md,"
+                        " \"Several workers on one box\")")
     return commands
 
 
