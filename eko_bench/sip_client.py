@@ -9,7 +9,12 @@ up, an OPTIONS) are answered here. Over UDP response arrival times are the kerne
 packet latencies subtract cleanly. Over TLS the TCP socket has ``SO_TIMESTAMPNS`` too
 (Linux stamps a TCP read with its last segment's arrival): a message's arrival is the
 kernel's stamp of the read that completed it, on the same clock, so a 200 OK over TLS
-is not made late by its decryption and the wait for this task to run.
+is not made late by its decryption and the wait for this task to run. That stamp is
+the read's *last* segment's: a read that completes one call's 200 and also holds a
+later message of another call carries the later time, so over TLS a 200's arrival
+can be late by up to the spacing of the calls' messages (200->first RTP can then dip
+below zero by a fraction of a millisecond; the wire order itself is checked in
+tests/test_sip_tls.py).
 
 Over TLS the stream is cut into messages by ``eko_rtp.sip.framing.StreamFramer``
 (Content-Length framing, RFC 3261 §18.3); a stream that cannot be framed, or a

@@ -157,9 +157,11 @@ def test_spawned_server_two_calls_over_tls(built_cache, srtp):
     assert run["packets"]["lost"] == 0 and run["packets"]["srtp_dropped"] == 0
     assert 2 * 140 <= run["packets"]["received"] <= 2 * 160
     assert run["interarrival_deviation_ms"]["p50"] < 10
-    # Frame 0 leaves by sendto while the 200 OK waits its turn in the TLS writer: over TLS the
-    # first packet may come (by the kernel's stamps of both) a little before the 200.
-    assert -100 < run["latency_ms"]["ok_to_first_sound"]["p50"] < 500
+    # Frame 0 follows the 200 OK on the wire (tests/test_sip_tls.py checks that with a
+    # stamp per raw read). Here the two calls share one connection, and a read's kernel
+    # stamp is its *last* segment's: a read that completes one call's 200 and holds the
+    # next call's message carries the later stamp, so the figure may dip below zero.
+    assert -5 < run["latency_ms"]["ok_to_first_sound"]["p50"] < 500
     assert run["bench"]["sip_retransmissions"] == 0  # TLS is reliable: nothing is ever resent
     assert run["server"]["cpu_percent"] is not None
 

@@ -12,10 +12,12 @@ and the assertion on when the server gave up allows a margin.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import socket
 import ssl
+import struct
 import time
 
 import pytest
@@ -191,6 +193,79 @@ def test_a_call_over_tls_gets_a_tls_contact_and_the_servers_bye_on_the_same_conn
         invite, ok = invite_over(peer, rtp_socket)
         assert ok.header("contact") == f"<sip:eko@127.0.0.1:{server.address[1]};transport=tls>"
         answer_our_bye(peer, server, invite)
+
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+
+
+def stamped_recv(sock: socket.socket, size: int) -> tuple[bytes, int]:
+    """One read and the kernel's receive stamp (CLOCK_REALTIME ns) of its last segment or datagram."""
+    data, ancillary, _, _ = sock.recvmsg(size, socket.CMSG_SPACE(16))
+    for level, kind, value in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            seconds, nanoseconds = struct.unpack("qq", value[:16])
+            return data, seconds * 1_000_000_000 + nanoseconds
+    raise AssertionError("the kernel gave no receive stamp")
+
+
+def test_over_tls_the_first_rtp_packet_follows_the_200_ok_on_the_wire(server, rtp_socket):
+    # The 200 OK waits in the connection's writer; frame 0 must wait for it, or a caller
+    # gets RTP it cannot place (with SRTP, cannot decrypt: the key is in the 200).
+    # TLS is run over memory buffers so that every raw read carries the kernel's stamp.
+    raw = socket.create_connection(server.address, timeout=RESPONSE_TIMEOUT)
+    raw.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    rtp_socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = server.files.client().wrap_bio(incoming, outgoing, server_hostname=HOST)
+
+    def pump(until) -> int:
+        """Feed raw reads to TLS until ``until()`` holds; the stamp of the read that made it hold."""
+        while True:
+            if outgoing.pending:
+                raw.sendall(outgoing.read())
+            data, stamp = stamped_recv(raw, 65536)
+            assert data, "the server closed the connection"
+            incoming.write(data)
+            if until():
+                if outgoing.pending:
+                    raw.sendall(outgoing.read())
+                return stamp
+
+    def handshaken() -> bool:
+        try:
+            tls.do_handshake()
+            return True
+        except ssl.SSLWantReadError:
+            return False
+
+    received = bytearray()
+
+    def got_the_200() -> bool:
+        """Whether the whole 200 OK (headers and its Content-Length of body) has been decrypted."""
+        with contextlib.suppress(ssl.SSLWantReadError):
+            while True:
+                received.extend(tls.read(65536))
+        start = received.find(b"SIP/2.0 200 ")
+        end = received.find(b"\r\n\r\n", start)
+        if start < 0 or end < 0:
+            return False
+        length = re.search(rb"\r\n(?:Content-Length|l) *: *(\d+)", bytes(received[start:end]), re.IGNORECASE)
+        return length is not None and len(received) - (end + 4) >= int(length.group(1))
+
+    try:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.do_handshake()
+        pump(handshaken)
+        port = raw.getsockname()[1]
+        offer = uac.sdp_offer(address=HOST, rtp_port=rtp_socket.getsockname()[1], session_id=1)
+        tls.write(sip_request("INVITE", port=port, transport="TLS", body=offer,
+                              uri=f"sip:eko@{HOST};transport=tls"))
+        ok_stamp = pump(got_the_200)
+        rtp_socket.settimeout(RESPONSE_TIMEOUT)
+        _, rtp_stamp = stamped_recv(rtp_socket, 2048)
+    finally:
+        raw.close()
+    assert ok_stamp < rtp_stamp, f"the first RTP packet came {(ok_stamp - rtp_stamp) / 1e6:.3f} ms before the 200 OK"
 
 
 def test_with_the_callers_connection_gone_the_bye_goes_over_a_new_verified_tls_connection(server, rtp_socket):

@@ -68,6 +68,7 @@ from eko_rtp.sip.useragent import UserAgent, UserAgentSettings
 log = logging.getLogger("eko_rtp.server")
 
 RECORDING_SWEEP_INTERVAL = 3600.0  # s between two sweeps of old recordings
+ANSWER_WRITE_WAIT = 0.5  # s the first frame waits at most for a 200 OK queued on a TCP or TLS connection
 # Lines written once per received datagram (LogBudget): a burst, then a few a second,
 # the rest summed up once a second; a flood of bad SIP must not fill the journal.
 BAD_SIP_LOG_BURST, BAD_SIP_LOG_PER_SECOND = 100, 10.0
@@ -145,6 +146,8 @@ class EkoServer:
         self.ua: UserAgent | None = None
         self.calls: dict[str, Call] = {}
         self._call_nursery: trio.Nursery | None = None
+        # While answer_call flushes: what went to TCP/TLS writers (None: not collecting).
+        self._stream_writes: list[trio.Event] | None = None
         self._timer_wakeup = trio.Event()
         self._timer_deadline = float("inf")
         self._origin_ids = itertools.count(int(time.time()))
@@ -396,7 +399,9 @@ class EkoServer:
 
     def _dispatch(self, event) -> None:
         if isinstance(event, ua_module.Transmit):
-            self.transport.send(event.data, event.destination, event.transport, event.connection)
+            written = self.transport.send(event.data, event.destination, event.transport, event.connection)
+            if written is not None and self._stream_writes is not None:
+                self._stream_writes.append(written)
             if self.metrics is not None and event.data.startswith(b"SIP/2.0 "):
                 self.metrics.sip_response(int(event.data[8:11]))
         elif isinstance(event, ua_module.IncomingCall):
@@ -640,22 +645,45 @@ class EkoServer:
         self._flush()
 
     def answer_call(self, call: Call) -> None:
-        """Send the 200 OK and the stream's first frame in the same step."""
+        """Send the 200 OK and the stream's first frame in the same step.
+
+        Over TCP or TLS the 200 OK waits for the connection's writer: the first
+        frame then follows it as soon as it is written (within ANSWER_WRITE_WAIT),
+        never before it. A caller that got RTP before the 200 could drop it, and
+        with SRTP it cannot even decrypt it yet: the key is in the 200's answer.
+        """
         if call.answered_at is not None or call.ended_at is not None:
             return
         now = trio.current_time()
-        self.ua.answer(call.call_id, call.media.local_body, now)
-        self._flush()
-        now = trio.current_time()
-        call.answered_at = now
-        call.stream.start(now)
+        self._stream_writes = []
+        try:
+            self.ua.answer(call.call_id, call.media.local_body, now)
+            self._flush()
+            written = self._stream_writes[-1] if self._stream_writes else None
+        finally:
+            self._stream_writes = None
+        call.answered_at = trio.current_time()
+        if written is not None and not written.is_set() and self._call_nursery is not None:
+            self._call_nursery.start_soon(self._start_media_once_written, call, written)
+        else:
+            self._start_media(call)
+
+    async def _start_media_once_written(self, call: Call, written: trio.Event) -> None:
+        with trio.move_on_after(ANSWER_WRITE_WAIT):
+            await written.wait()
+        if call.ended_at is None:
+            self._start_media(call)
+
+    def _start_media(self, call: Call) -> None:
+        answered = call.answered_at
+        call.stream.start(trio.current_time())
         call.stream.shift_schedule(self.clock.balancing_shift(call.stream.next_due))
         self.clock.schedule(call.stream)
         call.answered.set()
         first = call.stream.first_packet_time
         if self.metrics is not None and first is not None:
-            self.metrics.greeting_latency.observe(max(0.0, trio.current_time() - now))
-        log.info("200 OK sent at %.3f ms", now * 1000)
+            self.metrics.greeting_latency.observe(max(0.0, trio.current_time() - answered))
+        log.info("200 OK sent at %.3f ms", answered * 1000)
         if first is not None:
             log.info("first RTP sent at %.3f ms", trio.current_time() * 1000)
 

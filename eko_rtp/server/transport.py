@@ -46,6 +46,7 @@ held for free (:class:`TcpLimits`, the ``sip.tcp_*`` keys):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import itertools
@@ -75,6 +76,7 @@ Deliver = Callable[[bytes, tuple, str, object], None]
 
 
 RESOLVE_TIMEOUT = 5.0  # s for a name in a Contact or Route to resolve
+DIAL_TIMEOUT = 10.0  # s for a TCP connection we open to be accepted (the TLS handshake has its own)
 MAX_PENDING_RESOLUTIONS = 64  # names being resolved at once; beyond, messages are dropped
 
 STREAM_TRANSPORTS = ("tcp", "tls")
@@ -175,7 +177,8 @@ class TcpConnection:
         self.peer = peer
         self.transport = transport  # "tcp" or "tls"
         self.label = transport.upper()  # for the log: "SIP TLS from ..."
-        self.send_channel, self.receive_channel = trio.open_memory_channel[bytes](64)
+        # Each message with the event to set once it is written (or lost), for whoever waits on it.
+        self.send_channel, self.receive_channel = trio.open_memory_channel[tuple[bytes, "trio.Event | None"]](64)
         self.writer_done = trio.Event()  # the writer task has ended (its channel closed and drained, or broken)
 
     def __repr__(self) -> str:
@@ -509,39 +512,59 @@ class SipTransport:
 
     async def _write_connection(self, connection: TcpConnection) -> None:
         try:
-            async for data in connection.receive_channel:
-                await connection.stream.send_all(data)
+            async for data, written in connection.receive_channel:
+                try:
+                    await connection.stream.send_all(data)
+                finally:
+                    if written is not None:
+                        written.set()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
             log.debug("SIP %s to %s: %s", connection.label, connection.peer, error)
         finally:
             connection.writer_done.set()
+            # Nobody waits for what will never be written.
+            with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                while True:
+                    _, written = connection.receive_channel.receive_nowait()
+                    if written is not None:
+                        written.set()
 
-    def _queue(self, connection: TcpConnection, data: bytes) -> None:
+    def _queue(self, connection: TcpConnection, data: bytes, written: trio.Event | None = None) -> None:
         try:
-            connection.send_channel.send_nowait(data)
+            connection.send_channel.send_nowait((data, written))
+            return
         except trio.ClosedResourceError:
             log.debug("SIP %s to %s:%s: the connection is closing; message dropped", connection.label,
                       *connection.peer)
         except (trio.WouldBlock, trio.BrokenResourceError):
             log.warning("SIP %s to %s:%s: writer is stuck; message dropped", connection.label, *connection.peer)
+        if written is not None:
+            written.set()
 
-    async def _dial(self, destination: tuple, data: bytes, transport: str) -> None:
+    async def _dial(self, destination: tuple, data: bytes, transport: str, written: trio.Event | None) -> None:
         """A new connection to ``destination`` (a name is resolved by trio, off the event loop), ``data`` first.
 
         Over TLS the peer's certificate must name ``destination``'s host as we
         were given it: a Contact's host name, or its address.
         """
         try:
-            stream = await trio.open_tcp_stream(destination[0], destination[1])
-        except OSError as error:
-            log.warning("SIP %s connect to %s:%s failed: %s", transport.upper(), destination[0], destination[1], error)
-            return
-        if transport == "tls":
-            stream = self.tls.connect(stream, destination[0])
-            if not await self._secure(stream, destination, "to"):
+            try:
+                with trio.fail_after(DIAL_TIMEOUT):
+                    stream = await trio.open_tcp_stream(destination[0], destination[1])
+            except (OSError, trio.TooSlowError) as error:
+                log.warning("SIP %s connect to %s:%s failed: %s", transport.upper(), destination[0], destination[1],
+                            error if str(error) else f"no connection within {DIAL_TIMEOUT:g} s")
                 return
-        connection = TcpConnection(stream, destination, transport)
-        self._queue(connection, data)
+            if transport == "tls":
+                stream = self.tls.connect(stream, destination[0])
+                if not await self._secure(stream, destination, "to"):
+                    return
+            connection = TcpConnection(stream, destination, transport)
+            self._queue(connection, data, written)
+            written = None  # the writer sets it now
+        finally:
+            if written is not None:
+                written.set()
         await self._run_connection(connection)
 
     # -- sending -------------------------------------------------------------------
@@ -570,20 +593,30 @@ class SipTransport:
             self.resolving -= 1
         self.send(data, found[0][4][:2], transport, None)
 
-    def _send_stream(self, data: bytes, destination: tuple, transport: str, connection: object | None) -> None:
+    def _send_stream(self, data: bytes, destination: tuple, transport: str, connection: object | None) -> trio.Event:
         """The connection the message is for, else a live one with the peer's address (RFC 5923 §4), else a new one."""
+        written = trio.Event()
         target = connection if isinstance(connection, TcpConnection) else None
         if target is None or target.id not in self.connections or target.transport != transport:
             target = self._by_peer.get((transport, destination))
         if target is not None and target.id in self.connections:
-            self._queue(target, data)
+            self._queue(target, data, written)
         elif transport == "tls" and self.tls is None:
             log.warning("SIP TLS to %s:%s: TLS is not configured (sip.transports); message dropped", *destination[:2])
+            written.set()
         elif self._nursery is not None:
-            self._nursery.start_soon(self._dial, destination, data, transport)
+            self._nursery.start_soon(self._dial, destination, data, transport, written)
+        else:
+            written.set()
+        return written
 
-    def send(self, data: bytes, destination: tuple, transport: str, connection: object | None) -> None:
+    def send(self, data: bytes, destination: tuple, transport: str, connection: object | None) -> trio.Event | None:
         """Send one message; never blocks, never raises for network trouble.
+
+        Over UDP the message is with the kernel on return (None). Over TCP and TLS
+        it is queued for the connection's writer: the event returned is set once it
+        has been written (or lost), for a caller whose next step must follow it on
+        the wire (the 200 OK before the first RTP packet).
 
         A destination given by name (a Contact or Route of the caller's) is resolved
         with trio's resolver in a task of its own (a worker thread, bounded in time
@@ -596,8 +629,7 @@ class SipTransport:
         if self.trace is not None:
             self.trace.message("sent to", transport, destination, data, trio.current_time())
         if transport in STREAM_TRANSPORTS:
-            self._send_stream(data, tuple(destination), transport, connection)
-            return
+            return self._send_stream(data, tuple(destination), transport, connection)
         if self.udp is None:
             log.warning("no UDP socket to send to %s", destination)
             return
