@@ -12,6 +12,7 @@ streams in the frame clock, dialogs in the SIP core, TCP connections.
 
 from __future__ import annotations
 
+import gc
 import os
 import struct
 
@@ -167,6 +168,9 @@ async def test_200_calls_leave_nothing_behind(built_cache):
             bound = await nursery.start(server.run)
             port = bound["udp"][1]
             idle = snapshot(server)
+            # Earlier tests' objects (a subprocess's pipes, a socket) may still await the
+            # collector, which would close their descriptors in the middle of this count.
+            gc.collect()
             fds, tasks = open_fds(), live_tasks()
             for start in range(0, CALLS, BATCH):
                 async with trio.open_nursery() as batch:
@@ -177,7 +181,8 @@ async def test_200_calls_leave_nothing_behind(built_cache):
             with trio.fail_after(5):
                 while snapshot(server) != idle or live_tasks() != tasks:
                     await trio.sleep(0.02)
-            assert open_fds() == fds
+            gc.collect()
+            assert open_fds() <= fds  # more is a leak; fewer, someone else's late close
             outcomes = dict(server.counters.calls_by_outcome)
             nursery.cancel_scope.cancel()
     assert idle == {"calls": 0, "ports in use": 0, "hub sockets": 0, "clock streams": 0, "SIP dialogs": 0,
