@@ -40,6 +40,7 @@ from __future__ import annotations
 import collections
 import json
 import math
+import ssl
 import threading
 import urllib.parse
 from functools import partial
@@ -189,8 +190,9 @@ class _Frozen(Exception):
 class FakeDeepgram:
     """The fake endpoint; start it with ``await nursery.start(fake.serve)``."""
 
-    def __init__(self, *, api_key: str = "test-key") -> None:
+    def __init__(self, *, api_key: str = "test-key", ssl_context: ssl.SSLContext | None = None) -> None:
         self.api_key = api_key
+        self.ssl_context = ssl_context  # serve wss with it
         self.reject_status: int | None = None
         self.handshake_delay = 0.0
         self.script: list[Reply] = []
@@ -208,11 +210,13 @@ class FakeDeepgram:
     def base_url(self) -> str:
         if self.port is None:
             raise RuntimeError("FakeDeepgram is not serving: await nursery.start(fake.serve) first")
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{'wss' if self.ssl_context else 'ws'}://127.0.0.1:{self.port}"
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
+        if self.ssl_context is not None:
+            listeners = [trio.SSLListener(listener, self.ssl_context, https_compatible=True) for listener in listeners]
         await trio.serve_listeners(self._connection, listeners, task_status=task_status)
 
     async def wait_for_streams(self, count: int, timeout: float = 5.0, *, ended: bool = False) -> list[StreamRecord]:
@@ -233,7 +237,7 @@ class FakeDeepgram:
             await record.done.wait()
         return record
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
+    async def _connection(self, stream: trio.SocketStream | trio.SSLStream) -> None:
         record: StreamRecord | None = None
         try:
             async with trio.open_nursery() as reader:  # trio-websocket's reader task lives here

@@ -295,3 +295,29 @@ async def test_started_once_connected_and_cancelled_with_the_call(fake):
     assert not overall.cancelled_caught
     record = await fake.only_stream()
     assert (record.close_stream_at, record.ended, bytes(record.audio)) == (None, "client-closed", frames(1)[0])
+
+
+async def test_wss_carries_the_same_stream(nursery):
+    import ssl
+
+    import trustme
+
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    fake = FakeDeepgram(api_key=KEY, ssl_context=server_context)
+    await nursery.start(fake.serve)
+    fake.script = [Reply(after_bytes=3200, message=results("oui", is_final=True, speech_final=True))]
+    events = []
+    stream = make_stream(fake, events, ssl_context=client_context)
+    assert fake.base_url.startswith("wss://")
+    await run_stream(stream, frames(40))
+    record = await fake.only_stream()
+    assert bytes(record.audio) == b"".join(frames(40))
+    assert events == [
+        Transcript(text="oui", is_final=True, speech_final=True, confidence=0.98, start=0.0, duration=1.0),
+        Metadata(request_id=REQUEST_ID, duration=0.8),
+    ]
+    assert (stream.closed_cleanly, record.ended) == (True, "closed")

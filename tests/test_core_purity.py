@@ -23,7 +23,7 @@ CORES = [
     PACKAGE / "media" / "negotiation.py",
     PACKAGE / "codec" / "frame.py",
     *(PACKAGE / "media" / name for name in ("reorder.py", "vad.py", "wav.py")),
-    *(PACKAGE / "asr" / name for name in ("deepgram_api.py", "keywords.py", "errors.py")),
+    *(PACKAGE / "asr" / name for name in ("deepgram_api.py", "keywords.py", "errors.py", "websocket.py")),
     PACKAGE / "call" / "yesno.py",
     *(PACKAGE / "transfer" / name for name in ("hours.py", "load.py", "policy.py")),
     BENCH_PACKAGE / "uac.py",

@@ -48,6 +48,13 @@ from eko_rtp.asr.errors import (
     AsrUnavailable,
 )
 from eko_rtp.asr.keywords import MAX_KEYWORDS, Keyword, keyword_problem
+from eko_rtp.asr.websocket import (
+    CLOSE_ABNORMAL,
+    CLOSE_INVALID_DATA,
+    CLOSE_NORMAL,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_TOO_BIG,
+)
 from eko_rtp.codec.frame import SAMPLE_RATE
 
 __all__ = [
@@ -528,12 +535,12 @@ def handshake_error_untrusted(status: int, headers: Iterable[tuple[bytes, bytes]
     return AsrProtocolError(f"Deepgram answered the handshake with {detail}", status=status, request_id=request_id)
 
 
-# RFC 6455 §7.4.1: 1000 is a normal close (Deepgram's answer to CloseStream); 1006 is
-# never sent, it names a connection lost without a close frame; 1009 is "message too
-# big" (ours, when a reply passes MAX_MESSAGE_SIZE).
-CLOSE_NORMAL = 1000
-CLOSE_ABNORMAL = 1006
-CLOSE_TOO_BIG = 1009
+# RFC 6455 §7.4.1 (the codes in eko_rtp.asr.websocket): 1000 is a normal close
+# (Deepgram's answer to CloseStream); 1006 is never sent, it names a connection lost
+# without a close frame; 1002 (a protocol error), 1007 (text that is not UTF-8) and
+# 1009 ("message too big": a reply over MAX_MESSAGE_SIZE) are ours when Deepgram's
+# frames break RFC 6455.
+_PROTOCOL_CLOSES = frozenset((CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_DATA, CLOSE_TOO_BIG))
 
 
 def close_error(code: int, reason: str | None, *, audio_bytes: int) -> AsrError:
@@ -542,6 +549,6 @@ def close_error(code: int, reason: str | None, *, audio_bytes: int) -> AsrError:
     if code == CLOSE_ABNORMAL:
         return AsrDropped(f"Deepgram: connection lost {after}", close_code=code)
     said = f"{code} {_printable(reason)}" if reason else str(code)
-    if code == CLOSE_TOO_BIG:
+    if code in _PROTOCOL_CLOSES:
         return AsrProtocolError(f"Deepgram stream closed {after}: {said}", close_code=code)
     return AsrDropped(f"Deepgram closed the stream {after}: {said}", close_code=code)
