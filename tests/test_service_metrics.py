@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import httpx
 import prometheus_client
 import pytest
@@ -11,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from eko_rtp.call.lookup import LookupResult
 from eko_rtp.config import HostPort, build_config
 from eko_rtp.errors import UserError
-from eko_rtp.service.metrics import Metrics, MetricsSettings, serve_metrics
+from eko_rtp.server.transport import TcpCounters
+from eko_rtp.service.metrics import STREAM_COUNTERS, Metrics, MetricsSettings, serve_metrics
 
 
 @pytest.mark.parametrize(
@@ -197,3 +199,16 @@ def test_each_crm_lookup_is_counted_once(answered, past_budget, expected):
     scraped = samples(metrics.render().decode())
     assert (scraped[("eko_crm_lookup_latency_seconds_count", ())], scraped[("eko_crm_lookup_timeouts_total", ())],
             scraped[("eko_crm_lookup_errors_total", ())]) == expected
+
+
+def test_every_stream_counter_of_the_transport_is_exported_and_starts_at_zero():
+    # lifecycle.py copies each TcpCounters field by this table: a field without a row would stop the sync.
+    assert set(STREAM_COUNTERS) == {field.name for field in attrs.fields(TcpCounters)}
+    scraped = samples(Metrics.create(process=False).render().decode())
+    for transport in ("tcp", "tls"):
+        assert scraped[("eko_sip_connections_total", (("outcome", "accepted"), ("transport", transport)))] == 0.0
+        idle = ("eko_sip_connections_closed_total", (("reason", "idle_timeout"), ("transport", transport)))
+        assert scraped[idle] == 0.0
+        assert scraped[("eko_sip_accept_out_of_descriptors_total", (("transport", transport),))] == 0.0
+        assert scraped[("eko_sip_connections_open", (("transport", transport),))] == 0.0
+    assert scraped[("eko_sip_tls_handshake_failures_total", (("reason", "timeout"),))] == 0.0

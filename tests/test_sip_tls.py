@@ -26,7 +26,7 @@ import trustme
 
 from eko_bench import uac
 from eko_rtp.server.tls import ServerTls, TlsSettings
-from eko_rtp.server.transport import SipTransport
+from eko_rtp.server.transport import CLOSE_LINGER, SipTransport, TcpLimits
 from server_helpers import ServerProcess
 from test_server_tcp_limits import closed_within
 from test_server_torture import (RESPONSE_TIMEOUT, Closed, TcpPeer, collect, final_for, in_dialog, sip_request,
@@ -87,13 +87,14 @@ class TlsFiles:
 class TlsServer:
     """``eko-rtp serve`` with TLS, its config file, and where its TLS listener is."""
 
-    def __init__(self, built_cache, directory, files: TlsFiles, **sip):
+    def __init__(self, built_cache, directory, files: TlsFiles, *arguments: str, **sip):
+        """``arguments``: more for ``eko-rtp serve`` (``--metrics``...); ``sip``: more ``[sip]`` keys."""
         self.files = files
         self.config = directory / "eko.toml"
         self.sip = {"transports": ["udp", "tcp", "tls"], "tls_port": 0, "tls_handshake_timeout": HANDSHAKE_TIMEOUT,
                     "tls_certificate": str(files.chain), "tls_private_key": str(files.key), **sip}
         self.write_config()
-        self.process = ServerProcess(built_cache, "--config", str(self.config))
+        self.process = ServerProcess(built_cache, "--config", str(self.config), *arguments)
 
     def write_config(self, **sip) -> None:
         values = {**self.sip, **sip}
@@ -398,3 +399,66 @@ async def test_a_message_for_tls_never_goes_in_the_clear_over_a_tcp_connection_t
             assert await client.receive_some() == b"OPTIONS public"
             await client.aclose()
             nursery.cancel_scope.cancel()
+
+
+def _read_until_closed(sock: ssl.SSLSocket) -> tuple[bytes, float]:
+    """Everything the server sends until it closes, and when it closed; SSLEOFError when without a close_notify."""
+    received = b""
+    while data := sock.recv(65536):  # suppress_ragged_eofs=False: b"" only after a close_notify
+        received += data
+    return received, time.monotonic()
+
+
+async def _closed_by_the_server(tmp_path, *, send: bytes, close: str) -> tuple[bytes, float]:
+    """A TLS client of an in-process transport: ``send``, then read until the server closes (``close``:
+    ``"idle"``, ``"513"`` or ``"shutdown"``); what it read and after how long."""
+    files = TlsFiles(tmp_path)
+    limits = TcpLimits(idle_timeout=0.5, header_timeout=5.0, max_connections=8, max_connections_per_source=8)
+
+    def deliver(data, source, transport_name, connection):
+        if data.startswith(b"OPTIONS"):  # the head of the message too large: what the SIP core would answer
+            transport.send(b"SIP/2.0 513 Message Too Large\r\nContent-Length: 0\r\n\r\n", source, "tls", connection)
+
+    transport = SipTransport(host=HOST, port=0, transports=["tls"], max_message_size=1024, deliver=deliver,
+                             tls_port=0, tcp_limits=limits,
+                             tls=ServerTls(TlsSettings(certificate_chain=files.chain, private_key=files.key)))
+    context = files.client()
+
+    def client(address) -> tuple[bytes, float]:
+        raw = socket.create_connection(address, timeout=RESPONSE_TIMEOUT)
+        with context.wrap_socket(raw, server_hostname=HOST, suppress_ragged_eofs=False) as sock:
+            sock.sendall(send)
+            return _read_until_closed(sock)
+
+    with trio.fail_after(RESPONSE_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(transport.run)
+            if close == "shutdown":
+                async def stop_once_connected():
+                    while not transport.connections:
+                        await trio.sleep(0.01)
+                    await trio.sleep(0.2)  # the pong is out
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(stop_once_connected)
+            started = time.monotonic()
+            received, closed_at = await trio.to_thread.run_sync(client, bound["tls"], abandon_on_cancel=False)
+            nursery.cancel_scope.cancel()
+    return received, closed_at - started
+
+
+@pytest.mark.parametrize("close", ["idle", "513", "shutdown"])
+async def test_a_graceful_close_is_a_clean_tls_shutdown(tmp_path, close):
+    # The server sends close_notify before it closes (idle, after a 513, at shutdown): the
+    # client sees a clean TLS end (read returns b""), never SSLEOFError, a truncation it could not tell.
+    message = sip_request("OPTIONS", port=5061, transport="TLS", body=b"v=0\r\n" * 400,
+                          content_type="application/sdp") if close == "513" else b"\r\n\r\n"
+    received, after = await _closed_by_the_server(tmp_path, send=message, close=close)
+    if close == "513":
+        assert received == b"SIP/2.0 513 Message Too Large\r\nContent-Length: 0\r\n\r\n"
+        assert after <= CLOSE_LINGER + 1.0  # the rest of the message is read and dropped, then the close
+    else:
+        assert received == b"\r\n"  # the pong to our keepalive
+        if close == "idle":
+            assert 0.4 <= after <= 0.5 + 1.0, after
+        else:
+            assert after < 1.0, after

@@ -18,7 +18,7 @@ from eko_rtp.sip.events import (
     SessionModified,
     Transmit,
 )
-from eko_rtp.sip.headers import parse_name_addr, parse_via
+from eko_rtp.sip.headers import SipWarning, parse_name_addr, parse_via
 from eko_rtp.sip.message import Request, Response, parse_message_untrusted
 from eko_rtp.sip.session_timer import SessionTimerSettings
 from eko_rtp.sip.useragent import UserAgent, UserAgentSettings
@@ -259,6 +259,69 @@ def test_reject_with_retry_after_and_misuse():
     h.ua.answer("call-2", ANSWER, 0.1)
     with pytest.raises(CallStateError, match="answer on call call-2 in state answered"):
         h.ua.answer("call-2", ANSWER, 0.2)
+
+
+SRTP_REFUSAL = "SDES keys over UDP refused (media.srtp_over_insecure_signalling is false)"
+REOFFER_REFUSAL = "the call is encrypted (SRTP): a re-offer without an active RTP/SAVP audio stream is refused"
+
+
+def refused_with_a_warning(reason: str, *, branch: str, to_tag: str, cseq: int, extra: str = "") -> Transmit:
+    """Our exact 488 to PEER's request: ``reason`` in the status line and in a Warning naming us."""
+    return Transmit(data=(
+        f"SIP/2.0 488 {reason}\r\n"
+        f"Via: SIP/2.0/UDP 192.0.2.20:5070;branch={branch};received=192.0.2.20;rport=5070\r\n"
+        'From: "Alice" <sip:alice@example.org>;tag=caller1\r\n'
+        f"To: <sip:eko@192.0.2.10>;tag={to_tag}\r\nCall-ID: call-1\r\nCSeq: {cseq} INVITE\r\n{extra}"
+        f'Warning: 399 192.0.2.10 "{reason}"\r\nServer: Eko RTP\r\nContent-Length: 0\r\n\r\n'
+    ).encode(), destination=PEER, transport="udp")
+
+
+def test_reject_with_a_warning_names_us_beside_the_reason_phrase():
+    # RFC 3261 §20.43: a B2BUA may rewrite the reason phrase; the Warning goes through.
+    h = Harness()
+    h.send(message("INVITE", body=SDP), 0.0)
+    assert h.ua.reject("call-1", 488, 0.1, reason=SRTP_REFUSAL, headers=[("Retry-After", "5")],
+                       warning=h.ua.warning(399, SRTP_REFUSAL)) is True
+    assert h.ua.events() == [
+        refused_with_a_warning(SRTP_REFUSAL, branch="z9hG4bK-inv1", to_tag=first_token(), cseq=1,
+                               extra="Retry-After: 5\r\n"),
+        CallEnded(call_id="call-1", reason=EndReason.REJECTED),
+    ]
+
+
+def test_a_refused_reinvite_carries_the_warning_too():
+    h = Harness()
+    h.call()
+    h.send(message("ACK", branch="z9hG4bK-ack1", to_tag=h.tag), 0.1)
+    h.send(message("INVITE", branch="z9hG4bK-re1", cseq=2, to_tag=h.tag, body=SDP), 1.0)
+    assert h.ua.reject_modification("call-1", 488, 1.1, reason=REOFFER_REFUSAL,
+                                    warning=h.ua.warning(399, REOFFER_REFUSAL)) is True
+    assert h.ua.events() == [refused_with_a_warning(REOFFER_REFUSAL, branch="z9hG4bK-re1", to_tag=h.tag, cseq=2)]
+
+
+@pytest.mark.parametrize(("host", "code", "text", "header"), [
+    ("192.0.2.10", 399, "plain", '399 192.0.2.10 "plain"'),
+    ("2001:db8::10", 305, "no common codec", '305 [2001:db8::10] "no common codec"'),
+    ("eko.example", 399, 'SDP line 5 (\'a=crypto:1 "x"\'): bad \\ key',
+     '399 eko.example "SDP line 5 (\'a=crypto:1 \\"x\\"\'): bad \\\\ key"'),
+    ("eko.example", 399, "tab\tstays, control\x01 is escaped, é is UTF-8",
+     '399 eko.example "tab\tstays, control\\\x01 is escaped, é is UTF-8"'),
+])
+def test_warning_values_are_quoted_strings(host, code, text, header):
+    assert str(UserAgent(UserAgentSettings(host=host)).warning(code, text)) == header
+
+
+@pytest.mark.parametrize(("fields", "error"), [
+    ({"code": 299, "agent": "eko", "text": "x"}, "'code' must be >= 300: 299"),
+    ({"code": 400, "agent": "eko", "text": "x"}, "'code' must be <= 399: 400"),
+    ({"code": 399, "agent": "eko rtp", "text": "x"}, "warn-agent must be a host or a pseudonym, not 'eko rtp'"),
+    ({"code": 399, "agent": "", "text": "x"}, "warn-agent must be a host or a pseudonym, not ''"),
+    ({"code": 399, "agent": "eko", "text": "two\r\nlines"}, "warn-text must be one line"),
+])
+def test_warning_values_are_validated(fields, error):
+    with pytest.raises(ValueError) as caught:
+        SipWarning(**fields)
+    assert str(caught.value) == error
 
 
 def test_options_and_drain():

@@ -350,6 +350,7 @@ def test_an_offer_of_only_unsupported_suites_gets_488_saying_so(lab_server):
     assert response.reason.startswith("SDP line "), response.reason
     assert "no offered crypto suite is supported: tag 1: crypto suite 'AES_256_CM_HMAC_SHA1_80' is not supported" \
         in response.reason
+    assert response.all_headers("warning") == [f'399 127.0.0.1 "{response.reason}"']  # RFC 3261 §20.43
 
 
 def test_the_sip_trace_shows_no_key(lab_server):
@@ -386,3 +387,22 @@ def test_keys_over_udp_and_clear_offers_are_refused_when_so_configured(built_cac
              " over TLS")
     assert (in_clear.status, in_clear.reason) == (488, "media.srtp is required: the offer has no active RTP/SAVP audio"
                                                        " stream")
+    for refused in (over_udp, in_clear):  # the reason again in a Warning (RFC 3261 §20.43), which B2BUAs pass on
+        assert refused.all_headers("warning") == [f'399 127.0.0.1 "{refused.reason}"']
+
+
+def test_a_reinvite_that_would_drop_the_encryption_gets_488_with_a_warning(lab_server):
+    caller = Caller(lab_server)
+    caller.offer = uac.srtp_offer(sdes.CryptoSuite.AES_CM_128_HMAC_SHA1_80)
+    try:
+        assert caller.invite(caller.sdp()).status == 200
+        secure = caller.offer
+        caller.offer = None  # a clear RTP/AVP re-offer: a downgrade
+        downgrade = caller.reinvite(caller.sdp(version=2))
+        caller.offer = secure
+        caller.bye()
+    finally:
+        caller.close()
+    assert (downgrade.status, downgrade.reason) == (
+        488, "the call is encrypted (SRTP): a re-offer without an active RTP/SAVP audio stream is refused")
+    assert downgrade.all_headers("warning") == [f'399 127.0.0.1 "{downgrade.reason}"']

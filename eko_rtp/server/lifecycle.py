@@ -27,6 +27,7 @@ import time
 from functools import partial
 from typing import Callable
 
+import attrs
 import trio
 
 from eko_rtp.cache.watch import watch_cache_files
@@ -208,7 +209,14 @@ async def _sync_counters(server: EkoServer, metrics: Metrics, tts) -> None:
     last_followups_lost = 0
     last_asr_failures: dict[str, int] = {}
     last_srtp_dropped: dict = {}
+    last_stream: dict[tuple[str, str], int] = {}
     while True:
+        transport = server.transport  # no log line: the transport logs its refusals, throttled
+        for name, stream in transport.stream_counters.items():
+            for field, total in attrs.asdict(stream).items():
+                metrics.stream_counter(name, field).inc(total - last_stream.get((name, field), 0))
+                last_stream[name, field] = total
+            metrics.sip_connections_open.labels(transport=name).set(transport.open_connections(name))
         calls = server.counters
         metrics.asr_seconds.inc(calls.asr_seconds - last_asr_seconds)
         metrics.barge_ins.inc(calls.barge_ins - last_barge_ins)

@@ -324,7 +324,7 @@ class EkoServer:
         uri = parse_uri(registrar, "registration.registrar")
         transport = self.config["registration.transport"]
         settings = self.ua.settings
-        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+        port = uri.port or (5061 if uri.scheme == "sips" or transport == "tls" else 5060)  # RFC 3261 §19.1.2
         contact = f"sip:{settings.contact_user}@{format_host_port(settings.host, settings.port_for(transport))}"
         if transport != "udp":
             contact += f";transport={transport}"
@@ -472,7 +472,8 @@ class EkoServer:
             negotiated = media.invite(event.offer)
         except sdp.SdpError as error:
             self.ports.release(pair)
-            self._refuse(call_id, error.status, now, f"unusable SDP offer: {error}", reason=_reason(error))
+            self._refuse(call_id, error.status, now, f"unusable SDP offer: {error}", reason=_reason(error),
+                         warning=self._sdp_warning(error))
             return
         log.info("media: %s", describe_plan(negotiated.plan))
         self._ports_in_use()  # the call keeps its pair: was it the last one?
@@ -581,11 +582,19 @@ class EkoServer:
         if self.metrics is not None:
             (self.metrics.cache_hits if hit else self.metrics.cache_misses).labels(cache="phrase").inc()
 
-    def _refuse(self, call_id: str, status: int, now: float, why: str, *, reason=None, headers=()) -> None:
+    def _refuse(self, call_id: str, status: int, now: float, why: str, *, reason=None, headers=(),
+                warning=None) -> None:
         """Answer an INVITE we cannot take with ``status``; one log line says why."""
         log.warning("refused with %d: %s", status, why)
-        self.ua.reject(call_id, status, now, reason=reason, headers=headers)
+        self.ua.reject(call_id, status, now, reason=reason, headers=headers, warning=warning)
         self.counters.calls_rejected += 1
+
+    def _sdp_warning(self, error: sdp.SdpError):
+        """The Warning of a 488 (RFC 3261 §20.43), saying what its reason phrase says: it reaches the
+        caller where a B2BUA rewrites reason phrases. Code 399: §20.43's 304 (media type not
+        available) and 305 (media format) name neither what the SRTP refusals are about, the
+        RTP/SAVP profile and the a=crypto keys, nor whether the signalling is secure."""
+        return self.ua.warning(399, _reason(error)) if error.status == 488 else None
 
     def _call_event(self, call: Call, event) -> None:
         with call_context(call.call_id):
@@ -635,7 +644,8 @@ class EkoServer:
             negotiated = call.media.reinvite(offer_body)
         except sdp.SdpError as error:
             log.warning("re-INVITE refused: %s", error)
-            self.ua.reject_modification(call.call_id, error.status, now, reason=_reason(error))
+            self.ua.reject_modification(call.call_id, error.status, now, reason=_reason(error),
+                                        warning=self._sdp_warning(error))
             self._flush()
             return
         plan = negotiated.plan

@@ -270,11 +270,15 @@ class ServerTls:
     def wrap(self, transport_stream: trio.abc.Stream) -> trio.SSLStream:
         """The server side of TLS over an accepted connection, with the current context.
 
-        ``https_compatible``: many SIP peers close TCP without a TLS close_notify;
-        that is an ordinary end of stream here, not an error (SIP frames its
-        messages by Content-Length, so a truncation cannot pass for a message).
+        Not ``https_compatible``: SIP has no end-of-exchange of its own as HTTP has,
+        so a graceful close (idle, drain, after a 513) sends a close_notify first
+        (RFC 8446 §6.1; ``SSLStream.aclose`` does it), and the peer can tell it from
+        a cut connection. A peer that closes TCP without one makes ``receive_some``
+        raise ``BrokenResourceError`` from ``ssl.SSLEOFError``, which the transport
+        takes as an ordinary end (SIP frames its messages by Content-Length, so a
+        truncation cannot pass for a message).
         """
-        return trio.SSLStream(transport_stream, self._context, server_side=True, https_compatible=True)
+        return trio.SSLStream(transport_stream, self._context, server_side=True, https_compatible=False)
 
     def connect(self, transport_stream: trio.abc.Stream, server_hostname: str) -> trio.SSLStream:
         """The client side of TLS over a connection we opened to ``server_hostname`` (a name or an IP address).
@@ -283,4 +287,4 @@ class ServerTls:
         store) and name ``server_hostname`` (RFC 5922 §7.2); ours is presented if asked.
         """
         return trio.SSLStream(transport_stream, self._client_context, server_hostname=server_hostname,
-                              https_compatible=True)
+                              https_compatible=False)  # close_notify, as in wrap()

@@ -20,9 +20,16 @@ transport ``"tls"``. What we send over TLS goes over the connection it is for, e
 any live TLS connection with that peer's address (RFC 5923 §4), else a new one
 (:meth:`~eko_rtp.server.tls.ServerTls.connect`, the peer's certificate verified).
 Connections are looked up by (transport, address): a message for TLS never goes
-out in the clear over a TCP connection to the same address.
+out in the clear over a TCP connection to the same address. One dial at a time per
+(transport, address): what is sent there meanwhile waits for that connection
+(``MAX_QUEUED_BEHIND_DIAL`` messages at most) instead of opening one more. A TLS
+connection we close gracefully (idle, 513, shutdown) sends its close_notify first
+(``tls.py``); one the peer closes without it ends like any other.
 With a ``trace`` (:class:`~eko_rtp.service.logs.SipTrace`), each message in and out
 is handed to it as well.
+
+What the limits below turned away or cut short is counted per transport in
+``stream_counters`` (:class:`TcpCounters`), which the metrics copy once a second.
 
 A TCP connection holds a descriptor for as long as the peer keeps it open, so none is
 held for free (:class:`TcpLimits`, the ``sip.tcp_*`` keys):
@@ -85,7 +92,8 @@ LOG_INTERVAL = 10.0  # s between two log lines about refused, slow or failed con
 ACCEPT_BACKOFF_MIN = 0.05  # s to wait after accept found no descriptor, doubling...
 ACCEPT_BACKOFF_MAX = 1.0  # ...up to this while it goes on
 DESCRIPTORS_EXHAUSTED_HOLD = 5.0  # s descriptors_exhausted_until lies beyond the last failure
-CLOSE_LINGER = 2.0  # s at most to get a last answer out before closing a connection
+CLOSE_LINGER = 2.0  # s at most to get a last answer out before closing a connection (and TLS its close_notify)
+MAX_QUEUED_BEHIND_DIAL = 32  # messages waiting for a connection being dialled; beyond, dropped (< the writer's 64)
 
 # accept(2) found no descriptor or memory for the new socket: the whole process is short.
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -116,7 +124,10 @@ class TcpLimits:
 
 @attrs.define
 class TcpCounters:
-    """What the TCP side turned away or cut short, since the start (only ever incremented)."""
+    """What one stream transport (TCP or TLS) turned away or cut short, since the start (only ever incremented).
+
+    The server's metrics copy them once a second (``service/metrics.py``, ``eko_sip_connections_*``).
+    """
 
     accepted: int = 0
     refused_max_connections: int = 0  # accepted and closed at once: the global cap was reached
@@ -156,6 +167,12 @@ def _handshake_failure(error: trio.BrokenResourceError) -> str:
         verify = getattr(cause, "verify_message", None)
         return f"{why}: {verify}" if verify else why
     return str(cause or error) or "the connection broke"
+
+
+def _unannounced_end(error: Exception) -> bool:
+    """Whether a TLS stream broke only because the peer closed TCP without a close_notify."""
+    # ssl (Python 3.10 on) raises SSLEOFError for OpenSSL's UNEXPECTED_EOF_WHILE_READING.
+    return isinstance(error.__cause__, ssl.SSLEOFError)
 
 
 def _is_ip_address(host: str) -> bool:
@@ -211,13 +228,15 @@ class SipTransport:
         self.udp: socket.socket | None = None
         self.connections: dict[int, TcpConnection] = {}
         self._by_peer: dict[tuple, TcpConnection] = {}  # by (transport, peer address)
+        # Connections being dialled, by (transport, address): the messages that wait for each, in order.
+        self._dialing: dict[tuple, list[tuple[bytes, trio.Event]]] = {}
         self._nursery: trio.Nursery | None = None
         self.bound: dict[str, tuple] = {}
         self.udp_dropped = 0
         self.resolving = 0  # names being resolved now
         self.resolution_failures = 0
         self.tcp_limits = tcp_limits
-        self.tcp_counters = TcpCounters()
+        self.stream_counters = {transport: TcpCounters() for transport in STREAM_TRANSPORTS}  # by transport
         # Until when (trio's clock) the process counts as out of descriptors: the last
         # failed accept plus DESCRIPTORS_EXHAUSTED_HOLD; -inf once one succeeds again.
         self.descriptors_exhausted_until = -math.inf
@@ -288,6 +307,10 @@ class SipTransport:
 
     # -- TCP and TLS ---------------------------------------------------------------
 
+    def open_connections(self, transport: str) -> int:
+        """Connections of ``transport`` (``"tcp"`` or ``"tls"``) up now, accepted and dialled (TLS: handshake done)."""
+        return sum(1 for connection in self.connections.values() if connection.transport == transport)
+
     def descriptors_exhausted(self, now: float) -> bool:
         """Whether the process counts as out of descriptors at ``now`` (a recent accept failed for want of one)."""
         return now < self.descriptors_exhausted_until
@@ -303,7 +326,7 @@ class SipTransport:
                     client, address = await sock.accept()
                 except OSError as error:
                     if error.errno in _OUT_OF_DESCRIPTORS:
-                        self._out_of_descriptors(error, backoff)
+                        self._out_of_descriptors(error, backoff, transport)
                         await trio.sleep(backoff)  # the pending connection waits in the backlog
                         backoff = min(2 * backoff, ACCEPT_BACKOFF_MAX)
                     elif error.errno not in _ACCEPT_SKIPPABLE:
@@ -319,9 +342,9 @@ class SipTransport:
         finally:
             sock.close()
 
-    def _out_of_descriptors(self, error: OSError, backoff: float) -> None:
+    def _out_of_descriptors(self, error: OSError, backoff: float, transport: str) -> None:
         now = trio.current_time()
-        self.tcp_counters.accept_out_of_descriptors += 1
+        self.stream_counters[transport].accept_out_of_descriptors += 1
         self._accept_failures += 1
         self.descriptors_exhausted_until = now + DESCRIPTORS_EXHAUSTED_HOLD
         if self.on_descriptors_exhausted is not None:
@@ -342,16 +365,16 @@ class SipTransport:
 
         Synchronous from the accept on: the count cannot change under the check.
         """
-        limits, source = self.tcp_limits, peer[0]
+        limits, source, counters = self.tcp_limits, peer[0], self.stream_counters[transport]
         if self._accepted_open >= limits.max_connections:
-            self.tcp_counters.refused_max_connections += 1
+            counters.refused_max_connections += 1
             cap, why = "all", f"{self._accepted_open} connections open (sip.tcp_max_connections)"
         elif self._per_source.get(source, 0) >= limits.max_connections_per_source:
-            self.tcp_counters.refused_per_source += 1
+            counters.refused_per_source += 1
             cap, why = "source", (f"{self._per_source[source]} connections open from {source} "
                                   "(sip.tcp_max_connections_per_source)")
         else:
-            self.tcp_counters.accepted += 1
+            counters.accepted += 1
             self._accepted_open += 1
             self._per_source[source] = self._per_source.get(source, 0) + 1
             self._nursery.start_soon(self._serve_accepted, client, peer, transport)
@@ -391,10 +414,10 @@ class SipTransport:
                 await stream.do_handshake()
                 return True
             except trio.BrokenResourceError as error:
-                self.tcp_counters.tls_handshake_failures += 1
+                self.stream_counters["tls"].tls_handshake_failures += 1
                 why = f"TLS handshake failed: {_handshake_failure(error)}"
         if why is None:
-            self.tcp_counters.tls_handshake_timeouts += 1
+            self.stream_counters["tls"].tls_handshake_timeouts += 1
             why = f"TLS handshake not complete within {timeout:g} s (sip.tls_handshake_timeout)"
         more = self._handshake_log.ready(trio.current_time())
         if more is not None:
@@ -420,7 +443,9 @@ class SipTransport:
             self.connections.pop(connection.id, None)
             if self._by_peer.get((connection.transport, connection.peer)) is connection:
                 del self._by_peer[connection.transport, connection.peer]
-            with trio.CancelScope(shield=True):
+            # A TLS stream sends its close_notify first (tls.py): bounded, for a peer that
+            # reads nothing could hold it for ever; past the bound it is closed forcefully.
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_LINGER):
                 await connection.stream.aclose()
 
     async def _read_connection(self, connection: TcpConnection, framer: StreamFramer) -> bool:
@@ -432,8 +457,13 @@ class SipTransport:
                 try:
                     data = await stream.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-                    log.debug("SIP %s from %s:%s: %s", label, *peer, error)
-                    return False
+                    if not _unannounced_end(error):
+                        log.debug("SIP %s from %s:%s: %s", label, *peer, error)
+                        return False
+                    # Many SIP peers close TLS without a close_notify: an ordinary end here
+                    # (a truncated message is incomplete by its Content-Length, so it cannot
+                    # pass for a whole one; RFC 3261 §18.3).
+                    data = b""
             now = trio.current_time()
             if data is None:
                 timeout = framer.expired(now)
@@ -452,7 +482,7 @@ class SipTransport:
                 while (message := framer.next_message()) is not None:
                     self._deliver_tcp(message, connection)
             except MessageTooLarge as error:
-                self.tcp_counters.too_large += 1
+                self.stream_counters[connection.transport].too_large += 1
                 if error.head is None:
                     log.warning("SIP %s from %s:%s: %s; closing the connection", label, *peer, error)
                     return False
@@ -464,7 +494,7 @@ class SipTransport:
                 self._deliver_tcp(error.head, connection)
                 return True
             except SipParseError as error:
-                self.tcp_counters.unframeable += 1
+                self.stream_counters[connection.transport].unframeable += 1
                 log.warning("SIP %s from %s:%s: %s; closing the connection", label, *peer, error)
                 return False
             for _ in range(framer.take_pings()):
@@ -476,13 +506,13 @@ class SipTransport:
         self.deliver(message, connection.peer, connection.transport, connection)
 
     def _timed_out(self, connection: TcpConnection, framer: StreamFramer, timeout: StreamTimeout, now: float) -> None:
-        peer, pending = connection.peer, framer.pending
+        peer, pending, counters = connection.peer, framer.pending, self.stream_counters[connection.transport]
         if timeout is StreamTimeout.HEADERS:
-            self.tcp_counters.header_timeouts += 1
+            counters.header_timeouts += 1
             why = (f"headers not complete {self.tcp_limits.header_timeout:g} s after the message began "
                    "(sip.tcp_header_timeout)")
         else:
-            self.tcp_counters.idle_closed += 1
+            counters.idle_closed += 1
             why = f"no message for {self.tcp_limits.idle_timeout:g} s (sip.tcp_idle_timeout)"
             if not pending:
                 log.debug("SIP %s from %s:%s: %s; closing the connection", connection.label, *peer, why)
@@ -541,12 +571,14 @@ class SipTransport:
         if written is not None:
             written.set()
 
-    async def _dial(self, destination: tuple, data: bytes, transport: str, written: trio.Event | None) -> None:
-        """A new connection to ``destination`` (a name is resolved by trio, off the event loop), ``data`` first.
+    async def _dial(self, destination: tuple, transport: str) -> None:
+        """A new connection to ``destination`` (a name is resolved by trio, off the event loop), for the
+        messages waiting in ``_dialing`` (those sent meanwhile join them), written in order once it is up.
 
         Over TLS the peer's certificate must name ``destination``'s host as we
         were given it: a Contact's host name, or its address.
         """
+        connection = None
         try:
             try:
                 with trio.fail_after(DIAL_TIMEOUT):
@@ -560,11 +592,16 @@ class SipTransport:
                 if not await self._secure(stream, destination, "to"):
                     return
             connection = TcpConnection(stream, destination, transport)
-            self._queue(connection, data, written)
-            written = None  # the writer sets it now
         finally:
-            if written is not None:
-                written.set()
+            waiting = self._dialing.pop((transport, destination))
+            for data, written in waiting:
+                if connection is not None:
+                    self._queue(connection, data, written)  # the writer sets the event now
+                else:
+                    written.set()  # lost: nobody waits for it
+            if connection is None and len(waiting) > 1:
+                log.warning("SIP %s to %s:%s: %d messages dropped with the connection", transport.upper(),
+                            *destination[:2], len(waiting))
         await self._run_connection(connection)
 
     # -- sending -------------------------------------------------------------------
@@ -594,7 +631,8 @@ class SipTransport:
         self.send(data, found[0][4][:2], transport, None)
 
     def _send_stream(self, data: bytes, destination: tuple, transport: str, connection: object | None) -> trio.Event:
-        """The connection the message is for, else a live one with the peer's address (RFC 5923 §4), else a new one."""
+        """The connection the message is for, else a live one with the peer's address (RFC 5923 §4), else the one
+        being dialled there (the message waits for it, MAX_QUEUED_BEHIND_DIAL at most), else a new one."""
         written = trio.Event()
         target = connection if isinstance(connection, TcpConnection) else None
         if target is None or target.id not in self.connections or target.transport != transport:
@@ -604,8 +642,17 @@ class SipTransport:
         elif transport == "tls" and self.tls is None:
             log.warning("SIP TLS to %s:%s: TLS is not configured (sip.transports); message dropped", *destination[:2])
             written.set()
+        elif (waiting := self._dialing.get((transport, destination))) is not None:
+            # A dial to there is under way: one connection will do for both (RFC 5923 §4 reuses it).
+            if len(waiting) < MAX_QUEUED_BEHIND_DIAL:
+                waiting.append((data, written))
+            else:
+                log.warning("SIP %s to %s:%s: %d messages already wait for the connection; message dropped",
+                            transport.upper(), *destination[:2], len(waiting))
+                written.set()
         elif self._nursery is not None:
-            self._nursery.start_soon(self._dial, destination, data, transport, written)
+            self._dialing[transport, destination] = [(data, written)]
+            self._nursery.start_soon(self._dial, destination, transport)
         else:
             written.set()
         return written

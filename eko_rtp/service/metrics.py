@@ -40,6 +40,16 @@ Exported names (all prefixed ``eko_``):
                                                        or ``dropped`` (sip/admission.py)
 ``eko_healthy``                              gauge      1 while a new call could succeed, else 0
                                                        (then OPTIONS get 503; server/health.py)
+``eko_sip_connections_total{transport,       counter    connections accepted on the ``tcp`` or ``tls``
+outcome}``                                             listener: ``accepted``, or closed at once:
+                                                       ``refused_max_connections``, ``refused_per_source``
+``eko_sip_connections_closed_total{          counter    connections we cut: ``idle_timeout``,
+transport,reason}``                                    ``header_timeout``, ``too_large``, ``unframeable``
+``eko_sip_tls_handshake_failures_total{      counter    TLS handshakes (either side) ``failed`` or not
+reason}``                                              complete in time (``timeout``)
+``eko_sip_accept_out_of_descriptors_total{   counter    accept(2) failures for want of a descriptor
+transport}``
+``eko_sip_connections_open{transport}``      gauge      TCP and TLS connections up (TLS: handshake done)
 ``process_*``                                various    CPU, memory, open file descriptors
 ==========================================  =========  ==============================================
 """
@@ -77,6 +87,20 @@ TTS_BACKENDS = ("elevenlabs", "espeak")
 # What admission may answer, by reason (eko_rtp/sip/admission.py): each starts at 0.
 REFUSALS = (("untrusted", "403"), ("untrusted", "dropped"), ("rate", "503"), ("rate", "dropped"),
             ("max_calls", "503"), ("unhealthy", "503"))
+STREAM_TRANSPORTS = ("tcp", "tls")
+# Each field of server/transport.py's TcpCounters: the metric and labels it is exported as.
+STREAM_COUNTERS = {
+    "accepted": ("sip_connections", {"outcome": "accepted"}),
+    "refused_max_connections": ("sip_connections", {"outcome": "refused_max_connections"}),
+    "refused_per_source": ("sip_connections", {"outcome": "refused_per_source"}),
+    "idle_closed": ("sip_connections_closed", {"reason": "idle_timeout"}),
+    "header_timeouts": ("sip_connections_closed", {"reason": "header_timeout"}),
+    "too_large": ("sip_connections_closed", {"reason": "too_large"}),
+    "unframeable": ("sip_connections_closed", {"reason": "unframeable"}),
+    "accept_out_of_descriptors": ("sip_accept_out_of_descriptors", {}),
+    "tls_handshake_failures": ("tls_handshake_failures", {"reason": "failed"}),
+    "tls_handshake_timeouts": ("tls_handshake_failures", {"reason": "timeout"}),
+}
 _OUTCOME = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 
 
@@ -157,6 +181,11 @@ class Metrics:
     registered: Gauge
     sip_refused: Counter
     healthy: Gauge
+    sip_connections: Counter
+    sip_connections_closed: Counter
+    sip_accept_out_of_descriptors: Counter
+    tls_handshake_failures: Counter
+    sip_connections_open: Gauge
 
     @classmethod
     def create(cls, *, process: bool = True) -> Metrics:
@@ -239,6 +268,20 @@ class Metrics:
                                 ["reason", "answer"], registry=registry),
             healthy=Gauge("eko_healthy", "1 while a new call could succeed (else OPTIONS get 503), else 0.",
                           registry=registry),
+            sip_connections=Counter("eko_sip_connections", "SIP TCP and TLS connections accepted, and those closed "
+                                    "at once by a cap (sip.tcp_max_connections*).", ["transport", "outcome"],
+                                    registry=registry),
+            sip_connections_closed=Counter("eko_sip_connections_closed", "SIP TCP and TLS connections we closed: "
+                                           "idle, slow headers, a message too large or unframeable.",
+                                           ["transport", "reason"], registry=registry),
+            sip_accept_out_of_descriptors=Counter("eko_sip_accept_out_of_descriptors",
+                                                  "SIP accept(2) failures for want of a file descriptor.",
+                                                  ["transport"], registry=registry),
+            tls_handshake_failures=Counter("eko_sip_tls_handshake_failures", "SIP TLS handshakes that failed "
+                                           "or were not complete within sip.tls_handshake_timeout.", ["reason"],
+                                           registry=registry),
+            sip_connections_open=Gauge("eko_sip_connections_open", "SIP TCP and TLS connections up now.",
+                                       ["transport"], registry=registry),
         )
         for reason, answer in REFUSALS:
             metrics.sip_refused.labels(reason=reason, answer=answer)
@@ -252,7 +295,19 @@ class Metrics:
             metrics.tts_characters.labels(backend=backend)
         for reason in DropReason:
             metrics.srtp_dropped.labels(reason=reason.value)
+        for transport in STREAM_TRANSPORTS:
+            metrics.sip_connections_open.labels(transport=transport)
+            for field in STREAM_COUNTERS:
+                metrics.stream_counter(transport, field)
         return metrics
+
+    def stream_counter(self, transport: str, field: str):
+        """The counter (with its labels) that field ``field`` of ``transport``'s TcpCounters is exported as."""
+        name, labels = STREAM_COUNTERS[field]
+        counter = getattr(self, name)
+        if name != "tls_handshake_failures":  # only TLS has handshakes: no transport label
+            labels = {"transport": transport, **labels}
+        return counter.labels(**labels) if labels else counter
 
     def call_quality(self, quality) -> None:
         """Observe a finished call's audio figures (an eko_rtp.media.quality.CallQuality)."""

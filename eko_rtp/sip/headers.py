@@ -33,6 +33,7 @@ __all__ = [
     "Via",
     "CSeq",
     "SessionExpires",
+    "SipWarning",
     "MAGIC_COOKIE",
     "MAX_LIST_ELEMENTS",
     "split_comma_list",
@@ -332,6 +333,37 @@ class SessionExpires:
 
     def __str__(self) -> str:
         return str(self.interval) if self.refresher is None else f"{self.interval};refresher={self.refresher}"
+
+
+# §25.1 quoted-string: '"' and backslash go as quoted-pairs, and so do the control characters
+# qdtext leaves out (all but tab); CR and LF cannot appear at all (a header is one line).
+_NEEDS_QUOTING = re.compile(r'["\\\x00-\x08\x0b\x0c\x0e-\x1f\x7f]')
+_WARN_AGENT = re.compile(r"[^\s\"]+\Z")  # hostport or pseudonym (a token): one word, no quote
+
+
+@attrs.frozen(kw_only=True)
+class SipWarning:
+    """One Warning value (RFC 3261 §20.43): ``warn-code warn-agent "warn-text"``.
+
+    Sent beside an error's reason phrase: proxies and B2BUAs may rewrite a reason
+    phrase, a Warning goes through them as it is. 3xx codes are SIP's own (§20.43):
+    300-307 name the part of a session description that is not acceptable, 370
+    bandwidth, 399 anything else, its text for a human or a log.
+    """
+
+    code: int = attrs.field(validator=[attrs.validators.ge(300), attrs.validators.le(399)])
+    agent: str  # who adds it: our host (a hostport) or a pseudonym
+    text: str
+
+    def __attrs_post_init__(self) -> None:
+        if not _WARN_AGENT.match(self.agent):
+            raise ValueError(f"warn-agent must be a host or a pseudonym, not {self.agent!r}")
+        if "\r" in self.text or "\n" in self.text:
+            raise ValueError("warn-text must be one line")
+
+    def __str__(self) -> str:
+        quoted = _NEEDS_QUOTING.sub(lambda match: "\\" + match.group(0), self.text)
+        return f'{self.code} {self.agent} "{quoted}"'
 
 
 def parse_session_expires(text: str) -> SessionExpires:

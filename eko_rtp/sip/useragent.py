@@ -53,6 +53,7 @@ a malformed one is 400.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -93,6 +94,7 @@ from eko_rtp.sip.events import (
 )
 from eko_rtp.sip.headers import (
     MAGIC_COOKIE,
+    SipWarning,
     Via,
     parameter,
     parse_media_type,
@@ -131,6 +133,7 @@ from eko_rtp.sip.transaction import (
     client_key,
     server_key,
 )
+from eko_rtp.sip.uri import format_host_port
 
 __all__ = ["UserAgent", "UserAgentSettings", "CallState", "CallStateError", "ALLOW", "ACCEPT", "SUPPORTED"]
 
@@ -312,14 +315,20 @@ class UserAgent:
         return True
 
     def reject(self, call_id: str, status: int, now: float, *, reason: str | None = None,
-               headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()) -> bool:
-        """Refuse the call's INVITE with a final ``status`` (300-699); False if it already ended."""
+               headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
+               warning: SipWarning | None = None) -> bool:
+        """Refuse the call's INVITE with a final ``status`` (300-699); False if it already ended.
+
+        ``headers`` go into the response as given (Retry-After...), then ``warning``
+        (:meth:`warning` makes one naming us).
+        """
         if not 300 <= status <= 699:
             raise ValueError(f"reject needs a status 300..699, not {status}")
         call = self._live_call(call_id, CallInput.REJECT, "reject")
         if call is None:
             return False
-        self._respond(call.invite, status, now, reason=reason, to_tag=call.dialog.local_tag, extra=list(headers))
+        self._respond(call.invite, status, now, reason=reason, to_tag=call.dialog.local_tag,
+                      extra=_with_warning(headers, warning))
         self._change(call, CallInput.REJECT, now)
         return True
 
@@ -340,16 +349,24 @@ class UserAgent:
         self._arm_session(call)
         return True
 
-    def reject_modification(self, call_id: str, status: int, now: float, *, reason: str | None = None) -> bool:
-        """Refuse the pending re-INVITE or UPDATE (the session stays as it was); False if none."""
+    def reject_modification(self, call_id: str, status: int, now: float, *, reason: str | None = None,
+                            warning: SipWarning | None = None) -> bool:
+        """Refuse the pending re-INVITE or UPDATE (the session stays as it was); False if none.
+
+        ``warning``: a Warning header beside the reason, as for :meth:`reject`.
+        """
         if not 300 <= status <= 699:
             raise ValueError(f"reject_modification needs a status 300..699, not {status}")
         call = self._calls.get(call_id)
         if call is None or call.offer is None:
             return False
         offer, call.offer = call.offer, None
-        self._respond(offer.transaction, status, now, reason=reason)
+        self._respond(offer.transaction, status, now, reason=reason, extra=_with_warning((), warning))
         return True
+
+    def warning(self, code: int, text: str) -> SipWarning:
+        """A Warning from us (RFC 3261 §20.43): ``code`` and ``text``, our host as its warn-agent."""
+        return SipWarning(code=code, agent=format_host_port(self.settings.host, None), text=text)
 
     def hangup(self, call_id: str, now: float) -> bool:
         """End the call from our side: BYE (after the ACK if it is still due), CallEnded(LOCAL_BYE) now.
@@ -1141,6 +1158,10 @@ class UserAgent:
     def _rejected(self, request: Request, source: tuple[str, int], reason: str, status: int | None) -> None:
         self._events.append(MessageRejected(description=f"{request.method} (Call-ID {request.call_id}): {reason}",
                                             source=source, status=status))
+
+
+def _with_warning(headers: Iterable[tuple[str, str]], warning: SipWarning | None) -> list[tuple[str, str]]:
+    return [*headers, ("Warning", str(warning))] if warning is not None else list(headers)
 
 
 # RFC 3323 §4.2 privacy values that hide who calls ("session" and "critical" do not).
