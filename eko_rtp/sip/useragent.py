@@ -103,7 +103,7 @@ from eko_rtp.sip.headers import (
     parse_token_with_parameters,
 )
 from eko_rtp.sip.message import DEFAULT_MAX_MESSAGE_SIZE, Request, Response, parse_message_untrusted
-from eko_rtp.sip.refer import Transfer, TransferInput, TransferState, parse_sipfrag_status_untrusted
+from eko_rtp.sip.refer import Transfer, TransferInput, parse_sipfrag_status_untrusted
 from eko_rtp.sip.registration import Registration, RegistrationSettings, RegistrationState
 from eko_rtp.sip.responses import (
     ACCEPT,
