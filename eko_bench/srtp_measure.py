@@ -10,8 +10,14 @@ RTP packet. For each suite of ``media/sdes.py`` it times:
   two buffers, the zero-copy path today) and joining them into one ``bytes``;
 - pylibsrtp's public API: ``Session.protect(b"".join(...))``, ``Session.unprotect``;
 - ours (``media/srtp.py``): ``CallSrtp.protect_frame(header, payload)`` (a view
-  of the call's buffer for ``sendmsg``), ``CallSrtp.protect(packet)`` and
-  ``CallSrtp.unprotect(datagram)`` (fresh datagrams, each once: no replay drops).
+  of the thread's send buffer for ``sendto``), ``CallSrtp.protect(packet)``,
+  ``CallSrtp.unprotect_view(datagram)`` (a view of the receive buffer, what the
+  stream reads) and ``CallSrtp.unprotect(datagram)`` (a new ``bytes``), on fresh
+  datagrams, each once: no replay drops;
+- the stream around them (``media/stream.py``), clear and with each suite:
+  ``MediaStream.send_due`` for one frame (its socket's send replaced by a no-op,
+  so no system call) and ``MediaStream.on_rtp`` for one of the caller's audio
+  packets (the ears idle: nobody listens).
 
 Figures are µs per packet (``time.perf_counter``): the median of repeated runs
 of many packets each, the variants interleaved within each repeat, and the
@@ -24,16 +30,23 @@ from __future__ import annotations
 import argparse
 import mmap
 import os
+import socket
 import statistics
 import sys
 import time
 from typing import Callable
 
+import attrs
+
 from pylibsrtp import Policy, Session
 
+from eko_rtp.media.playout import CachedSource, PlayoutQueue
+from eko_rtp.media.ports import PortPair
 from eko_rtp.media.rtp import RtpSender
 from eko_rtp.media.sdes import DEFAULT_PREFERENCE, SrtpKeys
+from eko_rtp.media.sdp import Codec, MediaPlan
 from eko_rtp.media.srtp import SUITE_PROFILES, CallSrtp
+from eko_rtp.media.stream import MediaCounters, MediaStream
 
 __all__ = ["main", "measure"]
 
@@ -68,6 +81,10 @@ def measure(*, packets: int = PACKETS, repeats: int = REPEATS) -> list[tuple[str
     for suite in DEFAULT_PREFERENCE:
         suite_variants = _suite_variants(suite, payload, packets * repeats, calls)
         variants.extend((suite.value, what, run) for what, run in suite_variants)
+    streams = []
+    for suite in (None, *DEFAULT_PREFERENCE):
+        stream_variants = _stream_variants(suite, audio_map, packets * repeats, streams)
+        variants.extend((suite.value if suite else "- (clear)", what, run) for what, run in stream_variants)
     timings: dict[int, list[float]] = {index: [] for index in range(len(variants))}
     for _ in range(repeats):
         for index, (_suite, _what, run) in enumerate(variants):
@@ -76,6 +93,9 @@ def measure(*, packets: int = PACKETS, repeats: int = REPEATS) -> list[tuple[str
             timings[index].append((time.perf_counter() - started) / packets * 1e6)
     for call in calls:
         call.close()
+    for stream in streams:
+        stream.close()
+        stream.pair.close()
     return [(suite, what, statistics.median(timings[index]), min(timings[index]))
             for index, (suite, what, _run) in enumerate(variants)]
 
@@ -121,13 +141,70 @@ def _suite_variants(suite, payload: memoryview, total: int, calls: list):
             if call.unprotect(next(our_feed)) is None:
                 raise AssertionError("a fresh datagram was dropped")
 
+    view_call = CallSrtp(SrtpKeys(suite=suite, send_master=ours_key, receive_master=peer_key))
+    calls.append(view_call)
+    view_feed = peer_stream()
+
+    def ours_unprotect_view(count: int) -> None:
+        for _ in range(count):
+            if view_call.unprotect_view(next(view_feed)) is None:
+                raise AssertionError("a fresh datagram was dropped")
+
     return [
         ("pylibsrtp Session.protect(b''.join(...))", public_protect),
         ("CallSrtp.protect_frame(header, view)", ours_protect_frame),
         ("CallSrtp.protect(b''.join(...)) -> bytes", ours_protect),
         ("pylibsrtp Session.unprotect(datagram)", public_unprotect),
-        ("CallSrtp.unprotect(datagram)", ours_unprotect),
+        ("CallSrtp.unprotect_view(datagram) -> view", ours_unprotect_view),
+        ("CallSrtp.unprotect(datagram) -> bytes", ours_unprotect),
     ]
+
+
+def _stream_variants(suite, audio_map: mmap.mmap, total: int, streams: list):
+    """A call's MediaStream as the frame clock and the receive hub drive it, sending nowhere."""
+    keys = None
+    plan = MediaPlan(codec=Codec(name="PCMU", payload_type=0), telephone_event_payload_type=101,
+                     remote_rtp=("127.0.0.1", 9), remote_rtcp=None, rtcp_mux=True, send_audio=True,
+                     receive_audio=True)
+    if suite is not None:
+        keys = SrtpKeys(suite=suite, send_master=os.urandom(suite.master_length),
+                        receive_master=os.urandom(suite.master_length))
+        plan = attrs.evolve(plan, srtp_keys=keys)
+    pair = PortPair(port=0, rtp=socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+                    rtcp=socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    stream = MediaStream(pair=pair, plan=plan, queue=PlayoutQueue(b"\xff" * PAYLOAD_BYTES),
+                         counters=MediaCounters(), on_dtmf=lambda digit: None, cname="measure",
+                         on_audio=lambda sequence, datagram, codec, now: None)
+    streams.append(stream)
+    stream._sendto = lambda data, address: None  # the CPU around the system call, not the call
+    stream._sendmsg = lambda buffers, ancillary, flags, address: None
+    # Frames of audio for the whole measurement, then silence (the same path).
+    stream.queue.enqueue(CachedSource(memoryview(audio_map)))
+    stream.start(0.0)
+    clock = [0.0]
+    caller = RtpSender(payload_type=0)
+    plain = (bytes(caller.header_for_next_frame(False)) + os.urandom(PAYLOAD_BYTES) for _ in range(total))
+    if suite is None:
+        feed = iter(list(plain))
+    else:
+        peer = Session(Policy(key=keys.receive_master, ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+                              srtp_profile=SUITE_PROFILES[suite]))
+        feed = iter([peer.protect(packet) for packet in plain])
+
+    def send_due(count: int) -> None:
+        now = clock[0]
+        for _ in range(count):
+            now += 0.020
+            stream.send_due(now)
+        clock[0] = now
+
+    def on_rtp(count: int) -> None:
+        address = plan.remote_rtp
+        for _ in range(count):
+            stream.on_rtp(next(feed), address, 1.0, None)
+
+    return [("MediaStream.send_due (one frame, no syscall)", send_due),
+            ("MediaStream.on_rtp (one audio packet, nobody listens)", on_rtp)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,6 +166,43 @@ def test_the_sequence_number_wraps_without_a_drop():
     assert sum(call.ours.rtp_drops.values()) == 0
 
 
+@pytest.mark.parametrize("suite", SUITES, ids=lambda suite: suite.value)
+def test_unprotect_view_is_the_plaintext_in_the_threads_receive_buffer(suite):
+    # The stream reads each packet in place; what is kept is copied (media/reorder.py).
+    call, other = Call(suite), Call(suite)
+    plain, datagram = call.peer_packet()
+    view = call.ours.unprotect_view(datagram)
+    assert type(view) is memoryview and not view.readonly and bytes(view) == plain
+    assert call.ours.unprotect_view(datagram) is None  # a replay, dropped and counted as ever
+    assert call.ours.rtp_drops[DropReason.REPLAY] == 1
+    other_plain, other_datagram = other.peer_packet()
+    other_view = other.ours.unprotect_view(other_datagram)
+    # Every call of the thread unprotects into one buffer: the next packet overwrites the view.
+    assert other_view.obj is view.obj and bytes(view[:len(other_plain)]) == other_plain
+
+
+def test_the_threads_calls_share_one_send_and_one_receive_buffer():
+    import threading
+
+    calls = [Call(CryptoSuite.AES_CM_128_HMAC_SHA1_80) for _ in range(2)]
+    header = RtpSender(payload_type=0).header_for_next_frame(False)
+    sent = [call.ours.protect_frame(header, PAYLOAD).obj for call in calls]
+    received = [call.ours.unprotect_view(call.peer_packet()[1]).obj for call in calls]
+    assert sent[0] is sent[1] and received[0] is received[1] and sent[0] is not received[0]
+    elsewhere = []
+    thread = threading.Thread(target=lambda: elsewhere.append(calls[0].ours.protect_frame(
+        RtpSender(payload_type=0).header_for_next_frame(False), PAYLOAD).obj))
+    thread.start()
+    thread.join()
+    # A CallSrtp keeps the buffers of the thread that made it; another thread's calls have their own.
+    assert elsewhere[0] is sent[0]
+    made_elsewhere = []
+    thread = threading.Thread(target=lambda: made_elsewhere.append(Call(CryptoSuite.AES_CM_128_HMAC_SHA1_80).ours))
+    thread.start()
+    thread.join()
+    assert made_elsewhere[0].protect_frame(header, PAYLOAD).obj is not sent[0]
+
+
 def with_mki(datagram: bytes, mki: bytes, trailing: int) -> bytes:
     """The datagram as a peer keyed with an MKI sends it: the MKI before the last ``trailing`` octets."""
     cut = len(datagram) - trailing
@@ -241,6 +278,17 @@ def test_close_frees_the_contexts_once():
     call = Call(CryptoSuite.AES_CM_128_HMAC_SHA1_80)
     call.ours.close()
     call.ours.close()
+
+
+def test_a_closed_call_raises_instead_of_reaching_freed_sessions():
+    call = Call(CryptoSuite.AES_CM_128_HMAC_SHA1_80)
+    _, datagram = call.peer_packet()
+    call.ours.close()
+    header = RtpSender(payload_type=0).header_for_next_frame(False)
+    for use in (lambda: call.ours.protect_frame(header, PAYLOAD), lambda: call.ours.protect_rtcp(report()),
+                lambda: call.ours.unprotect_view(datagram), lambda: call.ours.unprotect_rtcp(datagram)):
+        with pytest.raises(TypeError):
+            use()
 
 
 def test_keys_must_be_srtp_keys():

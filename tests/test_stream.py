@@ -231,3 +231,58 @@ def test_a_forged_srtp_packet_is_dropped_counted_and_never_latched():
     assert stream.caller_source == caller_address  # the forged packet latched nothing
     assert counters.rtp[DropReason.AUTHENTICATION] == 1 and counters.rtp[DropReason.REPLAY] == 1
     assert stream.srtp_dropped == 2 and stream.counters.packets_stray == 0
+
+
+class _CallerFrames:
+    """Stands in for the call's recorder on the ears' side: the caller's frames as heard."""
+
+    def __init__(self) -> None:
+        self.frames = []
+
+    def caller_frame(self, frame) -> None:
+        self.frames.append(bytes(frame))
+
+
+def test_srtp_audio_held_behind_a_gap_survives_the_next_calls_packets():
+    # The plaintext is a view of the receive buffer every call of the thread shares:
+    # audio the reorder buffer keeps past on_rtp must be its own copy, not the view.
+    from pylibsrtp import Policy, Session
+
+    from eko_rtp.call.ears import CallerAudio
+    from eko_rtp.media import sdes
+    from eko_rtp.media.rtp import RtpSender
+
+    peer, other_peer = Peer(), Peer()
+    keys = _srtp_keys()
+    other_keys = sdes.SrtpKeys(suite=keys.suite, send_master=bytes(range(2, 32)), receive_master=bytes(range(3, 33)))
+    stream, other = _srtp_stream(peer, keys), _srtp_stream(other_peer, other_keys)
+    heard = _CallerFrames()
+    ears = CallerAudio(vad=None, on_speech=lambda event: None, recorder=heard)
+    stream.on_audio = ears.feed
+
+    def caller_packets(master: bytes, count: int) -> list[tuple[bytes, bytes]]:
+        session = Session(policy=Policy(key=master, ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+                                        srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80))
+        sender = RtpSender(payload_type=0)
+        payloads = [bytes([n + 1]) * 160 for n in range(count)]
+        return [(payload, session.protect(bytes(sender.header_for_next_frame(False)) + payload))
+                for payload in payloads]
+
+    ours = caller_packets(keys.receive_master, 4)
+    theirs = caller_packets(other_keys.receive_master, 1)
+    caller, other_caller = peer.sock.getsockname(), other_peer.sock.getsockname()
+    try:
+        stream.start(100.0)
+        other.start(100.0)
+        for index in (0, 2, 3):  # packet 1 is late: 2 and 3 wait for it in the reorder buffer
+            stream.on_rtp(ours[index][1], caller, 100.02 * (index + 1), None)
+        other.on_rtp(theirs[0][1], other_caller, 100.07, None)  # another call's packet, same buffer
+        stream.on_rtp(ours[1][1], caller, 100.08, None)
+    finally:
+        for each in (stream, other):
+            each.close()
+            each.pair.close()
+        peer.sock.close()
+        other_peer.sock.close()
+    assert heard.frames == [payload for payload, _ in ours]
+    assert stream.srtp_dropped == 0 and other.srtp_dropped == 0 and other.counters.packets_received == 1

@@ -28,10 +28,23 @@ them into its buffer, then copy the result out into another new ``bytes``. Here
 the contexts are driven through pylibsrtp's own cffi binding (``pylibsrtp.ffi``
 and ``pylibsrtp.lib``, the layer its classes wrap) so that :meth:`protect_frame`
 writes the preallocated header and the memoryview of the cached audio straight
-into the call's buffer and hands back a memoryview of the result for
-``sendmsg``: no ``bytes`` object per packet on the send path. Inbound, the
-datagram is copied in once and the plaintext out once (a new ``bytes``: the
-caller's audio is kept by the reorder buffer, so it must own its packet).
+into a send buffer and hands back a memoryview of the result for ``sendto``: no
+``bytes`` object per packet on the send path. Inbound, :meth:`unprotect_view`
+copies the datagram in once and hands back a (writable) memoryview of the
+plaintext in place; :meth:`unprotect` copies it out into a new ``bytes`` for a
+caller that keeps the packet. Per packet this costs one cffi call and no cffi
+object: the session pointers, the buffers and their length cells are made once.
+
+The buffers are per thread, not per call: the server is single-threaded and
+every packet is protected or unprotected and handed on synchronously, so one
+send buffer and one receive buffer serve every call (two buffers of
+:data:`_BUFFER_SIZE` less per call, and the one buffer stays in the CPU's cache).
+The price is that a view is valid only until the next ``protect*`` (send buffer)
+or ``unprotect*`` (receive buffer) on the same thread, by any call: hand it to
+``sendto`` at once, or read it before returning and copy what is kept (the
+reorder buffer copies writable buffers, see ``media/reorder.py``). A
+:class:`CallSrtp` takes the buffers of the thread that makes it: use it there
+(the server's calls all live on the event loop's thread).
 The figures are in docs/BENCHMARKS.md (``python -m eko_bench.srtp_measure``).
 
 Failures: a packet that fails authentication, a replayed one (RFC 3711 §3.3.2:
@@ -53,6 +66,7 @@ new keys.
 from __future__ import annotations
 
 import enum
+import threading
 
 from pylibsrtp import ERRORS, ffi, lib
 
@@ -123,52 +137,72 @@ def _status_text(status: int) -> str:
     return ERRORS[status] if 0 <= status < len(ERRORS) else f"libsrtp status {status}"
 
 
-class _Context:
-    """One libsrtp session (``srtp_t``) for one direction, with its own packet buffer."""
+class _Buffer:
+    """A packet buffer libsrtp transforms in place, with its length cell (``int *``)."""
 
-    __slots__ = ("srtp", "buffer", "view", "length")
+    __slots__ = ("buffer", "view", "length")
 
-    def __init__(self, *, suite: CryptoSuite, master: bytes, outbound: bool, window: int):
-        profile = SUITE_PROFILES[suite]
-        policy = ffi.new("srtp_policy_t *")  # zeroed: no next policy, default options
-        for set_profile, crypto_policy in (
-            (lib.srtp_crypto_policy_set_from_profile_for_rtp, policy.rtp),
-            (lib.srtp_crypto_policy_set_from_profile_for_rtcp, policy.rtcp),
-        ):
-            status = set_profile(ffi.addressof(crypto_policy), profile)
-            if status != _STATUS_OK:
-                raise SrtpError(f"libsrtp cannot run {suite.value}: {_status_text(status)}")
-        key = ffi.new("unsigned char[]", len(master))
-        key[0:len(master)] = master
-        policy.key = key
-        policy.ssrc.type = lib.ssrc_any_outbound if outbound else lib.ssrc_any_inbound
-        policy.window_size = window
-        srtp = ffi.new("srtp_t *")
-        status = lib.srtp_create(srtp, policy)
-        # libsrtp derived its session keys from the master: wipe our C copy of it.
-        key[0:len(master)] = bytes(len(master))
-        if status != _STATUS_OK:
-            raise SrtpError(f"libsrtp refused the {suite.value} keys: {_status_text(status)}")
-        self.srtp = ffi.gc(srtp, _dealloc)
+    def __init__(self) -> None:
         self.buffer = ffi.new("unsigned char[]", _BUFFER_SIZE)
         self.view = memoryview(ffi.buffer(self.buffer))
         self.length = ffi.new("int *")
 
-    def close(self) -> None:
-        if self.srtp is not None:
-            srtp, self.srtp = self.srtp, None
-            ffi.release(srtp)  # runs _dealloc now, which zeroes libsrtp's keys
+
+_thread = threading.local()
+
+
+def _thread_buffers() -> tuple[_Buffer, _Buffer]:
+    """This thread's (send, receive) buffers, shared by all its calls (see above)."""
+    buffers = getattr(_thread, "buffers", None)
+    if buffers is None:
+        buffers = _thread.buffers = (_Buffer(), _Buffer())
+    return buffers
+
+
+def _session(*, suite: CryptoSuite, master: bytes, outbound: bool, window: int):
+    """One libsrtp session (``srtp_t``) for one direction: its owning ``srtp_t *``."""
+    profile = SUITE_PROFILES[suite]
+    policy = ffi.new("srtp_policy_t *")  # zeroed: no next policy, default options
+    for set_profile, crypto_policy in (
+        (lib.srtp_crypto_policy_set_from_profile_for_rtp, policy.rtp),
+        (lib.srtp_crypto_policy_set_from_profile_for_rtcp, policy.rtcp),
+    ):
+        status = set_profile(ffi.addressof(crypto_policy), profile)
+        if status != _STATUS_OK:
+            raise SrtpError(f"libsrtp cannot run {suite.value}: {_status_text(status)}")
+    key = ffi.new("unsigned char[]", len(master))
+    key[0:len(master)] = master
+    policy.key = key
+    policy.ssrc.type = lib.ssrc_any_outbound if outbound else lib.ssrc_any_inbound
+    policy.window_size = window
+    srtp = ffi.new("srtp_t *")
+    status = lib.srtp_create(srtp, policy)
+    # libsrtp derived its session keys from the master: wipe our C copy of it.
+    key[0:len(master)] = bytes(len(master))
+    if status != _STATUS_OK:
+        raise SrtpError(f"libsrtp refused the {suite.value} keys: {_status_text(status)}")
+    return ffi.gc(srtp, _dealloc)
 
 
 def _dealloc(srtp) -> None:
     lib.srtp_dealloc(srtp[0])
 
 
+# The four per-packet functions, looked up once (a ``lib`` attribute is a lookup per call).
+_protect = lib.srtp_protect
+_protect_rtcp = lib.srtp_protect_rtcp
+_unprotect = lib.srtp_unprotect
+_unprotect_rtcp = lib.srtp_unprotect_rtcp
+# What a closed CallSrtp passes for its sessions: cffi refuses it (TypeError), where
+# None would pass as NULL into libsrtp, or a kept pointer would reach freed memory.
+_CLOSED = object()
+
+
 class CallSrtp:
     """One call's SRTP: an outbound context with our key, an inbound one with the peer's."""
 
-    __slots__ = ("keys", "rtp_drops", "rtcp_drops", "counters", "_outbound", "_inbound", "_mki",
-                 "_rtp_trailing", "_rtcp_trailing", "_rtp_minimum", "_rtcp_minimum")
+    __slots__ = ("keys", "rtp_drops", "rtcp_drops", "counters", "_owners", "_send_session", "_receive_session",
+                 "_send", "_receive", "_mki", "_rtp_trailing", "_rtcp_trailing", "_rtp_minimum", "_rtcp_minimum")
 
     def __init__(self, keys: SrtpKeys, *, counters: SrtpCounters | None = None):
         if not isinstance(keys, SrtpKeys):
@@ -178,8 +212,13 @@ class CallSrtp:
         self.counters = counters
         self.rtp_drops = dict.fromkeys(DropReason, 0)
         self.rtcp_drops = dict.fromkeys(DropReason, 0)
-        self._outbound = _Context(suite=suite, master=keys.send_master, outbound=True, window=keys.replay_window)
-        self._inbound = _Context(suite=suite, master=keys.receive_master, outbound=False, window=keys.replay_window)
+        outbound = _session(suite=suite, master=keys.send_master, outbound=True, window=keys.replay_window)
+        inbound = _session(suite=suite, master=keys.receive_master, outbound=False, window=keys.replay_window)
+        self._owners: tuple | None = (outbound, inbound)  # freeing them frees the sessions
+        # The srtp_t values, read once: ``owner[0]`` would make a cdata object per packet.
+        self._send_session = outbound[0]
+        self._receive_session = inbound[0]
+        self._send, self._receive = _thread_buffers()
         self._mki = keys.receive_mki.octets if keys.receive_mki is not None else None
         # What follows the MKI (see the layouts above): the tag for AES-CM, nothing for AEAD.
         self._rtp_trailing = 0 if suite.is_aead else suite.rtp_tag_length
@@ -191,23 +230,23 @@ class CallSrtp:
     # -- sending -----------------------------------------------------------------
 
     def protect_frame(self, header, payload) -> memoryview:
-        """SRTP of ``header`` + ``payload`` (any buffers), as a view of the call's send buffer.
+        """SRTP of ``header`` + ``payload`` (any buffers), as a view of the thread's send buffer.
 
-        The view is valid until the next ``protect*`` call on this object: hand it
-        to ``sendmsg`` at once, never keep it.
+        The view is valid until the next ``protect*`` call on this thread (any
+        call's): hand it to ``sendto`` at once, never keep it.
         """
-        context = self._outbound
-        view = context.view
+        send = self._send
+        view = send.view
         header_length = len(header)
         total = header_length + len(payload)
         if total > MAX_PACKET:
             raise SrtpError(f"an RTP packet of {total} octets exceeds {MAX_PACKET}")
         view[:header_length] = header
         view[header_length:total] = payload
-        length = context.length
+        length = send.length
         length[0] = total
-        status = lib.srtp_protect(context.srtp[0], context.buffer, length)
-        if status != _STATUS_OK:
+        status = _protect(self._send_session, send.buffer, length)
+        if status:
             raise SrtpError(f"cannot protect an RTP packet: {_status_text(status)}")
         return view[: length[0]]
 
@@ -217,42 +256,61 @@ class CallSrtp:
 
     def protect_rtcp(self, packet) -> bytes:
         """SRTCP of a (compound) RTCP packet, as new ``bytes``."""
-        context = self._outbound
+        send = self._send
         total = len(packet)
         if total > MAX_PACKET:
             raise SrtpError(f"an RTCP packet of {total} octets exceeds {MAX_PACKET}")
-        context.view[:total] = packet
-        length = context.length
+        send.view[:total] = packet
+        length = send.length
         length[0] = total
-        status = lib.srtp_protect_rtcp(context.srtp[0], context.buffer, length)
-        if status != _STATUS_OK:
+        status = _protect_rtcp(self._send_session, send.buffer, length)
+        if status:
             raise SrtpError(f"cannot protect an RTCP packet: {_status_text(status)}")
-        return bytes(context.view[: length[0]])
+        return bytes(send.view[: length[0]])
 
     # -- receiving ---------------------------------------------------------------
 
-    def unprotect(self, datagram) -> bytes | None:
-        """The RTP packet inside an SRTP datagram, or None (counted in :attr:`rtp_drops`)."""
-        reason = self._load(datagram, self._rtp_minimum, self._rtp_trailing)
+    def unprotect_view(self, datagram) -> memoryview | None:
+        """The RTP packet inside an SRTP datagram as a view of the thread's receive
+        buffer, or None (counted in :attr:`rtp_drops`).
+
+        The view is writable and valid until the next ``unprotect*`` on this thread
+        (any call's): read it now, copy what is kept (or use :meth:`unprotect`).
+        """
+        receive = self._receive
+        view = receive.view
+        length = receive.length
+        total = len(datagram)
+        if self._mki is None and self._rtp_minimum <= total <= MAX_PACKET:
+            view[:total] = datagram  # the common case inline: no MKI to cut out
+            length[0] = total
+            reason = None
+        else:
+            reason = self._load(datagram, self._rtp_minimum, self._rtp_trailing)
         if reason is None:
-            context = self._inbound
-            status = lib.srtp_unprotect(context.srtp[0], context.buffer, context.length)
-            if status == _STATUS_OK:
-                return bytes(context.view[: context.length[0]])
+            status = _unprotect(self._receive_session, receive.buffer, length)
+            if not status:
+                return view[: length[0]]
             reason = _DROP_BY_STATUS.get(status, DropReason.OTHER)
         self.rtp_drops[reason] += 1
         if self.counters is not None:
             self.counters.rtp[reason] += 1
         return None
 
+    def unprotect(self, datagram) -> bytes | None:
+        """The RTP packet inside an SRTP datagram as new ``bytes``, or None (counted in
+        :attr:`rtp_drops`)."""
+        packet = self.unprotect_view(datagram)
+        return bytes(packet) if packet is not None else None
+
     def unprotect_rtcp(self, datagram) -> bytes | None:
         """The RTCP packet inside an SRTCP datagram, or None (counted in :attr:`rtcp_drops`)."""
         reason = self._load(datagram, self._rtcp_minimum, self._rtcp_trailing)
         if reason is None:
-            context = self._inbound
-            status = lib.srtp_unprotect_rtcp(context.srtp[0], context.buffer, context.length)
-            if status == _STATUS_OK:
-                return bytes(context.view[: context.length[0]])
+            receive = self._receive
+            status = _unprotect_rtcp(self._receive_session, receive.buffer, receive.length)
+            if not status:
+                return bytes(receive.view[: receive.length[0]])
             reason = _DROP_BY_STATUS.get(status, DropReason.OTHER)
         self.rtcp_drops[reason] += 1
         if self.counters is not None:
@@ -260,16 +318,16 @@ class CallSrtp:
         return None
 
     def _load(self, datagram, minimum: int, trailing: int) -> DropReason | None:
-        """Copy ``datagram`` into the inbound buffer, its MKI checked and cut out."""
+        """Copy ``datagram`` into the receive buffer, its MKI checked and cut out."""
         total = len(datagram)
         if not minimum <= total <= MAX_PACKET:
             return DropReason.MALFORMED
-        context = self._inbound
-        view = context.view
+        receive = self._receive
+        view = receive.view
         mki = self._mki
         if mki is None:
             view[:total] = datagram
-            context.length[0] = total
+            receive.length[0] = total
             return None
         mki_end = total - trailing
         mki_start = mki_end - len(mki)
@@ -277,10 +335,13 @@ class CallSrtp:
             return DropReason.MKI
         view[:mki_start] = datagram[:mki_start]
         view[mki_start: mki_start + trailing] = datagram[mki_end:]
-        context.length[0] = mki_start + trailing
+        receive.length[0] = mki_start + trailing
         return None
 
     def close(self) -> None:
-        """Free both contexts now (libsrtp zeroes its keys); the object is unusable after."""
-        self._outbound.close()
-        self._inbound.close()
+        """Free both sessions now (libsrtp zeroes its keys); the object is unusable after."""
+        owners, self._owners = self._owners, None
+        self._send_session = self._receive_session = _CLOSED
+        if owners is not None:
+            for owner in owners:
+                ffi.release(owner)  # runs _dealloc now, which zeroes libsrtp's keys

@@ -36,7 +36,11 @@ buffer, and the memoryview it returns goes out in one ``sendto``: the cipher's o
 copy, no ``bytes`` per packet. Inbound, every datagram is unprotected before
 anything reads it: the latch only ever sees a packet that authenticated (a forged
 or replayed one, from the caller's own address or not, never moves it nor keeps
-the call alive), and DTMF and the caller's audio see the plaintext. Drops are
+the call alive), and DTMF and the caller's audio see the plaintext. The plaintext
+is a writable view of the thread's receive buffer (``unprotect_view``), valid
+until the next datagram: everything here reads it at once, and ``on_audio`` must
+copy what it keeps (the ears' reorder buffer copies writable buffers), so a call
+nobody listens to copies nothing. Drops are
 counted by reason in the call's :class:`CallSrtp` and the server's
 :class:`SrtpCounters`.
 """
@@ -344,7 +348,7 @@ class MediaStream:
             # Before anything reads it: only an authenticated, fresh packet goes on.
             if self.closed:
                 return  # the contexts are freed
-            data = srtp.unprotect(data)
+            data = srtp.unprotect_view(data)  # valid until the next datagram: read now, copy to keep
             if data is None:
                 return  # counted by reason in the call's CallSrtp and the server's SrtpCounters
         try:
