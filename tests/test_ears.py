@@ -102,7 +102,7 @@ async def test_a_gap_the_caller_never_fills_is_given_up_after_the_patience(autoj
     recorder = Recorder()
     ears = CallerAudio(vad=None, on_speech=lambda event: None, recorder=recorder)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(ears.watch_gaps, 0.060)
+        ears.watch_gaps(nursery, 0.060)
         ears.feed(0, rtp(0, frame(1)), "PCMU", 0.0)
         ears.feed(2, rtp(2, frame(3)), "PCMU", 0.04)  # 1 is lost, and the caller pauses after 2
         assert len(recorder.frames) == 1

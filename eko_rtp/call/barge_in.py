@@ -65,8 +65,7 @@ class BargeIn:
         self.speech_ended_at: float | None = None
         self.interruptions = 0
         self.listeners = 0  # scripts waiting in call.listen(): they want the VAD's view too
-        self._quiet = trio.Event()
-        self._quiet.set()
+        self._quiet: trio.Event | None = None  # made when speech starts, set when it ends
 
     def wants_voice_activity(self) -> bool:
         """Whether anyone needs the VAD's decisions now: an interruptible phrase, a
@@ -76,7 +75,7 @@ class BargeIn:
     async def wait_for_quiet(self, limit: float) -> None:
         """Return once the caller is not speaking (at most ``limit`` s): an interruptible
         phrase does not start over a caller still talking (turn taking)."""
-        if self.speaking:
+        if self.speaking and self._quiet is not None:
             with trio.move_on_after(limit):
                 await self._quiet.wait()
 
@@ -106,5 +105,7 @@ class BargeIn:
             self._interrupt()
         else:
             self.speaking = False
-            self._quiet.set()
+            if self._quiet is not None:
+                self._quiet.set()  # its waiters hold it: the call need not
+                self._quiet = None
             self.speech_ended_at = event.at

@@ -163,7 +163,7 @@ class Call:
                 if self._speech is not None:
                     nursery.start_soon(self._recognize)
                 if self.ears is not None:
-                    nursery.start_soon(self.ears.watch_gaps, self.timers.flush_after)
+                    self.ears.watch_gaps(nursery, self.timers.flush_after)  # a task only while a gap is open
                 nursery.start_soon(self._run_script)
         finally:
             self.stream.close()

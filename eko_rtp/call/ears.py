@@ -63,7 +63,7 @@ class CallerAudio:
     __slots__ = (
         "_vad", "_vad_wanted", "_on_speech", "_recorder", "_codec", "_reorder", "_last_frame_time", "_ring",
         "_ring_ready", "_asr", "_asr_batch", "frames", "packets_invalid", "frames_dropped", "asr_frames_dropped",
-        "closed", "speaking", "_gap", "_idle",
+        "closed", "speaking", "_gap_nursery", "_gap_patience", "_gap_watched", "_idle",
     )
 
     def __init__(self, *, vad: VoiceActivityDetector | None, on_speech: Callable[[SpeechEvent], None],
@@ -85,7 +85,10 @@ class CallerAudio:
         self.asr_frames_dropped = 0
         self.closed = False
         self.speaking = False  # between SpeechStarted and SpeechEnded
-        self._gap = trio.Event()  # set while the reorder buffer holds packets behind a gap
+        # Where a task waits out a gap (watch_gaps): started only while one is open.
+        self._gap_nursery: trio.Nursery | None = None
+        self._gap_patience = 0.0
+        self._gap_watched = False
         self._idle = False  # packets were skipped: nobody needed them
 
     @property
@@ -99,7 +102,8 @@ class CallerAudio:
         number and adds no audio."""
         if self.closed:
             return
-        if not self._needed():
+        vad = self._wanted_vad()  # asked once a packet
+        if vad is None and self._asr is None and self._ring is None and self._recorder is None:
             self._idle = True
             return
         if datagram is None:
@@ -110,45 +114,63 @@ class CallerAudio:
             except RtpError:
                 self.packets_invalid += 1
                 return
-            payload = memoryview(datagram)[start:end]
+            # A slice of the datagram: bytes the VAD and the recognizer's batch read as
+            # they are (a view would have to be copied for the VAD's decoding anyway).
+            payload = datagram[start:end]
         if codec != self._codec or self._idle:
             self._idle = False
             self._switch_codec(codec)
-        frames = self._reorder.push(sequence, payload)
+        reorder = self._reorder
+        frames = reorder.push(sequence, payload)
         if frames:
-            self._hear(frames, now)
-        if self._reorder.held and not self._gap.is_set():
-            self._gap.set()
+            self._hear(frames, now, vad)
+        if reorder.held and not self._gap_watched:
+            self._watch_gap()
 
-    async def watch_gaps(self, patience: float) -> None:
+    def watch_gaps(self, nursery: trio.Nursery, patience: float) -> None:
         """Hear what waits behind a gap once the caller has sent nothing for ``patience`` s.
 
         The reorder buffer waits for a missing packet until later ones push it out;
         a caller that pauses right after a loss (DTX, the end of a phrase) pushes
-        nothing, so this task gives up on the gap instead. It sleeps only while a
-        gap is open: no wake-ups per call otherwise.
+        nothing, so a task of ``nursery`` (the call's) gives up on the gap instead.
+        The task is started when a gap opens and ends with it: no task, and no
+        wake-ups, per call otherwise.
         """
-        while not self.closed:
-            await self._gap.wait()
+        self._gap_nursery = nursery
+        self._gap_patience = patience
+
+    def _watch_gap(self) -> None:
+        if self._gap_nursery is None:
+            return
+        try:
+            self._gap_nursery.start_soon(self._wait_out_gap)
+        except RuntimeError:
+            return  # the call's nursery is closing: the call is ending
+        self._gap_watched = True
+
+    async def _wait_out_gap(self) -> None:
+        try:
             heard = -1
             while self._reorder.held and self.frames != heard:
                 heard = self.frames
-                await trio.sleep(patience)
-            if self._reorder.held:
+                await trio.sleep(self._gap_patience)
+            if self._reorder.held and not self.closed:
                 self.flush(trio.current_time())
-            self._gap = trio.Event()
+        finally:
+            self._gap_watched = False
 
     def flush(self, now: float) -> None:
         """The caller paused (or the call ends): give up on gaps and hear what is held."""
         frames = self._reorder.flush()
         if frames:
-            self._hear(frames, now)
+            self._hear(frames, now, self._wanted_vad())
 
     def close(self) -> None:
         """The call ended: end the speech in progress and every reader."""
         if self.closed:
             return
         self.closed = True
+        self._gap_nursery = None  # no reference from the call's state to its finished nursery
         if self._vad is not None and self.speaking:
             event = self._vad.finish()
             if event is not None:
@@ -156,7 +178,6 @@ class CallerAudio:
         self.close_asr_channel()
         if self._ring_ready is not None:
             self._ring_ready.set()
-        self._gap.set()
 
     # -- readers -----------------------------------------------------------------------
 
@@ -197,11 +218,12 @@ class CallerAudio:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _needed(self) -> bool:
-        """Whether anyone takes the caller's frames now."""
-        if self._asr is not None or self._ring is not None or self._recorder is not None:
-            return True
-        return self._vad is not None and (self._vad_wanted is None or self._vad_wanted())
+    def _wanted_vad(self) -> VoiceActivityDetector | None:
+        """The detector, while anyone needs its decisions."""
+        vad = self._vad
+        if vad is not None and self._vad_wanted is not None and not self._vad_wanted():
+            return None
+        return vad
 
     def _switch_codec(self, codec: str) -> None:
         # A re-INVITE changed the codec, or the ears were idle: a new stream of frames,
@@ -209,10 +231,7 @@ class CallerAudio:
         self._codec = codec
         self._reorder = ReorderBuffer(ALAW_SILENCE if codec == "PCMA" else ULAW_SILENCE)
 
-    def _hear(self, frames: list, now: float) -> None:
-        vad = self._vad
-        if vad is not None and self._vad_wanted is not None and not self._vad_wanted():
-            vad = None
+    def _hear(self, frames: list, now: float, vad: VoiceActivityDetector | None) -> None:
         asr = self._asr
         ring = self._ring
         recorder = self._recorder

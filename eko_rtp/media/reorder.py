@@ -73,14 +73,24 @@ MAX_JUMP = 100  # positions: 2 s of loss is concealed; further away is another s
 MAX_PAYLOAD_BYTES = 8 * FRAME_BYTES  # 160 ms of G.711 in one packet
 
 _SEQUENCE_MASK = SEQUENCE_MODULUS - 1
+_SILENCE_FRAMES: dict[int, bytes] = {}  # codec silence byte -> one frame of it, shared by every buffer
 _HISTORY_MASK = (1 << MAX_JUMP) - 1
+
+
+def _silence_frame(codec_silence: int) -> bytes:
+    frame = _SILENCE_FRAMES.get(codec_silence)
+    if frame is None:
+        frame = _SILENCE_FRAMES[codec_silence] = bytes((codec_silence,)) * FRAME_BYTES
+    return frame
 
 
 class ReorderBuffer:
     """Inbound audio packets in, in-order 160-byte frames out; gaps filled with silence.
 
     Counters (read them, never write them): ``packets_late``, ``packets_duplicate``,
-    ``packets_refused``, ``packets_stray``, ``packets_concealed``, ``resets``.
+    ``packets_refused``, ``packets_stray``, ``packets_concealed``, ``resets``; and
+    ``held``, the packets waiting behind a gap (a plain attribute: the shell reads it
+    after every packet).
     """
 
     __slots__ = (
@@ -89,7 +99,7 @@ class ReorderBuffer:
         "_gap_fill",
         "_slots",
         "_head",
-        "_held",
+        "held",
         "_next",
         "_received",
         "_partial",
@@ -108,13 +118,13 @@ class ReorderBuffer:
         if type(window) is not int or not 1 <= window <= MAX_WINDOW:
             raise ValueError(f"window must be 1..{MAX_WINDOW} frames, not {window!r}")
         self.window = window
-        self._silence_frame = bytes((codec_silence,)) * FRAME_BYTES
+        self._silence_frame = _silence_frame(codec_silence)
         # Stands in for one missing packet: silence as long as the latest payload.
         self._gap_fill = self._silence_frame
         # A ring of `window` places; _slots[_head] is the position of sequence _next.
         self._slots: list[bytes | memoryview | None] = [None] * window
         self._head = 0
-        self._held = 0
+        self.held = 0
         self._next: int | None = None  # None until the first packet
         # Bit i set: position _next - 1 - i came out as a packet (not as silence).
         self._received = 0
@@ -126,11 +136,6 @@ class ReorderBuffer:
         self.packets_stray = 0
         self.packets_concealed = 0
         self.resets = 0
-
-    @property
-    def held(self) -> int:
-        """Packets waiting behind a gap."""
-        return self._held
 
     @property
     def expected(self) -> int | None:
@@ -150,7 +155,7 @@ class ReorderBuffer:
         expected = self._next
         if expected is None:
             expected = self._next = sequence
-        if (sequence == expected and not self._held and not self._partial and size == FRAME_BYTES
+        if (sequence == expected and not self.held and not self._partial and size == FRAME_BYTES
                 and self._gap_fill is self._silence_frame):
             # The common case, inline: the expected 20 ms packet, nothing held.
             self._next = (sequence + 1) & _SEQUENCE_MASK
@@ -164,7 +169,7 @@ class ReorderBuffer:
         """Give up on every gap: held packets come out in order, gaps before them as silence,
         and a partial frame is completed with silence. Tracking goes on."""
         out: list[bytes | memoryview] = []
-        while self._held:
+        while self.held:
             self._release(out)
         partial = self._partial
         if partial:
@@ -200,7 +205,7 @@ class ReorderBuffer:
         if size and size != len(self._gap_fill):
             self._gap_fill = self._silence_frame if size == FRAME_BYTES else self._silence_frame[:1] * size
         slots[place] = payload
-        self._held += 1
+        self.held += 1
         while slots[self._head] is not None:
             self._release(out)
 
@@ -214,7 +219,7 @@ class ReorderBuffer:
             self._received = (self._received << 1) & _HISTORY_MASK
         else:
             self._slots[head] = None
-            self._held -= 1
+            self.held -= 1
             self._emit(payload, out)
             self._received = ((self._received << 1) | 1) & _HISTORY_MASK
         head += 1
@@ -241,7 +246,7 @@ class ReorderBuffer:
             self._stray = None
             self.packets_stray -= 1
             self.resets += 1
-            while self._held:
+            while self.held:
                 self._release(out)
             self._next = stray[0]
             self._received = 0

@@ -77,6 +77,9 @@ _MAX_GATE_DBFS = -10.0  # above this no speaker opens the gate
 _MAX_MIN_SPEECH_MS = 1000
 _MAX_HANGOVER_MS = 10_000
 _MAX_WARMUP_MS = 2000
+# A frame later than this after the last one may have frames missing before it (the
+# exact count is rounded): below it, no division per frame.
+_MISSING_AFTER = 1.4 * FRAME_SECONDS
 
 
 # -- the tables ------------------------------------------------------------------
@@ -202,20 +205,39 @@ class FrameClassifier(Protocol):
         ...
 
 
+def _require_webrtcvad():
+    try:
+        import webrtcvad
+    except ImportError:
+        raise RuntimeError("the VAD needs the webrtcvad module: pip install webrtcvad-wheels") from None
+    return webrtcvad
+
+
 class WebRtcClassifier:
     """The WebRTC VAD (package ``webrtcvad-wheels``): a GMM on six sub-band energies."""
 
+    __slots__ = ("_vad", "_process")
+
     def __init__(self, aggressiveness: int):
-        try:
-            import webrtcvad
-        except ImportError:
-            raise RuntimeError("the VAD needs the webrtcvad module: pip install webrtcvad-wheels") from None
+        webrtcvad = _require_webrtcvad()
         if isinstance(aggressiveness, bool) or aggressiveness not in (0, 1, 2, 3):
             raise ValueError(f"WebRTC VAD aggressiveness must be 0, 1, 2 or 3, not {aggressiveness!r}")
-        self._is_speech = webrtcvad.Vad(aggressiveness).is_speech
+        vad = webrtcvad.Vad(aggressiveness)
+        # ``Vad.is_speech`` is a Python wrapper that checks the length against the
+        # buffer and calls the extension's ``process``: calling that directly, with
+        # the length taken from the buffer itself, saves a Python call per frame. The
+        # public method stays the fallback should a release of the package move it.
+        process = getattr(getattr(webrtcvad, "_webrtcvad", None), "process", None)
+        handle = getattr(vad, "_vad", None)
+        if process is None or handle is None:
+            self._vad, self._process = vad, None
+        else:
+            self._vad, self._process = handle, process
 
     def is_speech(self, pcm: bytearray) -> bool:
-        return self._is_speech(pcm, SAMPLE_RATE)
+        if self._process is None:
+            return self._vad.is_speech(pcm, SAMPLE_RATE)
+        return self._process(self._vad, SAMPLE_RATE, pcm, len(pcm) >> 1)
 
 
 # -- the state machine -----------------------------------------------------------
@@ -246,41 +268,73 @@ TRANSITIONS: dict[tuple[VadState, bool], VadState] = {
 class VoiceActivityDetector:
     """One call's voice activity: feed each inbound frame, get speech start and end events."""
 
-    __slots__ = ("settings", "state", "frames", "_classifier", "_threshold", "_start_frames", "_hangover_frames",
-                 "_warmup_frames", "_frame", "_pcm", "_run", "_run_start", "_speech_start", "_last_voiced_end",
-                 "_last_now")
+    # One per call, kept for its life. The WebRTC state and the frame buffers are made
+    # by the first frame: a call nobody listens to never pays for them.
+    __slots__ = ("settings", "state", "frames", "_classifier", "_is_speech", "_threshold", "_start_frames",
+                 "_hangover_frames", "_warmup_frames", "_frame", "_pcm", "_run", "_run_start", "_speech_start",
+                 "_last_voiced_end", "_last_now", "_moves", "_moves_of")
 
     def __init__(self, settings: VadSettings = VadSettings(), classifier: FrameClassifier | None = None):
         self.settings = settings
         self.state = VadState.QUIET
         self.frames = 0  # frames fed
-        self._classifier = WebRtcClassifier(settings.aggressiveness) if classifier is None else classifier
+        if classifier is None:
+            _require_webrtcvad()  # fail now, not at the first frame
+        self._classifier = classifier  # None: a WebRtcClassifier, made by the first frame
+        self._is_speech = None if classifier is None else classifier.is_speech
         self._threshold = -1 if settings.gate_dbfs is None else _gate_threshold(settings.gate_dbfs)
         self._start_frames = settings.start_frames
         self._hangover_frames = settings.hangover_frames
         self._warmup_frames = settings.warmup_frames
-        self._frame = bytearray(FRAME_BYTES)
-        self._pcm = bytearray(2 * FRAME_BYTES)
+        self._frame: bytearray | None = None  # made by the first frame that is not ``bytes``
+        self._pcm: bytearray | None = None
         self._run = 0  # frames in the current run: voiced in ONSET, unvoiced in TRAILING
         self._run_start = 0.0  # start of the ONSET run's first frame
         self._speech_start = 0.0  # SpeechStarted's ``at``
         self._last_voiced_end = 0.0
         self._last_now: float | None = None
+        # TRANSITIONS' row of the state in ``_moves_of`` (unvoiced, voiced), looked up
+        # again only when the state changes: hashing an Enum member is a Python call.
+        self._moves_of: VadState | None = None
+        self._moves: tuple[VadState, VadState] = (VadState.QUIET, VadState.ONSET)
 
     def feed(self, payload: bytes | bytearray | memoryview, codec: str,
              now: float) -> SpeechStarted | SpeechEnded | None:
         """Take the frame starting at ``now`` (s) of ``codec`` ("PCMU"/"PCMA"); the event it decided, if any."""
-        _check_frame(payload, codec)
-        self.frames += 1
+        linear = _LINEAR.get(codec)
+        if linear is None or len(payload) != FRAME_BYTES:
+            _check_frame(payload, codec)  # raises
+        frames = self.frames = self.frames + 1
         event = None
         last_now = self._last_now
         self._last_now = now
-        if last_now is not None:
+        if last_now is not None and now - last_now > _MISSING_AFTER:
             # Frames that never came are unvoiced; a long gap ends speech by itself.
             missing = round((now - last_now) / FRAME_SECONDS) - 1
             if missing > 0:
                 event = self._missing(missing)
-        step = self._step(self._voiced(payload, codec), now)
+        # The classifier hears every frame (see the module's docstring), as linear PCM.
+        pcm = self._pcm
+        is_speech = self._is_speech
+        if pcm is None or is_speech is None:
+            pcm, is_speech = self._first_frame()
+        if type(payload) is not bytes:
+            # A view into the datagram has no translate: copy it into the buffer kept for that.
+            frame = self._frame
+            if frame is None:
+                frame = self._frame = bytearray(FRAME_BYTES)
+            frame[:] = payload
+            payload = frame
+        pcm[0::2] = payload.translate(linear[0])
+        pcm[1::2] = payload.translate(linear[1])
+        speech = is_speech(pcm)
+        if frames <= self._warmup_frames:
+            voiced = False
+        elif speech and self._threshold >= 0 and (self.state is VadState.QUIET or self.state is VadState.ONSET):
+            voiced = _scaled_energy(payload, codec) >= self._threshold
+        else:
+            voiced = bool(speech)
+        step = self._step(voiced, now)
         # Both at once is impossible: a gap's SpeechEnded leaves QUIET, and from
         # QUIET one frame cannot start speech (min_speech_ms is two frames at least).
         return step if event is None else event
@@ -295,27 +349,20 @@ class VoiceActivityDetector:
 
     # -- internals ---------------------------------------------------------------
 
-    def _voiced(self, payload: bytes | bytearray | memoryview, codec: str) -> bool:
-        if type(payload) is not bytes:
-            # A view into the datagram (rtp.RtpPacket.payload) has no translate:
-            # copy it into the buffer kept for that, once.
-            frame = self._frame
-            frame[:] = payload
-            payload = frame
-        low_bytes, high_bytes = _LINEAR[codec]
-        pcm = self._pcm
-        pcm[0::2] = payload.translate(low_bytes)
-        pcm[1::2] = payload.translate(high_bytes)
-        speech = self._classifier.is_speech(pcm)
-        if self.frames <= self._warmup_frames:
-            return False
-        if speech and self._threshold >= 0 and (self.state is VadState.QUIET or self.state is VadState.ONSET):
-            return _scaled_energy(payload, codec) >= self._threshold
-        return bool(speech)
+    def _first_frame(self) -> tuple[bytearray, object]:
+        if self._classifier is None:
+            self._classifier = WebRtcClassifier(self.settings.aggressiveness)
+            self._is_speech = self._classifier.is_speech
+        if self._pcm is None:
+            self._pcm = bytearray(2 * FRAME_BYTES)
+        return self._pcm, self._is_speech
 
     def _step(self, voiced: bool, now: float) -> SpeechStarted | SpeechEnded | None:
         state = self.state
-        following = TRANSITIONS[state, voiced]
+        if state is not self._moves_of:
+            self._moves = (TRANSITIONS[state, False], TRANSITIONS[state, True])
+            self._moves_of = state
+        following = self._moves[voiced]
         if voiced:
             self._last_voiced_end = now + FRAME_SECONDS
             if following is VadState.ONSET:
