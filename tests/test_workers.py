@@ -262,6 +262,18 @@ def consecutive_free_ports(count: int) -> int:
     raise RuntimeError(f"no {count} consecutive free ports found")
 
 
+def plan_two_workers(directory: Path, *, rtp_low: int) -> tuple[Path, tuple[Worker, ...]]:
+    """A config in ``directory`` for two workers on the first two CPUs we may use, SIP on two free
+    consecutive ports, RTP from ``rtp_low`` (800 ports); the file and its plan."""
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    base = consecutive_free_ports(2)
+    config_file = directory / "eko-rtp.toml"
+    config_file.write_text(
+        f'[sip]\nlisten = "{LOOPBACK}:{base}"\n[media]\nrtp_ports = "{rtp_low}-{rtp_low + 799}"\n'
+        f'cpus = "{cpus[0]},{cpus[1]}"\n[tts]\ndynamic_cache_dir = "{directory / "dynamic"}"\n', encoding="utf-8")
+    return config_file, plan_workers(WorkerSettings.from_config(load_config(config_file)), 2)
+
+
 class Workers:
     """The planned workers as ``eko-rtp serve --worker I --workers N`` processes, pinned like CPUAffinity= would."""
 
@@ -299,14 +311,8 @@ class Workers:
 @pytest.mark.interop
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two workers need two CPUs")
 def test_two_workers_behind_the_front_take_200_calls_through_a_rolling_restart(built_cache, tmp_path):
-    cpus = sorted(os.sched_getaffinity(0))[:2]
-    base = consecutive_free_ports(2)
-    low = 41000 + 2 * (os.getpid() % 1000) * 2  # apart from the bench's 10000-19999 and other tests' 30000-60000 draws
-    config_file = tmp_path / "eko-rtp.toml"
-    config_file.write_text(
-        f'[sip]\nlisten = "{LOOPBACK}:{base}"\n[media]\nrtp_ports = "{low}-{low + 799}"\ncpus = "{cpus[0]},{cpus[1]}"\n'
-        f'[tts]\ndynamic_cache_dir = "{tmp_path / "dynamic"}"\n', encoding="utf-8")
-    workers = plan_workers(WorkerSettings.from_config(load_config(config_file)), 2)
+    # RTP apart from the bench's 10000-19999 and other tests' 30000-60000 draws.
+    config_file, workers = plan_two_workers(tmp_path, rtp_low=41000 + 2 * (os.getpid() % 1000) * 2)
     box = Workers(built_cache, config_file, workers)
     bench_done: dict = {}
     try:
