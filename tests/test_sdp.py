@@ -230,7 +230,7 @@ def test_no_common_codec_is_488():
     offer = _with(SIPP_OFFER, b"RTP/AVP 0\na=rtpmap:0 PCMU/8000", b"RTP/AVP 18 9\na=rtpmap:18 G729/8000")
     with pytest.raises(SdpError) as caught:
         negotiate_answer(parse_sdp_untrusted(offer), **LOCAL)
-    assert caught.value.status == 488
+    assert (caught.value.status, caught.value.warning) == (488, 305)  # RFC 3261 §20.43: incompatible media format
     assert str(caught.value) == (
         "SDP line 6: no codec in common: offered payload types 18 9, we accept PCMU (0) or PCMA (8) at 8000 Hz"
     )
@@ -239,8 +239,8 @@ def test_no_common_codec_is_488():
 def test_no_audio_stream_is_488():
     with pytest.raises(SdpError) as caught:
         negotiate_answer(parse_sdp_untrusted(b"v=0\nc=IN IP4 1.2.3.4\nm=audio 0 RTP/AVP 0\n"), **LOCAL)
-    assert (caught.value.status, str(caught.value)) == (
-        488,
+    assert (caught.value.status, caught.value.warning, str(caught.value)) == (
+        488, 399,
         "the offer has no active RTP/AVP audio stream (m=audio with a non-zero port)",
     )
 

@@ -519,6 +519,8 @@ def test_unusable_offer_is_488_and_no_call_is_left(server, transport):
     assert [m.status for m in received] == [100, 488]
     assert received[-1].reason == ("SDP line 6: no codec in common: offered payload types 18, "
                                    "we accept PCMU (0) or PCMA (8) at 8000 Hz")
+    # RFC 3261 §20.43 code 305, incompatible media format, with the same reason for a B2BUA.
+    assert received[-1].header("warning") == f'305 127.0.0.1 "{received[-1].reason}"'
     assert_one_warning(server, mark, f"[call={call_id}]:", received[-1].reason)
 
 

@@ -70,12 +70,16 @@ class SdpError(Exception):
     """An SDP body we cannot use; ``status`` is the SIP response to send.
 
     400 when the body does not parse, 488 (Not Acceptable Here) when it parses
-    but offers nothing we can do.
+    but offers nothing we can do. ``warning`` is the RFC 3261 §20.43 code a 488
+    carries in its Warning header: 305 (incompatible media format) when no codec
+    is in common, 399 (miscellaneous) for the rest, whose reasons (the RTP/SAVP
+    profile, the keys, the signalling's security) no 3xx code names.
     """
 
-    def __init__(self, message: str, *, status: int):
+    def __init__(self, message: str, *, status: int, warning: int = 399):
         super().__init__(message)
         self.status = status
+        self.warning = warning
 
 
 class Direction(enum.Enum):
@@ -576,7 +580,7 @@ def negotiate_answer(
         offered = " ".join(media.formats)
         raise SdpError(
             f"SDP line {media.line}: no codec in common: offered payload types {offered}, we accept PCMU (0) or PCMA (8) at 8000 Hz",
-            status=488,
+            status=488, warning=305,
         )
     codec = next((candidate for candidate in codecs if candidate.name == preferred_codec), codecs[0])
     telephone_event = _telephone_event(media)

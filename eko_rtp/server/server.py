@@ -591,10 +591,10 @@ class EkoServer:
 
     def _sdp_warning(self, error: sdp.SdpError):
         """The Warning of a 488 (RFC 3261 §20.43), saying what its reason phrase says: it reaches the
-        caller where a B2BUA rewrites reason phrases. Code 399: §20.43's 304 (media type not
-        available) and 305 (media format) name neither what the SRTP refusals are about, the
-        RTP/SAVP profile and the a=crypto keys, nor whether the signalling is secure."""
-        return self.ua.warning(399, _reason(error)) if error.status == 488 else None
+        caller where a B2BUA rewrites reason phrases. Its code is the error's: 305 for no codec in
+        common, 399 for the SRTP refusals (the RTP/SAVP profile, the a=crypto keys, the
+        signalling's security), which no 3xx code names."""
+        return self.ua.warning(error.warning, _reason(error)) if error.status == 488 else None
 
     def _call_event(self, call: Call, event) -> None:
         with call_context(call.call_id):
