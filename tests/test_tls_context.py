@@ -16,8 +16,8 @@ from eko_rtp.server.tls import (
     TlsSettings,
     build_client_context,
     build_server_context,
-    credential_path,
 )
+from eko_rtp.service.credentials import credential_path
 
 HOST = "sip.test"
 HANDSHAKE_DEADLINE = 10  # s: real sockets, so a real clock; a handshake takes milliseconds

@@ -40,8 +40,6 @@ certificate should the peer ask for one. A reload rebuilds both contexts.
 from __future__ import annotations
 
 import logging
-import os
-import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,6 +48,7 @@ import attrs
 import trio
 
 from eko_rtp.errors import UserError
+from eko_rtp.service.credentials import credential_path
 
 __all__ = [
     "TLS_KEY_CREDENTIAL",
@@ -58,7 +57,6 @@ __all__ = [
     "ServerTls",
     "build_server_context",
     "build_client_context",
-    "credential_path",
 ]
 
 log = logging.getLogger("eko_rtp.sip.tls")
@@ -72,10 +70,6 @@ TRUST_KEY = "sip.tls_trust"
 # anonymous suites are out even where OpenSSL would pair them with ECDHE.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!PSK:!aNULL"
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
-
-# systemd credential names are file names: no '/', not '.' or '..'
-# (the same rule as eko_rtp/service/credentials.py).
-_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*\Z")
 
 
 def _optional_path(value) -> Path | None:
@@ -102,22 +96,6 @@ class TlsSettings:
         """The ``sip.tls_*`` file keys of ``config`` (paths only: the key itself is never in the config)."""
         return cls(certificate_chain=config[CERTIFICATE_KEY], private_key=config[PRIVATE_KEY_KEY],
                    client_ca=config[CLIENT_CA_KEY], trust=config[TRUST_KEY])
-
-
-def credential_path(name: str, *, environ: Mapping[str, str] | None = None) -> Path | None:
-    """The file of systemd credential ``name`` when the service has it, else None.
-
-    ``ssl`` loads keys from files only, and a PEM key spans lines, so the
-    credential is handed over by path rather than read as one line of text.
-    """
-    if not _CREDENTIAL_NAME.match(name):
-        raise ValueError(f"{name!r} is not a valid credential name")
-    environ = os.environ if environ is None else environ
-    directory = environ.get("CREDENTIALS_DIRECTORY")
-    if not directory:
-        return None
-    path = Path(directory) / name
-    return path if path.exists() else None
 
 
 def _readable(path: Path, *, what: str, key: str | None) -> None:

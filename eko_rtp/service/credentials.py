@@ -25,8 +25,12 @@ DEEPGRAM_ENVIRONMENT = "DEEPGRAM_API_KEY"
 _CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*\Z")
 
 
-def read_credential(name: str, *, environ: Mapping[str, str] | None = None) -> str | None:
-    """The credential ``name`` from ``$CREDENTIALS_DIRECTORY``, stripped; None if absent or empty."""
+def credential_path(name: str, *, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The file of credential ``name`` when the service has one, else None.
+
+    For secrets read by path (``ssl`` loads a PEM key, which spans lines, from a
+    file only); :func:`read_credential` reads a one-line secret's text.
+    """
     if not _CREDENTIAL_NAME.match(name):
         raise ValueError(f"{name!r} is not a valid credential name")
     environ = os.environ if environ is None else environ
@@ -34,6 +38,14 @@ def read_credential(name: str, *, environ: Mapping[str, str] | None = None) -> s
     if not directory:
         return None
     path = Path(directory) / name
+    return path if path.exists() else None
+
+
+def read_credential(name: str, *, environ: Mapping[str, str] | None = None) -> str | None:
+    """The credential ``name`` from ``$CREDENTIALS_DIRECTORY``, stripped; None if absent or empty."""
+    path = credential_path(name, environ=environ)
+    if path is None:
+        return None
     try:
         value = path.read_text(encoding="utf-8")
     except FileNotFoundError:
