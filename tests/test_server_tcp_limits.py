@@ -163,13 +163,7 @@ def test_connections_beyond_the_per_source_cap_are_closed_at_once(capped_server)
         with SourcedPeer(address, "127.0.0.2") as other:
             assert served(other)  # another address has its own allowance
         kept.pop().close()
-        deadline = time.monotonic() + RESPONSE_TIMEOUT
-        while True:  # the server notices the close, and the address may connect again
-            with SourcedPeer(address) as again:
-                if served(again):
-                    break
-            assert time.monotonic() < deadline, "the freed place was never given back"
-            time.sleep(0.05)
+        assert_place_given_back(address, "127.0.0.1")  # the server notices the close, and the address may connect again
     finally:
         for peer in kept:
             peer.close()
@@ -180,6 +174,17 @@ def test_connections_beyond_the_per_source_cap_are_closed_at_once(capped_server)
                      r"127\.0\.0\.1 \(sip\.tcp_max_connections_per_source\)$", lines[0]), lines[0]
 
 
+def assert_place_given_back(address, source: str) -> None:
+    """A connection from ``source`` is served again once a kept one closed, within RESPONSE_TIMEOUT."""
+    deadline = time.monotonic() + RESPONSE_TIMEOUT
+    while True:
+        with SourcedPeer(address, source) as again:
+            if served(again):
+                return
+        assert time.monotonic() < deadline, "the freed place was never given back"
+        time.sleep(0.05)
+
+
 def test_connections_beyond_the_global_cap_are_closed_at_once(capped_server):
     address = capped_server.address
     kept = [SourcedPeer(address, f"127.0.0.{10 + index}") for index in range(5)]
@@ -188,13 +193,7 @@ def test_connections_beyond_the_global_cap_are_closed_at_once(capped_server):
         with SourcedPeer(address, "127.0.0.20") as refused:
             assert closed_within(refused.sock, 2.0) is not None, "a connection beyond the global cap stayed open"
         kept.pop().close()
-        deadline = time.monotonic() + RESPONSE_TIMEOUT
-        while True:
-            with SourcedPeer(address, "127.0.0.20") as again:
-                if served(again):
-                    break
-            assert time.monotonic() < deadline, "the freed place was never given back"
-            time.sleep(0.05)
+        assert_place_given_back(address, "127.0.0.20")
     finally:
         for peer in kept:
             peer.close()
