@@ -238,13 +238,13 @@ def test_the_options_probe_gets_the_worker_s_answer_or_nothing(built_cache):
 from test_kamailio import Kamailio, needs_kamailio  # noqa: E402  (after the pure tests: one import per concern)
 
 
-def consecutive_free_ports(count: int) -> int:
-    """A port P with P..P+count-1 free on loopback (UDP and TCP)."""
+def consecutive_free_ports(count: int, *, avoid: range = range(0)) -> int:
+    """A port P with P..P+count-1 free on loopback (UDP and TCP), none of them in ``avoid``."""
     import socket
 
     for _ in range(50):
         base = free_port()
-        if base + count > 65535:
+        if base + count > 65535 or any(port in avoid for port in range(base, base + count)):
             continue
         held = []
         try:
@@ -266,7 +266,8 @@ def plan_two_workers(directory: Path, *, rtp_low: int) -> tuple[Path, tuple[Work
     """A config in ``directory`` for two workers on the first two CPUs we may use, SIP on two free
     consecutive ports, RTP from ``rtp_low`` (800 ports); the file and its plan."""
     cpus = sorted(os.sched_getaffinity(0))[:2]
-    base = consecutive_free_ports(2)
+    # The kernel's free ports and the RTP range can meet: the planner refuses a SIP port inside it.
+    base = consecutive_free_ports(2, avoid=range(rtp_low, rtp_low + 800))
     config_file = directory / "eko-rtp.toml"
     config_file.write_text(
         f'[sip]\nlisten = "{LOOPBACK}:{base}"\n[media]\nrtp_ports = "{rtp_low}-{rtp_low + 799}"\n'
