@@ -21,6 +21,7 @@ import attrs
 
 from eko_rtp.errors import UserError
 from eko_rtp.media.latch import parse_networks
+from eko_rtp.media.mmsg import available as batched_io_missing
 from eko_rtp.sip.errors import SipParseError
 from eko_rtp.sip.uri import parse_uri
 from eko_rtp.transfer.hours import DAY_NAMES, DEFAULT_HOLIDAYS, DEFAULT_TIMEZONE, DEFAULT_WEEKLY
@@ -87,6 +88,10 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         # the listen address). RTP binds on the sip.listen address, whatever this says.
         "address": ((str,), ""),
         "rtp_ports": ((str,), "20000-29999"),
+        # "per-call": a socket pair per call; "shared": the calls whose SDP names an
+        # address in trusted_networks share one pair, with batched sends and receives
+        # (eko_rtp/media/shared_port.py); the others still get their own.
+        "rtp_socket": ((str,), "per-call"),
         "codec": ((str,), "offer"),
         "rtp_timeout": ((int, float), 30.0),
         # From the 200 OK to the ACK: seconds without the caller's RTP or RTCP before we
@@ -384,6 +389,12 @@ def _check_values(values: dict[str, dict[str, Any]], source: str | None) -> None
         fail("service.log_level", f"{values['service']['log_level']!r} is not a log level ({', '.join(LOG_LEVELS)})")
     if values["media"]["codec"] not in ("offer", "PCMU", "PCMA"):
         fail("media.codec", f"must be 'offer', 'PCMU' or 'PCMA', got {values['media']['codec']!r}")
+    if values["media"]["rtp_socket"] not in ("per-call", "shared"):
+        fail("media.rtp_socket", f"must be 'per-call' or 'shared', got {values['media']['rtp_socket']!r}")
+    if values["media"]["rtp_socket"] == "shared":
+        missing = batched_io_missing()
+        if missing is not None:
+            fail("media.rtp_socket", f"'shared' needs batched socket calls: {missing}")
     if values["sip"]["min_se"] < 90:
         fail("sip.min_se", "must be at least 90 seconds (RFC 4028 §4)")
     if values["sip"]["session_expires"] < values["sip"]["min_se"]:

@@ -24,6 +24,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--media-address", help="IP address our SDP c= line gives for RTP (config media.address;"
                                                 " default: the advertised SIP address)")
     parser.add_argument("--rtp-ports", help="RTP port range LO-HI (config media.rtp_ports)")
+    parser.add_argument("--rtp-socket", choices=("per-call", "shared"),
+                        help="a socket pair per call, or one pair shared by the calls from trusted media"
+                             " addresses, with batched system calls (config media.rtp_socket)")
     parser.add_argument("--cache", help="rendered phrase cache directory (config cache.dir)")
     parser.add_argument("--phrases", help="phrase catalogue file (config cache.phrases)")
     parser.add_argument("--script", help="call script MODULE:FUNCTION (config script.function)")
@@ -72,6 +75,7 @@ def config_from_args(args):
             "sip.advertise": args.advertise,
             "media.address": args.media_address,
             "media.rtp_ports": args.rtp_ports,
+            "media.rtp_socket": args.rtp_socket,
             "cache.dir": args.cache,
             "cache.phrases": args.phrases,
             "script.function": args.script,

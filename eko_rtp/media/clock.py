@@ -26,7 +26,7 @@ guarantees it never sleeps past a due slot on purpose.
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Callable, Protocol
 
 import trio
 
@@ -72,6 +72,12 @@ class FrameClock:
         # path): the receive hub reads it to step aside before a tick (see ReceiveHub).
         self.next_tick = math.inf
         self.ticks = 0
+        self._after_tick: list[Callable[[], None]] = []
+
+    def after_tick(self, flush: Callable[[], None]) -> None:
+        """Call ``flush()`` once a tick has served every stream due: a batched sender
+        (media/shared_port.py) sends the tick's frames in one system call there."""
+        self._after_tick.append(flush)
 
     @property
     def streams(self) -> int:
@@ -207,6 +213,8 @@ class FrameClock:
             self._served = current
             for slot in range(first, current + 1):
                 self._serve(slot, now)
+            for flush in self._after_tick:
+                flush()
             # The tick just served is no longer the next one: say which is before the
             # hub (released below) compares its time with it, or it would step aside
             # for a tick that has already gone.

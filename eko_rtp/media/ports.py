@@ -25,6 +25,13 @@ class PortPair:
     rtp: socket.socket
     rtcp: socket.socket
 
+    def follow(self, remote_rtp: tuple | None, remote_rtcp: tuple | None) -> bool:
+        """A call's own pair takes media from anyone its latch admits: nothing to move."""
+        return True
+
+    def flush(self) -> None:
+        """Frames leave a call's own socket as they are sent: nothing waits."""
+
     def close(self) -> None:
         self.rtp.close()
         self.rtcp.close()

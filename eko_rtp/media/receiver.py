@@ -112,15 +112,16 @@ class DrainPolicy:
 
 
 class _Registration:
-    __slots__ = ("sock", "handler", "on_backlog", "timestamp_every", "until_timestamp")
+    __slots__ = ("sock", "handler", "on_backlog", "timestamp_every", "until_timestamp", "reader")
 
-    def __init__(self, sock: socket.socket, handler: Handler, on_backlog: Callable[[], None] | None,
-                 timestamp_every: int):
+    def __init__(self, sock: socket.socket, handler: Handler | None, on_backlog: Callable[[], None] | None,
+                 timestamp_every: int, reader: Callable[[float], int] | None = None):
         self.sock = sock
         self.handler = handler
         self.on_backlog = on_backlog
         self.timestamp_every = timestamp_every
         self.until_timestamp = 1  # the first datagram is stamped
+        self.reader = reader  # a socket read by the batch (register_batch), not one datagram at a time
 
 
 class ReceiveHub:
@@ -158,6 +159,18 @@ class ReceiveHub:
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         fd = sock.fileno()
         self._registrations[fd] = _Registration(sock, handler, on_backlog, timestamp_every)
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def register_batch(self, sock: socket.socket, reader: Callable[[float], int], *,
+                       on_backlog: Callable[[], None] | None = None) -> None:
+        """Drain ``sock`` with ``reader(now)``, which takes a batch of datagrams (``recvmmsg``),
+        hands each to its owner and returns how many it took (0: the socket was empty).
+
+        For the shared media port (media/shared_port.py): in each round of a drain the
+        socket gives a batch where a per-call socket gives one datagram.
+        """
+        fd = sock.fileno()
+        self._registrations[fd] = _Registration(sock, None, on_backlog, 1, reader)
         self._epoll.register(fd, select.EPOLLIN)
 
     def unregister(self, sock: socket.socket) -> None:
@@ -264,6 +277,15 @@ class ReceiveHub:
 
     def _receive_one(self, registration: _Registration, now: float) -> bool:
         """Take one datagram from the socket to its handler; False when none was waiting."""
+        if registration.reader is not None:
+            try:
+                taken = registration.reader(now)
+            except Exception:
+                self.handler_errors += 1
+                log.exception("batch reader failed on %s", registration.sock.getsockname())
+                return False
+            self.datagrams += taken
+            return taken > 0
         stamp = registration.until_timestamp <= 1
         try:
             if stamp:

@@ -173,6 +173,10 @@ class MediaStream:
         # and starts a new latch; the same address again (hold, resume) keeps it.
         if self.latch.signal(plan.remote_rtp, plan.remote_rtcp):
             log.info("media moved by the SDP to %s; latching again", plan.remote_rtp)
+            if not self.pair.follow(plan.remote_rtp, plan.remote_rtcp):
+                # A shared port (media/shared_port.py) routes by address, and another call holds this one.
+                log.warning("media cannot follow the caller to %s on the shared port: another call signalled it",
+                            plan.remote_rtp)
         self._route()
 
     def _key(self, keys) -> None:
@@ -225,6 +229,7 @@ class MediaStream:
         self.latch.answer()
         sent_before = self.counters.frames_sent
         self.next_due = self.send_due(now)
+        self.pair.flush()  # on a shared port frame 0 leaves now, not with the next tick's batch
         if self.counters.frames_sent > sent_before:
             self.first_packet_time = now
 
@@ -248,6 +253,7 @@ class MediaStream:
         self.sender.rewind(SAMPLES_PER_FRAME - int(elapsed / FRAME_SECONDS * SAMPLES_PER_FRAME))
         self.t0 = now - self.frame_index * FRAME_SECONDS
         self.next_due = self.send_due(now)
+        self.pair.flush()
         return True
 
     def shift_schedule(self, seconds: float) -> None:

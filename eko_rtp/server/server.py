@@ -48,6 +48,7 @@ from eko_rtp.media.clock import FrameClock
 from eko_rtp.media.negotiation import MediaSession
 from eko_rtp.media.playout import PlayoutQueue
 from eko_rtp.media.ports import PortsExhausted, RtpPortPool
+from eko_rtp.media.shared_port import SharedLeg, SharedMediaPort
 from eko_rtp.media.receiver import ReceiveHub
 from eko_rtp.media.srtp import SrtpCounters
 from eko_rtp.media.stream import ARRIVAL_SAMPLING, MediaCounters, MediaStream, silence_frame
@@ -126,6 +127,8 @@ class EkoServer:
         self.srtp_policy = srtp_policy(config)  # when calls are encrypted (media/negotiation.py)
         self.srtp_counters = SrtpCounters()  # SRTP/SRTCP packets dropped, by reason (metrics)
         self.hub = ReceiveHub(clock=self.clock)
+        # media.rtp_socket = "shared": the trunk's calls on one port pair, opened at start.
+        self.shared_port: SharedMediaPort | None = None
         self.media_counters = MediaCounters()
         self.counters = ServerCounters()
         self._bad_sip_log = LogBudget(burst=BAD_SIP_LOG_BURST, per_second=BAD_SIP_LOG_PER_SECOND)
@@ -174,11 +177,15 @@ class EkoServer:
         finally:
             self.clock.close()
             self.hub.close()
+            if self.shared_port is not None:
+                self.shared_port.close()
 
     async def _run(self, *, task_status) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.clock.run)
             await nursery.start(self.hub.run)
+            if self.config["media.rtp_socket"] == "shared":
+                self._open_shared_port()
             bound = await nursery.start(self.transport.run)
             sip_port = next(iter(bound.values()))[1]
             self.ua = UserAgent(self._ua_settings(sip_port, bound.get("tls")), credentials=self.sip_credentials,
@@ -443,6 +450,15 @@ class EkoServer:
             log.warning("%d more %s not logged (at most %d at once, then %g a second)",
                         held, what, budget.burst, budget.per_second)
 
+    def _open_shared_port(self) -> None:
+        """The first free pair of media.rtp_ports becomes the shared one (media/shared_port.py)."""
+        pair = self.ports.open_pair()
+        shared = self.shared_port = SharedMediaPort(pair, counters=self.media_counters)
+        self.hub.register_batch(pair.rtp, shared.receive_rtp, on_backlog=shared.on_backlog)
+        self.hub.register_batch(pair.rtcp, shared.receive_rtcp)
+        self.clock.after_tick(shared.flush)
+        log.info("media: trusted callers share RTP port %d (media.rtp_socket = \"shared\")", pair.port)
+
     # -- calls -------------------------------------------------------------------
 
     def _incoming_call(self, event) -> None:
@@ -453,28 +469,31 @@ class EkoServer:
         now = trio.current_time()
         call_id = event.call_id
         log.info("INVITE received from %s at %.3f ms", _where(event.source), now * 1000)
-        try:
-            pair = self.ports.open_pair()
-        except PortsExhausted as error:
-            self._set_health(Condition.RTP_PORTS, f"{error} (media.rtp_ports)")
-            self._refuse(call_id, 503, now, str(error), headers=(("Retry-After", "5"),))
-            return
-        except OSError as error:
-            if error.errno not in DESCRIPTORS_EXHAUSTED:
-                raise
-            self._descriptors_exhausted(error)
-            self._refuse(call_id, 503, now, f"cannot open RTP sockets: {error.strerror}", headers=(("Retry-After", "5"),))
-            return
-        media = MediaSession(local_address=self.media_address, local_port=pair.port,
-                             session_id=next(self._origin_ids), preferred_codec=self.codec_preference,
-                             srtp=self.srtp_policy, signalling=event.transport)
-        try:
-            negotiated = media.invite(event.offer)
-        except sdp.SdpError as error:
-            self.ports.release(pair)
-            self._refuse(call_id, error.status, now, f"unusable SDP offer: {error}", reason=_reason(error),
-                         warning=self._sdp_warning(error))
-            return
+        shared = self._shared_leg(event)
+        if shared is not None:
+            pair, media, negotiated = shared
+        else:
+            try:
+                pair = self.ports.open_pair()
+            except PortsExhausted as error:
+                self._set_health(Condition.RTP_PORTS, f"{error} (media.rtp_ports)")
+                self._refuse(call_id, 503, now, str(error), headers=(("Retry-After", "5"),))
+                return
+            except OSError as error:
+                if error.errno not in DESCRIPTORS_EXHAUSTED:
+                    raise
+                self._descriptors_exhausted(error)
+                self._refuse(call_id, 503, now, f"cannot open RTP sockets: {error.strerror}",
+                             headers=(("Retry-After", "5"),))
+                return
+            media = self._media_session(event, pair.port)
+            try:
+                negotiated = media.invite(event.offer)
+            except sdp.SdpError as error:
+                self.ports.release(pair)
+                self._refuse(call_id, error.status, now, f"unusable SDP offer: {error}", reason=_reason(error),
+                             warning=self._sdp_warning(error))
+                return
         log.info("media: %s", describe_plan(negotiated.plan))
         self._ports_in_use()  # the call keeps its pair: was it the last one?
         barge_in = BargeIn()
@@ -527,14 +546,45 @@ class EkoServer:
             handover=self.handover,
         )
         self.calls[call_id] = call
-        self.hub.register(pair.rtp, stream.on_rtp, on_backlog=stream.on_backlog,
-                         timestamp_every=ARRIVAL_SAMPLING)
-        self.hub.register(pair.rtcp, stream.on_rtcp)
+        if isinstance(pair, SharedLeg):
+            pair.route(stream.on_rtp, stream.on_rtcp)
+        else:
+            self.hub.register(pair.rtp, stream.on_rtp, on_backlog=stream.on_backlog,
+                             timestamp_every=ARRIVAL_SAMPLING)
+            self.hub.register(pair.rtcp, stream.on_rtcp)
         self.counters.calls_started += 1
         self._calls_changed()
         if self.metrics is not None:
             self.metrics.active_calls.inc()
         self._call_nursery.start_soon(self._run_call, call, name=f"call {call_id}")
+
+    def _media_session(self, event, port: int) -> MediaSession:
+        return MediaSession(local_address=self.media_address, local_port=port,
+                            session_id=next(self._origin_ids), preferred_codec=self.codec_preference,
+                            srtp=self.srtp_policy, signalling=event.transport)
+
+    def _shared_leg(self, event):
+        """``(leg, media, negotiated)`` when the call goes on the shared port, else None.
+
+        media/shared_port.py: only an offer that names an address we trust (the trunk's
+        gateways) and that no other call signalled shares the port. Anything else, an
+        unusable offer included, takes the per-call path, which answers it as before.
+        """
+        shared = self.shared_port
+        if shared is None or not event.offer:
+            return None
+        media = self._media_session(event, shared.port)
+        try:
+            negotiated = media.invite(event.offer)
+        except sdp.SdpError:
+            return None
+        remote = negotiated.plan.remote_rtp
+        if remote is None or not self.latch_policy.trusts(remote[0]):
+            return None
+        leg = shared.attach(remote, negotiated.plan.remote_rtcp)
+        if leg is None:
+            return None
+        return leg, media, negotiated
 
     def _call_timers(self) -> CallTimers:
         config = self.config
@@ -606,7 +656,7 @@ class EkoServer:
             reason = event.reason.name.lower() if hasattr(event.reason, "name") else str(event.reason)
             # What the caller sent before its BYE may still wait in the socket (the hub
             # drains every few ms): take it now, in order, so a last digit is not lost.
-            self.hub.drain_socket(call.stream.pair.rtp)
+            self.hub.drain_socket(call.stream.pair.rtp)  # (on a shared port: the shared socket)
             call.end(reason, now)
         elif isinstance(event, ua_module.CallConfirmed):
             call.confirmed.set()
@@ -791,10 +841,13 @@ class EkoServer:
     def _release(self, call: Call) -> None:
         """The call's nursery is over: give back its sockets and ports, count and report it."""
         stream = call.stream
-        self.hub.unregister(stream.pair.rtp)
-        self.hub.unregister(stream.pair.rtcp)
-        self.ports.release(stream.pair)
-        self._clear_health(Condition.RTP_PORTS)  # a pair is free again
+        if isinstance(stream.pair, SharedLeg):
+            stream.pair.close()  # its route: the shared port stays
+        else:
+            self.hub.unregister(stream.pair.rtp)
+            self.hub.unregister(stream.pair.rtcp)
+            self.ports.release(stream.pair)
+            self._clear_health(Condition.RTP_PORTS)  # a pair is free again
         self.calls.pop(call.call_id, None)
         outcome = call.end_reason or "unknown"
         script_outcome = call.script_outcome or _script_outcome(call)
