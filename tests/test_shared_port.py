@@ -151,3 +151,22 @@ def test_a_handler_error_is_counted_and_the_batch_goes_on(shared):
     assert drain(shared, expected=2) == 2
     assert heard == [b"y"]
     assert shared.handler_errors == 1
+
+
+def test_a_move_that_keeps_the_rtp_address_keeps_its_claim_on_it(shared):
+    """A re-INVITE that changes only the RTCP address: the RTP address stays this call's,
+    so another call naming it gets a pair of its own (it would take this call's audio)."""
+    rtp, rtcp = caller()
+    _, new_rtcp = caller()
+    leg = shared.attach(rtp.getsockname(), rtcp.getsockname())
+    assert leg.follow(rtp.getsockname(), new_rtcp.getsockname()) is True
+    assert shared.attach(rtp.getsockname(), None) is None
+    assert shared.attach(caller()[0].getsockname(), rtcp.getsockname()) is not None  # the old RTCP address is free
+
+
+def test_two_calls_cannot_share_an_rtcp_address_either(shared):
+    """Each call's RTCP keeps its own call alive: one address, one call."""
+    (first, first_rtcp), (second, _) = caller(), caller()
+    assert shared.attach(first.getsockname(), first_rtcp.getsockname()) is not None
+    assert shared.attach(second.getsockname(), first_rtcp.getsockname()) is None
+    assert shared.attach(first_rtcp.getsockname(), None) is None  # nor one call's RTCP as another's RTP

@@ -134,13 +134,15 @@ class SharedLeg:
         names = (socket_address(remote_rtp), socket_address(remote_rtcp or remote_rtp))
         if names == self._names:
             return True
-        if not self._shared._claim(names, self):
+        shared = self._shared
+        if not shared._free_for(names, self):
             return False
         if self._names is not None:
-            self._shared._unroute(self._names)
+            shared._release(self._names, self)
         self._names = names
+        shared._claim(names, self)
         if self._handlers is not None:
-            self._shared._route(names, self._handlers)
+            shared._route(names, self._handlers)
         return True
 
     def flush(self) -> None:
@@ -151,7 +153,7 @@ class SharedLeg:
         if not self.closed:
             self.closed = True
             if self._names is not None:
-                self._shared._unroute(self._names)
+                self._shared._release(self._names, self)
             self._handlers = None
 
 
@@ -171,14 +173,14 @@ class SharedMediaPort:
         # made once per route, not once per packet.
         self._rtp_routes: dict[bytes, tuple] = {}
         self._rtcp_routes: dict[bytes, tuple] = {}
-        self._claims: dict[bytes, SharedLeg] = {}  # RTP source -> the leg that signalled it
+        self._claims: dict[bytes, SharedLeg] = {}  # RTP or RTCP source -> the leg that signalled it
         self.strays = 0
         self.handler_errors = 0
         self._drops_counted = 0
 
     @property
     def legs(self) -> int:
-        return len(self._claims)
+        return len(set(self._claims.values()))
 
     def attach(self, remote_rtp: tuple | None, remote_rtcp: tuple | None) -> SharedLeg | None:
         """A leg for a call whose SDP signalled ``remote_rtp``, or None when it cannot share
@@ -188,16 +190,14 @@ class SharedMediaPort:
             return None
         return leg
 
-    def _claim(self, names: tuple[bytes, bytes], leg: SharedLeg) -> bool:
-        holder = self._claims.get(names[0])
-        if holder is not None and holder is not leg:
-            return False
-        if names[1] != names[0]:
-            rtcp_holder = self._claims.get(names[1])
-            if rtcp_holder is not None and rtcp_holder is not leg:
-                return False
-        self._claims[names[0]] = leg
-        return True
+    def _free_for(self, names: tuple[bytes, bytes], leg: SharedLeg) -> bool:
+        """Whether no other call holds either address (an RTP and an RTCP address alike:
+        two calls never share a source, whatever they use it for)."""
+        return all(self._claims.get(name, leg) is leg for name in names)
+
+    def _claim(self, names: tuple[bytes, bytes], leg: SharedLeg) -> None:
+        for name in names:
+            self._claims[name] = leg
 
     def _route(self, names: tuple[bytes, bytes], handlers) -> None:
         rtp_name, rtcp_name = names
@@ -205,10 +205,15 @@ class SharedMediaPort:
         if rtcp_name != rtp_name:
             self._rtcp_routes[rtcp_name] = (handlers[1], address_of(rtcp_name))
 
-    def _unroute(self, names: tuple[bytes, bytes]) -> None:
-        self._claims.pop(names[0], None)
-        self._rtp_routes.pop(names[0], None)
-        self._rtcp_routes.pop(names[1], None)
+    def _release(self, names: tuple[bytes, bytes], leg: SharedLeg) -> None:
+        """Take back what ``leg`` holds of ``names``: its claims and its routes."""
+        rtp_name, rtcp_name = names
+        if self._claims.get(rtp_name) is leg:
+            del self._claims[rtp_name]
+            self._rtp_routes.pop(rtp_name, None)
+        if self._claims.get(rtcp_name) is leg:
+            del self._claims[rtcp_name]
+            self._rtcp_routes.pop(rtcp_name, None)
 
     def flush(self) -> None:
         """Send the batch of frames queued since the last flush (after each clock tick)."""

@@ -173,10 +173,11 @@ class MediaStream:
         # and starts a new latch; the same address again (hold, resume) keeps it.
         if self.latch.signal(plan.remote_rtp, plan.remote_rtcp):
             log.info("media moved by the SDP to %s; latching again", plan.remote_rtp)
-            if not self.pair.follow(plan.remote_rtp, plan.remote_rtcp):
-                # A shared port (media/shared_port.py) routes by address, and another call holds this one.
-                log.warning("media cannot follow the caller to %s on the shared port: another call signalled it",
-                            plan.remote_rtp)
+        # A shared port (media/shared_port.py) routes by the signalled address, latched or
+        # not yet; another call may hold the new one.
+        if plan.remote_rtp is not None and not self.pair.follow(plan.remote_rtp, plan.remote_rtcp):
+            log.warning("media cannot follow the caller to %s on the shared port: another call signalled it",
+                        plan.remote_rtp)
         self._route()
 
     def _key(self, keys) -> None:
