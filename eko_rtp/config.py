@@ -167,6 +167,11 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "endpointing_ms": ((int,), 500),
         # A TOML file of words to boost (docs/ASR.md); "" = none.
         "keywords_file": ((str,), ""),
+        # The calls' recognizer streams in a child process of their own, off the media
+        # core (eko_rtp/asr/relay_client.py), on relay_cpus ("" = the CPUs the server
+        # is not pinned to).
+        "relay": ((bool,), False),
+        "relay_cpus": ((str,), ""),
     },
     "recording": {
         # Both directions of every call to a WAV in this directory (caller data: off
@@ -389,6 +394,11 @@ def _check_values(values: dict[str, dict[str, Any]], source: str | None) -> None
         fail("service.log_level", f"{values['service']['log_level']!r} is not a log level ({', '.join(LOG_LEVELS)})")
     if values["media"]["codec"] not in ("offer", "PCMU", "PCMA"):
         fail("media.codec", f"must be 'offer', 'PCMU' or 'PCMA', got {values['media']['codec']!r}")
+    if values["asr"]["relay_cpus"]:
+        try:
+            parse_cpu_list(values["asr"]["relay_cpus"], what="asr.relay_cpus")
+        except UserError as error:
+            fail("asr.relay_cpus", error.detail)
     if values["media"]["rtp_socket"] not in ("per-call", "shared"):
         fail("media.rtp_socket", f"must be 'per-call' or 'shared', got {values['media']['rtp_socket']!r}")
     if values["media"]["rtp_socket"] == "shared":

@@ -27,6 +27,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--rtp-socket", choices=("per-call", "shared"),
                         help="a socket pair per call, or one pair shared by the calls from trusted media"
                              " addresses, with batched system calls (config media.rtp_socket)")
+    parser.add_argument("--asr-relay", action="store_true", default=None,
+                        help="run the calls' speech recognition streams in a child process on other CPUs"
+                             " (config asr.relay; asr.relay_cpus says which)")
     parser.add_argument("--cache", help="rendered phrase cache directory (config cache.dir)")
     parser.add_argument("--phrases", help="phrase catalogue file (config cache.phrases)")
     parser.add_argument("--script", help="call script MODULE:FUNCTION (config script.function)")
@@ -76,6 +79,7 @@ def config_from_args(args):
             "media.address": args.media_address,
             "media.rtp_ports": args.rtp_ports,
             "media.rtp_socket": args.rtp_socket,
+            "asr.relay": args.asr_relay,
             "cache.dir": args.cache,
             "cache.phrases": args.phrases,
             "script.function": args.script,

@@ -31,6 +31,7 @@ import trio
 
 import attrs
 
+from eko_rtp.asr.relay_client import AsrRelay, relay_cpus
 from eko_rtp.call.barge_in import BargeIn
 from eko_rtp.call.call import Call, CallLine, CallTimers, Script
 from eko_rtp.call.digits import DigitQueue
@@ -48,8 +49,8 @@ from eko_rtp.media.clock import FrameClock
 from eko_rtp.media.negotiation import MediaSession
 from eko_rtp.media.playout import PlayoutQueue
 from eko_rtp.media.ports import PortsExhausted, RtpPortPool
-from eko_rtp.media.shared_port import SharedLeg, SharedMediaPort
 from eko_rtp.media.receiver import ReceiveHub
+from eko_rtp.media.shared_port import SharedLeg, SharedMediaPort
 from eko_rtp.media.srtp import SrtpCounters
 from eko_rtp.media.stream import ARRIVAL_SAMPLING, MediaCounters, MediaStream, silence_frame
 from eko_rtp.media.vad import VoiceActivityDetector
@@ -113,6 +114,9 @@ class EkoServer:
         self.ports = RtpPortPool(listen.host, low, high)  # where RTP binds: the SIP interface (or all)
         self.clock = clock if clock is not None else FrameClock(precise=True)
         self.asr = asr  # None: no speech recognition (DTMF only)
+        # asr.relay: the recognizer streams in a child process off the media core (or None: here).
+        self.asr_relay = (AsrRelay(cpus=relay_cpus(config["asr.relay_cpus"]))
+                          if asr is not None and config["asr.relay"] else None)
         self.sip_credentials = sip_credentials  # digest answers when the trunk asks (RFC 8760), or None
         self.handover = HandoverDesk(hours=business_hours(config), targets=transfer_targets(config),
                                      load=LoadWindow(config["transfer.max_per_window"],
@@ -186,6 +190,8 @@ class EkoServer:
             await nursery.start(self.hub.run)
             if self.config["media.rtp_socket"] == "shared":
                 self._open_shared_port()
+            if self.asr_relay is not None:
+                await nursery.start(self.asr_relay.run)
             bound = await nursery.start(self.transport.run)
             sip_port = next(iter(bound.values()))[1]
             self.ua = UserAgent(self._ua_settings(sip_port, bound.get("tls")), credentials=self.sip_credentials,
@@ -507,7 +513,8 @@ class EkoServer:
             encoding = "alaw" if negotiated.plan.codec.name.upper() == "PCMA" else "mulaw"
             speech = CallSpeech(settings=attrs.evolve(self.asr.settings, encoding=encoding),
                                 api_key=self.asr.api_key, ears=ears, on_failure=self._asr_failed,
-                                on_audio_seconds=self._asr_streamed)
+                                on_audio_seconds=self._asr_streamed,
+                                stream_factory=None if self.asr_relay is None else self.asr_relay.stream)
         stream = MediaStream(
             pair=pair,
             plan=negotiated.plan,
