@@ -42,7 +42,7 @@ from eko_bench.run import BENCH_RTP_PORTS, LIVE_SCENARIOS, Plan, RunResult, run_
 from eko_rtp.errors import UserError
 from eko_rtp.server.awake import keep_cpus_awake
 
-RAMP_STEPS = (50, 100, 200, 400, 700, 1000, 1400)
+RAMP_STEPS = (50, 100, 200, 400, 700, 1000, 1400, 1800, 2500)
 SCRIPT_OF = {"live-tts": "live_tts", "hybrid": "hybrid", "mixed": "mixed",  # server scripts in eko_bench.scripts
              "listening": "listening"}
 MAX_ROUNDS = 10

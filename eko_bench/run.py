@@ -56,7 +56,7 @@ from eko_bench.targets import Target, check_loopback
 from eko_rtp.errors import UserError
 from eko_rtp.media.sdes import CryptoSuite
 
-MAX_CALLS = 2000
+MAX_CALLS = 3000
 MAX_SECONDS = 600.0
 SAMPLE_INTERVAL = 0.5
 QUEUE_SAMPLE_INTERVAL = 1.0  # s between looks at the server's receive queues (a parse of /proc/net/udp)

@@ -35,7 +35,7 @@ PEER_SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "bench" / "peers" / 
 PEER_MAX_CALLS = 4  # PJSUA_MAX_CALLS in the pjsua2-python wheel
 PHRASES = ("greet", "welcome")  # what the default script plays, in order
 READY_TIMEOUT = 30.0
-CRM_CLIENTS = 2000  # synthetic clients seeded for greeting-returning: one per call the bench may place
+CRM_CLIENTS = 3000  # synthetic clients seeded for greeting-returning: one per call the bench may place
 # Not passed on to a spawned server: with a Deepgram key it would stream every call it
 # answers to the real service (billed). Only the bench's fake endpoint is given (--asr).
 # A credentials directory could hold such a key (eko_rtp/service/credentials.py).

@@ -326,7 +326,7 @@ def test_spawned_server_with_returning_callers(built_cache):
     ("arguments", "error"),
     [
         (["--sizes", "1,x"], "argument --sizes: expected sizes like 1,100,500, got '1,x'"),
-        (["--sizes", "0,5"], "argument --sizes: sizes must be within 1..2000, got '0,5'"),
+        (["--sizes", "0,5"], "argument --sizes: sizes must be within 1..3000, got '0,5'"),
         (["--server-cpus", "a"], "argument --server-cpus: expected a CPU list like 0 or 0,1 or 0-1, got 'a'"),
         (["--bench-rtp-ports", "5-3"], "argument --bench-rtp-ports: expected a port range LO-HI within 1024-65535, got '5-3'"),
         (["--noise-probe", "x"], "argument --noise-probe: invalid float value: 'x'"),

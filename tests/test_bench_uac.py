@@ -200,9 +200,9 @@ def test_non_loopback_or_malformed_targets_are_refused(text, error):
 @pytest.mark.parametrize(
     ("fields", "error"),
     [
-        (dict(calls=0), "key '--calls': 0 calls is outside 1..2000"),
-        (dict(calls=2001), "key '--calls': 2001 calls is outside 1..2000"),
-        (dict(concurrency=0), "key '--concurrency': concurrency 0 is outside 1..2000"),
+        (dict(calls=0), "key '--calls': 0 calls is outside 1..3000"),
+        (dict(calls=3001), "key '--calls': 3001 calls is outside 1..3000"),
+        (dict(concurrency=0), "key '--concurrency': concurrency 0 is outside 1..3000"),
         (dict(rate=0), "key '--rate': rate 0 calls/s is outside (0, 1000]"),
         (dict(hold=601), "key '--hold': hold 601 s is outside (0, 600]"),
         (dict(calls=2000, concurrency=10, hold=5), "key '--hold': the run would take about 1005 s (calls / rate,"
