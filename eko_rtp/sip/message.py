@@ -158,10 +158,20 @@ class Headers:
     def __len__(self) -> int:
         return len(self.fields)
 
+    @classmethod
+    def _checked(cls, fields: tuple[tuple[str, str], ...]) -> "Headers":
+        """Headers of lines already canonical and checked: a subset of another's, or the
+        parser's (which refuses the same names and values). The constructor's converter
+        and validator would do that work again on every message: not here."""
+        headers = object.__new__(cls)
+        object.__setattr__(headers, "fields", fields)
+        headers.__attrs_post_init__()
+        return headers
+
     def without(self, *names: str) -> "Headers":
         """A copy without any line of ``names``."""
         drop = {canonical_name(name).lower() for name in names}
-        return Headers(tuple(item for item in self.fields if item[0].lower() not in drop))
+        return Headers._checked(tuple(item for item in self.fields if item[0].lower() not in drop))
 
     def with_added(self, items: Iterable[tuple[str, str]]) -> "Headers":
         """A copy with ``items`` appended."""
@@ -170,7 +180,8 @@ class Headers:
 
 def _serialise(start_line: str, headers: Headers, body: bytes) -> bytes:
     lines = [start_line]
-    lines.extend(f"{name}: {value}" for name, value in headers.without("Content-Length"))
+    # The lines' names are canonical (Headers), so "Content-Length" is how a length is spelt.
+    lines.extend(f"{name}: {value}" for name, value in headers.fields if name != "Content-Length")
     lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
@@ -287,8 +298,8 @@ def _parse_fields(lines: list[str], first_error: SipParseError | None = None
         elif "\r" in value or "\n" in value or "\x00" in value:
             first_error = first_error or SipParseError(400, f"header {name} holds a bare CR, LF or NUL")
         else:
-            fields.append((name, value))
-    return Headers(fields), first_error
+            fields.append((canonical_name(name), value))
+    return Headers._checked(tuple(fields)), first_error
 
 
 def _check_version(version: str, request: Request | None) -> None:
