@@ -27,11 +27,10 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 from fake_deepgram import FakeDeepgram, FakeDeepgramThread, Reply, results
-from server_helpers import ServerProcess, free_port, start_crm
-from speech_audio import build_short_cache, phrase_seconds, phrase_ulaw, quiet_frames, speech_frames
-from test_listening_e2e import (
+from server_helpers import ServerProcess, free_port
+from speech_audio import phrase_seconds, phrase_ulaw, quiet_frames, speech_frames
+from test_listening_e2e import (  # noqa: F401 (crm_address and short_cache: the fixtures, shared)
     FAILED,
     KEY,
     KEYWORDS,
@@ -39,10 +38,12 @@ from test_listening_e2e import (
     Plan,
     TalkingCall,
     await_stream,
+    crm_address,
     first_frame_lost,
     listen_query,
     log_lines,
     scrape_when,
+    short_cache,
     slots,
     talk,
     write_config,
@@ -56,21 +57,7 @@ STOPPED_LISTENING = "speech recognition stopped during the question; asking for 
 ENDED = r"ended \(\w+\) after \d+ ms.*"
 
 
-# -- the server and its neighbours -----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def short_cache(tmp_path_factory):
-    """The short catalogue, rendered once per module: (cache dir, catalogue file)."""
-    return build_short_cache(tmp_path_factory.mktemp("short-cache"))
-
-
-@pytest.fixture(scope="module")
-def crm_address(tmp_path_factory):
-    process, address = start_crm(tmp_path_factory.mktemp("crm"))
-    yield address
-    process.terminate()
-    process.wait(10)
+# -- the server and its neighbours (the cache and CRM fixtures are test_listening_e2e's) -----------
 
 
 def write_relay_config(tmp_path: Path, *, crm: str, base_url: str) -> str:
