@@ -99,9 +99,6 @@ class _LegRtcp:
     def sendto(self, data, address) -> None:
         self._sock.sendto(data, address)
 
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
 
 class SharedLeg:
     """One call's place on the shared port: its routes in, and its sending out."""
