@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from eko_rtp.media.clock import FrameClock
-from eko_rtp.media.receiver import DrainPolicy, ReceiveHub
+from eko_rtp.media.receiver import MAX_READ_COST, DrainPolicy, ReadCost, ReceiveHub
 
 
 @contextlib.contextmanager
@@ -335,3 +335,59 @@ async def test_a_socket_that_becomes_ready_during_a_drain_waits_for_the_next_one
         await serve_until(hub, got, 4)
     assert [data for data, _ in got] == [b"b0", b"b1", b"b2", b"late"]  # the busy socket emptied first
     assert got[3][1] >= got[2][1] + 0.005  # a nap after the drain that emptied the busy socket
+
+
+@pytest.fixture
+def mock_clock():
+    return trio.testing.MockClock()  # still unless the test moves it
+
+
+async def test_a_batch_read_that_would_overrun_the_tick_waits_for_it(mock_clock):
+    # Each batch read "takes" 0.4 ms of the mock clock and the tick is due 1 ms on:
+    # two reads fit before it; a third would end 0.2 ms into it, so the hub waits.
+    gate = TickGate()
+    hub = ReceiveHub(policy=DrainPolicy(nap=0.001), clock=gate)
+    sock = _bound()
+    sender = _bound()
+    reads = []
+
+    def reader(now: float) -> int:
+        try:
+            sock.recv(2048)
+        except BlockingIOError:
+            return 0
+        started = trio.current_time()
+        mock_clock.jump(0.0004)
+        reads.append((started, trio.current_time()))
+        return 1
+
+    hub.register_batch(sock, reader)
+    with closing_all(hub, sock, sender):
+        for n in range(5):
+            sender.sendto(b"%d" % n, sock.getsockname())
+        gate.next_tick = trio.current_time() + 0.001
+        tick = gate.next_tick
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.run)
+            await trio.testing.wait_all_tasks_blocked()
+            assert gate.waits == 1
+            assert len(reads) == 2
+            assert all(ended <= tick for _, ended in reads)  # no read made the tick wait
+            gate.next_tick = math.inf
+            gate.tick.set()  # the tick went by
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(reads) == 5
+            nursery.cancel_scope.cancel()
+    assert hub.datagrams == 5
+
+
+def test_a_read_cost_rises_at_once_and_falls_slowly_within_a_cap():
+    cost = ReadCost()
+    cost.add(0.0004)
+    assert cost.seconds == 0.0004
+    cost.add(0.0002)
+    assert cost.seconds == pytest.approx(0.0004 - 0.0002 / 16)
+    cost.add(0.0005)
+    assert cost.seconds == 0.0005
+    cost.add(1.0)  # one read slowed down by the host
+    assert cost.seconds == MAX_READ_COST

@@ -44,8 +44,12 @@ Two more rules keep the frame clock on time: the hub steps aside when the clock'
 next tick is less than ``tick_margin`` away and waits until that tick has gone
 (inbound packets wait in their socket buffers instead of the tick waiting behind
 them), and a drain yields to the scheduler once a step has run for ``step_budget``.
-Both read trio's clock, the frame clock's time base (so the mock clock drives them
-in tests too).
+A batch read (the shared port's ``recvmmsg`` and its 32 handlers) takes far longer
+than one datagram, so before each one the hub also asks whether the read, at what
+such reads of that socket have lately cost (:class:`ReadCost`), would still be
+running when the tick is due, and if so steps aside first: a batch never makes
+the tick wait. All of it reads trio's clock, the frame clock's time base (so the
+mock clock drives them in tests too).
 The measurements behind these choices are in docs/BENCHMARKS.md.
 """
 
@@ -76,6 +80,9 @@ RIDE_LIMIT = 64
 # this serves up to 3200 datagrams a second per socket (a call sends 50-100) before
 # a socket counts as falling behind.
 MAX_ROUNDS = 64
+# The most a batch read's cost estimate may say: one read slowed down by the host
+# (a preempted vCPU) must not keep the hub from reading for long before every tick.
+MAX_READ_COST = 0.002
 
 # SO_TIMESTAMPNS from <asm-generic/socket.h> (the stdlib does not export it); the
 # control message it adds carries a struct timespec.
@@ -111,8 +118,28 @@ class DrainPolicy:
         return last_drain + self.nap
 
 
+class ReadCost:
+    """How long a socket's batch reads take lately: the longest, forgotten slowly.
+
+    A read that takes longer than the estimate raises it at once (the next read
+    could be as long); shorter ones lower it by a sixteenth of the difference, so
+    one light batch does not make the hub start a heavy one just before a tick.
+    """
+
+    __slots__ = ("seconds",)
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def add(self, seconds: float) -> None:
+        if seconds >= self.seconds:
+            self.seconds = min(seconds, MAX_READ_COST)
+        else:
+            self.seconds += (seconds - self.seconds) / 16
+
+
 class _Registration:
-    __slots__ = ("sock", "handler", "on_backlog", "timestamp_every", "until_timestamp", "reader")
+    __slots__ = ("sock", "handler", "on_backlog", "timestamp_every", "until_timestamp", "reader", "cost")
 
     def __init__(self, sock: socket.socket, handler: Handler | None, on_backlog: Callable[[], None] | None,
                  timestamp_every: int, reader: Callable[[float], int] | None = None):
@@ -122,6 +149,7 @@ class _Registration:
         self.timestamp_every = timestamp_every
         self.until_timestamp = 1  # the first datagram is stamped
         self.reader = reader  # a socket read by the batch (register_batch), not one datagram at a time
+        self.cost = ReadCost() if reader is not None else None  # what its batch reads take lately
 
 
 class ReceiveHub:
@@ -246,8 +274,19 @@ class ReceiveHub:
                 registration = registrations.get(fd)
                 if registration is None:
                     continue
-                receive_one(registration, now)
-                elapsed = clock()
+                cost = registration.cost
+                if cost is not None:
+                    # A batch: step aside first if it would still run when the tick is due.
+                    started = clock()
+                    if frame_clock is not None and started + cost.seconds > frame_clock.next_tick - margin:
+                        await frame_clock.wait_tick()
+                        now = step_started = started = clock()
+                    receive_one(registration, now)
+                    elapsed = clock()
+                    cost.add(elapsed - started)
+                else:
+                    receive_one(registration, now)
+                    elapsed = clock()
                 if frame_clock is not None and elapsed > frame_clock.next_tick - margin:
                     await frame_clock.wait_tick()  # step aside: the tick goes first
                     now = step_started = clock()
