@@ -17,6 +17,7 @@ from eko_rtp.asr.deepgram_api import AsrSettings, SpeechStarted, Transcript, Utt
 from eko_rtp.asr.errors import AsrDropped, AsrError, AsrUnauthorized, AsrUnavailable
 from eko_rtp.asr.relay_client import AsrRelay, relay_cpus
 from eko_rtp.asr.relay_process import Relay
+from eko_rtp.call.ears import CallerAudio
 from eko_rtp.asr.relay_protocol import (
     FROM_RELAY,
     TO_RELAY,
@@ -195,12 +196,12 @@ async def test_through_a_real_relay_process_a_refused_recognizer_fails_the_call_
     async with trio.open_nursery() as nursery:
         await nursery.start(relay.run)
         assert relay.up and relay.starts == 1
-        send, receive = trio.open_memory_channel(10)
+        audio = CallerAudio(vad=None, on_speech=print).open_asr_channel()
         stream = relay.stream(settings=AsrSettings(base_url=f"ws://127.0.0.1:{port}"), api_key="k",
                               on_event=events.append)
         with trio.fail_after(10):
             with pytest.raises(AsrUnavailable, match=f"127.0.0.1:{port}"):
-                await stream.run(receive)
+                await stream.run(audio)
         nursery.cancel_scope.cancel()
     assert events == []
 
@@ -212,9 +213,9 @@ async def test_a_relay_that_is_not_up_fails_new_streams_at_once():
         with trio.fail_after(5):
             while relay.up:  # the process exits at once
                 await trio.sleep(0.01)
-        _, receive = trio.open_memory_channel(1)
+        audio = CallerAudio(vad=None, on_speech=print).open_asr_channel()
         with pytest.raises(AsrUnavailable, match="the recognizer relay is not running"):
-            await relay.stream(settings=SETTINGS, api_key="k", on_event=print).run(receive)
+            await relay.stream(settings=SETTINGS, api_key="k", on_event=print).run(audio)
         nursery.cancel_scope.cancel()
 
 

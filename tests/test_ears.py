@@ -159,3 +159,55 @@ async def test_the_payload_is_read_past_csrcs_and_a_header_extension_and_no_audi
     ears.flush(0.1)
     assert recorder.frames == [frame(5), frame(7)]
     assert ears.packets_invalid == 1 and ears.reorder.packets_concealed == 0
+
+
+class Sink:
+    """A synchronous recognizer sink that takes ``room`` batches and drops the rest."""
+
+    def __init__(self, room: int = 100):
+        self.batches: list[bytes] = []
+        self.room = room
+        self.closed = False
+
+    def send_nowait(self, batch: bytes) -> None:
+        if len(self.batches) >= self.room:
+            raise trio.WouldBlock
+        self.batches.append(batch)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_diverted_batches_reach_the_sink_in_order_those_already_waiting_first():
+    ears = CallerAudio(vad=None, on_speech=lambda event: None)
+    audio = ears.open_asr_channel()
+    payloads = [bytes([n]) * 160 for n in range(12)]
+    for sequence in range(5):  # one batch waits in the channel before the divert
+        ears.feed(sequence, rtp(sequence, payloads[sequence]), "PCMU", sequence * 0.02)
+    sink = Sink()
+    audio.divert(sink)
+    for sequence in range(5, 12):
+        ears.feed(sequence, rtp(sequence, payloads[sequence]), "PCMU", sequence * 0.02)
+    assert sink.batches == [b"".join(payloads[0:5]), b"".join(payloads[5:10])]
+    assert not sink.closed
+    ears.close()  # the call ended: the open batch goes, then the end
+    assert sink.batches[2:] == [b"".join(payloads[10:12])] and sink.closed
+    with pytest.raises(trio.ClosedResourceError):  # the channel is no longer read
+        audio.receive_nowait()
+
+
+def test_a_sink_that_drops_a_batch_is_counted_and_one_diverted_after_the_end_is_closed_at_once():
+    ears = CallerAudio(vad=None, on_speech=lambda event: None)
+    audio = ears.open_asr_channel()
+    sink = Sink(room=1)
+    audio.divert(sink)
+    for sequence in range(10):
+        ears.feed(sequence, rtp(sequence, bytes([sequence]) * 160), "PCMU", sequence * 0.02)
+    assert len(sink.batches) == 1
+    assert ears.asr_frames_dropped == ASR_BATCH_FRAMES
+    ended = CallerAudio(vad=None, on_speech=lambda event: None)
+    late = ended.open_asr_channel()
+    ended.close()
+    sink = Sink()
+    late.divert(sink)
+    assert sink.closed and sink.batches == []

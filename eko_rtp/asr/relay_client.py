@@ -89,15 +89,20 @@ class RelayStream:
     def seconds_sent(self) -> float:
         return audio_seconds(self._bytes_sent)
 
-    async def run(self, audio: trio.MemoryReceiveChannel[bytes]) -> None:
-        """Hand ``audio`` to the relay until it closes, then let the relay finish; AsrError on failure."""
+    async def run(self, audio) -> None:
+        """Hand ``audio`` (the call's :class:`~eko_rtp.call.ears.AsrAudio`) to the relay until it
+        ends, then let the relay finish; AsrError on failure.
+
+        The batches are diverted: the ears queue each for the relay from the receive
+        hub's step (:class:`_RelaySink`), and this task only waits for the end.
+        """
         relay = self._relay
         ident = relay.open(self, self.settings, self._api_key)  # AsrUnavailable when the relay is not up
         try:
             with self._scope:  # cancelled by a failure the relay reports
-                async for batch in audio:
-                    if relay.send_audio(ident, batch):
-                        self._bytes_sent += len(batch)
+                sink = _RelaySink(self, ident)
+                audio.divert(sink)
+                await sink.ended.wait()
                 relay.close(ident)  # the relay sends CloseStream and waits for the last results
                 with trio.move_on_after(CLOSE_WAIT):
                     await self._ended.wait()
@@ -116,6 +121,26 @@ class RelayStream:
         self._ended.set()
         if error is not None:
             self._scope.cancel()
+
+
+class _RelaySink:
+    """A call's recognizer batches, queued for the relay as the ears make them."""
+
+    __slots__ = ("_stream", "_ident", "ended")
+
+    def __init__(self, stream: RelayStream, ident: int):
+        self._stream = stream
+        self._ident = ident
+        self.ended = trio.Event()
+
+    def send_nowait(self, batch: bytes) -> None:
+        stream = self._stream
+        if not stream._relay.send_audio(self._ident, batch):
+            raise trio.WouldBlock  # dropped: the relay is down or too far behind (counted there too)
+        stream._bytes_sent += len(batch)
+
+    def close(self) -> None:
+        self.ended.set()
 
 
 class AsrRelay:

@@ -18,7 +18,11 @@ out goes, in order, to:
   ``ASR_BATCH_FRAMES`` (100 ms: one websocket message per 20 ms frame cost the
   client most of a core at a few hundred calls, docs/BENCHMARKS.md); a batch is
   sent early when the VAD hears speech end, and at the end of the call. Bounded: a
-  recognizer that falls behind loses batches, counted in ``asr_frames_dropped``;
+  recognizer that falls behind loses batches, counted in ``asr_frames_dropped``.
+  A recognizer that only queues the batches for another process (the relay,
+  eko_rtp/asr/relay_client.py) diverts them to a synchronous sink
+  (:meth:`AsrAudio.divert`): each batch goes there from this step, with no task of
+  the call to wake for it (at 500 calls, 5000 task steps a second less);
 - the script's ``audio_in`` subscribers (a ring of ``FRAMES_KEPT`` frames: a slow
   reader loses the oldest, counted in ``frames_dropped``);
 - the call's recorder, when recording is on.
@@ -36,7 +40,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Protocol
 
 import trio
 
@@ -56,14 +60,46 @@ SpeechEvent = SpeechStarted | SpeechEnded
 _NO_AUDIO = memoryview(b"")
 
 
+class AsrSink(Protocol):
+    """Where diverted recognizer batches go, synchronously."""
+
+    def send_nowait(self, batch: bytes) -> None:
+        """Take a batch; raise ``trio.WouldBlock`` when it had to be dropped."""
+
+    def close(self) -> None:
+        """No more batches: the call's audio ended."""
+
+
+class AsrAudio:
+    """The caller's audio for one recognizer: batches to read (``async for``, ``receive_nowait``),
+    or to divert to a synchronous sink."""
+
+    __slots__ = ("_receive", "_ears")
+
+    def __init__(self, receive: trio.MemoryReceiveChannel, ears: "CallerAudio"):
+        self._receive = receive
+        self._ears = ears
+
+    def __aiter__(self):
+        return self._receive.__aiter__()
+
+    def receive_nowait(self) -> bytes:
+        return self._receive.receive_nowait()
+
+    def divert(self, sink: AsrSink) -> None:
+        """From now on every batch goes to ``sink`` as it is made; those already waiting go first,
+        in order. ``sink.close()`` says the audio ended (at once if it already has)."""
+        self._ears._divert_asr(self._receive, sink)
+
+
 class CallerAudio:
     """The caller's side of one call's audio, from RTP packets to 20 ms frames and events."""
 
     # One per call, kept for its life: no instance dict (docs/BENCHMARKS.md, sixth session).
     __slots__ = (
         "_vad", "_vad_wanted", "_on_speech", "_recorder", "_codec", "_reorder", "_last_frame_time", "_ring",
-        "_ring_ready", "_asr", "_asr_batch", "frames", "packets_invalid", "frames_dropped", "asr_frames_dropped",
-        "closed", "speaking", "_gap_nursery", "_gap_patience", "_gap_watched", "_idle",
+        "_ring_ready", "_asr", "_asr_receive", "_asr_batch", "frames", "packets_invalid", "frames_dropped",
+        "asr_frames_dropped", "closed", "speaking", "_gap_nursery", "_gap_patience", "_gap_watched", "_idle",
     )
 
     def __init__(self, *, vad: VoiceActivityDetector | None, on_speech: Callable[[SpeechEvent], None],
@@ -77,7 +113,8 @@ class CallerAudio:
         self._last_frame_time = -1.0
         self._ring: collections.deque | None = None  # made by the first audio_in reader
         self._ring_ready: trio.Event | None = None
-        self._asr: trio.MemorySendChannel | None = None
+        self._asr: trio.MemorySendChannel | AsrSink | None = None  # where batches go
+        self._asr_receive: trio.MemoryReceiveChannel | None = None  # the other end of that channel
         self._asr_batch = bytearray()
         self.frames = 0  # frames heard
         self.packets_invalid = 0  # audio packets whose payload bounds made no sense
@@ -181,7 +218,7 @@ class CallerAudio:
 
     # -- readers -----------------------------------------------------------------------
 
-    def open_asr_channel(self) -> trio.MemoryReceiveChannel:
+    def open_asr_channel(self) -> AsrAudio:
         """The frames from now on, for a speech recognizer (one at a time; ended at close)."""
         if self._asr is not None:
             self._asr.close()
@@ -191,7 +228,29 @@ class CallerAudio:
             send.close()
         else:
             self._asr = send
-        return receive
+            self._asr_receive = receive
+        return AsrAudio(receive, self)
+
+    def _divert_asr(self, receive: trio.MemoryReceiveChannel, sink: AsrSink) -> None:
+        current = self._asr is not None and self._asr_receive is receive
+        waiting = []
+        while True:
+            try:
+                waiting.append(receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        receive.close()
+        for batch in waiting:
+            try:
+                sink.send_nowait(batch)
+            except trio.WouldBlock:
+                self.asr_frames_dropped += -(-len(batch) // FRAME_BYTES)
+        if current:
+            self._asr.close()
+            self._asr = sink
+            self._asr_receive = None
+        else:
+            sink.close()  # the audio had already ended (or another recognizer has it now)
 
     def close_asr_channel(self) -> None:
         """No more audio for the recognizer: what is batched goes first."""
@@ -200,6 +259,7 @@ class CallerAudio:
             if self._asr is not None:
                 self._asr.close()
                 self._asr = None
+                self._asr_receive = None
 
     def frames_in(self) -> AsyncIterator[bytes]:
         """The caller's 20 ms frames from now on (this call on), until the call ends."""
