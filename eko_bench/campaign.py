@@ -377,7 +377,8 @@ async def _run_plans(options: Options, *, caller_audio: bytes) -> Outcome:
                      " (only --spawn sets up its listening mode)")
     if options.keep_cpu_awake:
         notes.append(f"--keep-cpu-awake: SCHED_IDLE spinners kept CPU(s) {sorted(options.server_cpus)} from halting"
-                     " (the server's own; the bench's for the peer); the target's CPU row counts its own process only")
+                     " (the server's own; the bench's for the peer); the target's CPU row counts its own process"
+                     " only, and its other children (the recognizer relay) have rows of their own")
     if options.plan.scenario == "listening" and options.spawn:
         results = await _listening_runs(options, caller_audio)
         return _outcome(results, notes)

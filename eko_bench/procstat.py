@@ -4,6 +4,11 @@ CPU: fields 14 and 15 of ``/proc/<pid>/stat`` (utime, stime, in clock ticks,
 all threads of the process). The line is split after the last ``)`` because the
 command name in field 2 may itself contain spaces and parentheses. Memory:
 ``VmRSS`` from ``/proc/<pid>/status`` (kB).
+
+The server's own child processes (the recognizer relay) do part of its work on
+other CPUs: :func:`children` finds them (field 4 of their stat line, the parent's
+pid) and names each by the module it runs, leaving out the keep-awake spinners,
+whose CPU is idle time by design (eko_rtp/server/spinner.py).
 """
 
 from __future__ import annotations
@@ -23,6 +28,49 @@ def cpu_ticks_from_stat(text: str) -> int:
         raise ValueError(f"unrecognised /proc stat line: {text[:80]!r}")
     # rest starts at field 3 (state): utime is field 14 -> index 11, stime index 12.
     return int(fields[11]) + int(fields[12])
+
+
+def parent_from_stat(text: str) -> int:
+    """The parent's pid (field 4) from the text of /proc/<pid>/stat."""
+    _, paren, rest = text.rpartition(")")
+    fields = rest.split()
+    if not paren or len(fields) < 2:
+        raise ValueError(f"unrecognised /proc stat line: {text[:80]!r}")
+    return int(fields[1])
+
+
+SPINNER_MODULE = "eko_rtp.server.spinner"
+
+
+def label_from_cmdline(raw: bytes) -> str | None:
+    """A child's name from its NUL-separated command line: the module after ``-m``, else the
+    program's base name; None for a keep-awake spinner."""
+    argv = [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+    if not argv:
+        return None
+    if "-m" in argv[:-1]:
+        module = argv[argv.index("-m") + 1]
+        return None if module == SPINNER_MODULE else module
+    return os.path.basename(argv[0])
+
+
+def children(pid: int, proc: str = "/proc") -> dict[int, str]:
+    """The processes whose parent is ``pid`` (pid -> label), spinners left out."""
+    found = {}
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{entry}/stat") as stat_file:
+                if parent_from_stat(stat_file.read()) != pid:
+                    continue
+            with open(f"{proc}/{entry}/cmdline", "rb") as cmdline_file:
+                label = label_from_cmdline(cmdline_file.read())
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not readable
+        if label is not None:
+            found[int(entry)] = label
+    return found
 
 
 def rss_kib_from_status(text: str) -> int:

@@ -325,6 +325,10 @@ def summarise(result: RunResult) -> dict:
             per_call = (steady_rss - result.idle.rss_kib) / result.plan.simultaneous
         server = {
             "cpu_percent": procstat.cpu_percent(result.steady[0], result.steady[-1]) if len(result.steady) >= 2 else None,
+            # Its child processes, on other CPUs (the recognizer relay), apart: the row above is the media core.
+            "children_cpu_percent": {name: 100.0 * seconds / result.steady_seconds
+                                     for name, seconds in result.server_children_cpu_seconds.items()}
+                                    if result.steady_seconds else {},
             "rss_idle_kib": result.idle.rss_kib if result.idle else None,
             "rss_steady_kib": steady_rss,
             "rss_per_call_kib": per_call,
@@ -428,7 +432,9 @@ def rows(summary: dict) -> list[tuple[str, object]]:
             ("  steady period only ms/min", summary["drift_steady_ms_per_minute_max"]),
             ("steady period s", summary["steady_seconds"])]
     server = summary["server"] or {}
-    out += [("target CPU % of a core", server.get("cpu_percent")), ("target RSS idle KiB", server.get("rss_idle_kib")),
+    out += [("target CPU % of a core", server.get("cpu_percent")),
+            *((f"  its child {name} CPU %", value) for name, value in (server.get("children_cpu_percent") or {}).items()),
+            ("target RSS idle KiB", server.get("rss_idle_kib")),
             ("target RSS steady KiB", server.get("rss_steady_kib")), ("target RSS per call KiB", server.get("rss_per_call_kib"))]
     bench = summary["bench"]
     out += [("bench CPU % of a core", bench["cpu_percent"]), ("bench media process CPU %", bench["media_process_cpu_percent"]),

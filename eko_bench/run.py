@@ -251,6 +251,9 @@ class RunResult:
     rtp_queues_last: udp_queues.QueueSample | None = None
     # The bench's helper processes (name -> CPU seconds over the steady period), counted as the bench's.
     helper_cpu_seconds: dict = attrs.Factory(dict)
+    # The server's child processes (name -> CPU seconds over the steady period): the recognizer
+    # relay works for the server on another CPU (procstat.children; spinners left out).
+    server_children_cpu_seconds: dict = attrs.Factory(dict)
     loadavg_before: str | None = None  # /proc/loadavg's first three fields
     loadavg_after: str | None = None
     asr_stats: dict | None = None  # listening with asr: the fake endpoint's counters
@@ -280,6 +283,7 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
     bench_cpu: list[float] = []
     media_cpu: list[float] = []
     helper_cpu: dict[str, list[float]] = {name: [] for name in target.helpers}
+    child_cpu: dict[int, tuple[str, list[float]]] = {}  # the server's children, found when the calls are up
     idle = procstat.sample(target.pid, time.monotonic()) if target.pid else None
     limiter = trio.CapacityLimiter(plan.concurrency)
     started = time.monotonic()
@@ -355,11 +359,17 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
 
     async def sample_steady() -> None:
         await all_up.wait()
+        if target.pid:
+            child_cpu.update({pid: (label, []) for pid, label in procstat.children(target.pid).items()})
         while True:
             if target.pid:
                 found = procstat.sample(target.pid, time.monotonic())
                 if found is not None:
                     steady.append(found)
+                for pid, (_label, seconds) in child_cpu.items():
+                    child = procstat.sample(pid, time.monotonic())
+                    if child is not None:
+                        seconds.append(child.cpu_ticks / procstat.CLOCK_TICKS)
             usage = resource.getrusage(resource.RUSAGE_SELF)
             media_process = procstat.sample(engine.pid, time.monotonic())
             media_seconds = media_process.cpu_ticks / procstat.CLOCK_TICKS if media_process else 0.0
@@ -440,6 +450,7 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
         rtp_queues_max=queues.worst if queues else None,
         rtp_queues_last=queues.last if queues else None,
         helper_cpu_seconds={name: seconds[-1] - seconds[0] for name, seconds in helper_cpu.items() if len(seconds) >= 2},
+        server_children_cpu_seconds=_by_label(child_cpu),
         loadavg_before=loadavg_before,
         loadavg_after=read_loadavg(),
     )
@@ -466,6 +477,15 @@ def read_loadavg() -> str | None:
             return " ".join(handle.read().split()[:3])
     except OSError:
         return None
+
+
+def _by_label(child_cpu: dict[int, tuple[str, list[float]]]) -> dict[str, float]:
+    """CPU seconds over the steady period per child name (two relays in a row add up)."""
+    total: dict[str, float] = {}
+    for label, seconds in child_cpu.values():
+        if len(seconds) >= 2:
+            total[label] = total.get(label, 0.0) + seconds[-1] - seconds[0]
+    return total
 
 
 class _QueueWatch:

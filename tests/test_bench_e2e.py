@@ -236,7 +236,10 @@ def test_keep_cpu_awake_spins_beside_the_server_and_the_probe(built_cache):
     assert [probe["when"] for probe in report["host_noise"]] == ["before the run" + awake, "after the run" + awake]
     assert report["runs"][0]["calls"]["answered"] == 1
     assert report["notes"][0] == (f"--keep-cpu-awake: SCHED_IDLE spinners kept CPU(s) [{cpu}] from halting (the server's"
-                               " own; the bench's for the peer); the target's CPU row counts its own process only")
+                               " own; the bench's for the peer); the target's CPU row counts its own process only,"
+                               " and its other children (the recognizer relay) have rows of their own")
+    assert report["runs"][0]["steady_seconds"]  # the children were looked for
+    assert report["runs"][0]["server"]["children_cpu_percent"] == {}  # the server's spinner is not one of them
 
 
 @pytest.mark.parametrize("arguments", [["--spawn"], ["--address", "127.0.0.1:5060", "--server-cpus", "0"]])

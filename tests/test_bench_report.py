@@ -56,10 +56,23 @@ def test_summary_of_known_calls():
     assert summary["packets"] == {"received": 5, "expected": 6, "lost": 1, "duplicates": 0, "reordered": 0,
                                   "malformed": 0, "srtp_dropped": 0, "calls_with_several_ssrcs": 0, "rtcp_received": 0}
     assert (summary["tls"], summary["srtp"]) == (False, None)  # in clear
-    assert summary["server"] == {"cpu_percent": 50.0, "rss_idle_kib": 30000, "rss_steady_kib": 30200, "rss_per_call_kib": 100.0}
+    assert summary["server"] == {"cpu_percent": 50.0, "children_cpu_percent": {}, "rss_idle_kib": 30000,
+                                 "rss_steady_kib": 30200, "rss_per_call_kib": 100.0}
     assert summary["bench"]["cpu_percent"] == 25.0
     assert summary["bench"]["media_process_cpu_percent"] == 10.0
     assert (summary["bench"]["saturated"], summary["bench"]["late_sending"]) == (False, False)
+
+
+def test_the_server_s_child_processes_are_reported_beside_its_own_cpu():
+    idle = procstat.Sample(at=0.0, cpu_ticks=0, rss_kib=30000)
+    steady = [procstat.Sample(at=1.0, cpu_ticks=0, rss_kib=30100), procstat.Sample(at=3.0, cpu_ticks=0, rss_kib=30200)]
+    answered = CallRecord(index=0, status=200, invite_sent_ns=T0, final_ns=T0, media=_media([0, 20], [1, 2]))
+    result = attrs.evolve(_result([answered], idle=idle, steady=steady),
+                          server_children_cpu_seconds={"eko_rtp.asr.relay_process": 0.6})
+    summary = report.summarise(result)
+    assert summary["server"]["children_cpu_percent"] == {"eko_rtp.asr.relay_process": 30.0}  # 0.6 s of 2 s
+    rows = dict(report.rows(summary))
+    assert rows["  its child eko_rtp.asr.relay_process CPU %"] == 30.0
 
 
 def test_sources_are_accounted_separately():
