@@ -15,7 +15,7 @@ import trio.testing
 
 from eko_rtp.asr.deepgram_api import AsrSettings, SpeechStarted, Transcript, UtteranceEnd
 from eko_rtp.asr.errors import AsrDropped, AsrError, AsrUnauthorized, AsrUnavailable
-from eko_rtp.asr.relay_client import AsrRelay, relay_cpus
+from eko_rtp.asr.relay_client import WRITE_INTERVAL, AsrRelay, relay_cpus
 from eko_rtp.asr.relay_process import Relay
 from eko_rtp.call.ears import CallerAudio
 from eko_rtp.asr.relay_protocol import (
@@ -226,3 +226,29 @@ def test_the_relay_runs_on_the_cpus_the_server_is_not_pinned_to(monkeypatch):
     assert relay_cpus("3") == "3"
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
     assert relay_cpus("") is None
+
+
+async def test_writes_to_the_relay_go_at_most_one_per_interval_with_all_that_waited(autojump_clock):
+    # Each write wakes the relay on its CPU: what is queued meanwhile waits for the interval.
+    relay = AsrRelay(cpus=None)
+    sent = []
+
+    class Connection:
+        async def send_all(self, data: bytes) -> None:
+            sent.append((trio.current_time(), data))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(relay._write, Connection(), nursery.cancel_scope)
+        started = trio.current_time()
+        relay._queue(b"a")
+        relay._queue(b"b")
+        await trio.sleep(0.001)
+        relay._queue(b"c")
+        await trio.sleep(0.002)
+        relay._queue(b"d")
+        await trio.sleep(0.050)
+        relay._queue(b"e")  # long after the last write: goes at once
+        await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+    assert [(round(at - started, 4), data) for at, data in sent] == [
+        (0.0, b"ab"), (WRITE_INTERVAL, b"cd"), (0.053, b"e")]

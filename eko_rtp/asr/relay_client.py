@@ -6,7 +6,9 @@ caller's audio, and JSON for every reply: at a few hundred recognizing calls tha
 the core's headroom for pacing. :class:`AsrRelay` keeps one child process
 (eko_rtp/asr/relay_process.py, pinned to other CPUs) that runs those streams; here a
 call's :class:`RelayStream` only appends its audio batches to one buffer, written to
-the relay by one task, and reads back the stream's events and end
+the relay by one task at most every ``WRITE_INTERVAL`` (each write wakes the relay on
+its CPU: one write per 10 ms carries 50 calls' batches at 500 calls, where a write
+per batch woke it 5000 times a second), and reads back the stream's events and end
 (eko_rtp/asr/relay_protocol.py). A :class:`RelayStream` is what
 :class:`~eko_rtp.call.speech.CallSpeech` runs in place of a
 :class:`~eko_rtp.asr.deepgram_client.DeepgramStream`: same ``run(audio)``, same
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import signal
 import socket
@@ -56,6 +59,7 @@ READ_SIZE = 1 << 16
 MAX_PENDING = 4 << 20  # octets waiting for the relay: 40 s of audio of 100 calls
 CLOSE_WAIT = 3.0  # s for the relay to finish a stream after the call's last audio
 MAX_RESTART_DELAY = 60.0
+WRITE_INTERVAL = 0.010  # s at least between two writes to the relay (audio, opens, closes)
 
 
 def relay_cpus(configured: str) -> str | None:
@@ -289,8 +293,11 @@ class AsrRelay:
                 stream.end(message.error)
 
     async def _write(self, connection: trio.SocketStream, scope: trio.CancelScope) -> None:
+        last_write = -math.inf
         while True:
             await self._wake.wait()
+            await trio.sleep_until(last_write + WRITE_INTERVAL)  # what comes meanwhile goes in the same write
+            last_write = trio.current_time()
             self._wake = trio.Event()
             data = bytes(self._pending)
             self._pending.clear()
