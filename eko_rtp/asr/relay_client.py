@@ -7,8 +7,8 @@ the core's headroom for pacing. :class:`AsrRelay` keeps one child process
 (eko_rtp/asr/relay_process.py, pinned to other CPUs) that runs those streams; here a
 call's :class:`RelayStream` only appends its audio batches to one buffer, written to
 the relay by one task at most every ``WRITE_INTERVAL`` (each write wakes the relay on
-its CPU: one write per 10 ms carries 50 calls' batches at 500 calls, where a write
-per batch woke it 5000 times a second), and reads back the stream's events and end
+its CPU, so one write carries every batch queued meanwhile rather than one), and
+reads back the stream's events and end
 (eko_rtp/asr/relay_protocol.py). A :class:`RelayStream` is what
 :class:`~eko_rtp.call.speech.CallSpeech` runs in place of a
 :class:`~eko_rtp.asr.deepgram_client.DeepgramStream`: same ``run(audio)``, same

@@ -22,7 +22,8 @@ out goes, in order, to:
   A recognizer that only queues the batches for another process (the relay,
   eko_rtp/asr/relay_client.py) diverts them to a synchronous sink
   (:meth:`AsrAudio.divert`): each batch goes there from this step, with no task of
-  the call to wake for it (at 500 calls, 5000 task steps a second less);
+  the call to wake for it (a task step per batch per call was a measurable share of
+  the media core, docs/BENCHMARKS.md);
 - the script's ``audio_in`` subscribers (a ring of ``FRAMES_KEPT`` frames: a slow
   reader loses the oldest, counted in ``frames_dropped``);
 - the call's recorder, when recording is on.
