@@ -15,6 +15,7 @@ import trio
 
 from eko_rtp.errors import UserError
 from eko_rtp.server.awake import keep_cpus_awake, pin_to, spinner_cpus
+from eko_rtp.server.spinner import parent_waits_here
 from server_helpers import REPO, ServerProcess, free_port
 
 CPU = min(os.sched_getaffinity(0))
@@ -223,3 +224,41 @@ def test_cpus_the_kernel_refuses_are_a_user_error_naming_the_key():
         "key 'media.cpus': cannot run on CPU(s) 4095: Invalid argument (under systemd the unit pins the server:"
         " run install-service again after changing media.cpus)")
     assert os.sched_getaffinity(0) == before
+
+
+STAT = b"4242 (a (b) R c) %s 1 1 1 0 -1 4194560" + b" 0" * 29 + b" %d 0 0"  # field 39: the CPU last run on
+
+
+@pytest.mark.parametrize("state, cpu_field, cpu, waits", [
+    (b"R", 0, 0, True),  # runnable, queued here: the spinner has the CPU the parent wants
+    (b"S", 0, 0, False),  # asleep: the CPU is the spinner's to keep awake
+    (b"R", 1, 0, False),  # runnable elsewhere
+    (b"D", 0, 0, False),
+])
+def test_the_spinner_reads_whether_its_parent_waits_for_its_cpu(state, cpu_field, cpu, waits):
+    assert parent_waits_here(STAT % (state, cpu_field), cpu) is waits
+
+
+def test_a_stat_line_it_cannot_read_never_makes_the_spinner_yield():
+    assert parent_waits_here(b"", 0) is False
+    assert parent_waits_here(b"4242 (truncated) R 1 1", 0) is False
+
+
+def test_a_busy_process_queued_on_our_cpu_reads_as_waiting_and_a_sleeping_one_does_not():
+    cpu = min(os.sched_getaffinity(0))
+    ours = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    busy = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
+    asleep = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.5)  # both started; the busy one now competes with us for the CPU
+        with open(f"/proc/{busy.pid}/stat", "rb") as handle:
+            # We are on the CPU as we read, so the busy process waits in the run queue.
+            assert parent_waits_here(handle.read(), cpu) is True
+        with open(f"/proc/{asleep.pid}/stat", "rb") as handle:
+            assert parent_waits_here(handle.read(), cpu) is False
+    finally:
+        os.sched_setaffinity(0, ours)
+        for process in (busy, asleep):
+            process.kill()
+            process.wait(timeout=10)
