@@ -6,6 +6,7 @@ process whose recognizer is refused at once (no endpoint listens)."""
 from __future__ import annotations
 
 import socket
+import struct
 import sys
 
 import msgpack
@@ -15,7 +16,7 @@ import trio.testing
 
 from eko_rtp.asr.deepgram_api import AsrSettings, SpeechStarted, Transcript, UtteranceEnd
 from eko_rtp.asr.errors import AsrDropped, AsrError, AsrUnauthorized, AsrUnavailable
-from eko_rtp.asr.relay_client import WRITE_INTERVAL, AsrRelay, relay_cpus
+from eko_rtp.asr.relay_client import WRITE_INTERVAL, AsrRelay, RelayStream, relay_cpus
 from eko_rtp.asr.relay_process import Relay
 from eko_rtp.call.ears import CallerAudio
 from eko_rtp.asr.relay_protocol import (
@@ -252,3 +253,59 @@ async def test_writes_to_the_relay_go_at_most_one_per_interval_with_all_that_wai
         nursery.cancel_scope.cancel()
     assert [(round(at - started, 4), data) for at, data in sent] == [
         (0.0, b"ab"), (WRITE_INTERVAL, b"cd"), (0.053, b"e")]
+
+
+def rtp_packet(sequence: int) -> bytes:
+    """An RTP datagram with 160 octets of µ-law, as the ears get them."""
+    return struct.pack("!BBHII", 0x80, 0, sequence, sequence * 160, 0x1234) + bytes([sequence]) * 160
+
+
+class FakeRelay:
+    """The media side's view of the relay, for one RelayStream: records what the stream asks."""
+
+    def __init__(self):
+        self.sent: list[bytes] = []
+        self.closed: list[int] = []
+        self.stream = None
+
+    def open(self, stream, settings, api_key) -> int:
+        self.stream = stream
+        return 7
+
+    def send_audio(self, ident: int, batch: bytes) -> bool:
+        self.sent.append(batch)
+        return True
+
+    def close(self, ident: int) -> None:
+        self.closed.append(ident)
+
+    def forget(self, ident: int) -> None:
+        pass
+
+
+@pytest.mark.parametrize("error", [None, AsrDropped("the provider went away")])
+async def test_a_stream_the_relay_ends_mid_call_returns_at_once_as_an_in_process_one_would(error):
+    relay = FakeRelay()
+    ears = CallerAudio(vad=None, on_speech=print)
+    audio = ears.open_asr_channel()
+    stream = RelayStream(relay, settings=SETTINGS, api_key="k", on_event=print)
+    outcome = []
+
+    async def run():
+        try:
+            await stream.run(audio)
+            outcome.append("returned")
+        except AsrError as caught:
+            outcome.append(caught)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        await trio.testing.wait_all_tasks_blocked()
+        for sequence in range(5):  # one batch, straight to the relay
+            ears.feed(sequence, rtp_packet(sequence), "PCMU", sequence * 0.02)
+        assert len(relay.sent) == 1
+        relay.stream.end(error)  # the call goes on; its recognizer stream does not
+        with trio.fail_after(1):
+            while not outcome:
+                await trio.sleep(0.001)
+    assert outcome == ["returned" if error is None else error]

@@ -103,7 +103,7 @@ class RelayStream:
         relay = self._relay
         ident = relay.open(self, self.settings, self._api_key)  # AsrUnavailable when the relay is not up
         try:
-            with self._scope:  # cancelled by a failure the relay reports
+            with self._scope:  # cancelled by the stream's end the relay reports
                 sink = _RelaySink(self, ident)
                 audio.divert(sink)
                 await sink.ended.wait()
@@ -121,10 +121,12 @@ class RelayStream:
         self._on_event(event)
 
     def end(self, error: AsrError | None) -> None:
+        """The relay's stream ended: failed, or closed by the provider mid-call, or after our close.
+        Whichever, ``run`` stops waiting for audio and returns (raising ``error`` if any), as a
+        DeepgramStream in this process does when its connection ends."""
         self._error = error
         self._ended.set()
-        if error is not None:
-            self._scope.cancel()
+        self._scope.cancel()
 
 
 class _RelaySink:
