@@ -20,23 +20,25 @@ import attrs
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_ticks_from_stat(text: str) -> int:
-    """utime + stime from the text of /proc/<pid>/stat."""
+def _fields_after_name(text: str, needed: int) -> list[str]:
+    """The fields of a /proc/<pid>/stat line from field 3 (state) on, at least ``needed`` of them."""
     _, paren, rest = text.rpartition(")")
     fields = rest.split()
-    if not paren or len(fields) < 13:
+    if not paren or len(fields) < needed:
         raise ValueError(f"unrecognised /proc stat line: {text[:80]!r}")
-    # rest starts at field 3 (state): utime is field 14 -> index 11, stime index 12.
+    return fields
+
+
+def cpu_ticks_from_stat(text: str) -> int:
+    """utime + stime from the text of /proc/<pid>/stat."""
+    fields = _fields_after_name(text, 13)
+    # fields start at field 3 (state): utime is field 14 -> index 11, stime index 12.
     return int(fields[11]) + int(fields[12])
 
 
 def parent_from_stat(text: str) -> int:
     """The parent's pid (field 4) from the text of /proc/<pid>/stat."""
-    _, paren, rest = text.rpartition(")")
-    fields = rest.split()
-    if not paren or len(fields) < 2:
-        raise ValueError(f"unrecognised /proc stat line: {text[:80]!r}")
-    return int(fields[1])
+    return int(_fields_after_name(text, 2)[1])
 
 
 SPINNER_MODULE = "eko_rtp.server.spinner"

@@ -245,7 +245,7 @@ class CallerAudio:
             try:
                 sink.send_nowait(batch)
             except trio.WouldBlock:
-                self.asr_frames_dropped += -(-len(batch) // FRAME_BYTES)
+                self._asr_dropped(batch)
         if current:
             self._asr.close()
             self._asr = sink
@@ -329,10 +329,13 @@ class CallerAudio:
         try:
             self._asr.send_nowait(bytes(batch))
         except trio.WouldBlock:
-            self.asr_frames_dropped += -(-len(batch) // FRAME_BYTES)
+            self._asr_dropped(batch)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._asr = None
         batch.clear()
+
+    def _asr_dropped(self, batch) -> None:
+        self.asr_frames_dropped += -(-len(batch) // FRAME_BYTES)  # a short last batch is a frame too
 
     def _speech(self, event: SpeechEvent) -> None:
         self.speaking = isinstance(event, SpeechStarted)
