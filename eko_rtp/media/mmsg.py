@@ -14,6 +14,13 @@ copy into its slot and two small writes into its header, and nothing is allocate
 per packet. :func:`available` says whether this C library has the calls; the server
 refuses ``media.rtp_socket = "shared"`` at start when it does not.
 
+The same classes exist compiled (media/_batch.c, built by ``pip install`` when a C
+compiler and Python's headers are there, else skipped): the Python around each
+datagram (struct writes into the slots, reading sources and times back, the routing
+loop) cost as much again as the kernel's share, so :data:`SendBatch` and
+:data:`ReceiveBatch` are the compiled ones when they were built and these otherwise
+(:data:`IMPLEMENTATION` says which; the server logs it at start).
+
 This module moves bytes and addresses only: which call a datagram belongs to is
 media/shared_port.py's business.
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import os
 import socket
 import struct
 
@@ -145,7 +153,7 @@ class _Slots:
         self.address = ctypes.addressof(self.messages)
 
 
-class SendBatch:
+class PythonSendBatch:
     """Datagrams queued for one ``sendmmsg`` on ``sock``: :meth:`add` them, then :meth:`flush`.
 
     A datagram longer than ``slot_size`` is refused by :meth:`add` (ValueError): RTP
@@ -219,7 +227,7 @@ class SendBatch:
         return sent
 
 
-class ReceiveBatch:
+class PythonReceiveBatch:
     """Up to ``slots`` datagrams from ``sock`` in one ``recvmmsg``, with sources and arrival times.
 
     After :meth:`receive` returned ``n``, :meth:`datagram`, :meth:`source` and
@@ -234,9 +242,15 @@ class ReceiveBatch:
         self.errors = 0
         self.last_error: int | None = None
         self._filled = 0  # entries the kernel wrote lengths into last time
+        self._dispatching = False
 
-    def receive(self) -> int:
-        """Take what waits on the socket, up to a batch, without blocking; how many came."""
+    def receive(self, limit: int | None = None) -> int:
+        """Take what waits on the socket, up to ``limit`` datagrams and a batch, without
+        blocking; how many came."""
+        if limit is not None and limit < 0:
+            raise ValueError(f"a limit of {limit} datagrams")
+        if self._dispatching:
+            raise RuntimeError("a handler may not read the batch it is dispatched from")
         slots = self._slots
         view = slots.message_view
         for index in range(self._filled):  # the kernel wrote the actual lengths: room again
@@ -244,7 +258,10 @@ class ReceiveBatch:
             _UINT32.pack_into(view, at + _NAMELEN_AT, _NAME_SIZE)
             _SIZE_T.pack_into(view, at + _CONTROLLEN_AT, _CONTROL_SIZE)
         self._filled = 0
-        result = self._recvmmsg(self._sock.fileno(), slots.address, slots.count, MSG_DONTWAIT, None)
+        wanted = slots.count if limit is None else min(limit, slots.count)
+        if not wanted:
+            return 0
+        result = self._recvmmsg(self._sock.fileno(), slots.address, wanted, MSG_DONTWAIT, None)
         if result < 0:
             code = ctypes.get_errno()
             if code not in (errno.EAGAIN, errno.EINTR):
@@ -255,7 +272,35 @@ class ReceiveBatch:
         self._filled = result
         return result
 
+    def dispatch(self, routes: dict, now: float, stray, failed, limit: int | None = None) -> int:
+        """Receive a batch (at most ``limit`` datagrams) and hand each datagram to its route:
+        ``routes[source]`` is ``(handler, address)`` and ``handler(data, address, now, arrival)``
+        runs; a source with no route goes to ``stray(source)``, and an ``Exception`` from a
+        handler to ``failed(address, error)`` before the next datagram. How many came."""
+        count = self.receive(limit)
+        self._dispatching = True
+        try:
+            for index in range(count):
+                source = self.source(index)
+                route = routes.get(source)
+                if route is None:
+                    stray(source)
+                    continue
+                handler, address = route
+                try:
+                    handler(self.datagram(index), address, now, self.arrival(index))
+                except Exception as error:
+                    failed(address, error)
+        finally:
+            self._dispatching = False
+        return count
+
+    def _check(self, index: int) -> None:
+        if not 0 <= index < self._filled:
+            raise IndexError(f"entry {index} of a batch that holds {self._filled}")
+
     def datagram(self, index: int) -> bytes:
+        self._check(index)
         slots = self._slots
         length = _UINT32.unpack_from(slots.message_view, index * _MMSG_SIZE + _LENGTH_AT)[0]
         start = index * slots.data_size
@@ -263,6 +308,7 @@ class ReceiveBatch:
 
     def source(self, index: int) -> bytes:
         """The sender's socket address, byte for byte as :func:`socket_address` builds it."""
+        self._check(index)
         slots = self._slots
         at = index * _MMSG_SIZE + _NAMELEN_AT
         length = min(_UINT32.unpack_from(slots.message_view, at)[0], _NAME_SIZE)
@@ -271,6 +317,7 @@ class ReceiveBatch:
 
     def arrival(self, index: int) -> float | None:
         """When the datagram reached the socket (wall clock, ``SO_TIMESTAMPNS``), or None."""
+        self._check(index)
         slots = self._slots
         at = index * _MMSG_SIZE + _CONTROLLEN_AT
         length = _SIZE_T.unpack_from(slots.message_view, at)[0]
@@ -282,3 +329,17 @@ class ReceiveBatch:
             return None
         seconds, nanoseconds = _TIMESPEC.unpack_from(slots.control_view, start + _CMSG_HEADER)
         return seconds + nanoseconds * 1e-9
+
+
+# The compiled twin (media/_batch.c) when it was built, else the classes above; both
+# pass tests/test_mmsg.py. EKO_RTP_PURE_PYTHON=1 takes the Python ones (to compare).
+SendBatch: type = PythonSendBatch
+ReceiveBatch: type = PythonReceiveBatch
+IMPLEMENTATION = "python"
+if not os.environ.get("EKO_RTP_PURE_PYTHON"):
+    try:
+        from eko_rtp.media._batch import ReceiveBatch, SendBatch  # noqa: F811
+    except ImportError:
+        pass
+    else:
+        IMPLEMENTATION = "compiled"

@@ -221,28 +221,17 @@ class SharedMediaPort:
                 self.counters.send_drops += batch.dropped - self._drops_counted
                 self._drops_counted = batch.dropped
 
-    def receive_rtp(self, now: float) -> int:
-        """The receive hub's read of the RTP socket: one batch, each datagram to its call."""
-        return self._dispatch(self._rtp_in, self._rtp_routes, now)
+    def receive_rtp(self, now: float, limit: int | None = None) -> int:
+        """The receive hub's read of the RTP socket: one batch (at most ``limit`` datagrams),
+        each datagram to its call."""
+        return self._rtp_in.dispatch(self._rtp_routes, now, self._stray, self._failed, limit)
 
-    def receive_rtcp(self, now: float) -> int:
-        return self._dispatch(self._rtcp_in, self._rtcp_routes, now)
+    def receive_rtcp(self, now: float, limit: int | None = None) -> int:
+        return self._rtcp_in.dispatch(self._rtcp_routes, now, self._stray, self._failed, limit)
 
-    def _dispatch(self, batch: ReceiveBatch, routes: dict, now: float) -> int:
-        count = batch.receive()
-        for index in range(count):
-            source = batch.source(index)
-            route = routes.get(source)
-            if route is None:
-                self._stray(source)
-                continue
-            handler, address = route
-            try:
-                handler(batch.datagram(index), address, now, batch.arrival(index))
-            except Exception:
-                self.handler_errors += 1
-                log.exception("media handler failed for a datagram from %s:%d", address[0], address[1])
-        return count
+    def _failed(self, address: tuple, error: Exception) -> None:
+        self.handler_errors += 1
+        log.error("media handler failed for a datagram from %s:%d", address[0], address[1], exc_info=error)
 
     def _stray(self, source: bytes) -> None:
         self.strays += 1

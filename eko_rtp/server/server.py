@@ -44,7 +44,7 @@ from eko_rtp.call.handover import HandoverDesk
 from eko_rtp.config import (Config, admission_settings, business_hours, latch_policy, srtp_policy, transfer_targets,
                             vad_settings)
 from eko_rtp.crm.records import CallLog, is_word
-from eko_rtp.media import sdp
+from eko_rtp.media import mmsg, sdp
 from eko_rtp.media.clock import FrameClock
 from eko_rtp.media.negotiation import MediaSession
 from eko_rtp.media.playout import PlayoutQueue
@@ -463,7 +463,8 @@ class EkoServer:
         self.hub.register_batch(pair.rtp, shared.receive_rtp, on_backlog=shared.on_backlog)
         self.hub.register_batch(pair.rtcp, shared.receive_rtcp)
         self.clock.after_tick(shared.flush)
-        log.info("media: trusted callers share RTP port %d (media.rtp_socket = \"shared\")", pair.port)
+        log.info("media: trusted callers share RTP port %d (media.rtp_socket = \"shared\"); %s batch I/O",
+                 pair.port, mmsg.IMPLEMENTATION)
 
     # -- calls -------------------------------------------------------------------
 
