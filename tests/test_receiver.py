@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from eko_rtp.media.clock import FrameClock
-from eko_rtp.media.receiver import MAX_READ_COST, DrainPolicy, ReadCost, ReceiveHub
+from eko_rtp.media.receiver import MAX_READ_COST, UNBOUNDED, DrainPolicy, ReadCost, ReceiveHub
 
 
 @contextlib.contextmanager
@@ -218,7 +218,13 @@ async def test_a_socket_still_full_after_every_round_is_counted_as_a_backlog():
     flooded, quiet, sender = _bound(), _bound(), _bound()
     got = []
     backlogs = []
-    hub.register(flooded, lambda data, address, now, arrival: got.append(data), on_backlog=lambda: backlogs.append(1))
+    times = []
+
+    def on_flooded(data, address, now, arrival):
+        got.append(data)
+        times.append(time.monotonic())
+
+    hub.register(flooded, on_flooded, on_backlog=lambda: backlogs.append(1))
     hub.register(quiet, lambda data, address, now, arrival: got.append(data))
     with closing_all(hub, flooded, quiet, sender):
         for n in range(10):
@@ -228,6 +234,8 @@ async def test_a_socket_still_full_after_every_round_is_counted_as_a_backlog():
     assert got.index(b"q") < 2  # the flood did not keep the other call waiting
     assert [data for data in got if data != b"q"] == [b"f%d" % n for n in range(10)]  # nothing lost, in order
     assert hub.backlogs == len(backlogs) == 2  # 4 + 4 taken with more waiting, then the last 2
+    # A drain that left a backlog is followed by the next at once, not a 5 ms nap later.
+    assert times[-1] - times[0] < 0.004, [round(t - times[0], 4) for t in times]
 
 
 async def test_arrival_is_the_kernel_time_the_datagram_came_not_the_drain_time():
@@ -351,7 +359,8 @@ async def test_a_batch_read_that_would_overrun_the_tick_waits_for_it(mock_clock)
     sender = _bound()
     reads = []
 
-    def reader(now: float) -> int:
+    def reader(now: float, limit: int) -> int:
+        assert limit >= 1
         try:
             sock.recv(2048)
         except BlockingIOError:
@@ -381,13 +390,58 @@ async def test_a_batch_read_that_would_overrun_the_tick_waits_for_it(mock_clock)
     assert hub.datagrams == 5
 
 
-def test_a_read_cost_rises_at_once_and_falls_slowly_within_a_cap():
+async def test_a_batch_read_is_sized_to_the_time_left_before_the_tick(mock_clock):
+    # Each datagram "takes" 0.1 ms: with 0.95 ms to the tick (1 ms less the margin) the
+    # first read is unbounded (nothing measured yet) but finds 4; then 5 fit, then 1,
+    # then none: the hub waits for the tick.
+    gate = TickGate()
+    hub = ReceiveHub(policy=DrainPolicy(nap=0.001), clock=gate)
+    sock, sender = _bound(), _bound()
+    reads = []
+
+    def reader(now: float, limit: int) -> int:
+        taken = 0
+        while taken < min(limit, 4):
+            try:
+                sock.recv(2048)
+            except BlockingIOError:
+                break
+            taken += 1
+        if taken:
+            mock_clock.jump(0.0001 * taken)
+            reads.append((limit, taken, trio.current_time()))
+        return taken
+
+    hub.register_batch(sock, reader)
+    with closing_all(hub, sock, sender):
+        for n in range(20):
+            sender.sendto(b"%d" % n, sock.getsockname())
+        gate.next_tick = tick = trio.current_time() + 0.001
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.run)
+            await trio.testing.wait_all_tasks_blocked()
+            assert gate.waits == 1
+            assert [(limit, taken) for limit, taken, _ in reads] == [(UNBOUNDED, 4), (5, 4), (1, 1)]
+            assert all(ended <= tick - hub.tick_margin + 1e-9 for *_, ended in reads)
+            gate.next_tick = math.inf
+            gate.tick.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert sum(taken for _, taken, _ in reads) == 20
+            nursery.cancel_scope.cancel()
+    assert hub.datagrams == 20
+
+
+def test_a_read_cost_is_per_datagram_rises_at_once_and_falls_slowly_within_a_cap():
     cost = ReadCost()
-    cost.add(0.0004)
-    assert cost.seconds == 0.0004
-    cost.add(0.0002)
-    assert cost.seconds == pytest.approx(0.0004 - 0.0002 / 16)
-    cost.add(0.0005)
-    assert cost.seconds == 0.0005
-    cost.add(1.0)  # one read slowed down by the host
+    assert cost.fits(0.001) == UNBOUNDED  # nothing measured yet
+    assert ReadCost().fits(math.inf) == UNBOUNDED
+    cost.add(0.0004, 4)
+    assert cost.seconds == pytest.approx(0.0001)
+    assert cost.fits(0.00095) == 9 and cost.fits(0.0) == 0 and cost.fits(-1.0) == 0
+    cost.add(0.0002, 4)
+    assert cost.seconds == pytest.approx(0.0001 - 0.00005 / 16)
+    cost.add(0.0005, 2)
+    assert cost.seconds == pytest.approx(0.00025)
+    cost.add(1.0, 1)  # one read slowed down by the host
     assert cost.seconds == MAX_READ_COST
+    assert cost.fits(math.inf) == UNBOUNDED  # no tick due

@@ -14,7 +14,7 @@ sending 100 packets a second (audio and RFC 4733 events side by side) is served 
 promptly as one sending 50, and one flooded socket cannot starve the rest. A drain
 stops after ``max_rounds`` rounds; a socket still ready then is falling behind: the
 hub counts it (``backlogs``) and tells its owner (the call counts it too), and the
-next drain goes on with it. Handlers must not raise: a handler error is logged and
+next drain goes on with it at once, without the nap below. Handlers must not raise: a handler error is logged and
 counted, never propagated.
 
 Arrival times come from the kernel (``SO_TIMESTAMPNS``: when the datagram reached
@@ -44,11 +44,12 @@ Two more rules keep the frame clock on time: the hub steps aside when the clock'
 next tick is less than ``tick_margin`` away and waits until that tick has gone
 (inbound packets wait in their socket buffers instead of the tick waiting behind
 them), and a drain yields to the scheduler once a step has run for ``step_budget``.
-A batch read (the shared port's ``recvmmsg`` and its 32 handlers) takes far longer
-than one datagram, so before each one the hub also asks whether the read, at what
-such reads of that socket have lately cost (:class:`ReadCost`), would still be
-running when the tick is due, and if so steps aside first: a batch never makes
-the tick wait. All of it reads trio's clock, the frame clock's time base (so the
+A batch read (the shared port's ``recvmmsg`` and its handlers) takes far longer than
+one datagram, so before each one the hub sizes it to the time left before the tick,
+at what a datagram of that socket has lately cost (:class:`ReadCost`): a batch never
+makes the tick wait, and the time before the tick is still used (refusing whole
+batches that did not fit left the CPU idle while the shared socket overflowed at
+1000 calls). When not even one datagram fits, the hub steps aside for the tick. All of it reads trio's clock, the frame clock's time base (so the
 mock clock drives them in tests too).
 The measurements behind these choices are in docs/BENCHMARKS.md.
 """
@@ -80,9 +81,11 @@ RIDE_LIMIT = 64
 # this serves up to 3200 datagrams a second per socket (a call sends 50-100) before
 # a socket counts as falling behind.
 MAX_ROUNDS = 64
-# The most a batch read's cost estimate may say: one read slowed down by the host
-# (a preempted vCPU) must not keep the hub from reading for long before every tick.
-MAX_READ_COST = 0.002
+# The most a datagram's cost estimate may say: one read slowed down by the host (a
+# preempted vCPU) must not keep the hub's reads small for long.
+MAX_READ_COST = 0.0005
+# What a batch read may take when no tick bounds it (the reader caps it to its batch).
+UNBOUNDED = 1 << 16
 
 # SO_TIMESTAMPNS from <asm-generic/socket.h> (the stdlib does not export it); the
 # control message it adds carries a struct timespec.
@@ -119,23 +122,33 @@ class DrainPolicy:
 
 
 class ReadCost:
-    """How long a socket's batch reads take lately: the longest, forgotten slowly.
+    """What a datagram of a socket's batch reads costs lately: the dearest, forgotten slowly.
 
-    A read that takes longer than the estimate raises it at once (the next read
-    could be as long); shorter ones lower it by a sixteenth of the difference, so
-    one light batch does not make the hub start a heavy one just before a tick.
+    A read dearer per datagram than the estimate raises it at once (the next could
+    be as dear); cheaper ones lower it by a sixteenth of the difference, so one light
+    batch does not make the hub start a heavy one just before a tick.
     """
 
     __slots__ = ("seconds",)
 
     def __init__(self) -> None:
-        self.seconds = 0.0
+        self.seconds = 0.0  # per datagram
 
-    def add(self, seconds: float) -> None:
-        if seconds >= self.seconds:
-            self.seconds = min(seconds, MAX_READ_COST)
+    def add(self, seconds: float, datagrams: int) -> None:
+        """A read of ``datagrams`` (at least one) took ``seconds``."""
+        each = seconds / datagrams
+        if each >= self.seconds:
+            self.seconds = min(each, MAX_READ_COST)
         else:
-            self.seconds += (seconds - self.seconds) / 16
+            self.seconds += (each - self.seconds) / 16
+
+    def fits(self, room: float) -> int:
+        """How many datagrams a read may take to end within ``room`` seconds."""
+        if room <= 0:
+            return 0
+        if self.seconds <= 0 or room >= self.seconds * UNBOUNDED:  # nothing measured, or no tick
+            return UNBOUNDED
+        return int(room / self.seconds)
 
 
 class _Registration:
@@ -189,10 +202,11 @@ class ReceiveHub:
         self._registrations[fd] = _Registration(sock, handler, on_backlog, timestamp_every)
         self._epoll.register(fd, select.EPOLLIN)
 
-    def register_batch(self, sock: socket.socket, reader: Callable[[float], int], *,
+    def register_batch(self, sock: socket.socket, reader: Callable[[float, int], int], *,
                        on_backlog: Callable[[], None] | None = None) -> None:
-        """Drain ``sock`` with ``reader(now)``, which takes a batch of datagrams (``recvmmsg``),
-        hands each to its owner and returns how many it took (0: the socket was empty).
+        """Drain ``sock`` with ``reader(now, limit)``, which takes a batch of at most ``limit``
+        datagrams (``recvmmsg``), hands each to its owner and returns how many it took (0:
+        the socket was empty).
 
         For the shared media port (media/shared_port.py): in each round of a drain the
         socket gives a batch where a per-call socket gives one datagram.
@@ -248,15 +262,23 @@ class ReceiveHub:
                 await trio.lowlevel.wait_readable(epoll.fileno())
                 ready = epoll.poll(0)
             last_drain = trio.current_time()
+            behind = False
             if ready:
-                await self._drain(ready)
+                behind = await self._drain(ready)
             ready = []
             if not riding:
-                await trio.sleep(policy.nap)
+                if behind:
+                    # A socket still held datagrams after every round: a nap would let
+                    # its buffer overflow (the shared port at 1000 calls did, with the
+                    # CPU a quarter idle). Go on after other due work instead.
+                    await trio.lowlevel.checkpoint()
+                else:
+                    await trio.sleep(policy.nap)
                 ready = epoll.poll(0)  # usually something is waiting: no second wake-up for it
 
-    async def _drain(self, ready: list) -> None:
-        """Empty every ready socket, a datagram per socket per round, stepping aside for ticks."""
+    async def _drain(self, ready: list) -> bool:
+        """Empty every ready socket, a datagram (or a batch) per socket per round, stepping
+        aside for ticks; whether a socket was still ready after the last round."""
         registrations = self._registrations
         # Trio's own clock, the frame clock's time base (a bound method: cheaper per
         # datagram than trio.current_time(), and the mock clock in tests).
@@ -276,14 +298,19 @@ class ReceiveHub:
                     continue
                 cost = registration.cost
                 if cost is not None:
-                    # A batch: step aside first if it would still run when the tick is due.
+                    # A batch: as many datagrams as end before the tick; none fit: after it.
                     started = clock()
-                    if frame_clock is not None and started + cost.seconds > frame_clock.next_tick - margin:
-                        await frame_clock.wait_tick()
-                        now = step_started = started = clock()
-                    receive_one(registration, now)
+                    limit = UNBOUNDED
+                    if frame_clock is not None:
+                        limit = cost.fits(frame_clock.next_tick - margin - started)
+                        if not limit:
+                            await frame_clock.wait_tick()
+                            now = step_started = started = clock()
+                            limit = max(1, cost.fits(frame_clock.next_tick - margin - started))
+                    taken = self._read_batch(registration, now, limit)
                     elapsed = clock()
-                    cost.add(elapsed - started)
+                    if taken:
+                        cost.add(elapsed - started, taken)
                 else:
                     receive_one(registration, now)
                     elapsed = clock()
@@ -300,7 +327,7 @@ class ReceiveHub:
             served = {fd for fd, _events in ready}
             ready = [entry for entry in epoll.poll(0) if entry[0] in served]
             if not ready:
-                return
+                return False
         # Still ready after every round: these sockets receive faster than we drain.
         for fd, _events in ready:
             registration = registrations.get(fd)
@@ -313,18 +340,23 @@ class ReceiveHub:
                 except Exception:
                     self.handler_errors += 1
                     log.exception("media backlog handler failed")
+        return True
+
+    def _read_batch(self, registration: _Registration, now: float, limit: int) -> int:
+        """A batch of at most ``limit`` datagrams from the socket to its reader; how many."""
+        try:
+            taken = registration.reader(now, limit)
+        except Exception:
+            self.handler_errors += 1
+            log.exception("batch reader failed on %s", registration.sock.getsockname())
+            return 0
+        self.datagrams += taken
+        return taken
 
     def _receive_one(self, registration: _Registration, now: float) -> bool:
         """Take one datagram from the socket to its handler; False when none was waiting."""
         if registration.reader is not None:
-            try:
-                taken = registration.reader(now)
-            except Exception:
-                self.handler_errors += 1
-                log.exception("batch reader failed on %s", registration.sock.getsockname())
-                return False
-            self.datagrams += taken
-            return taken > 0
+            return self._read_batch(registration, now, UNBOUNDED) > 0
         stamp = registration.until_timestamp <= 1
         try:
             if stamp:
