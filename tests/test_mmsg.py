@@ -13,7 +13,8 @@ import time
 import pytest
 
 from eko_rtp.media import mmsg
-from eko_rtp.media.mmsg import PythonReceiveBatch, PythonSendBatch, address_of, available, socket_address
+from eko_rtp.media.mmsg import (PythonLegSender, PythonReceiveBatch, PythonSendBatch, address_of, available,
+                                socket_address)
 
 pytestmark = pytest.mark.skipif(available() is not None, reason="no sendmmsg/recvmmsg in this C library")
 
@@ -24,18 +25,19 @@ except ImportError:  # not built here (no C compiler or no Python headers at ins
 
 
 class Twin:
-    def __init__(self, send, receive):
+    def __init__(self, send, receive, leg):
         self.SendBatch = send
         self.ReceiveBatch = receive
+        self.LegSender = leg
 
 
 @pytest.fixture(params=["python", "compiled"])
 def twin(request) -> Twin:
     if request.param == "python":
-        return Twin(PythonSendBatch, PythonReceiveBatch)
+        return Twin(PythonSendBatch, PythonReceiveBatch, PythonLegSender)
     if compiled is None:
         pytest.skip("the compiled batch module was not built (pip install needs a C compiler and Python.h)")
-    return Twin(compiled.SendBatch, compiled.ReceiveBatch)
+    return Twin(compiled.SendBatch, compiled.ReceiveBatch, compiled.LegSender)
 
 
 def udp(host: str = "127.0.0.1") -> socket.socket:
@@ -44,6 +46,13 @@ def udp(host: str = "127.0.0.1") -> socket.socket:
     sock.bind((host, 0))
     sock.setblocking(False)
     return sock
+
+
+def ipv6_pair() -> tuple[socket.socket, socket.socket]:
+    try:
+        return udp("::1"), udp("::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
 
 
 def wait_readable(sock: socket.socket) -> None:
@@ -152,11 +161,7 @@ def test_a_datagram_longer_than_its_slot_is_cut_to_the_slot(twin):
 
 
 def test_ipv6_loopback_round_trip(twin):
-    try:
-        receiver = udp("::1")
-    except OSError:
-        pytest.skip("no IPv6 loopback here")
-    sender = udp("::1")
+    receiver, sender = ipv6_pair()
     batch = twin.SendBatch(sender, slots=4)
     batch.add((b"v6",), socket_address(receiver.getsockname()[:2]))
     assert batch.flush() == 1
@@ -311,3 +316,28 @@ def test_a_limit_takes_at_most_that_many_and_leaves_the_rest_waiting(twin):
     assert got == [b"0", b"1", b"2", b"3", b"4"]
     with pytest.raises(ValueError):
         batch.receive(-1)
+
+
+def test_a_leg_queues_what_a_stream_sends_into_the_shared_batch(twin):
+    sender, first, second = udp(), udp(), udp()
+    batch = twin.SendBatch(sender, slots=8)
+    leg = twin.LegSender(batch, sender)
+    assert leg.fileno() == sender.fileno()
+    leg.sendmsg((b"head|", memoryview(b"payload")), (), 0, first.getsockname())
+    leg.sendto(b"report", first.getsockname())
+    leg.sendmsg((b"moved",), (), 0, ("127.0.0.1", second.getsockname()[1]))  # a new address object
+    assert batch.pending == 3
+    assert batch.flush() == 3
+    assert receive_all(first, 2) == [(b"head|payload", sender.getsockname()), (b"report", sender.getsockname())]
+    assert receive_all(second, 1) == [(b"moved", sender.getsockname())]
+
+
+def test_a_leg_sends_to_ipv6_and_refuses_a_host_name(twin):
+    receiver, sender = ipv6_pair()
+    batch = twin.SendBatch(sender, slots=4)
+    leg = twin.LegSender(batch, sender)
+    leg.sendto(b"v6", receiver.getsockname()[:2])
+    with pytest.raises(OSError):
+        leg.sendto(b"x", ("gateway.example", 4000))  # resolved at config time, never per packet
+    assert batch.pending == 1 and batch.flush() == 1
+    assert receive_all(receiver, 1)[0][0] == b"v6"

@@ -21,6 +21,7 @@
 #include <structmember.h>
 
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -206,57 +207,66 @@ static PyObject *send_flush(Batch *self, PyObject *unused)
     return PyLong_FromSsize_t(sent);
 }
 
-static PyObject *send_add(Batch *self, PyObject *const *args, Py_ssize_t nargs)
+/* Queue the datagram made of the buffers parts for the socket address name; 0, or -1
+ * with an exception (the batch unchanged). */
+static int send_add_impl(Batch *self, PyObject *parts_object, const char *name, Py_ssize_t name_length)
 {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "add(parts, name) takes 2 arguments, not %zd", nargs);
-        return NULL;
-    }
     if (self->sock == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "SendBatch is not initialised");
-        return NULL;
+        return -1;
+    }
+    if (name_length > NAME_SIZE || name_length < 1) {
+        PyErr_Format(PyExc_ValueError, "a socket address of %zd octets (1..%d)", name_length, (int)NAME_SIZE);
+        return -1;
     }
     if (self->pending == (Py_ssize_t)self->count && send_flush_impl(self) < 0)
-        return NULL;
+        return -1;
     Py_ssize_t index = self->pending;
     Py_ssize_t size = self->slot_size;
     char *slot = self->data + index * size;
     Py_ssize_t offset = 0;
-    PyObject *parts = PySequence_Fast(args[0], "parts must be a sequence of buffers");
+    PyObject *parts = PySequence_Fast(parts_object, "parts must be a sequence of buffers");
     if (parts == NULL)
-        return NULL;
+        return -1;
     Py_ssize_t part_count = PySequence_Fast_GET_SIZE(parts);
     PyObject **items = PySequence_Fast_ITEMS(parts);
     for (Py_ssize_t part = 0; part < part_count; part++) {
         Py_buffer view;
         if (PyObject_GetBuffer(items[part], &view, PyBUF_SIMPLE) < 0) {
             Py_DECREF(parts);
-            return NULL;
+            return -1;
         }
         if (view.len > size - offset) {
             PyBuffer_Release(&view);
             Py_DECREF(parts);
             PyErr_Format(PyExc_ValueError, "a datagram of more than %zd octets does not fit a batch slot", size);
-            return NULL;
+            return -1;
         }
         memcpy(slot + offset, view.buf, (size_t)view.len);
         offset += view.len;
         PyBuffer_Release(&view);
     }
     Py_DECREF(parts);
+    memcpy(self->names + index * NAME_SIZE, name, (size_t)name_length);
+    self->messages[index].msg_hdr.msg_namelen = (socklen_t)name_length;
+    self->iovecs[index].iov_len = (size_t)offset;
+    self->pending = index + 1;
+    return 0;
+}
+
+static PyObject *send_add(Batch *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "add(parts, name) takes 2 arguments, not %zd", nargs);
+        return NULL;
+    }
     Py_buffer name;
     if (PyObject_GetBuffer(args[1], &name, PyBUF_SIMPLE) < 0)
         return NULL;
-    if (name.len > NAME_SIZE || name.len < 1) {
-        PyBuffer_Release(&name);
-        PyErr_Format(PyExc_ValueError, "a socket address of %zd octets (1..%d)", name.len, (int)NAME_SIZE);
-        return NULL;
-    }
-    memcpy(self->names + index * NAME_SIZE, name.buf, (size_t)name.len);
-    self->messages[index].msg_hdr.msg_namelen = (socklen_t)name.len;
+    int result = send_add_impl(self, args[0], name.buf, name.len);
     PyBuffer_Release(&name);
-    self->iovecs[index].iov_len = (size_t)offset;
-    self->pending = index + 1;
+    if (result < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -294,6 +304,179 @@ static PyTypeObject SendBatchType = {
     .tp_methods = send_methods,
     .tp_members = send_members,
     .tp_getset = batch_getset,
+};
+
+/* -- one call's sending ------------------------------------------------------- */
+
+/* What a MediaStream calls on its RTP socket (sendmsg, sendto, fileno), queueing into
+ * a shared SendBatch instead: the twin of mmsg.PythonLegSender. The destination's
+ * socket address is built when the address object changes, not per datagram. */
+typedef struct {
+    PyObject_HEAD
+    Batch *batch;
+    PyObject *sock;
+    PyObject *address; /* the address object the name was built from */
+    char name[sizeof(struct sockaddr_in6)];
+    Py_ssize_t name_length;
+} LegSender;
+
+static int leg_init(LegSender *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"batch", "sock", NULL};
+    PyObject *batch, *sock;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O:LegSender", keywords, &SendBatchType, &batch, &sock))
+        return -1;
+    Py_INCREF(batch);
+    Py_XSETREF(self->batch, (Batch *)batch);
+    Py_INCREF(sock);
+    Py_XSETREF(self->sock, sock);
+    Py_CLEAR(self->address);
+    return 0;
+}
+
+static void leg_dealloc(LegSender *self)
+{
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->batch);
+    Py_CLEAR(self->sock);
+    Py_CLEAR(self->address);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int leg_traverse(LegSender *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->batch);
+    Py_VISIT(self->sock);
+    Py_VISIT(self->address);
+    return 0;
+}
+
+static int leg_clear(LegSender *self)
+{
+    Py_CLEAR(self->batch);
+    Py_CLEAR(self->sock);
+    Py_CLEAR(self->address);
+    return 0;
+}
+
+/* The socket address of (host, port, ...) as mmsg.socket_address builds it: numeric
+ * hosts only, IPv6 when the host has a colon. 0, or -1 with OSError/TypeError. */
+static int leg_name_of(LegSender *self, PyObject *address)
+{
+    if (address == self->address)
+        return 0;
+    PyObject *host_object, *port_object;
+    if (!PyTuple_Check(address) || PyTuple_GET_SIZE(address) < 2) {
+        PyErr_SetString(PyExc_TypeError, "an address is a (host, port) tuple");
+        return -1;
+    }
+    host_object = PyTuple_GET_ITEM(address, 0);
+    port_object = PyTuple_GET_ITEM(address, 1);
+    const char *host = PyUnicode_AsUTF8(host_object);
+    if (host == NULL)
+        return -1;
+    long port = PyLong_AsLong(port_object);
+    if (port == -1 && PyErr_Occurred())
+        return -1;
+    if (port < 0 || port > 65535) {
+        PyErr_Format(PyExc_OverflowError, "port must be 0-65535, not %ld", port);
+        return -1;
+    }
+    memset(self->name, 0, sizeof(self->name));
+    if (strchr(host, ':') != NULL) {
+        struct sockaddr_in6 name6;
+        memset(&name6, 0, sizeof(name6));
+        name6.sin6_family = AF_INET6;
+        name6.sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host, &name6.sin6_addr) != 1) {
+            PyErr_Format(PyExc_OSError, "illegal IP address string passed to inet_pton: %s", host);
+            return -1;
+        }
+        memcpy(self->name, &name6, sizeof(name6));
+        self->name_length = sizeof(name6);
+    } else {
+        struct sockaddr_in name4;
+        memset(&name4, 0, sizeof(name4));
+        name4.sin_family = AF_INET;
+        name4.sin_port = htons((uint16_t)port);
+        if (inet_aton(host, &name4.sin_addr) == 0) {
+            PyErr_Format(PyExc_OSError, "illegal IP address string passed to inet_aton: %s", host);
+            return -1;
+        }
+        memcpy(self->name, &name4, sizeof(name4));
+        self->name_length = sizeof(name4);
+    }
+    Py_INCREF(address);
+    Py_XSETREF(self->address, address);
+    return 0;
+}
+
+static PyObject *leg_send(LegSender *self, PyObject *parts, PyObject *address)
+{
+    if (self->batch == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "LegSender is not initialised");
+        return NULL;
+    }
+    if (leg_name_of(self, address) < 0 || send_add_impl(self->batch, parts, self->name, self->name_length) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* sendmsg(buffers, ancillary=(), flags=0, address=None): the address is the 4th argument. */
+static PyObject *leg_sendmsg(LegSender *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "sendmsg(buffers, ancillary, flags, address) takes 4 arguments here, not %zd",
+                     nargs);
+        return NULL;
+    }
+    return leg_send(self, args[0], args[3]);
+}
+
+static PyObject *leg_sendto(LegSender *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "sendto(data, address) takes 2 arguments, not %zd", nargs);
+        return NULL;
+    }
+    PyObject *parts = PyTuple_Pack(1, args[0]);
+    if (parts == NULL)
+        return NULL;
+    PyObject *result = leg_send(self, parts, args[1]);
+    Py_DECREF(parts);
+    return result;
+}
+
+static PyObject *leg_fileno(LegSender *self, PyObject *unused)
+{
+    if (self->sock == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "LegSender is not initialised");
+        return NULL;
+    }
+    return PyObject_CallMethod(self->sock, "fileno", NULL);
+}
+
+static PyMethodDef leg_methods[] = {
+    {"sendmsg", (PyCFunction)(void (*)(void))leg_sendmsg, METH_FASTCALL,
+     "sendmsg(buffers, ancillary, flags, address): queue the datagram into the batch."},
+    {"sendto", (PyCFunction)(void (*)(void))leg_sendto, METH_FASTCALL,
+     "sendto(data, address): queue the datagram into the batch."},
+    {"fileno", (PyCFunction)leg_fileno, METH_NOARGS, "the shared socket's descriptor"},
+    {NULL},
+};
+
+static PyTypeObject LegSenderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "eko_rtp.media._batch.LegSender",
+    .tp_basicsize = sizeof(LegSender),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One call's sending into a shared SendBatch (see eko_rtp.media.mmsg).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)leg_init,
+    .tp_dealloc = (destructor)leg_dealloc,
+    .tp_traverse = (traverseproc)leg_traverse,
+    .tp_clear = (inquiry)leg_clear,
+    .tp_methods = leg_methods,
 };
 
 /* -- receiving ----------------------------------------------------------------- */
@@ -609,13 +792,14 @@ static struct PyModuleDef batch_module = {
 
 PyMODINIT_FUNC PyInit__batch(void)
 {
-    if (PyType_Ready(&SendBatchType) < 0 || PyType_Ready(&ReceiveBatchType) < 0)
+    if (PyType_Ready(&SendBatchType) < 0 || PyType_Ready(&ReceiveBatchType) < 0 || PyType_Ready(&LegSenderType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&batch_module);
     if (module == NULL)
         return NULL;
     if (PyModule_AddObjectRef(module, "SendBatch", (PyObject *)&SendBatchType) < 0 ||
-        PyModule_AddObjectRef(module, "ReceiveBatch", (PyObject *)&ReceiveBatchType) < 0) {
+        PyModule_AddObjectRef(module, "ReceiveBatch", (PyObject *)&ReceiveBatchType) < 0 ||
+        PyModule_AddObjectRef(module, "LegSender", (PyObject *)&LegSenderType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -227,6 +227,35 @@ class PythonSendBatch:
         return sent
 
 
+class PythonLegSender:
+    """What a MediaStream calls on its RTP socket (``sendmsg``, ``sendto``, ``fileno``),
+    queueing into a shared :class:`PythonSendBatch` instead; the destination's socket
+    address is built when the address object changes, not per datagram."""
+
+    __slots__ = ("_batch", "_sock", "_address", "_name")
+
+    def __init__(self, batch: PythonSendBatch, sock: socket.socket):
+        self._batch = batch
+        self._sock = sock
+        self._address: tuple | None = None
+        self._name = b""
+
+    def _name_of(self, address: tuple) -> bytes:
+        if address is not self._address:
+            self._name = socket_address(address)
+            self._address = address
+        return self._name
+
+    def sendmsg(self, buffers, _ancillary, _flags, address) -> None:
+        self._batch.add(buffers, self._name_of(address))
+
+    def sendto(self, data, address) -> None:
+        self._batch.add((data,), self._name_of(address))
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+
 class PythonReceiveBatch:
     """Up to ``slots`` datagrams from ``sock`` in one ``recvmmsg``, with sources and arrival times.
 
@@ -335,10 +364,11 @@ class PythonReceiveBatch:
 # pass tests/test_mmsg.py. EKO_RTP_PURE_PYTHON=1 takes the Python ones (to compare).
 SendBatch: type = PythonSendBatch
 ReceiveBatch: type = PythonReceiveBatch
+LegSender: type = PythonLegSender
 IMPLEMENTATION = "python"
 if not os.environ.get("EKO_RTP_PURE_PYTHON"):
     try:
-        from eko_rtp.media._batch import ReceiveBatch, SendBatch  # noqa: F811
+        from eko_rtp.media._batch import LegSender, ReceiveBatch, SendBatch  # noqa: F811
     except ImportError:
         pass
     else:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import socket
 
-from eko_rtp.media.mmsg import ReceiveBatch, SendBatch, address_of, socket_address
+from eko_rtp.media.mmsg import LegSender, ReceiveBatch, SendBatch, address_of, socket_address
 from eko_rtp.media.ports import PortPair
 
 log = logging.getLogger(__name__)
@@ -64,32 +64,6 @@ def _size_buffer(sock: socket.socket, option: int, forced: int, size: int, sysct
                     sysctl)
 
 
-class _LegRtp:
-    """The RTP side of a leg, in the calls a stream makes on a socket: frames go to the batch."""
-
-    __slots__ = ("_port", "_address", "_name")
-
-    def __init__(self, port: "SharedMediaPort"):
-        self._port = port
-        self._address: tuple | None = None
-        self._name = b""
-
-    def _name_of(self, address: tuple) -> bytes:
-        if address is not self._address:
-            self._name = socket_address(address)
-            self._address = address
-        return self._name
-
-    def sendmsg(self, buffers, _ancillary=(), _flags=0, address=None) -> None:
-        self._port.send_batch.add(buffers, self._name_of(address))
-
-    def sendto(self, data, address) -> None:
-        self._port.send_batch.add((data,), self._name_of(address))
-
-    def fileno(self) -> int:
-        return self._port.pair.rtp.fileno()
-
-
 class _LegRtcp:
     __slots__ = ("_sock",)
 
@@ -108,7 +82,7 @@ class SharedLeg:
     def __init__(self, shared: "SharedMediaPort"):
         self._shared = shared
         self.port = shared.port
-        self.rtp = _LegRtp(shared)
+        self.rtp = LegSender(shared.send_batch, shared.pair.rtp)
         self.rtcp = _LegRtcp(shared.pair.rtcp)
         self._names: tuple[bytes, bytes] | None = None  # the routed (RTP, RTCP) source addresses
         self._handlers = None
