@@ -30,7 +30,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from eko_bench import uac
-from server_helpers import ServerProcess, free_port
+from server_helpers import ServerProcess, free_port, rtp_range
 
 HEADER = struct.Struct("!BBHII")  # RFC 3550 §5.1: V=2, no padding/extension/CSRC
 EVENT = struct.Struct("!BBH")  # RFC 4733 §2.3: event, E|R|volume, duration
@@ -461,3 +461,28 @@ def test_without_the_setting_each_call_has_a_port_of_its_own(built_cache):
         low, high = map(int, server.rtp_ports.split("-"))
         assert len(ports) == 2 and all(low <= port < high and port % 2 == 0 for port in ports)
         assert "share RTP port" not in server.log()
+
+
+def test_calls_on_the_shared_port_are_not_capped_by_the_port_pairs(built_cache):
+    # Three pairs: the shared one and two more. Five trusted calls share the first;
+    # a sixth that cannot share (it names a live call's address) takes a pair of its own.
+    low = int(rtp_range().split("-")[0])
+    with ServerProcess(built_cache, *SHARED, "--rtp-ports", f"{low}-{low + 6}") as server:
+        server.rtp_ports = f"{low}-{low + 6}"  # the later --rtp-ports wins
+        shared = shared_port_of(server)
+        callers = [Caller(server, f"many-{n}") for n in range(5)]
+        twin = None
+        try:
+            assert [caller.call().port for caller in callers] == [shared] * 5
+            twin = Caller(server, "twin", offer_port=callers[0].rtp.getsockname()[1])
+            own = twin.call().port
+            assert own != shared and low <= own < low + 6
+            talk(callers, 1.2)
+            assert all(caller.hang_up() == 200 for caller in callers + [twin])
+        finally:
+            for caller in callers + [twin]:
+                if caller is not None:
+                    caller.close()
+        for caller in callers:
+            assert_steady(caller, shared)
+        assert "RTP port pairs" not in server.log()  # no cap, no warning about one

@@ -234,7 +234,13 @@ class EkoServer:
     # -- admission and health (sip/admission.py, server/health.py) -------------------
 
     def _admission_settings(self, config: Config):
-        """``[sip]`` admission, with ``sip.max_calls`` capped by the RTP port pairs (one per call)."""
+        """``[sip]`` admission, with ``sip.max_calls`` capped by the RTP port pairs (one per call).
+
+        Not on a shared port: the trunk's calls all share its one pair, and a call that
+        cannot share and finds no pair left is refused alone (503, Retry-After).
+        """
+        if config["media.rtp_socket"] == "shared":
+            return admission_settings(config)
         pairs = self.ports.capacity
         if config["sip.max_calls"] > pairs:
             log.warning("sip.max_calls %d is above the %d RTP port pairs of media.rtp_ports %s: at most %d calls"
