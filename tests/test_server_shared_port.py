@@ -486,3 +486,22 @@ def test_calls_on_the_shared_port_are_not_capped_by_the_port_pairs(built_cache):
         for caller in callers:
             assert_steady(caller, shared)
         assert "RTP port pairs" not in server.log()  # no cap, no warning about one
+
+
+@pytest.mark.parametrize("pure_python", [False, True], ids=["compiled-if-built", "python"])
+def test_the_start_line_names_the_batch_i_o_and_both_carry_a_call(built_cache, pure_python):
+    from eko_rtp.media import mmsg
+
+    env = {"EKO_RTP_PURE_PYTHON": "1"} if pure_python else {"EKO_RTP_PURE_PYTHON": ""}
+    expected = "python" if pure_python else mmsg.IMPLEMENTATION
+    with ServerProcess(built_cache, *SHARED, env=env) as server:
+        shared = shared_port_of(server)
+        server.wait_for_log(rf'share RTP port {shared} \(media.rtp_socket = "shared"\); {expected} batch I/O')
+        caller = Caller(server, "twin-check")
+        try:
+            assert caller.call().port == shared
+            talk([caller], 1.2)
+            assert caller.hang_up() == 200
+        finally:
+            caller.close()
+        assert_steady(caller, shared)
