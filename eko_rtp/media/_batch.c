@@ -65,6 +65,13 @@ static int batch_alloc(Batch *self, PyObject *sock, int slots, Py_ssize_t slot_s
         PyErr_Format(PyExc_ValueError, "a batch slot holds 1..%d octets, not %zd", MAX_SLOT_SIZE, slot_size);
         return -1;
     }
+    /* an earlier __init__ that failed half way may have left some buffers */
+    PyMem_Free(self->data);
+    PyMem_Free(self->names);
+    PyMem_Free(self->control);
+    PyMem_Free(self->iovecs);
+    PyMem_Free(self->messages);
+    self->control = NULL;
     self->count = (unsigned int)slots;
     self->slot_size = slot_size;
     self->data = PyMem_Calloc((size_t)slots, (size_t)slot_size);
