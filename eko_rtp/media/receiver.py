@@ -14,7 +14,7 @@ sending 100 packets a second (audio and RFC 4733 events side by side) is served 
 promptly as one sending 50, and one flooded socket cannot starve the rest. A drain
 stops after ``max_rounds`` rounds; a socket still ready then is falling behind: the
 hub counts it (``backlogs``) and tells its owner (the call counts it too), and the
-next drain goes on with it at once, without the nap below. Handlers must not raise: a handler error is logged and
+next drain goes on with it (at once, without the nap below, for a batch socket). Handlers must not raise: a handler error is logged and
 counted, never propagated.
 
 Arrival times come from the kernel (``SO_TIMESTAMPNS``: when the datagram reached
@@ -268,9 +268,12 @@ class ReceiveHub:
             ready = []
             if not riding:
                 if behind:
-                    # A socket still held datagrams after every round: a nap would let
-                    # its buffer overflow (the shared port at 1000 calls did, with the
-                    # CPU a quarter idle). Go on after other due work instead.
+                    # A batch socket (the shared port: every trunk call's packets)
+                    # still held datagrams after every round: a nap would let its
+                    # buffer overflow (it did at 1000 calls, with the CPU a quarter
+                    # idle). Go on after other due work instead. A call's own socket
+                    # that far behind is flooded (a call sends 50-100 packets a
+                    # second): it keeps the nap, which bounds what a flood costs us.
                     await trio.lowlevel.checkpoint()
                 else:
                     await trio.sleep(policy.nap)
@@ -278,7 +281,7 @@ class ReceiveHub:
 
     async def _drain(self, ready: list) -> bool:
         """Empty every ready socket, a datagram (or a batch) per socket per round, stepping
-        aside for ticks; whether a socket was still ready after the last round."""
+        aside for ticks; whether a batch socket was still ready after the last round."""
         registrations = self._registrations
         # Trio's own clock, the frame clock's time base (a bound method: cheaper per
         # datagram than trio.current_time(), and the mock clock in tests).
@@ -329,18 +332,20 @@ class ReceiveHub:
             if not ready:
                 return False
         # Still ready after every round: these sockets receive faster than we drain.
+        batch_behind = False
         for fd, _events in ready:
             registration = registrations.get(fd)
             if registration is None:
                 continue
             self.backlogs += 1
+            batch_behind = batch_behind or registration.reader is not None
             if registration.on_backlog is not None:
                 try:
                     registration.on_backlog()
                 except Exception:
                     self.handler_errors += 1
                     log.exception("media backlog handler failed")
-        return True
+        return batch_behind
 
     def _read_batch(self, registration: _Registration, now: float, limit: int) -> int:
         """A batch of at most ``limit`` datagrams from the socket to its reader; how many."""
