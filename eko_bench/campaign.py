@@ -28,6 +28,7 @@ on that address as its SIP-over-TLS port, its certificate checked against
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 
 import attrs
@@ -42,11 +43,14 @@ from eko_bench.run import BENCH_RTP_PORTS, LIVE_SCENARIOS, Plan, RunResult, run_
 from eko_rtp.errors import UserError
 from eko_rtp.server.awake import keep_cpus_awake
 
+log = logging.getLogger(__name__)
+
 RAMP_STEPS = (50, 100, 200, 400, 700, 1000, 1400, 1800, 2500)
 SCRIPT_OF = {"live-tts": "live_tts", "hybrid": "hybrid", "mixed": "mixed",  # server scripts in eko_bench.scripts
              "listening": "listening"}
 MAX_ROUNDS = 10
 RAMP_P99_MS = 2.0
+SPAWN_ATTEMPTS = 3  # a spawned server that lost its SIP port to another process is started again
 SERVER_FIRST_BYTE_TIMEOUT = 1.5  # s, the server's default [tts] first_byte_timeout
 TTS_TIMEOUT_MARGIN = 0.5  # s the spawned server waits past the fake's time to first byte
 
@@ -161,6 +165,7 @@ async def _with_target(options: Options, kind: str, body):
 async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: str, body):
     host = options.plan.local_host
     fake = asr = None
+    respawn = None  # how to start the spawned server again on another SIP port
     if kind == "peer":
         target = targets.spawn_peer(host=host, cache_dir=options.cache_dir, cpus=options.server_cpus, rtp_port=40000)
     elif options.spawn:
@@ -185,10 +190,15 @@ async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: s
         elif encrypted:
             directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="eko-bench-config-"))
             extra = [*extra, "--config", _write_config(directory, encrypted)]
-        target = targets.spawn_server(host=host, cache_dir=options.cache_dir, cpus=options.server_cpus,
-                                      rtp_ports=options.rtp_ports, extra=extra, env=env, helpers=helpers)
-        target.tls_port = tls_port
-        target.tls_trust = str(tls_files.ca) if tls_files is not None else None
+
+        def respawn() -> targets.Target:
+            spawned = targets.spawn_server(host=host, cache_dir=options.cache_dir, cpus=options.server_cpus,
+                                           rtp_ports=options.rtp_ports, extra=extra, env=env, helpers=helpers)
+            spawned.tls_port = tls_port
+            spawned.tls_trust = str(tls_files.ca) if tls_files is not None else None
+            return spawned
+
+        target = respawn()
     else:
         target_host, port = targets.parse_host_port(options.address, key="--address")
         target = targets.Target(name="server", host=target_host, port=port, pid=options.server_pid,
@@ -197,7 +207,18 @@ async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: s
     try:
         # The server spins for itself (--keep-cpu-awake); the peer has no such option.
         async with _kept_awake(options.server_cpus if kind == "peer" and options.keep_cpu_awake else None):
-            await targets.wait_ready(target, local_host=host, tls=options.plan.tls and kind == "server")
+            for attempt in range(1, SPAWN_ATTEMPTS + 1):
+                try:
+                    await targets.wait_ready(target, local_host=host, tls=options.plan.tls and kind == "server")
+                    break
+                except UserError:
+                    # The free port the bench picked can be taken before the server binds it.
+                    if respawn is None or attempt == SPAWN_ATTEMPTS or not targets.lost_its_sip_port(target):
+                        raise
+                    log.warning("the spawned server could not bind SIP port %d (taken since the bench picked"
+                                " it); starting it again on another", target.port)
+                    target.stop()
+                    target = respawn()
             results = await _beside_hostile_sip(options, target, body)
     finally:
         target.stop()

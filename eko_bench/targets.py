@@ -220,6 +220,14 @@ def spawn_server(*, host: str, cache_dir: str | None, cpus: set[int] | None, rtp
     return _spawn("server", command + extra, host, port, cpus, None, environment, ports, helpers)
 
 
+def lost_its_sip_port(target: Target) -> bool:
+    """Whether ``target`` exited because its SIP port was taken (``eko-rtp serve`` says
+    ``cannot bind SIP on HOST:PORT: Address already in use`` and exits)."""
+    if target.process is None or target.process.poll() is None:
+        return False
+    return f"cannot bind SIP on {target.host}:{target.port}: Address already in use" in target.stderr_tail()
+
+
 def spawn_peer(*, host: str, cache_dir: str, cpus: set[int] | None, rtp_port: int) -> Target:
     if not PEER_SCRIPT.is_file():
         raise UserError(f"the reference peer is not at {PEER_SCRIPT} (it ships in the source tree only)")
