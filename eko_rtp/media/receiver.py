@@ -14,8 +14,8 @@ sending 100 packets a second (audio and RFC 4733 events side by side) is served 
 promptly as one sending 50, and one flooded socket cannot starve the rest. A drain
 stops after ``max_rounds`` rounds; a socket still ready then is falling behind: the
 hub counts it (``backlogs``) and tells its owner (the call counts it too), and the
-next drain goes on with it (at once, without the nap below, for a batch socket). Handlers must not raise: a handler error is logged and
-counted, never propagated.
+next drain goes on with it (at once, without the nap below, for a batch socket).
+Handlers must not raise: a handler error is logged and counted, never propagated.
 
 Arrival times come from the kernel (``SO_TIMESTAMPNS``: when the datagram reached
 the socket, on the wall clock), because a datagram may wait up to a drain interval
@@ -49,8 +49,9 @@ one datagram, so before each one the hub sizes it to the time left before the ti
 at what a datagram of that socket has lately cost (:class:`ReadCost`): a batch never
 makes the tick wait, and the time before the tick is still used (refusing whole
 batches that did not fit left the CPU idle while the shared socket overflowed at
-1000 calls). When not even one datagram fits, the hub steps aside for the tick. All of it reads trio's clock, the frame clock's time base (so the
-mock clock drives them in tests too).
+1000 calls). When not even one datagram fits, the hub steps aside for the tick. All
+of it reads trio's clock, the frame clock's time base (so the mock clock drives them
+in tests too).
 The measurements behind these choices are in docs/BENCHMARKS.md.
 """
 
