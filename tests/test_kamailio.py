@@ -92,6 +92,16 @@ class Kamailio(ServerProcess):
         with self._lock:
             return [m for line in self.lines if "<script>" in line for m in [regex.search(line)] if m]
 
+    def wait_for_script_lines(self, pattern: str, count: int = 1, timeout: float = 5.0) -> list[re.Match]:
+        """``script_lines(pattern)`` once it has ``count`` matches (or at ``timeout``): a line
+        Kamailio logs while it answers can reach us after the answer does."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.script_lines(pattern)
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.02)
+
     def dispatcher_flags(self) -> dict[str, str]:
         """URI -> FLAGS of each node, as `kamcmd dispatcher.list` reports them (e.g. "AP", "IP")."""
         completed = subprocess.run([KAMCMD, "-s", self.control, "dispatcher.list"],

@@ -310,7 +310,7 @@ def test_a_node_may_not_start_a_call_through_the_front(tmp_path):
         with Kamailio(tmp_path, [node.port], ping_interval=0, trunks=(TRUNK,)) as front:
             node.sock.sendto(new_invite(node, front), front.address)
             answer = node.final_response()
-            refused = front.script_lines(r"new (\S+) from node (\S+) refused")
+            refused = front.wait_for_script_lines(r"new (\S+) from node (\S+) refused")
     finally:
         node.close()
     assert (answer.status, answer.reason) == (403, "Forbidden")
