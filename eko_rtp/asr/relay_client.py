@@ -117,6 +117,14 @@ class RelayStream:
         if self._error is not None:
             raise self._error
 
+    def forward(self, ident: int, batch: bytes) -> bool:
+        """Queue one of the call's batches for the relay; False when it was dropped (the
+        relay is down or too far behind: counted there too)."""
+        if not self._relay.send_audio(ident, batch):
+            return False
+        self._bytes_sent += len(batch)
+        return True
+
     def event(self, event) -> None:
         self._on_event(event)
 
@@ -140,10 +148,8 @@ class _RelaySink:
         self.ended = trio.Event()
 
     def send_nowait(self, batch: bytes) -> None:
-        stream = self._stream
-        if not stream._relay.send_audio(self._ident, batch):
-            raise trio.WouldBlock  # dropped: the relay is down or too far behind (counted there too)
-        stream._bytes_sent += len(batch)
+        if not self._stream.forward(self._ident, batch):
+            raise trio.WouldBlock  # dropped: the ears count it
 
     def close(self) -> None:
         self.ended.set()
