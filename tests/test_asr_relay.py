@@ -309,3 +309,18 @@ async def test_a_stream_the_relay_ends_mid_call_returns_at_once_as_an_in_process
             while not outcome:
                 await trio.sleep(0.001)
     assert outcome == ["returned" if error is None else error]
+
+
+async def test_the_audio_streamed_is_the_relay_s_count_once_it_ended_the_stream():
+    relay = FakeRelay()
+    ears = CallerAudio(vad=None, on_speech=print)
+    audio = ears.open_asr_channel()
+    stream = RelayStream(relay, settings=SETTINGS, api_key="k", on_event=print)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.run, audio)
+        await trio.testing.wait_all_tasks_blocked()
+        for sequence in range(5):  # one batch of 100 ms queued for the relay
+            ears.feed(sequence, rtp_packet(sequence), "PCMU", sequence * 0.02)
+        assert stream.seconds_sent == pytest.approx(0.1)  # ours, while the stream runs
+        relay.stream.end(None, 0.06)  # the relay sent less than we queued (it dropped some)
+    assert stream.seconds_sent == 0.06

@@ -85,12 +85,17 @@ class RelayStream:
         self._ended = trio.Event()
         self._error: AsrError | None = None
         self._scope = trio.CancelScope()
+        self._relay_seconds: float | None = None  # what the relay says it streamed, at the end
 
     def __repr__(self) -> str:  # never the key
         return f"<RelayStream {self.settings.base_url} {self._bytes_sent} bytes sent>"
 
     @property
     def seconds_sent(self) -> float:
+        """Audio streamed to the provider: the relay's own count once it ended the stream
+        (what it sent, not what we queued: a batch it dropped is not billed), else ours."""
+        if self._relay_seconds is not None:
+            return self._relay_seconds
         return audio_seconds(self._bytes_sent)
 
     async def run(self, audio) -> None:
@@ -128,11 +133,13 @@ class RelayStream:
     def event(self, event) -> None:
         self._on_event(event)
 
-    def end(self, error: AsrError | None) -> None:
+    def end(self, error: AsrError | None, seconds_sent: float | None = None) -> None:
         """The relay's stream ended: failed, or closed by the provider mid-call, or after our close.
         Whichever, ``run`` stops waiting for audio and returns (raising ``error`` if any), as a
-        DeepgramStream in this process does when its connection ends."""
+        DeepgramStream in this process does when its connection ends. ``seconds_sent`` is the
+        audio the relay streamed to the provider (None: unknown, the relay process died)."""
         self._error = error
+        self._relay_seconds = seconds_sent
         self._ended.set()
         self._scope.cancel()
 
@@ -298,7 +305,7 @@ class AsrRelay:
         elif isinstance(message, End):
             stream = self._streams.pop(message.stream, None)
             if stream is not None:
-                stream.end(message.error)
+                stream.end(message.error, message.seconds_sent)
 
     async def _write(self, connection: trio.SocketStream, scope: trio.CancelScope) -> None:
         last_write = -math.inf
