@@ -103,18 +103,6 @@ static int batch_alloc(Batch *self, PyObject *sock, int slots, Py_ssize_t slot_s
     return 0;
 }
 
-static void batch_dealloc(Batch *self)
-{
-    PyObject_GC_UnTrack(self);
-    Py_CLEAR(self->sock);
-    PyMem_Free(self->data);
-    PyMem_Free(self->names);
-    PyMem_Free(self->control);
-    PyMem_Free(self->iovecs);
-    PyMem_Free(self->messages);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
 static int batch_traverse(Batch *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->sock);
@@ -125,6 +113,18 @@ static int batch_clear(Batch *self)
 {
     Py_CLEAR(self->sock);
     return 0;
+}
+
+static void batch_dealloc(Batch *self)
+{
+    PyObject_GC_UnTrack(self);
+    batch_clear(self);
+    PyMem_Free(self->data);
+    PyMem_Free(self->names);
+    PyMem_Free(self->control);
+    PyMem_Free(self->iovecs);
+    PyMem_Free(self->messages);
+    Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 /* The socket's descriptor, as sock.fileno() gives it: -1 for a closed socket, which
@@ -341,15 +341,6 @@ static int leg_init(LegSender *self, PyObject *args, PyObject *kwargs)
     return 0;
 }
 
-static void leg_dealloc(LegSender *self)
-{
-    PyObject_GC_UnTrack(self);
-    Py_CLEAR(self->batch);
-    Py_CLEAR(self->sock);
-    Py_CLEAR(self->address);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
 static int leg_traverse(LegSender *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->batch);
@@ -364,6 +355,13 @@ static int leg_clear(LegSender *self)
     Py_CLEAR(self->sock);
     Py_CLEAR(self->address);
     return 0;
+}
+
+static void leg_dealloc(LegSender *self)
+{
+    PyObject_GC_UnTrack(self);
+    leg_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 /* The socket address of (host, port, ...) as mmsg.socket_address builds it: numeric
