@@ -513,6 +513,10 @@ static int receive_impl(Batch *self, Py_ssize_t limit)
         PyErr_SetString(PyExc_RuntimeError, "ReceiveBatch is not initialised");
         return -1;
     }
+    if (self->dispatching) { /* a handler's receive or dispatch would overwrite the batch it reads */
+        PyErr_SetString(PyExc_RuntimeError, "a handler may not read the batch it is dispatched from");
+        return -1;
+    }
     for (unsigned int index = 0; index < self->filled; index++) { /* the kernel wrote actual lengths */
         self->messages[index].msg_hdr.msg_namelen = NAME_SIZE;
         self->messages[index].msg_hdr.msg_controllen = CONTROL_SIZE;
@@ -563,10 +567,6 @@ static PyObject *receive_receive(Batch *self, PyObject *const *args, Py_ssize_t 
     }
     if (limit_of(args, nargs, 0, &limit) < 0)
         return NULL;
-    if (self->dispatching) {
-        PyErr_SetString(PyExc_RuntimeError, "a handler may not read the batch it is dispatched from");
-        return NULL;
-    }
     int count = receive_impl(self, limit);
     if (count < 0)
         return NULL;
@@ -734,10 +734,6 @@ static PyObject *receive_dispatch(Batch *self, PyObject *const *args, Py_ssize_t
     PyObject *routes = args[0];
     if (!PyDict_Check(routes)) {
         PyErr_SetString(PyExc_TypeError, "routes must be a dict");
-        return NULL;
-    }
-    if (self->dispatching) {
-        PyErr_SetString(PyExc_RuntimeError, "a handler may not read the batch it is dispatched from");
         return NULL;
     }
     int count = receive_impl(self, limit);
