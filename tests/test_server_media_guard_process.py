@@ -17,6 +17,7 @@ import time
 import pytest
 
 from eko_bench import uac
+from eko_bench.udp_queues import parse_proc_net_udp, socket_inodes
 from server_helpers import ServerProcess, run_pjsua2
 from test_call_pjsua2 import assert_heard, phrase_samples
 
@@ -69,11 +70,15 @@ def test_a_forged_invite_aims_nothing_at_its_victim_and_its_call_ends_in_seconds
 
 
 def rtp_port_of_the_call(server: ServerProcess) -> int:
-    """The server's RTP port for the one call up: its even port in the range, bound now (/proc/net/udp)."""
+    """The server's RTP port for the one call up: the even port in its range of a socket the
+    server holds now (/proc/net/udp and its /proc/PID/fd: another process's socket can have
+    an ephemeral port in the range, which once made this find two)."""
     low, high = map(int, server.rtp_ports.split("-"))
+    held = socket_inodes(server.process.pid)
     with open("/proc/net/udp", encoding="ascii") as table:
-        ports = {int(line.split()[1].split(":")[1], 16) for line in list(table)[1:]}
-    [port] = [port for port in ports if low <= port <= high and port % 2 == 0]
+        sockets = parse_proc_net_udp(table.read())
+    [port] = [found.local_port for found in sockets
+              if found.inode in held and low <= found.local_port <= high and found.local_port % 2 == 0]
     return port
 
 
