@@ -22,6 +22,7 @@ import socket
 import time
 
 import pytest
+import trio
 
 from eko_bench import uac
 from eko_rtp.config import build_config
@@ -257,3 +258,29 @@ def test_a_transport_made_without_limits_has_the_configured_defaults():
                              deliver=lambda *message: None)
     assert transport.tcp_limits == TcpLimits(idle_timeout=180.0, header_timeout=10.0, max_connections=512,
                                              max_connections_per_source=50)
+
+
+async def test_a_closed_connection_frees_its_places_before_the_peer_sees_the_close():
+    """A peer told "closed" may connect again at once: its old connection must not count any more.
+
+    In process, so the moment the peer reads EOF can be checked against the caps'
+    counts with no scheduling point between. Trio runs the two woken tasks of one
+    batch in either order: eight cycles find a late release nearly always.
+    """
+    transport = SipTransport(host="127.0.0.1", port=0, transports=["tcp"], max_message_size=65536,
+                             deliver=lambda *message: None,
+                             tcp_limits=TcpLimits(idle_timeout=30.0, header_timeout=30.0, max_connections=1,
+                                                  max_connections_per_source=1))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        for _ in range(8):
+            stream = await trio.open_tcp_stream(*transport.bound["tcp"][:2])
+            await stream.send_all(b"OPTIONS sip:eko@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1\r\n\r\n")
+            with trio.fail_after(RESPONSE_TIMEOUT):
+                while await stream.receive_some(65536):  # unframeable (no Content-Length): closed
+                    pass
+            # No checkpoint since the EOF: the server's task may not have run on yet.
+            assert (transport._accepted_open, transport._per_source) == (0, {})
+            await stream.aclose()
+        assert transport.stream_counters["tcp"].accepted == 8
+        nursery.cancel_scope.cancel()

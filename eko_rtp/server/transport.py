@@ -385,22 +385,36 @@ class SipTransport:
             log.warning("SIP %s from %s:%s: connection closed at once: %s%s", transport.upper(), *peer, why, more)
 
     async def _serve_accepted(self, client: trio.socket.SocketType, peer: tuple, transport: str) -> None:
+        released = False
+
+        def release() -> None:
+            """Give the connection's places under the caps back, once: as its close begins.
+
+            Not after the close: a peer that sees our FIN may connect again before this
+            task runs on, and must not find its old connection still counted.
+            """
+            nonlocal released
+            if not released:
+                released = True
+                self._accepted_open -= 1
+                left = self._per_source[peer[0]] - 1
+                if left:
+                    self._per_source[peer[0]] = left
+                else:
+                    del self._per_source[peer[0]]
+
         try:
             stream = trio.SocketStream(client)
             if transport == "tls":
                 stream = self.tls.wrap(stream)  # the context of the moment: a reload changes the next ones
-                if not await self._secure(stream, peer, "from"):
+                if not await self._secure(stream, peer, "from", closing=release):
                     return
-            await self._run_connection(TcpConnection(stream, peer, transport))
+            await self._run_connection(TcpConnection(stream, peer, transport), closing=release)
         finally:
-            self._accepted_open -= 1
-            left = self._per_source[peer[0]] - 1
-            if left:
-                self._per_source[peer[0]] = left
-            else:
-                del self._per_source[peer[0]]
+            release()
 
-    async def _secure(self, stream: trio.SSLStream, peer: tuple, direction: str) -> bool:
+    async def _secure(self, stream: trio.SSLStream, peer: tuple, direction: str,
+                      closing: Callable[[], None] | None = None) -> bool:
         """The TLS handshake, within ``handshake_timeout``; False once it failed (counted, logged, closed).
 
         Before it completes a connection is nobody's: no message, no place in
@@ -424,10 +438,13 @@ class SipTransport:
             log.warning("SIP TLS %s %s:%s: %s; closing the connection%s", direction, *peer[:2], why, more)
         else:  # held back from the warnings: still there for whoever debugs one client
             log.debug("SIP TLS %s %s:%s: %s; closing the connection", direction, *peer[:2], why)
+        if closing is not None:
+            closing()
         await trio.aclose_forcefully(stream)
         return False
 
-    async def _run_connection(self, connection: TcpConnection) -> None:
+    async def _run_connection(self, connection: TcpConnection, closing: Callable[[], None] | None = None) -> None:
+        """Read and write the connection until it ends, then close it; ``closing()`` runs as the close begins."""
         self.connections[connection.id] = connection
         self._by_peer[connection.transport, connection.peer] = connection
         limits = self.tcp_limits
@@ -443,6 +460,8 @@ class SipTransport:
             self.connections.pop(connection.id, None)
             if self._by_peer.get((connection.transport, connection.peer)) is connection:
                 del self._by_peer[connection.transport, connection.peer]
+            if closing is not None:
+                closing()
             # A TLS stream sends its close_notify first (tls.py): bounded, for a peer that
             # reads nothing could hold it for ever; past the bound it is closed forcefully.
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_LINGER):
