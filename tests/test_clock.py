@@ -119,32 +119,36 @@ async def test_streams_answered_together_share_ticks_up_to_a_limit_then_spread(a
         streams, shifts = await _start_streams(clock, [trio.current_time()] * count)
         await trio.sleep(0.2)
         nursery.cancel_scope.cancel()
-    assert max(abs(shift) for shift in shifts) <= MAX_SHIFT_SLOTS * 0.001 + 1e-9
+    assert 0 <= min(shifts) and max(shifts) <= MAX_SHIFT_SLOTS * 0.001 + 1e-9  # only later, within a period
     assert shifts[0] == 0  # the first takes its own phase
     per_tick = _packets_per_tick(streams)
-    if count <= 11 * PACK_LIMIT:  # the 11 reachable milliseconds can hold them packed
+    if count <= 20 * PACK_LIMIT:  # the period's 20 milliseconds can hold them packed
         assert max(per_tick.values()) == PACK_LIMIT and len(per_tick) == 3 * -(-count // PACK_LIMIT)
-    else:  # every reachable bucket is full: spread evenly over the 11
-        assert len(per_tick) == 3 * 11 and max(per_tick.values()) - min(per_tick.values()) <= 1
+    else:  # every bucket is full: spread evenly over the 20
+        assert len(per_tick) == 3 * 20 and max(per_tick.values()) - min(per_tick.values()) <= 1
     for stream in streams:  # and each keeps a steady 20 ms after its shift
         times = [t for _, t in stream.sent]
         assert [round(b - a, 6) for a, b in zip(times, times[1:])] == [0.02, 0.02]
 
 
-async def test_a_few_calls_answered_at_different_moments_share_one_wakeup(autojump_clock):
+@pytest.mark.parametrize("gaps", [(0.0, 0.003, 0.0012, 0.0004), (0.0, 0.0071, 0.0052, 0.0043)])
+async def test_a_few_calls_answered_at_different_moments_share_one_wakeup(autojump_clock, gaps):
     clock = FrameClock()
     async with trio.open_nursery() as nursery:
         await nursery.start(clock.run)
         starts = []
-        for gap in (0.0, 0.003, 0.0012, 0.0004):  # four answers within 5 ms of the first
+        for gap in gaps:  # four answers within a frame period, near each other or spread over it
             await trio.sleep(gap)
             starts.append(trio.current_time())
         streams, shifts = await _start_streams(clock, starts, frames=6)
         ticks_before = clock.ticks
         await trio.sleep(0.2)
         nursery.cancel_scope.cancel()
-    assert len(_packets_per_tick(streams)) == 5  # one tick per frame period serves all four
-    assert clock.ticks - ticks_before == 5
+    ticks = sorted(_packets_per_tick(streams))
+    assert len({round(tick * 1000) % 20 for tick in ticks}) == 1  # one phase (ms of the period) serves all four
+    assert [round(b - a, 6) for a, b in zip(ticks, ticks[1:])] == [0.02] * (len(ticks) - 1)
+    assert clock.ticks - ticks_before == len(ticks) <= 6  # one wake-up a frame period
+    assert all(0 <= shift < 0.020 for shift in shifts)
 
 
 async def test_wait_tick_returns_after_the_next_tick(autojump_clock):

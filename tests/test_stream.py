@@ -67,6 +67,35 @@ def test_live_audio_starts_its_talkspurt_at_once_and_keeps_20_ms_after():
     assert [(b - a) & 0xFFFFFFFF for a, b in zip(stamps, stamps[1:])] == [160, 56, 160]
 
 
+def test_a_schedule_moved_on_counts_the_pause_in_its_timestamps():
+    """The clock's balancing shift (FrameClock.balancing_shift) moves a new call's frames
+    later, once: the timestamps follow, so the receiver sees a pause, not a late packet."""
+    peer = Peer()
+    stream = _stream(peer)
+    try:
+        stream.start(100.0)  # frame 0 leaves with the 200 OK
+        stream.shift_schedule(0.013)  # the wheel's fullest bucket is 13 ms on
+        assert round(stream.next_due, 6) == 100.033
+        assert round(stream.send_due(100.020), 6) == 100.033  # nothing due at the old phase
+        assert round(stream.send_due(100.033), 6) == 100.053
+        assert round(stream.send_due(100.053), 6) == 100.073
+        packets = [peer.packet() for _ in range(3)]
+        try:
+            stream.shift_schedule(-0.001)
+        except ValueError as error:
+            assert "only later" in str(error)
+        else:
+            raise AssertionError("a schedule moved earlier")
+    finally:
+        stream.pair.close()
+        peer.sock.close()
+    stamps = [stamp for _, _, stamp, _ in packets]
+    sequences = [sequence for _, sequence, _, _ in packets]
+    assert [(b - a) & 0xFFFFFFFF for a, b in zip(stamps, stamps[1:])] == [160 + 13 * 8, 160]
+    assert [(b - a) & 0xFFFF for a, b in zip(sequences, sequences[1:])] == [1, 1]  # no packet missing
+    assert [marker for marker, _, _, _ in packets] == [0, 0, 0]
+
+
 def test_no_early_talkspurt_behind_a_cached_phrase_or_right_before_a_slot():
     peer = Peer()
     stream = _stream(peer)

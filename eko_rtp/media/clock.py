@@ -35,7 +35,7 @@ from eko_rtp.media.timer import PreciseTimer
 
 SLOT_SECONDS = 0.001
 WHEEL_SLOTS = round(FRAME_SECONDS / SLOT_SECONDS)  # one bucket per millisecond of the frame period
-MAX_SHIFT_SLOTS = 5  # how far a new stream's schedule may move to a better millisecond
+MAX_SHIFT_SLOTS = WHEEL_SLOTS - 1  # how far on a new stream's schedule may move to a better millisecond
 PERIODIC_MATCH = 1e-6  # s: a periodic expiry this close to the wanted slot is that slot
 PACK_LIMIT = 16  # streams a bucket takes before new ones go elsewhere (a 16-stream tick is ~0.2 ms)
 
@@ -88,34 +88,35 @@ class FrameClock:
         return math.ceil(due / self.slot_seconds - 1e-9)
 
     def balancing_shift(self, due: float) -> float:
-        """How far to move a new stream's schedule, once, so its ticks stay short and few.
+        """How far on to move a new stream's schedule, once, so its ticks stay short and few.
 
         Calls are answered in bursts (a trunk paces its INVITEs: at 100 calls a second
         every answer lands on the same two phases of the 20 ms period), so left alone
         a few buckets hold most streams and their ticks send 150 packets where 50
         would be the share: a tick that long leaves its last frames milliseconds late.
         At low load the opposite matters: every busy bucket is one more wake-up of
-        the whole loop per period. So within ``MAX_SHIFT_SLOTS`` ms either way a new
-        stream joins the fullest bucket still under ``PACK_LIMIT`` (one wake-up
-        serves them all), and once every bucket in reach is that full, the
-        least-loaded one; the nearest wins a tie. The stream's first frame has
-        already left (on the 200 OK), so this changes one gap, between its first two
-        packets, and nothing after. Returns seconds to add.
+        the whole loop per period (at 4 calls, a wake-up of the idle vCPU is most of
+        the cost). So up to ``MAX_SHIFT_SLOTS`` ms on (the whole period: any bucket)
+        a new stream joins the fullest bucket still under ``PACK_LIMIT`` (one
+        wake-up serves them all), and once every bucket is that full, the
+        least-loaded one; the nearest wins a tie.
+
+        Only later, never earlier: the stream's first frame has already left (on the
+        200 OK), and the stream counts the shift in its RTP timestamps
+        (:meth:`MediaStream.shift_schedule`), so the second frame is sampled that much
+        after the first ends: a short pause at the call's start, not jitter, for a
+        receiver that reads timestamps (RFC 3550 §6.4.1). Returns seconds to add (>= 0).
         """
         natural = self._slot_of(due)
         buckets = self._buckets
-        candidates = [0]
-        for distance in range(1, MAX_SHIFT_SLOTS + 1):
-            candidates += (-distance, distance)
-        loads = [len(buckets[(natural + shift) % WHEEL_SLOTS]) for shift in candidates]
-        joinable = [(load, shift) for load, shift in zip(loads, candidates) if 0 < load < PACK_LIMIT]
+        loads = [len(buckets[(natural + shift) % WHEEL_SLOTS]) for shift in range(MAX_SHIFT_SLOTS + 1)]
+        joinable = [(load, shift) for shift, load in enumerate(loads) if 0 < load < PACK_LIMIT]
         if joinable:
             best = max(joinable, key=lambda pair: pair[0])  # max keeps the first (nearest) of equals
             return best[1] * self.slot_seconds
         if loads[0] == 0:
             return 0.0
-        best_load = min(loads)
-        return candidates[loads.index(best_load)] * self.slot_seconds
+        return loads.index(min(loads)) * self.slot_seconds
 
     def schedule(self, stream: ScheduledStream) -> None:
         """Put ``stream`` in the wheel at its ``next_due``."""

@@ -51,7 +51,7 @@ import logging
 import time
 from typing import Callable
 
-from eko_rtp.codec.frame import FRAME_BYTES, FRAME_SECONDS, SAMPLES_PER_FRAME
+from eko_rtp.codec.frame import FRAME_BYTES, FRAME_SECONDS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from eko_rtp.codec.g711 import ULAW_TO_ALAW
 from eko_rtp.media.dtmf import DtmfDetector, DtmfError, peek_telephone_event_untrusted
 from eko_rtp.media.latch import LatchPolicy, LatchState, SourceLatch
@@ -258,9 +258,16 @@ class MediaStream:
         return True
 
     def shift_schedule(self, seconds: float) -> None:
-        """Move every frame still to come by ``seconds`` (see FrameClock.balancing_shift)."""
+        """Move every frame still to come ``seconds`` later (see FrameClock.balancing_shift).
+
+        The timestamps count the pause (RFC 3551 §4.1: they follow the sampling
+        instant), so a receiver sees a late start of the next frame, not a late packet.
+        """
+        if seconds < 0:
+            raise ValueError(f"a schedule moves only later, not by {seconds!r} s")
         self.t0 += seconds
         self.next_due += seconds
+        self.sender.skip(round(seconds * SAMPLE_RATE))
 
     def send_due(self, now: float) -> float | None:
         """Send every frame due at ``now``; the next due time, or ``None`` once closed.
