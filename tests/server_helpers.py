@@ -240,3 +240,20 @@ def windowed_match(received: list[int], reference: list[int], *, seconds: float,
         scores.append(score)
     scores.sort()
     return (scores[1] if len(scores) >= 4 else scores[0]), first_lag
+
+
+def frame_breaks(packets) -> list[tuple[int, int, int, int]]:
+    """Where the bot's stream is not one frame on from the packet before: (sequence,
+    sequence, timestamp, timestamp) of each such pair; ``packets`` from the call's first.
+
+    One break is allowed, and not returned: between the first two frames, a timestamp
+    step of 20 to 39 ms in whole milliseconds (the frame clock moves a new call's
+    schedule later once, and the timestamps count it; FrameClock.balancing_shift).
+    """
+    breaks = []
+    for index, (a, b) in enumerate(zip(packets, packets[1:])):
+        steps = ((b.sequence - a.sequence) % 65536, (b.timestamp - a.timestamp) % 2**32)
+        start_shift = index == 0 and steps[0] == 1 and 160 <= steps[1] < 320 and steps[1] % 8 == 0
+        if steps != (1, 160) and not start_shift:
+            breaks.append((a.sequence, b.sequence, a.timestamp, b.timestamp))
+    return breaks
