@@ -6,8 +6,8 @@ CRM look-up, its digit queue) and a :class:`Call` holding them, with a
 :class:`CallLine`: the narrow interface through which a call asks the server for
 what only the server can do (send the 200 OK, hang up, count a phrase). The
 server then runs :meth:`Call.run` in its call nursery. ``run`` opens *one nursery
-per call* holding the CRM look-up, the answer deadline, the inactivity and
-maximum-duration watchdog, the RTCP reports and the call script. However the
+per call* holding the CRM look-up, the answer deadline, one task for the inactivity and
+maximum-duration watchdog and the RTCP reports (call/timekeeper.py), and the call script. However the
 call ends (BYE from either side, CANCEL, no ACK, session expiry, no inbound RTP,
 the maximum duration, the script returning or failing) :meth:`Call.end` cancels
 that nursery, and nothing the call started outlives it; the server gives back
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
 import time
 from typing import Awaitable, Callable
 
@@ -30,6 +29,7 @@ import attrs
 import trio
 
 from eko_rtp.call.barge_in import BargeIn, Playback, Playing
+from eko_rtp.call.timekeeper import MAX_DURATION, RTP_TIMEOUT, Timekeeper
 from eko_rtp.codec.frame import FRAME_SECONDS
 from eko_rtp.media.playout import CachedSource, LiveSource, SilenceSource
 from eko_rtp.tts.errors import TtsError
@@ -97,6 +97,14 @@ class CallTimers:
 class Call:
     """What a call script sees: ``say``, ``pause``, ``hangup``, ``dtmf``, the caller."""
 
+    # One per call for the call's life: slots instead of an instance dict of this many
+    # attributes (1.5 KiB a call, docs/BENCHMARKS.md).
+    __slots__ = ("call_id", "caller", "caller_number", "invite_time", "source", "stream", "media", "lookup",
+                 "_digits", "_line", "ears", "barge_in", "_speech", "_speech_scope", "recorder", "timers", "cache",
+                 "script", "tts", "tts_usage", "answered_at", "ended_at", "end_reason", "greeting", "answered",
+                 "confirmed", "fallback_phrase", "handover", "script_outcome", "transfer_state", "transfer_status",
+                 "transfer_reason", "_transfer_changed", "_transferring", "_cancel_scope", "_nursery")
+
     def __init__(self, *, call_id: str, caller, caller_number: str | None, stream, media, digits, lookup,
                  line: CallLine, timers: CallTimers, cache, script, tts=None, invite_time: float, source,
                  ears=None, barge_in: BargeIn | None = None, speech=None, recorder=None, handover=None):
@@ -158,8 +166,7 @@ class Call:
                     await nursery.start(self.recorder.run)  # the file exists before the first frame
                 nursery.start_soon(self.lookup.run)  # first: the greeting may depend on it
                 nursery.start_soon(self._answer_deadline)
-                nursery.start_soon(self._watchdog)
-                nursery.start_soon(self._report_rtcp)
+                nursery.start_soon(self._keep_time)  # the watchdog and the RTCP reports
                 if self._speech is not None:
                     nursery.start_soon(self._recognize)
                 if self.ears is not None:
@@ -204,8 +211,8 @@ class Call:
         if self.answered_at is None:
             self._line.answer(self)
 
-    async def _watchdog(self) -> None:
-        """Hang up on a silent caller, or at the maximum duration.
+    async def _keep_time(self) -> None:
+        """The RTCP reports, and the hang-up on a silent caller or at the maximum duration.
 
         From the 200 OK to the ACK, ``rtp_timeout_before_ack`` without inbound RTP or
         RTCP ends the call (a forged INVITE that names someone else's address in its
@@ -213,53 +220,45 @@ class Call:
         the SIP core's own no-ACK timer). From the ACK on, ``rtp_timeout``. Only the
         caller's packets count: strangers' are dropped by the stream's latch before
         they reach ``last_inbound``. Before the ACK the BYE itself waits for the ACK
-        or its timeout (RFC 3261 §15); the call and its media end at once.
+        or its timeout (RFC 3261 §15); the call and its media end at once. One task
+        for all of it, on the schedule of :class:`~eko_rtp.call.timekeeper.Timekeeper`.
         """
-        deadline_total = self.invite_time + self.timers.max_duration
-        with trio.move_on_at(deadline_total):
-            await self.answered.wait()
-        answered_at = trio.current_time()
-        before_ack = self.timers.rtp_timeout_before_ack
-        while not self.confirmed.is_set() and answered_at < deadline_total:
-            last = max(answered_at, self.stream.last_inbound or answered_at)
-            with trio.move_on_at(min(last + before_ack, deadline_total)):
-                await self.confirmed.wait()
-            if self.confirmed.is_set():
-                break
-            now = trio.current_time()
-            last = max(answered_at, self.stream.last_inbound or answered_at)
-            if now < deadline_total and now - last >= before_ack:
-                log.info("no ACK and no RTP for %.1f s after the answer; hanging up", now - last)
-                self._hang_up_for("rtp_timeout")
-                return
-            if now >= deadline_total:
-                break
-        confirmed_at = trio.current_time()
-        timeout = self.timers.rtp_timeout
+        timers = self.timers
+        keeper = Timekeeper(invite_time=self.invite_time, max_duration=timers.max_duration,
+                            rtp_timeout=timers.rtp_timeout, rtp_timeout_before_ack=timers.rtp_timeout_before_ack,
+                            rtcp_first_report=timers.rtcp_first_report, rtcp_interval=timers.rtcp_interval)
         while True:
-            last = max(confirmed_at, self.stream.last_inbound or confirmed_at)
-            await trio.sleep_until(min(last + timeout, deadline_total))
             now = trio.current_time()
-            if now >= deadline_total:
+            if keeper.answered_at is None and self.answered.is_set():
+                keeper.answer(now)
+            if keeper.confirmed_at is None and self.confirmed.is_set():
+                keeper.confirm(now)
+            step = keeper.step(now, self.stream.last_inbound)
+            if step.report:
+                self.stream.send_rtcp(now, time.time())
+            if step.hang_up == MAX_DURATION:
                 log.info("maximum duration reached; hanging up")
-                self._hang_up_for("max_duration")
+                self._hang_up_for(MAX_DURATION)
                 return
-            last = max(confirmed_at, self.stream.last_inbound or confirmed_at)
-            if now - last >= timeout:
-                log.info("no RTP for %.0f s; hanging up", now - last)
-                self._hang_up_for("rtp_timeout")
+            if step.hang_up == RTP_TIMEOUT:
+                if keeper.confirmed_at is None:
+                    log.info("no ACK and no RTP for %.1f s after the answer; hanging up", step.silent_for)
+                else:
+                    log.info("no RTP for %.0f s; hanging up", step.silent_for)
+                self._hang_up_for(RTP_TIMEOUT)
                 return
+            # Asleep until the step's time, or until the answer or the ACK comes first.
+            with trio.move_on_at(step.wake_at):
+                if keeper.answered_at is None:
+                    await self.answered.wait()
+                elif keeper.confirmed_at is None:
+                    await self.confirmed.wait()
+                else:
+                    await trio.sleep_forever()
 
     def _hang_up_for(self, reason: str) -> None:
         self._line.hang_up(self)
         self.end_reason = reason
-
-    async def _report_rtcp(self) -> None:
-        await self.answered.wait()
-        await trio.sleep(self.timers.rtcp_first_report)
-        while True:
-            self.stream.send_rtcp(trio.current_time(), time.time())
-            await trio.sleep(self.timers.rtcp_interval * (0.5 + secrets.randbelow(1000) / 1000))
 
     # -- the script API ----------------------------------------------------------
 

@@ -88,6 +88,9 @@ _CANONICAL = {name.lower(): name for name in COMPACT_FORMS.values()} | {
     "cseq": "CSeq", "www-authenticate": "WWW-Authenticate", "min-se": "Min-SE",
     "max-forwards": "Max-Forwards", "record-route": "Record-Route", "route": "Route",
 }
+# The index key of each well-known spelling, made once: a message's index then holds
+# these shared strings instead of a new lower-cased copy of every name it carries.
+_KEY_OF = {name: lower for lower, name in _CANONICAL.items()}
 
 REASON_PHRASES = {
     100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK",
@@ -130,24 +133,39 @@ class Headers:
     fields: tuple[tuple[str, str], ...] = attrs.field(
         default=(), converter=lambda items: tuple((canonical_name(n), v) for n, v in items), validator=_check_fields
     )
-    # Lower-cased name -> its values in order: built once, so a look-up is not a scan
-    # of every line (the user agent looks up a dozen names in each message).
-    _index: dict[str, list[str]] = attrs.field(init=False, eq=False, repr=False)
+    # Lower-cased name -> its value (a str: the name's one line), or its values in order
+    # (a tuple: several lines). Built once, so a look-up is not a scan of every line (the
+    # user agent looks up a dozen names in each message); no list per name, since a call
+    # keeps its INVITE and 200 OK alive for its first 32 s (RFC 6026 Timer L).
+    _index: dict[str, str | tuple[str, ...]] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        index: dict[str, list[str]] = {}
+        index: dict[str, str | tuple[str, ...]] = {}
+        key_of = _KEY_OF
         for name, value in self.fields:
-            index.setdefault(name.lower(), []).append(value)
+            key = key_of.get(name) or name.lower()
+            prior = index.get(key)
+            if prior is None:
+                index[key] = value
+            elif prior.__class__ is str:
+                index[key] = (prior, value)
+            else:
+                index[key] = prior + (value,)
         object.__setattr__(self, "_index", index)
 
     def get(self, name: str) -> str | None:
         """The first value of ``name``, None when absent."""
         values = self._index.get(canonical_name(name).lower())
-        return values[0] if values else None
+        if values is None or values.__class__ is str:
+            return values
+        return values[0]
 
     def get_all(self, name: str) -> list[str]:
         """Every line's value for ``name``, in order."""
-        return list(self._index.get(canonical_name(name).lower(), ()))
+        values = self._index.get(canonical_name(name).lower())
+        if values is None:
+            return []
+        return [values] if values.__class__ is str else list(values)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
