@@ -19,6 +19,7 @@ import trio.testing
 from eko_rtp.call import eko_script
 from eko_rtp.call.call import Call, CallLine, CallTimers
 from eko_rtp.call.handover import HandoverPlan
+from eko_rtp.call.lookup import CallerLookup
 from eko_rtp.call.digits import DigitQueue
 from eko_rtp.crm.records import CallerRecord, Ticket
 from eko_rtp.media.playout import PlayoutQueue
@@ -297,3 +298,61 @@ async def test_a_late_success_after_the_script_gave_up_ends_our_leg(autojump_clo
         call.transfer_news("succeeded", 200, "technician side: 200 OK")
     assert line.asked == [("answer", 0.0), ("hang_up", 1.0)]
     assert call.script_outcome == "transferred"
+
+
+class TaskSteps(trio.abc.Instrument):
+    """Counts the steps each task has run (a step: from one checkpoint to the next)."""
+
+    def __init__(self) -> None:
+        self.steps: dict = {}
+
+    def before_task_step(self, task) -> None:
+        self.steps[task] = self.steps.get(task, 0) + 1
+
+
+async def test_the_first_phrase_and_its_200_go_out_in_the_call_tasks_first_step():
+    # The script runs in Call.run's own task and an unknown caller's look-up needs no
+    # wait: nothing between the call's start and its 200 OK yields to the scheduler
+    # (each pass is tens of µs of INVITE->200, docs/BENCHMARKS.md).
+    steps = TaskSteps()
+    trio.lowlevel.add_instrument(steps)
+    seen = []
+
+    def answered(call: Call) -> None:
+        task = trio.lowlevel.current_task()
+        seen.append((task, steps.steps.get(task)))
+        call.answered_at = trio.current_time()
+        call.answered.set()
+
+    async def greets(call):
+        record = await call.caller_record()
+        assert record is None
+        await call.say("greet")
+
+    try:
+        lookup = CallerLookup(crm=None, phone="0612345678", started_at=trio.current_time(), budget=0.15, call_id="c1")
+        stream = PlayingStream()
+        call = Call(call_id="c1", caller=None, caller_number=None, stream=stream, media=None,
+                    digits=DigitQueue(call_id="c1"), lookup=lookup,
+                    line=CallLine(answer=answered, hang_up=lambda call: call.end("local_hangup", trio.current_time())),
+                    timers=TIMERS, cache={"greet": Phrase(audio=b"\x7f" * 160)}, script=greets,
+                    invite_time=trio.current_time(), source=("127.0.0.1", 5060))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call.run)
+            await trio.testing.wait_all_tasks_blocked()
+            call.end("remote_bye", trio.current_time())
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    [(task, step)] = seen
+    assert task.coro.cr_code is Call.run.__code__ and step == 1
+
+
+@pytest.mark.parametrize(("crm", "phone", "why"), [(None, "0612345678", "no CRM configured"),
+                                                  (object(), None, "anonymous or unparseable caller number")])
+async def test_a_look_up_with_nothing_to_ask_is_over_before_it_starts(crm, phone, why):
+    lookup = CallerLookup(crm=crm, phone=phone, started_at=5.0, budget=0.15, call_id="c1")
+    assert lookup.done.is_set() and lookup.error == why and lookup.finished_at == 5.0
+    with trio.testing.assert_no_checkpoints():
+        assert await lookup.wait() is None
+    await lookup.run()  # nothing to do, nothing logged or counted
+    assert lookup.error == why

@@ -171,7 +171,9 @@ class Call:
                     nursery.start_soon(self._recognize)
                 if self.ears is not None:
                     self.ears.watch_gaps(nursery, self.timers.flush_after)  # a task only while a gap is open
-                nursery.start_soon(self._run_script)
+                # The script runs in this task, the nursery's body: its first phrase (and
+                # with it the 200 OK) does not wait for a scheduler pass of its own.
+                await self._run_script()
         finally:
             self.stream.close()
             if self.ears is not None:

@@ -57,6 +57,17 @@ class CallerLookup:
         self.record = None
         self.error: str | None = None
         self.finished_at: float | None = None
+        # Nothing to ask: the look-up is over before it starts, and the greeting need
+        # not wait a scheduler pass for a task to say so.
+        if crm is None:
+            self._nothing_to_ask("no CRM configured")
+        elif phone is None:
+            self._nothing_to_ask("anonymous or unparseable caller number")
+
+    def _nothing_to_ask(self, why: str) -> None:
+        self.error = why
+        self.finished_at = self.started_at
+        self.done.set()
 
     @property
     def deadline(self) -> float:
@@ -64,31 +75,28 @@ class CallerLookup:
 
     async def run(self) -> None:
         """Ask the CRM; never raises (failures are logged and counted by the client)."""
+        if self.done.is_set():
+            return  # nothing to ask (see __init__)
         try:
-            if self.crm is None:
-                self.error = "no CRM configured"
-            elif self.phone is None:
-                self.error = "anonymous or unparseable caller number"
-            else:
-                try:
-                    self.record = await self.crm.lookup_caller(self.phone, timeout=LATE_ANSWER_LIMIT)
-                except CrmError as error:
-                    self.error = str(error)
+            self.record = await self.crm.lookup_caller(self.phone, timeout=LATE_ANSWER_LIMIT)
+        except CrmError as error:
+            self.error = str(error)
         finally:
             self.finished_at = trio.current_time()
             self.done.set()
-        if self.crm is not None and self.phone is not None:
-            took = (self.finished_at - self.started_at) * 1000
-            past_budget = self.finished_at > self.deadline
-            late = " (after the greeting budget)" if past_budget else ""
-            outcome = "known caller" if self.record is not None else (self.error or "unknown caller")
-            log.info("CRM look-up of %s: %s in %.1f ms%s", mask_phone(self.phone), outcome, took, late)
-            if self.on_result is not None:
-                self.on_result(LookupResult(took=self.finished_at - self.started_at, answered=self.error is None,
-                                            past_budget=past_budget))
+        took = (self.finished_at - self.started_at) * 1000
+        past_budget = self.finished_at > self.deadline
+        late = " (after the greeting budget)" if past_budget else ""
+        outcome = "known caller" if self.record is not None else (self.error or "unknown caller")
+        log.info("CRM look-up of %s: %s in %.1f ms%s", mask_phone(self.phone), outcome, took, late)
+        if self.on_result is not None:
+            self.on_result(LookupResult(took=self.finished_at - self.started_at, answered=self.error is None,
+                                        past_budget=past_budget))
 
     async def wait(self):
         """The record if the CRM answered within the budget from the INVITE, else None."""
+        if self.done.is_set():
+            return self.record  # no checkpoint: the caller's first phrase goes on in this step
         with trio.move_on_at(self.deadline):
             await self.done.wait()
         return self.record if self.done.is_set() else None

@@ -288,6 +288,13 @@ def configure_logging(
     event is written once.
     """
     stream = sys.stderr if stream is None else stream
+    # ServiceFormatter writes none of the caller's file, line, thread or process: the
+    # logging module's documented switches stop it from finding them for every record
+    # (about a fifth of a line's cost; a call's set-up logs three lines before its 200 OK).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream)
     handler.set_name("eko-rtp-service")
     handler.addFilter(CallIdFilter())
