@@ -109,7 +109,7 @@ def _packets_per_tick(streams):
     return per_tick
 
 
-@pytest.mark.parametrize("count", [44, 400])
+@pytest.mark.parametrize("count", [2 * PACK_LIMIT + 12, 20 * PACK_LIMIT + 80])
 async def test_streams_answered_together_share_ticks_up_to_a_limit_then_spread(autojump_clock, count):
     clock = FrameClock()
     async with trio.open_nursery() as nursery:

@@ -37,7 +37,11 @@ SLOT_SECONDS = 0.001
 WHEEL_SLOTS = round(FRAME_SECONDS / SLOT_SECONDS)  # one bucket per millisecond of the frame period
 MAX_SHIFT_SLOTS = WHEEL_SLOTS - 1  # how far on a new stream's schedule may move to a better millisecond
 PERIODIC_MATCH = 1e-6  # s: a periodic expiry this close to the wanted slot is that slot
-PACK_LIMIT = 16  # streams a bucket takes before new ones go elsewhere (a 16-stream tick is ~0.2 ms)
+# Streams a bucket takes before new ones go elsewhere. Every busy bucket is a wake-up
+# of the loop 50 times a second; a 64-stream tick sends for about 0.3 ms, which moves
+# no stream's own spacing (issue 13's CPU at 500 calls: docs/BENCHMARKS.md, thirteenth
+# session; 16 had kept all 20 buckets busy from 320 calls on).
+PACK_LIMIT = 64
 
 
 class ScheduledStream(Protocol):
