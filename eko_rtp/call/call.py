@@ -97,8 +97,8 @@ class CallTimers:
 class Call:
     """What a call script sees: ``say``, ``pause``, ``hangup``, ``dtmf``, the caller."""
 
-    # One per call for the call's life: slots instead of an instance dict of this many
-    # attributes (1.5 KiB a call, docs/BENCHMARKS.md).
+    # One per call for the call's life: slots, since this many attributes overflow
+    # CPython's shared-key instance dict into a dict of its own (docs/BENCHMARKS.md).
     __slots__ = ("call_id", "caller", "caller_number", "invite_time", "source", "stream", "media", "lookup",
                  "_digits", "_line", "ears", "barge_in", "_speech", "_speech_scope", "recorder", "timers", "cache",
                  "script", "tts", "tts_usage", "answered_at", "ended_at", "end_reason", "greeting", "answered",

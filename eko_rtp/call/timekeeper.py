@@ -6,8 +6,8 @@ report (RFC 3550 §6.2: the first half a minimum interval after the answer, then
 (``rtp_timeout_before_ack`` from the 200 OK until the ACK, ``rtp_timeout`` from the
 ACK on, each counted from the caller's last packet), and the maximum duration (from
 the INVITE). They were two tasks per call, each with its own coroutine chain, cancel
-scope and sleep; one task that sleeps until the nearest of them costs half (a task
-is about 2.5 KiB of a call's memory, docs/BENCHMARKS.md).
+scope and sleep; one task that sleeps until the nearest of them costs half the
+memory (docs/BENCHMARKS.md, thirteenth session).
 
 :meth:`Timekeeper.step` is that task's whole decision: given the time, the caller's
 last packet and what the call has seen (answer, ACK), it says whether a report is

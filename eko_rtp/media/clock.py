@@ -38,9 +38,8 @@ WHEEL_SLOTS = round(FRAME_SECONDS / SLOT_SECONDS)  # one bucket per millisecond 
 MAX_SHIFT_SLOTS = WHEEL_SLOTS - 1  # how far on a new stream's schedule may move to a better millisecond
 PERIODIC_MATCH = 1e-6  # s: a periodic expiry this close to the wanted slot is that slot
 # Streams a bucket takes before new ones go elsewhere. Every busy bucket is a wake-up
-# of the loop 50 times a second; a 64-stream tick sends for about 0.3 ms, which moves
-# no stream's own spacing (issue 13's CPU at 500 calls: docs/BENCHMARKS.md, thirteenth
-# session; 16 had kept all 20 buckets busy from 320 calls on).
+# of the loop 50 times a second, and a fuller tick moves no stream's own spacing
+# (16 kept all 20 buckets busy from 320 calls on: docs/BENCHMARKS.md, thirteenth session).
 PACK_LIMIT = 64
 
 
