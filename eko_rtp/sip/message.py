@@ -134,13 +134,14 @@ class Headers:
         default=(), converter=lambda items: tuple((canonical_name(n), v) for n, v in items), validator=_check_fields
     )
     # Lower-cased name -> its value (a str: the name's one line), or its values in order
-    # (a tuple: several lines). Built once, so a look-up is not a scan of every line (the
-    # user agent looks up a dozen names in each message); no list per name, since a call
-    # keeps its INVITE and 200 OK alive for its first 32 s (RFC 6026 Timer L).
-    _index: dict[str, str | tuple[str, ...]] = attrs.field(init=False, eq=False, repr=False)
+    # (a list: several lines). Built once, so a look-up is not a scan of every line (the
+    # user agent looks up a dozen names in each message); a list only for a repeated
+    # name, since a call keeps its INVITE and 200 OK alive for its first 32 s (RFC 6026
+    # Timer L). Appending keeps the build linear in the lines, hostile ones included.
+    _index: dict[str, str | list[str]] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        index: dict[str, str | tuple[str, ...]] = {}
+        index: dict[str, str | list[str]] = {}
         key_of = _KEY_OF
         for name, value in self.fields:
             key = key_of.get(name) or name.lower()
@@ -148,9 +149,9 @@ class Headers:
             if prior is None:
                 index[key] = value
             elif prior.__class__ is str:
-                index[key] = (prior, value)
+                index[key] = [prior, value]
             else:
-                index[key] = prior + (value,)
+                prior.append(value)
         object.__setattr__(self, "_index", index)
 
     def get(self, name: str) -> str | None:
