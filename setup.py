@@ -1,12 +1,15 @@
-"""The one compiled part: batched datagram I/O (eko_rtp/media/_batch.c).
+"""The compiled parts: batched datagram I/O (eko_rtp/media/_batch.c) and the
+per-packet RTP state (eko_rtp/media/_rtp.c).
 
-Optional: without a C compiler or Python's headers the build skips it with a
-warning, and eko_rtp.media.mmsg uses its pure-Python classes. Everything else about
-the package is in setup.cfg.
+Optional: without a C compiler or Python's headers the build skips them with a
+warning, and eko_rtp.media.mmsg and eko_rtp.media.rtp use their pure-Python twins.
+Everything else about the package is in setup.cfg.
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("eko_rtp.media._batch", ["eko_rtp/media/_batch.c"], optional=True,
-                             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                                                 "-Wno-missing-field-initializers", "-Wno-cast-function-type"])])
+FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers",
+         "-Wno-cast-function-type"]
+
+setup(ext_modules=[Extension(f"eko_rtp.media.{name}", [f"eko_rtp/media/{name}.c"], optional=True,
+                             extra_compile_args=FLAGS) for name in ("_batch", "_rtp")])

@@ -1,8 +1,13 @@
-"""RTP headers, packet parsing, wraparound helpers and RFC 3550 Appendix A statistics."""
+"""RTP headers, packet parsing, wraparound helpers and RFC 3550 Appendix A statistics.
+
+The sender's header and the statistics' per-packet state have a compiled twin
+(media/_rtp.c): every test of them runs against both, and the last ones feed both
+the same random streams and compare everything they say."""
 
 from __future__ import annotations
 
 import ast
+import os
 import pathlib
 import random
 import tracemalloc
@@ -12,15 +17,41 @@ import hypothesis.strategies as st
 import pytest
 
 from eko_rtp.media.rtcp import ReportBlock
+from eko_rtp.media import rtp as rtp_module
 from eko_rtp.media.rtp import (
+    PythonRtpSender,
+    PythonStatisticsState,
     ReceiverStatistics,
     RtpError,
-    RtpSender,
+    StatisticsReports,
     is_rtcp,
     parse_rtp_untrusted,
     payload_bounds_untrusted,
 )
 from eko_rtp.media.sequence import Unwrapper, seq_diff, seq_newer, timestamp_diff, timestamp_newer
+
+
+try:
+    from eko_rtp.media import _rtp as compiled
+except ImportError:  # not built here (no C compiler or no Python headers at install)
+    compiled = None
+
+
+class PythonStatistics(StatisticsReports, PythonStatisticsState):
+    __slots__ = ()
+
+
+if compiled is not None:
+    class CompiledStatistics(StatisticsReports, compiled.StatisticsState):
+        __slots__ = ()
+
+_NOT_BUILT = pytest.mark.skipif(compiled is None, reason="media/_rtp.c was not built (no C compiler or Python.h)")
+SENDERS = [pytest.param(PythonRtpSender, id="python"),
+           pytest.param(compiled.RtpSender if compiled else None, id="compiled", marks=_NOT_BUILT)]
+STATISTICS = [pytest.param(PythonStatistics, id="python"),
+              pytest.param(CompiledStatistics if compiled else None, id="compiled", marks=_NOT_BUILT)]
+with_senders = pytest.mark.parametrize("Sender", SENDERS)
+with_statistics = pytest.mark.parametrize("Statistics", STATISTICS)
 
 
 class FixedRandom(random.Random):
@@ -34,12 +65,13 @@ class FixedRandom(random.Random):
         return self._values.pop(0)
 
 
-def sender(ssrc=0x11223344, sequence=0x0102, timestamp=0x0A0B0C0D, payload_type=0) -> RtpSender:
-    return RtpSender(payload_type=payload_type, rng=FixedRandom(ssrc, sequence, timestamp))
+def sender(Sender, ssrc=0x11223344, sequence=0x0102, timestamp=0x0A0B0C0D, payload_type=0):
+    return Sender(payload_type=payload_type, rng=FixedRandom(ssrc, sequence, timestamp))
 
 
-def test_header_bytes_exact():
-    rtp = sender()
+@with_senders
+def test_header_bytes_exact(Sender):
+    rtp = sender(Sender)
     assert bytes(rtp.header_for_next_frame(marker=True)) == bytes.fromhex("80 80 0102 0A0B0C0D 11223344")
     assert bytes(rtp.header_for_next_frame()) == bytes.fromhex("80 00 0103 0A0B0CAD 11223344")
     rtp.set_payload_type(8)
@@ -47,15 +79,17 @@ def test_header_bytes_exact():
     assert (rtp.packets_sent, rtp.octets_sent) == (3, 480)
 
 
-def test_sequence_and_timestamp_wrap():
-    rtp = sender(sequence=0xFFFF, timestamp=0xFFFFFFFF - 159)
+@with_senders
+def test_sequence_and_timestamp_wrap(Sender):
+    rtp = sender(Sender, sequence=0xFFFF, timestamp=0xFFFFFFFF - 159)
     assert bytes(rtp.header_for_next_frame())[2:8] == bytes.fromhex("FFFF FFFFFF60")
     assert bytes(rtp.header_for_next_frame())[2:8] == bytes.fromhex("0000 00000000")
     assert bytes(rtp.header_for_next_frame())[2:8] == bytes.fromhex("0001 000000A0")
 
 
-def test_marker_only_when_asked_and_skip_advances_timestamp():
-    rtp = sender(timestamp=0)
+@with_senders
+def test_marker_only_when_asked_and_skip_advances_timestamp(Sender):
+    rtp = sender(Sender, timestamp=0)
     markers = [rtp.header_for_next_frame(marker=flag)[1] >> 7 for flag in (True, False, False)]
     rtp.skip(800)  # a 100 ms pause we do not send
     markers.append(rtp.header_for_next_frame(marker=True)[1] >> 7)
@@ -63,8 +97,9 @@ def test_marker_only_when_asked_and_skip_advances_timestamp():
     assert rtp.next_timestamp == 4 * 160 + 800
 
 
-def test_header_is_one_reused_buffer_without_allocation():
-    rtp = sender()
+@with_senders
+def test_header_is_one_reused_buffer_without_allocation(Sender):
+    rtp = sender(Sender)
     first = rtp.header_for_next_frame()
     assert all(rtp.header_for_next_frame() is first for _ in range(100))
     tracemalloc.start()
@@ -80,18 +115,21 @@ def test_header_is_one_reused_buffer_without_allocation():
     assert after - before < 1024
 
 
-def test_default_random_origins_differ():
-    first, second = RtpSender(payload_type=0), RtpSender(payload_type=0)
+@with_senders
+def test_default_random_origins_differ(Sender):
+    first, second = Sender(payload_type=0), Sender(payload_type=0)
     assert (first.ssrc, first.next_sequence, first.next_timestamp) != (second.ssrc, second.next_sequence, second.next_timestamp)
 
 
-def test_invalid_payload_type():
+@with_senders
+def test_invalid_payload_type(Sender):
     with pytest.raises(ValueError, match="payload type must be 0..127, not 128"):
-        RtpSender(payload_type=128)
+        Sender(payload_type=128)
 
 
-def test_parse_round_trip_of_our_header():
-    rtp = sender(payload_type=8)
+@with_senders
+def test_parse_round_trip_of_our_header(Sender):
+    rtp = sender(Sender, payload_type=8)
     datagram = bytes(rtp.header_for_next_frame(marker=True)) + b"\xd5" * 160
     packet = parse_rtp_untrusted(datagram)
     assert (packet.marker, packet.payload_type, packet.sequence, packet.timestamp, packet.ssrc) == (
@@ -201,8 +239,9 @@ def feed_all(statistics: ReceiverStatistics, sequences, *, start=0.0, spacing=0.
     return accepted
 
 
-def test_statistics_probation_then_counting():
-    statistics = ReceiverStatistics()
+@with_statistics
+def test_statistics_probation_then_counting(Statistics):
+    statistics = Statistics()
     assert feed_all(statistics, [100, 101, 102, 103]) == [False, True, True, True]
     block = statistics.report_block(now=1.0)
     assert block == ReportBlock(
@@ -211,8 +250,9 @@ def test_statistics_probation_then_counting():
     )
 
 
-def test_statistics_loss_and_fraction_per_interval():
-    statistics = ReceiverStatistics()
+@with_statistics
+def test_statistics_loss_and_fraction_per_interval(Statistics):
+    statistics = Statistics()
     # 101..110 expected (probation packet 100 not counted); 104 and 107 lost.
     feed_all(statistics, [100, 101, 102, 103, 105, 106, 108, 109, 110])
     first = statistics.report_block(now=1.0)
@@ -222,29 +262,33 @@ def test_statistics_loss_and_fraction_per_interval():
     assert (second.cumulative_lost, second.fraction_lost) == (2, 0)
 
 
-def test_statistics_wrap_extends_highest_sequence():
-    statistics = ReceiverStatistics()
+@with_statistics
+def test_statistics_wrap_extends_highest_sequence(Statistics):
+    statistics = Statistics()
     feed_all(statistics, [0xFFFE, 0xFFFF, 0x10000, 0x10001])
     block = statistics.report_block(now=1.0)
     assert (block.extended_highest_sequence, block.cumulative_lost) == (0x10001, 0)
 
 
-def test_statistics_duplicates_give_negative_loss_and_zero_fraction():
-    statistics = ReceiverStatistics()
+@with_statistics
+def test_statistics_duplicates_give_negative_loss_and_zero_fraction(Statistics):
+    statistics = Statistics()
     feed_all(statistics, [10, 11, 12, 12, 12])
     block = statistics.report_block(now=1.0)
     assert (block.cumulative_lost, block.fraction_lost) == (-2, 0)
 
 
-def test_statistics_jitter_converges_on_alternating_delay():
-    statistics = ReceiverStatistics()
+@with_statistics
+def test_statistics_jitter_converges_on_alternating_delay(Statistics):
+    statistics = Statistics()
     # Every other packet 10 ms late: |D| alternates 80 timestamp units.
     feed_all(statistics, range(1000, 1400), jitter_of=lambda index: 0.010 * (index % 2))
     assert statistics.report_block(now=10.0).jitter == 79  # J -> 80 from below
 
 
-def test_statistics_restart_after_big_jump_and_new_ssrc():
-    statistics = ReceiverStatistics()
+@with_statistics
+def test_statistics_restart_after_big_jump_and_new_ssrc(Statistics):
+    statistics = Statistics()
     feed_all(statistics, [10, 11, 12])
     assert statistics.feed(sequence=30000, rtp_timestamp=0, arrival_time=1.0, ssrc=0xCAFE) is False
     assert statistics.feed(sequence=30001, rtp_timestamp=160, arrival_time=1.02, ssrc=0xCAFE) is True
@@ -253,8 +297,9 @@ def test_statistics_restart_after_big_jump_and_new_ssrc():
     assert statistics.ssrc == 0xBEEF and statistics.received == 0
 
 
-def test_statistics_last_sender_report_and_delay():
-    statistics = ReceiverStatistics()
+@with_statistics
+def test_statistics_last_sender_report_and_delay(Statistics):
+    statistics = Statistics()
     feed_all(statistics, [1, 2, 3])
     statistics.note_sender_report(ntp_timestamp=0x1122334455667788, arrival_time=5.0)
     block = statistics.report_block(now=6.5)
@@ -270,9 +315,10 @@ def test_random_bytes_raise_only_rtp_error(datagram):
     assert len(packet.payload) <= len(datagram) - 12
 
 
+@with_statistics
 @hypothesis.given(st.lists(st.integers(0, 0xFFFF), max_size=200))
-def test_statistics_never_raise_on_random_sequences(sequences):
-    statistics = ReceiverStatistics()
+def test_statistics_never_raise_on_random_sequences(Statistics, sequences):
+    statistics = Statistics()
     for index, sequence in enumerate(sequences):
         statistics.feed(sequence=sequence, rtp_timestamp=index * 160, arrival_time=index * 0.02)
     statistics.report_block(now=100.0)
@@ -287,20 +333,92 @@ def _in_order_runs(draw_steps):
     return out
 
 
+@with_statistics
 @hypothesis.given(
     st.lists(st.sampled_from([1, 1, 1, 1, 1, 0, 2, -1, 3000, 40000]), max_size=300),
     st.lists(st.floats(0, 0.01), min_size=300, max_size=300),
 )
-def test_statistics_in_order_fast_path_matches_the_appendix_a_path(steps, delays):
+def test_statistics_in_order_fast_path_matches_the_appendix_a_path(Statistics, steps, delays):
     """feed() takes a shortcut for the next packet in order; the same packets fed with
     an SSRC (which always goes through A.1 update_seq) must give the same report."""
-    shortcut, reference = ReceiverStatistics(), ReceiverStatistics()
+    shortcut, reference = Statistics(), Statistics()
     for index, sequence in enumerate(_in_order_runs(steps)):
         arrival = index * 0.02 + delays[index]
         accepted = shortcut.feed(sequence, index * 160, arrival)
         assert accepted == reference.feed(sequence, index * 160, arrival, ssrc=0x1234)
         assert (shortcut.received, shortcut.expected, shortcut.extended_highest_sequence, shortcut.jitter) == (
             reference.received, reference.expected, reference.extended_highest_sequence, reference.jitter)
+
+
+def _report(statistics) -> tuple:
+    block = statistics.report_block(now=1000.0)
+    return (statistics.ssrc, statistics.received, statistics.expected, statistics.extended_highest_sequence,
+            statistics._jitter, statistics._transit, block)
+
+
+@_NOT_BUILT
+@hypothesis.given(st.lists(st.tuples(
+    st.sampled_from([1, 1, 1, 1, 1, 1, 0, 2, -1, -5, 3000, 40000, 65535]),  # sequence step
+    st.integers(0, 0xFFFFFFFF),  # timestamp jump, folded over the 2^32 wrap
+    st.one_of(st.none(), st.floats(0, 0.05)),  # arrival delay, None: a telephone-event
+    st.sampled_from([None, None, None, 0xCAFE, 0xBEEF]),  # the SSRC when given
+    st.booleans(),  # a report block (the interval counts reset) after this packet
+), max_size=400))
+def test_the_compiled_statistics_say_what_the_python_ones_say(packets):
+    twins = [PythonStatistics(), CompiledStatistics()]
+    sequence, timestamp, arrival = 0xFFF0, 0xFFFFF000, 0.0
+    for step, jump, delay, ssrc, report in packets:
+        sequence = (sequence + step) & 0xFFFF
+        timestamp = (timestamp + (160 if step == 1 else jump)) & 0xFFFFFFFF
+        arrival += 0.02
+        when = None if delay is None else arrival + delay
+        assert len({twin.feed(sequence, timestamp, when, ssrc) for twin in twins}) == 1
+        if report:
+            assert _report(twins[0]) == _report(twins[1])
+    assert _report(twins[0]) == _report(twins[1])
+
+
+@_NOT_BUILT
+@hypothesis.given(st.lists(st.one_of(
+    st.tuples(st.just("frame"), st.booleans()),
+    st.tuples(st.just("skip"), st.integers(0, 1 << 40)),
+    st.tuples(st.just("rewind"), st.integers(0, 160)),
+    st.tuples(st.just("set_payload_type"), st.integers(0, 127)),
+), max_size=200), st.integers(0, 0xFFFFFFFF), st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF))
+def test_the_compiled_sender_writes_what_the_python_one_writes(steps, ssrc, sequence, timestamp):
+    twins = [Sender(payload_type=0, rng=FixedRandom(ssrc, sequence, timestamp))
+             for Sender in (PythonRtpSender, compiled.RtpSender)]
+    for operation, argument in steps:
+        results = [getattr(twin, "header_for_next_frame" if operation == "frame" else operation)(argument)
+                   for twin in twins]
+        if operation == "frame":
+            assert bytes(results[0]) == bytes(results[1])
+        assert [(twin.ssrc, twin.payload_type, twin.next_sequence, twin.next_timestamp, twin.packets_sent,
+                 twin.octets_sent) for twin in twins].count(
+            (twins[0].ssrc, twins[0].payload_type, twins[0].next_sequence, twins[0].next_timestamp,
+             twins[0].packets_sent, twins[0].octets_sent)) == 2
+
+
+@with_senders
+@pytest.mark.parametrize("call, message", [
+    (lambda rtp: rtp.rewind(161), "can rewind 0..160 samples, not 161"),
+    (lambda rtp: rtp.rewind(-1), "can rewind 0..160 samples, not -1"),
+    (lambda rtp: rtp.skip(-1), r"cannot skip a negative number of samples \(-1\)"),
+    (lambda rtp: rtp.set_payload_type(200), "payload type must be 0..127, not 200"),
+    (lambda rtp: rtp.set_payload_type(True), "payload type must be 0..127, not True"),
+])
+def test_sender_refuses_what_it_cannot_do_and_keeps_its_state(Sender, call, message):
+    rtp = sender(Sender)
+    with pytest.raises(ValueError, match=message):
+        call(rtp)
+    assert (rtp.payload_type, rtp.next_sequence, rtp.next_timestamp) == (0, 0x0102, 0x0A0B0C0D)
+
+
+@_NOT_BUILT
+@pytest.mark.skipif(bool(os.environ.get("EKO_RTP_PURE_PYTHON")), reason="EKO_RTP_PURE_PYTHON asks for the Python twins")
+def test_the_server_runs_the_compiled_twins_when_they_were_built():
+    assert rtp_module.RtpSender is compiled.RtpSender
+    assert issubclass(ReceiverStatistics, compiled.StatisticsState)
 
 
 MEDIA = pathlib.Path(__file__).resolve().parent.parent / "eko_rtp" / "media"

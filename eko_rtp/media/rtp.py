@@ -14,6 +14,7 @@ validation, A.3 loss, A.8 jitter) that fill an RTCP report block.
 
 from __future__ import annotations
 
+import os
 import random
 import secrets
 import struct
@@ -178,8 +179,9 @@ def is_rtcp(data: bytes | bytearray | memoryview) -> bool:
     return len(data) >= 2 and 192 <= data[1] <= 223
 
 
-class RtpSender:
-    """Header state of our outgoing stream (one per call).
+class PythonRtpSender:
+    """Header state of our outgoing stream (one per call); :data:`RtpSender` is this
+    or its compiled twin (media/_rtp.c).
 
     ``rng`` supplies SSRC, first sequence number and first timestamp; the default
     draws from :mod:`secrets` (RFC 3550 §5.1 wants them unpredictable, which also
@@ -201,7 +203,7 @@ class RtpSender:
 
     @staticmethod
     def _check_payload_type(payload_type: int) -> None:
-        if not isinstance(payload_type, int) or not 0 <= payload_type <= 127:
+        if not isinstance(payload_type, int) or isinstance(payload_type, bool) or not 0 <= payload_type <= 127:
             raise ValueError(f"payload type must be 0..127, not {payload_type!r}")
 
     @property
@@ -268,14 +270,12 @@ _MIN_SEQUENTIAL = 2
 _SEQUENCE_MOD = 1 << 16
 
 
-class ReceiverStatistics:
-    """Reception statistics for one remote source, per RFC 3550 Appendix A.
+class PythonStatisticsState:
+    """What :class:`ReceiverStatistics` keeps of the caller's stream, and the
+    per-packet steps that keep it: A.1 sequence validation and A.8 jitter.
 
-    Feed each packet's sequence number, RTP timestamp and arrival time (seconds
-    on any monotonic clock); :meth:`report_block` then gives the block for our
-    next SR or RR. A source is counted only after ``MIN_SEQUENTIAL`` packets in
-    sequence (A.1 probation); a jump of more than ``MAX_DROPOUT`` is taken as a
-    restarted sender once two packets confirm it.
+    The reference code; ``StatisticsState`` is this or its compiled twin
+    (media/_rtp.c), which tests/test_rtp.py holds to the same tables.
     """
 
     # One per call, kept for its life: no instance dict (docs/BENCHMARKS.md, sixth session).
@@ -385,6 +385,12 @@ class ReceiverStatistics:
             self._jitter += (abs(delta) - self._jitter) / 16
         self._transit = transit
 
+
+class StatisticsReports:
+    """What RTCP reads of either statistics state (A.3 loss, the report block)."""
+
+    __slots__ = ()
+
     @property
     def extended_highest_sequence(self) -> int:
         return (self._cycles + self._max_seq) & 0xFFFFFFFF
@@ -435,3 +441,27 @@ class ReceiverStatistics:
             last_sender_report=self._last_sr,
             delay_since_last_sender_report=delay,
         )
+
+
+# The compiled twins (media/_rtp.c) when they were built, else the classes above;
+# both pass tests/test_rtp.py. EKO_RTP_PURE_PYTHON=1 takes the Python ones (to compare).
+RtpSender: type = PythonRtpSender
+StatisticsState: type = PythonStatisticsState
+if not os.environ.get("EKO_RTP_PURE_PYTHON"):
+    try:
+        from eko_rtp.media._rtp import RtpSender, StatisticsState  # noqa: F811
+    except ImportError:
+        pass
+
+
+class ReceiverStatistics(StatisticsReports, StatisticsState):
+    """Reception statistics for one remote source, per RFC 3550 Appendix A.
+
+    Feed each packet's sequence number, RTP timestamp and arrival time (seconds
+    on any monotonic clock); :meth:`report_block` then gives the block for our
+    next SR or RR. A source is counted only after ``MIN_SEQUENTIAL`` packets in
+    sequence (A.1 probation); a jump of more than ``MAX_DROPOUT`` is taken as a
+    restarted sender once two packets confirm it.
+    """
+
+    __slots__ = ()
