@@ -1,11 +1,23 @@
-"""One call's RTP stream on real loopback sockets: frames, headers, and a live talkspurt."""
+"""One call's RTP stream on real loopback sockets: frames, headers, and a live talkspurt.
 
+The frame loop (StreamCore.send_due) has a compiled twin (media/_stream.c): the
+server runs it when it was built, and the last test runs this file, test_rtp.py,
+test_stream_guard.py and test_shared_port.py again on the Python twins."""
+
+import os
+import pathlib
 import socket
 import struct
+import subprocess
+import sys
+
+import pytest
 
 from eko_rtp.media import sdp
 from eko_rtp.media.playout import LiveSource, PlayoutQueue
 from eko_rtp.media.ports import PortPair
+from eko_rtp.codec.g711 import ULAW_TO_ALAW
+from eko_rtp.media import stream as stream_module
 from eko_rtp.media.stream import MediaCounters, MediaStream
 
 SILENCE = b"\xff" * 160
@@ -29,8 +41,9 @@ class Peer:
         return second >> 7, sequence, timestamp, data[12:]
 
 
-def _stream(peer: Peer) -> MediaStream:
-    plan = sdp.MediaPlan(codec=sdp.Codec(name="PCMU", payload_type=0), telephone_event_payload_type=101,
+def _stream(peer: Peer, codec: str = "PCMU") -> MediaStream:
+    plan = sdp.MediaPlan(codec=sdp.Codec(name=codec, payload_type=0 if codec == "PCMU" else 8),
+                         telephone_event_payload_type=101,
                          remote_rtp=peer.sock.getsockname(), remote_rtcp=None, rtcp_mux=True,
                          send_audio=True, receive_audio=True)
     return MediaStream(pair=PortPair(port=0, rtp=_socket(), rtcp=_socket()), plan=plan,
@@ -315,3 +328,133 @@ def test_srtp_audio_held_behind_a_gap_survives_the_next_calls_packets():
         other_peer.sock.close()
     assert heard.frames == [payload for payload, _ in ours]
     assert stream.srtp_dropped == 0 and other.srtp_dropped == 0 and other.counters.packets_received == 1
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def bot_frame(self, payload) -> None:
+        self.frames.append(bytes(payload))
+
+
+def test_frames_due_together_leave_in_order_late_ones_counted_and_recorded():
+    peer = Peer()
+    stream = _stream(peer, codec="PCMA")
+    stream.recorder = recorder = Recorder()
+    try:
+        stream.start(100.0)  # frame 0, silence: the queue is empty
+        assert stream.send_due(100.0465) == 100.060  # frames 1 and 2, 26.5 and 6.5 ms late
+        packets = [peer.packet() for _ in range(3)]
+    finally:
+        stream.pair.close()
+        peer.sock.close()
+    counters = stream.counters
+    assert (counters.frames_sent, counters.frames_late) == (3, 2)
+    assert round(counters.max_lateness, 6) == 0.0265
+    assert stream.frame_index == 3
+    alaw_silence = SILENCE.translate(ULAW_TO_ALAW)
+    assert [payload for _, _, _, payload in packets] == [alaw_silence] * 3  # PCMA: the cached PCMU translated
+    assert recorder.frames == [alaw_silence] * 3  # the recorder hears what left
+    sequences = [sequence for _, sequence, _, _ in packets]
+    assert [(b - a) & 0xFFFF for a, b in zip(sequences, sequences[1:])] == [1, 1]
+
+
+def test_a_held_stream_sends_nothing_and_its_timestamps_keep_counting():
+    peer = Peer()
+    stream = _stream(peer)
+    try:
+        stream.start(100.0)
+        first = peer.packet()
+        stream.sending = False  # on hold
+        assert stream.send_due(100.060) == 100.080  # frames 1-3 due: none sent
+        stream.sending = True
+        assert stream.send_due(100.080) == 100.100
+        second = peer.packet()
+    finally:
+        stream.pair.close()
+        peer.sock.close()
+    assert stream.counters.frames_sent == 2
+    assert (second[1] - first[1]) & 0xFFFF == 1  # no packet missing: none was sent
+    assert (second[2] - first[2]) & 0xFFFFFFFF == 4 * 160  # but 80 ms of timestamps passed
+
+
+@pytest.mark.parametrize("error, counted", [
+    (BlockingIOError(11, "full"), "send_drops"),  # the socket's buffer is full: that frame is lost
+    (OSError(101, "Network is unreachable"), "send_errors"),
+])
+def test_a_failed_send_is_counted_and_the_schedule_goes_on(error, counted):
+    peer = Peer()
+    stream = _stream(peer)
+    stream.start(100.0)
+    stream.pair.close()
+    peer.sock.close()
+
+    def failing(*arguments):
+        raise error
+
+    stream._sendmsg = failing
+    assert stream.send_due(100.040) == 100.060
+    counters = stream.counters
+    assert (getattr(counters, counted), counters.frames_sent, stream.frame_index) == (2, 1, 3)
+
+
+def test_a_bug_under_the_send_goes_up_with_the_frames_before_it_sent():
+    peer = Peer()
+    stream = _stream(peer)
+    try:
+        stream.start(100.0)
+        sends = []
+
+        def buggy(buffers, ancillary, flags, address):
+            sends.append(bytes(buffers[1]))
+            if len(sends) == 2:
+                raise ZeroDivisionError("a bug, not a network error")
+
+        stream._sendmsg = buggy
+        with pytest.raises(ZeroDivisionError, match="a bug"):
+            stream.send_due(100.060)
+    finally:
+        stream.pair.close()
+        peer.sock.close()
+    assert stream.frame_index == 2  # frame 1 went; frame 2 raised: it is the next one due
+    assert stream.counters.frames_sent == 2
+    assert stream.counters.send_errors == 0
+
+
+def test_a_closed_stream_sends_nothing_and_leaves_the_wheel():
+    peer = Peer()
+    stream = _stream(peer)
+    try:
+        stream.start(100.0)
+        stream.close()
+        assert stream.send_due(100.100) is None
+    finally:
+        stream.pair.close()
+        peer.sock.close()
+    assert stream.counters.frames_sent == 1
+
+
+def test_the_server_runs_the_compiled_frame_loop_when_it_was_built():
+    try:
+        from eko_rtp.media import _stream
+    except ImportError:
+        pytest.skip("media/_stream.c was not built (no C compiler or Python.h)")
+    if os.environ.get("EKO_RTP_PURE_PYTHON"):
+        pytest.skip("EKO_RTP_PURE_PYTHON asks for the Python twins")
+    assert stream_module.StreamCore is _stream.StreamCore and issubclass(MediaStream, _stream.StreamCore)
+
+
+def test_the_python_twins_pass_the_same_tests():
+    """The compiled parts are optional: a box without a C compiler runs the Python twins,
+    so they must pass the same tests. Run again here with EKO_RTP_PURE_PYTHON=1."""
+    if os.environ.get("EKO_RTP_PURE_PYTHON"):
+        pytest.skip("this run is the Python twins' already")
+    here = pathlib.Path(__file__).resolve().parent
+    files = ["test_stream.py", "test_stream_guard.py", "test_shared_port.py", "test_rtp.py"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(str(here / name) for name in files)],
+        env={**os.environ, "EKO_RTP_PURE_PYTHON": "1"}, capture_output=True, text=True, timeout=300,
+        cwd=here.parent)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout

@@ -48,6 +48,7 @@ counted by reason in the call's :class:`CallSrtp` and the server's
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Callable
 
@@ -94,16 +95,79 @@ class MediaCounters:
         self.packets_stray = 0
 
 
-class MediaStream:
+class PythonStreamCore:
+    """What the frame loop reads of a call's stream, and the loop (:meth:`send_due`).
+
+    The base of :class:`MediaStream`; ``StreamCore`` is this or its compiled twin
+    (media/_stream.c), which tests/test_stream.py holds to the same behaviour. What a
+    failed send or a late frame counts as is the subclass's (``_send_failed``,
+    ``_count_late``): the loop only calls them.
+    """
+
+    __slots__ = ("t0", "frame_index", "queue", "sender", "_sendmsg", "_sendto", "remote_rtp", "_translate", "srtp",
+                 "recorder", "counters", "sending", "closed")
+
+    def send_due(self, now: float) -> float | None:
+        """Send every frame due at ``now``; the next due time, or ``None`` once closed.
+
+        This runs for every frame of every call, so it is written flat: one call
+        into the playout queue, one into the header writer, one ``sendmsg``.
+        """
+        if self.closed:
+            return None
+        t0 = self.t0
+        index = self.frame_index
+        due = t0 + index * FRAME_SECONDS
+        try:
+            while due <= now + 1e-9:
+                if now - due > LATE_THRESHOLD:
+                    self._count_late(now - due)
+                if self.sending:
+                    payload, marker = self.queue.next_frame()
+                    if self._translate is not None:
+                        payload = bytes(payload).translate(self._translate)
+                    try:
+                        if self.srtp is None:
+                            self._sendmsg((self.sender.header_for_next_frame(marker), payload), (), 0, self.remote_rtp)
+                        else:
+                            # The cipher's one copy into the context's buffer; its view goes out as is.
+                            self._sendto(self.srtp.protect_frame(self.sender.header_for_next_frame(marker), payload),
+                                         self.remote_rtp)
+                    except Exception as error:
+                        self._send_failed(error)
+                    else:
+                        self.counters.frames_sent += 1
+                    if self.recorder is not None:
+                        self.recorder.bot_frame(payload)
+                else:
+                    self.sender.skip(SAMPLES_PER_FRAME)  # held: timestamps keep counting time
+                index += 1
+                due = t0 + index * FRAME_SECONDS
+        finally:
+            self.frame_index = index  # a frame that raised is the next one due, those before it are not
+        return due
+
+
+# The compiled twin (media/_stream.c) when it was built, else the class above; both
+# pass tests/test_stream.py. EKO_RTP_PURE_PYTHON=1 takes the Python one (to compare).
+StreamCore: type = PythonStreamCore
+if not os.environ.get("EKO_RTP_PURE_PYTHON"):
+    try:
+        from eko_rtp.media._stream import StreamCore  # noqa: F811
+    except ImportError:
+        pass
+
+
+class MediaStream(StreamCore):
     """Outgoing and incoming RTP of one call."""
 
     # One per call, kept for the call's life: slots keep it small (a plain instance
-    # dict of this many attributes took 1.5 KiB a call, docs/BENCHMARKS.md).
-    __slots__ = ("pair", "plan", "queue", "counters", "on_dtmf", "cname", "sender", "dtmf", "statistics",
-                 "quality", "_wall_clock", "on_audio", "recorder", "remote_rtp", "remote_rtcp", "latch",
-                 "caller_source", "caller_ssrc", "t0", "frame_index", "next_due", "closed", "last_inbound",
-                 "first_packet_time", "receive_backlogs", "audio_pt", "codec_name", "_translate", "telephone_event_pt",
-                 "_rtcp_mux", "sending", "_sendmsg", "_sendto", "srtp", "srtp_counters", "_srtp_drops_before")
+    # dict of this many attributes took 1.5 KiB a call, docs/BENCHMARKS.md). The frame
+    # loop's own are StreamCore's.
+    __slots__ = ("pair", "plan", "on_dtmf", "cname", "dtmf", "statistics", "quality", "_wall_clock", "on_audio",
+                 "remote_rtcp", "latch", "caller_source", "caller_ssrc", "next_due", "last_inbound",
+                 "first_packet_time", "receive_backlogs", "audio_pt", "codec_name", "telephone_event_pt", "_rtcp_mux",
+                 "srtp_counters", "_srtp_drops_before")
 
     def __init__(
         self,
@@ -209,7 +273,7 @@ class MediaStream:
             self.remote_rtcp = plan.remote_rtcp
         # Not allowed yet (reflection guard): the stream plays nothing and the audio
         # waits, as on hold; timestamps keep counting.
-        self.sending = bool(plan.send_audio) and plan.remote_rtp is not None and latch.may_send
+        self.sending = bool(plan.send_audio and plan.remote_rtp is not None and latch.may_send)
 
     def on_ack(self) -> None:
         """The caller's ACK came: media may go to a public signalled address (media/latch.py)."""
@@ -269,46 +333,15 @@ class MediaStream:
         self.next_due += seconds
         self.sender.skip(round(seconds * SAMPLE_RATE))
 
-    def send_due(self, now: float) -> float | None:
-        """Send every frame due at ``now``; the next due time, or ``None`` once closed.
-
-        This runs for every frame of every call, so it is written flat: one call
-        into the playout queue, one into the header writer, one ``sendmsg``.
-        """
-        if self.closed:
-            return None
-        t0 = self.t0
-        index = self.frame_index
-        due = t0 + index * FRAME_SECONDS
-        while due <= now + 1e-9:
-            if now - due > LATE_THRESHOLD:
-                self._count_late(now - due)
-            if self.sending:
-                payload, marker = self.queue.next_frame()
-                if self._translate is not None:
-                    payload = bytes(payload).translate(self._translate)
-                try:
-                    if self.srtp is None:
-                        self._sendmsg((self.sender.header_for_next_frame(marker), payload), (), 0, self.remote_rtp)
-                    else:
-                        # The cipher's one copy into the context's buffer; its view goes out as is.
-                        self._sendto(self.srtp.protect_frame(self.sender.header_for_next_frame(marker), payload),
-                                     self.remote_rtp)
-                except BlockingIOError:
-                    self.counters.send_drops += 1
-                except (OSError, SrtpError) as error:
-                    self.counters.send_errors += 1
-                    log.debug("RTP send to %s failed: %s", self.remote_rtp, error)
-                else:
-                    self.counters.frames_sent += 1
-                if self.recorder is not None:
-                    self.recorder.bot_frame(payload)
-            else:
-                self.sender.skip(SAMPLES_PER_FRAME)  # held: timestamps keep counting time
-            index += 1
-            due = t0 + index * FRAME_SECONDS
-        self.frame_index = index
-        return due
+    def _send_failed(self, error: Exception) -> None:
+        """A frame's send raised ``error`` (from the frame loop): counted, or raised on."""
+        if isinstance(error, BlockingIOError):
+            self.counters.send_drops += 1  # the socket's buffer is full: this frame is lost
+        elif isinstance(error, (OSError, SrtpError)):
+            self.counters.send_errors += 1
+            log.debug("RTP send to %s failed: %s", self.remote_rtp, error)
+        else:
+            raise error
 
     def _count_late(self, lateness: float) -> None:
         counters = self.counters

@@ -1,0 +1,316 @@
+/* One call's frame pacing in C: the compiled twin of eko_rtp/media/stream.py's
+ * PythonStreamCore, the base of MediaStream that holds what send_due() reads and
+ * the loop itself (tests/test_stream.py runs against both).
+ *
+ * Why: send_due() runs for every frame of every call, and in Python its loop, a
+ * dozen attribute loads and the counter's increment were the largest share of a
+ * busy server's Python after the kernel's (docs/BENCHMARKS.md, fourteenth session).
+ * Here the loop, the due times and the common frame (a cached payload, no SRTP, no
+ * recorder) are C; everything that is not per frame stays in stream.py and is only
+ * called from here: the playout queue's next_frame(), SRTP's protect_frame(), the
+ * recorder, and MediaStream._count_late() and _send_failed() (which decides what a
+ * failed send counts as). A frame costs one call into the queue and one into the
+ * socket's sendmsg (a compiled LegSender on a shared port), no Python frame of ours.
+ *
+ * The attributes keep the names and meaning of the Python twin's slots, so
+ * stream.py reads and writes them alike. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#define FRAME_SECONDS 0.02
+#define SAMPLES_PER_FRAME 160
+#define LATE_THRESHOLD 0.002 /* stream.py's: a frame sent over 2 ms after its due time is late */
+#define DUE_SLACK 1e-9
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *t0;         /* float once started, else None */
+    Py_ssize_t frame_index;
+    PyObject *queue;      /* PlayoutQueue */
+    PyObject *sender;     /* RtpSender (either twin) */
+    PyObject *sendmsg;    /* the RTP socket's (or leg's) sendmsg */
+    PyObject *sendto;     /* ... and sendto, for SRTP's one buffer */
+    PyObject *remote_rtp; /* where frames go, or None */
+    PyObject *translate;  /* bytes.translate table for PCMA, else None */
+    PyObject *srtp;       /* CallSrtp while the plan has keys, else None */
+    PyObject *recorder;   /* CallRecorder, else None */
+    PyObject *counters;   /* MediaCounters */
+    char sending;
+    char closed;
+} Core;
+
+static PyObject *str_next_frame, *str_header_for_next_frame, *str_protect_frame, *str_bot_frame, *str_skip,
+    *str_frames_sent, *str_count_late, *str_send_failed, *str_translate, *empty_tuple, *zero, *one,
+    *samples_per_frame;
+
+static int core_traverse(Core *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->t0);
+    Py_VISIT(self->queue);
+    Py_VISIT(self->sender);
+    Py_VISIT(self->sendmsg);
+    Py_VISIT(self->sendto);
+    Py_VISIT(self->remote_rtp);
+    Py_VISIT(self->translate);
+    Py_VISIT(self->srtp);
+    Py_VISIT(self->recorder);
+    Py_VISIT(self->counters);
+    return 0;
+}
+
+static int core_clear(Core *self)
+{
+    Py_CLEAR(self->t0);
+    Py_CLEAR(self->queue);
+    Py_CLEAR(self->sender);
+    Py_CLEAR(self->sendmsg);
+    Py_CLEAR(self->sendto);
+    Py_CLEAR(self->remote_rtp);
+    Py_CLEAR(self->translate);
+    Py_CLEAR(self->srtp);
+    Py_CLEAR(self->recorder);
+    Py_CLEAR(self->counters);
+    return 0;
+}
+
+static void core_dealloc(Core *self)
+{
+    PyObject_GC_UnTrack(self);
+    core_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static inline int is_none(PyObject *value)
+{
+    return value == NULL || value == Py_None;
+}
+
+/* counters.frames_sent += 1 */
+static int count_sent(PyObject *counters)
+{
+    PyObject *value = PyObject_GetAttr(counters, str_frames_sent);
+    if (value == NULL)
+        return -1;
+    PyObject *more = PyNumber_Add(value, one);
+    Py_DECREF(value);
+    if (more == NULL)
+        return -1;
+    int result = PyObject_SetAttr(counters, str_frames_sent, more);
+    Py_DECREF(more);
+    return result;
+}
+
+/* One frame to the caller: its payload and marker from the queue, out through the
+ * socket. 0, or -1 with an exception (what send_due's Python twin would raise). */
+static int send_one(Core *self)
+{
+    PyObject *frame = PyObject_CallMethodNoArgs(self->queue, str_next_frame);
+    if (frame == NULL)
+        return -1;
+    if (!PyTuple_Check(frame) || PyTuple_GET_SIZE(frame) != 2) {
+        Py_DECREF(frame);
+        PyErr_SetString(PyExc_TypeError, "next_frame() must return (payload, marker)");
+        return -1;
+    }
+    PyObject *payload = Py_NewRef(PyTuple_GET_ITEM(frame, 0));
+    PyObject *marker = PyTuple_GET_ITEM(frame, 1);
+    PyObject *sent = NULL;
+    if (!is_none(self->translate)) { /* PCMA: one 160-byte translate of the cached PCMU */
+        PyObject *raw = PyBytes_FromObject(payload);
+        Py_SETREF(payload, raw == NULL ? NULL : PyObject_CallMethodOneArg(raw, str_translate, self->translate));
+        Py_XDECREF(raw);
+        if (payload == NULL)
+            goto done;
+    }
+    PyObject *header = PyObject_CallMethodOneArg(self->sender, str_header_for_next_frame, marker);
+    if (header == NULL)
+        goto done;
+    if (is_none(self->srtp)) {
+        PyObject *buffers = PyTuple_Pack(2, header, payload);
+        Py_DECREF(header);
+        if (buffers == NULL)
+            goto done;
+        PyObject *arguments[4] = {buffers, empty_tuple, zero, self->remote_rtp ? self->remote_rtp : Py_None};
+        sent = PyObject_Vectorcall(self->sendmsg, arguments, 4, NULL);
+        Py_DECREF(buffers);
+    } else { /* the cipher's one copy into the context's buffer; its view goes out as is */
+        PyObject *arguments[3] = {self->srtp, header, payload};
+        PyObject *protected = PyObject_VectorcallMethod(str_protect_frame, arguments,
+                                                        3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(header);
+        if (protected != NULL) {
+            PyObject *to[2] = {protected, self->remote_rtp ? self->remote_rtp : Py_None};
+            sent = PyObject_Vectorcall(self->sendto, to, 2, NULL);
+            Py_DECREF(protected);
+        }
+    }
+    if (sent != NULL) {
+        Py_DECREF(sent);
+        if (count_sent(self->counters) < 0)
+            goto done;
+    } else if (PyErr_ExceptionMatches(PyExc_Exception)) {
+        /* stream.py decides what it counts as (a full buffer, a refused send, an SRTP
+         * failure) and re-raises anything else */
+        PyObject *type, *error, *traceback;
+        PyErr_Fetch(&type, &error, &traceback);
+        PyErr_NormalizeException(&type, &error, &traceback);
+        if (traceback != NULL)
+            PyException_SetTraceback(error, traceback);
+        Py_XDECREF(type);
+        Py_XDECREF(traceback);
+        PyObject *handled = PyObject_CallMethodOneArg((PyObject *)self, str_send_failed, error);
+        Py_DECREF(error);
+        if (handled == NULL)
+            goto done;
+        Py_DECREF(handled);
+    } else {
+        goto done; /* cancellation and the like: up */
+    }
+    if (!is_none(self->recorder)) {
+        PyObject *recorded = PyObject_CallMethodOneArg(self->recorder, str_bot_frame, payload);
+        if (recorded == NULL)
+            goto done;
+        Py_DECREF(recorded);
+    }
+    Py_DECREF(payload);
+    Py_DECREF(frame);
+    return 0;
+done:
+    Py_XDECREF(payload);
+    Py_DECREF(frame);
+    return -1;
+}
+
+static PyObject *core_send_due(Core *self, PyObject *now_object)
+{
+    if (self->closed)
+        Py_RETURN_NONE;
+    double now = PyFloat_AsDouble(now_object);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (is_none(self->t0)) {
+        PyErr_SetString(PyExc_RuntimeError, "send_due() before start(): the stream has no schedule");
+        return NULL;
+    }
+    double t0 = PyFloat_AsDouble(self->t0);
+    if (t0 == -1.0 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t index = self->frame_index;
+    double due = t0 + index * FRAME_SECONDS;
+    int failed = 0;
+    while (due <= now + DUE_SLACK) {
+        if (now - due > LATE_THRESHOLD) {
+            PyObject *lateness = PyFloat_FromDouble(now - due);
+            PyObject *counted = lateness ? PyObject_CallMethodOneArg((PyObject *)self, str_count_late, lateness) : NULL;
+            Py_XDECREF(lateness);
+            if (counted == NULL) {
+                failed = 1;
+                break;
+            }
+            Py_DECREF(counted);
+        }
+        if (self->sending) {
+            if (send_one(self) < 0) {
+                failed = 1;
+                break;
+            }
+        } else { /* held: timestamps keep counting time */
+            PyObject *skipped = PyObject_CallMethodOneArg(self->sender, str_skip, samples_per_frame);
+            if (skipped == NULL) {
+                failed = 1;
+                break;
+            }
+            Py_DECREF(skipped);
+        }
+        index += 1;
+        due = t0 + index * FRAME_SECONDS;
+    }
+    self->frame_index = index;
+    if (failed)
+        return NULL;
+    return PyFloat_FromDouble(due);
+}
+
+static PyMethodDef core_methods[] = {
+    {"send_due", (PyCFunction)core_send_due, METH_O,
+     "Send every frame due at now; the next due time, or None once closed."},
+    {NULL},
+};
+
+static PyMemberDef core_members[] = {
+    {"t0", T_OBJECT, offsetof(Core, t0), 0, "when frame 0 was due (trio's clock), None before start()"},
+    {"frame_index", T_PYSSIZET, offsetof(Core, frame_index), 0, "the next frame's number"},
+    {"queue", T_OBJECT, offsetof(Core, queue), 0, "the PlayoutQueue frames come from"},
+    {"sender", T_OBJECT, offsetof(Core, sender), 0, "the RtpSender writing our headers"},
+    {"_sendmsg", T_OBJECT, offsetof(Core, sendmsg), 0, NULL},
+    {"_sendto", T_OBJECT, offsetof(Core, sendto), 0, NULL},
+    {"remote_rtp", T_OBJECT, offsetof(Core, remote_rtp), 0, "where our frames go"},
+    {"_translate", T_OBJECT, offsetof(Core, translate), 0, NULL},
+    {"srtp", T_OBJECT, offsetof(Core, srtp), 0, "the call's SRTP contexts while the plan has keys"},
+    {"recorder", T_OBJECT, offsetof(Core, recorder), 0, "the call's recorder, or None"},
+    {"counters", T_OBJECT, offsetof(Core, counters), 0, "the server's MediaCounters"},
+    {"sending", T_BOOL, offsetof(Core, sending), 0, "whether frames go out (not on hold, allowed to)"},
+    {"closed", T_BOOL, offsetof(Core, closed), 0, "the call ended: nothing is sent"},
+    {NULL},
+};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "eko_rtp.media._stream.StreamCore",
+    .tp_basicsize = sizeof(Core),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "What MediaStream's frame loop reads, and the loop: the compiled twin of stream.PythonStreamCore.",
+    .tp_new = PyType_GenericNew,
+    .tp_traverse = (traverseproc)core_traverse,
+    .tp_clear = (inquiry)core_clear,
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_methods = core_methods,
+    .tp_members = core_members,
+};
+
+static struct PyModuleDef stream_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "eko_rtp.media._stream",
+    .m_doc = "Compiled frame pacing of one call (eko_rtp/media/stream.py's twin).",
+    .m_size = -1,
+};
+
+static PyObject *intern(const char *text)
+{
+    return PyUnicode_InternFromString(text);
+}
+
+PyMODINIT_FUNC PyInit__stream(void)
+{
+    if (str_next_frame == NULL) {
+        str_next_frame = intern("next_frame");
+        str_header_for_next_frame = intern("header_for_next_frame");
+        str_protect_frame = intern("protect_frame");
+        str_bot_frame = intern("bot_frame");
+        str_skip = intern("skip");
+        str_frames_sent = intern("frames_sent");
+        str_count_late = intern("_count_late");
+        str_send_failed = intern("_send_failed");
+        str_translate = intern("translate");
+        empty_tuple = PyTuple_New(0);
+        zero = PyLong_FromLong(0);
+        one = PyLong_FromLong(1);
+        samples_per_frame = PyLong_FromLong(SAMPLES_PER_FRAME);
+        if (!str_next_frame || !str_header_for_next_frame || !str_protect_frame || !str_bot_frame || !str_skip ||
+            !str_frames_sent || !str_count_late || !str_send_failed || !str_translate || !empty_tuple || !zero ||
+            !one || !samples_per_frame)
+            return NULL;
+    }
+    if (PyType_Ready(&CoreType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&stream_module);
+    if (module == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(module, "StreamCore", (PyObject *)&CoreType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
