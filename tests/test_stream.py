@@ -435,6 +435,44 @@ def test_a_closed_stream_sends_nothing_and_leaves_the_wheel():
     assert stream.counters.frames_sent == 1
 
 
+def test_each_kind_of_caller_packet_goes_where_it_belongs():
+    """The receive path's table: what the ears hear, what counts, what becomes a digit."""
+    peer = Peer()
+    digits, heard = [], []
+    stream = _stream(peer)
+    stream.on_dtmf = digits.append
+    stream.on_audio = lambda sequence, datagram, codec, now: heard.append(
+        (sequence, None if datagram is None else bytes(datagram[12:14]), codec, now))
+    header = struct.Struct("!BBHII")
+    caller = peer.sock.getsockname()
+    event = struct.Struct("!BBH")
+    packets = [
+        (header.pack(0x80, 0, 1, 160, 0x55) + b"\x01\x02" + SILENCE[2:], "audio"),
+        (header.pack(0x80, 13, 2, 320, 0x55) + b"\x09", "comfort noise: no audio for the ears"),
+        (header.pack(0x80, 101, 3, 480, 0x55) + event.pack(5, 0x80 | 10, 800), "the end of key 5"),
+        (header.pack(0x80, 0, 4, 640, 0x55)[:11], "truncated"),
+        (bytes([0x40]) + header.pack(0x80, 0, 5, 800, 0x55)[1:] + SILENCE, "version 1"),
+        (header.pack(0x80, 0, 6, 960, 0x55) + SILENCE, "a stranger's"),
+    ]
+    try:
+        for number, (packet, _) in enumerate(packets):
+            source = ("127.0.0.1", 9) if number == 5 else caller
+            stream.on_rtp(packet, source, 10.0 + number, None)
+        invalid_rtp = stream.counters.packets_invalid
+        stream.on_rtp(bytes([0x80, 200]) + bytes(26), caller, 20.0, None)  # RTCP (a broken SR) on the muxed port
+    finally:
+        stream.pair.close()
+        peer.sock.close()
+    assert heard == [(1, b"\x01\x02", "PCMU", 10.0), (2, None, "PCMU", 11.0), (3, None, "PCMU", 12.0)]
+    assert digits == ["5"]
+    counters = stream.counters
+    assert (counters.packets_received, invalid_rtp, counters.packets_stray) == (3, 2, 1)
+    assert stream.statistics.received == 2 and stream.statistics.extended_highest_sequence == 3  # 1: probation
+    # The RTCP went to the RTCP path: it counts as heard from the caller, and as invalid there.
+    assert (counters.packets_invalid, stream.quality.reports_received) == (3, 0)
+    assert (stream.caller_ssrc, stream.last_inbound) == (0x55, 20.0)
+
+
 def test_the_server_runs_the_compiled_frame_loop_when_it_was_built():
     try:
         from eko_rtp.media import _stream

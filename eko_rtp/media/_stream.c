@@ -1,6 +1,6 @@
-/* One call's frame pacing in C: the compiled twin of eko_rtp/media/stream.py's
- * PythonStreamCore, the base of MediaStream that holds what send_due() reads and
- * the loop itself (tests/test_stream.py runs against both).
+/* One call's per-packet paths in C: the compiled twin of eko_rtp/media/stream.py's
+ * PythonStreamCore, the base of MediaStream that holds what send_due() and on_rtp()
+ * read, and both methods (tests/test_stream.py runs against both).
  *
  * Why: send_due() runs for every frame of every call, and in Python its loop, a
  * dozen attribute loads and the counter's increment were the largest share of a
@@ -18,6 +18,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+
+#include <stdint.h>
 
 #define FRAME_SECONDS 0.02
 #define SAMPLES_PER_FRAME 160
@@ -37,13 +39,24 @@ typedef struct {
     PyObject *srtp;       /* CallSrtp while the plan has keys, else None */
     PyObject *recorder;   /* CallRecorder, else None */
     PyObject *counters;   /* MediaCounters */
+    PyObject *caller_source; /* the latched source (host, port), else None */
+    PyObject *last_inbound;  /* when the caller was last heard (trio's clock), else None */
+    PyObject *statistics;    /* ReceiverStatistics */
+    PyObject *on_audio;      /* the call's ears, else None */
+    PyObject *codec_name;    /* "PCMU" or "PCMA" */
+    int audio_pt;
+    int telephone_event_pt;  /* -1: none negotiated */
+    uint32_t caller_ssrc;
+    char has_caller_ssrc;
+    char rtcp_mux;
     char sending;
     char closed;
 } Core;
 
 static PyObject *str_next_frame, *str_header_for_next_frame, *str_protect_frame, *str_bot_frame, *str_skip,
     *str_frames_sent, *str_count_late, *str_send_failed, *str_translate, *empty_tuple, *zero, *one,
-    *samples_per_frame;
+    *samples_per_frame, *str_packets_received, *str_packets_invalid, *str_on_rtcp, *str_admit, *str_feed,
+    *str_on_telephone_event, *str_unprotect_view;
 
 static int core_traverse(Core *self, visitproc visit, void *arg)
 {
@@ -57,6 +70,11 @@ static int core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->srtp);
     Py_VISIT(self->recorder);
     Py_VISIT(self->counters);
+    Py_VISIT(self->caller_source);
+    Py_VISIT(self->last_inbound);
+    Py_VISIT(self->statistics);
+    Py_VISIT(self->on_audio);
+    Py_VISIT(self->codec_name);
     return 0;
 }
 
@@ -72,6 +90,11 @@ static int core_clear(Core *self)
     Py_CLEAR(self->srtp);
     Py_CLEAR(self->recorder);
     Py_CLEAR(self->counters);
+    Py_CLEAR(self->caller_source);
+    Py_CLEAR(self->last_inbound);
+    Py_CLEAR(self->statistics);
+    Py_CLEAR(self->on_audio);
+    Py_CLEAR(self->codec_name);
     return 0;
 }
 
@@ -87,17 +110,17 @@ static inline int is_none(PyObject *value)
     return value == NULL || value == Py_None;
 }
 
-/* counters.frames_sent += 1 */
-static int count_sent(PyObject *counters)
+/* counters.<name> += 1 */
+static int count(PyObject *counters, PyObject *name)
 {
-    PyObject *value = PyObject_GetAttr(counters, str_frames_sent);
+    PyObject *value = PyObject_GetAttr(counters, name);
     if (value == NULL)
         return -1;
     PyObject *more = PyNumber_Add(value, one);
     Py_DECREF(value);
     if (more == NULL)
         return -1;
-    int result = PyObject_SetAttr(counters, str_frames_sent, more);
+    int result = PyObject_SetAttr(counters, name, more);
     Py_DECREF(more);
     return result;
 }
@@ -148,7 +171,7 @@ static int send_one(Core *self)
     }
     if (sent != NULL) {
         Py_DECREF(sent);
-        if (count_sent(self->counters) < 0)
+        if (count(self->counters, str_frames_sent) < 0)
             goto done;
     } else if (PyErr_ExceptionMatches(PyExc_Exception)) {
         /* stream.py decides what it counts as (a full buffer, a refused send, an SRTP
@@ -233,9 +256,219 @@ static PyObject *core_send_due(Core *self, PyObject *now_object)
     return PyFloat_FromDouble(due);
 }
 
+
+/* -- receiving --------------------------------------------------------------------- */
+
+static inline PyObject *or_none(PyObject *value)
+{
+    return value != NULL ? value : Py_None;
+}
+
+/* statistics.feed(sequence, timestamp, arrival) */
+static int feed(Core *self, PyObject *sequence, PyObject *timestamp, PyObject *arrival)
+{
+    PyObject *arguments[4] = {self->statistics, sequence, timestamp, arrival};
+    PyObject *accepted = PyObject_VectorcallMethod(str_feed, arguments, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (accepted == NULL)
+        return -1;
+    Py_DECREF(accepted);
+    return 0;
+}
+
+static int hear(Core *self, PyObject *sequence, PyObject *datagram, PyObject *now)
+{
+    if (is_none(self->on_audio))
+        return 0;
+    PyObject *arguments[4] = {sequence, datagram, or_none(self->codec_name), now};
+    PyObject *heard = PyObject_Vectorcall(self->on_audio, arguments, 4, NULL);
+    if (heard == NULL)
+        return -1;
+    Py_DECREF(heard);
+    return 0;
+}
+
+/* The caller's packet whose fixed header was read: latched source, counters,
+ * statistics, telephone-events and the ears, as the Python twin's on_rtp. */
+static PyObject *take_packet(Core *self, PyObject *data, PyObject *address, PyObject *now, PyObject *arrival,
+                             const unsigned char *header)
+{
+    uint32_t ssrc = ((uint32_t)header[8] << 24) | ((uint32_t)header[9] << 16) | ((uint32_t)header[10] << 8) |
+                    header[11];
+    /* The one per-packet check: the caller's source; anything else goes to the latch. */
+    PyObject *source = or_none(self->caller_source);
+    int same = address == source ? 1 : PyObject_RichCompareBool(address, source, Py_EQ);
+    if (same < 0)
+        return NULL;
+    if (!same) {
+        PyObject *ssrc_object = PyLong_FromUnsignedLong(ssrc);
+        if (ssrc_object == NULL)
+            return NULL;
+        PyObject *arguments[4] = {(PyObject *)self, address, ssrc_object, now};
+        PyObject *admitted = PyObject_VectorcallMethod(str_admit, arguments, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                                       NULL);
+        Py_DECREF(ssrc_object);
+        if (admitted == NULL)
+            return NULL;
+        int yes = PyObject_IsTrue(admitted);
+        Py_DECREF(admitted);
+        if (yes <= 0)
+            return yes < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    if (count(self->counters, str_packets_received) < 0)
+        return NULL;
+    Py_INCREF(now);
+    Py_XSETREF(self->last_inbound, now);
+    self->caller_ssrc = ssrc;
+    self->has_caller_ssrc = 1;
+    int payload_type = header[1] & 0x7F;
+    PyObject *sequence = PyLong_FromLong(((long)header[2] << 8) | header[3]);
+    PyObject *timestamp = PyLong_FromUnsignedLong(((uint32_t)header[4] << 24) | ((uint32_t)header[5] << 16) |
+                                                  ((uint32_t)header[6] << 8) | header[7]);
+    PyObject *result = NULL;
+    if (sequence == NULL || timestamp == NULL)
+        goto done;
+    if (payload_type == self->telephone_event_pt) {
+        if (feed(self, sequence, timestamp, Py_None) < 0) /* counted for loss, not jitter */
+            goto done;
+        PyObject *arguments[3] = {(PyObject *)self, data, timestamp};
+        PyObject *done_event = PyObject_VectorcallMethod(str_on_telephone_event, arguments,
+                                                         3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (done_event == NULL)
+            goto done;
+        Py_DECREF(done_event);
+        /* It takes its sequence number in the caller's stream (RFC 4733 §2.1). */
+        if (hear(self, sequence, Py_None, now) < 0)
+            goto done;
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (feed(self, sequence, timestamp, arrival) < 0)
+        goto done;
+    if (hear(self, sequence, payload_type == self->audio_pt ? data : Py_None, now) < 0)
+        goto done;
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(sequence);
+    Py_XDECREF(timestamp);
+    return result;
+}
+
+/* on_rtp(data, address, now, arrival): a datagram on the RTP port (the hub's handler). */
+static PyObject *core_on_rtp(Core *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "on_rtp(data, address, now, arrival) takes 4 arguments, not %zd", nargs);
+        return NULL;
+    }
+    PyObject *data = args[0], *address = args[1], *now = args[2], *arrival = args[3];
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *bytes = view.buf;
+    if (self->rtcp_mux && view.len >= 2 && bytes[1] >= 192 && bytes[1] <= 223) { /* RFC 5761 §4 */
+        PyBuffer_Release(&view);
+        PyObject *arguments[5] = {(PyObject *)self, data, address, now, arrival};
+        return PyObject_VectorcallMethod(str_on_rtcp, arguments, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    PyObject *plain = NULL;
+    if (!is_none(self->srtp)) {
+        /* Before anything reads it: only an authenticated, fresh packet goes on. */
+        PyBuffer_Release(&view);
+        if (self->closed)
+            Py_RETURN_NONE; /* the contexts are freed */
+        PyObject *arguments[2] = {self->srtp, data};
+        plain = PyObject_VectorcallMethod(str_unprotect_view, arguments, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (plain == NULL)
+            return NULL;
+        if (plain == Py_None)
+            return plain; /* counted by reason in the call's CallSrtp and the server's SrtpCounters */
+        data = plain;
+        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+            Py_DECREF(plain);
+            return NULL;
+        }
+        bytes = view.buf;
+    }
+    PyObject *result;
+    if (view.len < 12 || bytes[0] >> 6 != 2) /* rtp.peek_rtp_untrusted's two checks */
+        result = count(self->counters, str_packets_invalid) < 0 ? NULL : Py_NewRef(Py_None);
+    else
+        result = take_packet(self, data, address, now, arrival, bytes);
+    PyBuffer_Release(&view);
+    Py_XDECREF(plain);
+    return result;
+}
+
+static PyObject *core_caller_ssrc(Core *self, void *closure)
+{
+    if (!self->has_caller_ssrc)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong(self->caller_ssrc);
+}
+
+static int core_set_caller_ssrc(Core *self, PyObject *value, void *closure)
+{
+    if (value == NULL || value == Py_None) {
+        self->has_caller_ssrc = 0;
+        return 0;
+    }
+    unsigned long ssrc = PyLong_AsUnsignedLong(value);
+    if (ssrc == (unsigned long)-1 && PyErr_Occurred())
+        return -1;
+    if (ssrc > 0xFFFFFFFFUL) {
+        PyErr_Format(PyExc_ValueError, "an SSRC is 32 bits, not %R", value);
+        return -1;
+    }
+    self->caller_ssrc = (uint32_t)ssrc;
+    self->has_caller_ssrc = 1;
+    return 0;
+}
+
+static PyObject *core_telephone_event_pt(Core *self, void *closure)
+{
+    if (self->telephone_event_pt < 0)
+        Py_RETURN_NONE;
+    return PyLong_FromLong(self->telephone_event_pt);
+}
+
+static int core_set_telephone_event_pt(Core *self, PyObject *value, void *closure)
+{
+    if (value == NULL || value == Py_None) {
+        self->telephone_event_pt = -1;
+        return 0;
+    }
+    long payload_type = PyLong_AsLong(value);
+    if (payload_type == -1 && PyErr_Occurred())
+        return -1;
+    if (payload_type < 0 || payload_type > 127) {
+        PyErr_Format(PyExc_ValueError, "payload type must be 0..127, not %R", value);
+        return -1;
+    }
+    self->telephone_event_pt = (int)payload_type;
+    return 0;
+}
+
+static PyGetSetDef core_getset[] = {
+    {"caller_ssrc", (getter)core_caller_ssrc, (setter)core_set_caller_ssrc,
+     "the SSRC of the caller's last packet, None before one", NULL},
+    {"telephone_event_pt", (getter)core_telephone_event_pt, (setter)core_set_telephone_event_pt,
+     "the negotiated telephone-event payload type, None without", NULL},
+    {NULL},
+};
+
+static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    Core *self = (Core *)PyType_GenericNew(type, args, kwargs);
+    if (self != NULL)
+        self->telephone_event_pt = -1; /* none until a plan says (0 is PCMU's) */
+    return (PyObject *)self;
+}
+
 static PyMethodDef core_methods[] = {
     {"send_due", (PyCFunction)core_send_due, METH_O,
      "Send every frame due at now; the next due time, or None once closed."},
+    {"on_rtp", (PyCFunction)(void (*)(void))core_on_rtp, METH_FASTCALL,
+     "A datagram on the RTP port (the hub's handler): arrival is the kernel's time, None when not read."},
     {NULL},
 };
 
@@ -253,6 +486,13 @@ static PyMemberDef core_members[] = {
     {"counters", T_OBJECT, offsetof(Core, counters), 0, "the server's MediaCounters"},
     {"sending", T_BOOL, offsetof(Core, sending), 0, "whether frames go out (not on hold, allowed to)"},
     {"closed", T_BOOL, offsetof(Core, closed), 0, "the call ended: nothing is sent"},
+    {"caller_source", T_OBJECT, offsetof(Core, caller_source), 0, "the latched source, for the per-packet compare"},
+    {"last_inbound", T_OBJECT, offsetof(Core, last_inbound), 0, "when the caller was last heard, None before"},
+    {"statistics", T_OBJECT, offsetof(Core, statistics), 0, "the caller's stream's ReceiverStatistics"},
+    {"on_audio", T_OBJECT, offsetof(Core, on_audio), 0, "the call's ears, or None"},
+    {"codec_name", T_OBJECT, offsetof(Core, codec_name), 0, "the negotiated codec's name, upper case"},
+    {"audio_pt", T_INT, offsetof(Core, audio_pt), 0, "the negotiated audio payload type"},
+    {"_rtcp_mux", T_BOOL, offsetof(Core, rtcp_mux), 0, NULL},
     {NULL},
 };
 
@@ -262,12 +502,13 @@ static PyTypeObject CoreType = {
     .tp_basicsize = sizeof(Core),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "What MediaStream's frame loop reads, and the loop: the compiled twin of stream.PythonStreamCore.",
-    .tp_new = PyType_GenericNew,
+    .tp_new = core_new,
     .tp_traverse = (traverseproc)core_traverse,
     .tp_clear = (inquiry)core_clear,
     .tp_dealloc = (destructor)core_dealloc,
     .tp_methods = core_methods,
     .tp_members = core_members,
+    .tp_getset = core_getset,
 };
 
 static struct PyModuleDef stream_module = {
@@ -298,7 +539,15 @@ PyMODINIT_FUNC PyInit__stream(void)
         zero = PyLong_FromLong(0);
         one = PyLong_FromLong(1);
         samples_per_frame = PyLong_FromLong(SAMPLES_PER_FRAME);
-        if (!str_next_frame || !str_header_for_next_frame || !str_protect_frame || !str_bot_frame || !str_skip ||
+        str_packets_received = intern("packets_received");
+        str_packets_invalid = intern("packets_invalid");
+        str_on_rtcp = intern("on_rtcp");
+        str_admit = intern("_admit");
+        str_feed = intern("feed");
+        str_on_telephone_event = intern("_on_telephone_event");
+        str_unprotect_view = intern("unprotect_view");
+        if (!str_packets_received || !str_packets_invalid || !str_on_rtcp || !str_admit || !str_feed ||
+            !str_on_telephone_event || !str_unprotect_view || !str_next_frame || !str_header_for_next_frame || !str_protect_frame || !str_bot_frame || !str_skip ||
             !str_frames_sent || !str_count_late || !str_send_failed || !str_translate || !empty_tuple || !zero ||
             !one || !samples_per_frame)
             return NULL;

@@ -96,16 +96,19 @@ class MediaCounters:
 
 
 class PythonStreamCore:
-    """What the frame loop reads of a call's stream, and the loop (:meth:`send_due`).
+    """What the per-packet paths read of a call's stream, and the paths: the frame
+    loop (:meth:`send_due`) and the caller's packets (:meth:`on_rtp`).
 
     The base of :class:`MediaStream`; ``StreamCore`` is this or its compiled twin
-    (media/_stream.c), which tests/test_stream.py holds to the same behaviour. What a
-    failed send or a late frame counts as is the subclass's (``_send_failed``,
-    ``_count_late``): the loop only calls them.
+    (media/_stream.c), which tests/test_stream.py holds to the same behaviour. What
+    is not per packet is the subclass's, and the paths only call it: what a failed
+    send or a late frame counts as (``_send_failed``, ``_count_late``), the latch
+    (``_admit``), RTCP (``on_rtcp``) and telephone-events (``_on_telephone_event``).
     """
 
     __slots__ = ("t0", "frame_index", "queue", "sender", "_sendmsg", "_sendto", "remote_rtp", "_translate", "srtp",
-                 "recorder", "counters", "sending", "closed")
+                 "recorder", "counters", "sending", "closed", "caller_source", "last_inbound", "statistics",
+                 "on_audio", "codec_name", "audio_pt", "telephone_event_pt", "caller_ssrc", "_rtcp_mux")
 
     def send_due(self, now: float) -> float | None:
         """Send every frame due at ``now``; the next due time, or ``None`` once closed.
@@ -147,6 +150,46 @@ class PythonStreamCore:
             self.frame_index = index  # a frame that raised is the next one due, those before it are not
         return due
 
+    def on_rtp(self, data: bytes, address: tuple, now: float, arrival: float | None) -> None:
+        """A datagram on the RTP port (the hub's handler): ``arrival`` is the kernel's time,
+        ``None`` on the datagrams the hub reads without it (they count for loss only)."""
+        if self._rtcp_mux and is_rtcp(data):
+            self.on_rtcp(data, address, now, arrival)
+            return
+        srtp = self.srtp
+        if srtp is not None:
+            # Before anything reads it: only an authenticated, fresh packet goes on.
+            if self.closed:
+                return  # the contexts are freed
+            data = srtp.unprotect_view(data)  # valid until the next datagram: read now, copy to keep
+            if data is None:
+                return  # counted by reason in the call's CallSrtp and the server's SrtpCounters
+        try:
+            marker_and_type, sequence, timestamp, ssrc = peek_rtp_untrusted(data)
+        except RtpError:
+            self.counters.packets_invalid += 1
+            return
+        # The one per-packet check: the caller's source (a tuple compare); anything
+        # else goes to the latch, which latches it or drops it.
+        if address != self.caller_source and not self._admit(address, ssrc, now):
+            return
+        self.counters.packets_received += 1
+        self.last_inbound = now
+        self.caller_ssrc = ssrc
+        payload_type = marker_and_type & 0x7F
+        if payload_type == self.telephone_event_pt:
+            self.statistics.feed(sequence, timestamp, None)  # counted for loss, not jitter
+            self._on_telephone_event(data, timestamp)
+            if self.on_audio is not None:
+                # It takes its sequence number in the caller's stream (RFC 4733 §2.1):
+                # the ears skip it instead of waiting for it as lost audio.
+                self.on_audio(sequence, None, self.codec_name, now)
+            return
+        self.statistics.feed(sequence, timestamp, arrival)
+        if self.on_audio is not None:
+            # The caller's voice, or None for comfort noise and other types (no audio).
+            self.on_audio(sequence, data if payload_type == self.audio_pt else None, self.codec_name, now)
+
 
 # The compiled twin (media/_stream.c) when it was built, else the class above; both
 # pass tests/test_stream.py. EKO_RTP_PURE_PYTHON=1 takes the Python one (to compare).
@@ -162,12 +205,10 @@ class MediaStream(StreamCore):
     """Outgoing and incoming RTP of one call."""
 
     # One per call, kept for the call's life: slots keep it small (a plain instance
-    # dict of this many attributes took 1.5 KiB a call, docs/BENCHMARKS.md). The frame
-    # loop's own are StreamCore's.
-    __slots__ = ("pair", "plan", "on_dtmf", "cname", "dtmf", "statistics", "quality", "_wall_clock", "on_audio",
-                 "remote_rtcp", "latch", "caller_source", "caller_ssrc", "next_due", "last_inbound",
-                 "first_packet_time", "receive_backlogs", "audio_pt", "codec_name", "telephone_event_pt", "_rtcp_mux",
-                 "srtp_counters", "_srtp_drops_before")
+    # dict of this many attributes took 1.5 KiB a call, docs/BENCHMARKS.md). Those the
+    # per-packet paths read are StreamCore's.
+    __slots__ = ("pair", "plan", "on_dtmf", "cname", "dtmf", "quality", "_wall_clock", "remote_rtcp", "latch",
+                 "next_due", "first_packet_time", "receive_backlogs", "srtp_counters", "_srtp_drops_before")
 
     def __init__(
         self,
@@ -383,46 +424,6 @@ class MediaStream(StreamCore):
             log.debug("RTCP send to %s failed: %s", destination, error)
 
     # -- receiving ---------------------------------------------------------------
-
-    def on_rtp(self, data: bytes, address: tuple, now: float, arrival: float | None) -> None:
-        """A datagram on the RTP port (the hub's handler): ``arrival`` is the kernel's time,
-        ``None`` on the datagrams the hub reads without it (they count for loss only)."""
-        if self._rtcp_mux and is_rtcp(data):
-            self.on_rtcp(data, address, now, arrival)
-            return
-        srtp = self.srtp
-        if srtp is not None:
-            # Before anything reads it: only an authenticated, fresh packet goes on.
-            if self.closed:
-                return  # the contexts are freed
-            data = srtp.unprotect_view(data)  # valid until the next datagram: read now, copy to keep
-            if data is None:
-                return  # counted by reason in the call's CallSrtp and the server's SrtpCounters
-        try:
-            marker_and_type, sequence, timestamp, ssrc = peek_rtp_untrusted(data)
-        except RtpError:
-            self.counters.packets_invalid += 1
-            return
-        # The one per-packet check: the caller's source (a tuple compare); anything
-        # else goes to the latch, which latches it or drops it.
-        if address != self.caller_source and not self._admit(address, ssrc, now):
-            return
-        self.counters.packets_received += 1
-        self.last_inbound = now
-        self.caller_ssrc = ssrc
-        payload_type = marker_and_type & 0x7F
-        if payload_type == self.telephone_event_pt:
-            self.statistics.feed(sequence, timestamp, None)  # counted for loss, not jitter
-            self._on_telephone_event(data, timestamp)
-            if self.on_audio is not None:
-                # It takes its sequence number in the caller's stream (RFC 4733 §2.1):
-                # the ears skip it instead of waiting for it as lost audio.
-                self.on_audio(sequence, None, self.codec_name, now)
-            return
-        self.statistics.feed(sequence, timestamp, arrival)
-        if self.on_audio is not None:
-            # The caller's voice, or None for comfort noise and other types (no audio).
-            self.on_audio(sequence, data if payload_type == self.audio_pt else None, self.codec_name, now)
 
     def _admit(self, address: tuple, ssrc: int, now: float) -> bool:
         """A packet not from the latched source: latch to it (symmetric RTP) or drop it, counted."""
