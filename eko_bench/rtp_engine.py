@@ -74,6 +74,7 @@ from eko_bench.children import STOP_TIMEOUT, last_words
 from eko_bench.caller_speech import CallerTalk
 from eko_rtp.codec.g711 import ALAW_SILENCE, ULAW_SILENCE, ULAW_TO_ALAW
 from eko_rtp.errors import UserError
+from eko_rtp.media.mmsg import socket_address
 from eko_rtp.media.sdes import SrtpKeys
 from eko_rtp.media.srtp import CallSrtp
 
@@ -109,7 +110,32 @@ def _udp_socket(host: str, port: int) -> socket.socket:
     return made
 
 
-class CallMedia:
+class PythonMediaCore:
+    """What the per-packet paths read and write of one call: the base of
+    :class:`CallMedia`. ``MediaCore`` is this or its compiled twin (eko_bench/_engine.c),
+    whose ``send_slot`` and ``receive`` do :meth:`MediaLoop._send_one` and
+    :meth:`MediaLoop._receive` for calls without SRTP or events."""
+
+    __slots__ = ("packet", "remote_name", "srtp", "event_payload_type", "arrivals", "sequences", "timestamps",
+                 "sources", "onsets_ns", "sound", "first_packet_ns", "first_sound_ns", "due_ns", "sent",
+                 "send_errors", "malformed", "fallback_clock", "rtcp_received", "position", "fd", "payload_type",
+                 "sequence", "timestamp")
+
+
+# The compiled twin (eko_bench/_engine.c) when it was built, else the Python paths;
+# EKO_RTP_PURE_PYTHON=1 takes those (to compare). tests/test_bench_engine.py runs both.
+MediaCore: type = PythonMediaCore
+_engine = None
+if not os.environ.get("EKO_RTP_PURE_PYTHON"):
+    try:
+        from eko_bench import _engine
+    except ImportError:
+        pass
+    else:
+        MediaCore = _engine.MediaCore
+
+
+class CallMedia(MediaCore):
     """One call's RTP and RTCP sockets, its outgoing stream and what it received.
 
     RFC 3550 §11: RTP goes to an even port and RTCP to the next one. The far end
@@ -117,11 +143,16 @@ class CallMedia:
     ours too; were it another call's RTP socket, that call would read RTCP as RTP.
     """
 
+    __slots__ = ("socket", "control", "remote", "event_packet", "event_timestamp", "event_frames", "ssrc",
+                 "srtp_dropped", "closed")
+
     def __init__(self, rtp: socket.socket, rtcp: socket.socket):
         self.socket = rtp
+        self.fd = rtp.fileno()
         self.control = rtcp
         self.rtcp_received = 0
         self.remote: tuple | None = None
+        self.remote_name: bytes | None = None  # the same as a socket address (mmsg.socket_address)
         self.due_ns = 0
         self.payload_type = 0
         self.event_payload_type: int | None = None
@@ -206,6 +237,10 @@ class MediaLoop:
         self._running = True
         self.lateness_ns = array.array("q")  # per served slot: now - due
 
+    def results(self, key: int) -> dict:
+        """What call ``key`` recorded, for the parent."""
+        return self._calls[key].results()
+
     def _open(self, key: int) -> None:
         # The descriptors follow their "open" command in one SCM_RIGHTS message (see RtpEngine.open_call).
         rtp_fd, rtcp_fd = multiprocessing.reduction.recvfds(self._raw, 2)
@@ -242,6 +277,7 @@ class MediaLoop:
                 if media.closed:
                     continue
                 media.remote = remote
+                media.remote_name = socket_address(remote)
                 media.payload_type = payload_type
                 media.event_payload_type = event_payload_type
                 if keys is not None:
@@ -260,33 +296,36 @@ class MediaLoop:
                 return
 
     def _send_slot(self, slot: list[CallMedia]) -> None:
-        audio_by_type = self._audio
-        frames = self._frames
-        onsets = self._onsets
-        loop_start = self._loop_start
+        if _engine is not None:
+            _engine.send_slot(slot, self._audio, self._frames, self._loop_start, self._onsets, self._send_one)
+            return
         for media in slot:
-            position = media.position
-            offset = position * FRAME_BYTES
-            packet = media.packet
-            packet[12:] = audio_by_type[media.payload_type][offset:offset + FRAME_BYTES]
-            srtp = media.srtp
-            try:
-                media.socket.sendto(packet if srtp is None else srtp.protect_frame(packet, b""), media.remote)
-                media.sent += 1
-            except OSError:
-                media.send_errors += 1
-            if onsets[position]:
-                media.onsets_ns.append(time.time_ns())
-            position += 1
-            media.position = loop_start if position == frames else position
-            media.sequence = (media.sequence + 1) & 0xFFFF
-            if media.event_payload_type is not None:
-                self._send_event(media)
-            media.timestamp = (media.timestamp + FRAME_BYTES) & 0xFFFFFFFF
-            # RFC 3551 §4.1: the marker goes on the first packet of a talkspurt only.
-            packet[1] = media.payload_type
-            _SEQUENCE_AND_STAMP.pack_into(packet, 2, media.sequence, media.timestamp)
-            media.due_ns += FRAME_NS
+            self._send_one(media)
+
+    def _send_one(self, media: CallMedia) -> None:
+        """The call's next frame (and its event packet), due now."""
+        position = media.position
+        offset = position * FRAME_BYTES
+        packet = media.packet
+        packet[12:] = self._audio[media.payload_type][offset:offset + FRAME_BYTES]
+        srtp = media.srtp
+        try:
+            media.socket.sendto(packet if srtp is None else srtp.protect_frame(packet, b""), media.remote)
+            media.sent += 1
+        except OSError:
+            media.send_errors += 1
+        if self._onsets[position]:
+            media.onsets_ns.append(time.time_ns())
+        position += 1
+        media.position = self._loop_start if position == self._frames else position
+        media.sequence = (media.sequence + 1) & 0xFFFF
+        if media.event_payload_type is not None:
+            self._send_event(media)
+        media.timestamp = (media.timestamp + FRAME_BYTES) & 0xFFFFFFFF
+        # RFC 3551 §4.1: the marker goes on the first packet of a talkspurt only.
+        packet[1] = media.payload_type
+        _SEQUENCE_AND_STAMP.pack_into(packet, 2, media.sequence, media.timestamp)
+        media.due_ns += FRAME_NS
 
     @staticmethod
     def _send_event(media: CallMedia) -> None:
@@ -318,7 +357,14 @@ class MediaLoop:
                 return
             media.rtcp_received += 1
 
+    # Whether plain calls' packets are read by the compiled engine, which reads the
+    # socket's descriptor itself (a loop that wraps the socket object turns it off).
+    compiled_receive = True
+
     def _receive(self, media: CallMedia, buffer: bytearray, view: memoryview) -> None:
+        if _engine is not None and media.srtp is None and self.compiled_receive:
+            _engine.receive(media, self._classify_sound)
+            return
         receive = media.socket.recvmsg_into
         buffers = [buffer]
         classify = self._classify_sound
@@ -411,7 +457,7 @@ def _child(connection: multiprocessing.connection.Connection, caller_audio: byte
         connection.send(("error", repr(error)))
         raise
     connection.send(("results", {
-        "calls": {key: media.results() for key, media in loop._calls.items()},
+        "calls": {key: loop.results(key) for key in loop._calls},
         "lateness_ns": loop.lateness_ns,
         "busy_seconds": time.process_time() - started_cpu,
         "wall_seconds": time.monotonic() - started_wall,

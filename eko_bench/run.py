@@ -175,13 +175,20 @@ class _ClassifyingSocket:
 
 
 class _ClassifyingLoop(rtp_engine.MediaLoop):
+    compiled_receive = False  # the classifying socket wrapper must see every packet
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._classes: dict[int, array.array] = {}
+
     def _open(self, key: int) -> None:
         super()._open(key)
         media = self._calls[key]
-        classes = array.array("B")
+        classes = self._classes[key] = array.array("B")
         media.socket = _ClassifyingSocket(media.socket, classes)
-        plain_results = media.results
-        media.results = lambda: {**plain_results(), "payload_classes": classes}
+
+    def results(self, key: int) -> dict:
+        return {**super().results(key), "payload_classes": self._classes[key]}
 
 
 def _classifying_child(connection, caller_audio: bytes) -> None:
