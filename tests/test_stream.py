@@ -481,6 +481,7 @@ def test_the_server_runs_the_compiled_frame_loop_when_it_was_built():
     if os.environ.get("EKO_RTP_PURE_PYTHON"):
         pytest.skip("EKO_RTP_PURE_PYTHON asks for the Python twins")
     assert stream_module.StreamCore is _stream.StreamCore and issubclass(MediaStream, _stream.StreamCore)
+    assert stream_module.PER_PACKET_PATHS == "compiled"
 
 
 def test_the_python_twins_pass_the_same_tests():

@@ -187,6 +187,10 @@ def run_serve(args) -> int:
         + ([credentials.password] if credentials is not None else []),
     )
     log.info("%s", describe_listening(config, speech))
+    from eko_rtp.media.stream import PER_PACKET_PATHS
+
+    log.info("media: %s per-packet paths (RTP headers and statistics, frame loop, receive handler)",
+             PER_PACKET_PATHS)
     crm_address = parse_crm_address(config["crm.address"]) if config["crm.address"] else None
 
     async def main() -> None:

@@ -61,6 +61,7 @@ from eko_rtp.media.ports import PortPair
 from eko_rtp.media.quality import QualityMonitor
 from eko_rtp.media.rtcp import RtcpError, build_sender_report, ntp_from_unix
 from eko_rtp.media.rtp import (
+    PythonRtpSender,
     ReceiverStatistics,
     RtpError,
     RtpSender,
@@ -199,6 +200,10 @@ if not os.environ.get("EKO_RTP_PURE_PYTHON"):
         from eko_rtp.media._stream import StreamCore  # noqa: F811
     except ImportError:
         pass
+
+# What the start line says runs the per-packet paths: both compiled twins, or Python.
+PER_PACKET_PATHS = ("compiled" if StreamCore is not PythonStreamCore and RtpSender is not PythonRtpSender
+                    else "python")
 
 
 class MediaStream(StreamCore):
