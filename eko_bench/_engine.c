@@ -134,6 +134,15 @@ static int append(PyObject *records, PyObject *value)
     return 0;
 }
 
+/* A record a path appends to: RuntimeError when the call never set it. */
+static int missing(PyObject *value, const char *name)
+{
+    if (value != NULL)
+        return 0;
+    PyErr_Format(PyExc_RuntimeError, "the call's %s is not set", name);
+    return 1;
+}
+
 static long long wall_ns(void)
 {
     struct timespec now;
@@ -205,7 +214,8 @@ static PyObject *send_slot(PyObject *module, PyObject *const *args, Py_ssize_t n
             media->send_errors += 1;
         else
             media->sent += 1;
-        if (onsets[position] && append(media->onsets_ns, PyLong_FromLongLong(wall_ns())) < 0) {
+        if (onsets[position] && (missing(media->onsets_ns, "onsets_ns") ||
+                                 append(media->onsets_ns, PyLong_FromLongLong(wall_ns())) < 0)) {
             Py_XDECREF(cached_type);
             return NULL;
         }
@@ -253,6 +263,10 @@ static PyObject *receive(PyObject *module, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_ValueError, "an SRTP call's packets are read by the Python path");
         return NULL;
     }
+    if (missing(media->arrivals, "arrivals") || missing(media->sequences, "sequences") ||
+        missing(media->timestamps, "timestamps") || missing(media->sources, "sources") ||
+        (classify && missing(media->sound, "sound")))
+        return NULL;
     unsigned char buffer[RECEIVE_SIZE];
     char control[CMSG_SPACE(sizeof(struct timespec))];
     for (;;) {

@@ -130,3 +130,19 @@ def test_without_classifying_only_the_first_sound_is_looked_for(path):
     finally:
         call.close()
     assert list(media.sound) == [] and media.first_sound_ns == media.arrivals[0]
+
+
+def test_a_call_without_its_records_is_refused_not_crashed(path):
+    class Bare(rtp_engine.MediaCore):
+        pass
+
+    call = Call()
+    try:
+        bare = Bare()
+        bare.fd = call.rtp.fileno()
+        call.far.sendto(HEADER.pack(0x80, 0, 1, 160, 5) + bytes(160), call.rtp.getsockname())
+        time.sleep(0.05)
+        with pytest.raises((RuntimeError, AttributeError)):
+            call.loop._receive(bare, call.buffer, memoryview(call.buffer))
+    finally:
+        call.close()

@@ -484,3 +484,20 @@ def test_payload_bounds_agree_with_the_full_parser(data):
         return
     start, end = payload_bounds_untrusted(data)
     assert bytes(packet.payload) == data[start:end]
+
+
+@with_statistics
+def test_statistics_whose_init_was_skipped_still_count(Statistics):
+    class Skipping(Statistics):
+        __slots__ = ()
+
+        def __init__(self):  # a subclass that forgets super().__init__()
+            pass
+
+    statistics = Skipping()
+    if not hasattr(statistics, "_probation"):  # the Python twin has nothing to count with
+        with pytest.raises(AttributeError):
+            statistics.feed(1, 160, 0.02)
+        return
+    assert [statistics.feed(n, 160 * n, 0.02 * n) for n in (1, 2, 3)] == [False, True, True]
+    assert (statistics.ssrc, statistics.clock_rate, statistics.received) == (None, 8000, 2)

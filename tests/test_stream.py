@@ -497,3 +497,21 @@ def test_the_python_twins_pass_the_same_tests():
         cwd=here.parent)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
+
+
+def test_a_stream_core_never_set_up_raises_instead_of_crashing():
+    """The compiled core's members start empty: a subclass that forgets one gets an
+    error naming it (the Python twin: AttributeError), never a crash of the server."""
+    class Bare(stream_module.StreamCore):
+        pass
+
+    bare = Bare()
+    bare.t0 = 0.0
+    bare.sending = True
+    with pytest.raises((RuntimeError, AttributeError)):
+        bare.send_due(1.0)
+    bare.sending = False
+    with pytest.raises((RuntimeError, AttributeError)):
+        bare.send_due(2.0)
+    with pytest.raises((RuntimeError, AttributeError)):
+        bare.on_rtp(bytes([0x80, 0]) + bytes(170), ("127.0.0.1", 9), 1.0, None)

@@ -305,6 +305,22 @@ static void state_reset(State *self, PyObject *ssrc)
     Py_XSETREF(self->last_sr_arrival, Py_None);
 }
 
+static PyObject *state_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    State *self = (State *)PyType_GenericNew(type, args, kwargs);
+    if (self == NULL)
+        return NULL;
+    /* A subclass whose __init__ skips ours still gets a source-less state at 8 kHz. */
+    self->clock_rate = 8000.0;
+    self->clock_rate_object = PyLong_FromLong(8000);
+    if (self->clock_rate_object == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    state_reset(self, Py_None);
+    return (PyObject *)self;
+}
+
 static int state_init(State *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"clock_rate", NULL};
@@ -586,7 +602,7 @@ static PyTypeObject StateType = {
     .tp_basicsize = sizeof(State),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "A.1 and A.8 state of the caller's stream: the compiled twin of rtp.PythonStatisticsState.",
-    .tp_new = PyType_GenericNew,
+    .tp_new = state_new,
     .tp_init = (initproc)state_init,
     .tp_traverse = (traverseproc)state_traverse,
     .tp_clear = (inquiry)state_clear,

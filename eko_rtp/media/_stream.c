@@ -110,6 +110,11 @@ static inline int is_none(PyObject *value)
     return value == NULL || value == Py_None;
 }
 
+static inline PyObject *or_none(PyObject *value)
+{
+    return value != NULL ? value : Py_None;
+}
+
 /* counters.<name> += 1 */
 static int count(PyObject *counters, PyObject *name)
 {
@@ -127,51 +132,72 @@ static int count(PyObject *counters, PyObject *name)
 
 /* One frame to the caller: its payload and marker from the queue, out through the
  * socket. 0, or -1 with an exception (what send_due's Python twin would raise). */
+/* A member a path needs: RuntimeError when a subclass never set it. */
+static int missing(PyObject *value, const char *name)
+{
+    if (value != NULL)
+        return 0;
+    PyErr_Format(PyExc_RuntimeError, "the stream's %s is not set", name);
+    return 1;
+}
+
+/* One frame to the caller: its payload and marker from the queue, out through the
+ * socket. 0, or -1 with an exception (what send_due's Python twin would raise).
+ * What it calls may replace the stream's members (a re-INVITE's plan, a rekey): it
+ * holds its own references to those it uses. */
 static int send_one(Core *self)
 {
-    PyObject *frame = PyObject_CallMethodNoArgs(self->queue, str_next_frame);
+    if (missing(self->queue, "queue") || missing(self->sender, "sender") || missing(self->counters, "counters") ||
+        (is_none(self->srtp) ? missing(self->sendmsg, "_sendmsg") : missing(self->sendto, "_sendto")))
+        return -1;
+    PyObject *queue = Py_NewRef(self->queue), *sender = Py_NewRef(self->sender);
+    PyObject *srtp = is_none(self->srtp) ? NULL : Py_NewRef(self->srtp);
+    PyObject *send = Py_NewRef(srtp == NULL ? self->sendmsg : self->sendto);
+    PyObject *address = Py_NewRef(or_none(self->remote_rtp));
+    PyObject *translate = is_none(self->translate) ? NULL : Py_NewRef(self->translate);
+    PyObject *payload = NULL, *sent = NULL;
+    int result = -1;
+    PyObject *frame = PyObject_CallMethodNoArgs(queue, str_next_frame);
     if (frame == NULL)
-        return -1;
+        goto done;
     if (!PyTuple_Check(frame) || PyTuple_GET_SIZE(frame) != 2) {
-        Py_DECREF(frame);
         PyErr_SetString(PyExc_TypeError, "next_frame() must return (payload, marker)");
-        return -1;
+        goto done;
     }
-    PyObject *payload = Py_NewRef(PyTuple_GET_ITEM(frame, 0));
-    PyObject *marker = PyTuple_GET_ITEM(frame, 1);
-    PyObject *sent = NULL;
-    if (!is_none(self->translate)) { /* PCMA: one 160-byte translate of the cached PCMU */
+    payload = Py_NewRef(PyTuple_GET_ITEM(frame, 0));
+    PyObject *marker = PyTuple_GET_ITEM(frame, 1); /* the frame tuple keeps it */
+    if (translate != NULL) { /* PCMA: one 160-byte translate of the cached PCMU */
         PyObject *raw = PyBytes_FromObject(payload);
-        Py_SETREF(payload, raw == NULL ? NULL : PyObject_CallMethodOneArg(raw, str_translate, self->translate));
+        Py_SETREF(payload, raw == NULL ? NULL : PyObject_CallMethodOneArg(raw, str_translate, translate));
         Py_XDECREF(raw);
         if (payload == NULL)
             goto done;
     }
-    PyObject *header = PyObject_CallMethodOneArg(self->sender, str_header_for_next_frame, marker);
+    PyObject *header = PyObject_CallMethodOneArg(sender, str_header_for_next_frame, marker);
     if (header == NULL)
         goto done;
-    if (is_none(self->srtp)) {
+    if (srtp == NULL) {
         PyObject *buffers = PyTuple_Pack(2, header, payload);
         Py_DECREF(header);
         if (buffers == NULL)
             goto done;
-        PyObject *arguments[4] = {buffers, empty_tuple, zero, self->remote_rtp ? self->remote_rtp : Py_None};
-        sent = PyObject_Vectorcall(self->sendmsg, arguments, 4, NULL);
+        PyObject *arguments[4] = {buffers, empty_tuple, zero, address};
+        sent = PyObject_Vectorcall(send, arguments, 4, NULL);
         Py_DECREF(buffers);
     } else { /* the cipher's one copy into the context's buffer; its view goes out as is */
-        PyObject *arguments[3] = {self->srtp, header, payload};
+        PyObject *arguments[3] = {srtp, header, payload};
         PyObject *protected = PyObject_VectorcallMethod(str_protect_frame, arguments,
                                                         3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         Py_DECREF(header);
         if (protected != NULL) {
-            PyObject *to[2] = {protected, self->remote_rtp ? self->remote_rtp : Py_None};
-            sent = PyObject_Vectorcall(self->sendto, to, 2, NULL);
+            PyObject *to[2] = {protected, address};
+            sent = PyObject_Vectorcall(send, to, 2, NULL);
             Py_DECREF(protected);
         }
     }
     if (sent != NULL) {
         Py_DECREF(sent);
-        if (count(self->counters, str_frames_sent) < 0)
+        if (missing(self->counters, "counters") || count(self->counters, str_frames_sent) < 0)
             goto done;
     } else if (PyErr_ExceptionMatches(PyExc_Exception)) {
         /* stream.py decides what it counts as (a full buffer, a refused send, an SRTP
@@ -192,18 +218,24 @@ static int send_one(Core *self)
         goto done; /* cancellation and the like: up */
     }
     if (!is_none(self->recorder)) {
-        PyObject *recorded = PyObject_CallMethodOneArg(self->recorder, str_bot_frame, payload);
+        PyObject *recorder = Py_NewRef(self->recorder);
+        PyObject *recorded = PyObject_CallMethodOneArg(recorder, str_bot_frame, payload);
+        Py_DECREF(recorder);
         if (recorded == NULL)
             goto done;
         Py_DECREF(recorded);
     }
-    Py_DECREF(payload);
-    Py_DECREF(frame);
-    return 0;
+    result = 0;
 done:
     Py_XDECREF(payload);
-    Py_DECREF(frame);
-    return -1;
+    Py_XDECREF(frame);
+    Py_DECREF(queue);
+    Py_DECREF(sender);
+    Py_XDECREF(srtp);
+    Py_DECREF(send);
+    Py_DECREF(address);
+    Py_XDECREF(translate);
+    return result;
 }
 
 static PyObject *core_send_due(Core *self, PyObject *now_object)
@@ -240,7 +272,13 @@ static PyObject *core_send_due(Core *self, PyObject *now_object)
                 break;
             }
         } else { /* held: timestamps keep counting time */
-            PyObject *skipped = PyObject_CallMethodOneArg(self->sender, str_skip, samples_per_frame);
+            if (missing(self->sender, "sender")) {
+                failed = 1;
+                break;
+            }
+            PyObject *sender = Py_NewRef(self->sender);
+            PyObject *skipped = PyObject_CallMethodOneArg(sender, str_skip, samples_per_frame);
+            Py_DECREF(sender);
             if (skipped == NULL) {
                 failed = 1;
                 break;
@@ -259,16 +297,15 @@ static PyObject *core_send_due(Core *self, PyObject *now_object)
 
 /* -- receiving --------------------------------------------------------------------- */
 
-static inline PyObject *or_none(PyObject *value)
-{
-    return value != NULL ? value : Py_None;
-}
-
 /* statistics.feed(sequence, timestamp, arrival) */
 static int feed(Core *self, PyObject *sequence, PyObject *timestamp, PyObject *arrival)
 {
-    PyObject *arguments[4] = {self->statistics, sequence, timestamp, arrival};
+    if (missing(self->statistics, "statistics"))
+        return -1;
+    PyObject *statistics = Py_NewRef(self->statistics);
+    PyObject *arguments[4] = {statistics, sequence, timestamp, arrival};
     PyObject *accepted = PyObject_VectorcallMethod(str_feed, arguments, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(statistics);
     if (accepted == NULL)
         return -1;
     Py_DECREF(accepted);
@@ -279,8 +316,12 @@ static int hear(Core *self, PyObject *sequence, PyObject *datagram, PyObject *no
 {
     if (is_none(self->on_audio))
         return 0;
-    PyObject *arguments[4] = {sequence, datagram, or_none(self->codec_name), now};
-    PyObject *heard = PyObject_Vectorcall(self->on_audio, arguments, 4, NULL);
+    /* the ears may detach themselves (or the codec change) while they hear this */
+    PyObject *on_audio = Py_NewRef(self->on_audio), *codec = Py_NewRef(or_none(self->codec_name));
+    PyObject *arguments[4] = {sequence, datagram, codec, now};
+    PyObject *heard = PyObject_Vectorcall(on_audio, arguments, 4, NULL);
+    Py_DECREF(on_audio);
+    Py_DECREF(codec);
     if (heard == NULL)
         return -1;
     Py_DECREF(heard);
@@ -295,8 +336,9 @@ static PyObject *take_packet(Core *self, PyObject *data, PyObject *address, PyOb
     uint32_t ssrc = ((uint32_t)header[8] << 24) | ((uint32_t)header[9] << 16) | ((uint32_t)header[10] << 8) |
                     header[11];
     /* The one per-packet check: the caller's source; anything else goes to the latch. */
-    PyObject *source = or_none(self->caller_source);
+    PyObject *source = Py_NewRef(or_none(self->caller_source));
     int same = address == source ? 1 : PyObject_RichCompareBool(address, source, Py_EQ);
+    Py_DECREF(source);
     if (same < 0)
         return NULL;
     if (!same) {
@@ -314,7 +356,7 @@ static PyObject *take_packet(Core *self, PyObject *data, PyObject *address, PyOb
         if (yes <= 0)
             return yes < 0 ? NULL : Py_NewRef(Py_None);
     }
-    if (count(self->counters, str_packets_received) < 0)
+    if (missing(self->counters, "counters") || count(self->counters, str_packets_received) < 0)
         return NULL;
     Py_INCREF(now);
     Py_XSETREF(self->last_inbound, now);
@@ -376,8 +418,10 @@ static PyObject *core_on_rtp(Core *self, PyObject *const *args, Py_ssize_t nargs
         PyBuffer_Release(&view);
         if (self->closed)
             Py_RETURN_NONE; /* the contexts are freed */
-        PyObject *arguments[2] = {self->srtp, data};
+        PyObject *srtp = Py_NewRef(self->srtp);
+        PyObject *arguments[2] = {srtp, data};
         plain = PyObject_VectorcallMethod(str_unprotect_view, arguments, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(srtp);
         if (plain == NULL)
             return NULL;
         if (plain == Py_None)
@@ -391,7 +435,8 @@ static PyObject *core_on_rtp(Core *self, PyObject *const *args, Py_ssize_t nargs
     }
     PyObject *result;
     if (view.len < 12 || bytes[0] >> 6 != 2) /* rtp.peek_rtp_untrusted's two checks */
-        result = count(self->counters, str_packets_invalid) < 0 ? NULL : Py_NewRef(Py_None);
+        result = missing(self->counters, "counters") || count(self->counters, str_packets_invalid) < 0
+                     ? NULL : Py_NewRef(Py_None);
     else
         result = take_packet(self, data, address, now, arrival, bytes);
     PyBuffer_Release(&view);
