@@ -58,43 +58,24 @@ static PyObject *str_next_frame, *str_header_for_next_frame, *str_protect_frame,
     *samples_per_frame, *str_packets_received, *str_packets_invalid, *str_on_rtcp, *str_admit, *str_feed,
     *str_on_telephone_event, *str_unprotect_view;
 
+/* The object members, named once for the collector's visit and clear. */
+#define CORE_OBJECTS(X)                                                                                              \
+    X(t0) X(queue) X(sender) X(sendmsg) X(sendto) X(remote_rtp) X(translate) X(srtp) X(recorder) X(counters)          \
+    X(caller_source) X(last_inbound) X(statistics) X(on_audio) X(codec_name)
+
 static int core_traverse(Core *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->t0);
-    Py_VISIT(self->queue);
-    Py_VISIT(self->sender);
-    Py_VISIT(self->sendmsg);
-    Py_VISIT(self->sendto);
-    Py_VISIT(self->remote_rtp);
-    Py_VISIT(self->translate);
-    Py_VISIT(self->srtp);
-    Py_VISIT(self->recorder);
-    Py_VISIT(self->counters);
-    Py_VISIT(self->caller_source);
-    Py_VISIT(self->last_inbound);
-    Py_VISIT(self->statistics);
-    Py_VISIT(self->on_audio);
-    Py_VISIT(self->codec_name);
+#define VISIT(name) Py_VISIT(self->name);
+    CORE_OBJECTS(VISIT)
+#undef VISIT
     return 0;
 }
 
 static int core_clear(Core *self)
 {
-    Py_CLEAR(self->t0);
-    Py_CLEAR(self->queue);
-    Py_CLEAR(self->sender);
-    Py_CLEAR(self->sendmsg);
-    Py_CLEAR(self->sendto);
-    Py_CLEAR(self->remote_rtp);
-    Py_CLEAR(self->translate);
-    Py_CLEAR(self->srtp);
-    Py_CLEAR(self->recorder);
-    Py_CLEAR(self->counters);
-    Py_CLEAR(self->caller_source);
-    Py_CLEAR(self->last_inbound);
-    Py_CLEAR(self->statistics);
-    Py_CLEAR(self->on_audio);
-    Py_CLEAR(self->codec_name);
+#define CLEAR(name) Py_CLEAR(self->name);
+    CORE_OBJECTS(CLEAR)
+#undef CLEAR
     return 0;
 }
 
@@ -563,38 +544,29 @@ static struct PyModuleDef stream_module = {
     .m_size = -1,
 };
 
-static PyObject *intern(const char *text)
-{
-    return PyUnicode_InternFromString(text);
-}
-
 PyMODINIT_FUNC PyInit__stream(void)
 {
     if (str_next_frame == NULL) {
-        str_next_frame = intern("next_frame");
-        str_header_for_next_frame = intern("header_for_next_frame");
-        str_protect_frame = intern("protect_frame");
-        str_bot_frame = intern("bot_frame");
-        str_skip = intern("skip");
-        str_frames_sent = intern("frames_sent");
-        str_count_late = intern("_count_late");
-        str_send_failed = intern("_send_failed");
-        str_translate = intern("translate");
+        static const struct {
+            PyObject **name;
+            const char *text;
+        } names[] = {
+            {&str_next_frame, "next_frame"}, {&str_header_for_next_frame, "header_for_next_frame"},
+            {&str_protect_frame, "protect_frame"}, {&str_bot_frame, "bot_frame"}, {&str_skip, "skip"},
+            {&str_frames_sent, "frames_sent"}, {&str_count_late, "_count_late"}, {&str_send_failed, "_send_failed"},
+            {&str_translate, "translate"}, {&str_packets_received, "packets_received"},
+            {&str_packets_invalid, "packets_invalid"}, {&str_on_rtcp, "on_rtcp"}, {&str_admit, "_admit"},
+            {&str_feed, "feed"}, {&str_on_telephone_event, "_on_telephone_event"},
+            {&str_unprotect_view, "unprotect_view"},
+        };
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+            if ((*names[i].name = PyUnicode_InternFromString(names[i].text)) == NULL)
+                return NULL;
         empty_tuple = PyTuple_New(0);
         zero = PyLong_FromLong(0);
         one = PyLong_FromLong(1);
         samples_per_frame = PyLong_FromLong(SAMPLES_PER_FRAME);
-        str_packets_received = intern("packets_received");
-        str_packets_invalid = intern("packets_invalid");
-        str_on_rtcp = intern("on_rtcp");
-        str_admit = intern("_admit");
-        str_feed = intern("feed");
-        str_on_telephone_event = intern("_on_telephone_event");
-        str_unprotect_view = intern("unprotect_view");
-        if (!str_packets_received || !str_packets_invalid || !str_on_rtcp || !str_admit || !str_feed ||
-            !str_on_telephone_event || !str_unprotect_view || !str_next_frame || !str_header_for_next_frame || !str_protect_frame || !str_bot_frame || !str_skip ||
-            !str_frames_sent || !str_count_late || !str_send_failed || !str_translate || !empty_tuple || !zero ||
-            !one || !samples_per_frame)
+        if (!empty_tuple || !zero || !one || !samples_per_frame)
             return NULL;
     }
     if (PyType_Ready(&CoreType) < 0)
