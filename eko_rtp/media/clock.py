@@ -13,9 +13,10 @@ the stream starts (on the 200 OK), not at the next tick.
 With ``precise=True`` (the server) the clock sleeps on a timerfd
 (:mod:`eko_rtp.media.timer`) instead of a trio timeout, whose millisecond rounding
 would otherwise add up to 1 ms of jitter; tests under trio's mock clock use the
-plain timeout. The timerfd is armed periodic, one slot apart: when the next busy
-slot is the timer's next expiry (every slot busy, at a few hundred calls) the clock
-just waits for it instead of re-arming the timer on every tick.
+plain timeout. The timerfd is armed periodic, as far apart as the slot it wakes for
+and the next busy one: when the next busy slot is the timer's next expiry (every slot
+busy, at a few hundred calls; one busy slot, at a few calls) the clock just waits for
+it instead of re-arming the timer on every tick.
 
 A stream is any object with ``next_due: float`` and ``send_due(now) -> float | None``
 (send what is due at ``now``, return the next due time, or ``None`` when it stopped).
@@ -145,6 +146,14 @@ class FrameClock:
                 return slot
         return None
 
+    def _gap_after(self, slot: int) -> int:
+        """Slots from ``slot`` to the next busy one after it (WHEEL_SLOTS when it is the only one)."""
+        buckets = self._buckets
+        for gap in range(1, WHEEL_SLOTS):
+            if buckets[(slot + gap) % WHEEL_SLOTS]:
+                return gap
+        return WHEEL_SLOTS
+
     def _serve(self, slot: int, now: float) -> None:
         """Send what is due for every stream in ``slot``'s bucket."""
         index = slot % WHEEL_SLOTS
@@ -198,9 +207,10 @@ class FrameClock:
                 if timer is not None:
                     next_expiry = timer.armed_at
                     if next_expiry is None or abs(next_expiry - wake_at) > PERIODIC_MATCH:
-                        # Periodic, one slot apart: while every slot has streams (from
-                        # about 320 calls) the timer is armed once, not once a tick.
-                        timer.arm(wake_at, interval=slot_seconds)
+                        # Periodic, as far apart as this busy slot and the next: while the
+                        # busy slots are evenly spread (every slot from about 320 calls;
+                        # one slot for a few calls) the timer is armed once, not once a tick.
+                        timer.arm(wake_at, interval=self._gap_after(wake_slot) * slot_seconds)
                     await timer.wait()  # schedule() re-arms it for an earlier slot
                 else:
                     self._wakeup = trio.Event()
@@ -215,8 +225,10 @@ class FrameClock:
             # serves each bucket once and the streams send all their due frames.
             first = max(self._served + 1, current - WHEEL_SLOTS + 1)
             self._served = current
+            buckets = self._buckets
             for slot in range(first, current + 1):
-                self._serve(slot, now)
+                if buckets[slot % WHEEL_SLOTS]:  # most slots are empty at a few calls
+                    self._serve(slot, now)
             for flush in self._after_tick:
                 flush()
             # The tick just served is no longer the next one: say which is before the

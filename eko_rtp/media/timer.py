@@ -90,6 +90,11 @@ class PreciseTimer:
 
     async def wait(self) -> None:
         """Return once the armed deadline (or the next periodic expiry) has passed."""
+        armed_at = self.armed_at
+        if armed_at is not None and trio.current_time() < armed_at:
+            # Not due yet: a read now would only fail (EAGAIN). Wait first, and spare the
+            # frame clock a system call on every tick.
+            await trio.lowlevel.wait_readable(self.fd)
         while True:
             try:
                 expiries = int.from_bytes(os.read(self.fd, 8), "little")
