@@ -179,6 +179,55 @@ async def test_with_calls_up_the_hub_drains_right_after_clock_ticks_a_nap_apart(
     assert handled[3][0] == b"no clock" and handled[3][1] >= 0.300
 
 
+async def _drain_tasks(autojump_clock, *, streams: int, policy: DrainPolicy, hub_setup=lambda hub: None):
+    """Which tasks drained three datagrams sent while ``streams`` calls were up."""
+    frame_clock = FrameClock()
+    hub = ReceiveHub(policy=policy, clock=frame_clock)
+    hub_setup(hub)
+    sock, sender = _bound(), _bound()
+    handled: list[tuple[bytes, str]] = []
+    hub.register(sock, lambda data, address, now, arrival: handled.append(
+        (data, trio.lowlevel.current_task().name)))
+    with closing_all(hub, frame_clock, sock, sender):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(frame_clock.run, name="frame clock")
+            for phase in range(streams):
+                frame_clock.schedule(TickRecorder(first_due=0.0105 + phase * 0.001, frames=20))
+            await nursery.start(hub.run, name="receive hub")
+            for n in range(3):
+                sender.sendto(b"%d" % n, sock.getsockname())
+                await trio.sleep(0.030)
+            with trio.fail_after(1):
+                while len(handled) < 3:
+                    await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+    return hub, handled
+
+
+async def test_a_riding_drain_runs_in_the_clock_task_behind_its_tick(autojump_clock):
+    _, handled = await _drain_tasks(autojump_clock, streams=1, policy=DrainPolicy(nap=0.010))
+    assert handled == [(b"0", "frame clock"), (b"1", "frame clock"), (b"2", "frame clock")]
+
+
+async def test_with_more_calls_than_it_rides_with_the_hub_drains_in_its_own_task(autojump_clock):
+    _, handled = await _drain_tasks(autojump_clock, streams=2, policy=DrainPolicy(nap=0.010, ride_limit=1))
+    assert handled == [(b"0", "receive hub"), (b"1", "receive hub"), (b"2", "receive hub")]
+
+
+async def test_a_bug_in_a_riding_drain_is_logged_once_and_the_hub_drains_on_its_own(autojump_clock, caplog):
+    def break_riding_drain(hub):
+        def broken(ready, now):
+            raise RuntimeError("drain bug")
+        hub._drain_now = broken
+
+    hub, handled = await _drain_tasks(autojump_clock, streams=1, policy=DrainPolicy(nap=0.010),
+                                      hub_setup=break_riding_drain)
+    assert [data for data, _ in handled] == [b"0", b"1", b"2"]  # nothing lost
+    assert {task for _, task in handled} == {"receive hub"}
+    failures = [record for record in caplog.records if "behind the frame clock failed" in record.getMessage()]
+    assert len(failures) == 1 and hub.handler_errors == 1
+
+
 async def test_a_riding_drain_empties_each_socket_round_robin(autojump_clock):
     frame_clock = FrameClock()
     hub = ReceiveHub(policy=DrainPolicy(nap=0.010), clock=frame_clock)

@@ -77,11 +77,24 @@ class FrameClock:
         self.next_tick = math.inf
         self.ticks = 0
         self._after_tick: list[Callable[[], None]] = []
+        self._rider: Callable[[float | None], None] | None = None
 
     def after_tick(self, flush: Callable[[], None]) -> None:
         """Call ``flush()`` once a tick has served every stream due: a batched sender
         (media/shared_port.py) sends the tick's frames in one system call there."""
         self._after_tick.append(flush)
+
+    def ride(self, rider: Callable[[float | None], None] | None) -> None:
+        """Call ``rider(now)`` in the clock's own task after every tick, once the tick's
+        flushes are done, and ``rider(None)`` when the wheel empties (no tick to come);
+        None: stop. The receive hub drains there while a few calls are up, so their
+        inbound packets cost neither a wake-up nor a task switch of their own."""
+        self._rider = rider
+
+    def _tell_rider(self, now: float | None) -> None:
+        rider = self._rider
+        if rider is not None:
+            rider(now)
 
     @property
     def streams(self) -> int:
@@ -191,6 +204,7 @@ class FrameClock:
             wake_slot = self._next_busy_slot() if self._count else None
             if wake_slot is None:
                 self._release_tick_waiter()  # no more ticks to wait for
+                self._tell_rider(None)
                 if self._timer is not None and self._timer.armed_at is not None:
                     self._timer.disarm()  # an idle clock takes no periodic wake-ups
                 self._sleeping_until = None
@@ -238,6 +252,7 @@ class FrameClock:
             self.next_tick = following * slot_seconds if following is not None else math.inf
             if self._ticked is not None and now >= self._ticked_from:
                 self._release_tick_waiter()
+            self._tell_rider(now)
             await trio.lowlevel.checkpoint()
 
     def _release_tick_waiter(self) -> None:

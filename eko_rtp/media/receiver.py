@@ -31,10 +31,10 @@ of neighbours when the network's delays are independent), so the jitter stays
 true while most datagrams take the cheap read.
 
 The :class:`DrainPolicy` says when to drain. While at most ``ride_limit`` (64)
-calls are up the hub rides the frame clock: it
-waits for the first clock tick at least ``nap`` (10 ms) after its last drain and
-drains then, right behind the tick, so inbound RTP never wakes the process by itself
-(at a few calls a wake-up of the idle vCPU is the costly part of a packet). With
+calls are up the hub rides the frame clock: the first clock tick at least ``nap``
+(10 ms) after its last drain drains, in the clock's own task right behind the tick,
+so inbound RTP never wakes the process by itself (at a few calls a wake-up of the
+idle vCPU is the costly part of a packet) nor costs a task switch. With
 more calls the process hardly ever sleeps and riding bought nothing (it cost CPU and
 p99 in the benchmark), so the hub waits for a datagram, drains, and naps for ``nap``
 before it looks again: about a hundred batches a second instead of a wake-up per
@@ -183,6 +183,8 @@ class ReceiveHub:
         self.datagrams = 0
         self.handler_errors = 0
         self.backlogs = 0  # drains that ended with a socket still holding datagrams
+        self._last_drain = -math.inf
+        self._riding_failed = False  # a drain in the clock's task raised: drain in the hub's from then on
 
     @property
     def sockets(self) -> int:
@@ -249,36 +251,90 @@ class ReceiveHub:
         epoll = self._epoll
         frame_clock = self._clock
         policy = self.policy
-        last_drain = -math.inf
         ready: list = []
         while True:
-            riding = frame_clock is not None and policy.rides(frame_clock.streams)
-            if riding:
-                # A few calls up: ride the clock's wake-ups. The first tick at least a
-                # nap after the last drain brings the hub along, so inbound RTP costs
-                # no wake-up of its own.
-                await frame_clock.wait_tick(policy.next_ride(last_drain))
+            if frame_clock is not None and not self._riding_failed and policy.rides(frame_clock.streams):
+                await self._ride(frame_clock)
                 ready = epoll.poll(0)
-            elif not ready:  # nothing came during the nap: sleep until something does
+                continue
+            if not ready:  # nothing came during the nap: sleep until something does
                 await trio.lowlevel.wait_readable(epoll.fileno())
                 ready = epoll.poll(0)
-            last_drain = trio.current_time()
-            behind = False
-            if ready:
-                behind = await self._drain(ready)
+            self._last_drain = trio.current_time()
+            behind = await self._drain(ready) if ready else False
             ready = []
-            if not riding:
-                if behind:
-                    # A batch socket (the shared port: every trunk call's packets)
-                    # still held datagrams after every round: a nap would let its
-                    # buffer overflow (it did at 1000 calls, with the CPU a quarter
-                    # idle). Go on after other due work instead. A call's own socket
-                    # that far behind is flooded (a call sends 50-100 packets a
-                    # second): it keeps the nap, which bounds what a flood costs us.
-                    await trio.lowlevel.checkpoint()
+            if behind:
+                # A batch socket (the shared port: every trunk call's packets)
+                # still held datagrams after every round: a nap would let its
+                # buffer overflow (it did at 1000 calls, with the CPU a quarter
+                # idle). Go on after other due work instead. A call's own socket
+                # that far behind is flooded (a call sends 50-100 packets a
+                # second): it keeps the nap, which bounds what a flood costs us.
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.sleep(policy.nap)
+            ready = epoll.poll(0)  # usually something is waiting: no second wake-up for it
+
+    async def _ride(self, frame_clock) -> None:
+        """A few calls up: drain in the frame clock's task, right behind its ticks.
+
+        The first tick at least a nap after the last drain brings the drain along, so
+        inbound RTP costs no wake-up of its own, nor a task switch. Returns when the
+        hub should wait for datagrams instead: more calls than the policy rides
+        with, or the wheel empty. A bug in the drain is logged once and ends riding
+        for good: the hub's own loop carries on, and the clock's task is safe.
+        """
+        done = trio.Event()
+        policy = self.policy
+
+        def on_tick(now: float | None) -> None:
+            if done.is_set():
+                return
+            if now is None or not policy.rides(frame_clock.streams):
+                done.set()
+                return
+            if now < policy.next_ride(self._last_drain):
+                return
+            self._last_drain = now
+            try:
+                ready = self._epoll.poll(0)
+                if ready:
+                    self._drain_now(ready, now)
+            except Exception:
+                self.handler_errors += 1
+                log.exception("media drain behind the frame clock failed; the hub drains in its own task from now on")
+                self._riding_failed = True
+                done.set()
+
+        frame_clock.ride(on_tick)
+        try:
+            await done.wait()
+        finally:
+            frame_clock.ride(None)
+
+    def _drain_now(self, ready: list, now: float) -> None:
+        """:meth:`_drain` without stepping aside, for a drain right behind a tick (the
+        next one is a slot away at least, and riding bounds how many calls are up)."""
+        registrations = self._registrations
+        clock = trio.lowlevel.current_clock().current_time
+        for _ in range(self.max_rounds):
+            for fd, _events in ready:
+                registration = registrations.get(fd)
+                if registration is None:
+                    continue
+                cost = registration.cost
+                if cost is not None:
+                    started = clock()
+                    taken = self._read_batch(registration, now, UNBOUNDED)
+                    if taken:
+                        cost.add(clock() - started, taken)
                 else:
-                    await trio.sleep(policy.nap)
-                ready = epoll.poll(0)  # usually something is waiting: no second wake-up for it
+                    self._receive_one(registration, now)
+            served = {fd for fd, _events in ready}
+            ready = [entry for entry in self._epoll.poll(0) if entry[0] in served]
+            if not ready:
+                return
+        self._behind(ready)
 
     async def _drain(self, ready: list) -> bool:
         """Empty every ready socket, a datagram (or a batch) per socket per round, stepping
@@ -332,7 +388,12 @@ class ReceiveHub:
             ready = [entry for entry in epoll.poll(0) if entry[0] in served]
             if not ready:
                 return False
-        # Still ready after every round: these sockets receive faster than we drain.
+        return self._behind(ready)
+
+    def _behind(self, ready: list) -> bool:
+        """Count and report the sockets still ready after every round (they receive faster
+        than we drain); whether one of them is a batch socket."""
+        registrations = self._registrations
         batch_behind = False
         for fd, _events in ready:
             registration = registrations.get(fd)
