@@ -315,47 +315,60 @@ class ReceiveHub:
     def _drain_now(self, ready: list, now: float) -> None:
         """:meth:`_drain` without stepping aside, for a drain right behind a tick (the
         next one is a slot away at least, and riding bounds how many calls are up)."""
-        registrations = self._registrations
         clock = trio.lowlevel.current_clock().current_time
         for _ in range(self.max_rounds):
-            for fd, _events in ready:
-                registration = registrations.get(fd)
-                if registration is None:
-                    continue
-                cost = registration.cost
-                if cost is not None:
+            for registration in self._registered(ready):
+                if registration.cost is not None:
                     started = clock()
-                    taken = self._read_batch(registration, now, UNBOUNDED)
-                    if taken:
-                        cost.add(clock() - started, taken)
+                    self._read_batch_costed(registration, now, UNBOUNDED, started, clock)
                 else:
                     self._receive_one(registration, now)
-            served = {fd for fd, _events in ready}
-            ready = [entry for entry in self._epoll.poll(0) if entry[0] in served]
+            ready = self._still_ready(ready)
             if not ready:
                 return
         self._behind(ready)
 
+    def _registered(self, ready: list):
+        """The registrations of the ready descriptors (one unregistered meanwhile is skipped)."""
+        registrations = self._registrations
+        for fd, _events in ready:
+            registration = registrations.get(fd)
+            if registration is not None:
+                yield registration
+
+    def _still_ready(self, ready: list) -> list:
+        """The next round takes only sockets this drain has just served that still
+        hold datagrams (two packets per frame, a backlog): one that became ready
+        meanwhile waits for the next drain, batched with the rest, instead of
+        keeping this drain going for as long as traffic flows."""
+        served = {fd for fd, _events in ready}
+        return [entry for entry in self._epoll.poll(0) if entry[0] in served]
+
+    def _read_batch_costed(self, registration: _Registration, now: float, limit: int, started: float,
+                           clock) -> float:
+        """:meth:`_read_batch`, and what it cost per datagram into the socket's estimate; the
+        time it ended."""
+        taken = self._read_batch(registration, now, limit)
+        elapsed = clock()
+        if taken:
+            registration.cost.add(elapsed - started, taken)
+        return elapsed
+
     async def _drain(self, ready: list) -> bool:
         """Empty every ready socket, a datagram (or a batch) per socket per round, stepping
         aside for ticks; whether a batch socket was still ready after the last round."""
-        registrations = self._registrations
         # Trio's own clock, the frame clock's time base (a bound method: cheaper per
         # datagram than trio.current_time(), and the mock clock in tests).
         clock = trio.lowlevel.current_clock().current_time
         budget = self.step_budget
         frame_clock = self._clock
         margin = self.tick_margin
-        epoll = self._epoll
         receive_one = self._receive_one
         # One trio time per step: inbound RTP needs it only for timers; jitter uses the
         # kernel's arrival time.
         now = step_started = clock()
         for _ in range(self.max_rounds):
-            for fd, _events in ready:
-                registration = registrations.get(fd)
-                if registration is None:
-                    continue
+            for registration in self._registered(ready):
                 cost = registration.cost
                 if cost is not None:
                     # A batch: as many datagrams as end before the tick; none fit: after it.
@@ -367,10 +380,7 @@ class ReceiveHub:
                             await frame_clock.wait_tick()
                             now = step_started = started = clock()
                             limit = max(1, cost.fits(frame_clock.next_tick - margin - started))
-                    taken = self._read_batch(registration, now, limit)
-                    elapsed = clock()
-                    if taken:
-                        cost.add(elapsed - started, taken)
+                    elapsed = self._read_batch_costed(registration, now, limit, started, clock)
                 else:
                     receive_one(registration, now)
                     elapsed = clock()
@@ -380,12 +390,7 @@ class ReceiveHub:
                 elif elapsed - step_started > budget:
                     await trio.lowlevel.checkpoint()  # let other due work go first
                     now = step_started = clock()
-            # The next round takes only sockets this drain has just served that still
-            # hold datagrams (two packets per frame, a backlog): one that became ready
-            # meanwhile waits for the next drain, batched with the rest, instead of
-            # keeping this drain going for as long as traffic flows.
-            served = {fd for fd, _events in ready}
-            ready = [entry for entry in epoll.poll(0) if entry[0] in served]
+            ready = self._still_ready(ready)
             if not ready:
                 return False
         return self._behind(ready)
