@@ -181,3 +181,47 @@ async def test_a_clock_with_evenly_spread_busy_slots_arms_its_timer_once_and_rea
     # an on-time run does neither more than a few times.
     assert len(arms) < 15, len(arms)
     assert len(failed_reads) < 15, len(failed_reads)
+
+
+async def test_an_on_time_clock_costs_one_pass_of_trios_loop_a_tick():
+    # The wait for the next tick is the clock's only yield when it is on time: no
+    # extra checkpoint, so no extra pass of trio's loop (and its epoll_wait) per tick.
+    class CountingWaits(trio.abc.Instrument):
+        def __init__(self):
+            self.waits = 0
+
+        def before_io_wait(self, timeout):
+            self.waits += 1
+
+    clock = FrameClock(precise=True)
+    ticks = []
+
+    class Stream:
+        def __init__(self, first_due):
+            self.next_due = first_due
+
+        def send_due(self, now):
+            ticks.append(now)
+            return self.next_due + 0.020 if len(ticks) < 50 else None
+
+    instrument = CountingWaits()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(clock.run)
+            base = (int(trio.current_time() * 1000) + 5) / 1000
+            clock.schedule(Stream(base))
+            with trio.fail_after(5):
+                while len(ticks) < 5:
+                    await trio.sleep(0.01)
+            trio.lowlevel.add_instrument(instrument)
+            counted_from = len(ticks)
+            with trio.fail_after(5):
+                while len(ticks) < 45:
+                    await trio.sleep(0.1)  # this task's own wake-ups: a few, not one a tick
+            trio.lowlevel.remove_instrument(instrument)
+            counted = len(ticks) - counted_from
+            nursery.cancel_scope.cancel()
+    finally:
+        clock.close()
+    # Late ticks (a loaded CI machine) add passes; an on-time run has one a tick.
+    assert instrument.waits < 1.4 * counted, (instrument.waits, counted)
