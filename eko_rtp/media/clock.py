@@ -268,8 +268,8 @@ class FrameClock:
         """Return after the clock's first tick at or after ``not_before`` (a trio time).
 
         Returns at once when the wheel is empty, and as soon as it empties: there is
-        no tick to wait for then. Riding the clock's own wake-ups is how the receive
-        hub drains inbound packets without waking the process a second time.
+        no tick to wait for then. The receive hub waits here when it steps aside
+        for a tick in the middle of a drain.
         """
         if not self._count:
             await trio.lowlevel.checkpoint()
