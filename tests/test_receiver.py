@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from eko_rtp.media.clock import FrameClock
-from eko_rtp.media.receiver import MAX_READ_COST, UNBOUNDED, DrainPolicy, ReadCost, ReceiveHub
+from eko_rtp.media.receiver import MAX_READ_COST, RIDE_BUDGET, UNBOUNDED, DrainPolicy, ReadCost, ReceiveHub
 
 
 @contextlib.contextmanager
@@ -519,3 +519,52 @@ def test_a_read_cost_is_per_datagram_rises_at_once_and_falls_slowly_within_a_cap
     cost.add(1.0, 1)  # one read slowed down by the host
     assert cost.seconds == MAX_READ_COST
     assert cost.fits(math.inf) == UNBOUNDED  # no tick due
+
+
+async def test_a_flood_while_riding_never_holds_the_clock_task_past_its_budget():
+    # A batch socket that is never empty (a hostile source flooding the shared port)
+    # with one call up: the drain in the clock's task stops once its time is up, the
+    # hub's own task (which steps aside for ticks) takes over, and the call's frames
+    # stay on time.
+    frame_clock = FrameClock(precise=True)
+    hub = ReceiveHub(policy=DrainPolicy(nap=0.010), clock=frame_clock)
+    flooded, sender = _bound(), _bound()
+    sender.sendto(b"x", flooded.getsockname())  # never read: the socket stays ready
+    reads: list[tuple[str, float]] = []
+
+    def slow_reader(now, limit):
+        until = time.perf_counter() + 0.0002
+        while time.perf_counter() < until:
+            pass
+        reads.append((trio.lowlevel.current_task().name, now))
+        return 1
+
+    hub.register_batch(flooded, slow_reader)
+    late: list[float] = []
+
+    class Stream:
+        def __init__(self, first_due):
+            self.next_due = first_due
+            self.frames = 25
+
+        def send_due(self, now):
+            late.append(now - self.next_due)
+            self.frames -= 1
+            return self.next_due + 0.020 if self.frames else None
+
+    with closing_all(hub, frame_clock, flooded, sender):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(frame_clock.run, name="frame clock")
+            frame_clock.schedule(Stream((int(trio.current_time() * 1000) + 5) / 1000))
+            await nursery.start(hub.run, name="receive hub")
+            with trio.fail_after(5):
+                while len(late) < 25:
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+    in_clock = [now for task, now in reads if task == "frame clock"]
+    assert in_clock and any(task == "receive hub" for task, _ in reads)
+    # Reads in the clock's task after one tick share its ``now``: at most a slot's worth.
+    per_tick = max(in_clock.count(now) for now in set(in_clock))
+    assert per_tick <= 1 + RIDE_BUDGET / 0.0002, per_tick
+    late.sort()
+    assert late[len(late) // 2] < 0.002, [round(t * 1000, 2) for t in late]

@@ -87,6 +87,9 @@ MAX_ROUNDS = 64
 MAX_READ_COST = 0.0005
 # What a batch read may take when no tick bounds it (the reader caps it to its batch).
 UNBOUNDED = 1 << 16
+# The longest a drain may hold the frame clock's task while riding (a slot); what is
+# still waiting then is drained by the hub's own task, stepping aside for ticks.
+RIDE_BUDGET = 0.001
 
 # SO_TIMESTAMPNS from <asm-generic/socket.h> (the stdlib does not export it); the
 # control message it adds carries a struct timespec.
@@ -255,9 +258,10 @@ class ReceiveHub:
         while True:
             if frame_clock is not None and not self._riding_failed and policy.rides(frame_clock.streams):
                 await self._ride(frame_clock)
-                ready = epoll.poll(0)
-                continue
-            if not ready:  # nothing came during the nap: sleep until something does
+                ready = epoll.poll(0)  # what a drain cut short left (a flood), or none
+                if not ready:
+                    continue
+            elif not ready:  # nothing came during the nap: sleep until something does
                 await trio.lowlevel.wait_readable(epoll.fileno())
                 ready = epoll.poll(0)
             self._last_drain = trio.current_time()
@@ -281,8 +285,11 @@ class ReceiveHub:
         The first tick at least a nap after the last drain brings the drain along, so
         inbound RTP costs no wake-up of its own, nor a task switch. Returns when the
         hub should wait for datagrams instead: more calls than the policy rides
-        with, or the wheel empty. A bug in the drain is logged once and ends riding
-        for good: the hub's own loop carries on, and the clock's task is safe.
+        with, or the wheel empty; or when a drain ran out of time (RIDE_BUDGET, or the
+        next tick near) with sockets still ready: the hub's own drain, which steps
+        aside for ticks, takes the rest, so a flood never holds the clock's task. A
+        bug in the drain is logged once and ends riding for good: the hub's own loop
+        carries on, and the clock's task is safe.
         """
         done = trio.Event()
         policy = self.policy
@@ -298,8 +305,8 @@ class ReceiveHub:
             self._last_drain = now
             try:
                 ready = self._epoll.poll(0)
-                if ready:
-                    self._drain_now(ready, now)
+                if ready and not self._drain_now(ready, now, frame_clock):
+                    done.set()  # out of time with datagrams waiting: the hub's task goes on
             except Exception:
                 self.handler_errors += 1
                 log.exception("media drain behind the frame clock failed; the hub drains in its own task from now on")
@@ -312,21 +319,30 @@ class ReceiveHub:
         finally:
             frame_clock.ride(None)
 
-    def _drain_now(self, ready: list, now: float) -> None:
-        """:meth:`_drain` without stepping aside, for a drain right behind a tick (the
-        next one is a slot away at least, and riding bounds how many calls are up)."""
+    def _drain_now(self, ready: list, now: float, frame_clock) -> bool:
+        """:meth:`_drain` without stepping aside, for a drain in the clock's task right
+        behind a tick; False when it stopped with sockets still ready because its time
+        ran out (RIDE_BUDGET, or ``tick_margin`` before the next tick)."""
         clock = trio.lowlevel.current_clock().current_time
+        deadline = min(frame_clock.next_tick - self.tick_margin, clock() + RIDE_BUDGET)
         for _ in range(self.max_rounds):
             for registration in self._registered(ready):
-                if registration.cost is not None:
-                    started = clock()
-                    self._read_batch_costed(registration, now, UNBOUNDED, started, clock)
+                started = clock()
+                if started >= deadline:
+                    return False
+                cost = registration.cost
+                if cost is not None:
+                    limit = cost.fits(deadline - started)
+                    if not limit:
+                        return False
+                    self._read_batch_costed(registration, now, limit, started, clock)
                 else:
                     self._receive_one(registration, now)
             ready = self._still_ready(ready)
             if not ready:
-                return
+                return True
         self._behind(ready)
+        return True
 
     def _registered(self, ready: list):
         """The registrations of the ready descriptors (one unregistered meanwhile is skipped)."""
