@@ -1,5 +1,6 @@
 """The frame clock's timerfd wake-up, on the real clock: never early, re-armable, closable."""
 
+import contextlib
 import os
 
 import pytest
@@ -89,9 +90,37 @@ async def test_a_periodic_timer_fires_every_interval_until_disarmed():
         timer.close()
 
 
-async def test_a_clock_with_a_stream_in_every_slot_arms_its_timer_once_not_every_tick():
-    clock = FrameClock(precise=True)
-    timer = clock._timer
+class TickedStream:
+    """A frame-clock stream that notes each tick in the shared ``ticks`` and stops once it holds ``limit``."""
+
+    def __init__(self, first_due: float, ticks: list, limit: int):
+        self.next_due = first_due
+        self.ticks = ticks
+        self.limit = limit
+
+    def send_due(self, now):
+        self.ticks.append(now)
+        return self.next_due + 0.020 if len(self.ticks) < self.limit else None
+
+
+@contextlib.asynccontextmanager
+async def running_clock(clock: FrameClock, phases, ticks: list, limit: int):
+    """Run ``clock`` with a stream at each phase (ms past a grid point just ahead); on
+    leaving the block, wait (5 s at most) until ``ticks`` holds ``limit``, then stop it."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        base = (int(trio.current_time() * 1000) + 5) / 1000  # on the 1 ms grid
+        for phase in phases:
+            clock.schedule(TickedStream(base + phase * 0.001, ticks, limit))
+        yield
+        with trio.fail_after(5):
+            while len(ticks) < limit:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+def counting_arms(timer: PreciseTimer) -> list:
+    """Wrap ``timer.arm`` so that every deadline it is armed at is noted in the list returned."""
     arms = []
     original_arm = timer.arm
 
@@ -100,26 +129,16 @@ async def test_a_clock_with_a_stream_in_every_slot_arms_its_timer_once_not_every
         original_arm(deadline, **kwargs)
 
     timer.arm = counting_arm
+    return arms
+
+
+async def test_a_clock_with_a_stream_in_every_slot_arms_its_timer_once_not_every_tick():
+    clock = FrameClock(precise=True)
+    arms = counting_arms(clock._timer)
     ticks = []
-
-    class Stream:
-        def __init__(self, first_due):
-            self.next_due = first_due
-
-        def send_due(self, now):
-            ticks.append(now)
-            return self.next_due + 0.020 if len(ticks) < 200 else None
-
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(clock.run)
-            base = (int(trio.current_time() * 1000) + 5) / 1000  # on the 1 ms grid
-            for slot in range(20):
-                clock.schedule(Stream(base + slot * 0.001))  # one stream in every bucket
-            with trio.fail_after(5):
-                while len(ticks) < 200:
-                    await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
+        async with running_clock(clock, range(20), ticks, 200):  # one stream in every bucket
+            pass
     finally:
         clock.close()
     assert len(ticks) >= 200
@@ -135,14 +154,9 @@ async def test_a_clock_with_evenly_spread_busy_slots_arms_its_timer_once_and_rea
     # the clock waits before reading it instead of reading it too early (EAGAIN).
     clock = FrameClock(precise=True)
     timer = clock._timer
-    arms = []
+    arms = counting_arms(timer)
     failed_reads = []
-    original_arm = timer.arm
     original_read = os.read
-
-    def counting_arm(deadline, **kwargs):
-        arms.append(deadline)
-        original_arm(deadline, **kwargs)
 
     def counting_read(fd, size):
         try:
@@ -152,29 +166,10 @@ async def test_a_clock_with_evenly_spread_busy_slots_arms_its_timer_once_and_rea
                 failed_reads.append(fd)
             raise
 
-    timer.arm = counting_arm
     monkeypatch.setattr(os, "read", counting_read)
-    ticks = []
-    wanted = 60 * len(phases)
-
-    class Stream:
-        def __init__(self, first_due):
-            self.next_due = first_due
-
-        def send_due(self, now):
-            ticks.append(now)
-            return self.next_due + 0.020 if len(ticks) < wanted else None
-
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(clock.run)
-            base = (int(trio.current_time() * 1000) + 5) / 1000  # on the 1 ms grid
-            for phase in phases:
-                clock.schedule(Stream(base + phase * 0.001))
-            with trio.fail_after(5):
-                while len(ticks) < wanted:
-                    await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
+        async with running_clock(clock, phases, [], 60 * len(phases)):
+            pass
     finally:
         clock.close()
     # Late ticks (a loaded CI machine) re-arm it and may find it not yet readable;
@@ -195,21 +190,9 @@ async def test_an_on_time_clock_costs_one_pass_of_trios_loop_a_tick():
 
     clock = FrameClock(precise=True)
     ticks = []
-
-    class Stream:
-        def __init__(self, first_due):
-            self.next_due = first_due
-
-        def send_due(self, now):
-            ticks.append(now)
-            return self.next_due + 0.020 if len(ticks) < 50 else None
-
     instrument = CountingWaits()
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(clock.run)
-            base = (int(trio.current_time() * 1000) + 5) / 1000
-            clock.schedule(Stream(base))
+        async with running_clock(clock, [0], ticks, 50):
             with trio.fail_after(5):
                 while len(ticks) < 5:
                     await trio.sleep(0.01)
@@ -220,7 +203,6 @@ async def test_an_on_time_clock_costs_one_pass_of_trios_loop_a_tick():
                     await trio.sleep(0.1)  # this task's own wake-ups: a few, not one a tick
             trio.lowlevel.remove_instrument(instrument)
             counted = len(ticks) - counted_from
-            nursery.cancel_scope.cancel()
     finally:
         clock.close()
     # Late ticks (a loaded CI machine) add passes; an on-time run has one a tick.
