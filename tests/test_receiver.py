@@ -179,8 +179,9 @@ async def test_with_calls_up_the_hub_drains_right_after_clock_ticks_a_nap_apart(
     assert handled[3][0] == b"no clock" and handled[3][1] >= 0.300
 
 
-async def _drain_tasks(autojump_clock, *, streams: int, policy: DrainPolicy, hub_setup=lambda hub: None):
-    """Which tasks drained three datagrams sent while ``streams`` calls were up."""
+async def _drain_tasks(*, streams: int, policy: DrainPolicy, hub_setup=lambda hub: None):
+    """Which tasks drained three datagrams sent while ``streams`` calls were up (under the
+    calling test's mock clock)."""
     frame_clock = FrameClock()
     hub = ReceiveHub(policy=policy, clock=frame_clock)
     hub_setup(hub)
@@ -205,12 +206,12 @@ async def _drain_tasks(autojump_clock, *, streams: int, policy: DrainPolicy, hub
 
 
 async def test_a_riding_drain_runs_in_the_clock_task_behind_its_tick(autojump_clock):
-    _, handled = await _drain_tasks(autojump_clock, streams=1, policy=DrainPolicy(nap=0.010))
+    _, handled = await _drain_tasks(streams=1, policy=DrainPolicy(nap=0.010))
     assert handled == [(b"0", "frame clock"), (b"1", "frame clock"), (b"2", "frame clock")]
 
 
 async def test_with_more_calls_than_it_rides_with_the_hub_drains_in_its_own_task(autojump_clock):
-    _, handled = await _drain_tasks(autojump_clock, streams=2, policy=DrainPolicy(nap=0.010, ride_limit=1))
+    _, handled = await _drain_tasks(streams=2, policy=DrainPolicy(nap=0.010, ride_limit=1))
     assert handled == [(b"0", "receive hub"), (b"1", "receive hub"), (b"2", "receive hub")]
 
 
@@ -220,7 +221,7 @@ async def test_a_bug_in_a_riding_drain_is_logged_once_and_the_hub_drains_on_its_
             raise RuntimeError("drain bug")
         hub._drain_now = broken
 
-    hub, handled = await _drain_tasks(autojump_clock, streams=1, policy=DrainPolicy(nap=0.010),
+    hub, handled = await _drain_tasks(streams=1, policy=DrainPolicy(nap=0.010),
                                       hub_setup=break_riding_drain)
     assert [data for data, _ in handled] == [b"0", b"1", b"2"]  # nothing lost
     assert {task for _, task in handled} == {"receive hub"}
