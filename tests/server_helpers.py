@@ -73,9 +73,14 @@ def free_sipp_media_port() -> int:
     raise RuntimeError("no four free UDP ports in a row found for sipp's media")
 
 
-def rtp_range(width: int = 400) -> str:
-    low = random.randrange(30000, 60000 - width, 2)
-    return f"{low}-{low + width}"
+def rtp_range(width: int = 400, *, avoid: int | None = None) -> str:
+    """A random RTP port range of ``width`` ports that does not hold port ``avoid`` (the
+    server's SIP port: a test that finds the call's port among the server's sockets in
+    the range must not find the SIP socket there too)."""
+    while True:
+        low = random.randrange(30000, 60000 - width, 2)
+        if avoid is None or not low <= avoid <= low + width:
+            return f"{low}-{low + width}"
 
 
 class ServerProcess:
@@ -85,7 +90,7 @@ class ServerProcess:
                  cpus: set[int] | None = None):
         self.port = port or free_port()
         self.address = ("127.0.0.1", self.port)
-        self.rtp_ports = rtp_range()
+        self.rtp_ports = rtp_range(avoid=self.port)
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), environment.get("PYTHONPATH")]))
         environment.pop("ELEVENLABS_API_KEY", None)
