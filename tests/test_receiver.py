@@ -40,7 +40,7 @@ class TickGate:
         self.waits = 0
         self.tick = trio.Event()
 
-    async def wait_tick(self, not_before: float = -math.inf) -> None:
+    async def wait_tick(self) -> None:
         self.waits += 1
         await self.tick.wait()
 

@@ -71,7 +71,6 @@ class FrameClock:
         self._wakeup = trio.Event()
         self._timer = PreciseTimer() if precise else None
         self._ticked: trio.Event | None = None  # made by wait_tick, set by the next tick
-        self._ticked_from = -math.inf  # ...at or after this time
         # When the next tick is due, on trio's clock (the one time base of the media
         # path): the receive hub reads it to step aside before a tick (see ReceiveHub).
         self.next_tick = math.inf
@@ -250,8 +249,7 @@ class FrameClock:
             # for a tick that has already gone.
             following = self._next_busy_slot() if self._count else None
             self.next_tick = following * slot_seconds if following is not None else math.inf
-            if self._ticked is not None and now >= self._ticked_from:
-                self._release_tick_waiter()
+            self._release_tick_waiter()
             self._tell_rider(now)
             if self.next_tick <= trio.current_time():
                 # Late: the next tick is due already. Let other due work go first. On
@@ -264,8 +262,8 @@ class FrameClock:
             self._ticked.set()
             self._ticked = None
 
-    async def wait_tick(self, not_before: float = -math.inf) -> None:
-        """Return after the clock's first tick at or after ``not_before`` (a trio time).
+    async def wait_tick(self) -> None:
+        """Return after the clock's next tick.
 
         Returns at once when the wheel is empty, and as soon as it empties: there is
         no tick to wait for then. The receive hub waits here when it steps aside
@@ -276,9 +274,6 @@ class FrameClock:
             return
         if self._ticked is None:
             self._ticked = trio.Event()
-            self._ticked_from = not_before
-        else:
-            self._ticked_from = min(self._ticked_from, not_before)
         await self._ticked.wait()
 
     def close(self) -> None:
