@@ -193,3 +193,17 @@ def test_journal_detected_in_a_real_process():
     with os.fdopen(read_end, encoding="utf-8") as output:
         assert output.read() == "<6>INFO eko_rtp.server [call=c1@eko]: call from +*******5678\n"
     assert child.returncode == 0
+
+
+def test_a_bad_format_is_an_error_line_not_an_exception():
+    stream = io.StringIO()
+    handler = configure_logging(stream=stream, environ={"JOURNAL_STREAM": "1:2"})
+    try:
+        record = logging.LogRecord("eko_rtp.test", logging.INFO, __file__, 1, "caller %s pressed %d",
+                                   ("+33612345678",), None)  # one argument short
+        handler.handle(record)  # not through the root logger: pytest's own handler raises on it
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert stream.getvalue().endswith(
+        "INFO eko_rtp.test: unformattable log message 'caller %s pressed %d' with 1 argument(s):"
+        " TypeError: not enough arguments for format string\n")

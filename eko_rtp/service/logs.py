@@ -129,7 +129,13 @@ class Sanitizer(logging.Filter):
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.clean(record.getMessage()).translate(_CONTROLS)
+        try:
+            message = record.getMessage()
+        except Exception as error:  # a bug at the call site: say so, never raise into it nor print its arguments
+            count = len(record.args) if isinstance(record.args, tuple) else 1
+            message = (f"unformattable log message {str(record.msg)!r} with {count} argument(s): "
+                       f"{type(error).__name__}: {error}")
+        record.msg = self.clean(message).translate(_CONTROLS)
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = self._traceback_formatter.formatException(record.exc_info)
