@@ -34,6 +34,7 @@ from eko_rtp.cache.watch import watch_cache_files
 from eko_rtp.errors import UserError
 from eko_rtp.server.awake import cpu_list, keep_cpus_awake, spinner_cpus
 from eko_rtp.server.server import EkoServer
+from eko_rtp.service.log_deferral import hold_logs_until_idle
 from eko_rtp.service.metrics import Metrics, MetricsSettings, serve_metrics
 from eko_rtp.service.notify import Notifier, run_watchdog
 
@@ -83,6 +84,7 @@ async def run_service(
     metrics = metrics or Metrics.create()
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
+            await nursery.start(hold_logs_until_idle)  # INFO lines written when the loop idles
             await nursery.start(run_watchdog, notifier)
             metrics_address = await nursery.start(serve_metrics, metrics, MetricsSettings.from_config(setup.config))
             if metrics_address is not None:

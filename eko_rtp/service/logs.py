@@ -1,7 +1,9 @@
 """Logging for the service: one line per event, the Call-ID, no phone numbers, no secrets.
 
-Theory of operation. One handler on the root logger writes to stderr. Two filters
-run on every record before it is formatted:
+Theory of operation. One handler on the root logger writes to stderr, through
+:class:`~eko_rtp.service.log_deferral.DeferringHandler` (which, in the running
+service, writes INFO and DEBUG lines when the trio loop idles). Two filters run on
+every record before it is formatted:
 
 - :class:`CallIdFilter` stamps the record with the Call-ID of the call the code
   runs for. The Call-ID lives in a context variable set by :func:`call_context`;
@@ -45,6 +47,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TextIO
 
 from eko_rtp.media.sdes import redact_keys
+from eko_rtp.service.log_deferral import DeferringHandler
 
 REDACTED = "[redacted]"
 
@@ -301,15 +304,17 @@ def configure_logging(
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(stream)
+    writer = logging.StreamHandler(stream)
+    writer.addFilter(Sanitizer(secrets=secrets, mask_numbers=mask_numbers))
+    writer.setFormatter(ServiceFormatter(journal=stream_is_journal(stream, environ)))
+    handler = DeferringHandler(writer)  # service/log_deferral.py: lines written when the loop idles
     handler.set_name("eko-rtp-service")
-    handler.addFilter(CallIdFilter())
-    handler.addFilter(Sanitizer(secrets=secrets, mask_numbers=mask_numbers))
-    handler.setFormatter(ServiceFormatter(journal=stream_is_journal(stream, environ)))
+    handler.addFilter(CallIdFilter())  # in front: the Call-ID is the context's when the line is logged
     root = logging.getLogger()
     for old in list(root.handlers):
         if old.get_name() == "eko-rtp-service" or type(old) is logging.StreamHandler:
             root.removeHandler(old)
+            old.flush()  # what it held, before the new handler's first line
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
     return handler
