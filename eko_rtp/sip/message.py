@@ -89,7 +89,8 @@ _CANONICAL = {name.lower(): name for name in COMPACT_FORMS.values()} | {
     "max-forwards": "Max-Forwards", "record-route": "Record-Route", "route": "Route",
 }
 # The index key of each well-known spelling, made once: a message's index then holds
-# these shared strings instead of a new lower-cased copy of every name it carries.
+# these shared strings instead of a new lower-cased copy of every name it carries,
+# and a look-up by that spelling (the user agent's) skips canonical_name.
 _KEY_OF = {name: lower for lower, name in _CANONICAL.items()}
 
 REASON_PHRASES = {
@@ -156,14 +157,14 @@ class Headers:
 
     def get(self, name: str) -> str | None:
         """The first value of ``name``, None when absent."""
-        values = self._index.get(canonical_name(name).lower())
+        values = self._index.get(_KEY_OF.get(name) or canonical_name(name).lower())
         if values is None or values.__class__ is str:
             return values
         return values[0]
 
     def get_all(self, name: str) -> list[str]:
         """Every line's value for ``name``, in order."""
-        values = self._index.get(canonical_name(name).lower())
+        values = self._index.get(_KEY_OF.get(name) or canonical_name(name).lower())
         if values is None:
             return []
         return [values] if values.__class__ is str else list(values)
