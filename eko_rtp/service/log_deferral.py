@@ -65,7 +65,7 @@ class DeferringHandler(logging.Handler):
             message = record.getMessage()  # its arguments as they are now, not at the write
         except Exception:
             self.write_held()
-            return self.target.handle(record)  # which reports the bad arguments as logging does
+            return self.target.handle(record)  # whose Sanitizer writes it as an "unformattable" line
         record.msg, record.args = message, None
         with self.lock:
             held = self._held
@@ -77,7 +77,7 @@ class DeferringHandler(logging.Handler):
             self._wake.set()
         return True
 
-    def emit(self, record: logging.LogRecord) -> None:  # handle() above does not call it; kept for Handler's contract
+    def emit(self, record: logging.LogRecord) -> None:  # Handler's contract; handle() does not call it
         self.target.handle(record)
 
     def write_held(self) -> None:
