@@ -21,6 +21,7 @@ import time
 import attrs
 
 from eko_bench import uac
+from raw_caller import bind_rtp_pair
 
 _HEADER = struct.Struct("!BBHII")
 _EVENT = struct.Struct("!BBH")
@@ -58,12 +59,9 @@ def key_digits(target: tuple[str, int], keying: Keying, *, caller: str = "060000
                timeout: float = 30.0) -> KeyingRecord:
     """Call ``target``, key the digits, send BYE; what was sent and seen."""
     sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtp, rtcp = bind_rtp_pair()
     try:
         sip.bind(("127.0.0.1", 0))
-        rtp.bind(("127.0.0.1", 0))
-        rtcp.bind(("127.0.0.1", rtp.getsockname()[1] + 1))
         return _call(sip, rtp, rtcp, target, keying, caller=caller, timeout=timeout)
     finally:
         sip.close()

@@ -44,18 +44,45 @@ class CallRecord:
 SILENCE = {"PCMU": b"\xff" * 160, "PCMA": b"\xd5" * 160}
 
 
+# Ephemeral RTP ports tried before giving up on one whose next port is free too.
+PAIR_ATTEMPTS = 64
+
+
+def bind_rtp_pair(host: str = "127.0.0.1") -> tuple[socket.socket, socket.socket]:
+    """An RTP socket on an ephemeral port and an RTCP socket on the port after it.
+
+    Our SDP offer names only the RTP port, so the server sends RTCP to the next one
+    (RFC 3550 §11, RFC 4566 §5.14). Held by the caller like a phone holds it, that
+    port cannot be handed to another socket of the test meanwhile (another caller's
+    SIP socket once got the server's RTCP reports).
+    """
+    for _ in range(PAIR_ATTEMPTS):
+        rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rtp.bind((host, 0))
+        port = rtp.getsockname()[1]
+        if port < 65535:
+            rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                rtcp.bind((host, port + 1))
+                return rtp, rtcp
+            except OSError:
+                rtcp.close()
+        rtp.close()
+    raise RuntimeError(f"no free RTP/RTCP port pair on {host} in {PAIR_ATTEMPTS} attempts")
+
+
 def place_call(target: tuple[str, int], *, hold: float, caller: str = "0600000000", timeout: float = 30.0,
                codec: str = "PCMU") -> CallRecord:
     """One call; ``codec`` is the one offered first (the server answers with it unless configured otherwise)."""
     sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sip.bind(("127.0.0.1", 0))
-    rtp.bind(("127.0.0.1", 0))
+    rtp, rtcp = bind_rtp_pair()
     try:
         return _call(sip, rtp, target, hold=hold, caller=caller, timeout=timeout, codec=codec)
     finally:
         sip.close()
         rtp.close()
+        rtcp.close()  # the server's RTCP reports queue there unread
 
 
 def _call(sip, rtp, target, *, hold, caller, timeout, codec) -> CallRecord:

@@ -1,7 +1,10 @@
 """The test harness's own rules that the server tests lean on."""
 
+import socket
+
 import pytest
 
+from raw_caller import bind_rtp_pair
 from server_helpers import rtp_range
 
 
@@ -13,3 +16,17 @@ def test_an_rtp_range_never_holds_the_port_it_must_avoid(avoid):
         low, high = map(int, rtp_range(avoid=avoid).split("-"))
         assert not low <= avoid <= high
         assert high - low == 400 and low % 2 == 0
+
+
+def test_a_test_caller_holds_the_rtcp_port_its_offer_implies():
+    pairs = [bind_rtp_pair() for _ in range(8)]
+    try:
+        ports = [(rtp.getsockname()[1], rtcp.getsockname()[1]) for rtp, rtcp in pairs]
+        assert all(rtcp == rtp + 1 for rtp, rtcp in ports)
+        assert len({port for pair in ports for port in pair}) == 16
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe, pytest.raises(OSError):
+            probe.bind(("127.0.0.1", ports[0][1]))  # held: no other socket of the test can take it
+    finally:
+        for rtp, rtcp in pairs:
+            rtp.close()
+            rtcp.close()
