@@ -22,6 +22,7 @@ from eko_bench import uac
 from eko_rtp.cache.loader import load_cache
 from eko_rtp.config import build_config
 from eko_rtp.server.server import EkoServer
+from raw_caller import bind_rtp_pair
 from server_helpers import PHRASES, free_port, rtp_range
 from test_server_torture import no_common_codec_offer
 
@@ -62,14 +63,14 @@ class Caller:
     def __init__(self, shape: str, index: int, server_port: int):
         self.shape = shape
         self.sip = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-        self.rtp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
         self.server = ("127.0.0.1", server_port)
         self.index = index
 
     async def run(self) -> None:
-        with self.sip, self.rtp:
+        rtp, rtcp = bind_rtp_pair()  # the port after RTP too: the server's RTCP goes there
+        self.rtp = trio.socket.from_stdlib_socket(rtp)
+        with self.sip, self.rtp, rtcp:
             await self.sip.bind(("127.0.0.1", 0))
-            await self.rtp.bind(("127.0.0.1", 0))
             endpoint = uac.Endpoint(local_host="127.0.0.1", local_port=self.sip.getsockname()[1],
                                     target_host="127.0.0.1", target_port=self.server[1])
             self.dialog = uac.Dialog(endpoint=endpoint, call_id=f"leak-{self.index}-{uac.new_tag()}",
