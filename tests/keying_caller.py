@@ -58,8 +58,8 @@ class Keying:
 def key_digits(target: tuple[str, int], keying: Keying, *, caller: str = "0600000000",
                timeout: float = 30.0) -> KeyingRecord:
     """Call ``target``, key the digits, send BYE; what was sent and seen."""
-    sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rtp, rtcp = bind_rtp_pair()
+    sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sip.bind(("127.0.0.1", 0))
         return _call(sip, rtp, rtcp, target, keying, caller=caller, timeout=timeout)

@@ -74,10 +74,10 @@ def bind_rtp_pair(host: str = "127.0.0.1") -> tuple[socket.socket, socket.socket
 def place_call(target: tuple[str, int], *, hold: float, caller: str = "0600000000", timeout: float = 30.0,
                codec: str = "PCMU") -> CallRecord:
     """One call; ``codec`` is the one offered first (the server answers with it unless configured otherwise)."""
-    sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sip.bind(("127.0.0.1", 0))
     rtp, rtcp = bind_rtp_pair()
+    sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
+        sip.bind(("127.0.0.1", 0))
         return _call(sip, rtp, target, hold=hold, caller=caller, timeout=timeout, codec=codec)
     finally:
         sip.close()
