@@ -67,10 +67,11 @@ when they differ (strays, and the first packet).
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 
 import attrs
+
+from eko_rtp.state_enum import StateEnum
 
 __all__ = [
     "LatchAction",
@@ -180,13 +181,13 @@ class LatchPolicy:
         return verdict
 
 
-class LatchState(enum.Enum):
+class LatchState(StateEnum):
     WAITING = "waiting"  # nothing latched: media goes to the signalled address (when allowed)
     SIGNALLED = "signalled"  # latched to the address the SDP gave
     LEARNED = "learned"  # latched to another acceptable source (a NAT's outside address)
 
 
-class LatchInput(enum.Enum):
+class LatchInput(StateEnum):
     FROM_SIGNALLED = "from the signalled address"
     FROM_ACCEPTABLE = "from an acceptable source"
     FROM_MOVED_CALLER = "the caller's SSRC from an acceptable source, the latched one silent"
@@ -194,7 +195,7 @@ class LatchInput(enum.Enum):
     NEW_ADDRESS = "new signalled address"  # a re-INVITE moved the media
 
 
-class LatchAction(enum.Enum):
+class LatchAction(StateEnum):
     LATCH = "latch"  # the packet's source is the caller's from now on (the packet counts)
     DROP = "drop"  # a stray: counted and ignored
     RESET = "reset"  # forget the latch

@@ -50,23 +50,22 @@ why, for the shell's response.
 
 from __future__ import annotations
 
-import enum
-
 import attrs
 
 from eko_rtp.media import sdes, sdp
+from eko_rtp.state_enum import StateEnum
 
 __all__ = ["MediaSession", "Negotiated", "NegotiationError", "NegotiationInput", "NegotiationState", "TRANSITIONS"]
 
 
-class NegotiationState(enum.Enum):
+class NegotiationState(StateEnum):
     IDLE = "idle"  # nothing agreed yet
     OFFERED = "offered"  # our offer awaits its answer (in the ACK)
     ACTIVE = "active"  # an offer/answer exchange completed
     ERROR = "error"
 
 
-class NegotiationInput(enum.Enum):
+class NegotiationInput(StateEnum):
     INVITE_WITH_OFFER = "INVITE with SDP"
     INVITE_WITHOUT_OFFER = "INVITE without SDP"
     ACK_WITH_ANSWER = "ACK with SDP"

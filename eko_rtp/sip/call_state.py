@@ -45,8 +45,6 @@ agent's one ``Deadlines`` structure, keyed by (call, :class:`CallTimer`).
 
 from __future__ import annotations
 
-import enum
-
 import attrs
 
 from eko_rtp.sip.dialog import Dialog
@@ -54,6 +52,7 @@ from eko_rtp.sip.events import EndReason
 from eko_rtp.sip.refer import Transfer
 from eko_rtp.sip.session_timer import SessionTimer
 from eko_rtp.sip.transaction import Backoff, ServerTransaction
+from eko_rtp.state_enum import StateEnum
 
 __all__ = [
     "CallState",
@@ -72,7 +71,7 @@ __all__ = [
 ]
 
 
-class CallState(enum.Enum):
+class CallState(StateEnum):
     OFFERED = "offered"  # INVITE received, no final response yet
     ANSWERED = "answered"  # 2xx sent, waiting for the ACK
     CONFIRMED = "confirmed"
@@ -83,7 +82,7 @@ class CallState(enum.Enum):
     ERROR = "error"
 
 
-class CallInput(enum.Enum):
+class CallInput(StateEnum):
     ANSWER = "answer"
     REJECT = "reject"
     CANCEL = "CANCEL"
@@ -150,7 +149,7 @@ class CallStateError(Exception):
     """The call was driven with an input its state forbids (a bug in the caller)."""
 
 
-class CallTimer(enum.Enum):
+class CallTimer(StateEnum):
     """A call's timers; when several are due at once they run in this order."""
 
     NO_ACK = "no ACK"  # §13.3.1.4: 64·T1 after the 2xx

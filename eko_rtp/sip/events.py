@@ -7,12 +7,12 @@ report what happened to a call, keyed by its Call-ID. Each call gets exactly one
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
 import attrs
 
 from eko_rtp.sip.message import Request
+from eko_rtp.state_enum import StateEnum
 
 __all__ = [
     "Event",
@@ -108,7 +108,7 @@ class InfoDtmf:
     duration_ms: int | None
 
 
-class EndReason(enum.Enum):
+class EndReason(StateEnum):
     REMOTE_BYE = "remote BYE"
     LOCAL_BYE = "local BYE"
     CANCELLED = "cancelled"

@@ -25,12 +25,12 @@ reads a clock.
 
 from __future__ import annotations
 
-import enum
 import re
 
 import attrs
 
 from eko_rtp.sip.errors import SipParseError, describe
+from eko_rtp.state_enum import StateEnum
 
 __all__ = [
     "TransferState",
@@ -46,7 +46,7 @@ __all__ = [
 MAX_SIPFRAG_SIZE = 4096  # bytes of a sipfrag body we read: a status line and a few headers
 
 
-class TransferState(enum.Enum):
+class TransferState(StateEnum):
     REFERRING = "referring"  # our REFER is in flight
     ACCEPTED = "accepted"  # the REFER got 2xx; no NOTIFY yet
     TRYING = "trying"  # a NOTIFY said 1xx: the phone is calling the technician
@@ -55,7 +55,7 @@ class TransferState(enum.Enum):
     ERROR = "error"
 
 
-class TransferInput(enum.Enum):
+class TransferInput(StateEnum):
     REFER_ACCEPTED = "2xx to REFER"
     REFER_REFUSED = "REFER refused"  # 3xx-6xx, or our REFER timed out
     NOTIFY_PROGRESS = "NOTIFY 1xx"

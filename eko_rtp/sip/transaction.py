@@ -20,13 +20,13 @@ which speeds up recovery after a lost 200) until timer L.
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
 import attrs
 
 from eko_rtp.sip.headers import MAGIC_COOKIE
 from eko_rtp.sip.message import Request
+from eko_rtp.state_enum import StateEnum
 
 __all__ = [
     "Kind",
@@ -45,13 +45,13 @@ __all__ = [
 ]
 
 
-class Kind(enum.Enum):
+class Kind(StateEnum):
     INVITE_SERVER = "INVITE server"
     NON_INVITE_SERVER = "non-INVITE server"
     NON_INVITE_CLIENT = "non-INVITE client"
 
 
-class State(enum.Enum):
+class State(StateEnum):
     TRYING = "Trying"
     PROCEEDING = "Proceeding"
     ACCEPTED = "Accepted"
@@ -61,7 +61,7 @@ class State(enum.Enum):
     ERROR = "Error"
 
 
-class Input(enum.Enum):
+class Input(StateEnum):
     SEND_PROVISIONAL = "send 1xx"
     SEND_2XX = "send 2xx"
     SEND_FAILURE = "send 300-699"
