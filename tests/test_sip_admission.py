@@ -13,6 +13,7 @@ import random
 import pytest
 
 from eko_rtp.sip.admission import (
+    TRUST_VERDICTS_KEPT,
     Admission,
     AdmissionSettings,
     Refusal,
@@ -60,6 +61,21 @@ def settings(**overrides) -> AdmissionSettings:
 )
 def test_trust_is_the_source_address_in_the_trusted_networks(host, trusted):
     assert Admission(settings()).trusted(host) is trusted
+
+
+def test_a_reload_judges_trust_again():
+    admission = Admission(settings())
+    assert admission.trusted("192.0.2.20") and not admission.trusted("198.51.100.7")  # remembered now
+    admission.reconfigure(settings(trusted_networks=["198.51.100.0/24"]))
+    assert not admission.trusted("192.0.2.20") and admission.trusted("198.51.100.7")
+
+
+def test_the_trust_remembered_is_bounded():
+    admission = Admission(settings())
+    for number in range(2 * TRUST_VERDICTS_KEPT + 10):  # a spoofed flood from many hosts
+        assert not admission.trusted(str(ipaddress.IPv4Address("203.0.0.0") + number))
+        assert len(admission._trust) <= TRUST_VERDICTS_KEPT
+    assert admission.trusted("192.0.2.20") and not admission.trusted("203.0.113.9")
 
 
 def test_the_default_trusts_loopback_only():

@@ -67,6 +67,7 @@ when they differ (strays, and the first packet).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 import attrs
@@ -120,6 +121,13 @@ def parse_networks(texts) -> tuple:
     return tuple(networks)
 
 
+# Each call's latch reads its caller's address three ways at the INVITE, and ipaddress
+# parses in Python: the answers per host are kept, bounded (a flood of offers may name
+# many hosts), so a trunk's few gateways are parsed once.
+_HOSTS_KEPT = 1024
+
+
+@functools.lru_cache(maxsize=_HOSTS_KEPT)
 def _address(host: str):
     try:
         return ipaddress.ip_address(host)
@@ -132,12 +140,19 @@ def _in(host: str, networks) -> bool:
     return address is not None and any(address in network for network in networks)
 
 
+@functools.lru_cache(maxsize=_HOSTS_KEPT)
+def _private(host: str) -> bool:
+    return _in(host, PRIVATE_USE_NETWORKS)
+
+
+@functools.lru_cache(maxsize=_HOSTS_KEPT)
 def _canonical(host: str) -> str:
     """``host`` as the kernel writes a datagram's source (an IPv6 address compressed, lowercase)."""
     address = _address(host)
     return host if address is None else address.compressed
 
 
+@functools.lru_cache(maxsize=_HOSTS_KEPT)
 def _public(host: str) -> bool:
     """Whether ``host`` is a unicast IP address a remote caller may name for itself."""
     address = _address(host)
@@ -272,7 +287,7 @@ class SourceLatch:
         hosts = {address[0]} if rtcp is None else {address[0], _canonical(rtcp[0])}
         self._signalled_hosts = tuple(hosts)
         self._signalled_trusted = self.policy.trusts(address[0])
-        self._signalled_private = _in(address[0], PRIVATE_USE_NETWORKS)
+        self._signalled_private = _private(address[0])
         self._signalled_public = _public(address[0])
         if self.state is LatchState.WAITING:
             return False

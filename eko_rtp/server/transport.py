@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import ipaddress
 import itertools
 import logging
@@ -175,6 +176,7 @@ def _unannounced_end(error: Exception) -> bool:
     return isinstance(error.__cause__, ssl.SSLEOFError)
 
 
+@functools.lru_cache(maxsize=1024)  # every send asks; ipaddress parses in Python
 def _is_ip_address(host: str) -> bool:
     try:
         ipaddress.ip_address(host)

@@ -59,6 +59,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 REPORT_INTERVAL = 10.0  # s between two log lines about refusals of one reason
 DEFAULT_MAX_SOURCES = 4096  # sources whose rate is remembered at once
+TRUST_VERDICTS_KEPT = 1024  # hosts whose trust is remembered at once (Admission.trusted)
 
 
 class UntrustedAction(enum.Enum):
@@ -138,10 +139,15 @@ class Admission:
     def __init__(self, settings: AdmissionSettings):
         self.settings = settings
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()  # least recently seen first
+        # host -> trusted, for these settings: each INVITE asks twice (its source and its
+        # asserted identity), and ipaddress parses in Python. Bounded, as a spoofed flood
+        # comes from many hosts.
+        self._trust: dict[str, bool] = {}
 
     def reconfigure(self, settings: AdmissionSettings) -> None:
         """New settings (a reload); the sources' buckets stay, none above the new burst."""
         self.settings = settings
+        self._trust = {}
         for bucket in self._buckets.values():
             bucket.tokens = min(bucket.tokens, settings.invite_burst)
 
@@ -152,6 +158,15 @@ class Admission:
 
     def trusted(self, host: str) -> bool:
         """Whether ``host`` (the transport source's address) is in ``trusted_networks``."""
+        trust = self._trust
+        verdict = trust.get(host)
+        if verdict is None:
+            if len(trust) >= TRUST_VERDICTS_KEPT:
+                trust.clear()
+            verdict = trust[host] = self._judge_trust(host)
+        return verdict
+
+    def _judge_trust(self, host: str) -> bool:
         try:
             address = ipaddress.ip_address(host.strip("[]"))
         except ValueError:
