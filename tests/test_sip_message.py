@@ -195,6 +195,10 @@ def test_headers_refuse_injection_and_serialise_in_order():
     headers = Headers([("i", "x"), ("Via", "a"), ("via", "b")])
     assert headers.get_all("v") == ["a", "b"]
     assert list(headers.without("VIA")) == [("Call-ID", "x")]
+    assert headers.without("Subject", "Content-Length") is headers  # frozen: nothing to copy
+    with pytest.raises(ValueError, match="holds CR, LF or NUL"):
+        Headers([("Via", "a\r\nVia: evil")])  # a well-known name's value is checked all the same
+    assert Headers([("call-id", "x"), ("X-Odd", "y")]).fields == (("Call-ID", "x"), ("X-Odd", "y"))
     response = Response(status=200, reason="OK", headers=headers, body=b"ab")
     assert bytes(response) == b"SIP/2.0 200 OK\r\nCall-ID: x\r\nVia: a\r\nVia: b\r\nContent-Length: 2\r\n\r\nab"
 

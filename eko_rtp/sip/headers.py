@@ -137,7 +137,7 @@ def _split_parameters(text: str, what: str) -> list[str]:
 
 
 def _format_parameters(parameters: tuple[tuple[str, str | None], ...]) -> str:
-    return "".join(f";{key}" if value is None else f";{key}={value}" for key, value in parameters)
+    return "".join([f";{key}" if value is None else f";{key}={value}" for key, value in parameters])
 
 
 def _lookup(parameters: tuple[tuple[str, str | None], ...], name: str) -> str | None:
@@ -258,7 +258,7 @@ class Via:
 
     def with_parameter(self, name: str, value: str | None) -> "Via":
         """The same Via with parameter ``name`` set to ``value`` (replaced if present)."""
-        kept = tuple(item for item in self.parameters if item[0].lower() != name)
+        kept = tuple([item for item in self.parameters if item[0].lower() != name])
         return attrs.evolve(self, parameters=kept + ((name, value),))
 
     def __str__(self) -> str:

@@ -35,6 +35,7 @@ the 513 can still be addressed; an over-long line is left out of the headers.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -111,6 +112,7 @@ _CALL_ID = re.compile(r"[!-~]+")
 _STATUS = re.compile(r"[1-6][0-9][0-9]")
 
 
+@functools.lru_cache(maxsize=256)  # a trunk sends the same few dozen names in every message
 def canonical_name(name: str) -> str:
     """Expand a compact form; give well-known names their usual spelling; keep others as sent."""
     lower = name.lower()
@@ -119,9 +121,15 @@ def canonical_name(name: str) -> str:
     return _CANONICAL.get(lower, name)
 
 
+def _canonical_fields(items: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    key_of = _KEY_OF  # a well-known spelling is its own canonical name
+    return tuple([(name if name in key_of else canonical_name(name), value) for name, value in items])
+
+
 def _check_fields(instance: object, attribute: attrs.Attribute, fields: tuple[tuple[str, str], ...]) -> None:
+    key_of = _KEY_OF
     for name, value in fields:
-        if not TOKEN.match(name):
+        if name not in key_of and not TOKEN.match(name):
             raise ValueError(f"header name {name!r} is not a token")
         if _VALUE_FORBIDDEN.search(value):
             raise ValueError(f"header {name} value {value!r} holds CR, LF or NUL")
@@ -132,7 +140,7 @@ class Headers:
     """Ordered, case-insensitive multi-map of header lines; compact names expanded."""
 
     fields: tuple[tuple[str, str], ...] = attrs.field(
-        default=(), converter=lambda items: tuple((canonical_name(n), v) for n, v in items), validator=_check_fields
+        default=(), converter=_canonical_fields, validator=_check_fields
     )
     # Lower-cased name -> its value (a str: the name's one line), or its values in order
     # (a list: several lines). Built once, so a look-up is not a scan of every line (the
@@ -191,7 +199,11 @@ class Headers:
     def without(self, *names: str) -> "Headers":
         """A copy without any line of ``names``."""
         drop = {canonical_name(name).lower() for name in names}
-        return Headers._checked(tuple(item for item in self.fields if item[0].lower() not in drop))
+        if drop.isdisjoint(self._index):
+            return self  # frozen: nothing to drop, nothing to copy
+        key_of = _KEY_OF
+        return Headers._checked(tuple([item for item in self.fields
+                                       if (key_of.get(item[0]) or item[0].lower()) not in drop]))
 
     def with_added(self, items: Iterable[tuple[str, str]]) -> "Headers":
         """A copy with ``items`` appended."""
@@ -199,9 +211,9 @@ class Headers:
 
 
 def _serialise(start_line: str, headers: Headers, body: bytes) -> bytes:
-    lines = [start_line]
     # The lines' names are canonical (Headers), so "Content-Length" is how a length is spelt.
-    lines.extend(f"{name}: {value}" for name, value in headers.fields if name != "Content-Length")
+    lines = [start_line]
+    lines += [f"{name}: {value}" for name, value in headers.fields if name != "Content-Length"]
     lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
@@ -360,6 +372,15 @@ def _parse(data: bytes, transport: str, limit: int) -> Request | Response:
     start_line, lines = lines[0], lines[1:]
     headers, header_error = _parse_fields(lines, lines_error)
     addressing, addressing_error = _parse_addressing(headers)
+    # The body is framed before the message is built, so that it is built once; a
+    # framing fault is raised after the start line's and the headers' (their order).
+    try:
+        body, body_error = _frame_body(headers, rest, transport, len(head_bytes) + 4, limit), None
+    except SipParseError as error:
+        body, body_error = b"", error
+    # The length is the body's: serialising writes it back from len(body), so it is
+    # not kept as a header (a parse of bytes(message) then equals the message).
+    kept = headers.without("Content-Length")
     if start_line.upper().startswith("SIP/"):
         version, _, status_and_reason = start_line.partition(" ")
         status_text, _, reason = status_and_reason.partition(" ")
@@ -367,14 +388,14 @@ def _parse(data: bytes, transport: str, limit: int) -> Request | Response:
         if not _STATUS.fullmatch(status_text):
             raise SipParseError(400, f"bad status code {describe(status_text)}")
         message: Request | Response = Response(status=int(status_text), reason=reason, version=version,
-                                               headers=headers, **addressing)
+                                               headers=kept, body=body, **addressing)
         request = None
     else:
         parts = start_line.split()
         if len(parts) != 3 or not TOKEN.match(parts[0]):
             raise SipParseError(400, f"bad Request-Line {describe(start_line)}")
         method, uri, version = parts
-        request = Request(method=method, uri=uri, version=version, headers=headers, **addressing)
+        request = Request(method=method, uri=uri, version=version, headers=kept, body=body, **addressing)
         message = request
         if " ".join(parts) != start_line:
             # RFC 4475 §3.1.2.7: exactly one SP between the elements; answered 400.
@@ -384,13 +405,12 @@ def _parse(data: bytes, transport: str, limit: int) -> Request | Response:
         if header_error is not None and len(head_bytes) + 4 <= limit:
             raise header_error
         # A head over the message limit is refused for that (513) by the framing.
-        body = _frame_body(headers, rest, transport, len(head_bytes) + 4, limit)
+        if body_error is not None:
+            raise body_error
         _check_required(message, addressing_error)
     except SipParseError as error:
         raise error.with_request(request) from None
-    # The length is the body's: serialising writes it back from len(body), so it is
-    # not kept as a header (a parse of bytes(message) then equals the message).
-    return attrs.evolve(message, headers=headers.without("Content-Length"), body=body)
+    return message
 
 
 def _frame_body(headers: Headers, rest: bytes, transport: str, head_length: int, limit: int) -> bytes:
@@ -466,18 +486,20 @@ def _parse_addressing(headers: Headers) -> tuple[dict[str, Any], SipParseError |
 def _check_required(message: Request | Response, addressing_error: SipParseError | None) -> None:
     """§8.1.1 and the Request-Line, faults reported in a fixed order: missing, repeated, malformed."""
     headers = message.headers
+    index = headers._index  # read directly: this runs for every message
     for name in ("Via", "From", "To", "Call-ID", "CSeq"):
-        if name not in headers:
+        if _KEY_OF[name] not in index:
             raise SipParseError(400, f"missing {name} header")
     for name in ("From", "To", "Call-ID", "CSeq", "Max-Forwards"):
-        if len(headers.get_all(name)) > 1:
+        if index.get(_KEY_OF[name]).__class__ is list:
             raise SipParseError(400, f"several {name} headers")
     if addressing_error is not None:
         raise addressing_error
     if isinstance(message, Request):
         parse_uri(message.uri, "Request-URI")
-        if "Max-Forwards" in headers:
-            parse_max_forwards(headers.get("Max-Forwards") or "")
+        max_forwards = index.get("max-forwards")
+        if max_forwards is not None:
+            parse_max_forwards(max_forwards)
         # §8.2 and RFC 4475 §3.1.2.16: the CSeq method must be the request's (ACK and
         # CANCEL carry the INVITE's number but their own method).
         if message.cseq.method != message.method:

@@ -94,7 +94,10 @@ def build_response(request: Request, status: int, *, hop: Hop, server: str, reas
     headers = request.headers
     top = stamp_via(request.vias[0], hop)
     # The other Vias go back as they came (§8.2.6.2), not as we would write them.
-    fields = [("Via", str(top))] + [("Via", via) for via in split_comma_list(headers.get_all("Via"))[1:]]
+    fields = [("Via", str(top))]
+    vias = headers.get_all("Via")
+    if len(vias) > 1 or (vias and "," in vias[0]):
+        fields += [("Via", via) for via in split_comma_list(vias)[1:]]
     to_value = headers.get("To") or ""
     if to_tag and status != 100 and request.to.tag is None:
         to_value += f";tag={to_tag}"
