@@ -58,6 +58,7 @@ from eko_rtp.media.wav import WavEncoding
 from eko_rtp.server.health import Condition, Health, missing_essential_phrases
 from eko_rtp.server.tls import ServerTls, TlsSettings
 from eko_rtp.server.transport import SipTransport, TcpLimits
+from eko_rtp.server.warm_up import warm_up
 from eko_rtp.service.logs import LogBudget, SipTrace, call_context
 from eko_rtp.sip import events as ua_module
 from eko_rtp.sip.admission import Admission
@@ -194,8 +195,10 @@ class EkoServer:
                 await nursery.start(self.asr_relay.run)
             bound = await nursery.start(self.transport.run)
             sip_port = next(iter(bound.values()))[1]
-            self.ua = UserAgent(self._ua_settings(sip_port, bound.get("tls")), credentials=self.sip_credentials,
-                                admission=self.admission)
+            settings = self._ua_settings(sip_port, bound.get("tls"))
+            # Before the first datagram is read (they wait in the socket meanwhile).
+            warm_up(settings, lambda event: self._media_session(event, self.config.rtp_ports[0]))
+            self.ua = UserAgent(settings, credentials=self.sip_credentials, admission=self.admission)
             self._health_changed()  # the SIP core and the metrics learn the health of the start
             self._call_nursery = nursery
             nursery.start_soon(self._timer_loop)
