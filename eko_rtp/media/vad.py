@@ -66,6 +66,7 @@ __all__ = [
     "VoiceActivityDetector",
     "WebRtcClassifier",
     "frame_level_dbfs",
+    "require_webrtcvad",
 ]
 
 FRAME_MS = round(FRAME_SECONDS * 1000)
@@ -205,7 +206,8 @@ class FrameClassifier(Protocol):
         ...
 
 
-def _require_webrtcvad():
+def require_webrtcvad():
+    """The webrtcvad module, imported (a RuntimeError saying what to install when it is missing)."""
     try:
         import webrtcvad
     except ImportError:
@@ -219,7 +221,7 @@ class WebRtcClassifier:
     __slots__ = ("_vad", "_process")
 
     def __init__(self, aggressiveness: int):
-        webrtcvad = _require_webrtcvad()
+        webrtcvad = require_webrtcvad()
         if isinstance(aggressiveness, bool) or aggressiveness not in (0, 1, 2, 3):
             raise ValueError(f"WebRTC VAD aggressiveness must be 0, 1, 2 or 3, not {aggressiveness!r}")
         vad = webrtcvad.Vad(aggressiveness)
@@ -279,7 +281,7 @@ class VoiceActivityDetector:
         self.state = VadState.QUIET
         self.frames = 0  # frames fed
         if classifier is None:
-            _require_webrtcvad()  # fail now, not at the first frame
+            require_webrtcvad()  # fail now, not at the first frame
         self._classifier = classifier  # None: a WebRtcClassifier, made by the first frame
         self._is_speech = None if classifier is None else classifier.is_speech
         self._threshold = -1 if settings.gate_dbfs is None else _gate_threshold(settings.gate_dbfs)
