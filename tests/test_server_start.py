@@ -65,3 +65,11 @@ def test_listening_without_the_vad_module_refuses_the_start_saying_what_to_insta
     assert refused.startswith("refused ")
     assert "pip install webrtcvad-wheels" in refused and "listen.vad = false" in refused
     assert run_start(built_cache, "off", "missing")[-1] == "after False"
+
+
+def test_the_speech_recognizer_client_is_loaded_with_the_server_not_by_a_call():
+    # A call's CallSpeech imported it, on the first call's way to its 200 OK, when the
+    # Deepgram key is set (the relay off, the default).
+    script = "import sys, eko_rtp.server.server; print('eko_rtp.asr.deepgram_client' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.split() == ["True"]
