@@ -73,3 +73,29 @@ def test_the_speech_recognizer_client_is_loaded_with_the_server_not_by_a_call():
     script = "import sys, eko_rtp.server.server; print('eko_rtp.asr.deepgram_client' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.split() == ["True"]
+
+
+RELOAD_WITHOUT_THE_VAD_MODULE = """
+import sys
+sys.modules["webrtcvad"] = None  # an install without it
+from eko_rtp.cache.loader import load_cache
+from eko_rtp.config import build_config
+from eko_rtp.errors import UserError
+from eko_rtp.server.server import EkoServer
+def config(vad):
+    return build_config({"sip": {"listen": "127.0.0.1:0"}, "media": {"rtp_ports": "31000-31009", "codec": "PCMU"},
+                         "listen": {"vad": vad}}, source=None)
+cache = load_cache(sys.argv[1], sys.argv[2])
+server = EkoServer(config=config(False), cache=cache, script=None)
+before = server.config
+try:
+    server.replace_setup(config=config(True), cache=cache, script=None)
+except UserError as error:
+    print("refused", server.config is before, server.vad_settings is None, error.key)
+"""
+
+
+def test_a_reload_that_turns_listening_on_without_the_module_is_refused_whole(built_cache):
+    result = subprocess.run([sys.executable, "-c", RELOAD_WITHOUT_THE_VAD_MODULE, str(built_cache), str(PHRASES)],
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.split() == ["refused", "True", "True", "listen.vad"]

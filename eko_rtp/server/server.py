@@ -831,12 +831,12 @@ class EkoServer:
                        "media.rtp_ports", "registration.registrar", "registration.aor", "registration.transport"):
             if config[dotted] != self.config[dotted]:
                 raise ValueError(f"{dotted} changed ({self.config[dotted]!r} -> {config[dotted]!r}): that needs a restart")
+        _load_vad(vad_settings(config))  # a reload that turns listening on: refused whole, if it cannot
         if self.transport.tls is not None:
-            # First, so a broken certificate (a UserError naming the file and the key)
-            # refuses the whole reload and changes nothing. A renewed one serves the
+            # Before anything changes, so a broken certificate (a UserError naming the
+            # file and the key) refuses the whole reload and changes nothing. A renewed one serves the
             # next connections; those up keep theirs, and so do their calls.
             self.transport.tls.reload(TlsSettings.from_config(config))
-        _load_vad(vad_settings(config))  # a reload that turns listening on: refused whole, if it cannot
         self.config = config
         self.cache = cache
         self.script = script
