@@ -29,7 +29,7 @@ from collections.abc import Callable
 from eko_rtp.media import sdp
 from eko_rtp.media.negotiation import MediaSession
 from eko_rtp.sip.events import CallEnded, IncomingCall, Transmit
-from eko_rtp.sip.message import Response, parse_message_untrusted
+from eko_rtp.sip.message import Headers, Request, Response, parse_message_untrusted
 from eko_rtp.sip.uri import format_host_port
 from eko_rtp.sip.useragent import UserAgent, UserAgentSettings
 
@@ -71,21 +71,18 @@ def _one_call(ua: UserAgent, settings: UserAgentSettings, media_session: Callabl
     ours = format_host_port(settings.host, settings.port)
 
     def request(method: str, cseq: int, to_tag: str | None, body: bytes = b"") -> bytes:
-        to = f"<sip:eko@{ours}>" + (f";tag={to_tag}" if to_tag else "")
-        lines = [
-            f"{method} sip:eko@{ours} SIP/2.0",
-            f"Via: SIP/2.0/UDP {_CALLER[0]}:{_CALLER[1]};branch=z9hG4bK-warm-{number}-{method.lower()};rport",
-            "Max-Forwards: 70",
-            f"From: <sip:0612345678@{_CALLER[0]}>;tag=warm-{number}",
-            f"To: {to}",
-            f"Call-ID: {call_id}",
-            f"CSeq: {cseq} {method}",
-            f"Contact: <sip:0612345678@{_CALLER[0]}:{_CALLER[1]}>",
+        headers = [
+            ("Via", f"SIP/2.0/UDP {_CALLER[0]}:{_CALLER[1]};branch=z9hG4bK-warm-{number}-{method.lower()};rport"),
+            ("Max-Forwards", "70"),
+            ("From", f"<sip:0612345678@{_CALLER[0]}>;tag=warm-{number}"),
+            ("To", f"<sip:eko@{ours}>" + (f";tag={to_tag}" if to_tag else "")),
+            ("Call-ID", call_id),
+            ("CSeq", f"{cseq} {method}"),
+            ("Contact", f"<sip:0612345678@{_CALLER[0]}:{_CALLER[1]}>"),
         ]
         if body:
-            lines.append("Content-Type: application/sdp")
-        lines.append(f"Content-Length: {len(body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+            headers.append(("Content-Type", "application/sdp"))
+        return bytes(Request(method=method, uri=f"sip:eko@{ours}", headers=Headers(headers), body=body))
 
     ua.receive(request("INVITE", 1, None, _OFFER), source=_CALLER, transport="udp", now=now)
     incoming = [event for event in ua.events() if isinstance(event, IncomingCall)]
