@@ -155,6 +155,31 @@ async def test_speech_when_nothing_interruptible_plays_interrupts_nothing(autoju
     assert listening.barge_in.interruptions == 0 and not listening.barge_in.speaking
 
 
+async def test_the_vad_is_wanted_while_a_phrase_can_be_interrupted_a_script_listens_or_the_caller_speaks(
+        autojump_clock):
+    async def script(call):
+        await call.say("goodbye", interruptible=True)  # 0.0-0.5 s
+        await call.listen(1.0)  # 0.5-1.5 s: no recognizer, so None after the timeout
+        await call.say("goodbye")  # 1.5-2.0 s, not interruptible
+        await call.hangup()
+
+    listening = Listening(script)
+    barge_in = listening.barge_in
+    wanted = []
+    assert not barge_in.wants_voice_activity
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_call, listening.call, listening.stream)
+        for at in (0.25, 0.75, 1.75):
+            await trio.sleep_until(at)
+            wanted.append(barge_in.wants_voice_activity)
+        barge_in.on_speech(SpeechStarted(at=1.74))
+        wanted.append(barge_in.wants_voice_activity)  # its end must be heard
+        await trio.sleep(0.1)
+        barge_in.on_speech(SpeechEnded(at=1.84, duration=0.1))
+        wanted.append(barge_in.wants_voice_activity)
+    assert wanted == [True, True, False, True, False]
+
+
 @pytest.mark.parametrize(("words", "expected_asks", "refer_at"), [
     # greeting 2 s; "oui" 0.5 s later; ticket_transfer_ok 0.8 s; REFER (it succeeds);
     # transfer_bye_wait 2 s; BYE.

@@ -8,6 +8,7 @@ import pytest
 import trio
 import trio.testing
 
+from eko_rtp.call.barge_in import BargeIn
 from eko_rtp.call.ears import ASR_BATCH_FRAMES, ASR_FRAMES_KEPT, FRAMES_KEPT, CallerAudio
 from eko_rtp.media.vad import SpeechEnded, SpeechStarted, VadSettings, VoiceActivityDetector
 
@@ -62,11 +63,11 @@ async def test_packets_out_of_order_reach_every_reader_in_order():
 
 async def test_voice_activity_reaches_the_call_only_while_someone_wants_it():
     events = []
-    wanted = [False]
-    ears = CallerAudio(vad=vad(), on_speech=events.append, vad_wanted=lambda: wanted[0])
+    demand = BargeIn()  # a script in call.listen() wants the VAD; none does at first
+    ears = CallerAudio(vad=vad(), on_speech=events.append, vad_wanted=demand)
     sequence = 0
     for byte, count, want in ((LOUD, 10, False), (QUIET, 10, False), (LOUD, 5, True), (QUIET, 10, True)):
-        wanted[0] = want
+        demand.listeners = int(want)
         for _ in range(count):
             ears.feed(sequence, rtp(sequence, frame(byte)), "PCMU", sequence * 0.02)
             sequence += 1
@@ -131,15 +132,16 @@ def autojump_clock():
 
 async def test_packets_nobody_needs_are_skipped_and_hearing_starts_afresh():
     events = []
-    wanted = [True]
-    ears = CallerAudio(vad=vad(), on_speech=events.append, vad_wanted=lambda: wanted[0])
+    demand = BargeIn()
+    demand.listeners = 1
+    ears = CallerAudio(vad=vad(), on_speech=events.append, vad_wanted=demand)
     for sequence in range(4):
         ears.feed(sequence, rtp(sequence, frame(QUIET)), "PCMU", sequence * 0.02)
-    wanted[0] = False
+    demand.listeners = 0
     for sequence in range(4, 60):  # 56 packets nobody needs: not even put in order
         ears.feed(sequence, rtp(sequence, frame(LOUD)), "PCMU", sequence * 0.02)
     assert ears.frames == 4 and events == []
-    wanted[0] = True
+    demand.listeners = 1
     for sequence in range(60, 64):  # no 56 frames of stale gap: hearing starts again here
         ears.feed(sequence, rtp(sequence, frame(LOUD)), "PCMU", sequence * 0.02)
     assert ears.frames == 8 and ears.reorder.packets_concealed == 0

@@ -55,7 +55,8 @@ class BargeIn:
 
     # One per call, kept for its life: no instance dict (docs/BENCHMARKS.md, sixth session).
     __slots__ = (
-        "_playing", "speaking", "speech_started_at", "speech_ended_at", "interruptions", "listeners", "_quiet",
+        "_playing", "speaking", "speech_started_at", "speech_ended_at", "interruptions", "_listeners", "_quiet",
+        "wants_voice_activity",
     )
 
     def __init__(self) -> None:
@@ -64,13 +65,26 @@ class BargeIn:
         self.speech_started_at: float | None = None  # the last SpeechStarted's ``at``
         self.speech_ended_at: float | None = None
         self.interruptions = 0
-        self.listeners = 0  # scripts waiting in call.listen(): they want the VAD's view too
+        self._listeners = 0
         self._quiet: trio.Event | None = None  # made when speech starts, set when it ends
+        # Whether anyone needs the VAD's decisions now: an interruptible phrase, a
+        # listener, or speech in progress (its end must be heard, see
+        # :meth:`wait_for_quiet`). An attribute kept up to date by every change, not
+        # a method: the ears read it for every inbound packet.
+        self.wants_voice_activity = False
 
-    def wants_voice_activity(self) -> bool:
-        """Whether anyone needs the VAD's decisions now: an interruptible phrase, a
-        listener, or speech in progress (its end must be heard, see :meth:`wait_for_quiet`)."""
-        return bool(self._playing) or self.listeners > 0 or self.speaking
+    @property
+    def listeners(self) -> int:
+        """Scripts waiting in ``call.listen()``: they want the VAD's view too."""
+        return self._listeners
+
+    @listeners.setter
+    def listeners(self, count: int) -> None:
+        self._listeners = count
+        self._wants_changed()
+
+    def _wants_changed(self) -> None:
+        self.wants_voice_activity = bool(self._playing) or self._listeners > 0 or self.speaking
 
     async def wait_for_quiet(self, limit: float) -> None:
         """Return once the caller is not speaking (at most ``limit`` s): an interruptible
@@ -81,9 +95,11 @@ class BargeIn:
 
     def register(self, playing: Playing) -> None:
         self._playing.add(playing)
+        self.wants_voice_activity = True
 
     def unregister(self, playing: Playing) -> None:
         self._playing.discard(playing)
+        self._wants_changed()
 
     def on_key(self) -> None:
         """A key was pressed: it interrupts like speech (the digit itself goes to the script)."""
@@ -95,6 +111,7 @@ class BargeIn:
             for playing in list(self._playing):
                 playing.interrupt()
             self._playing.clear()
+            self._wants_changed()
 
     def on_speech(self, event: SpeechStarted | SpeechEnded) -> None:
         """The ears' voice activity: speech starting interrupts whatever may be interrupted."""
@@ -102,6 +119,7 @@ class BargeIn:
             self.speaking = True
             self._quiet = trio.Event()
             self.speech_started_at = event.at
+            self.wants_voice_activity = True
             self._interrupt()
         else:
             self.speaking = False
@@ -109,3 +127,4 @@ class BargeIn:
                 self._quiet.set()  # its waiters hold it: the call need not
                 self._quiet = None
             self.speech_ended_at = event.at
+            self._wants_changed()

@@ -11,8 +11,10 @@ out goes, in order, to:
   end events go to the call at once (barge-in is decided in the same step, so the
   frame clock's next tick already plays silence). The detector is the costly part
   (a few µs a frame: docs/BENCHMARKS.md), so it only hears frames while
-  ``vad_wanted()`` says someone needs its decisions (an interruptible phrase is
-  playing, or a script listens); frames it skipped count as unvoiced when it
+  ``vad_wanted.wants_voice_activity`` says someone needs its decisions (an
+  interruptible phrase is playing, or a script listens: the call's
+  :class:`~eko_rtp.call.barge_in.BargeIn` keeps that attribute up to date, so
+  asking costs no call per packet); frames it skipped count as unvoiced when it
   hears again;
 - the speech recognizer's channel, when one is open, in batches of
   ``ASR_BATCH_FRAMES`` (100 ms: one websocket message per 20 ms frame cost the
@@ -61,6 +63,12 @@ SpeechEvent = SpeechStarted | SpeechEnded
 _NO_AUDIO = memoryview(b"")
 
 
+class VadDemand(Protocol):
+    """Who says whether the VAD's decisions are needed now (a call's BargeIn)."""
+
+    wants_voice_activity: bool
+
+
 class AsrSink(Protocol):
     """Where diverted recognizer batches go, synchronously."""
 
@@ -104,7 +112,7 @@ class CallerAudio:
     )
 
     def __init__(self, *, vad: VoiceActivityDetector | None, on_speech: Callable[[SpeechEvent], None],
-                 recorder=None, vad_wanted: Callable[[], bool] | None = None):
+                 recorder=None, vad_wanted: VadDemand | None = None):
         self._vad = vad
         self._vad_wanted = vad_wanted  # None: always
         self._on_speech = on_speech
@@ -140,7 +148,9 @@ class CallerAudio:
         number and adds no audio."""
         if self.closed:
             return
-        vad = self._wanted_vad()  # asked once a packet
+        vad = self._vad
+        if vad is not None and self._vad_wanted is not None and not self._vad_wanted.wants_voice_activity:
+            vad = None  # asked once a packet, inline: a call per packet was a measurable share
         if vad is None and self._asr is None and self._ring is None and self._recorder is None:
             self._idle = True
             return
@@ -282,7 +292,7 @@ class CallerAudio:
     def _wanted_vad(self) -> VoiceActivityDetector | None:
         """The detector, while anyone needs its decisions."""
         vad = self._vad
-        if vad is not None and self._vad_wanted is not None and not self._vad_wanted():
+        if vad is not None and self._vad_wanted is not None and not self._vad_wanted.wants_voice_activity:
             return None
         return vad
 

@@ -519,7 +519,7 @@ class EkoServer:
         vad = VoiceActivityDetector(self.vad_settings) if self.vad_settings is not None else None
         recorder = self._recorder(call_id, negotiated.plan)
         ears = CallerAudio(vad=vad, on_speech=barge_in.on_speech, recorder=recorder,
-                           vad_wanted=barge_in.wants_voice_activity)
+                           vad_wanted=barge_in)
         speech = None
         if self.asr is not None:
             encoding = "alaw" if negotiated.plan.codec.name.upper() == "PCMA" else "mulaw"
