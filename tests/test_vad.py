@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from eko_bench import vad_measure
 from eko_rtp.codec.frame import FRAME_BYTES, FRAME_SECONDS, SAMPLE_RATE
 from eko_rtp.codec.g711 import alaw_to_linear16, ulaw_to_linear16
+from eko_rtp.media import vad as vad_module
 from eko_rtp.media.vad import (SpeechEnded, SpeechStarted, VadSettings, VadState, VoiceActivityDetector,
                                frame_level_dbfs)
 
@@ -131,6 +133,39 @@ def test_french_speech_starts_and_ends_speech(french_phrase, codec, background):
     assert ended.duration == pytest.approx(ended.at - started.at)
 
 
+class PublicWebRtc:
+    """The WebRTC VAD through its public method only (the detector calls its entry point)."""
+
+    def __init__(self, aggressiveness: int):
+        import webrtcvad
+        self._vad = webrtcvad.Vad(aggressiveness)
+        self.verdicts: list[bool] = []
+
+    def is_speech(self, pcm: bytearray) -> bool:
+        verdict = self._vad.is_speech(bytes(pcm), SAMPLE_RATE)
+        self.verdicts.append(verdict)
+        return verdict
+
+
+def test_the_webrtc_entry_point_decides_as_the_public_method(french_phrase):
+    settings = VadSettings(gate_dbfs=None, warmup_ms=0)
+    track = [0.0] * 8000 + french_phrase + [0.0] * 8000
+    line = vad_measure.pink_noise(len(track) / SAMPLE_RATE, -45.0, random.Random(5))
+    frames = vad_measure.frames_of(vad_measure.encode([a + b for a, b in zip(track, line)], "PCMU"))
+    direct = VoiceActivityDetector(settings)
+    public = PublicWebRtc(settings.aggressiveness)
+    through_method = VoiceActivityDetector(settings, public)
+    states = []
+    for index, frame in enumerate(frames):
+        now = index * FRAME_SECONDS
+        assert direct.feed(frame, "PCMU", now) == through_method.feed(frame, "PCMU", now)
+        states.append((direct.state, through_method.state))
+    assert all(mine == theirs for mine, theirs in states)
+    # Both sides of the comparison were exercised: speech and silence, every frame heard.
+    assert len(public.verdicts) == len(frames) and True in public.verdicts and False in public.verdicts
+    assert {mine for mine, _ in states} >= {VadState.QUIET, VadState.SPEAKING}
+
+
 def test_missing_frames_count_as_unvoiced():
     settings = logic_settings(min_speech_ms=60, hangover_ms=100)
     detector = VoiceActivityDetector(settings, AlwaysSpeech())
@@ -218,3 +253,49 @@ def test_the_classifier_hears_the_frame_as_the_g711_tables_decode_it(codec, deco
     for index, payload in enumerate(every_code):
         detector.feed(memoryview(payload), codec, index * FRAME_SECONDS)  # a view, as the ears pass it
     assert classifier.heard == [decode(payload) for payload in every_code]
+
+
+def test_the_compiled_detector_runs_when_it_was_built():
+    try:
+        from eko_rtp.media import _vad
+    except ImportError:
+        pytest.skip("media/_vad.c was not built (no C compiler or Python.h)")
+    if os.environ.get("EKO_RTP_PURE_PYTHON"):
+        pytest.skip("EKO_RTP_PURE_PYTHON asks for the Python twins")
+    assert vad_module.VadCore is _vad.VadCore and issubclass(VoiceActivityDetector, _vad.VadCore)
+
+
+def test_a_detector_core_never_set_up_raises_instead_of_crashing():
+    """The core's members start empty: a subclass that forgets one (or a classifier that
+    hands back a wrong buffer) gets an error, never a crash of the server."""
+    class Bare(vad_module.VadCore):
+        def _first_frame(self):
+            return None
+
+    bare = Bare()
+    bare.state = VadState.QUIET
+    bare.frames = 0
+    for attribute in ("_warmup_frames", "_threshold", "_run", "_start_frames", "_hangover_frames"):
+        setattr(bare, attribute, 0 if attribute != "_threshold" else -1)
+    bare._last_now = bare._process = bare._handle = None
+    with pytest.raises((RuntimeError, TypeError, AttributeError)):
+        bare.feed(bytes(160), "PCMU", 0.0)
+    bare._pcm = bytearray(7)  # not a frame's buffer
+    bare._is_speech = AlwaysSpeech().is_speech
+    with pytest.raises((RuntimeError, TypeError, ValueError)):
+        bare.feed(bytes(160), "PCMU", 0.02)
+    bare._pcm = bytearray(320)
+    bare.state = "speaking"  # not a VadState member
+    bare._start_frames = 3
+    with pytest.raises((RuntimeError, KeyError)):
+        bare.feed(bytes(160), "PCMU", 0.04)
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview"])
+def test_a_frame_in_any_buffer_is_heard_as_the_same_bytes(kind):
+    data = bytes(range(40, 240))
+    payload = {"bytes": data[20:180], "bytearray": bytearray(data[20:180]), "memoryview": memoryview(data)[20:180]}
+    scripted = Scripted("1")
+    detector = VoiceActivityDetector(logic_settings(), scripted)
+    detector.feed(payload[kind], "PCMU", 0.0)
+    assert scripted.heard == [ulaw_to_linear16(data[20:180])]

@@ -48,11 +48,12 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 from typing import Protocol
 
 import attrs
 
-from eko_rtp.codec.frame import FRAME_BYTES, FRAME_SECONDS, SAMPLE_RATE
+from eko_rtp.codec.frame import FRAME_BYTES, FRAME_SECONDS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from eko_rtp.codec.g711 import alaw_decode_sample, ulaw_decode_sample
 
 __all__ = [
@@ -236,6 +237,13 @@ class WebRtcClassifier:
         else:
             self._vad, self._process = handle, process
 
+    def entry_point(self) -> tuple:
+        """``(process, handle)``: ``process(handle, 8000, pcm, samples)`` is :meth:`is_speech`,
+        one Python call less; ``(None, None)`` when only the public method was found."""
+        if self._process is None:
+            return None, None
+        return self._process, self._vad
+
     def is_speech(self, pcm: bytearray) -> bool:
         if self._process is None:
             return self._vad.is_speech(pcm, SAMPLE_RATE)
@@ -267,34 +275,22 @@ TRANSITIONS: dict[tuple[VadState, bool], VadState] = {
 }
 
 
-class VoiceActivityDetector:
-    """One call's voice activity: feed each inbound frame, get speech start and end events."""
+class PythonVadCore:
+    """What :meth:`feed` reads per frame, and ``feed``: the base of :class:`VoiceActivityDetector`.
 
-    # One per call, kept for its life. The WebRTC state and the frame buffers are made
-    # by the first frame: a call nobody listens to never pays for them.
-    __slots__ = ("settings", "state", "frames", "_classifier", "_is_speech", "_threshold", "_start_frames",
-                 "_hangover_frames", "_warmup_frames", "_frame", "_pcm", "_run", "_run_start", "_speech_start",
-                 "_last_voiced_end", "_last_now", "_moves", "_moves_of")
+    ``VadCore`` is this or its compiled twin (media/_vad.c), which tests/test_vad.py
+    holds to the same behaviour. What is not per frame is the subclass's, and
+    ``feed`` only calls it: the first frame's classifier and buffer
+    (``_first_frame``), frames that never came (``_missing``) and the events
+    (``_started``, ``_end``).
+    """
 
-    def __init__(self, settings: VadSettings = VadSettings(), classifier: FrameClassifier | None = None):
-        self.settings = settings
-        self.state = VadState.QUIET
-        self.frames = 0  # frames fed
-        if classifier is None:
-            require_webrtcvad()  # fail now, not at the first frame
-        self._classifier = classifier  # None: a WebRtcClassifier, made by the first frame
-        self._is_speech = None if classifier is None else classifier.is_speech
-        self._threshold = -1 if settings.gate_dbfs is None else _gate_threshold(settings.gate_dbfs)
-        self._start_frames = settings.start_frames
-        self._hangover_frames = settings.hangover_frames
-        self._warmup_frames = settings.warmup_frames
+    __slots__ = ("state", "frames", "_is_speech", "_process", "_handle", "_pcm", "_last_now", "_threshold",
+                 "_start_frames", "_hangover_frames", "_warmup_frames", "_run", "_run_start", "_speech_start",
+                 "_last_voiced_end", "_frame", "_moves", "_moves_of")
+
+    def __init__(self) -> None:
         self._frame: bytearray | None = None  # made by the first frame that is not ``bytes``
-        self._pcm: bytearray | None = None
-        self._run = 0  # frames in the current run: voiced in ONSET, unvoiced in TRAILING
-        self._run_start = 0.0  # start of the ONSET run's first frame
-        self._speech_start = 0.0  # SpeechStarted's ``at``
-        self._last_voiced_end = 0.0
-        self._last_now: float | None = None
         # TRANSITIONS' row of the state in ``_moves_of`` (unvoiced, voiced), looked up
         # again only when the state changes: hashing an Enum member is a Python call.
         self._moves_of: VadState | None = None
@@ -329,35 +325,21 @@ class VoiceActivityDetector:
             payload = frame
         pcm[0::2] = payload.translate(linear[0])
         pcm[1::2] = payload.translate(linear[1])
-        speech = is_speech(pcm)
+        process = self._process
+        speech = is_speech(pcm) if process is None else process(self._handle, SAMPLE_RATE, pcm, SAMPLES_PER_FRAME)
         if frames <= self._warmup_frames:
             voiced = False
         elif speech and self._threshold >= 0 and (self.state is VadState.QUIET or self.state is VadState.ONSET):
             voiced = _scaled_energy(payload, codec) >= self._threshold
         else:
             voiced = bool(speech)
+        if not voiced and self.state is VadState.QUIET:
+            self._run = 0  # _step's most common move (silence goes on), without the call
+            return event
         step = self._step(voiced, now)
         # Both at once is impossible: a gap's SpeechEnded leaves QUIET, and from
         # QUIET one frame cannot start speech (min_speech_ms is two frames at least).
         return step if event is None else event
-
-    def finish(self) -> SpeechEnded | None:
-        """The stream ended (hang-up, hold): end the speech in progress, if any."""
-        if self.state in (VadState.SPEAKING, VadState.TRAILING):
-            return self._end()
-        self.state = VadState.QUIET
-        self._run = 0
-        return None
-
-    # -- internals ---------------------------------------------------------------
-
-    def _first_frame(self) -> tuple[bytearray, object]:
-        if self._classifier is None:
-            self._classifier = WebRtcClassifier(self.settings.aggressiveness)
-            self._is_speech = self._classifier.is_speech
-        if self._pcm is None:
-            self._pcm = bytearray(2 * FRAME_BYTES)
-        return self._pcm, self._is_speech
 
     def _step(self, voiced: bool, now: float) -> SpeechStarted | SpeechEnded | None:
         state = self.state
@@ -376,7 +358,7 @@ class VoiceActivityDetector:
                     self.state = VadState.SPEAKING
                     self._speech_start = self._run_start
                     self._run = 0
-                    return SpeechStarted(at=self._run_start)
+                    return self._started(self._run_start)
             else:
                 self._run = 0
             self.state = following
@@ -390,6 +372,72 @@ class VoiceActivityDetector:
         self.state = following
         return None
 
+
+# The compiled twin (media/_vad.c) when it was built, else the class above; both
+# pass tests/test_vad.py. EKO_RTP_PURE_PYTHON=1 takes the Python one (to compare).
+VadCore: type = PythonVadCore
+if not os.environ.get("EKO_RTP_PURE_PYTHON"):
+    try:
+        from eko_rtp.media import _vad
+    except ImportError:
+        pass
+    else:
+        _vad.bind((VadState.QUIET, VadState.ONSET, VadState.SPEAKING, VadState.TRAILING),
+                  (*_LINEAR["PCMU"], *_ENERGY["PCMU"]), (*_LINEAR["PCMA"], *_ENERGY["PCMA"]))
+        VadCore = _vad.VadCore
+
+
+class VoiceActivityDetector(VadCore):
+    """One call's voice activity: feed each inbound frame, get speech start and end events."""
+
+    # One per call, kept for its life. The WebRTC state and the frame buffers are made
+    # by the first frame: a call nobody listens to never pays for them. The per-frame
+    # state is VadCore's.
+    __slots__ = ("settings", "_classifier")
+
+    def __init__(self, settings: VadSettings = VadSettings(), classifier: FrameClassifier | None = None):
+        super().__init__()
+        self.settings = settings
+        self.state = VadState.QUIET
+        self.frames = 0  # frames fed
+        if classifier is None:
+            require_webrtcvad()  # fail now, not at the first frame
+        self._classifier = classifier  # None: a WebRtcClassifier, made by the first frame
+        self._is_speech = None if classifier is None else classifier.is_speech
+        # The WebRTC VAD's own entry point and its state, called per frame without
+        # the classifier's method in between (WebRtcClassifier.is_speech): None for others.
+        self._process = None
+        self._handle = None
+        self._threshold = -1 if settings.gate_dbfs is None else _gate_threshold(settings.gate_dbfs)
+        self._start_frames = settings.start_frames
+        self._hangover_frames = settings.hangover_frames
+        self._warmup_frames = settings.warmup_frames
+        self._pcm: bytearray | None = None
+        self._run = 0  # frames in the current run: voiced in ONSET, unvoiced in TRAILING
+        self._run_start = 0.0  # start of the ONSET run's first frame
+        self._speech_start = 0.0  # SpeechStarted's ``at``
+        self._last_voiced_end = 0.0
+        self._last_now: float | None = None
+
+    def finish(self) -> SpeechEnded | None:
+        """The stream ended (hang-up, hold): end the speech in progress, if any."""
+        if self.state in (VadState.SPEAKING, VadState.TRAILING):
+            return self._end()
+        self.state = VadState.QUIET
+        self._run = 0
+        return None
+
+    # -- internals ---------------------------------------------------------------
+
+    def _first_frame(self) -> tuple[bytearray, object]:
+        if self._classifier is None:
+            self._classifier = WebRtcClassifier(self.settings.aggressiveness)
+            self._is_speech = self._classifier.is_speech
+            self._process, self._handle = self._classifier.entry_point()
+        if self._pcm is None:
+            self._pcm = bytearray(2 * FRAME_BYTES)
+        return self._pcm, self._is_speech
+
     def _missing(self, count: int) -> SpeechEnded | None:
         state = self.state
         if state is VadState.ONSET:
@@ -401,6 +449,9 @@ class VoiceActivityDetector:
             if self._run >= self._hangover_frames:
                 return self._end()
         return None
+
+    def _started(self, at: float) -> SpeechStarted:
+        return SpeechStarted(at=at)
 
     def _end(self) -> SpeechEnded:
         self.state = VadState.QUIET
