@@ -263,6 +263,7 @@ def test_the_compiled_detector_runs_when_it_was_built():
     if os.environ.get("EKO_RTP_PURE_PYTHON"):
         pytest.skip("EKO_RTP_PURE_PYTHON asks for the Python twins")
     assert vad_module.VadCore is _vad.VadCore and issubclass(VoiceActivityDetector, _vad.VadCore)
+    assert vad_module.PER_FRAME_PATH == "compiled"
 
 
 def test_a_detector_core_never_set_up_raises_instead_of_crashing():

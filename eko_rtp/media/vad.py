@@ -386,6 +386,9 @@ if not os.environ.get("EKO_RTP_PURE_PYTHON"):
                   (*_LINEAR["PCMU"], *_ENERGY["PCMU"]), (*_LINEAR["PCMA"], *_ENERGY["PCMA"]))
         VadCore = _vad.VadCore
 
+# What the start line says runs the detector's frames.
+PER_FRAME_PATH = "compiled" if VadCore is not PythonVadCore else "python"
+
 
 class VoiceActivityDetector(VadCore):
     """One call's voice activity: feed each inbound frame, get speech start and end events."""
