@@ -88,10 +88,15 @@ class PreciseTimer:
             code = ctypes.get_errno()
             raise OSError(code, f"timerfd_settime: {os.strerror(code)}")
 
-    async def wait(self) -> None:
-        """Return once the armed deadline (or the next periodic expiry) has passed."""
+    async def wait(self, now: float | None = None) -> None:
+        """Return once the armed deadline (or the next periodic expiry) has passed.
+
+        ``now``: trio's time, when the caller has just read it (else it is read here).
+        """
         armed_at = self.armed_at
-        if armed_at is not None and trio.current_time() < armed_at:
+        if now is None:
+            now = trio.current_time()
+        if armed_at is not None and now < armed_at:
             # Not due yet: a read now would only fail (EAGAIN). Wait first, and spare the
             # frame clock a system call on every tick.
             await trio.lowlevel.wait_readable(self.fd)
