@@ -51,28 +51,7 @@ static PyObject *str_append;
     X(packet) X(remote_name) X(srtp) X(event_payload_type) X(arrivals) X(sequences) X(timestamps) X(sources)           \
     X(onsets_ns) X(sound) X(first_packet_ns) X(first_sound_ns)
 
-static int core_traverse(Core *self, visitproc visit, void *arg)
-{
-#define VISIT(name) Py_VISIT(self->name);
-    CORE_OBJECTS(VISIT)
-#undef VISIT
-    return 0;
-}
-
-static int core_clear(Core *self)
-{
-#define CLEAR(name) Py_CLEAR(self->name);
-    CORE_OBJECTS(CLEAR)
-#undef CLEAR
-    return 0;
-}
-
-static void core_dealloc(Core *self)
-{
-    PyObject_GC_UnTrack(self);
-    core_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
+#include "../eko_rtp/_core_type.h"
 
 static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -352,14 +331,5 @@ PyMODINIT_FUNC PyInit__engine(void)
 {
     if (str_append == NULL && (str_append = PyUnicode_InternFromString("append")) == NULL)
         return NULL;
-    if (PyType_Ready(&CoreType) < 0)
-        return NULL;
-    PyObject *module = PyModule_Create(&engine_module);
-    if (module == NULL)
-        return NULL;
-    if (PyModule_AddObjectRef(module, "MediaCore", (PyObject *)&CoreType) < 0) {
-        Py_DECREF(module);
-        return NULL;
-    }
-    return module;
+    return module_with_type(&engine_module, &CoreType, "MediaCore");
 }

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import collections
+import os
 import struct
 
 import pytest
 import trio
 import trio.testing
 
+from eko_rtp.call import ears as ears_module
 from eko_rtp.call.barge_in import BargeIn
 from eko_rtp.call.ears import ASR_BATCH_FRAMES, ASR_FRAMES_KEPT, FRAMES_KEPT, CallerAudio
 from eko_rtp.media.vad import SpeechEnded, SpeechStarted, VadSettings, VoiceActivityDetector
@@ -213,3 +216,33 @@ def test_a_sink_that_drops_a_batch_is_counted_and_one_diverted_after_the_end_is_
     sink = Sink()
     late.divert(sink)
     assert sink.closed and sink.batches == []
+
+
+def test_the_compiled_ears_run_when_they_were_built():
+    try:
+        from eko_rtp.call import _ears
+    except ImportError:
+        pytest.skip("call/_ears.c was not built (no C compiler or Python.h)")
+    if os.environ.get("EKO_RTP_PURE_PYTHON"):
+        pytest.skip("EKO_RTP_PURE_PYTHON asks for the Python twins")
+    assert ears_module.EarsCore is _ears.EarsCore and issubclass(CallerAudio, _ears.EarsCore)
+    assert ears_module.HEARING == "compiled"
+
+
+def test_an_ears_core_never_set_up_raises_instead_of_crashing():
+    """The core's members start empty: a subclass that forgets one gets an error,
+    never a crash of the server."""
+    class Bare(ears_module.EarsCore):
+        pass
+
+    bare = Bare()
+    bare.closed = False
+    bare._vad = bare._vad_wanted = bare._asr = bare._ring = bare._recorder = None
+    bare.feed(0, rtp(0, frame(1)), "PCMU", 0.0)  # nobody needs the audio: skipped, nothing else read
+    bare._ring = collections.deque()
+    with pytest.raises((RuntimeError, AttributeError)):  # no codec, no way to switch it
+        bare.feed(1, rtp(1, frame(1)), "PCMU", 0.02)
+    bare._codec, bare._idle, bare._reorder = "PCMU", False, None
+    with pytest.raises((RuntimeError, AttributeError)):  # no reorder buffer
+        bare.feed(2, rtp(2, frame(1)), "PCMU", 0.04)
+    assert not bare._ring

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 from typing import AsyncIterator, Callable, Protocol
 
 import trio
@@ -51,7 +52,7 @@ from eko_rtp.codec.frame import FRAME_BYTES, FRAME_SECONDS
 from eko_rtp.codec.g711 import ALAW_SILENCE, ULAW_SILENCE
 from eko_rtp.media.reorder import ReorderBuffer
 from eko_rtp.media.rtp import RtpError, payload_bounds_untrusted
-from eko_rtp.media.vad import SpeechEnded, SpeechStarted, VoiceActivityDetector
+from eko_rtp.media.vad import PER_FRAME_PATH, SpeechEnded, SpeechStarted, VoiceActivityDetector
 
 log = logging.getLogger("eko_rtp.call")
 
@@ -101,46 +102,22 @@ class AsrAudio:
         self._ears._divert_asr(self._receive, sink)
 
 
-class CallerAudio:
-    """The caller's side of one call's audio, from RTP packets to 20 ms frames and events."""
+class PythonEarsCore:
+    """What :meth:`feed` reads per packet, and ``feed`` and ``_hear``: the base of :class:`CallerAudio`.
 
-    # One per call, kept for its life: no instance dict (docs/BENCHMARKS.md, sixth session).
-    __slots__ = (
-        "_vad", "_vad_wanted", "_on_speech", "_recorder", "_codec", "_reorder", "_last_frame_time", "_ring",
-        "_ring_ready", "_asr", "_asr_receive", "_asr_batch", "frames", "packets_invalid", "frames_dropped",
-        "asr_frames_dropped", "closed", "speaking", "_gap_nursery", "_gap_patience", "_gap_watched", "_idle",
-    )
+    ``EarsCore`` is this or its compiled twin (call/_ears.c), which tests/test_ears.py
+    holds to the same behaviour. What is not per packet is the subclass's, and the
+    two methods only call it: a codec change (``_switch_codec``), speech events
+    (``_speech``), a full recognizer batch (``_send_batch``) and a gap to wait out
+    (``_watch_gap``). The payload's bounds come from
+    :func:`~eko_rtp.media.rtp.payload_bounds_untrusted`, the packet's order from the
+    :class:`~eko_rtp.media.reorder.ReorderBuffer`, the voice activity from the
+    detector: the twins call the same ones.
+    """
 
-    def __init__(self, *, vad: VoiceActivityDetector | None, on_speech: Callable[[SpeechEvent], None],
-                 recorder=None, vad_wanted: VadDemand | None = None):
-        self._vad = vad
-        self._vad_wanted = vad_wanted  # None: always
-        self._on_speech = on_speech
-        self._recorder = recorder
-        self._codec = "PCMU"
-        self._reorder = ReorderBuffer(ULAW_SILENCE)
-        self._last_frame_time = -1.0
-        self._ring: collections.deque | None = None  # made by the first audio_in reader
-        self._ring_ready: trio.Event | None = None
-        self._asr: trio.MemorySendChannel | AsrSink | None = None  # where batches go
-        self._asr_receive: trio.MemoryReceiveChannel | None = None  # the other end of that channel
-        self._asr_batch = bytearray()
-        self.frames = 0  # frames heard
-        self.packets_invalid = 0  # audio packets whose payload bounds made no sense
-        self.frames_dropped = 0  # audio_in frames a slow reader lost
-        self.asr_frames_dropped = 0
-        self.closed = False
-        self.speaking = False  # between SpeechStarted and SpeechEnded
-        # Where a task waits out a gap (watch_gaps): started only while one is open.
-        self._gap_nursery: trio.Nursery | None = None
-        self._gap_patience = 0.0
-        self._gap_watched = False
-        self._idle = False  # packets were skipped: nobody needed them
-
-    @property
-    def reorder(self) -> ReorderBuffer:
-        """The reorder buffer, for its counters (late, concealed, resets)."""
-        return self._reorder
+    __slots__ = ("_vad", "_vad_wanted", "_recorder", "_codec", "_reorder", "_last_frame_time", "_ring",
+                 "_ring_ready", "_asr", "_asr_batch", "frames", "packets_invalid", "frames_dropped", "closed",
+                 "_gap_watched", "_idle")
 
     def feed(self, sequence: int, datagram: bytes | None, codec: str, now: float) -> None:
         """One inbound RTP packet that arrived by ``now``: its datagram, or None when it
@@ -174,6 +151,92 @@ class CallerAudio:
             self._hear(frames, now, vad)
         if reorder.held and not self._gap_watched:
             self._watch_gap()
+
+    def _hear(self, frames: list, now: float, vad: VoiceActivityDetector | None) -> None:
+        asr = self._asr
+        ring = self._ring
+        recorder = self._recorder
+        count = len(frames)
+        for index, frame in enumerate(frames):
+            self.frames += 1
+            # The frame's start: frames released together came one period apart.
+            at = max(now - (count - index) * FRAME_SECONDS, self._last_frame_time + FRAME_SECONDS)
+            self._last_frame_time = at
+            if vad is not None:
+                event = vad.feed(frame, self._codec, at)
+                if event is not None:
+                    self._speech(event)
+            if asr is not None:
+                batch = self._asr_batch
+                batch += frame
+                if len(batch) >= ASR_BATCH_FRAMES * FRAME_BYTES:
+                    self._send_batch()
+                    asr = self._asr
+            if ring is not None:
+                if len(ring) >= FRAMES_KEPT:
+                    ring.popleft()
+                    self.frames_dropped += 1
+                ring.append(bytes(frame))
+            if recorder is not None:
+                recorder.caller_frame(frame)
+        if ring is not None and self._ring_ready is not None:
+            self._ring_ready.set()
+
+
+# The compiled twin (call/_ears.c) when it was built, else the class above; both pass
+# tests/test_ears.py. EKO_RTP_PURE_PYTHON=1 takes the Python one (to compare).
+EarsCore: type = PythonEarsCore
+if not os.environ.get("EKO_RTP_PURE_PYTHON"):
+    try:
+        from eko_rtp.call import _ears
+    except ImportError:
+        pass
+    else:
+        _ears.bind(payload_bounds_untrusted, RtpError, FRAMES_KEPT, ASR_BATCH_FRAMES * FRAME_BYTES, _NO_AUDIO)
+        EarsCore = _ears.EarsCore
+
+# What the start line says runs the caller's audio: the ears and the detector, both
+# compiled, or Python.
+HEARING = "compiled" if EarsCore is not PythonEarsCore and PER_FRAME_PATH == "compiled" else "python"
+
+
+class CallerAudio(EarsCore):
+    """The caller's side of one call's audio, from RTP packets to 20 ms frames and events."""
+
+    # One per call, kept for its life: no instance dict (docs/BENCHMARKS.md, sixth session).
+    # What the per-packet paths read is EarsCore's.
+    __slots__ = ("_on_speech", "_asr_receive", "asr_frames_dropped", "speaking", "_gap_nursery", "_gap_patience")
+
+    def __init__(self, *, vad: VoiceActivityDetector | None, on_speech: Callable[[SpeechEvent], None],
+                 recorder=None, vad_wanted: VadDemand | None = None):
+        self._vad = vad
+        self._vad_wanted = vad_wanted  # None: always
+        self._on_speech = on_speech
+        self._recorder = recorder
+        self._codec = "PCMU"
+        self._reorder = ReorderBuffer(ULAW_SILENCE)
+        self._last_frame_time = -1.0
+        self._ring: collections.deque | None = None  # made by the first audio_in reader
+        self._ring_ready: trio.Event | None = None
+        self._asr: trio.MemorySendChannel | AsrSink | None = None  # where batches go
+        self._asr_receive: trio.MemoryReceiveChannel | None = None  # the other end of that channel
+        self._asr_batch = bytearray()
+        self.frames = 0  # frames heard
+        self.packets_invalid = 0  # audio packets whose payload bounds made no sense
+        self.frames_dropped = 0  # audio_in frames a slow reader lost
+        self.asr_frames_dropped = 0
+        self.closed = False
+        self.speaking = False  # between SpeechStarted and SpeechEnded
+        # Where a task waits out a gap (watch_gaps): started only while one is open.
+        self._gap_nursery: trio.Nursery | None = None
+        self._gap_patience = 0.0
+        self._gap_watched = False
+        self._idle = False  # packets were skipped: nobody needed them
+
+    @property
+    def reorder(self) -> ReorderBuffer:
+        """The reorder buffer, for its counters (late, concealed, resets)."""
+        return self._reorder
 
     def watch_gaps(self, nursery: trio.Nursery, patience: float) -> None:
         """Hear what waits behind a gap once the caller has sent nothing for ``patience`` s.
@@ -301,36 +364,6 @@ class CallerAudio:
         # in the codec's silence.
         self._codec = codec
         self._reorder = ReorderBuffer(ALAW_SILENCE if codec == "PCMA" else ULAW_SILENCE)
-
-    def _hear(self, frames: list, now: float, vad: VoiceActivityDetector | None) -> None:
-        asr = self._asr
-        ring = self._ring
-        recorder = self._recorder
-        count = len(frames)
-        for index, frame in enumerate(frames):
-            self.frames += 1
-            # The frame's start: frames released together came one period apart.
-            at = max(now - (count - index) * FRAME_SECONDS, self._last_frame_time + FRAME_SECONDS)
-            self._last_frame_time = at
-            if vad is not None:
-                event = vad.feed(frame, self._codec, at)
-                if event is not None:
-                    self._speech(event)
-            if asr is not None:
-                batch = self._asr_batch
-                batch += frame
-                if len(batch) >= ASR_BATCH_FRAMES * FRAME_BYTES:
-                    self._send_batch()
-                    asr = self._asr
-            if ring is not None:
-                if len(ring) >= FRAMES_KEPT:
-                    ring.popleft()
-                    self.frames_dropped += 1
-                ring.append(bytes(frame))
-            if recorder is not None:
-                recorder.caller_frame(frame)
-        if ring is not None and self._ring_ready is not None:
-            self._ring_ready.set()
 
     def _send_batch(self) -> None:
         batch = self._asr_batch

@@ -187,11 +187,11 @@ def run_serve(args) -> int:
         + ([credentials.password] if credentials is not None else []),
     )
     log.info("%s", describe_listening(config, speech))
+    from eko_rtp.call.ears import HEARING
     from eko_rtp.media.stream import PER_PACKET_PATHS
-    from eko_rtp.media.vad import PER_FRAME_PATH
 
     log.info("media: %s per-packet paths (RTP headers and statistics, frame loop, receive handler), "
-             "%s VAD frames", PER_PACKET_PATHS, PER_FRAME_PATH)
+             "%s hearing (the caller's audio and its voice activity)", PER_PACKET_PATHS, HEARING)
     crm_address = parse_crm_address(config["crm.address"]) if config["crm.address"] else None
 
     async def main() -> None:

@@ -63,33 +63,7 @@ static PyObject *str_next_frame, *str_header_for_next_frame, *str_protect_frame,
     X(t0) X(queue) X(sender) X(sendmsg) X(sendto) X(remote_rtp) X(translate) X(srtp) X(recorder) X(counters)          \
     X(caller_source) X(last_inbound) X(statistics) X(on_audio) X(codec_name)
 
-static int core_traverse(Core *self, visitproc visit, void *arg)
-{
-#define VISIT(name) Py_VISIT(self->name);
-    CORE_OBJECTS(VISIT)
-#undef VISIT
-    return 0;
-}
-
-static int core_clear(Core *self)
-{
-#define CLEAR(name) Py_CLEAR(self->name);
-    CORE_OBJECTS(CLEAR)
-#undef CLEAR
-    return 0;
-}
-
-static void core_dealloc(Core *self)
-{
-    PyObject_GC_UnTrack(self);
-    core_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static inline int is_none(PyObject *value)
-{
-    return value == NULL || value == Py_None;
-}
+#include "../_core_type.h"
 
 static inline PyObject *or_none(PyObject *value)
 {
@@ -547,10 +521,7 @@ static struct PyModuleDef stream_module = {
 PyMODINIT_FUNC PyInit__stream(void)
 {
     if (str_next_frame == NULL) {
-        static const struct {
-            PyObject **name;
-            const char *text;
-        } names[] = {
+        static const CoreName names[] = {
             {&str_next_frame, "next_frame"}, {&str_header_for_next_frame, "header_for_next_frame"},
             {&str_protect_frame, "protect_frame"}, {&str_bot_frame, "bot_frame"}, {&str_skip, "skip"},
             {&str_frames_sent, "frames_sent"}, {&str_count_late, "_count_late"}, {&str_send_failed, "_send_failed"},
@@ -559,9 +530,8 @@ PyMODINIT_FUNC PyInit__stream(void)
             {&str_feed, "feed"}, {&str_on_telephone_event, "_on_telephone_event"},
             {&str_unprotect_view, "unprotect_view"},
         };
-        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-            if ((*names[i].name = PyUnicode_InternFromString(names[i].text)) == NULL)
-                return NULL;
+        if (intern_names(names, sizeof(names) / sizeof(names[0])) < 0)
+            return NULL;
         empty_tuple = PyTuple_New(0);
         zero = PyLong_FromLong(0);
         one = PyLong_FromLong(1);
@@ -569,14 +539,5 @@ PyMODINIT_FUNC PyInit__stream(void)
         if (!empty_tuple || !zero || !one || !samples_per_frame)
             return NULL;
     }
-    if (PyType_Ready(&CoreType) < 0)
-        return NULL;
-    PyObject *module = PyModule_Create(&stream_module);
-    if (module == NULL)
-        return NULL;
-    if (PyModule_AddObjectRef(module, "StreamCore", (PyObject *)&CoreType) < 0) {
-        Py_DECREF(module);
-        return NULL;
-    }
-    return module;
+    return module_with_type(&stream_module, &CoreType, "StreamCore");
 }

@@ -55,28 +55,7 @@ typedef struct {
 
 #define CORE_OBJECTS(X) X(state) X(is_speech) X(process) X(handle) X(pcm) X(last_now)
 
-static int core_traverse(Core *self, visitproc visit, void *arg)
-{
-#define VISIT(name) Py_VISIT(self->name);
-    CORE_OBJECTS(VISIT)
-#undef VISIT
-    return 0;
-}
-
-static int core_clear(Core *self)
-{
-#define CLEAR(name) Py_CLEAR(self->name);
-    CORE_OBJECTS(CLEAR)
-#undef CLEAR
-    return 0;
-}
-
-static void core_dealloc(Core *self)
-{
-    PyObject_GC_UnTrack(self);
-    core_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
+#include "../_core_type.h"
 
 static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -88,12 +67,6 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 #undef NONE
     self->threshold = -1;
     return (PyObject *)self;
-}
-
-/* A member never set, or deleted, reads as None. */
-static int unset(PyObject *member)
-{
-    return member == NULL || member == Py_None;
 }
 
 static const CodecTables *tables_of(PyObject *codec)
@@ -190,7 +163,7 @@ static PyObject *core_feed(Core *self, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     }
     self->frames += 1;
-    if (!unset(self->last_now)) {
+    if (!is_none(self->last_now)) {
         double last = PyFloat_AsDouble(self->last_now);
         if (last == -1.0 && PyErr_Occurred())
             goto done;
@@ -212,7 +185,7 @@ static PyObject *core_feed(Core *self, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     Py_SETREF(self->last_now, Py_NewRef(args[2]));
-    if (unset(self->pcm) || unset(self->is_speech)) {
+    if (is_none(self->pcm) || is_none(self->is_speech)) {
         PyObject *made = PyObject_CallMethodNoArgs((PyObject *)self, str_first_frame);
         if (made == NULL)
             goto done;
@@ -232,10 +205,10 @@ static PyObject *core_feed(Core *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *verdict;
     Py_INCREF(pcm);  /* the classifier may replace the buffer */
-    if (!unset(self->process)) {
+    if (!is_none(self->process)) {
         PyObject *call[4] = {self->handle == NULL ? Py_None : self->handle, sample_rate, pcm, samples_per_frame};
         verdict = PyObject_Vectorcall(self->process, call, 4, NULL);
-    } else if (unset(self->is_speech)) {
+    } else if (is_none(self->is_speech)) {
         PyErr_SetString(PyExc_RuntimeError, "the VAD has no classifier after its first frame");
         verdict = NULL;
     } else {
@@ -290,7 +263,7 @@ static PyMethodDef core_methods[] = {
     {NULL},
 };
 
-/* An object member that must never be unset: None rather than a deleted slot. */
+/* An object member (deleted from Python it is NULL, which reads as None). */
 #define OBJECT_MEMBER(name, field, doc) \
     {name, T_OBJECT, offsetof(Core, field), 0, doc}
 
@@ -392,29 +365,16 @@ static struct PyModuleDef vad_module = {
 PyMODINIT_FUNC PyInit__vad(void)
 {
     if (str_first_frame == NULL) {
-        static const struct {
-            PyObject **name;
-            const char *text;
-        } names[] = {
+        static const CoreName names[] = {
             {&str_first_frame, "_first_frame"}, {&str_missing, "_missing"}, {&str_started, "_started"},
             {&str_end, "_end"},
         };
-        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-            if ((*names[i].name = PyUnicode_InternFromString(names[i].text)) == NULL)
-                return NULL;
+        if (intern_names(names, sizeof(names) / sizeof(names[0])) < 0)
+            return NULL;
         sample_rate = PyLong_FromLong(SAMPLE_RATE);
         samples_per_frame = PyLong_FromLong(FRAME_BYTES);
         if (!sample_rate || !samples_per_frame)
             return NULL;
     }
-    if (PyType_Ready(&CoreType) < 0)
-        return NULL;
-    PyObject *module = PyModule_Create(&vad_module);
-    if (module == NULL)
-        return NULL;
-    if (PyModule_AddObjectRef(module, "VadCore", (PyObject *)&CoreType) < 0) {
-        Py_DECREF(module);
-        return NULL;
-    }
-    return module;
+    return module_with_type(&vad_module, &CoreType, "VadCore");
 }

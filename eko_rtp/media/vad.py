@@ -386,7 +386,7 @@ if not os.environ.get("EKO_RTP_PURE_PYTHON"):
                   (*_LINEAR["PCMU"], *_ENERGY["PCMU"]), (*_LINEAR["PCMA"], *_ENERGY["PCMA"]))
         VadCore = _vad.VadCore
 
-# What the start line says runs the detector's frames.
+# Whether the detector's frames run compiled (for the start line, with the ears').
 PER_FRAME_PATH = "compiled" if VadCore is not PythonVadCore else "python"
 
 

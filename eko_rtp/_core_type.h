@@ -1,0 +1,69 @@
+/* What every compiled twin's core type shares (eko_rtp/media/_stream.c, _vad.c,
+ * eko_rtp/call/_ears.c, eko_bench/_engine.c): a garbage-collected object whose object
+ * members are named once. The including file defines its struct as Core and the
+ * X-macro CORE_OBJECTS(X), listing those members, before including this; it gets the
+ * type's traverse, clear and dealloc slots, is_none() for reading a member, and the
+ * module's start: intern_names() and module_with_type(). */
+
+#ifndef EKO_RTP_CORE_TYPE_H
+#define EKO_RTP_CORE_TYPE_H
+
+static inline int core_traverse(Core *self, visitproc visit, void *arg)
+{
+#define VISIT(name) Py_VISIT(self->name);
+    CORE_OBJECTS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int core_clear(Core *self)
+{
+#define CLEAR(name) Py_CLEAR(self->name);
+    CORE_OBJECTS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void core_dealloc(Core *self)
+{
+    PyObject_GC_UnTrack(self);
+    core_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A member never set, or deleted from Python, reads as None. */
+static inline int is_none(PyObject *value)
+{
+    return value == NULL || value == Py_None;
+}
+
+/* Each name interned into its static; 0, or -1 raised. */
+typedef struct {
+    PyObject **name;
+    const char *text;
+} CoreName;
+
+static inline int intern_names(const CoreName *names, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        if (*names[i].name == NULL && (*names[i].name = PyUnicode_InternFromString(names[i].text)) == NULL)
+            return -1;
+    return 0;
+}
+
+/* The module, with its core type ready and added as `name`; NULL raised. */
+static inline PyObject *module_with_type(struct PyModuleDef *definition, PyTypeObject *type, const char *name)
+{
+    if (PyType_Ready(type) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(definition);
+    if (module == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(module, name, (PyObject *)type) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
+
+#endif
