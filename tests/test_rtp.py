@@ -418,6 +418,7 @@ def test_sender_refuses_what_it_cannot_do_and_keeps_its_state(Sender, call, mess
 @pytest.mark.skipif(bool(os.environ.get("EKO_RTP_PURE_PYTHON")), reason="EKO_RTP_PURE_PYTHON asks for the Python twins")
 def test_the_server_runs_the_compiled_twins_when_they_were_built():
     assert rtp_module.RtpSender is compiled.RtpSender
+    assert rtp_module.payload_bounds_untrusted is compiled.payload_bounds_untrusted
     assert issubclass(ReceiverStatistics, compiled.StatisticsState)
 
 
@@ -471,6 +472,24 @@ def test_payload_bounds_of_bad_packets(data, message):
     with pytest.raises(RtpError) as caught:
         payload_bounds_untrusted(data)
     assert str(caught.value) == message
+
+
+_VERSION_2_DATAGRAMS = st.tuples(st.integers(0x80, 0xBF), st.binary(max_size=80)).map(
+    lambda parts: bytes([parts[0]]) + parts[1])
+
+
+@_NOT_BUILT
+@hypothesis.given(st.binary(max_size=64) | _VERSION_2_DATAGRAMS)
+def test_the_compiled_payload_bounds_agree_with_the_python_ones(data):
+    compiled.bind_rtp_error(RtpError)  # rtp.py does it when it takes the compiled twins; not under PURE_PYTHON
+
+    def outcome(bounds):
+        try:
+            return bounds(data)
+        except RtpError as error:
+            return str(error)
+
+    assert outcome(compiled.payload_bounds_untrusted) == outcome(rtp_module.python_payload_bounds_untrusted)
 
 
 @hypothesis.given(st.binary(max_size=64))

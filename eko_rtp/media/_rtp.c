@@ -12,7 +12,11 @@
  * Python class on top of either state), this file holds the same steps, in C.
  *
  * Nothing here allocates per packet: the header is one bytearray per sender,
- * rewritten in place, and feed() returns a shared bool. The GIL is held throughout. */
+ * rewritten in place, and feed() returns a shared bool. The GIL is held throughout.
+ *
+ * payload_bounds_untrusted() is the twin of rtp.py's python_payload_bounds_untrusted:
+ * the listening path asks it for every audio packet. It raises rtp.py's RtpError,
+ * handed over by bind_rtp_error() when rtp.py loads this module. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -612,11 +616,99 @@ static PyTypeObject StateType = {
     .tp_getset = state_getset,
 };
 
+/* -- a datagram's payload ----------------------------------------------------------- */
+
+#define PADDING_BIT 0x20
+#define EXTENSION_BIT 0x10
+#define CSRC_COUNT_MASK 0x0F
+
+static PyObject *rtp_error;
+
+static PyObject *bind_rtp_error(PyObject *module, PyObject *error)
+{
+    if (!PyExceptionClass_Check(error)) {
+        PyErr_SetString(PyExc_TypeError, "bind_rtp_error() takes rtp.py's RtpError class");
+        return NULL;
+    }
+    Py_XSETREF(rtp_error, Py_NewRef(error));
+    Py_RETURN_NONE;
+}
+
+/* Where the payload of an RTP datagram starts and ends: past the fixed header, the
+ * CSRCs (RFC 3550 5.1), the header extension (5.3.1), before the padding (5.1). */
+static PyObject *payload_bounds_untrusted(PyObject *module, PyObject *data)
+{
+    if (rtp_error == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "eko_rtp.media._rtp has no RtpError bound");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *octets = view.buf;
+    Py_ssize_t size = view.len, start, end;
+    PyObject *result = NULL;
+    if (size < HEADER_SIZE) {
+        PyErr_Format(rtp_error, "RTP packet truncated: %zd octets, the fixed header needs %d", size, HEADER_SIZE);
+        goto done;
+    }
+    uint8_t first = octets[0];
+    if (first >> 6 != 2) {
+        PyErr_Format(rtp_error, "RTP version %d, expected 2", first >> 6);
+        goto done;
+    }
+    int csrc_count = first & CSRC_COUNT_MASK;
+    start = HEADER_SIZE + 4 * csrc_count;
+    if (size < start) {
+        PyErr_Format(rtp_error, "RTP packet truncated: %zd octets, a header with %d CSRCs needs %zd", size,
+                     csrc_count, start);
+        goto done;
+    }
+    if (first & EXTENSION_BIT) {
+        if (size < start + 4) {
+            PyErr_Format(rtp_error, "RTP packet truncated: %zd octets, the header extension starts at %zd and needs 4",
+                         size, start);
+            goto done;
+        }
+        int extension_words = octets[start + 2] << 8 | octets[start + 3];
+        Py_ssize_t extension_end = start + 4 + 4 * (Py_ssize_t)extension_words;
+        if (size < extension_end) {
+            PyErr_Format(rtp_error, "RTP packet truncated: %zd octets, the header extension of %d words needs %zd",
+                         size, extension_words, extension_end);
+            goto done;
+        }
+        start = extension_end;
+    }
+    end = size;
+    if (first & PADDING_BIT) {
+        /* 5.1: the last octet of the padding counts the padding octets, itself included */
+        int padding = octets[size - 1];
+        if (padding == 0 || padding > size - start) {
+            PyErr_Format(rtp_error, "RTP padding count %d invalid: %zd octets follow the header", padding,
+                         size - start);
+            goto done;
+        }
+        end = size - padding;
+    }
+    result = Py_BuildValue("(nn)", start, end);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyMethodDef module_methods[] = {
+    {"payload_bounds_untrusted", (PyCFunction)payload_bounds_untrusted, METH_O,
+     "payload_bounds_untrusted(data): (start, end) of the payload; raises only RtpError."},
+    {"bind_rtp_error", (PyCFunction)bind_rtp_error, METH_O, "bind_rtp_error(RtpError): the error raised."},
+    {NULL},
+};
+
 static struct PyModuleDef rtp_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "eko_rtp.media._rtp",
     .m_doc = "Compiled per-packet RTP state (eko_rtp/media/rtp.py's twins).",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__rtp(void)

@@ -116,7 +116,7 @@ def parse_rtp_untrusted(data: bytes | bytearray | memoryview) -> RtpPacket:
     )
 
 
-def payload_bounds_untrusted(data: bytes | bytearray | memoryview) -> tuple[int, int]:
+def python_payload_bounds_untrusted(data: bytes | bytearray | memoryview) -> tuple[int, int]:
     """Where the payload of an RTP datagram starts and ends: ``(start, end)`` offsets.
 
     Past the fixed header, the CSRCs (§5.1, CC), the header extension (§5.3.1, X)
@@ -443,15 +443,20 @@ class StatisticsReports:
         )
 
 
-# The compiled twins (media/_rtp.c) when they were built, else the classes above;
-# both pass tests/test_rtp.py. EKO_RTP_PURE_PYTHON=1 takes the Python ones (to compare).
+# The compiled twins (media/_rtp.c) when they were built, else the classes and the
+# payload bounds above; both pass tests/test_rtp.py. EKO_RTP_PURE_PYTHON=1 takes the Python ones (to compare).
 RtpSender: type = PythonRtpSender
 StatisticsState: type = PythonStatisticsState
+payload_bounds_untrusted = python_payload_bounds_untrusted
 if not os.environ.get("EKO_RTP_PURE_PYTHON"):
     try:
-        from eko_rtp.media._rtp import RtpSender, StatisticsState  # noqa: F811
+        from eko_rtp.media import _rtp
     except ImportError:
         pass
+    else:
+        _rtp.bind_rtp_error(RtpError)
+        RtpSender, StatisticsState = _rtp.RtpSender, _rtp.StatisticsState
+        payload_bounds_untrusted = _rtp.payload_bounds_untrusted
 
 
 class ReceiverStatistics(StatisticsReports, StatisticsState):
