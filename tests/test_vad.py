@@ -292,6 +292,17 @@ def test_a_detector_core_never_set_up_raises_instead_of_crashing():
         bare.feed(bytes(160), "PCMU", 0.04)
 
 
+def test_a_deleted_member_is_an_error_or_none_never_a_crash():
+    detector = VoiceActivityDetector(logic_settings(), AlwaysSpeech())
+    del detector._last_now  # the compiled twin reads a deleted member as None; the Python one raises
+    try:
+        detector.feed(LOUD_ULAW, "PCMU", 0.0)
+    except AttributeError:
+        assert vad_module.VadCore is vad_module.PythonVadCore
+    else:
+        assert detector._last_now == 0.0 and detector.frames == 1
+
+
 @pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview"])
 def test_a_frame_in_any_buffer_is_heard_as_the_same_bytes(kind):
     data = bytes(range(40, 240))

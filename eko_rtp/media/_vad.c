@@ -92,7 +92,7 @@ static PyObject *step_voiced(Core *self, double now)
         }
         self->run += 1;
         if (self->run >= self->start_frames) {
-            Py_SETREF(self->state, Py_NewRef(speaking));
+            Py_XSETREF(self->state, Py_NewRef(speaking));
             self->speech_start = self->run_start;
             self->run = 0;
             PyObject *at = PyFloat_FromDouble(self->run_start);
@@ -102,12 +102,12 @@ static PyObject *step_voiced(Core *self, double now)
             Py_DECREF(at);
             return event;
         }
-        Py_SETREF(self->state, Py_NewRef(onset));
+        Py_XSETREF(self->state, Py_NewRef(onset));
         Py_RETURN_NONE;
     }
     if (state == speaking || state == trailing) {  /* -> SPEAKING */
         self->run = 0;
-        Py_SETREF(self->state, Py_NewRef(speaking));
+        Py_XSETREF(self->state, Py_NewRef(speaking));
         Py_RETURN_NONE;
     }
     PyErr_Format(PyExc_RuntimeError, "VAD state %R is not one of VadState's", state);
@@ -122,12 +122,12 @@ static PyObject *step_unvoiced(Core *self)
         self->run = state == speaking ? 1 : self->run + 1;
         if (self->run >= self->hangover_frames)
             return PyObject_CallMethodNoArgs((PyObject *)self, str_end);
-        Py_SETREF(self->state, Py_NewRef(trailing));
+        Py_XSETREF(self->state, Py_NewRef(trailing));
         Py_RETURN_NONE;
     }
     if (state == onset) {  /* a burst shorter than min_speech_ms: forgotten */
         self->run = 0;
-        Py_SETREF(self->state, Py_NewRef(quiet));
+        Py_XSETREF(self->state, Py_NewRef(quiet));
         Py_RETURN_NONE;
     }
     PyErr_Format(PyExc_RuntimeError, "VAD state %R is not one of VadState's", state);
@@ -184,7 +184,7 @@ static PyObject *core_feed(Core *self, PyObject *const *args, Py_ssize_t nargs)
             }
         }
     }
-    Py_SETREF(self->last_now, Py_NewRef(args[2]));
+    Py_XSETREF(self->last_now, Py_NewRef(args[2]));
     if (is_none(self->pcm) || is_none(self->is_speech)) {
         PyObject *made = PyObject_CallMethodNoArgs((PyObject *)self, str_first_frame);
         if (made == NULL)
