@@ -91,13 +91,8 @@ static PyMemberDef core_members[] = {
 static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "eko_bench._engine.MediaCore",
-    .tp_basicsize = sizeof(Core),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "What the per-packet paths read of one bench call: the compiled twin of rtp_engine.PythonMediaCore.",
-    .tp_new = core_new,
-    .tp_traverse = (traverseproc)core_traverse,
-    .tp_clear = (inquiry)core_clear,
-    .tp_dealloc = (destructor)core_dealloc,
+    CORE_TYPE_SLOTS,
     .tp_members = core_members,
 };
 

@@ -343,13 +343,8 @@ static PyMemberDef core_members[] = {
 static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "eko_rtp.call._ears.EarsCore",
-    .tp_basicsize = sizeof(Core),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "What CallerAudio.feed reads, and feed and _hear: the compiled twin of ears.PythonEarsCore.",
-    .tp_new = core_new,
-    .tp_traverse = (traverseproc)core_traverse,
-    .tp_clear = (inquiry)core_clear,
-    .tp_dealloc = (destructor)core_dealloc,
+    CORE_TYPE_SLOTS,
     .tp_methods = core_methods,
     .tp_members = core_members,
 };

@@ -499,13 +499,8 @@ static PyMemberDef core_members[] = {
 static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "eko_rtp.media._stream.StreamCore",
-    .tp_basicsize = sizeof(Core),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "What MediaStream's frame loop reads, and the loop: the compiled twin of stream.PythonStreamCore.",
-    .tp_new = core_new,
-    .tp_traverse = (traverseproc)core_traverse,
-    .tp_clear = (inquiry)core_clear,
-    .tp_dealloc = (destructor)core_dealloc,
+    CORE_TYPE_SLOTS,
     .tp_methods = core_methods,
     .tp_members = core_members,
     .tp_getset = core_getset,

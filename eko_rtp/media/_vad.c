@@ -289,13 +289,8 @@ static PyMemberDef core_members[] = {
 static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "eko_rtp.media._vad.VadCore",
-    .tp_basicsize = sizeof(Core),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "What VoiceActivityDetector.feed reads, and feed: the compiled twin of vad.PythonVadCore.",
-    .tp_new = core_new,
-    .tp_traverse = (traverseproc)core_traverse,
-    .tp_clear = (inquiry)core_clear,
-    .tp_dealloc = (destructor)core_dealloc,
+    CORE_TYPE_SLOTS,
     .tp_methods = core_methods,
     .tp_members = core_members,
 };
