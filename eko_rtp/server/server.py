@@ -945,9 +945,9 @@ _REFUSALS = {
 def _load_vad(settings) -> None:
     """Import the VAD's module now, when listening is on, not in a call's answer.
 
-    The import (importlib.metadata and the extension) took 1.4 ms of the first INVITE's
-    path after a start, tens of ms from a cold disk. Missing, the start (or the reload)
-    fails here, saying what to install, where the first call would have.
+    The import (importlib.metadata and the extension) was most of the first INVITE's
+    path after a start (docs/BENCHMARKS.md, seventeenth session). Missing, the start (or
+    the reload) fails here, saying what to install, where the first call would have.
     """
     if settings is None:
         return
