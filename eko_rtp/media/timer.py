@@ -14,6 +14,9 @@ next one, and ``disarm`` stops it.
 trio's clock is ``time.perf_counter()`` (CLOCK_MONOTONIC on Linux) plus a random
 offset; :meth:`PreciseTimer.arm` takes a trio time and removes that offset.
 Python 3.11 has no ``os.timerfd_create`` (3.13 does), so this calls libc directly.
+
+While trio's loop has nothing else to do before the expiry, :meth:`PreciseTimer.wait`
+waits for it without a pass of that loop (:mod:`eko_rtp.media.idle_wait`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import os
 import time
 
 import trio
+
+from eko_rtp.media.idle_wait import IdleWait
 
 _CLOCK_MONOTONIC = 1
 _TFD_NONBLOCK = os.O_NONBLOCK
@@ -56,6 +61,7 @@ class PreciseTimer:
         self._spec = _Itimerspec()
         self.armed_at: float | None = None  # the next expiry, or None when nothing is armed
         self.interval = 0.0  # seconds between later expiries; 0: one-shot
+        self.idle = IdleWait(fd)
 
     def arm(self, trio_deadline: float, *, interval: float = 0.0) -> None:
         """Fire at ``trio_deadline`` (a ``trio.current_time()`` value), then every
@@ -98,8 +104,10 @@ class PreciseTimer:
             now = trio.current_time()
         if armed_at is not None and now < armed_at:
             # Not due yet: a read now would only fail (EAGAIN). Wait first, and spare the
-            # frame clock a system call on every tick.
-            await trio.lowlevel.wait_readable(self.fd)
+            # frame clock a system call on every tick. With trio idle until then, the
+            # wait skips its loop (idle_wait.py).
+            if not self.idle.wait(armed_at):
+                await trio.lowlevel.wait_readable(self.fd)
         while True:
             try:
                 expiries = int.from_bytes(os.read(self.fd, 8), "little")
