@@ -14,6 +14,7 @@ import socket
 import threading
 import types
 
+import pytest
 import trio
 import trio.testing
 
@@ -173,8 +174,15 @@ async def test_the_tick_still_comes_while_other_work_happens():
     assert clock._timer.idle.bypassed >= 1 and clock._timer.idle.deferred >= 1
 
 
-async def test_an_unknown_loop_is_always_waited_through_trio(monkeypatch):
-    monkeypatch.setattr(idle_wait, "_RUN_CONTEXT", types.SimpleNamespace(runner=types.SimpleNamespace(runq=[])))
+@pytest.mark.parametrize("weakly_referenced", [True, False])
+async def test_an_unknown_loop_is_always_waited_through_trio(monkeypatch, weakly_referenced):
+    class Runner:  # a loop with a run queue, and nothing else the idle test reads
+        __slots__ = ("runq",) + (("__weakref__",) if weakly_referenced else ())
+
+        def __init__(self):
+            self.runq = []
+
+    monkeypatch.setattr(idle_wait, "_RUN_CONTEXT", types.SimpleNamespace(runner=Runner()))
     timer = PreciseTimer()
     try:
         assert not timer.idle.available

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import select
+import weakref
 
 import trio
 
@@ -41,6 +42,10 @@ try:  # trio's run context: where its running loop is kept for this thread
     from trio._core._run import GLOBAL_RUN_CONTEXT as _RUN_CONTEXT, SystemClock as _SystemClock
 except ImportError:  # pragma: no cover - a trio that moved them: every wait goes through trio
     _RUN_CONTEXT = _SystemClock = None
+
+
+def _NO_RUN() -> None:
+    return None
 
 
 def _loop_parts(runner) -> tuple | None:
@@ -70,7 +75,7 @@ class IdleWait:
         self.bypassed = 0
         self.handed_back = 0
         self.deferred = 0
-        self._runner: object = None  # the run the parts below are of
+        self._runner = _NO_RUN  # the run the parts below are of (kept weakly: it may end first)
         self._parts: tuple | None = None
         self._poll: select.poll | None = None
 
@@ -82,8 +87,12 @@ class IdleWait:
 
     def _parts_of_current_run(self) -> tuple | None:
         runner = getattr(_RUN_CONTEXT, "runner", None)
-        if runner is not self._runner:
-            self._runner = runner
+        if runner is not self._runner():
+            try:
+                self._runner = weakref.ref(runner) if runner is not None else _NO_RUN
+            except TypeError:  # not trio's runner as known here: kept as it is, never used
+                self._runner = lambda kept=runner: kept
+                runner = None
             self._parts = _loop_parts(runner) if runner is not None else None
             self._poll = None
             if self._parts is not None:
@@ -101,7 +110,7 @@ class IdleWait:
         if parts is None:
             return False
         runq, entries, idempotent_entries, instruments, next_deadline, _epoll_fd = parts
-        runner = self._runner
+        runner = self._runner()
         deadline = next_deadline()
         if (runq or entries or idempotent_entries or instruments or runner.waiting_for_idle
                 or deadline <= until):
