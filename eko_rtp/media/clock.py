@@ -13,10 +13,12 @@ the stream starts (on the 200 OK), not at the next tick.
 With ``precise=True`` (the server) the clock sleeps on a timerfd
 (:mod:`eko_rtp.media.timer`) instead of a trio timeout, whose millisecond rounding
 would otherwise add up to 1 ms of jitter; tests under trio's mock clock use the
-plain timeout. The timerfd is armed periodic, as far apart as the slot it wakes for
-and the next busy one: when the next busy slot is the timer's next expiry (every slot
-busy, at a few hundred calls; one busy slot, at a few calls) the clock just waits for
-it instead of re-arming the timer on every tick.
+plain timeout. While trio has nothing else to do before the tick, the timerfd is
+waited for outside trio's loop (:mod:`eko_rtp.media.idle_wait`). The timerfd is
+armed periodic, as far apart as the slot it wakes for and the next busy one: when
+the next busy slot is the timer's next expiry (every slot busy, at a few hundred
+calls; one busy slot, at a few calls) the clock just waits for it instead of
+re-arming the timer on every tick.
 
 A stream is any object with ``next_due: float`` and ``send_due(now) -> float | None``
 (send what is due at ``now``, return the next due time, or ``None`` when it stopped).
