@@ -111,9 +111,12 @@ class IdleWait:
             return False
         runq, entries, idempotent_entries, instruments, next_deadline, _epoll_fd = parts
         runner = self._runner()
+        # The cheap tests first: under load one of them holds, and the deadline is not read.
+        if runq or entries or idempotent_entries or instruments or runner.waiting_for_idle:
+            self.deferred += 1
+            return False
         deadline = next_deadline()
-        if (runq or entries or idempotent_entries or instruments or runner.waiting_for_idle
-                or deadline <= until):
+        if deadline <= until:
             self.deferred += 1
             return False
         # Bounded by trio's next deadline (CPython rounds the milliseconds up, as trio's own
