@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import hypothesis
@@ -22,6 +23,16 @@ def fixture(name: str) -> bytes:
 
 def parse(data: bytes, transport: str = "udp", **kwargs) -> Request | Response:
     return parse_message_untrusted(data, transport=transport, **kwargs)
+
+
+def test_under_pure_python_every_message_is_parsed_in_python():
+    """tests/test_stream.py runs this file again with EKO_RTP_PURE_PYTHON=1: then these
+    tests are the Python parser's, without the compiled scan of sip/_head.c."""
+    from eko_rtp.sip import message
+
+    if not os.environ.get("EKO_RTP_PURE_PYTHON"):
+        pytest.skip("the compiled scan, when built, is compared with Python in tests/test_sip_head_scan.py")
+    assert message._scan is None and message.HEAD_SCAN == "python"
 
 
 def test_captured_pjsua2_invite_parses_and_round_trips():

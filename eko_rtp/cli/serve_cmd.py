@@ -192,6 +192,9 @@ def run_serve(args) -> int:
 
     log.info("media: %s per-packet paths (RTP headers and statistics, frame loop, receive handler), "
              "%s hearing (the caller's audio and its voice activity)", PER_PACKET_PATHS, HEARING)
+    from eko_rtp.sip.message import HEAD_SCAN
+
+    log.info("sip: %s scan of plain messages' heads (start line, header lines, Content-Length)", HEAD_SCAN)
     crm_address = parse_crm_address(config["crm.address"]) if config["crm.address"] else None
 
     async def main() -> None:

@@ -31,11 +31,18 @@ over a line limit is refused 513 (Message Too Large, §21.5.7: longer than the
 server is able to process), with the lines read so far, so that
 the 513 can still be addressed; an over-long line is left out of the headers.
 :class:`Headers` indexes its lines by name once, so a look-up does not scan them.
+
+A plain message (printable ASCII, nothing folded, one Content-Length of digits, single
+spaces in the start line) has the first half of that work done in C when
+``sip/_head.c`` was built: :data:`_scan` gives the start line's parts, the header
+lines and their index and the body in one pass, or None for anything else, which the
+Python steps below then parse and judge. The typed fields are parsed here either way.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -194,6 +201,15 @@ class Headers:
         headers = object.__new__(cls)
         object.__setattr__(headers, "fields", fields)
         headers.__attrs_post_init__()
+        return headers
+
+    @classmethod
+    def _scanned(cls, fields: tuple[tuple[str, str], ...], index: dict[str, str | list[str]]) -> "Headers":
+        """Headers of the compiled scan (_head.c), which built the index as
+        ``__attrs_post_init__`` does, from lines it checked as the parser does."""
+        headers = object.__new__(cls)
+        object.__setattr__(headers, "fields", fields)
+        object.__setattr__(headers, "_index", index)
         return headers
 
     def without(self, *names: str) -> "Headers":
@@ -363,6 +379,10 @@ def parse_message_untrusted(
 
 
 def _parse(data: bytes, transport: str, limit: int) -> Request | Response:
+    if _scan is not None:
+        scanned = _scan(data, limit, transport == "udp")
+        if scanned is not None:
+            return _parse_scanned(*scanned)
     head_bytes, rest = _split_head(data, limit)
     try:
         head = head_bytes.decode()
@@ -407,6 +427,30 @@ def _parse(data: bytes, transport: str, limit: int) -> Request | Response:
         # A head over the message limit is refused for that (513) by the framing.
         if body_error is not None:
             raise body_error
+        _check_required(message, addressing_error)
+    except SipParseError as error:
+        raise error.with_request(request) from None
+    return message
+
+
+def _parse_scanned(response: bool, first: Any, second: Any, third: str, fields: tuple[tuple[str, str], ...],
+                   index: dict[str, str | list[str]], body: bytes) -> Request | Response:
+    """The rest of a parse, after the compiled scan of a plain message's head (see _scan).
+
+    The scan has done what ``_parse`` does up to the typed fields, with no fault to
+    report: the start line's parts, the header lines (Content-Length dropped) and
+    their index, the body.
+    """
+    headers = Headers._scanned(fields, index)
+    addressing, addressing_error = _parse_addressing(headers)
+    request = None
+    if response:
+        message: Request | Response = Response(status=second, reason=third, version=first, headers=headers,
+                                               body=body, **addressing)
+    else:
+        message = request = Request(method=first, uri=second, version=third, headers=headers, body=body,
+                                    **addressing)
+    try:
         _check_required(message, addressing_error)
     except SipParseError as error:
         raise error.with_request(request) from None
@@ -504,3 +548,20 @@ def _check_required(message: Request | Response, addressing_error: SipParseError
         # CANCEL carry the INVITE's number but their own method).
         if message.cseq.method != message.method:
             raise SipParseError(400, f"CSeq method {message.cseq.method} does not match the request method {message.method}")
+
+
+# The compiled scan of a plain message's head (sip/_head.c) when it was built, else
+# None: every message is then parsed in Python above. Both pass tests/test_sip_message.py
+# and tests/test_sip_head_scan.py compares them; EKO_RTP_PURE_PYTHON=1 takes Python.
+_scan = None
+if not os.environ.get("EKO_RTP_PURE_PYTHON"):
+    try:
+        from eko_rtp.sip import _head
+    except ImportError:
+        pass
+    else:
+        _head.bind(canonical_name, _KEY_OF, MAX_HEADER_LINES, MAX_HEADER_LENGTH)
+        _scan = _head.scan
+
+# What the start line says parses the head of each SIP message: "compiled" or "python".
+HEAD_SCAN = "python" if _scan is None else "compiled"
