@@ -227,3 +227,76 @@ def test_the_scan_checks_what_it_is_given():
         message._scan("INVITE", 100, True)
     with pytest.raises(TypeError):
         message._scan(b"INVITE")
+
+
+# Each list starts with the valid shapes (the number in VALID); a draw takes one of
+# those three times in four, so that many messages are valid throughout.
+HOSTS = ["127.0.0.1", "Example.COM", "a", "a.", "a-b.c", "-a", "a-", "a..", "[::1]", "x_y", "1.2.3.4.", ""]
+PORTS = ["", ":5060", ":65535", ":05060", ":0", ":65536", ":", ":123456", ":a"]
+USERS = ["", "eko@", "+33612345678@", "a:pw@", "a:@", "a;b@", "a@b@", ":pw@", "a%20b@", "@"]
+URI_PARAMETERS = ["", ";lr", ";transport=tcp", ";a=", ";a=b;c", ";x=" + "y" * 3, ";=b", ";;", ";", ";%61=1"]
+SCHEMES = ["sip:", "SIP:", "sips:", "Sip:", "tel:", "mailto:", "sip"]
+HEADER_PARAMETERS = ["", ";tag=1928301774", ";tag", ";TAG=a;x=y", ";t=a=b", ";rport", ";rport=5060",
+                     ";received=10.0.0.1;branch=z9hG4bK-1", " ;tag=1", ";tag=", ";a b", ';q="x"', ";",
+                     ";rport=0", ";RPORT=65536", ";rport=x"]
+DISPLAY_NAMES = ["", '"Eko" ', '"" ', "Bob ", "  Bob   Smith\t", '"x"', '"a\\"b" ', '"unclosed ', "a,b "]
+CSEQS = ["1 {method}", "2147483647 {method}", "1  {method}", "1\t{method}", "01 {method}", "2147483648 {method}",
+         "{method}", "1", "12345678901 {method}", "1 INV ITE", "1 BYE", "-1 {method}"]
+VIAS = ["SIP/2.0/UDP {host}{port}{params}", "SIP/2.0/udp {host}{port}{params}", "sip/2.0/UDP {host}{port}",
+        "SIP/2.0/TLS  {host}{port}", "SIP / 2.0 / UDP {host}{port}", "SIP/2.0/UDP {host}{port} {params}",
+        "SIP/2.0/UDP {host}{port}{params}, SIP/2.0/UDP 10.0.0.1"]
+CALL_IDS = ["a84b@host", "x", "!~", "a b"]
+MAX_FORWARDS = ["70", "0", "255", "00070", "256", "x"]
+VALID = {id(HOSTS): 5, id(PORTS): 4, id(USERS): 7, id(URI_PARAMETERS): 6, id(SCHEMES): 4,
+         id(HEADER_PARAMETERS): 8, id(DISPLAY_NAMES): 6, id(CSEQS): 5, id(VIAS): 2, id(CALL_IDS): 3,
+         id(MAX_FORWARDS): 4}
+
+
+def pick(rng: random.Random, values: list[str]) -> str:
+    return rng.choice(values[:VALID[id(values)]] if rng.random() < 0.75 else values)
+
+
+def random_uri(rng: random.Random) -> str:
+    return pick(rng, SCHEMES) + pick(rng, USERS) + pick(rng, HOSTS) + pick(rng, PORTS) + pick(rng, URI_PARAMETERS)
+
+
+def random_name_addr(rng: random.Random) -> str:
+    uri = random_uri(rng)
+    form = rng.randrange(4)
+    if form == 0:
+        return uri + pick(rng, HEADER_PARAMETERS)  # an addr-spec
+    inner = uri if form == 1 else f" {uri} "
+    return f"{pick(rng, DISPLAY_NAMES)}<{inner}>{pick(rng, HEADER_PARAMETERS)}"
+
+
+def random_request(rng: random.Random) -> bytes:
+    via = pick(rng, VIAS).format(host=pick(rng, HOSTS), port=pick(rng, PORTS), params=pick(rng, HEADER_PARAMETERS))
+    method = rng.choice(["INVITE", "INVITE", "BYE", "OPTIONS"])
+    headers = [f"Via: {via}", f"From: {random_name_addr(rng)}", f"To: {random_name_addr(rng)}",
+               f"Call-ID: {pick(rng, CALL_IDS)}", f"CSeq: {pick(rng, CSEQS).format(method=method)}",
+               f"Max-Forwards: {pick(rng, MAX_FORWARDS)}"]
+    if rng.random() < 0.3:
+        headers.append(f"Via: SIP/2.0/UDP {pick(rng, HOSTS)}{pick(rng, PORTS)};branch=z9hG4bK-2")
+    rng.shuffle(headers)
+    lines = [f"{method} {random_uri(rng)} SIP/2.0", *headers]
+    return ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def test_typed_fields_of_every_shape_come_out_the_same_both_ways():
+    """Via, From, To, CSeq, Call-ID, Max-Forwards and the Request-URI in the shapes a
+    peer may send, plain or not, valid or not: the compiled parse of the typed fields
+    takes the plain valid ones and makes them as headers.py and uri.py do."""
+    rng = random.Random(6122026)
+    typed = 0
+    for _ in range(4000):
+        data = random_request(rng)
+        scanned = message._scan(data, message.DEFAULT_MAX_MESSAGE_SIZE, True)
+        typed += scanned is not None and scanned[7] is not None
+        assert outcome(data) == python_parse(data, "udp", message.DEFAULT_MAX_MESSAGE_SIZE), data
+    assert typed > 100
+
+
+def test_the_typed_fields_of_a_trunks_messages_are_compiled():
+    for data in (BENCH_INVITE, OK_200, CORPUS["captured_pjsua2_invite"], CORPUS["captured_sipp_invite"]):
+        scanned = message._scan(data, message.DEFAULT_MAX_MESSAGE_SIZE, True)
+        assert scanned is not None and scanned[7] is not None, data[:40]

@@ -194,7 +194,8 @@ def run_serve(args) -> int:
              "%s hearing (the caller's audio and its voice activity)", PER_PACKET_PATHS, HEARING)
     from eko_rtp.sip.message import HEAD_SCAN
 
-    log.info("sip: %s scan of plain messages' heads (start line, header lines, Content-Length)", HEAD_SCAN)
+    log.info("sip: %s parse of plain messages (start line, header lines, Content-Length, Via, From, To, "
+             "Call-ID, CSeq)", HEAD_SCAN)
     crm_address = parse_crm_address(config["crm.address"]) if config["crm.address"] else None
 
     async def main() -> None:

@@ -33,10 +33,11 @@ the 513 can still be addressed; an over-long line is left out of the headers.
 :class:`Headers` indexes its lines by name once, so a look-up does not scan them.
 
 A plain message (printable ASCII, nothing folded, one Content-Length of digits, single
-spaces in the start line) has the first half of that work done in C when
-``sip/_head.c`` was built: :data:`_scan` gives the start line's parts, the header
-lines and their index and the body in one pass, or None for anything else, which the
-Python steps below then parse and judge. The typed fields are parsed here either way.
+spaces in the start line) is parsed in C when ``sip/_head.c`` was built: :data:`_scan`
+gives the start line's parts, the header lines and their index and the body in one
+pass, and the typed fields too when they are plain (no escapes, quoted-pairs, IPv6
+hosts or lists on one line) and pass every check; anything else gets None, and the
+Python steps below parse and judge it. Both give the same message.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from eko_rtp.sip.headers import (
     parse_via,
     split_comma_list,
 )
-from eko_rtp.sip.uri import parse_uri
+from eko_rtp.sip.uri import MAX_PARAMETERS, Uri, parse_uri
 
 __all__ = [
     "Headers",
@@ -434,14 +435,22 @@ def _parse(data: bytes, transport: str, limit: int) -> Request | Response:
 
 
 def _parse_scanned(response: bool, first: Any, second: Any, third: str, fields: tuple[tuple[str, str], ...],
-                   index: dict[str, str | list[str]], body: bytes) -> Request | Response:
+                   index: dict[str, str | list[str]], body: bytes, typed: tuple | None) -> Request | Response:
     """The rest of a parse, after the compiled scan of a plain message's head (see _scan).
 
     The scan has done what ``_parse`` does up to the typed fields, with no fault to
     report: the start line's parts, the header lines (Content-Length dropped) and
-    their index, the body.
+    their index, the body. ``typed``: the typed fields, when they were plain too and
+    every check of ``_check_required`` passed; else None, and they are parsed here.
     """
     headers = Headers._scanned(fields, index)
+    if typed is not None:
+        vias, from_, to, call_id, cseq = typed
+        if response:
+            return Response(status=second, reason=third, version=first, headers=headers, body=body, vias=vias,
+                            from_=from_, to=to, call_id=call_id, cseq=cseq)
+        return Request(method=first, uri=second, version=third, headers=headers, body=body, vias=vias,
+                       from_=from_, to=to, call_id=call_id, cseq=cseq)
     addressing, addressing_error = _parse_addressing(headers)
     request = None
     if response:
@@ -560,8 +569,9 @@ if not os.environ.get("EKO_RTP_PURE_PYTHON"):
     except ImportError:
         pass
     else:
-        _head.bind(canonical_name, _KEY_OF, MAX_HEADER_LINES, MAX_HEADER_LENGTH)
+        _head.bind(canonical_name, _KEY_OF, MAX_HEADER_LINES, MAX_HEADER_LENGTH, Uri, NameAddr, Via, CSeq,
+                   MAX_PARAMETERS, MAX_LIST_ELEMENTS)
         _scan = _head.scan
 
-# What the start line says parses the head of each SIP message: "compiled" or "python".
+# What the start line says parses plain SIP messages: "compiled" or "python".
 HEAD_SCAN = "python" if _scan is None else "compiled"
