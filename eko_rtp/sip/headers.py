@@ -258,8 +258,14 @@ class Via:
 
     def with_parameter(self, name: str, value: str | None) -> "Via":
         """The same Via with parameter ``name`` set to ``value`` (replaced if present)."""
-        kept = tuple([item for item in self.parameters if item[0].lower() != name])
-        return attrs.evolve(self, parameters=kept + ((name, value),))
+        return self.with_parameters(((name, value),))
+
+    def with_parameters(self, items: tuple[tuple[str, str | None], ...]) -> "Via":
+        """The same Via with each ``(name, value)`` of ``items`` set, in that order at the
+        end (any parameter of those names, in any case, replaced)."""
+        names = {name.lower() for name, _ in items}
+        kept = tuple([item for item in self.parameters if item[0].lower() not in names])
+        return Via(transport=self.transport, host=self.host, port=self.port, parameters=kept + tuple(items))
 
     def __str__(self) -> str:
         return f"SIP/2.0/{self.transport} {format_host_port(self.host, self.port)}{_format_parameters(self.parameters)}"

@@ -56,7 +56,7 @@ def stamp_via(via: Via, hop: Hop) -> Via:
     """
     source_host, source_port = hop.address
     if via.rport is not False:
-        return via.with_parameter("received", source_host).with_parameter("rport", str(source_port))
+        return via.with_parameters((("received", source_host), ("rport", str(source_port))))
     if via.host.strip("[]") != source_host:
         return via.with_parameter("received", source_host)
     return via
@@ -90,7 +90,12 @@ def build_response(request: Request, status: int, *, hop: Hop, server: str, reas
 
     ``request.vias`` must hold its top Via and, when ``to_tag`` is given for a
     final response, ``request.to`` must be parsed.
+
+    Only ``extra`` is checked as a new header line would be (its names made canonical,
+    a value with CR, LF or NUL refused): what is copied from the request was checked
+    when it was parsed, and the rest is ours (``server`` is one line, UserAgentSettings).
     """
+    extra_fields = Headers(extra).fields if extra else ()
     headers = request.headers
     top = stamp_via(request.vias[0], hop)
     # The other Vias go back as they came (§8.2.6.2), not as we would write them.
@@ -105,10 +110,10 @@ def build_response(request: Request, status: int, *, hop: Hop, server: str, reas
                ("Call-ID", headers.get("Call-ID") or ""), ("CSeq", headers.get("CSeq") or "")]
     if status == 100 and "Timestamp" in headers:
         fields.append(("Timestamp", headers.get("Timestamp") or ""))  # §8.2.6.1
-    fields += list(extra)
+    fields += extra_fields
     if status >= 200:
         fields.append(("Server", server))
     if body:
         fields.append(("Content-Type", "application/sdp"))
     return Response(status=status, reason=reason or REASON_PHRASES.get(status, "Unknown"),
-                    headers=Headers(fields), body=body)
+                    headers=Headers._checked(tuple(fields)), body=body)
