@@ -9,6 +9,8 @@
 #ifndef EKO_RTP_CORE_TYPE_H
 #define EKO_RTP_CORE_TYPE_H
 
+#include "_names.h" /* intern_names() */
+
 static inline int core_traverse(Core *self, visitproc visit, void *arg)
 {
 #define VISIT(name) Py_VISIT(self->name);
@@ -44,19 +46,6 @@ static inline int is_none(PyObject *value)
     return value == NULL || value == Py_None;
 }
 
-/* Each name interned into its static; 0, or -1 raised. */
-typedef struct {
-    PyObject **name;
-    const char *text;
-} CoreName;
-
-static inline int intern_names(const CoreName *names, size_t count)
-{
-    for (size_t i = 0; i < count; i++)
-        if (*names[i].name == NULL && (*names[i].name = PyUnicode_InternFromString(names[i].text)) == NULL)
-            return -1;
-    return 0;
-}
 
 /* The module, with its core type ready and added as `name`; NULL raised. */
 static inline PyObject *module_with_type(struct PyModuleDef *definition, PyTypeObject *type, const char *name)

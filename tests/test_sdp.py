@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import hypothesis
@@ -24,6 +25,16 @@ from eko_rtp.media.sdp import (
 
 ORIGIN = SdpOrigin(session_id=4242, version=1, address="10.0.0.5")
 LOCAL = {"local_address": "10.0.0.5", "local_port": 20000, "origin": ORIGIN}
+
+
+def test_under_pure_python_every_body_is_parsed_in_python():
+    """tests/test_stream.py runs this file again with EKO_RTP_PURE_PYTHON=1: then these
+    tests are the Python parser's, without the compiled one of media/_sdp.c."""
+    from eko_rtp.media import sdp
+
+    if not os.environ.get("EKO_RTP_PURE_PYTHON"):
+        pytest.skip("the compiled parse, when built, is compared with Python in tests/test_sdp_scan.py")
+    assert sdp._parse is None and sdp.PARSE == "python"
 
 
 def crlf(text: str) -> bytes:

@@ -491,7 +491,7 @@ def test_the_python_twins_pass_the_same_tests():
         pytest.skip("this run is the Python twins' already")
     here = pathlib.Path(__file__).resolve().parent
     files = ["test_stream.py", "test_stream_guard.py", "test_shared_port.py", "test_rtp.py", "test_vad.py",
-             "test_ears.py", "test_sip_message.py", "test_sip_hostile.py", "test_sip_useragent.py"]
+             "test_ears.py", "test_sip_message.py", "test_sip_hostile.py", "test_sip_useragent.py", "test_sdp.py"]
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(str(here / name) for name in files)],
         env={**os.environ, "EKO_RTP_PURE_PYTHON": "1"}, capture_output=True, text=True, timeout=300,

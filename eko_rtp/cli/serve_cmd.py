@@ -192,10 +192,11 @@ def run_serve(args) -> int:
 
     log.info("media: %s per-packet paths (RTP headers and statistics, frame loop, receive handler), "
              "%s hearing (the caller's audio and its voice activity)", PER_PACKET_PATHS, HEARING)
+    from eko_rtp.media.sdp import PARSE as SDP_PARSE
     from eko_rtp.sip.message import HEAD_SCAN
 
     log.info("sip: %s parse of plain messages (start line, header lines, Content-Length, Via, From, To, "
-             "Call-ID, CSeq)", HEAD_SCAN)
+             "Call-ID, CSeq), %s parse of plain SDP bodies", HEAD_SCAN, SDP_PARSE)
     crm_address = parse_crm_address(config["crm.address"]) if config["crm.address"] else None
 
     async def main() -> None:

@@ -28,6 +28,7 @@ session id; the version must grow by one exactly when the description changes.
 from __future__ import annotations
 
 import enum
+import os
 import random
 import re
 
@@ -384,6 +385,10 @@ def parse_sdp_untrusted(body: bytes) -> SessionDescription:
 
     Lines may end in CRLF or LF. Unknown line types and attributes are skipped.
     """
+    if _parse is not None:  # the compiled twin, for a plain body (see the end of the module)
+        parsed = _parse(bytes(body))
+        if parsed is not None:
+            return parsed
     if len(body) > MAX_SDP_SIZE:
         raise SdpError(f"SDP body of {len(body)} octets exceeds the {MAX_SDP_SIZE}-octet limit", status=400)
     origin = None
@@ -725,3 +730,21 @@ def apply_answer(
         receive_audio=direction.receives and their_direction.sends,
         srtp_keys=keys,
     )
+
+
+# The compiled parse of a plain body (media/_sdp.c: printable ASCII, no a=rtcp or
+# a=crypto) when it was built, else None: every body is then parsed in Python above.
+# tests/test_sdp_scan.py compares them; EKO_RTP_PURE_PYTHON=1 takes Python.
+_parse = None
+if not os.environ.get("EKO_RTP_PURE_PYTHON"):
+    try:
+        from eko_rtp.media import _sdp
+    except ImportError:
+        pass
+    else:
+        _sdp.bind(SessionDescription, MediaDescription, SdpOrigin, RtpMap, _DIRECTIONS, Direction.SENDRECV,
+                  MAX_SDP_SIZE)
+        _parse = _sdp.parse
+
+# What the start line says parses plain SDP bodies: "compiled" or "python".
+PARSE = "python" if _parse is None else "compiled"

@@ -31,6 +31,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "../_values.h"
+
 static PyObject *canonical_name; /* message.canonical_name */
 static PyObject *key_of;         /* message._KEY_OF: a well-known spelling -> its index key */
 static PyObject *content_length_key; /* "content-length" */
@@ -39,7 +41,7 @@ static Py_ssize_t max_lines = -1, max_length = -1;
  * their limits (uri.MAX_PARAMETERS, headers.MAX_LIST_ELEMENTS). */
 static PyObject *uri_class, *name_addr_class, *via_class, *cseq_class;
 static Py_ssize_t max_parameters = -1, max_list_elements = -1;
-static PyObject *key_via, *key_from, *key_to, *key_call_id, *key_cseq, *key_max_forwards, *empty_tuple;
+static PyObject *key_via, *key_from, *key_to, *key_call_id, *key_cseq, *key_max_forwards;
 static PyObject *str_scheme, *str_user, *str_password, *str_host, *str_port, *str_parameters, *str_headers,
     *str_display_name, *str_uri, *str_transport, *str_number, *str_method, *str_sip, *str_sips;
 
@@ -64,15 +66,6 @@ static int is_token(const char *text, Py_ssize_t length)
         if (!is_token_char((unsigned char)text[i]))
             return 0;
     return 1;
-}
-
-/* A str of ASCII bytes (the scan has checked they are). */
-static PyObject *ascii(const char *text, Py_ssize_t length)
-{
-    PyObject *result = PyUnicode_New(length, 127);
-    if (result != NULL)
-        memcpy(PyUnicode_DATA(result), text, (size_t)length);
-    return result;
 }
 
 static PyObject *ascii_lower(PyObject *text)
@@ -130,9 +123,9 @@ static int start_line(const char *line, Py_ssize_t length, PyObject **parts)
             return 0;
         Py_ssize_t reason_start = after < length ? after + 1 : length;
         parts[0] = Py_NewRef(Py_True);
-        parts[1] = ascii(line, version_length);
+        parts[1] = ascii_text(line, version_length);
         parts[2] = PyLong_FromLong((status[0] - '0') * 100 + (status[1] - '0') * 10 + (status[2] - '0'));
-        parts[3] = ascii(line + reason_start, length - reason_start);
+        parts[3] = ascii_text(line + reason_start, length - reason_start);
     }
     else {
         /* A request: exactly "METHOD SP uri SP SIP/2.0" (message.py splits on
@@ -151,9 +144,9 @@ static int start_line(const char *line, Py_ssize_t length, PyObject **parts)
             || memcmp(line + version_start, version, (size_t)version_length) != 0)
             return 0;
         parts[0] = Py_NewRef(Py_False);
-        parts[1] = ascii(line, method_length);
-        parts[2] = ascii(line + uri_start, uri_length);
-        parts[3] = ascii(line + version_start, version_length);
+        parts[1] = ascii_text(line, method_length);
+        parts[2] = ascii_text(line + uri_start, uri_length);
+        parts[3] = ascii_text(line + version_start, version_length);
     }
     if (parts[1] == NULL || parts[2] == NULL || parts[3] == NULL)
         return -1;
@@ -181,7 +174,7 @@ static int header_line(const char *line, Py_ssize_t length, PyObject *fields, Py
         start++;
     while (end > start && (line[end - 1] == ' ' || line[end - 1] == '\t'))
         end--;
-    PyObject *name = ascii(line, name_end);
+    PyObject *name = ascii_text(line, name_end);
     if (name == NULL)
         return -1;
     /* A well-known spelling is its own canonical name (message._KEY_OF); any other
@@ -223,7 +216,7 @@ static int header_line(const char *line, Py_ssize_t length, PyObject *fields, Py
         result = 2;
     }
     else {
-        PyObject *value = ascii(line + start, end - start);
+        PyObject *value = ascii_text(line + start, end - start);
         PyObject *pair = value == NULL ? NULL : PyTuple_Pack(2, canonical, value);
         result = pair != NULL && PyList_Append(fields, pair) == 0 && index_add(index, key, value) == 0 ? 1 : -1;
         Py_XDECREF(pair);
@@ -252,24 +245,6 @@ static int has_any(const char *text, Py_ssize_t length, const char *set)
         if (strchr(set, text[i]) != NULL && text[i] != '\0')
             return 1;
     return 0;
-}
-
-/* An instance of an attrs class made field by field, as its __init__ would once the
- * checks above have passed (the frozen class's own __setattr__ is not called). */
-static PyObject *make(PyObject *cls, PyObject **names, PyObject **values, int count)
-{
-    for (int i = 0; i < count; i++)
-        if (values[i] == NULL)
-            return NULL;
-    PyObject *made = PyBaseObject_Type.tp_new((PyTypeObject *)cls, empty_tuple, NULL);
-    if (made == NULL)
-        return NULL;
-    for (int i = 0; i < count; i++)
-        if (PyObject_GenericSetAttr(made, names[i], values[i]) < 0) {
-            Py_DECREF(made);
-            return NULL;
-        }
-    return made;
 }
 
 static PyObject *lower_ascii(const char *text, Py_ssize_t length)
@@ -354,9 +329,9 @@ static PyObject *parameters(const char *text, Py_ssize_t length, int header)
             goto outside;
         if (header && equals != NULL && equals == item + item_length - 1)
             goto outside; /* "name=" with no value: 400 */
-        PyObject *key = ascii(item, key_length);
+        PyObject *key = ascii_text(item, key_length);
         PyObject *value = equals == NULL ? Py_NewRef(Py_None)
-                                         : ascii(equals + 1, item_length - key_length - 1);
+                                         : ascii_text(equals + 1, item_length - key_length - 1);
         PyObject *pair = key == NULL || value == NULL ? NULL : PyTuple_Pack(2, key, value);
         Py_XDECREF(key);
         Py_XDECREF(value);
@@ -409,9 +384,9 @@ static PyObject *parse_uri(const char *text, Py_ssize_t length)
             Py_DECREF(password);
             return Py_NewRef(Py_None); /* an empty user: 400 */
         }
-        Py_SETREF(user, ascii(rest, user_length));
+        Py_SETREF(user, ascii_text(rest, user_length));
         if (colon != NULL)
-            Py_SETREF(password, ascii(colon + 1, i - user_length - 1));
+            Py_SETREF(password, ascii_text(colon + 1, i - user_length - 1));
         rest += i + 1;
         rest_length -= i + 1;
         break;
@@ -438,7 +413,7 @@ static PyObject *parse_uri(const char *text, Py_ssize_t length)
     }
     PyObject *names[] = {str_scheme, str_user, str_password, str_host, str_port, str_parameters, str_headers};
     PyObject *values[] = {scheme, user, password, host, port, params, empty_tuple};
-    result = make(uri_class, names, values, 7);
+    result = frozen_value(uri_class, names, values, 7);
 done:
     Py_XDECREF(user);
     Py_XDECREF(password);
@@ -458,7 +433,7 @@ static PyObject *make_name_addr(PyObject *display_name, PyObject *uri, PyObject 
     else {
         PyObject *names[] = {str_display_name, str_uri, str_parameters};
         PyObject *values[] = {display_name, uri, params};
-        result = make(name_addr_class, names, values, 3);
+        result = frozen_value(name_addr_class, names, values, 3);
     }
     Py_XDECREF(display_name);
     Py_XDECREF(uri);
@@ -493,7 +468,7 @@ static PyObject *parse_name_addr(PyObject *value)
             Py_DECREF(display_name);
             return Py_NewRef(Py_None);
         }
-        Py_SETREF(display_name, ascii(text + 1, close - text - 1));
+        Py_SETREF(display_name, ascii_text(text + 1, close - text - 1));
         angle = close + 1;
         while (angle < text + length && (*angle == ' ' || *angle == '\t'))
             angle++;
@@ -525,7 +500,7 @@ static PyObject *parse_name_addr(PyObject *value)
         if (used > 0 && words[used - 1] == ' ')
             used--;
         if (used > 0)
-            Py_SETREF(display_name, ascii(words, used));
+            Py_SETREF(display_name, ascii_text(words, used));
     }
     if (display_name == NULL)
         return NULL;
@@ -621,7 +596,7 @@ static PyObject *parse_via(PyObject *value)
     }
     PyObject *names[] = {str_transport, str_host, str_port, str_parameters};
     PyObject *values[] = {transport, host, port, params};
-    result = make(via_class, names, values, 4);
+    result = frozen_value(via_class, names, values, 4);
 done:
     Py_XDECREF(host);
     Py_XDECREF(port);
@@ -647,8 +622,8 @@ static PyObject *parse_cseq(PyObject *value)
         || !is_token(text + method_start, length - method_start))
         return Py_NewRef(Py_None);
     PyObject *names[] = {str_number, str_method};
-    PyObject *values[] = {PyLong_FromLongLong(number), ascii(text + method_start, length - method_start)};
-    PyObject *result = make(cseq_class, names, values, 2);
+    PyObject *values[] = {PyLong_FromLongLong(number), ascii_text(text + method_start, length - method_start)};
+    PyObject *result = frozen_value(cseq_class, names, values, 2);
     Py_XDECREF(values[0]);
     Py_XDECREF(values[1]);
     return result;
@@ -923,23 +898,15 @@ static struct PyModuleDef head_module = {
 
 PyMODINIT_FUNC PyInit__head(void)
 {
-    if (content_length_key == NULL) {
-        static const struct {
-            PyObject **name;
-            const char *text;
-        } names[] = {
-            {&content_length_key, "content-length"}, {&key_via, "via"}, {&key_from, "from"}, {&key_to, "to"},
-            {&key_call_id, "call-id"}, {&key_cseq, "cseq"}, {&key_max_forwards, "max-forwards"},
-            {&str_scheme, "scheme"}, {&str_user, "user"}, {&str_password, "password"}, {&str_host, "host"},
-            {&str_port, "port"}, {&str_parameters, "parameters"}, {&str_headers, "headers"},
-            {&str_display_name, "display_name"}, {&str_uri, "uri"}, {&str_transport, "transport"},
-            {&str_number, "number"}, {&str_method, "method"}, {&str_sip, "sip"}, {&str_sips, "sips"},
-        };
-        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-            if ((*names[i].name = PyUnicode_InternFromString(names[i].text)) == NULL)
-                return NULL;
-        if ((empty_tuple = PyTuple_New(0)) == NULL)
-            return NULL;
-    }
+    static const CoreName names[] = {
+        {&content_length_key, "content-length"}, {&key_via, "via"}, {&key_from, "from"}, {&key_to, "to"},
+        {&key_call_id, "call-id"}, {&key_cseq, "cseq"}, {&key_max_forwards, "max-forwards"},
+        {&str_scheme, "scheme"}, {&str_user, "user"}, {&str_password, "password"}, {&str_host, "host"},
+        {&str_port, "port"}, {&str_parameters, "parameters"}, {&str_headers, "headers"},
+        {&str_display_name, "display_name"}, {&str_uri, "uri"}, {&str_transport, "transport"},
+        {&str_number, "number"}, {&str_method, "method"}, {&str_sip, "sip"}, {&str_sips, "sips"},
+    };
+    if (values_start(names, sizeof(names) / sizeof(names[0])) < 0)
+        return NULL;
     return PyModule_Create(&head_module);
 }
