@@ -216,3 +216,37 @@ def test_an_instrumented_run_is_waited_through_trio():
 
     assert trio.run(main, instruments=[Steps()]) == 0  # instruments expect to see every wait
     assert Steps.waits >= 3
+
+
+async def test_a_task_woken_with_the_clock_runs_before_the_next_tick():
+    """A task made runnable in the same pass of the loop as the clock is in the loop's
+    current batch, not its run queue. When the clock runs first, its next wait must
+    still give the loop back: else the clock ticks on in one step and the task waits
+    until something sends the clock through trio (here: until the clock stops)."""
+    period = 0.02
+    timer = PreciseTimer()
+    lateness = []
+
+    async def clock():
+        for _ in range(40):
+            await timer.wait()
+
+    async def woken_with_each_tick(start):
+        for tick in range(1, 16):
+            await trio.sleep_until(start + tick * period)  # the timer's own expiry: the same pass
+            lateness.append(trio.current_time() - (start + tick * period))
+
+    try:
+        start = trio.current_time() + period
+        timer.arm(start + period, interval=period)
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(clock)
+                nursery.start_soon(woken_with_each_tick, start)
+    finally:
+        timer.close()
+    assert len(lateness) == 15
+    # Each wake-up shares a batch with the clock; the loop runs a batch in either order,
+    # so in 15 the clock runs first in some (all but one in 2**15 runs).
+    assert max(lateness) < period * 0.75, [f"{late * 1000:.1f} ms" for late in lateness]
+    assert timer.idle.bypassed + timer.idle.deferred + timer.idle.handed_back >= 30

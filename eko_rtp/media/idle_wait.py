@@ -7,8 +7,9 @@ about as much again as the tick's own work on a 2-vCPU guest, because between tw
 ticks that code has left the CPU's caches (docs/BENCHMARKS.md, nineteenth session).
 
 How: when the frame clock is about to wait for its timerfd and trio has nothing else
-to do before the tick (no task runnable, no callback queued from another thread, no
-task waiting for the loop to go idle, no cancel-scope deadline before the tick), the
+to do before the tick (no task runnable, none left to run in the loop's current batch,
+no callback queued from another thread, no task waiting for the loop to go idle, no
+cancel-scope deadline before the tick), the
 clock's task blocks in one ``poll`` on two descriptors: the timerfd, and trio's own
 epoll descriptor, which becomes readable as soon as any descriptor trio waits on
 (a SIP socket, the CRM's connection, the receive hub, the wake-up socket that signals
@@ -21,7 +22,12 @@ found nothing to do but wake the clock.
 
 The test of "nothing else to do" reads trio's run loop, which trio does not publish
 (``trio.lowlevel.current_statistics`` has most of it, but builds an object for each
-call, and has neither the idle waiters nor the epoll descriptor). What is read is
+call, and has neither the idle waiters nor the epoll descriptor). The loop runs the
+tasks made runnable together as one batch, which it takes out of its run queue first:
+a task woken with the clock and not yet run is in that batch, not the queue, so the
+batch is read too (a local of trio's ``unrolled_run``, found on the clock's stack).
+Without that, the clock would tick on and on in one step, every other task of its
+batch waiting until something sent the clock through trio. What is read is
 checked once per run: another trio, another clock than the system's (a test's mock
 clock) or guest mode, and the clock waits through trio on every tick, as it did
 before this module; so it does while an instrument is installed (instruments expect
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import math
 import select
+import sys
 import weakref
 
 import trio
@@ -40,23 +47,36 @@ __all__ = ["IdleWait"]
 
 try:  # trio's run context: where its running loop is kept for this thread
     from trio._core._run import GLOBAL_RUN_CONTEXT as _RUN_CONTEXT, SystemClock as _SystemClock
-except ImportError:  # pragma: no cover - a trio that moved them: every wait goes through trio
-    _RUN_CONTEXT = _SystemClock = None
+    from trio._core._run import unrolled_run as _unrolled_run
+    _LOOP_CODE = _unrolled_run.__code__ if "batch" in _unrolled_run.__code__.co_varnames else None
+except (ImportError, AttributeError):  # pragma: no cover - a trio that moved them: every wait goes through trio
+    _RUN_CONTEXT = _SystemClock = _LOOP_CODE = None
 
 
 def _NO_RUN() -> None:
     return None
 
 
+def _loop_frame():
+    """The frame of trio's run loop on this task's stack (its locals hold the current batch), or None."""
+    if _LOOP_CODE is None:
+        return None
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code is not _LOOP_CODE:
+        frame = frame.f_back
+    return frame
+
+
 def _loop_parts(runner) -> tuple | None:
     """What the idle test reads of ``runner``, or None when this runner is not one known here."""
     try:
         parts = (runner.runq, runner.entry_queue.queue, runner.entry_queue.idempotent_queue,
-                 runner.instruments.data["_all"], runner.deadlines.next_deadline, runner.io_manager._epoll.fileno())
+                 runner.instruments.data["_all"], runner.deadlines.next_deadline, runner.io_manager._epoll.fileno(),
+                 _loop_frame())
         plain = type(runner.clock) is _SystemClock and not runner.is_guest and hasattr(runner, "waiting_for_idle")
     except (AttributeError, KeyError, TypeError, ValueError, OSError):
         return None
-    return parts if plain else None
+    return parts if plain and parts[6] is not None else None
 
 
 class IdleWait:
@@ -109,10 +129,11 @@ class IdleWait:
         parts = self._parts_of_current_run()
         if parts is None:
             return False
-        runq, entries, idempotent_entries, instruments, next_deadline, _epoll_fd = parts
+        runq, entries, idempotent_entries, instruments, next_deadline, _epoll_fd, loop_frame = parts
         runner = self._runner()
         # The cheap tests first: under load one of them holds, and the deadline is not read.
-        if runq or entries or idempotent_entries or instruments or runner.waiting_for_idle:
+        if (runq or entries or idempotent_entries or instruments or runner.waiting_for_idle
+                or loop_frame.f_locals.get("batch")):
             self.deferred += 1
             return False
         deadline = next_deadline()
