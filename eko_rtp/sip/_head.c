@@ -68,16 +68,15 @@ static int is_token(const char *text, Py_ssize_t length)
     return 1;
 }
 
-static PyObject *ascii_lower(PyObject *text)
+/* An ASCII text lower-cased (header names, hosts). */
+static PyObject *lower_ascii(const char *text, Py_ssize_t length)
 {
-    Py_ssize_t length = PyUnicode_GET_LENGTH(text);
     PyObject *result = PyUnicode_New(length, 127);
     if (result == NULL)
         return NULL;
-    const Py_UCS1 *from = PyUnicode_1BYTE_DATA(text);
     Py_UCS1 *to = PyUnicode_1BYTE_DATA(result);
     for (Py_ssize_t i = 0; i < length; i++)
-        to[i] = (from[i] >= 'A' && from[i] <= 'Z') ? (Py_UCS1)(from[i] + 32) : from[i];
+        to[i] = (text[i] >= 'A' && text[i] <= 'Z') ? (Py_UCS1)(text[i] + 32) : (Py_UCS1)text[i];
     return result;
 }
 
@@ -201,7 +200,9 @@ static int header_line(const char *line, Py_ssize_t length, PyObject *fields, Py
         key = PyDict_GetItemWithError(key_of, canonical);
         if (key != NULL)
             Py_INCREF(key);
-        else if (PyErr_Occurred() || (key = ascii_lower(canonical)) == NULL) {
+        else if (PyErr_Occurred()
+                 || (key = lower_ascii((const char *)PyUnicode_1BYTE_DATA(canonical),
+                                       PyUnicode_GET_LENGTH(canonical))) == NULL) {
             Py_DECREF(canonical);
             return -1;
         }
@@ -245,17 +246,6 @@ static int has_any(const char *text, Py_ssize_t length, const char *set)
         if (strchr(set, text[i]) != NULL && text[i] != '\0')
             return 1;
     return 0;
-}
-
-static PyObject *lower_ascii(const char *text, Py_ssize_t length)
-{
-    PyObject *result = PyUnicode_New(length, 127);
-    if (result == NULL)
-        return NULL;
-    Py_UCS1 *to = PyUnicode_1BYTE_DATA(result);
-    for (Py_ssize_t i = 0; i < length; i++)
-        to[i] = (text[i] >= 'A' && text[i] <= 'Z') ? (Py_UCS1)(text[i] + 32) : (Py_UCS1)text[i];
-    return result;
 }
 
 /* Digits only, 1 to max_digits of them: their value, else -1. */
