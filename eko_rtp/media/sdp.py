@@ -732,8 +732,8 @@ def apply_answer(
     )
 
 
-# The compiled parse of a plain body (media/_sdp.c: printable ASCII, no a=rtcp or
-# a=crypto) when it was built, else None: every body is then parsed in Python above.
+# The compiled parse of a plain body (media/_sdp.c: printable ASCII, no a=crypto) when
+# it was built, else None: every body is then parsed in Python above.
 # tests/test_sdp_scan.py compares them; EKO_RTP_PURE_PYTHON=1 takes Python.
 _parse = None
 if not os.environ.get("EKO_RTP_PURE_PYTHON"):
