@@ -8,15 +8,18 @@ machine EARLY may stretch, but not to a whole tick), and the clock's tick still 
 """
 
 import contextlib
+import gc
 import os
 import signal
 import socket
 import threading
 import types
+import weakref
 
 import pytest
 import trio
 import trio.testing
+from trio._core import _run as trio_run
 
 from eko_rtp.media import idle_wait
 from eko_rtp.media.clock import FrameClock
@@ -250,3 +253,24 @@ async def test_a_task_woken_with_the_clock_runs_before_the_next_tick():
     # so in 15 the clock runs first in some (all but one in 2**15 runs).
     assert max(lateness) < period * 0.75, [f"{late * 1000:.1f} ms" for late in lateness]
     assert timer.idle.bypassed + timer.idle.deferred + timer.idle.handed_back >= 30
+
+
+def test_a_timer_that_outlives_its_run_does_not_keep_the_run_alive():
+    """What the idle wait keeps of a run must not hold its runner: a clock kept after its
+    run (a server object a test holds, say) would keep every task of that run alive."""
+    timer = PreciseTimer()
+    runner = []
+
+    async def main():
+        runner.append(weakref.ref(trio_run.GLOBAL_RUN_CONTEXT.runner))
+        timer.arm(trio.current_time() + 0.01, interval=0.01)
+        for _ in range(5):
+            await timer.wait()
+        return timer.idle.bypassed
+
+    try:
+        assert trio.run(main) > 0  # the wait did skip the loop: it read this run's parts
+        gc.collect()
+        assert runner[0]() is None
+    finally:
+        timer.close()

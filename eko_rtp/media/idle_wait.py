@@ -68,15 +68,19 @@ def _loop_frame():
 
 
 def _loop_parts(runner) -> tuple | None:
-    """What the idle test reads of ``runner``, or None when this runner is not one known here."""
+    """What the idle test reads of ``runner``, or None when this runner is not one known here.
+
+    None of it holds the runner itself, so a clock that outlives its run does not keep the
+    run's tasks alive. The loop's frame would (its locals hold the runner): it is found
+    again on each wait instead of being kept here.
+    """
     try:
         parts = (runner.runq, runner.entry_queue.queue, runner.entry_queue.idempotent_queue,
-                 runner.instruments.data["_all"], runner.deadlines.next_deadline, runner.io_manager._epoll.fileno(),
-                 _loop_frame())
+                 runner.instruments.data["_all"], runner.deadlines.next_deadline, runner.io_manager._epoll.fileno())
         plain = type(runner.clock) is _SystemClock and not runner.is_guest and hasattr(runner, "waiting_for_idle")
     except (AttributeError, KeyError, TypeError, ValueError, OSError):
         return None
-    return parts if plain and parts[6] is not None else None
+    return parts if plain and _loop_frame() is not None else None
 
 
 class IdleWait:
@@ -129,11 +133,14 @@ class IdleWait:
         parts = self._parts_of_current_run()
         if parts is None:
             return False
-        runq, entries, idempotent_entries, instruments, next_deadline, _epoll_fd, loop_frame = parts
+        runq, entries, idempotent_entries, instruments, next_deadline, _epoll_fd = parts
         runner = self._runner()
         # The cheap tests first: under load one of them holds, and the deadline is not read.
-        if (runq or entries or idempotent_entries or instruments or runner.waiting_for_idle
-                or loop_frame.f_locals.get("batch")):
+        if runq or entries or idempotent_entries or instruments or runner.waiting_for_idle:
+            self.deferred += 1
+            return False
+        loop_frame = _loop_frame()
+        if loop_frame is None or loop_frame.f_locals.get("batch"):
             self.deferred += 1
             return False
         deadline = next_deadline()
