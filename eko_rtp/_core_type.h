@@ -46,7 +46,6 @@ static inline int is_none(PyObject *value)
     return value == NULL || value == Py_None;
 }
 
-
 /* The module, with its core type ready and added as `name`; NULL raised. */
 static inline PyObject *module_with_type(struct PyModuleDef *definition, PyTypeObject *type, const char *name)
 {
