@@ -78,6 +78,7 @@ class Options:
     rounds: int = 1  # listening with compare_off: how many (on, off) pairs
     hostile_sip: hostile_sip.HostileSip | None = None  # a flood of stuffed OPTIONS beside the server's calls
     tls_ca: str | None = None  # --address with --tls: the CA bundle the server's certificate chains to
+    worker_pids: tuple[int, ...] = ()  # --address is a front: the workers behind it, whose CPU is sampled
 
     def __attrs_post_init__(self) -> None:
         if self.target not in ("server", "peer", "both"):
@@ -128,6 +129,11 @@ class Options:
                 raise UserError(f"the server's RTP ports {ports.start}-{ports.stop - 1} overlap the bench's own"
                                 f" {bench.start}-{bench.stop - 1}: give --server-pid (its sockets are told apart by"
                                 " process) or move --bench-rtp-ports", key="--server-rtp-ports")
+        if self.worker_pids:
+            if self.address is None:
+                raise UserError("--worker-pid names the workers behind a front at --address", key="--worker-pid")
+            if len(set(self.worker_pids)) != len(self.worker_pids):
+                raise UserError("each worker's pid once", key="--worker-pid")
         if self.hostile_sip is not None and self.target != "server":
             raise UserError("--hostile-sip floods the server beside its calls: use --target server", key="--hostile-sip")
         encrypted = self.plan.tls or self.plan.srtp is not None
@@ -202,7 +208,7 @@ async def _with_target_in(stack: contextlib.ExitStack, options: Options, kind: s
     else:
         target_host, port = targets.parse_host_port(options.address, key="--address")
         target = targets.Target(name="server", host=target_host, port=port, pid=options.server_pid,
-                                rtp_ports=options.server_rtp_ports,
+                                workers=options.worker_pids, rtp_ports=options.server_rtp_ports,
                                 tls_port=port if options.plan.tls else None, tls_trust=options.tls_ca)
     try:
         # The server spins for itself (--keep-cpu-awake); the peer has no such option.

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spawn", action="store_true", help="start `eko-rtp serve` on a free port and stop it after")
     parser.add_argument("--server-cpus", type=_flag(parse_cpus), help="pin the spawned target to these CPUs (e.g. 0); the bench takes the rest")
     parser.add_argument("--server-pid", type=int, help="sample CPU and RSS of this pid (a server given by --address)")
+    parser.add_argument("--worker-pid", dest="worker_pids", type=int, action="append", default=[],
+                        help="--address is a front (sip/kamailio): one of the workers behind it, repeated for each;"
+                             " the report gives each one's CPU over the steady period and their sum")
     parser.add_argument("--cache", dest="cache_dir", help="phrase cache directory (passed to the server; the peer plays its greet/welcome)")
     parser.add_argument("--rtp-ports", default=SPAWNED_RTP_PORTS,
                         help=f"RTP port range for a spawned server (default {SPAWNED_RTP_PORTS})")
@@ -186,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
                 phrase_frames=phrase_frames, tls=args.tls, srtp=CryptoSuite(args.srtp) if args.srtp else None)
     options = campaign.Options(
         target=args.target, address=args.address, spawn=args.spawn, server_cpus=args.server_cpus,
-        server_pid=args.server_pid, cache_dir=args.cache_dir, rtp_ports=args.rtp_ports,
+        server_pid=args.server_pid, worker_pids=tuple(args.worker_pids), cache_dir=args.cache_dir, rtp_ports=args.rtp_ports,
         server_args=tuple(args.server_arg), plan=plan, ramp=args.ramp,
         bench_ports=args.bench_rtp_ports, sizes=args.sizes, noise_probe=args.noise_probe,
         keep_cpu_awake=args.keep_cpu_awake, server_rtp_ports=args.server_rtp_ports,

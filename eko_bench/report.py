@@ -266,6 +266,20 @@ def deviations_ns(result: RunResult, *, steady_only: bool = False, records=None)
     return pooled
 
 
+def workers_summary(result: RunResult) -> dict | None:
+    """A front's workers (``--worker-pid``): each one's CPU over the steady period, % of a
+    core, and their sum; None without workers. A worker that was gone by the end of the
+    steady period, or a run without one, has None, and so has the sum."""
+    if not result.worker_samples:
+        return None
+    each: dict[str, float | None] = {}
+    for pid, samples in result.worker_samples.items():
+        first, last = (samples[0], samples[-1]) if len(samples) >= 2 else (None, None)
+        each[str(pid)] = procstat.cpu_percent(first, last) if first is not None and last is not None else None
+    known = [value for value in each.values() if value is not None]
+    return {"cpu_percent": each, "cpu_percent_sum": sum(known) if len(known) == len(each) else None}
+
+
 def queue_summary(result: RunResult) -> dict | None:
     """The server's RTP receive queues over the steady period (None: its RTP ports are unknown)."""
     if result.rtp_ports is None:
@@ -376,6 +390,7 @@ def summarise(result: RunResult) -> dict:
         "live_tts": live_summary(result),
         "listening": listening_summary(result),
         "server": server,
+        "workers": workers_summary(result),
         "server_rtp_queues": queue_summary(result),
         "hostile_sip": result.hostile_sip,
         "bench": {
@@ -432,6 +447,10 @@ def rows(summary: dict) -> list[tuple[str, object]]:
             ("  steady period only ms/min", summary["drift_steady_ms_per_minute_max"]),
             ("steady period s", summary["steady_seconds"])]
     server = summary["server"] or {}
+    workers = summary.get("workers")
+    if workers is not None:
+        out += [*((f"worker pid {pid} CPU % of a core", value) for pid, value in workers["cpu_percent"].items()),
+                ("workers' CPU % summed", workers["cpu_percent_sum"])]
     out += [("target CPU % of a core", server.get("cpu_percent")),
             *((f"  its child {name} CPU %", value) for name, value in (server.get("children_cpu_percent") or {}).items()),
             ("target RSS idle KiB", server.get("rss_idle_kib")),

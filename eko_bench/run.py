@@ -261,6 +261,8 @@ class RunResult:
     # The server's child processes (name -> CPU seconds over the steady period): the recognizer
     # relay works for the server on another CPU (procstat.children; spinners left out).
     server_children_cpu_seconds: dict = attrs.Factory(dict)
+    # A front's workers (--worker-pid): pid -> their samples over the steady period (None: gone by then).
+    worker_samples: dict = attrs.Factory(dict)
     loadavg_before: str | None = None  # /proc/loadavg's first three fields
     loadavg_after: str | None = None
     asr_stats: dict | None = None  # listening with asr: the fake endpoint's counters
@@ -291,6 +293,7 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
     media_cpu: list[float] = []
     helper_cpu: dict[str, list[float]] = {name: [] for name in target.helpers}
     child_cpu: dict[int, tuple[str, list[float]]] = {}  # the server's children, found when the calls are up
+    workers: dict[int, list[procstat.Sample | None]] = {pid: [] for pid in target.workers}  # a front's workers
     idle = procstat.sample(target.pid, time.monotonic()) if target.pid else None
     limiter = trio.CapacityLimiter(plan.concurrency)
     started = time.monotonic()
@@ -377,6 +380,8 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
                     child = procstat.sample(pid, time.monotonic())
                     if child is not None:
                         seconds.append(child.cpu_ticks / procstat.CLOCK_TICKS)
+            for pid, samples in workers.items():
+                samples.append(procstat.sample(pid, time.monotonic()))  # None once it has gone
             usage = resource.getrusage(resource.RUSAGE_SELF)
             media_process = procstat.sample(engine.pid, time.monotonic())
             media_seconds = media_process.cpu_ticks / procstat.CLOCK_TICKS if media_process else 0.0
@@ -458,6 +463,7 @@ async def run_load(target: Target, plan: Plan, *, caller_audio: bytes, ports: ra
         rtp_queues_last=queues.last if queues else None,
         helper_cpu_seconds={name: seconds[-1] - seconds[0] for name, seconds in helper_cpu.items() if len(seconds) >= 2},
         server_children_cpu_seconds=_by_label(child_cpu),
+        worker_samples=workers,
         loadavg_before=loadavg_before,
         loadavg_after=read_loadavg(),
     )

@@ -164,6 +164,8 @@ class Target:
     port: int
     process: subprocess.Popen | None = None
     pid: int | None = None
+    # A front's workers (--worker-pid): the processes that serve its calls, each sampled.
+    workers: tuple[int, ...] = ()
     stderr_path: str | None = None
     max_calls: int | None = None
     rtp_ports: range | None = None  # the server's RTP/RTCP ports, when known (its receive queues are sampled)

@@ -77,3 +77,12 @@ def test_a_spawned_servers_rtp_ports_are_read_as_the_server_reads_them():
     with pytest.raises(UserError) as raised:
         server_rtp_ports("3-2", key="--rtp-ports")
     assert str(raised.value) == "key '--rtp-ports': port range '3-2' must be LO-HI with 1024 <= LO < HI <= 65535"
+
+
+def test_worker_pids_are_for_a_front_at_an_address():
+    assert _options(worker_pids=(11, 12)).worker_pids == (11, 12)
+    with pytest.raises(UserError) as raised:
+        _options(address=None, spawn=True, worker_pids=(11,))
+    assert str(raised.value) == "key '--worker-pid': --worker-pid names the workers behind a front at --address"
+    with pytest.raises(UserError, match="each worker's pid once"):
+        _options(worker_pids=(11, 11))

@@ -75,6 +75,22 @@ def test_the_server_s_child_processes_are_reported_beside_its_own_cpu():
     assert rows["  its child eko_rtp.asr.relay_process CPU %"] == 30.0
 
 
+def test_a_fronts_workers_are_reported_each_and_summed():
+    answered = CallRecord(index=0, status=200, invite_sent_ns=T0, final_ns=T0, media=_media([0, 20], [1, 2]))
+    ticks = procstat.CLOCK_TICKS
+    busy = [procstat.Sample(at=1.0, cpu_ticks=0, rss_kib=1), procstat.Sample(at=3.0, cpu_ticks=ticks, rss_kib=1)]
+    quiet = [procstat.Sample(at=1.0, cpu_ticks=0, rss_kib=1), procstat.Sample(at=3.0, cpu_ticks=ticks // 2, rss_kib=1)]
+    summary = report.summarise(attrs.evolve(_result([answered]), worker_samples={101: busy, 202: quiet}))
+    assert summary["workers"] == {"cpu_percent": {"101": 50.0, "202": 25.0}, "cpu_percent_sum": 75.0}
+    assert summary["server"] is None  # no --server-pid
+    rows = dict(report.rows(summary))
+    assert (rows["worker pid 101 CPU % of a core"], rows["workers' CPU % summed"]) == (50.0, 75.0)
+    # A worker gone before the end of the steady period (restarted, killed) has no figure, nor has the sum.
+    gone = report.summarise(attrs.evolve(_result([answered]), worker_samples={101: busy, 202: [quiet[0], None]}))
+    assert gone["workers"] == {"cpu_percent": {"101": 50.0, "202": None}, "cpu_percent_sum": None}
+    assert report.summarise(_result([answered]))["workers"] is None  # no --worker-pid: no such section
+
+
 def test_sources_are_accounted_separately():
     # Two SSRCs interleaved on one socket: each is a clean stream, not a storm of loss and reordering.
     media = _media([0, 5, 20, 25, 40, 45], [100, 9000, 101, 9001, 102, 9002], sources=[1, 2, 1, 2, 1, 2])

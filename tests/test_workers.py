@@ -365,3 +365,37 @@ def test_two_workers_behind_the_front_take_200_calls_through_a_rolling_restart(b
     assert len(invites) == 4 and all(count > 0 for count in invites[:2]), invites
     assert sum(invites) >= 200, invites
     assert "No Eko RTP Server Available" not in front_log
+
+
+@needs_kamailio
+@pytest.mark.interop
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two workers need two CPUs")
+def test_the_bench_through_the_front_reports_each_workers_cpu(built_cache, tmp_path):
+    """What docs/BENCHMARKS.md's capacity of a box is measured with: the bench at the front,
+    each worker's CPU over the steady period (--worker-pid) and their sum."""
+    config_file, workers = plan_two_workers(tmp_path, rtp_low=43000 + 2 * (os.getpid() % 1000) * 2)
+    box = Workers(built_cache, config_file, workers)
+    try:
+        for worker in workers:
+            box.start(worker)
+        pids = [box.processes[worker.index].process.pid for worker in workers]
+        with Kamailio(tmp_path, [worker.sip.port for worker in workers], ping_interval=1,
+                      defines={"DS_ALGORITHM": '"0"'}) as front:
+            completed = subprocess.run(
+                [str(REPO / "bin" / "eko-bench"), "--address", f"{LOOPBACK}:{front.port}",
+                 *(argument for pid in pids for argument in ("--worker-pid", str(pid))),
+                 "--calls", "40", "--rate", "20", "--hold", "4", "--json"],
+                capture_output=True, text=True, cwd=REPO, timeout=100)
+    finally:
+        box.stop()
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    run = json.loads(completed.stdout)["runs"][0]
+    assert run["calls"]["answered"] == 40 and run["packets"]["lost"] == 0, (run["calls"], run["packets"])
+    # Each worker took part of the calls (the Call-ID hash), so each spent CPU on them.
+    invites = [len(re.findall(r"INVITE received", log)) for log in box.logs]
+    assert len(invites) == 2 and all(count > 0 for count in invites) and sum(invites) == 40, invites
+    each = run["workers"]["cpu_percent"]
+    assert set(each) == {str(pid) for pid in pids}
+    assert all(value is not None and 0 < value < 100 for value in each.values()), each
+    assert run["workers"]["cpu_percent_sum"] == pytest.approx(sum(each.values()))
+    assert run["server"] is None  # the front's own process is not a server the bench samples
